@@ -1,0 +1,313 @@
+//! The one error type of tensorpool, and the out-of-memory report it carries.
+//!
+//! Every expected failure is a value, never a panic: a bad size or alignment, a full
+//! pool, memory that ran out, a pointer that tensorpool did not hand out. The
+//! out-of-memory error explains the state of the allocator the way PyTorch's message
+//! does, so that a user can act on it:
+//!
+//! ```
+//! use tensorpool::{Config, Error, MemoryManager};
+//!
+//! let mm = MemoryManager::new(Config::builder().memory_limit(4 << 20).build()?)?;
+//! let err = mm.allocate_raw(64 << 20, 64).unwrap_err();
+//! assert!(matches!(err, Error::OutOfMemory(_)));
+//! let text = err.to_string();
+//! assert!(text.contains("tried to allocate 64.00 MiB"));
+//! assert!(text.contains("limit"));
+//! # Ok::<(), tensorpool::Error>(())
+//! ```
+
+use crate::bytes::format_bytes;
+use crate::stats::{Tier, Usage};
+use crate::upstream::UpstreamError;
+use std::fmt;
+
+/// Result of a tensorpool operation.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in tensorpool.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A size of zero was asked for where a block is needed.
+    #[error("invalid size: a block of 0 bytes was requested; sizes must be at least 1 byte")]
+    ZeroSize,
+    /// A size beyond [`MAX_ALLOCATION_SIZE`](crate::MAX_ALLOCATION_SIZE), or one whose
+    /// rounding overflows.
+    #[error("invalid size: {size} bytes is beyond the largest allocation tensorpool serves ({max} bytes, {})", format_bytes(*max))]
+    SizeTooLarge {
+        /// The size asked for.
+        size: usize,
+        /// The largest size accepted.
+        max: usize,
+    },
+    /// An alignment that is not a power of two.
+    #[error("invalid alignment: {align} is not a power of two")]
+    InvalidAlignment {
+        /// The alignment asked for.
+        align: usize,
+    },
+    /// An alignment larger than the strategy can honour.
+    #[error("invalid alignment: {align} is larger than the largest supported alignment, {max}")]
+    AlignmentTooLarge {
+        /// The alignment asked for.
+        align: usize,
+        /// The largest alignment supported.
+        max: usize,
+    },
+    /// Memory ran out: the report says why and what to do.
+    #[error("{0}")]
+    OutOfMemory(Box<OutOfMemory>),
+    /// A pointer given to a free that is not a live block handed out for raw use.
+    /// Nothing was changed.
+    #[error("invalid free of {addr:#x}: {reason}; nothing was freed")]
+    InvalidPointer {
+        /// The address passed to the free.
+        addr: usize,
+        /// What the address turned out to be.
+        reason: PointerError,
+    },
+    /// An arena checkpoint that does not belong to this arena or lies ahead of it.
+    #[error("invalid checkpoint: {0}")]
+    InvalidCheckpoint(&'static str),
+    /// A configuration that cannot apply, with the reason.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+}
+
+/// Why a pointer passed to a free was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PointerError {
+    /// The address is not inside any memory this allocator manages.
+    Foreign,
+    /// The address is inside managed memory but no live block starts there: it was
+    /// already freed, or never handed out.
+    NotLive,
+    /// The address points inside a live block, `offset` bytes after its start.
+    Interior {
+        /// Start of the block that contains the address.
+        block: usize,
+        /// Distance of the address from the block's start.
+        offset: usize,
+    },
+    /// The block is live but owned by a typed handle (an `Allocator` user, a
+    /// `Tensor`, an arena chunk): only the owner may free it.
+    NotRaw,
+}
+
+impl fmt::Display for PointerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PointerError::Foreign => f.write_str("the address is not in memory managed by this allocator"),
+            PointerError::NotLive => f.write_str(
+                "no live block starts at this address (it was already freed, or never allocated)",
+            ),
+            PointerError::Interior { block, offset } => write!(
+                f,
+                "the address is {offset} bytes inside the live block at {block:#x}, not at its start"
+            ),
+            PointerError::NotRaw => f.write_str(
+                "the block is owned by a typed handle (Allocator, Tensor or arena), not by the raw API",
+            ),
+        }
+    }
+}
+
+/// Why an allocation ran out of memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OomCause {
+    /// Taking more memory would exceed the configured limit on reserved bytes.
+    LimitReached,
+    /// The upstream source (the operating system, a device) refused more memory.
+    UpstreamFailed,
+    /// A pool or arena with a fixed capacity is full.
+    CapacityReached {
+        /// Its capacity, in blocks for a pool or bytes for an arena.
+        capacity: usize,
+    },
+}
+
+/// The state of the allocator when an allocation failed, and what can be done.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutOfMemory {
+    /// Bytes asked for.
+    pub requested: usize,
+    /// Alignment asked for.
+    pub align: usize,
+    /// The tier that could not serve the request.
+    pub tier: Tier,
+    /// Why it could not.
+    pub cause: OomCause,
+    /// Bytes held by the program (blocks as rounded).
+    pub allocated_bytes: usize,
+    /// Bytes taken from upstream.
+    pub reserved_bytes: usize,
+    /// Reserved bytes not held by the program (free blocks kept for reuse).
+    pub cached_bytes: usize,
+    /// The largest block that could be served from cached memory without growing.
+    pub largest_free_block: usize,
+    /// The limit on reserved bytes, if one is set.
+    pub limit: Option<usize>,
+}
+
+impl OutOfMemory {
+    /// The report of a strategy that could not serve `requested` bytes at `align`,
+    /// from its own counters. The manager widens it to its own totals.
+    pub(crate) fn new(
+        requested: usize,
+        align: usize,
+        tier: Tier,
+        cause: OomCause,
+        usage: &Usage,
+        largest_free_block: usize,
+    ) -> Self {
+        OutOfMemory {
+            requested,
+            align,
+            tier,
+            cause,
+            allocated_bytes: usage.allocated_bytes,
+            reserved_bytes: usage.reserved_bytes,
+            cached_bytes: usage.cached_bytes(),
+            largest_free_block,
+            limit: None,
+        }
+    }
+
+    /// The report of a strategy whose upstream refused the region it needed.
+    pub(crate) fn from_upstream(
+        requested: usize,
+        align: usize,
+        tier: Tier,
+        refusal: UpstreamError,
+        usage: &Usage,
+        largest_free_block: usize,
+    ) -> Self {
+        let (cause, limit) = match refusal {
+            UpstreamError::OutOfMemory { .. } => (OomCause::UpstreamFailed, None),
+            UpstreamError::LimitReached { limit, .. } => (OomCause::LimitReached, Some(limit)),
+        };
+        OutOfMemory {
+            limit,
+            ..Self::new(requested, align, tier, cause, usage, largest_free_block)
+        }
+    }
+
+    /// An error for `self`.
+    pub fn into_error(self) -> Error {
+        Error::OutOfMemory(Box::new(self))
+    }
+}
+
+impl fmt::Display for OutOfMemory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "out of memory: tried to allocate {} (align {}) in the {} tier",
+            format_bytes(self.requested),
+            self.align,
+            self.tier
+        )?;
+        match self.cause {
+            OomCause::LimitReached => write!(
+                f,
+                "; the memory limit of {} would be exceeded",
+                format_bytes(self.limit.unwrap_or(0))
+            )?,
+            OomCause::UpstreamFailed => f.write_str("; the upstream memory source refused more memory")?,
+            OomCause::CapacityReached { capacity } => {
+                write!(f, "; it is full (fixed capacity {capacity})")?
+            }
+        }
+        write!(
+            f,
+            ". {} allocated by the program, {} reserved in total, of which {} is cached and free; \
+             the largest free block is {}",
+            format_bytes(self.allocated_bytes),
+            format_bytes(self.reserved_bytes),
+            format_bytes(self.cached_bytes),
+            format_bytes(self.largest_free_block),
+        )?;
+        if let Some(limit) = self.limit {
+            write!(f, "; limit {}", format_bytes(limit))?;
+        }
+        f.write_str(". ")?;
+        match self.cause {
+            OomCause::CapacityReached { .. } => f.write_str(
+                "Free blocks you no longer need, or give the pool or arena a larger capacity.",
+            ),
+            _ if self.cached_bytes >= self.requested => f.write_str(
+                "Cached memory is larger than the request but fragmented: free blocks you no \
+                 longer need, call trim(), or set max_split_size to limit splitting of large \
+                 blocks; otherwise raise the limit.",
+            ),
+            _ => f.write_str(
+                "Free tensors you no longer need, call trim() to return cached memory, or raise \
+                 the limit (Config::memory_limit).",
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(cause: OomCause, cached: usize) -> OutOfMemory {
+        OutOfMemory {
+            requested: 3 << 20,
+            align: 64,
+            tier: Tier::Large,
+            cause,
+            allocated_bytes: 10 << 20,
+            reserved_bytes: 16 << 20,
+            cached_bytes: cached,
+            largest_free_block: 1 << 20,
+            limit: Some(16 << 20),
+        }
+    }
+
+    #[test]
+    fn oom_message_names_every_figure() {
+        let text = report(OomCause::LimitReached, 6 << 20).into_error().to_string();
+        for needle in [
+            "tried to allocate 3.00 MiB",
+            "align 64",
+            "in the large (best fit) tier",
+            "limit of 16.00 MiB",
+            "10.00 MiB allocated",
+            "16.00 MiB reserved",
+            "6.00 MiB is cached",
+            "largest free block is 1.00 MiB",
+            "fragmented",
+        ] {
+            assert!(text.contains(needle), "`{needle}` missing from: {text}");
+        }
+        let text = report(OomCause::UpstreamFailed, 0).into_error().to_string();
+        assert!(text.contains("refused"), "{text}");
+        assert!(text.contains("call trim()"), "{text}");
+        let text = report(OomCause::CapacityReached { capacity: 8 }, 0)
+            .into_error()
+            .to_string();
+        assert!(text.contains("fixed capacity 8"), "{text}");
+    }
+
+    #[test]
+    fn pointer_errors_explain_themselves() {
+        let e = Error::InvalidPointer {
+            addr: 0x1040,
+            reason: PointerError::Interior {
+                block: 0x1000,
+                offset: 64,
+            },
+        };
+        let text = e.to_string();
+        assert!(text.contains("0x1040") && text.contains("64 bytes inside") && text.contains("0x1000"));
+        assert!(text.contains("nothing was freed"));
+        for reason in [PointerError::Foreign, PointerError::NotLive, PointerError::NotRaw] {
+            assert!(!reason.to_string().is_empty());
+        }
+    }
+}

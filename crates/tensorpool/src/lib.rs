@@ -1,0 +1,18 @@
+//! tensorpool: a memory allocator for tensors.
+#![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod address_map;
+pub mod bytes;
+pub mod error;
+pub mod fixed_pool;
+pub mod limits;
+pub mod size_class;
+pub mod snapshot;
+pub mod stats;
+pub mod upstream;
+
+pub use error::{Error, OomCause, OutOfMemory, PointerError, Result};
+pub use fixed_pool::{FixedSizePool, PoolStats};
+pub use limits::{MAX_ALIGN, MAX_ALLOCATION_SIZE};
+pub use stats::{Stats, Tier, Usage};

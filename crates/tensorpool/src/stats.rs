@@ -1,0 +1,357 @@
+//! Statistics: what every tier counts, and the manager-wide [`Stats`] with its summary.
+//!
+//! Names follow PyTorch's caching allocator where the meaning matches, because users
+//! know them: `allocated_bytes` are blocks held by the program (as rounded),
+//! `requested_bytes` what it asked for, `reserved_bytes` what was taken from upstream,
+//! and `cached_bytes` the difference between reserved and allocated: memory kept warm
+//! for reuse. `internal_waste_bytes` is allocated minus requested (rounding), and
+//! `fragmentation` is the share of cached memory that the largest free block cannot
+//! use: 0 when all free memory is one block, close to 1 when it is in crumbs.
+//!
+//! ```
+//! use tensorpool::MemoryManager;
+//!
+//! let mm = MemoryManager::default();
+//! let p = mm.allocate_raw(1000, 64)?;
+//! let s = mm.stats();
+//! assert_eq!(s.requested_bytes, 1000);
+//! assert_eq!(s.allocated_bytes, 1024); // the 1 KiB size class
+//! assert_eq!(s.internal_waste_bytes, 24);
+//! assert!(s.reserved_bytes >= s.allocated_bytes);
+//! assert_eq!(s.cached_bytes, s.reserved_bytes - s.allocated_bytes);
+//! mm.free_raw(p)?;
+//! println!("{}", mm.summary());
+//! # Ok::<(), tensorpool::Error>(())
+//! ```
+
+use crate::bytes::format_bytes;
+use serde::Serialize;
+use std::fmt::{self, Write as _};
+
+/// The tiers of the manager; also names the strategy in a standalone error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tier {
+    /// An explicit fixed-size pool named in the configuration, or a standalone
+    /// [`FixedSizePool`](crate::FixedSizePool).
+    Pool,
+    /// Size-class pools for small requests.
+    Small,
+    /// The coalescing best-fit tier for large requests.
+    Large,
+    /// Dedicated, size-cached segments for huge requests.
+    Huge,
+    /// Bump-allocating arenas.
+    Arena,
+}
+
+impl Tier {
+    /// The tier's name as printed in tables and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Pool => "fixed pool",
+            Tier::Small => "small (size classes)",
+            Tier::Large => "large (best fit)",
+            Tier::Huge => "huge (cached segments)",
+            Tier::Arena => "arena",
+        }
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Counters every strategy keeps, in bytes and events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    /// Bytes of live blocks, as rounded.
+    pub allocated_bytes: usize,
+    /// The most `allocated_bytes` seen.
+    pub peak_allocated_bytes: usize,
+    /// Bytes of live blocks, as requested.
+    pub requested_bytes: usize,
+    /// Bytes taken from upstream and not yet given back.
+    pub reserved_bytes: usize,
+    /// The most `reserved_bytes` seen.
+    pub peak_reserved_bytes: usize,
+    /// Live blocks.
+    pub allocated_blocks: usize,
+    /// Allocations served.
+    pub num_allocs: u64,
+    /// Frees.
+    pub num_frees: u64,
+    /// Allocations served from cached memory without going upstream.
+    pub hits: u64,
+    /// Allocations that had to take a new region from upstream.
+    pub misses: u64,
+    /// Allocations refused for lack of memory.
+    pub num_ooms: u64,
+    /// Regions taken from upstream.
+    pub num_upstream_allocs: u64,
+    /// Regions given back to upstream.
+    pub num_upstream_frees: u64,
+}
+
+impl Usage {
+    /// Records a served allocation of `rounded` bytes for a request of `requested`.
+    #[inline]
+    pub(crate) fn on_alloc(&mut self, rounded: usize, requested: usize, hit: bool) {
+        self.allocated_bytes += rounded;
+        self.requested_bytes += requested;
+        self.peak_allocated_bytes = self.peak_allocated_bytes.max(self.allocated_bytes);
+        self.allocated_blocks += 1;
+        self.num_allocs += 1;
+        if hit {
+            self.hits += 1;
+        } else {
+            self.misses += 1;
+        }
+    }
+
+    /// Records a free of a block allocated with [`on_alloc`](Self::on_alloc).
+    #[inline]
+    pub(crate) fn on_free(&mut self, rounded: usize, requested: usize) {
+        self.allocated_bytes -= rounded;
+        self.requested_bytes -= requested;
+        self.allocated_blocks -= 1;
+        self.num_frees += 1;
+    }
+
+    /// Records a region taken from upstream.
+    pub(crate) fn on_reserve(&mut self, bytes: usize) {
+        self.reserved_bytes += bytes;
+        self.peak_reserved_bytes = self.peak_reserved_bytes.max(self.reserved_bytes);
+        self.num_upstream_allocs += 1;
+    }
+
+    /// Records a region given back to upstream.
+    pub(crate) fn on_release(&mut self, bytes: usize) {
+        self.reserved_bytes -= bytes;
+        self.num_upstream_frees += 1;
+    }
+
+    /// Reserved bytes not held by the program.
+    pub fn cached_bytes(&self) -> usize {
+        self.reserved_bytes - self.allocated_bytes
+    }
+
+    /// Adds another tier's counters to these (peaks add up to an upper bound).
+    pub(crate) fn accumulate(&mut self, other: &Usage) {
+        self.allocated_bytes += other.allocated_bytes;
+        self.peak_allocated_bytes += other.peak_allocated_bytes;
+        self.requested_bytes += other.requested_bytes;
+        self.reserved_bytes += other.reserved_bytes;
+        self.peak_reserved_bytes += other.peak_reserved_bytes;
+        self.allocated_blocks += other.allocated_blocks;
+        self.num_allocs += other.num_allocs;
+        self.num_frees += other.num_frees;
+        self.hits += other.hits;
+        self.misses += other.misses;
+        self.num_ooms += other.num_ooms;
+        self.num_upstream_allocs += other.num_upstream_allocs;
+        self.num_upstream_frees += other.num_upstream_frees;
+    }
+}
+
+/// Counters of one tier of the manager.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TierStats {
+    /// Which tier.
+    pub tier: Tier,
+    /// Its counters.
+    #[serde(flatten)]
+    pub usage: Usage,
+    /// The largest block it can serve from cached memory.
+    pub largest_free_block: usize,
+}
+
+/// Counters of one size class (or one explicit pool).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClassStats {
+    /// Block size of the class.
+    pub block_size: usize,
+    /// Slots that are free in its chunks.
+    pub free_blocks: usize,
+    /// Chunks taken from upstream.
+    pub chunks: usize,
+    /// The class's counters.
+    #[serde(flatten)]
+    pub usage: Usage,
+}
+
+/// The manager's statistics: totals, then per tier and per size class.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Stats {
+    /// Bytes of live blocks, as rounded (PyTorch: `allocated_bytes.all.current`).
+    pub allocated_bytes: usize,
+    /// The most `allocated_bytes` seen.
+    pub peak_allocated_bytes: usize,
+    /// Bytes of live blocks, as requested (PyTorch: `requested_bytes.all.current`).
+    pub requested_bytes: usize,
+    /// The most `requested_bytes` seen.
+    pub peak_requested_bytes: usize,
+    /// Bytes taken from upstream (PyTorch: `reserved_bytes.all.current`).
+    pub reserved_bytes: usize,
+    /// The most `reserved_bytes` seen.
+    pub peak_reserved_bytes: usize,
+    /// `reserved_bytes - allocated_bytes`: free memory kept for reuse.
+    pub cached_bytes: usize,
+    /// `allocated_bytes - requested_bytes`: lost to rounding.
+    pub internal_waste_bytes: usize,
+    /// Live blocks.
+    pub allocated_blocks: usize,
+    /// Allocations served.
+    pub num_allocs: u64,
+    /// Frees.
+    pub num_frees: u64,
+    /// Allocations that freed cached memory and tried again (PyTorch: `num_alloc_retries`).
+    pub num_alloc_retries: u64,
+    /// Allocations refused for lack of memory (PyTorch: `num_ooms`).
+    pub num_ooms: u64,
+    /// Regions taken from upstream.
+    pub num_upstream_allocs: u64,
+    /// Regions given back to upstream.
+    pub num_upstream_frees: u64,
+    /// The largest block servable from cached memory without going upstream.
+    pub largest_free_block: usize,
+    /// `1 - largest_free_block / cached_bytes` (0 when nothing is cached).
+    pub fragmentation: f64,
+    /// Bytes in chunks held by live arenas.
+    pub arena_bytes: usize,
+    /// The limit on reserved bytes, if any.
+    pub memory_limit: Option<usize>,
+    /// Per tier.
+    pub tiers: Vec<TierStats>,
+    /// Per size class that has been used, then per explicit pool.
+    pub classes: Vec<ClassStats>,
+}
+
+/// `1 - largest / free`, or 0 when nothing is free.
+pub(crate) fn fragmentation(largest_free: usize, free: usize) -> f64 {
+    if free == 0 {
+        0.0
+    } else {
+        1.0 - largest_free.min(free) as f64 / free as f64
+    }
+}
+
+impl Stats {
+    /// A table for people, in the spirit of `torch.cuda.memory_summary()`.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        let b = format_bytes;
+        let rule = "-".repeat(86);
+        let _ = writeln!(out, "{rule}");
+        let _ = writeln!(out, " tensorpool memory summary");
+        let _ = writeln!(out, "{rule}");
+        let _ = writeln!(out, " {:<28} {:>18} {:>18}", "", "current", "peak");
+        let _ = writeln!(out, " {:<28} {:>18} {:>18}", "allocated (held by program)", b(self.allocated_bytes), b(self.peak_allocated_bytes));
+        let _ = writeln!(out, " {:<28} {:>18} {:>18}", "requested (as asked)", b(self.requested_bytes), b(self.peak_requested_bytes));
+        let _ = writeln!(out, " {:<28} {:>18} {:>18}", "reserved (from upstream)", b(self.reserved_bytes), b(self.peak_reserved_bytes));
+        let _ = writeln!(out, " {:<28} {:>18}", "cached (reserved, free)", b(self.cached_bytes));
+        let _ = writeln!(out, " {:<28} {:>18}", "rounding waste", b(self.internal_waste_bytes));
+        let _ = writeln!(out, " {:<28} {:>18}", "largest free block", b(self.largest_free_block));
+        let _ = writeln!(out, " {:<28} {:>17.1}%", "fragmentation", 100.0 * self.fragmentation);
+        let _ = writeln!(out, " {:<28} {:>18}", "arena chunks", b(self.arena_bytes));
+        let limit = self.memory_limit.map_or_else(|| "none".to_string(), b);
+        let _ = writeln!(out, " {:<28} {:>18}", "memory limit", limit);
+        let _ = writeln!(
+            out,
+            " allocs {}  frees {}  live blocks {}  retries {}  OOMs {}  upstream allocs {} frees {}",
+            self.num_allocs,
+            self.num_frees,
+            self.allocated_blocks,
+            self.num_alloc_retries,
+            self.num_ooms,
+            self.num_upstream_allocs,
+            self.num_upstream_frees
+        );
+        let _ = writeln!(out, "{rule}");
+        let _ = writeln!(
+            out,
+            " {:<24} {:>11} {:>11} {:>11} {:>9} {:>7} {:>7}",
+            "tier", "allocated", "reserved", "peak rsvd", "allocs", "hit %", "blocks"
+        );
+        for t in &self.tiers {
+            let u = &t.usage;
+            let _ = writeln!(
+                out,
+                " {:<24} {:>11} {:>11} {:>11} {:>9} {:>7} {:>7}",
+                t.tier.name(),
+                b(u.allocated_bytes),
+                b(u.reserved_bytes),
+                b(u.peak_reserved_bytes),
+                u.num_allocs,
+                hit_rate(u),
+                u.allocated_blocks
+            );
+        }
+        if !self.classes.is_empty() {
+            let _ = writeln!(out, "{rule}");
+            let _ = writeln!(
+                out,
+                " {:<12} {:>9} {:>9} {:>11} {:>11} {:>10} {:>7} {:>7}",
+                "class", "live", "free", "allocated", "reserved", "allocs", "hit %", "chunks"
+            );
+            for c in &self.classes {
+                let _ = writeln!(
+                    out,
+                    " {:<12} {:>9} {:>9} {:>11} {:>11} {:>10} {:>7} {:>7}",
+                    b(c.block_size),
+                    c.usage.allocated_blocks,
+                    c.free_blocks,
+                    b(c.usage.allocated_bytes),
+                    b(c.usage.reserved_bytes),
+                    c.usage.num_allocs,
+                    hit_rate(&c.usage),
+                    c.chunks
+                );
+            }
+        }
+        let _ = writeln!(out, "{rule}");
+        out
+    }
+}
+
+fn hit_rate(u: &Usage) -> String {
+    if u.num_allocs == 0 {
+        "-".to_string()
+    } else {
+        format!("{:.1}", 100.0 * u.hits as f64 / u.num_allocs as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_tracks_peaks_and_balances() {
+        let mut u = Usage::default();
+        u.on_reserve(4096);
+        u.on_alloc(128, 100, false);
+        u.on_alloc(64, 64, true);
+        assert_eq!((u.allocated_bytes, u.requested_bytes, u.allocated_blocks), (192, 164, 2));
+        u.on_free(128, 100);
+        assert_eq!((u.allocated_bytes, u.peak_allocated_bytes), (64, 192));
+        assert_eq!(u.cached_bytes(), 4096 - 64);
+        u.on_free(64, 64);
+        u.on_release(4096);
+        assert_eq!((u.reserved_bytes, u.peak_reserved_bytes), (0, 4096));
+        assert_eq!((u.hits, u.misses, u.num_upstream_allocs, u.num_upstream_frees), (1, 1, 1, 1));
+        let mut total = Usage::default();
+        total.accumulate(&u);
+        total.accumulate(&u);
+        assert_eq!(total.num_allocs, 4);
+    }
+
+    #[test]
+    fn fragmentation_is_share_not_in_largest_block() {
+        assert_eq!(fragmentation(0, 0), 0.0);
+        assert_eq!(fragmentation(100, 100), 0.0);
+        assert!((fragmentation(25, 100) - 0.75).abs() < 1e-12);
+    }
+}
