@@ -51,7 +51,9 @@ pub fn parse_bytes(text: &str) -> Result<usize, String> {
         .unwrap_or(t.len());
     let (number, unit) = (t[..split].trim(), t[split..].trim());
     if number.is_empty() {
-        return Err(format!("`{text}` is not a size: it must start with a number"));
+        return Err(format!(
+            "`{text}` is not a size: it must start with a number"
+        ));
     }
     let scale: u64 = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1,
@@ -63,11 +65,9 @@ pub fn parse_bytes(text: &str) -> Result<usize, String> {
         "mb" => 1_000_000,
         "gb" => 1_000_000_000,
         "tb" => 1_000_000_000_000,
-        _ => {
-            return Err(format!(
-                "`{text}` has an unknown unit `{unit}` (use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB)"
-            ))
-        }
+        _ => return Err(format!(
+            "`{text}` has an unknown unit `{unit}` (use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB)"
+        )),
     };
     let value: f64 = number
         .parse()
@@ -184,9 +184,15 @@ mod tests {
         assert_eq!(parse_bytes("2GB"), Ok(2_000_000_000));
         assert_eq!(parse_bytes("4 M"), Ok(4 << 20));
         assert!(parse_bytes("").unwrap_err().contains("start with a number"));
-        assert!(parse_bytes("MiB").unwrap_err().contains("start with a number"));
-        assert!(parse_bytes("1.2.3 KiB").unwrap_err().contains("not a number"));
-        assert!(parse_bytes("3 furlongs").unwrap_err().contains("unknown unit"));
+        assert!(parse_bytes("MiB")
+            .unwrap_err()
+            .contains("start with a number"));
+        assert!(parse_bytes("1.2.3 KiB")
+            .unwrap_err()
+            .contains("not a number"));
+        assert!(parse_bytes("3 furlongs")
+            .unwrap_err()
+            .contains("unknown unit"));
         assert!(parse_bytes("0.3 B").unwrap_err().contains("whole number"));
         assert!(parse_bytes("1e400").is_err());
         assert!(parse_bytes("99999999999 PiB").is_err());
@@ -218,6 +224,9 @@ mod tests {
         assert!(err.to_string().contains("negative"), "{err}");
         let err = serde_json::from_str::<Sized>(r#"{"size": "lots"}"#).unwrap_err();
         assert!(err.to_string().contains("not a size"), "{err}");
-        assert_eq!(serde_json::to_string(&s).unwrap(), r#"{"size":5,"limit":null}"#);
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            r#"{"size":5,"limit":null}"#
+        );
     }
 }

@@ -216,7 +216,9 @@ impl fmt::Display for OutOfMemory {
                 "; the memory limit of {} would be exceeded",
                 format_bytes(self.limit.unwrap_or(0))
             )?,
-            OomCause::UpstreamFailed => f.write_str("; the upstream memory source refused more memory")?,
+            OomCause::UpstreamFailed => {
+                f.write_str("; the upstream memory source refused more memory")?
+            }
             OomCause::CapacityReached { capacity } => {
                 write!(f, "; it is full (fixed capacity {capacity})")?
             }
@@ -271,7 +273,9 @@ mod tests {
 
     #[test]
     fn oom_message_names_every_figure() {
-        let text = report(OomCause::LimitReached, 6 << 20).into_error().to_string();
+        let text = report(OomCause::LimitReached, 6 << 20)
+            .into_error()
+            .to_string();
         for needle in [
             "tried to allocate 3.00 MiB",
             "align 64",
@@ -304,9 +308,15 @@ mod tests {
             },
         };
         let text = e.to_string();
-        assert!(text.contains("0x1040") && text.contains("64 bytes inside") && text.contains("0x1000"));
+        assert!(
+            text.contains("0x1040") && text.contains("64 bytes inside") && text.contains("0x1000")
+        );
         assert!(text.contains("nothing was freed"));
-        for reason in [PointerError::Foreign, PointerError::NotLive, PointerError::NotRaw] {
+        for reason in [
+            PointerError::Foreign,
+            PointerError::NotLive,
+            PointerError::NotRaw,
+        ] {
             assert!(!reason.to_string().is_empty());
         }
     }

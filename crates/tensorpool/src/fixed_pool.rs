@@ -336,7 +336,9 @@ impl FixedSizePool {
             .find_chunk(&st, addr)
             .ok_or(invalid(PointerError::Foreign))?;
         let st = &mut *st;
-        let chunk = st.chunks[id as usize].as_mut().expect("mapped chunk exists");
+        let chunk = st.chunks[id as usize]
+            .as_mut()
+            .expect("mapped chunk exists");
         let offset = addr - chunk.region.start();
         let slot = offset / self.stride;
         if slot >= chunk.slots as usize || !bit(&chunk.live, slot as u32) {
@@ -446,7 +448,9 @@ impl FixedSizePool {
         let mut released = 0;
         let mut keep = Vec::with_capacity(st.available.len());
         for &id in &st.available {
-            let chunk = st.chunks[id as usize].as_ref().expect("available chunk exists");
+            let chunk = st.chunks[id as usize]
+                .as_ref()
+                .expect("available chunk exists");
             if chunk.live_count > 0 {
                 keep.push(id);
                 continue;
@@ -558,7 +562,9 @@ unsafe impl Allocator for FixedSizePool {
         if layout.size() > self.block_size || layout.align() > self.align {
             return Err(AllocError);
         }
-        let (ptr, _) = self.alloc_block(layout.size(), false).map_err(|_| AllocError)?;
+        let (ptr, _) = self
+            .alloc_block(layout.size(), false)
+            .map_err(|_| AllocError)?;
         Ok(NonNull::slice_from_raw_parts(ptr, layout.size()))
     }
 
@@ -567,7 +573,10 @@ unsafe impl Allocator for FixedSizePool {
             return;
         }
         let freed = self.free_block(ptr.as_ptr().addr(), false);
-        debug_assert!(freed.is_ok(), "Allocator::deallocate broke its contract: {freed:?}");
+        debug_assert!(
+            freed.is_ok(),
+            "Allocator::deallocate broke its contract: {freed:?}"
+        );
     }
 }
 
@@ -593,7 +602,11 @@ mod tests {
         assert!(addrs.iter().all(|a| a % 64 == 0));
         let last = *blocks.last().unwrap();
         pool.deallocate(last).unwrap();
-        assert_eq!(pool.allocate().unwrap(), last, "the warmest slot comes back first");
+        assert_eq!(
+            pool.allocate().unwrap(),
+            last,
+            "the warmest slot comes back first"
+        );
         let s = pool.stats();
         assert_eq!(s.usage.allocated_blocks, 100);
         assert_eq!(s.usage.allocated_bytes, 100 * 128);

@@ -3,6 +3,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod address_map;
+pub mod arena;
 pub mod bytes;
 pub mod error;
 pub mod fixed_pool;
@@ -12,6 +13,7 @@ pub mod snapshot;
 pub mod stats;
 pub mod upstream;
 
+pub use arena::{Arena, ArenaStats, Checkpoint, Scope};
 pub use error::{Error, OomCause, OutOfMemory, PointerError, Result};
 pub use fixed_pool::{FixedSizePool, PoolStats};
 pub use limits::{MAX_ALIGN, MAX_ALLOCATION_SIZE};

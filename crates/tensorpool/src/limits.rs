@@ -66,7 +66,10 @@ mod tests {
         assert_eq!(round_up(1, 64), 64);
         assert_eq!(round_up(64, 64), 64);
         assert_eq!(round_up(65, 64), 128);
-        assert_eq!(round_up(MAX_ALLOCATION_SIZE - 1, 2 << 20), MAX_ALLOCATION_SIZE);
+        assert_eq!(
+            round_up(MAX_ALLOCATION_SIZE - 1, 2 << 20),
+            MAX_ALLOCATION_SIZE
+        );
     }
 
     #[test]

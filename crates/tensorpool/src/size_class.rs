@@ -185,7 +185,11 @@ impl fmt::Display for SizeClassTable<'_> {
             format_bytes(t.min_size()),
             format_bytes(t.max_size())
         )?;
-        writeln!(f, "{:>5}  {:>12}  {:>10}  {:>9}  {:>10}", "class", "block size", "bytes", "alignment", "max waste")?;
+        writeln!(
+            f,
+            "{:>5}  {:>12}  {:>10}  {:>9}  {:>10}",
+            "class", "block size", "bytes", "alignment", "max waste"
+        )?;
         for class in 0..t.len() {
             writeln!(
                 f,
@@ -218,7 +222,11 @@ mod tests {
             assert!(t.size_of(c) > t.size_of(c - 1));
             assert_eq!(t.index_of(t.size_of(c)), c);
             assert_eq!(t.index_of(t.size_of(c - 1) + 1), c);
-            assert!(t.max_waste(c) <= 0.125, "class {c} wastes {}", t.max_waste(c));
+            assert!(
+                t.max_waste(c) <= 0.125,
+                "class {c} wastes {}",
+                t.max_waste(c)
+            );
         }
     }
 
@@ -231,7 +239,11 @@ mod tests {
                 match t.class_for(size, align) {
                     Some(c) => {
                         assert!(t.size_of(c) >= size);
-                        assert!(t.align_of(c) >= align, "size {size} align {align} -> {}", t.size_of(c));
+                        assert!(
+                            t.align_of(c) >= align,
+                            "size {size} align {align} -> {}",
+                            t.size_of(c)
+                        );
                         if c > 0 {
                             // the class below would not do: too small or misaligned
                             let below = t.size_of(c - 1);
@@ -246,9 +258,19 @@ mod tests {
 
     #[test]
     fn invalid_tables_are_refused() {
-        for (min, max, per) in [(48, 1024, 4), (64, 64, 8), (64, 1000, 8), (64, 1024, 16), (64, 1024, 3), (4, 1024, 1)] {
+        for (min, max, per) in [
+            (48, 1024, 4),
+            (64, 64, 8),
+            (64, 1000, 8),
+            (64, 1024, 16),
+            (64, 1024, 3),
+            (4, 1024, 1),
+        ] {
             let e = SizeClasses::new(min, max, per).unwrap_err();
-            assert!(matches!(e, Error::InvalidConfig(_)), "{min} {max} {per}: {e}");
+            assert!(
+                matches!(e, Error::InvalidConfig(_)),
+                "{min} {max} {per}: {e}"
+            );
         }
         assert!(SizeClasses::new(64, 1 << 33, 8).is_err());
     }

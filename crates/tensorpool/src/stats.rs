@@ -248,13 +248,51 @@ impl Stats {
         let _ = writeln!(out, " tensorpool memory summary");
         let _ = writeln!(out, "{rule}");
         let _ = writeln!(out, " {:<28} {:>18} {:>18}", "", "current", "peak");
-        let _ = writeln!(out, " {:<28} {:>18} {:>18}", "allocated (held by program)", b(self.allocated_bytes), b(self.peak_allocated_bytes));
-        let _ = writeln!(out, " {:<28} {:>18} {:>18}", "requested (as asked)", b(self.requested_bytes), b(self.peak_requested_bytes));
-        let _ = writeln!(out, " {:<28} {:>18} {:>18}", "reserved (from upstream)", b(self.reserved_bytes), b(self.peak_reserved_bytes));
-        let _ = writeln!(out, " {:<28} {:>18}", "cached (reserved, free)", b(self.cached_bytes));
-        let _ = writeln!(out, " {:<28} {:>18}", "rounding waste", b(self.internal_waste_bytes));
-        let _ = writeln!(out, " {:<28} {:>18}", "largest free block", b(self.largest_free_block));
-        let _ = writeln!(out, " {:<28} {:>17.1}%", "fragmentation", 100.0 * self.fragmentation);
+        let _ = writeln!(
+            out,
+            " {:<28} {:>18} {:>18}",
+            "allocated (held by program)",
+            b(self.allocated_bytes),
+            b(self.peak_allocated_bytes)
+        );
+        let _ = writeln!(
+            out,
+            " {:<28} {:>18} {:>18}",
+            "requested (as asked)",
+            b(self.requested_bytes),
+            b(self.peak_requested_bytes)
+        );
+        let _ = writeln!(
+            out,
+            " {:<28} {:>18} {:>18}",
+            "reserved (from upstream)",
+            b(self.reserved_bytes),
+            b(self.peak_reserved_bytes)
+        );
+        let _ = writeln!(
+            out,
+            " {:<28} {:>18}",
+            "cached (reserved, free)",
+            b(self.cached_bytes)
+        );
+        let _ = writeln!(
+            out,
+            " {:<28} {:>18}",
+            "rounding waste",
+            b(self.internal_waste_bytes)
+        );
+        let _ = writeln!(
+            out,
+            " {:<28} {:>18}",
+            "largest free block",
+            b(self.largest_free_block)
+        );
+        let _ = writeln!(
+            out,
+            " {:<28} {:>17.1}%",
+            "fragmentation",
+            100.0 * self.fragmentation
+        );
         let _ = writeln!(out, " {:<28} {:>18}", "arena chunks", b(self.arena_bytes));
         let limit = self.memory_limit.map_or_else(|| "none".to_string(), b);
         let _ = writeln!(out, " {:<28} {:>18}", "memory limit", limit);
@@ -334,14 +372,25 @@ mod tests {
         u.on_reserve(4096);
         u.on_alloc(128, 100, false);
         u.on_alloc(64, 64, true);
-        assert_eq!((u.allocated_bytes, u.requested_bytes, u.allocated_blocks), (192, 164, 2));
+        assert_eq!(
+            (u.allocated_bytes, u.requested_bytes, u.allocated_blocks),
+            (192, 164, 2)
+        );
         u.on_free(128, 100);
         assert_eq!((u.allocated_bytes, u.peak_allocated_bytes), (64, 192));
         assert_eq!(u.cached_bytes(), 4096 - 64);
         u.on_free(64, 64);
         u.on_release(4096);
         assert_eq!((u.reserved_bytes, u.peak_reserved_bytes), (0, 4096));
-        assert_eq!((u.hits, u.misses, u.num_upstream_allocs, u.num_upstream_frees), (1, 1, 1, 1));
+        assert_eq!(
+            (
+                u.hits,
+                u.misses,
+                u.num_upstream_allocs,
+                u.num_upstream_frees
+            ),
+            (1, 1, 1, 1)
+        );
         let mut total = Usage::default();
         total.accumulate(&u);
         total.accumulate(&u);

@@ -83,7 +83,11 @@ impl Region {
     /// A pointer `offset` bytes into the region, with the region's provenance.
     #[inline]
     pub fn at(&self, offset: usize) -> NonNull<u8> {
-        debug_assert!(offset < self.len, "offset {offset} outside a region of {}", self.len);
+        debug_assert!(
+            offset < self.len,
+            "offset {offset} outside a region of {}",
+            self.len
+        );
         // SAFETY: `offset < len`, so the result stays inside the region's allocation,
         // and an in-bounds offset from a non-null pointer is non-null.
         unsafe { self.ptr.add(offset) }
@@ -116,7 +120,11 @@ impl fmt::Display for UpstreamError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             UpstreamError::OutOfMemory { size } => {
-                write!(f, "the upstream source could not provide {}", format_bytes(size))
+                write!(
+                    f,
+                    "the upstream source could not provide {}",
+                    format_bytes(size)
+                )
             }
             UpstreamError::LimitReached {
                 size,
@@ -466,7 +474,10 @@ mod tests {
         );
         assert!(err.to_string().contains("limit"));
         let b = m.allocate(400, 8).unwrap();
-        assert_eq!((m.reserved_bytes(), m.peak_reserved_bytes(), m.num_allocs()), (1000, 1000, 2));
+        assert_eq!(
+            (m.reserved_bytes(), m.peak_reserved_bytes(), m.num_allocs()),
+            (1000, 1000, 2)
+        );
         // SAFETY: both came from `m` with these sizes.
         unsafe {
             m.deallocate(a, 600, 8);
@@ -495,6 +506,9 @@ mod tests {
         }
         let m = MeteredUpstream::new(Arc::new(Refuses), None);
         assert!(m.allocate(10, 8).is_err());
-        assert_eq!((m.reserved_bytes(), m.peak_reserved_bytes(), m.num_allocs()), (0, 0, 0));
+        assert_eq!(
+            (m.reserved_bytes(), m.peak_reserved_bytes(), m.num_allocs()),
+            (0, 0, 0)
+        );
     }
 }

@@ -1,0 +1,1014 @@
+//! `Arena`: bump allocation for short-lived tensors, released all at once.
+//!
+//! An arena hands out memory by moving a pointer down through a chunk: a subtraction,
+//! a mask for the alignment and a compare. When a chunk is exhausted it moves to the
+//! next one, taking a new chunk from upstream (each twice the last) when none is
+//! left. Nothing is freed one by one: [`Arena::reset`] releases everything, a
+//! [`Checkpoint`] releases what came after it, and [`Arena::scope`] runs a closure
+//! and releases what the closure allocated. Chunks are kept for the next round, so
+//! the memory stays warm; [`Arena::trim`] gives back the ones not in use.
+//!
+//! The borrow checker proves that nothing outlives its release: allocations borrow
+//! the arena (or the scope), and `reset` and `rewind` need `&mut self`. A
+//! use-after-reset does not compile:
+//!
+//! ```compile_fail
+//! let mut arena = tensorpool::Arena::new();
+//! let x = arena.alloc(1.0f32).unwrap();
+//! arena.reset(); // error: `arena` is still borrowed by `x`
+//! *x += 1.0;
+//! ```
+//!
+//! and neither does a reference escaping its scope:
+//!
+//! ```compile_fail
+//! let mut arena = tensorpool::Arena::new();
+//! let escaped = arena.scope(|s| s.alloc(1u32).unwrap());
+//! ```
+//!
+//! What does compile:
+//!
+//! ```
+//! use tensorpool::Arena;
+//!
+//! let mut arena = Arena::new();
+//! let weights = arena.alloc_slice_fill(1024, 0.5f32)?; // lives until the reset
+//! let total = arena.scope(|step| {
+//!     let activations = step.alloc_slice_fill(4096, 0.0f32)?;
+//!     activations[0] = weights[0] * 2.0;
+//!     let inner_sum = step.scope(|inner| -> tensorpool::Result<f32> {
+//!         let tmp = inner.alloc_slice_copy(&activations[..4])?;
+//!         Ok(tmp.iter().sum())
+//!     })?; // `tmp` is released here
+//!     Ok::<_, tensorpool::Error>(inner_sum)
+//! })?; // `activations` is released here
+//! assert_eq!(total, 1.0);
+//! assert_eq!(weights.len(), 1024);
+//! arena.reset(); // everything released; the chunks stay for the next step
+//! assert_eq!(arena.stats().allocated_bytes, 0);
+//! # Ok::<(), tensorpool::Error>(())
+//! ```
+//!
+//! An `Arena` is `Send` but not `Sync`: the bump pointer is a plain `Cell`, which is
+//! what makes allocation take about a nanosecond. Use one arena per thread (the
+//! manager hands out as many as needed).
+
+use crate::error::{Error, OomCause, OutOfMemory, Result};
+use crate::fixed_pool::zero_sized;
+use crate::limits::{round_up, validate, MAX_ALIGN};
+use crate::snapshot::{BlockSnapshot, BlockState, SegmentSnapshot, Snapshot};
+use crate::stats::{Tier, Usage};
+use crate::upstream::{default_upstream, page_size, Region, Upstream};
+use allocator_api2::alloc::{AllocError, Allocator};
+use bytemuck::Zeroable;
+use serde::Serialize;
+use std::alloc::Layout;
+use std::cell::{Cell, RefCell};
+use std::marker::PhantomData;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Default size of an arena's first chunk.
+pub const DEFAULT_FIRST_CHUNK: usize = 64 << 10;
+
+/// Default largest chunk an arena takes at once (larger requests get a chunk of their own size).
+pub const DEFAULT_MAX_CHUNK: usize = 64 << 20;
+
+static NEXT_ARENA_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A bump allocator over chunks.
+pub struct Arena {
+    /// The bump pointer: allocations are carved below it. Null before the first chunk.
+    cur: Cell<*mut u8>,
+    /// Lowest address of the current chunk (`usize::MAX` before the first chunk).
+    low: Cell<usize>,
+    /// One past the highest address of the current chunk (0 before the first chunk).
+    high: Cell<usize>,
+    num_allocs: Cell<u64>,
+    requested: Cell<usize>,
+    /// Index of the current chunk in `chunks`.
+    current: Cell<usize>,
+    chunks: RefCell<Vec<Region>>,
+    /// Counters that only change off the fast path.
+    slow: RefCell<Usage>,
+    first_chunk: usize,
+    max_chunk: usize,
+    capacity: Option<usize>,
+    id: u64,
+    generation: Cell<u64>,
+    upstream: Arc<dyn Upstream>,
+}
+
+// SAFETY: an Arena owns all of its state (the chunks are regions it took from
+// upstream, the cells hold addresses inside them); moving it to another thread moves
+// all of it, and `&Arena` is not `Sync` because of the cells, so no two threads ever
+// touch the bump pointer at once.
+unsafe impl Send for Arena {}
+
+/// A position in an arena to rewind to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checkpoint {
+    arena: u64,
+    generation: u64,
+    chunk: usize,
+    used: usize,
+}
+
+/// Builder for an [`Arena`] with non-default settings.
+#[derive(Debug, Clone)]
+pub struct ArenaBuilder {
+    first_chunk: usize,
+    max_chunk: usize,
+    capacity: Option<usize>,
+    upstream: Option<Arc<dyn Upstream>>,
+}
+
+/// Statistics of an arena.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ArenaStats {
+    /// Bytes in use since the last reset or rewind, alignment padding included.
+    pub allocated_bytes: usize,
+    /// The most `allocated_bytes` seen.
+    pub peak_allocated_bytes: usize,
+    /// Bytes asked for since the last reset (rewinds do not subtract).
+    pub requested_bytes: usize,
+    /// Bytes in chunks taken from upstream.
+    pub reserved_bytes: usize,
+    /// The most `reserved_bytes` seen.
+    pub peak_reserved_bytes: usize,
+    /// Chunks held.
+    pub chunks: usize,
+    /// Allocations since the arena was made.
+    pub num_allocs: u64,
+    /// Allocations refused for lack of memory.
+    pub num_ooms: u64,
+    /// Chunks taken from upstream.
+    pub num_upstream_allocs: u64,
+    /// Chunks given back to upstream.
+    pub num_upstream_frees: u64,
+}
+
+impl ArenaBuilder {
+    /// Size of the first chunk (default 64 KiB); each new chunk doubles the last.
+    pub fn first_chunk_size(mut self, bytes: usize) -> Self {
+        self.first_chunk = bytes;
+        self
+    }
+
+    /// Largest chunk taken at once (default 64 MiB), except for a larger request.
+    pub fn max_chunk_size(mut self, bytes: usize) -> Self {
+        self.max_chunk = bytes;
+        self
+    }
+
+    /// A fixed capacity: the arena never reserves more than `bytes` and reports
+    /// itself full instead. The first chunk is then the whole capacity.
+    pub fn capacity(mut self, bytes: usize) -> Self {
+        self.capacity = Some(bytes);
+        self
+    }
+
+    /// Where chunks come from (default: [`default_upstream`]).
+    pub fn upstream(mut self, upstream: Arc<dyn Upstream>) -> Self {
+        self.upstream = Some(upstream);
+        self
+    }
+
+    /// The arena, or an error naming the setting that cannot apply.
+    pub fn build(self) -> Result<Arena> {
+        if self.first_chunk == 0 || self.max_chunk < self.first_chunk {
+            return Err(Error::InvalidConfig(format!(
+                "an arena's first chunk must be at least 1 byte and at most its largest chunk \
+                 ({} > {})",
+                self.first_chunk, self.max_chunk
+            )));
+        }
+        if let Some(cap) = self.capacity {
+            validate(cap, 1).map_err(|e| {
+                Error::InvalidConfig(format!("an arena's capacity is not a valid size: {e}"))
+            })?;
+        }
+        let page = page_size();
+        Ok(Arena {
+            cur: Cell::new(std::ptr::null_mut()),
+            low: Cell::new(usize::MAX),
+            high: Cell::new(0),
+            num_allocs: Cell::new(0),
+            requested: Cell::new(0),
+            current: Cell::new(0),
+            chunks: RefCell::new(Vec::new()),
+            slow: RefCell::new(Usage::default()),
+            first_chunk: self.capacity.unwrap_or(round_up(self.first_chunk, page)),
+            max_chunk: round_up(self.max_chunk, page),
+            capacity: self.capacity,
+            id: NEXT_ARENA_ID.fetch_add(1, Ordering::Relaxed),
+            generation: Cell::new(0),
+            upstream: self.upstream.unwrap_or_else(default_upstream),
+        })
+    }
+}
+
+impl Default for Arena {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Arena {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Arena")
+            .field("id", &self.id)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl Arena {
+    /// A growable arena with default settings.
+    pub fn new() -> Self {
+        Self::builder()
+            .build()
+            .expect("the default settings are valid")
+    }
+
+    /// An arena that never reserves more than `bytes`.
+    pub fn with_capacity(bytes: usize) -> Result<Self> {
+        Self::builder().capacity(bytes).build()
+    }
+
+    /// A builder for other settings.
+    pub fn builder() -> ArenaBuilder {
+        ArenaBuilder {
+            first_chunk: DEFAULT_FIRST_CHUNK,
+            max_chunk: DEFAULT_MAX_CHUNK,
+            capacity: None,
+            upstream: None,
+        }
+    }
+
+    /// `size` bytes aligned to `align` (any power of two), uninitialized.
+    ///
+    /// The memory is valid until the arena is reset, rewound below it, or dropped.
+    #[inline]
+    pub fn allocate(&self, size: usize, align: usize) -> Result<NonNull<u8>> {
+        if !align.is_power_of_two() {
+            return Err(Error::InvalidAlignment { align });
+        }
+        if size == 0 {
+            return Err(Error::ZeroSize);
+        }
+        self.bump_or_grow(size, align)
+    }
+
+    /// [`allocate`](Self::allocate) for a size and alignment already known valid.
+    #[inline]
+    fn bump_or_grow(&self, size: usize, align: usize) -> Result<NonNull<u8>> {
+        debug_assert!(size > 0 && align.is_power_of_two());
+        match self.try_bump(size, align) {
+            Some(p) => Ok(p),
+            None => self.allocate_slow(size, align),
+        }
+    }
+
+    #[inline(always)]
+    fn try_bump(&self, size: usize, align: usize) -> Option<NonNull<u8>> {
+        let cur = self.cur.get();
+        let new = cur.addr().checked_sub(size)? & !(align - 1);
+        if new < self.low.get() {
+            return None;
+        }
+        let ptr = cur.with_addr(new);
+        self.cur.set(ptr);
+        self.num_allocs.set(self.num_allocs.get() + 1);
+        self.requested.set(self.requested.get() + size);
+        // `new >= low > 0`: the address is inside the current chunk, not null.
+        NonNull::new(ptr)
+    }
+
+    #[cold]
+    fn allocate_slow(&self, size: usize, align: usize) -> Result<NonNull<u8>> {
+        validate(size, align.min(MAX_ALIGN))?;
+        let needed = size.checked_add(align).ok_or(Error::SizeTooLarge {
+            size,
+            max: crate::MAX_ALLOCATION_SIZE,
+        })?;
+        self.note_peak();
+        let used = self.used_bytes();
+        let mut chunks = self.chunks.borrow_mut();
+        // A retained chunk after the current one (left by a reset or rewind).
+        let next = if chunks.is_empty() {
+            0
+        } else {
+            self.current.get() + 1
+        };
+        let reuse = chunks.get(next).is_some_and(|c| c.len() >= needed);
+        if !reuse {
+            let region = self.new_chunk(&chunks, used, needed, size, align)?;
+            chunks.insert(next, region);
+        }
+        let chunk = chunks[next];
+        drop(chunks);
+        self.enter(next, 0, &chunk);
+        Ok(self
+            .try_bump(size, align)
+            .expect("a fresh chunk holds the request"))
+    }
+
+    fn new_chunk(
+        &self,
+        chunks: &[Region],
+        used: usize,
+        needed: usize,
+        size: usize,
+        align: usize,
+    ) -> Result<Region> {
+        let page = page_size();
+        let reserved: usize = chunks.iter().map(Region::len).sum();
+        let last = chunks.iter().map(Region::len).max().unwrap_or(0);
+        let mut bytes = (last * 2)
+            .clamp(self.first_chunk, self.max_chunk.max(self.first_chunk))
+            .max(round_up(needed, page));
+        let mut usage = self.slow.borrow_mut();
+        if let Some(cap) = self.capacity {
+            bytes = bytes.min(cap.saturating_sub(reserved));
+            if bytes < needed {
+                usage.num_ooms += 1;
+                usage.allocated_bytes = used;
+                let largest = chunks
+                    .get(self.current.get() + 1..)
+                    .into_iter()
+                    .flatten()
+                    .map(Region::len)
+                    .max()
+                    .unwrap_or(0);
+                let report = OutOfMemory::new(
+                    size,
+                    align,
+                    Tier::Arena,
+                    OomCause::CapacityReached { capacity: cap },
+                    &usage,
+                    largest,
+                );
+                return Err(report.into_error());
+            }
+        }
+        match self.upstream.allocate(bytes, page) {
+            Ok(ptr) => {
+                usage.on_reserve(bytes);
+                Ok(Region::new(ptr, bytes))
+            }
+            Err(refusal) => {
+                usage.num_ooms += 1;
+                usage.allocated_bytes = used;
+                let report =
+                    OutOfMemory::from_upstream(size, align, Tier::Arena, refusal, &usage, 0);
+                Err(report.into_error())
+            }
+        }
+    }
+
+    /// Makes `chunk` (at index `index`) current with `used` bytes already taken.
+    fn enter(&self, index: usize, used: usize, chunk: &Region) {
+        let end = chunk.ptr().as_ptr().wrapping_add(chunk.len());
+        self.current.set(index);
+        self.low.set(chunk.start());
+        self.high.set(chunk.start() + chunk.len());
+        self.cur.set(end.wrapping_sub(used));
+    }
+
+    fn position(&self) -> (usize, usize) {
+        let chunks = self.chunks.borrow();
+        match chunks.get(self.current.get()) {
+            Some(chunk) => (
+                self.current.get(),
+                chunk.start() + chunk.len() - self.cur.get().addr(),
+            ),
+            None => (0, 0),
+        }
+    }
+
+    /// Bytes in use: the full chunks before the current one, and the current one's used part.
+    fn used_bytes(&self) -> usize {
+        let chunks = self.chunks.borrow();
+        let (index, used) = self.position();
+        chunks[..index.min(chunks.len())]
+            .iter()
+            .map(Region::len)
+            .sum::<usize>()
+            + used
+    }
+
+    fn note_peak(&self) {
+        let used = self.used_bytes();
+        let mut usage = self.slow.borrow_mut();
+        usage.peak_allocated_bytes = usage.peak_allocated_bytes.max(used);
+    }
+
+    /// The current position, to rewind to later.
+    pub fn checkpoint(&self) -> Checkpoint {
+        let (chunk, used) = self.position();
+        Checkpoint {
+            arena: self.id,
+            generation: self.generation.get(),
+            chunk,
+            used,
+        }
+    }
+
+    /// Releases everything allocated after `checkpoint`.
+    ///
+    /// Fails, changing nothing, for a checkpoint of another arena, one taken before
+    /// the last reset, or one ahead of the current position.
+    pub fn rewind(&mut self, checkpoint: Checkpoint) -> Result<()> {
+        if checkpoint.arena != self.id {
+            return Err(Error::InvalidCheckpoint("it belongs to another arena"));
+        }
+        if checkpoint.generation != self.generation.get() {
+            return Err(Error::InvalidCheckpoint(
+                "it was taken before the last reset",
+            ));
+        }
+        if (checkpoint.chunk, checkpoint.used) > self.position() {
+            return Err(Error::InvalidCheckpoint(
+                "it is ahead of the arena (a rewind already released it)",
+            ));
+        }
+        self.rewind_to(checkpoint);
+        Ok(())
+    }
+
+    /// Moves the bump pointer back to `checkpoint`, which is at or before the current
+    /// position. Callers guarantee that nothing allocated after it is still borrowed.
+    fn rewind_to(&self, checkpoint: Checkpoint) {
+        self.note_peak();
+        let chunks = self.chunks.borrow();
+        if let Some(chunk) = chunks.get(checkpoint.chunk) {
+            self.enter(checkpoint.chunk, checkpoint.used, chunk);
+        }
+    }
+
+    /// Releases everything. Chunks are kept (warm) for what comes next.
+    pub fn reset(&mut self) {
+        self.note_peak();
+        self.generation.set(self.generation.get() + 1);
+        self.requested.set(0);
+        let chunks = self.chunks.borrow();
+        if let Some(first) = chunks.first() {
+            self.enter(0, 0, first);
+        }
+    }
+
+    /// Runs `f` with a scope that allocates from this arena, then releases everything
+    /// `f` allocated. References from the scope cannot leave `f`.
+    pub fn scope<R>(&mut self, f: impl for<'s> FnOnce(&mut Scope<'s>) -> R) -> R {
+        run_scope(self, f)
+    }
+
+    /// Gives back to upstream the chunks after the current position (all of them if
+    /// nothing is allocated); returns the bytes freed.
+    pub fn trim(&self) -> usize {
+        let (index, used) = self.position();
+        let mut chunks = self.chunks.borrow_mut();
+        let keep = if used == 0 && index == 0 {
+            0
+        } else {
+            index + 1
+        };
+        if keep >= chunks.len() {
+            return 0;
+        }
+        let released: Vec<Region> = chunks.drain(keep..).collect();
+        drop(chunks);
+        if keep == 0 {
+            self.cur.set(std::ptr::null_mut());
+            self.low.set(usize::MAX);
+            self.high.set(0);
+            self.current.set(0);
+        }
+        let mut usage = self.slow.borrow_mut();
+        let mut bytes = 0;
+        for region in released {
+            bytes += region.len();
+            usage.on_release(region.len());
+            // SAFETY: the region came from this upstream with its length and page
+            // alignment; it lies after the current position, so nothing allocated
+            // in it is still in use.
+            unsafe {
+                self.upstream
+                    .deallocate(region.ptr(), region.len(), page_size())
+            };
+        }
+        bytes
+    }
+
+    /// The arena's statistics.
+    pub fn stats(&self) -> ArenaStats {
+        self.note_peak();
+        let usage = self.slow.borrow();
+        ArenaStats {
+            allocated_bytes: self.used_bytes(),
+            peak_allocated_bytes: usage.peak_allocated_bytes,
+            requested_bytes: self.requested.get(),
+            reserved_bytes: usage.reserved_bytes,
+            peak_reserved_bytes: usage.peak_reserved_bytes,
+            chunks: self.chunks.borrow().len(),
+            num_allocs: self.num_allocs.get(),
+            num_ooms: usage.num_ooms,
+            num_upstream_allocs: usage.num_upstream_allocs,
+            num_upstream_frees: usage.num_upstream_frees,
+        }
+    }
+
+    /// The chunks, each listed as one block: the part in use.
+    pub fn snapshot(&self) -> Snapshot {
+        let (index, used) = self.position();
+        let chunks = self.chunks.borrow();
+        let segments = chunks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let in_use = match i.cmp(&index) {
+                    std::cmp::Ordering::Less => c.len(),
+                    std::cmp::Ordering::Equal => used,
+                    std::cmp::Ordering::Greater => 0,
+                };
+                let end = c.start() + c.len();
+                let mut blocks = Vec::new();
+                if in_use < c.len() {
+                    blocks.push(BlockSnapshot {
+                        address: c.start(),
+                        size: c.len() - in_use,
+                        requested: 0,
+                        state: BlockState::Free,
+                    });
+                }
+                if in_use > 0 {
+                    blocks.push(BlockSnapshot {
+                        address: end - in_use,
+                        size: in_use,
+                        requested: in_use,
+                        state: BlockState::Allocated,
+                    });
+                }
+                SegmentSnapshot {
+                    tier: Tier::Arena,
+                    address: c.start(),
+                    size: c.len(),
+                    block_size: None,
+                    allocated_bytes: in_use,
+                    free_blocks: 0,
+                    blocks,
+                }
+            })
+            .collect();
+        Snapshot { segments }
+    }
+
+    /// Moves `value` into the arena.
+    pub fn alloc<T>(&self, value: T) -> Result<&mut T> {
+        // SAFETY: the memory lives until a reset, rewind or drop, each of which needs
+        // `&mut self` and so ends the borrow of `self` that bounds the result.
+        unsafe { alloc_value(self, value) }
+    }
+
+    /// A slice of `len` copies of `value`.
+    pub fn alloc_slice_fill<T: Clone>(&self, len: usize, value: T) -> Result<&mut [T]> {
+        // SAFETY: as for `alloc`.
+        unsafe { alloc_slice_with(self, len, |_| value.clone()) }
+    }
+
+    /// A copy of `src` in the arena.
+    pub fn alloc_slice_copy<T: Copy>(&self, src: &[T]) -> Result<&mut [T]> {
+        // SAFETY: as for `alloc`.
+        unsafe { alloc_slice_with(self, src.len(), |i| src[i]) }
+    }
+
+    /// A slice of `len` zeros.
+    pub fn alloc_slice_zeroed<T: Zeroable>(&self, len: usize) -> Result<&mut [T]> {
+        // SAFETY: as for `alloc`.
+        unsafe { alloc_slice_with(self, len, |_| T::zeroed()) }
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        for region in self.chunks.get_mut().drain(..) {
+            // SAFETY: every chunk came from this upstream with its length and page
+            // alignment; the arena is going away, and every allocation borrowed it.
+            unsafe {
+                self.upstream
+                    .deallocate(region.ptr(), region.len(), page_size())
+            };
+        }
+    }
+}
+
+/// Moves `value` into `arena`, returning a reference of any lifetime.
+///
+/// # Safety
+///
+/// The caller bounds `'a` by the time the memory stays allocated: until the arena is
+/// reset, rewound below this allocation, or dropped.
+unsafe fn alloc_value<'a, T>(arena: &Arena, value: T) -> Result<&'a mut T> {
+    let layout = Layout::new::<T>();
+    let ptr = if layout.size() == 0 {
+        NonNull::<T>::dangling()
+    } else {
+        arena
+            .bump_or_grow(layout.size(), layout.align())?
+            .cast::<T>()
+    };
+    // SAFETY: `ptr` is valid for a `T` (fresh arena memory of its layout, or dangling
+    // for a zero-sized type) and nobody else refers to it; the caller bounds 'a.
+    unsafe {
+        ptr.as_ptr().write(value);
+        Ok(&mut *ptr.as_ptr())
+    }
+}
+
+/// A slice of `len` elements made by `f(index)`, with a lifetime the caller bounds.
+///
+/// # Safety
+///
+/// As for [`alloc_value`].
+unsafe fn alloc_slice_with<'a, T>(
+    arena: &Arena,
+    len: usize,
+    mut f: impl FnMut(usize) -> T,
+) -> Result<&'a mut [T]> {
+    let layout = Layout::array::<T>(len).map_err(|_| Error::SizeTooLarge {
+        size: usize::MAX,
+        max: crate::MAX_ALLOCATION_SIZE,
+    })?;
+    let ptr = if layout.size() == 0 {
+        NonNull::<T>::dangling()
+    } else {
+        arena
+            .bump_or_grow(layout.size(), layout.align())?
+            .cast::<T>()
+    };
+    for i in 0..len {
+        // SAFETY: `i < len` elements fit the allocation made for `len` of them.
+        unsafe { ptr.as_ptr().add(i).write(f(i)) };
+    }
+    // SAFETY: all `len` elements were written above; the caller bounds 'a. If `f`
+    // panicked, the written elements leak, which is safe.
+    unsafe { Ok(std::slice::from_raw_parts_mut(ptr.as_ptr(), len)) }
+}
+
+/// A region of an arena that is released when the scope ends.
+///
+/// Made by [`Arena::scope`] or [`Scope::scope`]. Allocations live for `'s`, the
+/// scope's own lifetime, which the closure cannot let escape. While a nested scope
+/// runs, its parent is mutably borrowed and cannot allocate, so the nested release
+/// never frees a parent's allocation.
+pub struct Scope<'s> {
+    arena: &'s Arena,
+    /// Invariant in `'s`, so that a scope's lifetime can be neither shortened nor
+    /// lengthened by subtyping.
+    _invariant: PhantomData<fn(&'s ()) -> &'s ()>,
+}
+
+fn run_scope<R>(arena: &Arena, f: impl for<'s> FnOnce(&mut Scope<'s>) -> R) -> R {
+    /// Rewinds even when `f` panics, when no reference into the scope survives.
+    struct Release<'a>(&'a Arena, Checkpoint);
+    impl Drop for Release<'_> {
+        fn drop(&mut self) {
+            self.0.rewind_to(self.1);
+        }
+    }
+    let release = Release(arena, arena.checkpoint());
+    let mut scope = Scope {
+        arena,
+        _invariant: PhantomData,
+    };
+    let result = f(&mut scope);
+    drop(release);
+    result
+}
+
+impl<'s> Scope<'s> {
+    /// `size` bytes aligned to `align`, valid until the scope ends.
+    pub fn allocate(&self, size: usize, align: usize) -> Result<NonNull<u8>> {
+        self.arena.allocate(size, align)
+    }
+
+    /// Moves `value` into the scope.
+    pub fn alloc<T>(&self, value: T) -> Result<&'s mut T> {
+        // SAFETY: the scope releases its memory only after the closure that holds
+        // every `'s` reference has returned.
+        unsafe { alloc_value(self.arena, value) }
+    }
+
+    /// A slice of `len` copies of `value`.
+    pub fn alloc_slice_fill<T: Clone>(&self, len: usize, value: T) -> Result<&'s mut [T]> {
+        // SAFETY: as for `alloc`.
+        unsafe { alloc_slice_with(self.arena, len, |_| value.clone()) }
+    }
+
+    /// A copy of `src` in the scope.
+    pub fn alloc_slice_copy<T: Copy>(&self, src: &[T]) -> Result<&'s mut [T]> {
+        // SAFETY: as for `alloc`.
+        unsafe { alloc_slice_with(self.arena, src.len(), |i| src[i]) }
+    }
+
+    /// A slice of `len` zeros.
+    pub fn alloc_slice_zeroed<T: Zeroable>(&self, len: usize) -> Result<&'s mut [T]> {
+        // SAFETY: as for `alloc`.
+        unsafe { alloc_slice_with(self.arena, len, |_| T::zeroed()) }
+    }
+
+    /// Runs `f` in a nested scope, releasing what it allocated when it returns.
+    pub fn scope<R>(&mut self, f: impl for<'i> FnOnce(&mut Scope<'i>) -> R) -> R {
+        run_scope(self.arena, f)
+    }
+
+    /// The arena's statistics.
+    pub fn stats(&self) -> ArenaStats {
+        self.arena.stats()
+    }
+}
+
+// SAFETY: blocks are carved from chunks the arena owns, never overlap, and stay valid
+// until a reset, rewind or drop, each of which needs `&mut Arena` and so cannot happen
+// while an `&Arena` (the allocator handle) is borrowed.
+unsafe impl Allocator for Arena {
+    #[inline]
+    fn allocate(&self, layout: Layout) -> std::result::Result<NonNull<[u8]>, AllocError> {
+        if layout.size() == 0 {
+            return Ok(zero_sized(layout.align()));
+        }
+        let ptr = self
+            .bump_or_grow(layout.size(), layout.align())
+            .map_err(|_| AllocError)?;
+        Ok(NonNull::slice_from_raw_parts(ptr, layout.size()))
+    }
+
+    #[inline]
+    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
+        // The last allocation is given back at once, so a growing Vec reuses it. It
+        // must lie in the current chunk: the end of one chunk can be the start of
+        // another, so equality with the bump pointer alone does not prove it.
+        let addr = ptr.as_ptr().addr();
+        if ptr.as_ptr() == self.cur.get() && addr < self.high.get() && layout.size() > 0 {
+            self.cur.set(ptr.as_ptr().wrapping_add(layout.size()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::HeapUpstream;
+
+    fn heap_arena() -> ArenaBuilder {
+        Arena::builder().upstream(Arc::new(HeapUpstream))
+    }
+
+    #[test]
+    fn allocations_are_aligned_and_disjoint() {
+        let arena = heap_arena().first_chunk_size(4096).build().unwrap();
+        let mut spans = Vec::new();
+        for i in 1..200usize {
+            let align = 1 << (i % 8);
+            let p = arena.allocate(i * 3, align).unwrap();
+            assert_eq!(p.as_ptr() as usize % align, 0);
+            spans.push((p.as_ptr() as usize, i * 3));
+        }
+        spans.sort();
+        assert!(spans.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0));
+        let s = arena.stats();
+        assert_eq!(s.num_allocs, 199);
+        assert_eq!(s.requested_bytes, (1..200).map(|i| i * 3).sum::<usize>());
+        assert!(s.allocated_bytes >= s.requested_bytes);
+        assert!(s.chunks >= 2, "the 4 KiB first chunk overflowed");
+    }
+
+    #[test]
+    fn reset_reuses_the_same_memory() {
+        let mut arena = heap_arena().build().unwrap();
+        let first = arena.alloc_slice_zeroed::<f32>(1000).unwrap().as_ptr();
+        arena.reset();
+        let again = arena.alloc_slice_zeroed::<f32>(1000).unwrap();
+        assert_eq!(again.as_ptr(), first);
+        assert!(again.iter().all(|&x| x == 0.0));
+        let s = arena.stats();
+        assert_eq!(s.num_upstream_allocs, 1);
+        assert_eq!(s.peak_allocated_bytes, 4000);
+    }
+
+    #[test]
+    fn scopes_release_and_nest() {
+        let mut arena = heap_arena().first_chunk_size(4096).build().unwrap();
+        let outer_cp = arena.checkpoint();
+        arena.scope(|outer| {
+            let a = outer.alloc(7u64).unwrap();
+            let used_after_a = outer.stats().allocated_bytes;
+            outer.scope(|inner| {
+                // enough to need new chunks
+                for _ in 0..10 {
+                    inner.alloc_slice_fill(1000, 1u8).unwrap();
+                }
+                assert!(inner.stats().allocated_bytes > 10_000);
+            });
+            assert_eq!(outer.stats().allocated_bytes, used_after_a);
+            *a += 1;
+            let b = outer.alloc(9u64).unwrap();
+            assert_eq!(*a + *b, 17);
+        });
+        assert_eq!(arena.stats().allocated_bytes, 0);
+        assert_eq!(arena.checkpoint(), outer_cp);
+        assert!(arena.stats().chunks >= 2, "chunks are retained for reuse");
+    }
+
+    #[test]
+    fn a_panicking_scope_still_releases() {
+        let mut arena = heap_arena().build().unwrap();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            arena.scope(|s| {
+                s.alloc_slice_fill(100, 0u8).unwrap();
+                panic!("boom");
+            })
+        }));
+        assert!(result.is_err());
+        assert_eq!(arena.stats().allocated_bytes, 0);
+    }
+
+    #[test]
+    fn checkpoints_are_validated() {
+        let mut arena = heap_arena().build().unwrap();
+        let mut other = heap_arena().build().unwrap();
+        arena.alloc(1u32).unwrap();
+        let cp = arena.checkpoint();
+        arena.alloc_slice_fill(64, 0u8).unwrap();
+        assert!(matches!(other.rewind(cp), Err(Error::InvalidCheckpoint(_))));
+        let before = arena.stats().allocated_bytes;
+        let early = Checkpoint { used: 0, ..cp };
+        arena.rewind(cp).unwrap();
+        assert!(arena.stats().allocated_bytes < before);
+        let later = arena.checkpoint();
+        arena.rewind(early).unwrap();
+        assert!(
+            matches!(arena.rewind(later), Err(Error::InvalidCheckpoint(m)) if m.contains("ahead"))
+        );
+        arena.reset();
+        assert!(
+            matches!(arena.rewind(early), Err(Error::InvalidCheckpoint(m)) if m.contains("reset"))
+        );
+        other.reset();
+    }
+
+    #[test]
+    fn capacity_is_enforced() {
+        let arena = heap_arena().capacity(1024).build().unwrap();
+        arena.allocate(1000, 8).unwrap();
+        match arena.allocate(100, 8) {
+            Err(Error::OutOfMemory(r)) => {
+                assert_eq!(r.cause, OomCause::CapacityReached { capacity: 1024 });
+                assert_eq!(r.tier, Tier::Arena);
+            }
+            other => panic!("expected a full arena, got {other:?}"),
+        }
+        assert_eq!(arena.stats().num_ooms, 1);
+        assert_eq!(arena.stats().reserved_bytes, 1024);
+    }
+
+    #[test]
+    fn bad_requests_are_errors() {
+        let arena = heap_arena().build().unwrap();
+        assert_eq!(arena.allocate(0, 8), Err(Error::ZeroSize));
+        assert_eq!(
+            arena.allocate(8, 3),
+            Err(Error::InvalidAlignment { align: 3 })
+        );
+        assert!(matches!(
+            arena.allocate(usize::MAX, 8),
+            Err(Error::SizeTooLarge { .. })
+        ));
+        assert!(matches!(
+            Arena::builder().first_chunk_size(0).build(),
+            Err(Error::InvalidConfig(_))
+        ));
+        assert!(matches!(
+            Arena::with_capacity(0),
+            Err(Error::InvalidConfig(_))
+        ));
+    }
+
+    #[test]
+    fn large_alignments_and_requests_get_their_own_chunk() {
+        let arena = heap_arena().first_chunk_size(4096).build().unwrap();
+        let p = arena.allocate(10, 8192).unwrap();
+        assert_eq!(p.as_ptr() as usize % 8192, 0);
+        let big = arena.allocate(1 << 20, 64).unwrap();
+        assert_eq!(big.as_ptr() as usize % 64, 0);
+    }
+
+    #[test]
+    fn trim_gives_back_unused_chunks() {
+        let mut arena = heap_arena().first_chunk_size(4096).build().unwrap();
+        for _ in 0..20 {
+            arena.allocate(1000, 8).unwrap();
+        }
+        let reserved = arena.stats().reserved_bytes;
+        arena.reset();
+        arena.allocate(10, 8).unwrap();
+        let freed = arena.trim();
+        assert!(freed > 0);
+        assert_eq!(arena.stats().reserved_bytes, reserved - freed);
+        arena.reset();
+        arena.trim();
+        let s = arena.stats();
+        assert_eq!((s.reserved_bytes, s.chunks), (0, 0));
+        assert_eq!(s.num_upstream_allocs, s.num_upstream_frees);
+        arena.allocate(10, 8).unwrap(); // still usable
+    }
+
+    /// Hands out regions downward from the top of one buffer, as mmap tends to, so
+    /// that each new chunk ends exactly where the previous one starts.
+    #[derive(Debug)]
+    struct Descending {
+        base: NonNull<u8>,
+        top: std::sync::Mutex<usize>,
+    }
+    // SAFETY: hands out disjoint parts of a buffer it leaks for the test's duration.
+    unsafe impl Upstream for Descending {
+        fn allocate(
+            &self,
+            size: usize,
+            align: usize,
+        ) -> std::result::Result<NonNull<u8>, crate::upstream::UpstreamError> {
+            let mut top = self.top.lock().unwrap();
+            let start = top
+                .checked_sub(size)
+                .filter(|s| s % align == 0)
+                .expect("test sizes are page multiples");
+            *top = start;
+            // SAFETY: `start` is inside the leaked buffer.
+            Ok(unsafe { self.base.add(start) })
+        }
+        unsafe fn deallocate(&self, _: NonNull<u8>, _: usize, _: usize) {}
+        fn name(&self) -> &str {
+            "descending"
+        }
+    }
+    // SAFETY: the buffer pointer is only offset, never shared mutably across threads here.
+    unsafe impl Send for Descending {}
+    // SAFETY: as above; the top is behind a mutex.
+    unsafe impl Sync for Descending {}
+
+    #[test]
+    fn freeing_the_last_block_of_an_adjacent_chunk_keeps_the_bump_pointer_in_its_chunk() {
+        let layout = Layout::from_size_align(16 << 10, 4096).unwrap();
+        // SAFETY: non-zero size.
+        let buffer = NonNull::new(unsafe { std::alloc::alloc(layout) }).unwrap();
+        let up = Arc::new(Descending {
+            base: buffer,
+            top: std::sync::Mutex::new(16 << 10),
+        });
+        let arena = Arena::builder()
+            .first_chunk_size(4096)
+            .max_chunk_size(4096)
+            .upstream(up)
+            .build()
+            .unwrap();
+        let item = Layout::from_size_align(64, 64).unwrap();
+        // Fill the first chunk (the top page) completely: the last block is at its lowest address.
+        let blocks: Vec<_> = (0..64)
+            .map(|_| Allocator::allocate(&arena, item).unwrap().cast::<u8>())
+            .collect();
+        let lowest = *blocks.last().unwrap();
+        // The next allocation enters the page below, whose end is `lowest`.
+        let fresh = Allocator::allocate(&arena, item).unwrap().cast::<u8>();
+        // SAFETY: `fresh` was just allocated with `item`.
+        unsafe { Allocator::deallocate(&arena, fresh, item) };
+        assert_eq!(
+            arena.cur.get().addr(),
+            lowest.as_ptr().addr(),
+            "the new chunk is empty again, its end is `lowest`"
+        );
+        // SAFETY: `lowest` is live, allocated with `item`.
+        unsafe { Allocator::deallocate(&arena, lowest, item) };
+        let next = Allocator::allocate(&arena, item).unwrap().cast::<u8>();
+        assert!(
+            next.as_ptr().addr() < lowest.as_ptr().addr(),
+            "must not hand out memory of the chunk above"
+        );
+        drop(arena);
+        // SAFETY: allocated above with `layout`.
+        unsafe { std::alloc::dealloc(buffer.as_ptr(), layout) };
+    }
+
+    #[test]
+    fn allocator_api_collections() {
+        let arena = heap_arena().build().unwrap();
+        let mut v = allocator_api2::vec::Vec::new_in(&arena);
+        for i in 0..10_000u32 {
+            v.push(i);
+        }
+        assert_eq!(v.iter().map(|&x| x as u64).sum::<u64>(), 49_995_000);
+        let snap = arena.snapshot();
+        assert!(snap.segments.iter().any(|s| s.allocated_bytes > 0));
+    }
+}
