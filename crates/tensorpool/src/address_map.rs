@@ -70,6 +70,11 @@ impl<V> AddressMap<V> {
         (addr - start < *len).then_some((start, *len, value))
     }
 
+    /// The value of the range that starts exactly at `start`.
+    pub fn find_mut(&mut self, start: usize) -> Option<&mut V> {
+        self.ranges.get_mut(&start).map(|(_, v)| v)
+    }
+
     /// Number of ranges.
     pub fn len(&self) -> usize {
         self.ranges.len()

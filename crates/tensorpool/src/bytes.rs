@@ -65,9 +65,11 @@ pub fn parse_bytes(text: &str) -> Result<usize, String> {
         "mb" => 1_000_000,
         "gb" => 1_000_000_000,
         "tb" => 1_000_000_000_000,
-        _ => return Err(format!(
+        _ => {
+            return Err(format!(
             "`{text}` has an unknown unit `{unit}` (use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB)"
-        )),
+        ))
+        }
     };
     let value: f64 = number
         .parse()

@@ -4,9 +4,11 @@
 
 pub mod address_map;
 pub mod arena;
+pub mod best_fit;
 pub mod bytes;
 pub mod error;
 pub mod fixed_pool;
+pub mod huge;
 pub mod limits;
 pub mod size_class;
 pub mod snapshot;
@@ -14,6 +16,7 @@ pub mod stats;
 pub mod upstream;
 
 pub use arena::{Arena, ArenaStats, Checkpoint, Scope};
+pub use best_fit::{BestFit, BestFitStats};
 pub use error::{Error, OomCause, OutOfMemory, PointerError, Result};
 pub use fixed_pool::{FixedSizePool, PoolStats};
 pub use limits::{MAX_ALIGN, MAX_ALLOCATION_SIZE};

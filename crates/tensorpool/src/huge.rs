@@ -1,0 +1,379 @@
+//! `HugeCache`: one dedicated segment per huge tensor, cached by size when freed.
+//!
+//! A huge block (by default 64 MiB and up) would dominate any segment it shared, and
+//! splitting one leaves remainders that rarely fit the next huge request. So each gets
+//! a segment of its own, rounded to 2 MiB and aligned to 2 MiB (huge pages). When it
+//! is freed the segment is not unmapped: it goes into a cache keyed by size, and the
+//! next request of that size (tensor shapes repeat every step) takes it back with its
+//! pages still mapped. A request takes a cached segment at most 1/8 larger than it
+//! needs; [`trim`](HugeCache::trim) unmaps the cache, and with an optional bound on
+//! cached bytes a freed segment that would exceed it is unmapped at once.
+//!
+//! ```
+//! use tensorpool::huge::HugeCache;
+//!
+//! let cache = HugeCache::new(None);
+//! let a = cache.allocate(100 << 20, 64)?;
+//! cache.deallocate(a)?; // kept, pages warm
+//! let b = cache.allocate(99 << 20, 64)?; // same 2 MiB-rounded size class: reused
+//! assert_eq!(a, b);
+//! assert_eq!(cache.stats().usage.hits, 1);
+//! cache.deallocate(b)?;
+//! assert_eq!(cache.trim(), 100 << 20);
+//! # Ok::<(), tensorpool::Error>(())
+//! ```
+
+use crate::address_map::AddressMap;
+use crate::error::{Error, OutOfMemory, PointerError, Result};
+use crate::limits::{round_up, validate};
+use crate::snapshot::{BlockSnapshot, BlockState, SegmentSnapshot, Snapshot};
+use crate::stats::{Tier, Usage};
+use crate::upstream::{default_upstream, Region, Upstream, HUGE_PAGE_SIZE};
+use parking_lot::Mutex;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+/// Dedicated segments for huge blocks, cached by size.
+#[derive(Debug)]
+pub struct HugeCache {
+    max_cached: Option<usize>,
+    upstream: Arc<dyn Upstream>,
+    state: Mutex<State>,
+}
+
+/// Statistics of a [`HugeCache`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HugeStats {
+    /// Segments in use.
+    pub live_segments: usize,
+    /// Segments cached for reuse.
+    pub cached_segments: usize,
+    /// The largest cached segment.
+    pub largest_cached: usize,
+    /// The counters.
+    #[serde(flatten)]
+    pub usage: Usage,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Every segment, live or cached: is it live, its requested size and raw flag.
+    segments: AddressMap<Entry>,
+    /// Cached segments by (size, address).
+    cached: BTreeMap<(usize, usize), Region>,
+    cached_bytes: usize,
+    usage: Usage,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    region: Region,
+    live: bool,
+    raw: bool,
+    requested: usize,
+}
+
+impl HugeCache {
+    /// A cache that keeps at most `max_cached` bytes of free segments (no bound with
+    /// `None`), over the default upstream.
+    pub fn new(max_cached: Option<usize>) -> Self {
+        Self::with_upstream(max_cached, default_upstream())
+    }
+
+    /// The same, with segments from `upstream`.
+    pub fn with_upstream(max_cached: Option<usize>, upstream: Arc<dyn Upstream>) -> Self {
+        HugeCache {
+            max_cached,
+            upstream,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// The segment size serving `size` bytes.
+    pub fn rounded_size(size: usize) -> usize {
+        round_up(size, HUGE_PAGE_SIZE)
+    }
+
+    /// A block of `size` bytes at `align` for raw use.
+    pub fn allocate(&self, size: usize, align: usize) -> Result<NonNull<u8>> {
+        self.alloc_block(size, align, true).map(|(p, _, _)| p)
+    }
+
+    /// Returns a block from [`allocate`](Self::allocate); refuses, changing nothing,
+    /// an address that is not a live raw block.
+    pub fn deallocate(&self, ptr: NonNull<u8>) -> Result<()> {
+        self.free_block(ptr.as_ptr().addr(), true).map(|_| ())
+    }
+
+    /// Serves `size` bytes; returns the block, its segment size and whether it was
+    /// served from the cache.
+    pub(crate) fn alloc_block(
+        &self,
+        size: usize,
+        align: usize,
+        raw: bool,
+    ) -> Result<(NonNull<u8>, usize, bool)> {
+        validate(size, align)?;
+        let rounded = Self::rounded_size(size);
+        let mut st = self.state.lock();
+        let cached = st
+            .cached
+            .range((rounded, 0)..)
+            .next()
+            .filter(|&(&(seg, _), _)| seg - rounded <= rounded / 8)
+            .map(|(&key, &region)| (key, region));
+        let (region, hit) = match cached {
+            Some((key, region)) => {
+                st.cached.remove(&key);
+                st.cached_bytes -= region.len();
+                (region, true)
+            }
+            None => match self.upstream.allocate(rounded, HUGE_PAGE_SIZE) {
+                Ok(ptr) => {
+                    st.usage.on_reserve(rounded);
+                    (Region::new(ptr, rounded), false)
+                }
+                Err(refusal) => {
+                    st.usage.num_ooms += 1;
+                    let largest = st.cached.last_key_value().map_or(0, |(k, _)| k.0);
+                    let report = OutOfMemory::from_upstream(
+                        size,
+                        align,
+                        Tier::Huge,
+                        refusal,
+                        &st.usage,
+                        largest,
+                    );
+                    return Err(report.into_error());
+                }
+            },
+        };
+        let entry = Entry {
+            region,
+            live: true,
+            raw,
+            requested: size,
+        };
+        if hit {
+            *st.segments
+                .find_mut(region.start())
+                .expect("cached segments are mapped") = entry;
+        } else {
+            st.segments.insert(region.start(), region.len(), entry);
+        }
+        st.usage.on_alloc(region.len(), size, hit);
+        Ok((region.ptr(), region.len(), hit))
+    }
+
+    /// Frees the live block at `addr` with raw flag `raw`; returns its segment size
+    /// and requested size.
+    pub(crate) fn free_block(&self, addr: usize, raw: bool) -> Result<(usize, usize)> {
+        let mut st = self.state.lock();
+        let invalid = |reason| Error::InvalidPointer { addr, reason };
+        let entry = match st.segments.find(addr) {
+            None => return Err(invalid(PointerError::Foreign)),
+            Some((_, _, e)) if !e.live => return Err(invalid(PointerError::NotLive)),
+            Some((start, _, _)) if start != addr => {
+                return Err(invalid(PointerError::Interior {
+                    block: start,
+                    offset: addr - start,
+                }))
+            }
+            Some((_, _, e)) if e.raw != raw => return Err(invalid(PointerError::NotRaw)),
+            Some((_, _, e)) => *e,
+        };
+        let region = entry.region;
+        st.usage.on_free(region.len(), entry.requested);
+        let fits = self
+            .max_cached
+            .is_none_or(|max| st.cached_bytes + region.len() <= max);
+        if fits {
+            let slot = st.segments.find_mut(addr).expect("found above");
+            slot.live = false;
+            slot.requested = 0;
+            st.cached.insert((region.len(), addr), region);
+            st.cached_bytes += region.len();
+        } else {
+            st.segments.remove(addr);
+            st.usage.on_release(region.len());
+            drop(st);
+            // SAFETY: the region came from this upstream with this size and 2 MiB
+            // alignment, and its block was just freed.
+            unsafe {
+                self.upstream
+                    .deallocate(region.ptr(), region.len(), HUGE_PAGE_SIZE)
+            };
+        }
+        Ok((entry.region.len(), entry.requested))
+    }
+
+    /// Returns every cached segment to upstream; returns the bytes freed.
+    pub fn trim(&self) -> usize {
+        let mut st = self.state.lock();
+        let cached = std::mem::take(&mut st.cached);
+        st.cached_bytes = 0;
+        let mut released = 0;
+        for region in cached.into_values() {
+            st.segments.remove(region.start());
+            st.usage.on_release(region.len());
+            released += region.len();
+            // SAFETY: the region came from this upstream with this size and 2 MiB
+            // alignment; a cached segment holds no live block.
+            unsafe {
+                self.upstream
+                    .deallocate(region.ptr(), region.len(), HUGE_PAGE_SIZE)
+            };
+        }
+        released
+    }
+
+    /// The largest cached segment.
+    pub fn largest_cached(&self) -> usize {
+        self.state
+            .lock()
+            .cached
+            .last_key_value()
+            .map_or(0, |(k, _)| k.0)
+    }
+
+    /// The statistics.
+    pub fn stats(&self) -> HugeStats {
+        let st = self.state.lock();
+        HugeStats {
+            live_segments: st.segments.len() - st.cached.len(),
+            cached_segments: st.cached.len(),
+            largest_cached: st.cached.last_key_value().map_or(0, |(k, _)| k.0),
+            usage: st.usage,
+        }
+    }
+
+    /// Every segment, live or cached.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut segments = Vec::new();
+        self.snapshot_into(&mut segments);
+        Snapshot { segments }
+    }
+
+    pub(crate) fn snapshot_into(&self, out: &mut Vec<SegmentSnapshot>) {
+        let st = self.state.lock();
+        for (start, len, e) in st.segments.iter() {
+            let state = if e.live {
+                BlockState::live(e.raw)
+            } else {
+                BlockState::Free
+            };
+            out.push(SegmentSnapshot {
+                tier: Tier::Huge,
+                address: start,
+                size: len,
+                block_size: None,
+                allocated_bytes: if e.live { len } else { 0 },
+                free_blocks: 0,
+                blocks: vec![BlockSnapshot {
+                    address: start,
+                    size: len,
+                    requested: e.requested,
+                    state,
+                }],
+            });
+        }
+    }
+}
+
+impl Drop for HugeCache {
+    fn drop(&mut self) {
+        let st = self.state.get_mut();
+        for (_, _, e) in st.segments.iter() {
+            // SAFETY: every segment came from this upstream with its size and 2 MiB
+            // alignment; the cache is going away.
+            unsafe {
+                self.upstream
+                    .deallocate(e.region.ptr(), e.region.len(), HUGE_PAGE_SIZE)
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::HeapUpstream;
+
+    fn heap(max: Option<usize>) -> HugeCache {
+        HugeCache::with_upstream(max, Arc::new(HeapUpstream))
+    }
+
+    #[test]
+    fn reuse_is_bounded_by_an_eighth() {
+        let c = heap(None);
+        let a = c.allocate(16 << 20, 64).unwrap();
+        c.deallocate(a).unwrap();
+        // 12 MiB would waste 4 MiB of a 16 MiB segment: more than an eighth.
+        let b = c.allocate(12 << 20, 64).unwrap();
+        assert_ne!(a, b);
+        // 15 MiB wastes 1 MiB: reused.
+        let d = c.allocate(15 << 20, 64).unwrap();
+        assert_eq!(a, d);
+        let s = c.stats();
+        assert_eq!(
+            (
+                s.usage.hits,
+                s.usage.misses,
+                s.live_segments,
+                s.cached_segments
+            ),
+            (1, 2, 2, 0)
+        );
+        assert_eq!(s.usage.allocated_bytes, 28 << 20);
+        assert_eq!(s.usage.requested_bytes, 27 << 20);
+        c.deallocate(b).unwrap();
+        c.deallocate(d).unwrap();
+        assert_eq!(c.trim(), 28 << 20);
+        assert_eq!(c.stats().usage.reserved_bytes, 0);
+    }
+
+    #[test]
+    fn bound_on_cached_bytes_releases_at_once() {
+        let c = heap(Some(10 << 20));
+        let a = c.allocate(8 << 20, 64).unwrap();
+        let b = c.allocate(8 << 20, 64).unwrap();
+        c.deallocate(a).unwrap();
+        c.deallocate(b).unwrap();
+        let s = c.stats();
+        assert_eq!(s.cached_segments, 1);
+        assert_eq!(s.usage.reserved_bytes, 8 << 20);
+        assert_eq!(s.usage.num_upstream_frees, 1);
+    }
+
+    #[test]
+    fn invalid_frees_change_nothing() {
+        let c = heap(None);
+        let a = c.allocate(4 << 20, 64).unwrap();
+        let reason = |addr: usize| match c.free_block(addr, true) {
+            Err(Error::InvalidPointer { reason, .. }) => reason,
+            other => panic!("{other:?}"),
+        };
+        let base = a.as_ptr() as usize;
+        assert_eq!(
+            reason(base + 64),
+            PointerError::Interior {
+                block: base,
+                offset: 64
+            }
+        );
+        assert_eq!(reason(base + (4 << 20)), PointerError::Foreign);
+        assert_eq!(
+            c.free_block(base, false).unwrap_err(),
+            Error::InvalidPointer {
+                addr: base,
+                reason: PointerError::NotRaw
+            }
+        );
+        c.deallocate(a).unwrap();
+        assert_eq!(reason(base), PointerError::NotLive);
+        let snap = c.snapshot();
+        assert_eq!(snap.segments[0].blocks[0].state, BlockState::Free);
+    }
+}
