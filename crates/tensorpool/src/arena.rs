@@ -26,25 +26,33 @@
 //! let escaped = arena.scope(|s| s.alloc(1u32).unwrap());
 //! ```
 //!
-//! What does compile:
+//! What does compile: data that must outlive many steps goes into an outer scope, and
+//! each step runs in a nested scope released at its end.
 //!
 //! ```
-//! use tensorpool::Arena;
+//! use tensorpool::{Arena, Result};
 //!
 //! let mut arena = Arena::new();
-//! let weights = arena.alloc_slice_fill(1024, 0.5f32)?; // lives until the reset
-//! let total = arena.scope(|step| {
-//!     let activations = step.alloc_slice_fill(4096, 0.0f32)?;
-//!     activations[0] = weights[0] * 2.0;
-//!     let inner_sum = step.scope(|inner| -> tensorpool::Result<f32> {
-//!         let tmp = inner.alloc_slice_copy(&activations[..4])?;
-//!         Ok(tmp.iter().sum())
-//!     })?; // `tmp` is released here
-//!     Ok::<_, tensorpool::Error>(inner_sum)
-//! })?; // `activations` is released here
-//! assert_eq!(total, 1.0);
-//! assert_eq!(weights.len(), 1024);
-//! arena.reset(); // everything released; the chunks stay for the next step
+//! arena.scope(|model| -> Result<()> {
+//!     let weights = model.alloc_slice_fill(1024, 0.5f32)?; // lives for the whole model
+//!     for step in 0..3 {
+//!         let total = model.scope(|s| -> Result<f32> {
+//!             let activations = s.alloc_slice_fill(4096, step as f32)?;
+//!             activations[0] += weights[0];
+//!             let head = s.scope(|inner| -> Result<f32> {
+//!                 let tmp = inner.alloc_slice_copy(&activations[..4])?;
+//!                 Ok(tmp.iter().sum())
+//!             })?; // `tmp` is released here
+//!             Ok(head)
+//!         })?; // `activations` is released here: every step reuses the same memory
+//!         assert_eq!(total, 4.0 * step as f32 + 0.5);
+//!     }
+//!     assert_eq!(weights.len(), 1024);
+//!     Ok(())
+//! })?;
+//! let x = arena.alloc(7u64)?; // plain allocations live until the next reset
+//! assert_eq!(*x, 7);
+//! arena.reset(); // everything released; the chunks stay for the next round
 //! assert_eq!(arena.stats().allocated_bytes, 0);
 //! # Ok::<(), tensorpool::Error>(())
 //! ```
@@ -461,6 +469,10 @@ impl Arena {
 
     /// Runs `f` with a scope that allocates from this arena, then releases everything
     /// `f` allocated. References from the scope cannot leave `f`.
+    ///
+    /// It takes `&mut self`, so that nothing else allocates from the arena while the
+    /// scope runs (the release would free it too). Data that must live across scopes
+    /// goes into an outer scope, whose nested scopes can read it.
     pub fn scope<R>(&mut self, f: impl for<'s> FnOnce(&mut Scope<'s>) -> R) -> R {
         run_scope(self, f)
     }
@@ -566,6 +578,9 @@ impl Arena {
     }
 
     /// Moves `value` into the arena.
+    // Each call hands out fresh memory no other reference points to, as bumpalo's
+    // `alloc` does, so the `&mut` does not alias anything reachable from `&self`.
+    #[allow(clippy::mut_from_ref)]
     pub fn alloc<T>(&self, value: T) -> Result<&mut T> {
         // SAFETY: the memory lives until a reset, rewind or drop, each of which needs
         // `&mut self` and so ends the borrow of `self` that bounds the result.
@@ -573,18 +588,27 @@ impl Arena {
     }
 
     /// A slice of `len` copies of `value`.
+    // Each call hands out fresh memory no other reference points to, as bumpalo's
+    // `alloc` does, so the `&mut` does not alias anything reachable from `&self`.
+    #[allow(clippy::mut_from_ref)]
     pub fn alloc_slice_fill<T: Clone>(&self, len: usize, value: T) -> Result<&mut [T]> {
         // SAFETY: as for `alloc`.
         unsafe { alloc_slice_with(self, len, |_| value.clone()) }
     }
 
     /// A copy of `src` in the arena.
+    // Each call hands out fresh memory no other reference points to, as bumpalo's
+    // `alloc` does, so the `&mut` does not alias anything reachable from `&self`.
+    #[allow(clippy::mut_from_ref)]
     pub fn alloc_slice_copy<T: Copy>(&self, src: &[T]) -> Result<&mut [T]> {
         // SAFETY: as for `alloc`.
         unsafe { alloc_slice_with(self, src.len(), |i| src[i]) }
     }
 
     /// A slice of `len` zeros.
+    // Each call hands out fresh memory no other reference points to, as bumpalo's
+    // `alloc` does, so the `&mut` does not alias anything reachable from `&self`.
+    #[allow(clippy::mut_from_ref)]
     pub fn alloc_slice_zeroed<T: Zeroable>(&self, len: usize) -> Result<&mut [T]> {
         // SAFETY: as for `alloc`.
         unsafe { alloc_slice_with(self, len, |_| T::zeroed()) }

@@ -376,7 +376,13 @@ impl FixedSizePool {
     /// Takes a new chunk from upstream and makes it available.
     fn grow(&self, st: &mut PoolState, requested: usize) -> Result<u32> {
         let page = page_size();
-        let mut slots = (st.usage.reserved_bytes.clamp(page, self.max_chunk) / self.stride).max(1);
+        // Chunks double with the pool, from a page up to the largest chunk size.
+        let target = st
+            .usage
+            .reserved_bytes
+            .max(page)
+            .min(self.max_chunk.max(page));
+        let mut slots = (target / self.stride).max(1);
         if let Some(cap) = self.capacity {
             slots = slots.min(cap - st.total_slots.min(cap));
             if slots == 0 {
@@ -701,6 +707,15 @@ mod tests {
         // the pool still works after a trim
         let again = pool.allocate().unwrap();
         pool.deallocate(again).unwrap();
+    }
+
+    #[test]
+    fn a_largest_chunk_below_a_page_still_works() {
+        let pool = heap_pool(256).max_chunk_size(100).build().unwrap();
+        let a = pool.allocate().unwrap();
+        let b = pool.allocate().unwrap();
+        pool.deallocate(a).unwrap();
+        pool.deallocate(b).unwrap();
     }
 
     #[test]

@@ -14,8 +14,8 @@
 //! let seg = snap.segments.iter().find(|s| s.allocated_bytes > 0).unwrap();
 //! assert!(seg.blocks.iter().any(|b| b.address == p.as_ptr() as usize));
 //! let json = serde_json::to_string(&snap).unwrap();
-//! assert!(json.contains("\"state\":\"allocated\""));
-//! mm.free_raw(p)?;
+//! assert!(json.contains("\"state\":\"allocated_raw\""));
+//! mm.free_raw(p.as_ptr())?;
 //! # Ok::<(), tensorpool::Error>(())
 //! ```
 

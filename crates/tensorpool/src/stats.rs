@@ -19,7 +19,7 @@
 //! assert_eq!(s.internal_waste_bytes, 24);
 //! assert!(s.reserved_bytes >= s.allocated_bytes);
 //! assert_eq!(s.cached_bytes, s.reserved_bytes - s.allocated_bytes);
-//! mm.free_raw(p)?;
+//! mm.free_raw(p.as_ptr())?;
 //! println!("{}", mm.summary());
 //! # Ok::<(), tensorpool::Error>(())
 //! ```

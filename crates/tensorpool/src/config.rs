@@ -1,0 +1,467 @@
+//! `Config`: every setting of the [`MemoryManager`](crate::MemoryManager), with defaults
+//! chosen by replaying real traces.
+//!
+//! A config is built in code with [`Config::builder`], or read from a TOML or JSON
+//! file (the format `tensorpool plan` writes). Unknown keys, and settings that cannot
+//! apply together, are errors that name the setting; nothing is silently ignored.
+//! Sizes in files may be integers or strings with a unit (`"64 MiB"`).
+//!
+//! ```
+//! use tensorpool::Config;
+//!
+//! let config = Config::builder()
+//!     .memory_limit(8 << 30)
+//!     .pool(256, 1000) // an explicit pool: 1000 blocks of 256 bytes
+//!     .build()?;
+//! assert_eq!(config.memory_limit, Some(8 << 30));
+//!
+//! let from_file = Config::from_toml_str(r#"
+//!     small_threshold = "32 KiB"
+//!     memory_limit = "4 GiB"
+//!     pools = [{ block_size = 64, capacity = 1000 }, { block_size = 128, capacity = 500 }]
+//! "#)?;
+//! assert_eq!(from_file.small_threshold, 32 << 10);
+//! assert_eq!(from_file.pools.len(), 2);
+//!
+//! let err = Config::from_toml_str("smal_threshold = 1024").unwrap_err();
+//! assert!(err.to_string().contains("unknown field `smal_threshold`"));
+//! # Ok::<(), tensorpool::Error>(())
+//! ```
+
+use crate::bytes::{format_bytes, serde_opt_size, serde_size};
+use crate::error::{Error, Result};
+use crate::limits::{validate, MAX_ALIGN};
+use crate::size_class::SizeClasses;
+use crate::upstream::HUGE_PAGE_SIZE;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Where the manager takes memory from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamKind {
+    /// Anonymous `mmap`, large regions 2 MiB-aligned (the default on Unix).
+    Mmap,
+    /// The global Rust allocator.
+    Heap,
+}
+
+/// An explicit pool: `capacity` blocks of `block_size` bytes, tried before the tiers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSpec {
+    /// Bytes per block.
+    #[serde(with = "serde_size")]
+    pub block_size: usize,
+    /// Number of blocks.
+    pub capacity: usize,
+}
+
+/// The settings of a [`MemoryManager`](crate::MemoryManager).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Least alignment of every block (default 64: a cache line, an AVX-512 vector).
+    pub alignment: usize,
+    /// Smallest size class (default 64 B).
+    #[serde(with = "serde_size")]
+    pub min_block_size: usize,
+    /// Size classes per doubling (default 8: at most 12.5% rounding waste).
+    pub classes_per_doubling: usize,
+    /// Requests up to this size go to the size-class pools; a power of two, or 0 for
+    /// no size classes.
+    #[serde(with = "serde_size")]
+    pub small_threshold: usize,
+    /// Requests above this size get dedicated, size-cached segments; those between
+    /// the two thresholds go to the best-fit tier.
+    #[serde(with = "serde_size")]
+    pub huge_threshold: usize,
+    /// The largest chunk a size-class pool takes from upstream at once.
+    #[serde(with = "serde_size")]
+    pub pool_chunk_size: usize,
+    /// Rounding of best-fit block sizes.
+    #[serde(with = "serde_size")]
+    pub large_granularity: usize,
+    /// Least size of a new best-fit segment.
+    #[serde(with = "serde_size")]
+    pub segment_size: usize,
+    /// Best-fit blocks at least this large are never split (no limit by default).
+    #[serde(with = "serde_opt_size")]
+    pub max_split_size: Option<usize>,
+    /// Waste accepted when a request above `max_split_size` takes a larger block.
+    #[serde(with = "serde_size")]
+    pub max_oversize_waste: usize,
+    /// Most bytes of freed huge segments kept cached (no bound by default).
+    #[serde(with = "serde_opt_size")]
+    pub huge_cache_limit: Option<usize>,
+    /// Most bytes reserved from upstream; beyond it the manager releases cached
+    /// memory and retries, then reports out of memory (no limit by default).
+    #[serde(with = "serde_opt_size")]
+    pub memory_limit: Option<usize>,
+    /// Explicit pools, tried smallest first before the tiers.
+    pub pools: Vec<PoolSpec>,
+    /// First chunk of arenas made by the manager.
+    #[serde(with = "serde_size")]
+    pub arena_chunk_size: usize,
+    /// Where memory comes from.
+    pub upstream: UpstreamKind,
+    /// Advise transparent huge pages on regions of 2 MiB and more. Unset: wherever the
+    /// upstream can (mmap); `true` with the heap upstream is an error.
+    pub huge_pages: Option<bool>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            alignment: 64,
+            min_block_size: 64,
+            classes_per_doubling: 8,
+            small_threshold: 64 << 10,
+            huge_threshold: 64 << 20,
+            pool_chunk_size: 1 << 20,
+            large_granularity: 512,
+            segment_size: 2 << 20,
+            max_split_size: None,
+            max_oversize_waste: 20 << 20,
+            huge_cache_limit: None,
+            memory_limit: None,
+            pools: Vec::new(),
+            arena_chunk_size: 64 << 10,
+            upstream: if cfg!(all(unix, not(miri))) {
+                UpstreamKind::Mmap
+            } else {
+                UpstreamKind::Heap
+            },
+            huge_pages: None,
+        }
+    }
+}
+
+/// Builds a [`Config`] from the defaults; [`build`](Self::build) validates it.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigBuilder {
+    config: Config,
+}
+
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty => $value:expr;)*) => {
+        impl ConfigBuilder {
+            $(
+                $(#[$doc])*
+                pub fn $name(mut self, $name: $ty) -> Self {
+                    self.config.$name = $value;
+                    self
+                }
+            )*
+        }
+    };
+}
+
+setters! {
+    /// See [`Config::alignment`].
+    alignment: usize => alignment;
+    /// See [`Config::min_block_size`].
+    min_block_size: usize => min_block_size;
+    /// See [`Config::classes_per_doubling`].
+    classes_per_doubling: usize => classes_per_doubling;
+    /// See [`Config::small_threshold`].
+    small_threshold: usize => small_threshold;
+    /// See [`Config::huge_threshold`].
+    huge_threshold: usize => huge_threshold;
+    /// See [`Config::pool_chunk_size`].
+    pool_chunk_size: usize => pool_chunk_size;
+    /// See [`Config::large_granularity`].
+    large_granularity: usize => large_granularity;
+    /// See [`Config::segment_size`].
+    segment_size: usize => segment_size;
+    /// See [`Config::max_split_size`].
+    max_split_size: usize => Some(max_split_size);
+    /// See [`Config::max_oversize_waste`].
+    max_oversize_waste: usize => max_oversize_waste;
+    /// See [`Config::huge_cache_limit`].
+    huge_cache_limit: usize => Some(huge_cache_limit);
+    /// See [`Config::memory_limit`].
+    memory_limit: usize => Some(memory_limit);
+    /// See [`Config::arena_chunk_size`].
+    arena_chunk_size: usize => arena_chunk_size;
+    /// See [`Config::upstream`].
+    upstream: UpstreamKind => upstream;
+    /// See [`Config::huge_pages`].
+    huge_pages: bool => Some(huge_pages);
+}
+
+impl ConfigBuilder {
+    /// Adds an explicit pool of `capacity` blocks of `block_size` bytes.
+    pub fn pool(mut self, block_size: usize, capacity: usize) -> Self {
+        self.config.pools.push(PoolSpec {
+            block_size,
+            capacity,
+        });
+        self
+    }
+
+    /// The config, or an error naming the first setting that cannot apply.
+    pub fn build(self) -> Result<Config> {
+        self.config.validate()?;
+        Ok(self.config)
+    }
+}
+
+impl Config {
+    /// A builder starting from the defaults.
+    pub fn builder() -> ConfigBuilder {
+        ConfigBuilder::default()
+    }
+
+    /// The size classes this config describes (`None` with `small_threshold = 0`).
+    pub fn size_classes(&self) -> Result<Option<SizeClasses>> {
+        if self.small_threshold == 0 {
+            return Ok(None);
+        }
+        SizeClasses::new(
+            self.min_block_size,
+            self.small_threshold,
+            self.classes_per_doubling,
+        )
+        .map(Some)
+    }
+
+    /// Checks that every setting can apply, naming the first that cannot.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::InvalidConfig(msg));
+        if !self.alignment.is_power_of_two() || !(8..=MAX_ALIGN).contains(&self.alignment) {
+            return bad(format!(
+                "alignment must be a power of two from 8 to {MAX_ALIGN}, got {}",
+                self.alignment
+            ));
+        }
+        if let Some(classes) = self.size_classes()? {
+            if classes.min_size() < self.alignment {
+                return bad(format!(
+                    "min_block_size ({}) must be at least the alignment ({})",
+                    self.min_block_size, self.alignment
+                ));
+            }
+        }
+        if self.huge_threshold <= self.small_threshold {
+            return bad(format!(
+                "huge_threshold ({}) must be above small_threshold ({})",
+                format_bytes(self.huge_threshold),
+                format_bytes(self.small_threshold)
+            ));
+        }
+        let size = |name: &str, value: usize| {
+            validate(value, 1)
+                .map_err(|e| Error::InvalidConfig(format!("{name} is not a valid size: {e}")))
+        };
+        size("pool_chunk_size", self.pool_chunk_size)?;
+        size("segment_size", self.segment_size)?;
+        size("arena_chunk_size", self.arena_chunk_size)?;
+        if !self.large_granularity.is_power_of_two()
+            || !(self.alignment.max(64)..=HUGE_PAGE_SIZE).contains(&self.large_granularity)
+        {
+            return bad(format!(
+                "large_granularity must be a power of two from the alignment (at least 64) to \
+                 2 MiB, got {}",
+                self.large_granularity
+            ));
+        }
+        if let Some(max_split) = self.max_split_size {
+            let segment = crate::limits::round_up(self.segment_size, HUGE_PAGE_SIZE);
+            if max_split <= segment {
+                return bad(format!(
+                    "max_split_size ({}) must be larger than the segment size ({})",
+                    format_bytes(max_split),
+                    format_bytes(segment)
+                ));
+            }
+        }
+        if self.memory_limit == Some(0) {
+            return bad(
+                "memory_limit must be at least 1 byte (leave it unset for no limit)".into(),
+            );
+        }
+        if self.huge_pages == Some(true) && self.upstream == UpstreamKind::Heap {
+            // Advice that cannot apply is refused rather than ignored.
+            return bad(
+                "huge_pages needs the mmap upstream; leave it unset for the heap upstream".into(),
+            );
+        }
+        let mut sizes: Vec<usize> = Vec::with_capacity(self.pools.len());
+        for pool in &self.pools {
+            validate(pool.block_size, 1).map_err(|e| {
+                Error::InvalidConfig(format!("an explicit pool's block size is not valid: {e}"))
+            })?;
+            if pool.block_size > u32::MAX as usize {
+                return bad(format!(
+                    "an explicit pool's block size must be below 4 GiB, got {}",
+                    pool.block_size
+                ));
+            }
+            if pool.capacity == 0 {
+                return bad(format!(
+                    "the explicit pool of {} B blocks has a capacity of 0",
+                    pool.block_size
+                ));
+            }
+            if sizes.contains(&pool.block_size) {
+                return bad(format!(
+                    "two explicit pools have the same block size, {}",
+                    pool.block_size
+                ));
+            }
+            sizes.push(pool.block_size);
+        }
+        Ok(())
+    }
+
+    /// Reads a TOML config.
+    pub fn from_toml_str(text: &str) -> Result<Config> {
+        let config: Config =
+            toml::from_str(text).map_err(|e| Error::InvalidConfig(e.message().to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads a JSON config.
+    pub fn from_json_str(text: &str) -> Result<Config> {
+        let config: Config =
+            serde_json::from_str(text).map_err(|e| Error::InvalidConfig(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads a config file: JSON if the name ends in `.json`, TOML otherwise.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Config> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::InvalidConfig(format!("cannot read {}: {e}", path.display())))?;
+        let parsed = if path.extension().is_some_and(|e| e == "json") {
+            Self::from_json_str(&text)
+        } else {
+            Self::from_toml_str(&text)
+        };
+        parsed.map_err(|e| match e {
+            Error::InvalidConfig(msg) => {
+                Error::InvalidConfig(format!("{}: {}", path.display(), msg.trim_end()))
+            }
+            other => other,
+        })
+    }
+
+    /// Whether to advise huge pages, as resolved for the upstream.
+    pub fn uses_huge_pages(&self) -> bool {
+        self.upstream == UpstreamKind::Mmap && self.huge_pages != Some(false)
+    }
+
+    /// The config as TOML, readable by [`from_toml_str`](Self::from_toml_str).
+    pub fn to_toml_string(&self) -> String {
+        toml::to_string(self).expect("a config always serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_round_trip() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(Config::from_toml_str(&c.to_toml_string()).unwrap(), c);
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(Config::from_json_str(&json).unwrap(), c);
+        assert_eq!(
+            Config::from_toml_str("").unwrap(),
+            c,
+            "every key is optional"
+        );
+    }
+
+    #[test]
+    fn each_impossible_setting_is_named() {
+        let cases: Vec<(ConfigBuilder, &str)> = vec![
+            (Config::builder().alignment(48), "alignment"),
+            (Config::builder().alignment(8192), "alignment"),
+            (Config::builder().small_threshold(1000), "threshold"),
+            (
+                Config::builder().min_block_size(32).classes_per_doubling(4),
+                "min_block_size",
+            ),
+            (Config::builder().classes_per_doubling(16), "per doubling"),
+            (Config::builder().huge_threshold(1024), "huge_threshold"),
+            (Config::builder().pool_chunk_size(0), "pool_chunk_size"),
+            (Config::builder().segment_size(0), "segment_size"),
+            (Config::builder().arena_chunk_size(0), "arena_chunk_size"),
+            (
+                Config::builder().large_granularity(100),
+                "large_granularity",
+            ),
+            (Config::builder().max_split_size(1 << 20), "max_split_size"),
+            (Config::builder().memory_limit(0), "memory_limit"),
+            (
+                Config::builder()
+                    .upstream(UpstreamKind::Heap)
+                    .huge_pages(true),
+                "huge_pages",
+            ),
+            (Config::builder().pool(0, 10), "block size"),
+            (Config::builder().pool(64, 0), "capacity of 0"),
+            (Config::builder().pool(64, 1).pool(64, 2), "same block size"),
+            (Config::builder().pool(8 << 30, 1), "below 4 GiB"),
+        ];
+        for (builder, needle) in cases {
+            match builder.build() {
+                Err(Error::InvalidConfig(msg)) => {
+                    assert!(msg.contains(needle), "`{needle}` not in `{msg}`")
+                }
+                other => panic!("expected an error naming `{needle}`, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn files_name_their_errors() {
+        let dir = std::env::temp_dir().join(format!("tensorpool-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.json");
+        std::fs::write(
+            &good,
+            r#"{"memory_limit": "1 GiB", "pools": [{"block_size": "4 KiB", "capacity": 8}]}"#,
+        )
+        .unwrap();
+        let c = Config::from_file(&good).unwrap();
+        assert_eq!(c.memory_limit, Some(1 << 30));
+        assert_eq!(
+            c.pools,
+            vec![PoolSpec {
+                block_size: 4096,
+                capacity: 8
+            }]
+        );
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, "memory_limit = -5\n").unwrap();
+        let msg = Config::from_file(&bad).unwrap_err().to_string();
+        assert!(
+            msg.contains("bad.toml") && msg.contains("negative"),
+            "{msg}"
+        );
+        let missing = Config::from_file(dir.join("missing.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("cannot read"), "{missing}");
+        let unknown =
+            Config::from_json_str(r#"{"pools": [{"block_size": 64, "capacity": 1, "colour": 3}]}"#);
+        assert!(unknown
+            .unwrap_err()
+            .to_string()
+            .contains("unknown field `colour`"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn zero_threshold_means_no_size_classes() {
+        let c = Config::builder().small_threshold(0).build().unwrap();
+        assert!(c.size_classes().unwrap().is_none());
+    }
+}

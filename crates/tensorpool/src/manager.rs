@@ -1,0 +1,914 @@
+//! `MemoryManager`: the tiered front that routes every request by size.
+//!
+//! - explicit pools named in the [`Config`] are tried first, smallest fitting first,
+//!   and when all are full the request falls through to the tiers (it never gives
+//!   up at the first full pool);
+//! - sizes up to `small_threshold` go to a [`FixedSizePool`] per size class;
+//! - sizes up to `huge_threshold` go to the coalescing [`BestFit`] tier;
+//! - larger ones get dedicated segments from the [`HugeCache`], cached by size.
+//!
+//! All memory comes through one [`MeteredUpstream`], which counts reserved bytes and
+//! enforces the optional limit. When an allocation runs out of memory, the manager
+//! returns cached memory to upstream ([`trim`](MemoryManager::trim)) and retries once
+//! before reporting an [`OutOfMemory`](crate::OutOfMemory) that describes its state.
+//!
+//! Memory is handed out three ways:
+//!
+//! - through allocator-api2's [`Allocator`] (`Vec<f32, &MemoryManager>`, hashbrown)
+//!   and the owning [`Tensor`](crate::Tensor) handle, which route frees by layout;
+//! - through the raw API for foreign callers ([`allocate_raw`](MemoryManager::allocate_raw)
+//!   and the safe [`free_raw`](MemoryManager::free_raw)), which finds the owner of an
+//!   address in a side map of regions, never reading the memory, and refuses anything
+//!   that is not a live raw block;
+//! - as [`Arena`]s whose chunks come from the manager.
+//!
+//! A `MemoryManager` is a cheap handle: clones share one manager, which lives until
+//! the last handle, tensor and arena are gone.
+//!
+//! ```
+//! use allocator_api2::vec::Vec;
+//! use tensorpool::{Config, MemoryManager};
+//!
+//! let mm = MemoryManager::new(Config::default())?;
+//! let mut v: Vec<f32, &MemoryManager> = Vec::with_capacity_in(1024, &mm);
+//! v.extend((0..1024).map(|i| i as f32));
+//! assert_eq!(v.as_ptr() as usize % 64, 0);
+//!
+//! let raw = mm.allocate_raw(10 << 20, 64)?; // best-fit tier
+//! assert!(mm.free_raw(v.as_ptr() as *mut u8).is_err()); // owned by the Vec: refused
+//! mm.free_raw(raw.as_ptr())?;
+//! assert!(mm.free_raw(raw.as_ptr()).is_err()); // double free: refused, nothing changes
+//! drop(v);
+//! assert_eq!(mm.stats().allocated_bytes, 0);
+//! mm.trim();
+//! assert_eq!(mm.stats().reserved_bytes, 0);
+//! # Ok::<(), tensorpool::Error>(())
+//! ```
+
+use crate::address_map::AddressMap;
+use crate::arena::Arena;
+use crate::best_fit::BestFit;
+use crate::config::{Config, UpstreamKind};
+use crate::error::{Error, OomCause, PointerError, Result};
+use crate::fixed_pool::{zero_sized, FixedSizePool};
+use crate::huge::HugeCache;
+use crate::limits::validate;
+use crate::size_class::SizeClasses;
+use crate::snapshot::Snapshot;
+use crate::stats::{fragmentation, ClassStats, Stats, Tier, TierStats, Usage};
+#[cfg(all(unix, not(miri)))]
+use crate::upstream::MmapUpstream;
+use crate::upstream::{HeapUpstream, MeteredUpstream, Upstream, UpstreamError};
+use allocator_api2::alloc::{AllocError, Allocator};
+use parking_lot::RwLock;
+use std::alloc::Layout;
+use std::fmt;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+
+/// The tiered memory manager.
+#[derive(Clone)]
+pub struct MemoryManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    classes: Option<SizeClasses>,
+    class_pools: Box<[FixedSizePool]>,
+    /// Explicit pools, by increasing block size.
+    explicit: Box<[FixedSizePool]>,
+    large: BestFit,
+    huge: HugeCache,
+    metered: Arc<MeteredUpstream>,
+    owners: Arc<RwLock<AddressMap<Owner>>>,
+    counters: Counters,
+}
+
+/// Which part of the manager owns a region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    Class(u32),
+    Explicit(u32),
+    Large,
+    Huge,
+}
+
+/// Where a request goes when no explicit pool takes it.
+#[derive(Debug, Clone, Copy)]
+enum Route {
+    Class(usize),
+    Large,
+    Huge,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    allocated: AtomicUsize,
+    requested: AtomicUsize,
+    peak_allocated: AtomicUsize,
+    peak_requested: AtomicUsize,
+    retries: AtomicU64,
+    ooms: AtomicU64,
+    arena_bytes: AtomicUsize,
+}
+
+impl Counters {
+    #[inline]
+    fn on_alloc(&self, block: usize, requested: usize) {
+        let allocated = self.allocated.fetch_add(block, Relaxed) + block;
+        self.peak_allocated.fetch_max(allocated, Relaxed);
+        let requested = self.requested.fetch_add(requested, Relaxed) + requested;
+        self.peak_requested.fetch_max(requested, Relaxed);
+    }
+
+    #[inline]
+    fn on_free(&self, block: usize, requested: usize) {
+        self.allocated.fetch_sub(block, Relaxed);
+        self.requested.fetch_sub(requested, Relaxed);
+    }
+}
+
+/// Puts every region a part of the manager takes into the owner map, so that a raw
+/// pointer can be traced back to the part that must free it.
+#[derive(Debug)]
+struct Registrar {
+    upstream: Arc<MeteredUpstream>,
+    owners: Arc<RwLock<AddressMap<Owner>>>,
+    owner: Owner,
+}
+
+// SAFETY: regions come from the metered upstream unchanged; the map only records them.
+unsafe impl Upstream for Registrar {
+    fn allocate(
+        &self,
+        size: usize,
+        align: usize,
+    ) -> std::result::Result<NonNull<u8>, UpstreamError> {
+        let ptr = self.upstream.allocate(size, align)?;
+        self.owners
+            .write()
+            .insert(ptr.as_ptr().addr(), size, self.owner);
+        Ok(ptr)
+    }
+
+    unsafe fn deallocate(&self, ptr: NonNull<u8>, size: usize, align: usize) {
+        self.owners.write().remove(ptr.as_ptr().addr());
+        // SAFETY: forwarded unchanged from our caller, who holds the same contract.
+        unsafe { self.upstream.deallocate(ptr, size, align) }
+    }
+
+    fn name(&self) -> &str {
+        self.upstream.name()
+    }
+}
+
+/// Chunks of arenas made by [`MemoryManager::arena`], as typed blocks of the manager.
+#[derive(Debug)]
+struct ArenaUpstream {
+    manager: Arc<Inner>,
+}
+
+// SAFETY: each region is a live block of the manager, exclusively the arena's until
+// the arena passes it back, and the arena holds the manager alive until then.
+unsafe impl Upstream for ArenaUpstream {
+    fn allocate(
+        &self,
+        size: usize,
+        align: usize,
+    ) -> std::result::Result<NonNull<u8>, UpstreamError> {
+        match self.manager.allocate(size, align, false) {
+            Ok(ptr) => {
+                self.manager.counters.arena_bytes.fetch_add(size, Relaxed);
+                Ok(ptr)
+            }
+            Err(Error::OutOfMemory(report)) if report.cause == OomCause::LimitReached => {
+                Err(UpstreamError::LimitReached {
+                    size,
+                    reserved: report.reserved_bytes,
+                    limit: report.limit.unwrap_or(0),
+                })
+            }
+            Err(_) => Err(UpstreamError::OutOfMemory { size }),
+        }
+    }
+
+    unsafe fn deallocate(&self, ptr: NonNull<u8>, size: usize, align: usize) {
+        self.manager.counters.arena_bytes.fetch_sub(size, Relaxed);
+        let freed = self.manager.free_typed(ptr, size, align);
+        debug_assert!(
+            freed.is_ok(),
+            "an arena chunk was not a live block: {freed:?}"
+        );
+    }
+
+    fn name(&self) -> &str {
+        "manager"
+    }
+}
+
+impl fmt::Debug for Inner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryManager")
+            .field("reserved_bytes", &self.metered.reserved_bytes())
+            .field("allocated_bytes", &self.counters.allocated.load(Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for MemoryManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl Default for MemoryManager {
+    fn default() -> Self {
+        Self::new(Config::default()).expect("the default config is valid")
+    }
+}
+
+impl MemoryManager {
+    /// A manager with `config`, taking memory from the upstream the config names.
+    pub fn new(config: Config) -> Result<Self> {
+        let upstream: Arc<dyn Upstream> =
+            match config.upstream {
+                #[cfg(all(unix, not(miri)))]
+                UpstreamKind::Mmap => Arc::new(MmapUpstream::new(config.uses_huge_pages())),
+                #[cfg(not(all(unix, not(miri))))]
+                UpstreamKind::Mmap => return Err(Error::InvalidConfig(
+                    "the mmap upstream is not available on this platform; use upstream = \"heap\""
+                        .into(),
+                )),
+                UpstreamKind::Heap => Arc::new(HeapUpstream),
+            };
+        Self::with_upstream(config, upstream)
+    }
+
+    /// A manager with `config`, taking memory from `upstream` (a device, a test
+    /// double, a wrapper that injects failures).
+    pub fn with_upstream(config: Config, upstream: Arc<dyn Upstream>) -> Result<Self> {
+        config.validate()?;
+        let classes = config.size_classes()?;
+        let metered = Arc::new(MeteredUpstream::new(upstream, config.memory_limit));
+        let owners = Arc::new(RwLock::new(AddressMap::new()));
+        let registrar = |owner| -> Arc<dyn Upstream> {
+            Arc::new(Registrar {
+                upstream: metered.clone(),
+                owners: owners.clone(),
+                owner,
+            })
+        };
+        let class_pools = match &classes {
+            Some(classes) => (0..classes.len())
+                .map(|c| {
+                    FixedSizePool::builder(classes.size_of(c))
+                        .alignment(classes.align_of(c))
+                        .max_chunk_size(config.pool_chunk_size)
+                        .tier(Tier::Small)
+                        .upstream(registrar(Owner::Class(c as u32)))
+                        .build()
+                })
+                .collect::<Result<Vec<_>>>()?,
+            None => Vec::new(),
+        };
+        let mut specs = config.pools.clone();
+        specs.sort_by_key(|p| p.block_size);
+        let explicit = specs
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                FixedSizePool::builder(spec.block_size)
+                    .alignment(config.alignment)
+                    .capacity(spec.capacity)
+                    .max_chunk_size(spec.block_size.saturating_mul(spec.capacity))
+                    .tier(Tier::Pool)
+                    .upstream(registrar(Owner::Explicit(i as u32)))
+                    .build()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let large = BestFit::builder()
+            .granularity(config.large_granularity)
+            .segment_size(config.segment_size)
+            .max_split_size(config.max_split_size)
+            .max_oversize_waste(config.max_oversize_waste)
+            .tier(Tier::Large)
+            .upstream(registrar(Owner::Large))
+            .build()?;
+        let huge = HugeCache::with_upstream(config.huge_cache_limit, registrar(Owner::Huge));
+        Ok(MemoryManager {
+            inner: Arc::new(Inner {
+                config,
+                classes,
+                class_pools: class_pools.into_boxed_slice(),
+                explicit: explicit.into_boxed_slice(),
+                large,
+                huge,
+                metered,
+                owners,
+                counters: Counters::default(),
+            }),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The size classes of the small tier, if it has any.
+    pub fn size_classes(&self) -> Option<&SizeClasses> {
+        self.inner.classes.as_ref()
+    }
+
+    /// `size` bytes aligned to `align` (a power of two up to a page; the configured
+    /// alignment at least), for a foreign caller: NumPy, C, a tensor library.
+    ///
+    /// Give it back with [`free_raw`](Self::free_raw).
+    pub fn allocate_raw(&self, size: usize, align: usize) -> Result<NonNull<u8>> {
+        self.inner.allocate(size, align, true)
+    }
+
+    /// The same as [`allocate_raw`](Self::allocate_raw), with the memory zeroed.
+    pub fn allocate_raw_zeroed(&self, size: usize, align: usize) -> Result<NonNull<u8>> {
+        let ptr = self.inner.allocate(size, align, true)?;
+        // SAFETY: the block is `size` bytes, fresh, and exclusively ours.
+        unsafe { ptr.as_ptr().write_bytes(0, size) };
+        Ok(ptr)
+    }
+
+    /// Frees a block from [`allocate_raw`](Self::allocate_raw).
+    ///
+    /// Safe for any address: the owner of the address is looked up in side tables
+    /// (O(log regions), then O(1) within the region), the memory is never read, and
+    /// an address that is not a live raw block (never allocated, already freed,
+    /// inside a block, owned by a typed handle) returns [`Error::InvalidPointer`]
+    /// and changes nothing.
+    pub fn free_raw(&self, ptr: *mut u8) -> Result<()> {
+        self.inner.free_raw(ptr.addr())
+    }
+
+    /// An arena whose chunks come from this manager (and count in its stats).
+    pub fn arena(&self) -> Arena {
+        Arena::builder()
+            .first_chunk_size(self.inner.config.arena_chunk_size)
+            .upstream(Arc::new(ArenaUpstream {
+                manager: self.inner.clone(),
+            }))
+            .build()
+            .expect("arena_chunk_size was validated with the config")
+    }
+
+    /// An arena from this manager that never holds more than `bytes`.
+    pub fn arena_with_capacity(&self, bytes: usize) -> Result<Arena> {
+        Arena::builder()
+            .capacity(bytes)
+            .upstream(Arc::new(ArenaUpstream {
+                manager: self.inner.clone(),
+            }))
+            .build()
+    }
+
+    /// Returns all cached memory that can go back to upstream: empty pool chunks,
+    /// free best-fit segments, cached huge segments. Returns the bytes released.
+    pub fn trim(&self) -> usize {
+        self.inner.trim()
+    }
+
+    /// Starts new peaks (`peak_allocated_bytes`, `peak_requested_bytes`,
+    /// `peak_reserved_bytes`) from the current values.
+    pub fn reset_peak_stats(&self) {
+        let c = &self.inner.counters;
+        c.peak_allocated.store(c.allocated.load(Relaxed), Relaxed);
+        c.peak_requested.store(c.requested.load(Relaxed), Relaxed);
+        self.inner.metered.reset_peak();
+    }
+
+    /// The statistics: totals, per tier, per size class.
+    pub fn stats(&self) -> Stats {
+        self.inner.stats()
+    }
+
+    /// The statistics as a table for people.
+    pub fn summary(&self) -> String {
+        self.stats().summary()
+    }
+
+    /// Every segment and block with its state.
+    pub fn snapshot(&self) -> Snapshot {
+        let inner = &*self.inner;
+        let mut segments = Vec::new();
+        for pool in inner.explicit.iter().chain(inner.class_pools.iter()) {
+            pool.snapshot_into(&mut segments);
+        }
+        inner.large.snapshot_into(&mut segments);
+        inner.huge.snapshot_into(&mut segments);
+        Snapshot { segments }
+    }
+
+    /// Allocates for a typed owner (what [`Allocator::allocate`] does).
+    pub(crate) fn allocate_typed(&self, layout: Layout) -> Result<NonNull<u8>> {
+        self.inner.allocate(layout.size(), layout.align(), false)
+    }
+}
+
+impl Inner {
+    #[inline]
+    fn route(&self, size: usize, align: usize) -> Route {
+        match self.classes.as_ref().and_then(|c| c.class_for(size, align)) {
+            Some(class) => Route::Class(class),
+            None if size <= self.config.huge_threshold => Route::Large,
+            None => Route::Huge,
+        }
+    }
+
+    fn allocate(&self, size: usize, align: usize, raw: bool) -> Result<NonNull<u8>> {
+        validate(size, align)?;
+        let align = align.max(self.config.alignment);
+        match self.try_allocate(size, align, raw) {
+            Err(Error::OutOfMemory(_)) => {
+                // Give cached memory back and try once more, as PyTorch does.
+                self.counters.retries.fetch_add(1, Relaxed);
+                self.trim();
+                self.try_allocate(size, align, raw)
+                    .map_err(|e| self.widen(e))
+            }
+            other => other,
+        }
+    }
+
+    fn try_allocate(&self, size: usize, align: usize, raw: bool) -> Result<NonNull<u8>> {
+        for pool in self.explicit.iter() {
+            if pool.block_size() < size || pool.alignment() < align {
+                continue;
+            }
+            match pool.alloc_block(size, raw) {
+                Ok((ptr, _)) => {
+                    self.counters.on_alloc(pool.stride(), size);
+                    return Ok(ptr);
+                }
+                // Full: try the next pool, then the tiers.
+                Err(Error::OutOfMemory(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        let (ptr, block) = match self.route(size, align) {
+            Route::Class(c) => {
+                let pool = &self.class_pools[c];
+                (pool.alloc_block(size, raw)?.0, pool.stride())
+            }
+            Route::Large => {
+                let (ptr, block, _) = self.large.alloc_block(size, align, raw)?;
+                (ptr, block)
+            }
+            Route::Huge => {
+                let (ptr, block, _) = self.huge.alloc_block(size, align, raw)?;
+                (ptr, block)
+            }
+        };
+        self.counters.on_alloc(block, size);
+        Ok(ptr)
+    }
+
+    /// Replaces a tier's view in an out-of-memory report with the manager's totals.
+    fn widen(&self, e: Error) -> Error {
+        match e {
+            Error::OutOfMemory(mut report) => {
+                self.counters.ooms.fetch_add(1, Relaxed);
+                let allocated = self.counters.allocated.load(Relaxed);
+                let reserved = self.metered.reserved_bytes();
+                report.allocated_bytes = allocated;
+                report.reserved_bytes = reserved;
+                report.cached_bytes = reserved.saturating_sub(allocated);
+                report.largest_free_block = self.largest_free_block();
+                report.limit = self.config.memory_limit;
+                Error::OutOfMemory(report)
+            }
+            other => other,
+        }
+    }
+
+    fn largest_free_block(&self) -> usize {
+        let pools = self
+            .explicit
+            .iter()
+            .chain(self.class_pools.iter())
+            .filter(|p| p.stats().free_blocks > 0)
+            .map(|p| p.block_size())
+            .max()
+            .unwrap_or(0);
+        pools
+            .max(self.large.largest_free_block())
+            .max(self.huge.largest_cached())
+    }
+
+    fn free_raw(&self, addr: usize) -> Result<()> {
+        let owner = self.owners.read().find(addr).map(|(_, _, &owner)| owner);
+        let owner = owner.ok_or(Error::InvalidPointer {
+            addr,
+            reason: PointerError::Foreign,
+        })?;
+        self.free_owned(owner, addr, true)
+    }
+
+    fn free_owned(&self, owner: Owner, addr: usize, raw: bool) -> Result<()> {
+        let (block, requested) = match owner {
+            Owner::Class(c) => {
+                let pool = &self.class_pools[c as usize];
+                (pool.stride(), pool.free_block(addr, raw)?)
+            }
+            Owner::Explicit(i) => {
+                let pool = &self.explicit[i as usize];
+                (pool.stride(), pool.free_block(addr, raw)?)
+            }
+            Owner::Large => self.large.free_block(addr, raw)?,
+            Owner::Huge => self.huge.free_block(addr, raw)?,
+        };
+        self.counters.on_free(block, requested);
+        Ok(())
+    }
+
+    /// Frees a typed block allocated with this size and alignment.
+    fn free_typed(&self, ptr: NonNull<u8>, size: usize, align: usize) -> Result<()> {
+        let addr = ptr.as_ptr().addr();
+        if !self.explicit.is_empty() {
+            // With explicit pools, the same layout may be served by a pool or a tier.
+            let owner = self.owners.read().find(addr).map(|(_, _, &o)| o);
+            let owner = owner.ok_or(Error::InvalidPointer {
+                addr,
+                reason: PointerError::Foreign,
+            })?;
+            return self.free_owned(owner, addr, false);
+        }
+        let owner = match self.route(size, align.max(self.config.alignment)) {
+            Route::Class(c) => Owner::Class(c as u32),
+            Route::Large => Owner::Large,
+            Route::Huge => Owner::Huge,
+        };
+        self.free_owned(owner, addr, false)
+    }
+
+    fn trim(&self) -> usize {
+        self.explicit
+            .iter()
+            .chain(self.class_pools.iter())
+            .map(FixedSizePool::trim)
+            .sum::<usize>()
+            + self.large.trim()
+            + self.huge.trim()
+    }
+
+    fn stats(&self) -> Stats {
+        let mut classes = Vec::new();
+        let mut tiers = Vec::new();
+        let mut largest_pool_block = 0;
+        for (tier, pools) in [
+            (Tier::Pool, &self.explicit),
+            (Tier::Small, &self.class_pools),
+        ] {
+            if pools.is_empty() {
+                continue;
+            }
+            let mut usage = Usage::default();
+            let mut largest = 0;
+            for pool in pools.iter() {
+                let s = pool.stats();
+                usage.accumulate(&s.usage);
+                if s.free_blocks > 0 {
+                    largest = largest.max(s.block_size);
+                }
+                if s.usage.num_allocs > 0 || s.chunks > 0 {
+                    classes.push(ClassStats {
+                        block_size: s.block_size,
+                        free_blocks: s.free_blocks,
+                        chunks: s.chunks,
+                        usage: s.usage,
+                    });
+                }
+            }
+            largest_pool_block = largest_pool_block.max(largest);
+            tiers.push(TierStats {
+                tier,
+                usage,
+                largest_free_block: largest,
+            });
+        }
+        let large = self.large.stats();
+        tiers.push(TierStats {
+            tier: Tier::Large,
+            usage: large.usage,
+            largest_free_block: large.largest_free_block,
+        });
+        let huge = self.huge.stats();
+        tiers.push(TierStats {
+            tier: Tier::Huge,
+            usage: huge.usage,
+            largest_free_block: huge.largest_cached,
+        });
+        let mut total = Usage::default();
+        for t in &tiers {
+            total.accumulate(&t.usage);
+        }
+        let c = &self.counters;
+        let allocated = c.allocated.load(Relaxed);
+        let requested = c.requested.load(Relaxed);
+        let reserved = self.metered.reserved_bytes();
+        let cached = reserved.saturating_sub(allocated);
+        let largest = largest_pool_block
+            .max(large.largest_free_block)
+            .max(huge.largest_cached);
+        Stats {
+            allocated_bytes: allocated,
+            peak_allocated_bytes: c.peak_allocated.load(Relaxed),
+            requested_bytes: requested,
+            peak_requested_bytes: c.peak_requested.load(Relaxed),
+            reserved_bytes: reserved,
+            peak_reserved_bytes: self.metered.peak_reserved_bytes(),
+            cached_bytes: cached,
+            internal_waste_bytes: allocated.saturating_sub(requested),
+            allocated_blocks: total.allocated_blocks,
+            num_allocs: total.num_allocs,
+            num_frees: total.num_frees,
+            num_alloc_retries: c.retries.load(Relaxed),
+            num_ooms: c.ooms.load(Relaxed),
+            num_upstream_allocs: self.metered.num_allocs(),
+            num_upstream_frees: self.metered.num_frees(),
+            largest_free_block: largest,
+            fragmentation: fragmentation(largest, cached),
+            arena_bytes: c.arena_bytes.load(Relaxed),
+            memory_limit: self.config.memory_limit,
+            tiers,
+            classes,
+        }
+    }
+}
+
+// SAFETY: blocks come from the tiers, which hand out disjoint memory of at least the
+// requested size and alignment; they stay valid until deallocated or until the last
+// handle to the manager is dropped, and every `&MemoryManager` or clone keeps it.
+unsafe impl Allocator for MemoryManager {
+    #[inline]
+    fn allocate(&self, layout: Layout) -> std::result::Result<NonNull<[u8]>, AllocError> {
+        if layout.size() == 0 {
+            return Ok(zero_sized(layout.align()));
+        }
+        let ptr = self.allocate_typed(layout).map_err(|_| AllocError)?;
+        Ok(NonNull::slice_from_raw_parts(ptr, layout.size()))
+    }
+
+    #[inline]
+    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
+        if layout.size() == 0 {
+            return;
+        }
+        let freed = self.inner.free_typed(ptr, layout.size(), layout.align());
+        debug_assert!(
+            freed.is_ok(),
+            "Allocator::deallocate broke its contract: {freed:?}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::UpstreamKind;
+
+    fn heap_config() -> crate::config::ConfigBuilder {
+        Config::builder().upstream(UpstreamKind::Heap)
+    }
+
+    fn manager(builder: crate::config::ConfigBuilder) -> MemoryManager {
+        MemoryManager::new(builder.build().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn routes_by_size() {
+        let mm = manager(heap_config().small_threshold(4096).huge_threshold(8 << 20));
+        let small = mm.allocate_raw(100, 8).unwrap();
+        let large = mm.allocate_raw(100_000, 8).unwrap();
+        let huge = mm.allocate_raw(9 << 20, 8).unwrap();
+        let s = mm.stats();
+        let tier = |t| {
+            s.tiers
+                .iter()
+                .find(|x| x.tier == t)
+                .unwrap()
+                .usage
+                .allocated_blocks
+        };
+        assert_eq!(
+            (tier(Tier::Small), tier(Tier::Large), tier(Tier::Huge)),
+            (1, 1, 1)
+        );
+        assert_eq!(s.requested_bytes, 100 + 100_000 + (9 << 20));
+        assert_eq!(s.allocated_bytes, 128 + 100_352 + (10 << 20));
+        assert_eq!(s.classes.len(), 1);
+        assert_eq!(
+            s.classes[0].block_size, 128,
+            "64-byte alignment rounds 100 up to 128"
+        );
+        for p in [small, large, huge] {
+            assert_eq!(p.as_ptr() as usize % 64, 0);
+            mm.free_raw(p.as_ptr()).unwrap();
+        }
+        let s = mm.stats();
+        assert_eq!(
+            (s.allocated_bytes, s.requested_bytes, s.allocated_blocks),
+            (0, 0, 0)
+        );
+        assert_eq!(s.num_allocs, s.num_frees);
+        mm.trim();
+        let s = mm.stats();
+        assert_eq!(s.reserved_bytes, 0);
+        assert_eq!(s.num_upstream_allocs, s.num_upstream_frees);
+    }
+
+    #[test]
+    fn explicit_pools_first_then_fall_through() {
+        let mm = manager(heap_config().pool(256, 2).pool(1024, 1));
+        let a = mm.allocate_raw(200, 64).unwrap();
+        let b = mm.allocate_raw(200, 64).unwrap();
+        let c = mm.allocate_raw(200, 64).unwrap(); // 256 pool full: the 1024 pool
+        let d = mm.allocate_raw(200, 64).unwrap(); // both full: the size classes
+        let s = mm.stats();
+        let pool_tier = s.tiers.iter().find(|t| t.tier == Tier::Pool).unwrap();
+        assert_eq!(pool_tier.usage.allocated_blocks, 3);
+        assert_eq!(pool_tier.usage.allocated_bytes, 256 * 2 + 1024);
+        let small = s.tiers.iter().find(|t| t.tier == Tier::Small).unwrap();
+        assert_eq!(small.usage.allocated_blocks, 1);
+        // Typed frees are routed through the owner map when explicit pools exist.
+        let layout = Layout::from_size_align(200, 8).unwrap();
+        let typed = Allocator::allocate(&mm, layout).unwrap().cast::<u8>();
+        // SAFETY: allocated above with `layout`.
+        unsafe { Allocator::deallocate(&mm, typed, layout) };
+        for p in [a, b, c, d] {
+            mm.free_raw(p.as_ptr()).unwrap();
+        }
+        assert_eq!(mm.stats().allocated_bytes, 0);
+    }
+
+    #[test]
+    fn free_raw_refuses_every_bad_pointer() {
+        let mm = manager(heap_config());
+        let small = mm.allocate_raw(64, 64).unwrap();
+        let large = mm.allocate_raw(1 << 20, 64).unwrap();
+        let v: allocator_api2::vec::Vec<u8, &MemoryManager> =
+            allocator_api2::vec::Vec::with_capacity_in(1000, &mm);
+        let before = mm.stats();
+        let reason = |p: *mut u8| match mm.free_raw(p) {
+            Err(Error::InvalidPointer { reason, .. }) => reason,
+            other => panic!("{other:?}"),
+        };
+        let local = 0u64;
+        assert_eq!(
+            reason(&local as *const u64 as *mut u8),
+            PointerError::Foreign
+        );
+        assert_eq!(reason(std::ptr::null_mut()), PointerError::Foreign);
+        assert!(matches!(
+            reason(small.as_ptr().wrapping_add(1)),
+            PointerError::Interior { .. }
+        ));
+        assert!(matches!(
+            reason(large.as_ptr().wrapping_add(4096)),
+            PointerError::Interior { .. }
+        ));
+        assert_eq!(
+            reason(large.as_ptr().wrapping_add(1 << 20)),
+            PointerError::NotLive
+        );
+        assert_eq!(reason(v.as_ptr() as *mut u8), PointerError::NotRaw);
+        assert_eq!(mm.stats(), before);
+        mm.free_raw(small.as_ptr()).unwrap();
+        assert_eq!(reason(small.as_ptr()), PointerError::NotLive);
+        mm.free_raw(large.as_ptr()).unwrap();
+        drop(v);
+        assert_eq!(mm.stats().allocated_bytes, 0);
+    }
+
+    #[test]
+    fn limit_releases_cache_then_reports() {
+        let mm = manager(heap_config().memory_limit(8 << 20));
+        let a = mm.allocate_raw(3 << 20, 64).unwrap();
+        mm.free_raw(a.as_ptr()).unwrap(); // 4 MiB segment cached
+        let b = mm.allocate_raw(6 << 20, 64).unwrap(); // needs the cache released
+        let s = mm.stats();
+        assert_eq!(s.num_alloc_retries, 1);
+        assert_eq!(s.reserved_bytes, 6 << 20);
+        let err = mm.allocate_raw(4 << 20, 64).unwrap_err();
+        let Error::OutOfMemory(report) = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(report.cause, OomCause::LimitReached);
+        assert_eq!(report.limit, Some(8 << 20));
+        assert_eq!(report.allocated_bytes, 6 << 20);
+        assert_eq!(report.reserved_bytes, 6 << 20);
+        assert_eq!(report.tier, Tier::Large);
+        assert!(err.to_string().contains("tried to allocate 4.00 MiB"));
+        assert_eq!(mm.stats().num_ooms, 1);
+        mm.free_raw(b.as_ptr()).unwrap();
+        // memory is available again
+        let c = mm.allocate_raw(4 << 20, 64).unwrap();
+        mm.free_raw(c.as_ptr()).unwrap();
+    }
+
+    #[test]
+    fn arenas_take_chunks_from_the_manager() {
+        let mm = manager(heap_config());
+        {
+            let mut arena = mm.arena();
+            let xs = arena.alloc_slice_fill(100_000, 1.5f32).unwrap();
+            assert_eq!(xs.iter().sum::<f32>(), 150_000.0);
+            let s = mm.stats();
+            assert!(s.arena_bytes >= 400_000);
+            assert!(s.allocated_bytes >= s.arena_bytes);
+            // an arena chunk is not the raw API's to free
+            let chunk = mm
+                .snapshot()
+                .segments
+                .iter()
+                .flat_map(|s| s.blocks.clone())
+                .find(|b| b.size >= 400_000 && b.state == crate::snapshot::BlockState::Allocated)
+                .unwrap();
+            assert!(matches!(
+                mm.free_raw(chunk.address as *mut u8),
+                Err(Error::InvalidPointer {
+                    reason: PointerError::NotRaw,
+                    ..
+                })
+            ));
+            arena.reset();
+        }
+        let s = mm.stats();
+        assert_eq!((s.arena_bytes, s.allocated_bytes), (0, 0));
+        let fixed = mm.arena_with_capacity(4096).unwrap();
+        assert!(fixed.allocate(5000, 8).is_err());
+    }
+
+    #[test]
+    fn bad_requests_are_errors() {
+        let mm = manager(heap_config());
+        assert_eq!(mm.allocate_raw(0, 64), Err(Error::ZeroSize));
+        assert_eq!(
+            mm.allocate_raw(64, 3),
+            Err(Error::InvalidAlignment { align: 3 })
+        );
+        assert!(matches!(
+            mm.allocate_raw(64, 1 << 13),
+            Err(Error::AlignmentTooLarge { .. })
+        ));
+        assert!(matches!(
+            mm.allocate_raw(usize::MAX, 64),
+            Err(Error::SizeTooLarge { .. })
+        ));
+        assert_eq!(mm.stats().num_allocs, 0);
+    }
+
+    #[test]
+    fn peaks_and_summary() {
+        let mm = manager(heap_config());
+        let a = mm.allocate_raw(1 << 20, 64).unwrap();
+        let b = mm.allocate_raw(1 << 20, 64).unwrap();
+        mm.free_raw(a.as_ptr()).unwrap();
+        let s = mm.stats();
+        assert_eq!(s.peak_allocated_bytes, 2 << 20);
+        assert_eq!(s.allocated_bytes, 1 << 20);
+        assert!(s.largest_free_block >= 1 << 20);
+        mm.reset_peak_stats();
+        assert_eq!(mm.stats().peak_allocated_bytes, 1 << 20);
+        let text = mm.summary();
+        assert!(text.contains("allocated (held by program)") && text.contains("large (best fit)"));
+        let json = serde_json::to_value(mm.stats()).unwrap();
+        for key in [
+            "allocated_bytes",
+            "requested_bytes",
+            "reserved_bytes",
+            "cached_bytes",
+            "peak_allocated_bytes",
+            "peak_reserved_bytes",
+            "num_allocs",
+            "num_frees",
+            "num_ooms",
+            "largest_free_block",
+            "fragmentation",
+            "internal_waste_bytes",
+            "tiers",
+            "classes",
+        ] {
+            assert!(json.get(key).is_some(), "missing {key}");
+        }
+        mm.free_raw(b.as_ptr()).unwrap();
+    }
+
+    #[test]
+    fn clones_share_one_manager() {
+        let mm = manager(heap_config());
+        let other = mm.clone();
+        let p = other.allocate_raw(64, 64).unwrap();
+        drop(other);
+        assert_eq!(mm.stats().allocated_blocks, 1);
+        mm.free_raw(p.as_ptr()).unwrap();
+    }
+}
