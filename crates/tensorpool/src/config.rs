@@ -421,6 +421,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "file system access")]
     fn files_name_their_errors() {
         let dir = std::env::temp_dir().join(format!("tensorpool-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

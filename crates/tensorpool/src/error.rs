@@ -70,6 +70,9 @@ pub enum Error {
     /// An arena checkpoint that does not belong to this arena or lies ahead of it.
     #[error("invalid checkpoint: {0}")]
     InvalidCheckpoint(&'static str),
+    /// A shape that does not match the data or the tensor.
+    #[error("invalid shape: {0}")]
+    InvalidShape(String),
     /// A configuration that cannot apply, with the reason.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),

@@ -15,6 +15,7 @@ pub mod manager;
 pub mod size_class;
 pub mod snapshot;
 pub mod stats;
+pub mod tensor;
 pub mod upstream;
 
 pub use arena::{Arena, ArenaStats, Checkpoint, Scope};
@@ -27,3 +28,4 @@ pub use limits::{MAX_ALIGN, MAX_ALLOCATION_SIZE};
 pub use manager::MemoryManager;
 pub use snapshot::{BlockState, Snapshot};
 pub use stats::{Stats, Tier, Usage};
+pub use tensor::Tensor;

@@ -231,6 +231,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "exhaustive arithmetic, no unsafe code")]
     fn every_request_lands_on_a_fitting_aligned_class() {
         let t = SizeClasses::new(64, 1 << 16, 8).unwrap();
         for align_shift in 0..=12 {

@@ -1,0 +1,301 @@
+//! `Tensor<T>`: a typed, shaped, owning handle to memory from a [`MemoryManager`].
+//!
+//! A tensor is a contiguous, row-major array of `T` with a shape. It derefs to a
+//! slice, returns its block to the manager when dropped, and keeps the manager alive
+//! while it exists. With the `ndarray` feature it views as an `ndarray::ArrayViewD`
+//! without copying.
+//!
+//! ```
+//! use tensorpool::{MemoryManager, Tensor};
+//!
+//! let mm = MemoryManager::default();
+//! let mut t = Tensor::<f32>::zeros(&mm, &[2, 3])?;
+//! t[4] = 1.5; // row 1, column 1
+//! assert_eq!(t.shape(), &[2, 3]);
+//! assert_eq!(t.strides(), vec![3, 1]);
+//! assert_eq!(t.iter().sum::<f32>(), 1.5);
+//! assert_eq!(t.as_ptr() as usize % 64, 0);
+//! let t = t.reshape(&[3, 2])?;
+//! assert_eq!(t.len(), 6);
+//! drop(t); // the block goes back to its size class
+//! assert_eq!(mm.stats().allocated_bytes, 0);
+//! # Ok::<(), tensorpool::Error>(())
+//! ```
+
+use crate::error::{Error, Result};
+use crate::limits::MAX_ALLOCATION_SIZE;
+use crate::manager::MemoryManager;
+use allocator_api2::boxed::Box;
+use bytemuck::Zeroable;
+use std::alloc::Layout;
+use std::fmt;
+use std::mem::MaybeUninit;
+use std::ops::{Deref, DerefMut};
+
+/// A row-major array of `T` in memory from a [`MemoryManager`].
+pub struct Tensor<T> {
+    data: Box<[T], MemoryManager>,
+    shape: Vec<usize>,
+}
+
+fn element_count(shape: &[usize]) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or(Error::SizeTooLarge {
+            size: usize::MAX,
+            max: MAX_ALLOCATION_SIZE,
+        })
+}
+
+/// An uninitialized boxed slice of `len` elements from `mm`, with the manager's own
+/// error on failure (the `Box` constructors would only say "allocation failed").
+fn uninit<T>(mm: &MemoryManager, len: usize) -> Result<Box<[MaybeUninit<T>], MemoryManager>> {
+    let layout = Layout::array::<T>(len).map_err(|_| Error::SizeTooLarge {
+        size: len.saturating_mul(size_of::<T>()),
+        max: MAX_ALLOCATION_SIZE,
+    })?;
+    if layout.size() == 0 {
+        // Nothing to allocate; the Box neither allocates nor frees for zero bytes.
+        return Ok(Box::new_uninit_slice_in(len, mm.clone()));
+    }
+    let ptr = mm.allocate_typed(layout)?;
+    let slice = std::ptr::slice_from_raw_parts_mut(ptr.as_ptr().cast::<MaybeUninit<T>>(), len);
+    // SAFETY: `ptr` is a fresh block of `layout` = `[T; len]` from `mm`, and the Box
+    // frees it with `Layout::for_value` of the slice, the same layout, through `mm`.
+    Ok(unsafe { Box::from_raw_in(slice, mm.clone()) })
+}
+
+impl<T> Tensor<T> {
+    fn from_uninit(
+        mut data: Box<[MaybeUninit<T>], MemoryManager>,
+        shape: &[usize],
+        mut f: impl FnMut(usize) -> T,
+    ) -> Self {
+        for (i, slot) in data.iter_mut().enumerate() {
+            slot.write(f(i));
+        }
+        // SAFETY: every element was written above (a panic in `f` drops the box of
+        // `MaybeUninit`, which frees the block and leaks nothing but written values).
+        let data = unsafe { data.assume_init() };
+        Tensor {
+            data,
+            shape: shape.to_vec(),
+        }
+    }
+
+    /// A tensor whose element at flat (row-major) index `i` is `f(i)`.
+    pub fn from_fn(mm: &MemoryManager, shape: &[usize], f: impl FnMut(usize) -> T) -> Result<Self> {
+        let data = uninit(mm, element_count(shape)?)?;
+        Ok(Self::from_uninit(data, shape, f))
+    }
+
+    /// A tensor filled with `value`.
+    pub fn full(mm: &MemoryManager, shape: &[usize], value: T) -> Result<Self>
+    where
+        T: Clone,
+    {
+        Self::from_fn(mm, shape, |_| value.clone())
+    }
+
+    /// A tensor of zeros.
+    pub fn zeros(mm: &MemoryManager, shape: &[usize]) -> Result<Self>
+    where
+        T: Zeroable,
+    {
+        let mut data = uninit::<T>(mm, element_count(shape)?)?;
+        // SAFETY: the slice's memory is ours and `len` elements long; all-zero bytes
+        // are a valid `T` (`Zeroable`).
+        let data = unsafe {
+            std::ptr::write_bytes(data.as_mut_ptr(), 0, data.len());
+            data.assume_init()
+        };
+        Ok(Tensor {
+            data,
+            shape: shape.to_vec(),
+        })
+    }
+
+    /// A tensor holding a copy of `values`, which must have as many elements as the
+    /// shape.
+    pub fn from_slice(mm: &MemoryManager, shape: &[usize], values: &[T]) -> Result<Self>
+    where
+        T: Clone,
+    {
+        let n = element_count(shape)?;
+        if n != values.len() {
+            return Err(Error::InvalidShape(format!(
+                "shape {shape:?} holds {n} elements, but {} were given",
+                values.len()
+            )));
+        }
+        Self::from_fn(mm, shape, |i| values[i].clone())
+    }
+
+    /// A copy of this tensor in memory from the same manager.
+    pub fn try_clone(&self) -> Result<Self>
+    where
+        T: Clone,
+    {
+        Self::from_slice(Box::allocator(&self.data), &self.shape, &self.data)
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Number of dimensions.
+    pub fn ndim(&self) -> usize {
+        self.shape.len()
+    }
+
+    /// Row-major strides, in elements.
+    pub fn strides(&self) -> Vec<usize> {
+        let mut strides = vec![1; self.shape.len()];
+        for i in (0..self.shape.len().saturating_sub(1)).rev() {
+            strides[i] = strides[i + 1] * self.shape[i + 1];
+        }
+        strides
+    }
+
+    /// The same data with another shape of as many elements.
+    pub fn reshape(mut self, shape: &[usize]) -> Result<Self> {
+        let n = element_count(shape)?;
+        if n != self.data.len() {
+            return Err(Error::InvalidShape(format!(
+                "cannot reshape {:?} ({} elements) to {shape:?} ({n} elements)",
+                self.shape,
+                self.data.len()
+            )));
+        }
+        self.shape = shape.to_vec();
+        Ok(self)
+    }
+
+    /// The manager the memory came from.
+    pub fn manager(&self) -> &MemoryManager {
+        Box::allocator(&self.data)
+    }
+
+    /// A zero-copy `ndarray` view.
+    #[cfg(feature = "ndarray")]
+    pub fn view(&self) -> ndarray::ArrayViewD<'_, T> {
+        ndarray::ArrayViewD::from_shape(ndarray::IxDyn(&self.shape), &self.data)
+            .expect("the shape holds exactly the tensor's elements")
+    }
+
+    /// A zero-copy mutable `ndarray` view.
+    #[cfg(feature = "ndarray")]
+    pub fn view_mut(&mut self) -> ndarray::ArrayViewMutD<'_, T> {
+        ndarray::ArrayViewMutD::from_shape(ndarray::IxDyn(&self.shape), &mut self.data)
+            .expect("the shape holds exactly the tensor's elements")
+    }
+}
+
+impl<T> Deref for Tensor<T> {
+    type Target = [T];
+
+    fn deref(&self) -> &[T] {
+        &self.data
+    }
+}
+
+impl<T> DerefMut for Tensor<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        &mut self.data
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Tensor<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const SHOWN: usize = 8;
+        let head = &self.data[..self.data.len().min(SHOWN)];
+        f.debug_struct("Tensor")
+            .field("shape", &self.shape)
+            .field("head", &head)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, UpstreamKind};
+
+    fn mm() -> MemoryManager {
+        MemoryManager::new(Config::builder().upstream(UpstreamKind::Heap).build().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn constructors_fill_and_free() {
+        let mm = mm();
+        let a = Tensor::<u32>::from_fn(&mm, &[4, 5], |i| i as u32).unwrap();
+        assert_eq!(a[19], 19);
+        let b = Tensor::full(&mm, &[3], 2.5f64).unwrap();
+        assert_eq!(&*b, &[2.5, 2.5, 2.5]);
+        let c = a.try_clone().unwrap();
+        assert_eq!(&*c, &*a);
+        assert_ne!(c.as_ptr(), a.as_ptr());
+        let big = Tensor::<f32>::zeros(&mm, &[1024, 1024]).unwrap();
+        assert!(big.iter().all(|&x| x == 0.0));
+        assert_eq!(mm.stats().allocated_blocks, 4);
+        drop((a, b, c, big));
+        assert_eq!(mm.stats().allocated_bytes, 0);
+    }
+
+    #[test]
+    fn zero_elements_and_zero_sized_types_allocate_nothing() {
+        let mm = mm();
+        let empty = Tensor::<f32>::zeros(&mm, &[0, 7]).unwrap();
+        assert!(empty.is_empty());
+        let units = Tensor::full(&mm, &[10], ()).unwrap();
+        assert_eq!(units.len(), 10);
+        assert_eq!(mm.stats().num_allocs, 0);
+    }
+
+    #[test]
+    fn shapes_are_checked() {
+        let mm = mm();
+        assert!(matches!(Tensor::<u8>::zeros(&mm, &[usize::MAX, 2]), Err(Error::SizeTooLarge { .. })));
+        assert!(matches!(Tensor::<u64>::zeros(&mm, &[usize::MAX / 4]), Err(Error::SizeTooLarge { .. })));
+        assert!(matches!(Tensor::from_slice(&mm, &[2, 2], &[1, 2, 3]), Err(Error::InvalidShape(_))));
+        let t = Tensor::from_slice(&mm, &[2, 3], &[1, 2, 3, 4, 5, 6]).unwrap();
+        assert!(matches!(t.reshape(&[4]), Err(Error::InvalidShape(_))));
+        let t = Tensor::<i8>::zeros(&mm, &[]).unwrap();
+        assert_eq!((t.len(), t.ndim(), t.strides()), (1, 0, vec![]));
+    }
+
+    #[test]
+    fn out_of_memory_keeps_the_managers_explanation() {
+        let mm = MemoryManager::new(
+            Config::builder().upstream(UpstreamKind::Heap).memory_limit(1 << 20).build().unwrap(),
+        )
+        .unwrap();
+        let err = Tensor::<f32>::zeros(&mm, &[1 << 20]).unwrap_err();
+        assert!(err.to_string().contains("limit of 1.00 MiB"), "{err}");
+    }
+
+    #[test]
+    fn tensors_keep_the_manager_alive() {
+        let t = {
+            let mm = mm();
+            Tensor::<f32>::full(&mm, &[100], 1.0).unwrap()
+        };
+        assert_eq!(t.iter().sum::<f32>(), 100.0);
+        assert_eq!(t.manager().stats().allocated_blocks, 1);
+    }
+
+    #[cfg(feature = "ndarray")]
+    #[test]
+    fn ndarray_views_share_memory() {
+        let mm = mm();
+        let mut t = Tensor::<f32>::zeros(&mm, &[2, 3]).unwrap();
+        t.view_mut()[[1, 2]] = 7.0;
+        assert_eq!(t[5], 7.0);
+        let v = t.view();
+        assert_eq!(v.shape(), &[2, 3]);
+        assert_eq!(v.as_ptr(), t.as_ptr());
+        assert_eq!(v.sum(), 7.0);
+    }
+}
