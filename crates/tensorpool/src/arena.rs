@@ -1035,4 +1035,92 @@ mod tests {
         let snap = arena.snapshot();
         assert!(snap.segments.iter().any(|s| s.allocated_bytes > 0));
     }
+
+    mod model {
+        use super::*;
+        use crate::testing::{check, fill, proptest_config, LiveSet};
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Alloc(usize, usize),
+            Checkpoint,
+            Rewind(usize),
+            Reset,
+            Trim,
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            let size = prop_oneof![1usize..300, 300usize..20_000];
+            prop_oneof![
+                8 => (size, 0u32..13).prop_map(|(s, a)| Op::Alloc(s, 1 << a)),
+                2 => Just(Op::Checkpoint),
+                2 => any::<usize>().prop_map(Op::Rewind),
+                1 => Just(Op::Reset),
+                1 => Just(Op::Trim),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(proptest_config(128))]
+
+            /// An arena against a stack of allocations and checkpoints: live
+            /// allocations are aligned, disjoint and intact; rewinds release exactly
+            /// what came after the checkpoint; reset and trim give everything back.
+            #[test]
+            fn arena_matches_model(ops in proptest::collection::vec(op(), 1..150)) {
+                let mut arena = heap_arena().first_chunk_size(4096).max_chunk_size(32 << 10).build().unwrap();
+                let mut live: Vec<(NonNull<u8>, usize, u64)> = Vec::new();
+                let mut checkpoints: Vec<(Checkpoint, usize)> = Vec::new();
+                let mut requested = 0;
+                let mut seed = 0;
+                for op in ops {
+                    match op {
+                        Op::Alloc(size, align) => {
+                            let p = arena.allocate(size, align).unwrap();
+                            prop_assert_eq!(p.as_ptr() as usize % align, 0);
+                            seed += 1;
+                            // SAFETY: fresh arena memory of `size` bytes.
+                            unsafe { fill(p.as_ptr(), size, seed) };
+                            live.push((p, size, seed));
+                            requested += size;
+                        }
+                        Op::Checkpoint => checkpoints.push((arena.checkpoint(), live.len())),
+                        Op::Rewind(i) if !checkpoints.is_empty() => {
+                            let i = i % checkpoints.len();
+                            let (cp, len) = checkpoints[i];
+                            arena.rewind(cp).unwrap();
+                            live.truncate(len);
+                            checkpoints.truncate(i + 1);
+                        }
+                        Op::Reset => {
+                            arena.reset();
+                            live.clear();
+                            checkpoints.clear();
+                            requested = 0;
+                        }
+                        Op::Trim => {
+                            arena.trim();
+                        }
+                        _ => {}
+                    }
+                    let mut set = LiveSet::default();
+                    for &(p, size, seed) in &live {
+                        set.insert(p.as_ptr() as usize, size);
+                        // SAFETY: live arena memory filled with `seed`.
+                        unsafe { check(p.as_ptr(), size, seed) };
+                    }
+                    let s = arena.stats();
+                    prop_assert_eq!(s.requested_bytes, requested);
+                    prop_assert!(s.allocated_bytes >= live.iter().map(|l| l.1).sum::<usize>());
+                    prop_assert!(s.allocated_bytes <= s.reserved_bytes);
+                    prop_assert_eq!(s.num_upstream_allocs - s.num_upstream_frees, s.chunks as u64);
+                }
+                arena.reset();
+                arena.trim();
+                let s = arena.stats();
+                prop_assert_eq!((s.reserved_bytes, s.chunks, s.allocated_bytes), (0, 0, 0));
+            }
+        }
+    }
 }

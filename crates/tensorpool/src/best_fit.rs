@@ -922,4 +922,221 @@ mod tests {
             Err(Error::SizeTooLarge { .. })
         ));
     }
+
+    /// A reference best fit: a list of segments, each a list of blocks, searched
+    /// linearly. It predicts the exact address of every allocation.
+    mod model {
+        use super::*;
+        use crate::testing::{check, fill, proptest_config, LiveSet};
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone, Copy)]
+        struct MBlock {
+            off: usize,
+            size: usize,
+            live: bool,
+        }
+
+        #[derive(Debug, Default)]
+        struct Model {
+            segments: Vec<(usize, usize, Vec<MBlock>)>,
+        }
+
+        const GRAN: usize = 512;
+        const SEGMENT: usize = 2 << 20;
+
+        impl Model {
+            /// The predicted address, or `None` when a new segment is needed.
+            fn fit(&self, size: usize, align: usize) -> Option<(usize, usize)> {
+                let rounded = round_up(size, GRAN);
+                let needed = rounded + align.saturating_sub(GRAN);
+                let mut best: Option<(usize, usize, usize, usize)> = None;
+                for (s, (base, _, blocks)) in self.segments.iter().enumerate() {
+                    for (b, blk) in blocks.iter().enumerate() {
+                        let key = (blk.size, base + blk.off);
+                        if !blk.live && blk.size >= needed && best.is_none_or(|x| (x.0, x.1) > key)
+                        {
+                            best = Some((key.0, key.1, s, b));
+                        }
+                    }
+                }
+                best.map(|(_, _, s, b)| (s, b))
+            }
+
+            fn grow(&mut self, base: usize, size: usize, align: usize) -> (usize, usize) {
+                let needed = round_up(size, GRAN) + align.saturating_sub(GRAN);
+                let len = round_up(needed, HUGE_PAGE_SIZE).max(SEGMENT);
+                self.segments.push((
+                    base,
+                    len,
+                    vec![MBlock {
+                        off: 0,
+                        size: len,
+                        live: false,
+                    }],
+                ));
+                (self.segments.len() - 1, 0)
+            }
+
+            fn carve(&mut self, (s, b): (usize, usize), size: usize, align: usize) -> usize {
+                let rounded = round_up(size, GRAN);
+                let (base, _, blocks) = &mut self.segments[s];
+                let mut b = b;
+                let blk = blocks[b];
+                let head = round_up(*base + blk.off, align) - (*base + blk.off);
+                if head > 0 {
+                    blocks[b].size = head;
+                    blocks.insert(
+                        b + 1,
+                        MBlock {
+                            off: blk.off + head,
+                            size: blk.size - head,
+                            live: false,
+                        },
+                    );
+                    b += 1;
+                }
+                let blk = blocks[b];
+                if blk.size - rounded >= GRAN {
+                    blocks[b].size = rounded;
+                    blocks.insert(
+                        b + 1,
+                        MBlock {
+                            off: blk.off + rounded,
+                            size: blk.size - rounded,
+                            live: false,
+                        },
+                    );
+                }
+                blocks[b].live = true;
+                *base + blocks[b].off
+            }
+
+            fn free(&mut self, addr: usize) {
+                for (base, _, blocks) in &mut self.segments {
+                    if let Some(b) = blocks.iter().position(|x| *base + x.off == addr && x.live) {
+                        blocks[b].live = false;
+                        if b + 1 < blocks.len() && !blocks[b + 1].live {
+                            blocks[b].size += blocks.remove(b + 1).size;
+                        }
+                        if b > 0 && !blocks[b - 1].live {
+                            let merged = blocks.remove(b).size;
+                            blocks[b - 1].size += merged;
+                        }
+                        return;
+                    }
+                }
+                panic!("the model has no live block at {addr:#x}");
+            }
+
+            fn trim(&mut self) {
+                self.segments
+                    .retain(|(_, _, blocks)| blocks.iter().any(|b| b.live));
+            }
+
+            fn free_blocks(&self) -> impl Iterator<Item = usize> + '_ {
+                self.segments
+                    .iter()
+                    .flat_map(|(_, _, bl)| bl.iter().filter(|b| !b.live).map(|b| b.size))
+            }
+
+            fn allocated(&self) -> usize {
+                self.segments
+                    .iter()
+                    .flat_map(|(_, _, bl)| bl.iter().filter(|b| b.live).map(|b| b.size))
+                    .sum()
+            }
+        }
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Alloc(usize, usize),
+            Free(usize),
+            BadFree(usize, usize),
+            Trim,
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            let size = prop_oneof![
+                1usize..20_000,
+                20_000usize..600_000,
+                600_000usize..3_000_000
+            ];
+            let align = prop_oneof![Just(1usize), Just(64), Just(512), Just(1024), Just(4096)];
+            prop_oneof![
+                5 => (size, align).prop_map(|(s, a)| Op::Alloc(s, a)),
+                4 => any::<usize>().prop_map(Op::Free),
+                1 => (any::<usize>(), 1usize..4096).prop_map(|(i, o)| Op::BadFree(i, o)),
+                1 => Just(Op::Trim),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(proptest_config(96))]
+
+            /// BestFit against the reference: the same addresses, the same free blocks,
+            /// the same stats, after every step; and nothing reserved at the end.
+            #[test]
+            fn best_fit_matches_reference(ops in proptest::collection::vec(op(), 1..80)) {
+                let bf = heap().build().unwrap();
+                let mut model = Model::default();
+                let mut live: Vec<(NonNull<u8>, usize, u64)> = Vec::new();
+                let mut set = LiveSet::default();
+                let mut seed = 0;
+                for op in ops {
+                    match op {
+                        Op::Alloc(size, align) => {
+                            let predicted = model.fit(size, align);
+                            let p = bf.allocate(size, align).unwrap();
+                            let addr = p.as_ptr() as usize;
+                            let at = predicted.unwrap_or_else(|| model.grow(addr, size, align));
+                            prop_assert_eq!(model.carve(at, size, align), addr, "size {} align {}", size, align);
+                            prop_assert_eq!(addr % align, 0);
+                            set.insert(addr, size);
+                            seed += 1;
+                            // SAFETY: a live block of `size` bytes.
+                            unsafe { fill(p.as_ptr(), size, seed) };
+                            live.push((p, size, seed));
+                        }
+                        Op::Free(i) if !live.is_empty() => {
+                            let (p, size, seed) = live.swap_remove(i % live.len());
+                            // SAFETY: live and filled with `seed`.
+                            unsafe { check(p.as_ptr(), size, seed) };
+                            set.remove(p.as_ptr() as usize);
+                            bf.deallocate(p).unwrap();
+                            model.free(p.as_ptr() as usize);
+                        }
+                        Op::BadFree(i, off) if !live.is_empty() => {
+                            let before = bf.stats();
+                            let p = live[i % live.len()].0;
+                            let bad = NonNull::new(p.as_ptr().wrapping_add(off)).unwrap();
+                            prop_assert!(bf.deallocate(bad).is_err());
+                            prop_assert_eq!(bf.stats(), before);
+                        }
+                        Op::Trim => {
+                            bf.trim();
+                            model.trim();
+                        }
+                        _ => {}
+                    }
+                    bf.check_invariants();
+                    let s = bf.stats();
+                    prop_assert_eq!(s.usage.allocated_bytes, model.allocated());
+                    prop_assert_eq!(s.usage.requested_bytes, live.iter().map(|l| l.1).sum::<usize>());
+                    prop_assert_eq!(s.usage.allocated_blocks, live.len());
+                    prop_assert_eq!(s.free_blocks, model.free_blocks().count());
+                    prop_assert_eq!(s.largest_free_block, model.free_blocks().max().unwrap_or(0));
+                    prop_assert_eq!(s.usage.reserved_bytes, model.segments.iter().map(|s| s.1).sum::<usize>());
+                }
+                for (p, size, seed) in live {
+                    // SAFETY: live and filled with `seed`.
+                    unsafe { check(p.as_ptr(), size, seed) };
+                    bf.deallocate(p).unwrap();
+                }
+                bf.trim();
+                let s = bf.stats();
+                prop_assert_eq!((s.usage.reserved_bytes, s.segments, s.usage.allocated_bytes), (0, 0, 0));
+            }
+        }
+    }
 }

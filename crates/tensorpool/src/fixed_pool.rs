@@ -760,4 +760,104 @@ mod tests {
         pool.deallocate(a).unwrap();
         assert!(pool.trim() >= 6 << 20);
     }
+
+    mod model {
+        use super::*;
+        use crate::testing::{check, fill, proptest_config, LiveSet};
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Alloc,
+            Free(usize),
+            FreeInterior(usize, usize),
+            Trim,
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                4 => Just(Op::Alloc),
+                3 => any::<usize>().prop_map(Op::Free),
+                1 => (any::<usize>(), 1usize..200).prop_map(|(i, o)| Op::FreeInterior(i, o)),
+                1 => Just(Op::Trim),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(proptest_config(128))]
+
+            /// A pool against a list of live blocks: blocks never overlap, are aligned
+            /// and as large as asked, the stats equal the model's, bad frees change
+            /// nothing, and everything goes back after freeing all and trimming.
+            #[test]
+            fn pool_matches_model(
+                block in 1usize..3000,
+                align_shift in 3u32..10,
+                capacity in proptest::option::of(1usize..40),
+                ops in proptest::collection::vec(op(), 1..120),
+            ) {
+                let align = 1 << align_shift;
+                let mut b = heap_pool(block).alignment(align).max_chunk_size(8192);
+                if let Some(cap) = capacity {
+                    b = b.capacity(cap);
+                }
+                let pool = b.build().unwrap();
+                let stride = pool.stride();
+                let mut live: Vec<(NonNull<u8>, u64)> = Vec::new();
+                let mut set = LiveSet::default();
+                let mut seed = 0u64;
+                for op in ops {
+                    match op {
+                        Op::Alloc => match pool.allocate() {
+                            Ok(p) => {
+                                prop_assert_eq!(p.as_ptr() as usize % align, 0);
+                                set.insert(p.as_ptr() as usize, block);
+                                seed += 1;
+                                // SAFETY: a live block of `block` bytes.
+                                unsafe { fill(p.as_ptr(), block, seed) };
+                                live.push((p, seed));
+                            }
+                            Err(Error::OutOfMemory(r)) => {
+                                prop_assert_eq!(Some(live.len()), capacity);
+                                prop_assert_eq!(r.cause, OomCause::CapacityReached { capacity: live.len() });
+                            }
+                            Err(e) => prop_assert!(false, "unexpected {e}"),
+                        },
+                        Op::Free(i) if !live.is_empty() => {
+                            let (p, seed) = live.swap_remove(i % live.len());
+                            // SAFETY: still live, filled with `seed`.
+                            unsafe { check(p.as_ptr(), block, seed) };
+                            set.remove(p.as_ptr() as usize);
+                            pool.deallocate(p).unwrap();
+                            prop_assert!(pool.deallocate(p).is_err(), "double free accepted");
+                        }
+                        Op::FreeInterior(i, off) if !live.is_empty() && off < block => {
+                            let before = pool.stats();
+                            let p = live[i % live.len()].0;
+                            let inside = NonNull::new(p.as_ptr().wrapping_add(off)).unwrap();
+                            prop_assert!(pool.deallocate(inside).is_err());
+                            prop_assert_eq!(pool.stats(), before);
+                        }
+                        Op::Trim => {
+                            pool.trim();
+                        }
+                        _ => {}
+                    }
+                    let s = pool.stats();
+                    prop_assert_eq!(s.usage.allocated_blocks, live.len());
+                    prop_assert_eq!(s.usage.allocated_bytes, live.len() * stride);
+                    prop_assert_eq!(s.usage.requested_bytes, live.len() * block);
+                    prop_assert!(s.usage.reserved_bytes >= s.usage.allocated_bytes);
+                }
+                for (p, seed) in live.drain(..) {
+                    // SAFETY: still live, filled with `seed`.
+                    unsafe { check(p.as_ptr(), block, seed) };
+                    pool.deallocate(p).unwrap();
+                }
+                pool.trim();
+                let s = pool.stats();
+                prop_assert_eq!((s.usage.reserved_bytes, s.chunks, s.usage.allocated_bytes), (0, 0, 0));
+            }
+        }
+    }
 }

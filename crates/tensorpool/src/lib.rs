@@ -18,6 +18,9 @@ pub mod stats;
 pub mod tensor;
 pub mod upstream;
 
+#[cfg(test)]
+mod testing;
+
 pub use arena::{Arena, ArenaStats, Checkpoint, Scope};
 pub use best_fit::{BestFit, BestFitStats};
 pub use config::{Config, ConfigBuilder, PoolSpec, UpstreamKind};

@@ -833,7 +833,7 @@ mod tests {
                 .find(|b| b.size >= 400_000 && b.state == crate::snapshot::BlockState::Allocated)
                 .unwrap();
             assert!(matches!(
-                mm.free_raw(chunk.address as *mut u8),
+                mm.free_raw(std::ptr::without_provenance_mut(chunk.address)),
                 Err(Error::InvalidPointer {
                     reason: PointerError::NotRaw,
                     ..
@@ -910,5 +910,200 @@ mod tests {
         drop(other);
         assert_eq!(mm.stats().allocated_blocks, 1);
         mm.free_raw(p.as_ptr()).unwrap();
+    }
+
+    mod model {
+        use super::*;
+        use crate::limits::round_up;
+        use crate::snapshot::BlockState;
+        use crate::testing::{check, fill, proptest_config, LiveSet};
+        use crate::upstream::HUGE_PAGE_SIZE;
+        use proptest::prelude::*;
+
+        const SMALL: usize = 4096;
+        const HUGE: usize = 4 << 20;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Alloc {
+                size: usize,
+                align: usize,
+                raw: bool,
+            },
+            Free(usize),
+            BadFree(usize, usize),
+            Trim,
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            let size = prop_oneof![
+                1usize..SMALL,
+                SMALL..300_000,
+                300_000..HUGE,
+                HUGE..(6 << 20)
+            ];
+            let align = prop_oneof![Just(1usize), Just(8), Just(64), Just(256), Just(4096)];
+            prop_oneof![
+                6 => (size, align, any::<bool>()).prop_map(|(size, align, raw)| Op::Alloc { size, align, raw }),
+                4 => any::<usize>().prop_map(Op::Free),
+                1 => (any::<usize>(), 0usize..5000).prop_map(|(i, o)| Op::BadFree(i, o)),
+                1 => Just(Op::Trim),
+            ]
+        }
+
+        struct Live {
+            ptr: NonNull<u8>,
+            size: usize,
+            align: usize,
+            raw: bool,
+            seed: u64,
+        }
+
+        fn expected_block(mm: &MemoryManager, size: usize, align: usize) -> Option<(Tier, usize)> {
+            let align = align.max(64);
+            match mm
+                .size_classes()
+                .and_then(|c| c.class_for(size, align).map(|i| c.size_of(i)))
+            {
+                Some(block) => Some((Tier::Small, block)),
+                None if size > HUGE => Some((Tier::Huge, round_up(size, HUGE_PAGE_SIZE))),
+                None => None,
+            }
+        }
+
+        proptest! {
+            #![proptest_config(proptest_config(96))]
+
+            /// The manager against a model of live blocks, through both the raw API and
+            /// the Allocator trait, with and without explicit pools and a limit.
+            #[test]
+            fn manager_matches_model(
+                pools in any::<bool>(),
+                limit in proptest::option::of(16usize..40),
+                ops in proptest::collection::vec(op(), 1..100),
+            ) {
+                let mut config = Config::builder()
+                    .upstream(UpstreamKind::Heap)
+                    .small_threshold(SMALL)
+                    .huge_threshold(HUGE)
+                    .pool_chunk_size(16 << 10);
+                if pools {
+                    config = config.pool(256, 3).pool(2048, 2);
+                }
+                if let Some(mib) = limit {
+                    config = config.memory_limit(mib << 20);
+                }
+                let mm = MemoryManager::new(config.build().unwrap()).unwrap();
+                let mut live: Vec<Live> = Vec::new();
+                let mut seed = 0;
+                for op in ops {
+                    match op {
+                        Op::Alloc { size, align, raw } => {
+                            let before = mm.stats();
+                            let result = if raw {
+                                mm.allocate_raw(size, align)
+                            } else {
+                                mm.allocate_typed(Layout::from_size_align(size, align).unwrap())
+                            };
+                            match result {
+                                Ok(ptr) => {
+                                    prop_assert_eq!(ptr.as_ptr() as usize % align.max(64), 0);
+                                    seed += 1;
+                                    // SAFETY: a live block of `size` bytes.
+                                    unsafe { fill(ptr.as_ptr(), size, seed) };
+                                    live.push(Live { ptr, size, align, raw, seed });
+                                }
+                                Err(Error::OutOfMemory(report)) => {
+                                    prop_assert!(limit.is_some(), "OOM without a limit");
+                                    prop_assert_eq!(report.requested, size);
+                                    prop_assert!(report.reserved_bytes + size > report.limit.unwrap() - (2 << 20));
+                                    let after = mm.stats();
+                                    prop_assert_eq!(after.num_ooms, before.num_ooms + 1);
+                                    prop_assert_eq!(after.allocated_bytes, before.allocated_bytes);
+                                }
+                                Err(e) => prop_assert!(false, "unexpected {}", e),
+                            }
+                        }
+                        Op::Free(i) if !live.is_empty() => {
+                            let l = live.swap_remove(i % live.len());
+                            // SAFETY: live, filled with `l.seed`.
+                            unsafe { check(l.ptr.as_ptr(), l.size, l.seed) };
+                            if l.raw {
+                                mm.free_raw(l.ptr.as_ptr()).unwrap();
+                                prop_assert!(mm.free_raw(l.ptr.as_ptr()).is_err(), "double free accepted");
+                            } else {
+                                let refused = matches!(
+                                    mm.free_raw(l.ptr.as_ptr()),
+                                    Err(Error::InvalidPointer { reason: PointerError::NotRaw, .. })
+                                );
+                                prop_assert!(refused, "free_raw took a typed block");
+                                // SAFETY: allocated through the Allocator with this layout.
+                                unsafe { Allocator::deallocate(&mm, l.ptr, Layout::from_size_align(l.size, l.align).unwrap()) };
+                            }
+                        }
+                        Op::BadFree(i, off) if !live.is_empty() => {
+                            let l = &live[i % live.len()];
+                            if off > 0 && off < l.size {
+                                let before = mm.stats();
+                                prop_assert!(mm.free_raw(l.ptr.as_ptr().wrapping_add(off)).is_err());
+                                prop_assert_eq!(mm.stats(), before);
+                            }
+                        }
+                        Op::Trim => {
+                            mm.trim();
+                        }
+                        _ => {}
+                    }
+                    let mut set = LiveSet::default();
+                    for l in &live {
+                        set.insert(l.ptr.as_ptr() as usize, l.size);
+                    }
+                    let s = mm.stats();
+                    prop_assert_eq!(s.allocated_blocks, live.len());
+                    prop_assert_eq!(s.requested_bytes, live.iter().map(|l| l.size).sum::<usize>());
+                    prop_assert!(s.reserved_bytes >= s.allocated_bytes);
+                    if let Some(mib) = limit {
+                        prop_assert!(s.reserved_bytes <= mib << 20);
+                    }
+                    // Every live block appears in the snapshot with its state, and the
+                    // snapshot's live bytes are the allocated bytes.
+                    let snap = mm.snapshot();
+                    let blocks: std::collections::HashMap<usize, (usize, BlockState)> = snap.segments.iter()
+                        .flat_map(|seg| seg.blocks.iter())
+                        .filter(|b| b.state != BlockState::Free)
+                        .map(|b| (b.address, (b.size, b.state)))
+                        .collect();
+                    prop_assert_eq!(blocks.len(), live.len());
+                    prop_assert_eq!(blocks.values().map(|b| b.0).sum::<usize>(), s.allocated_bytes);
+                    for l in &live {
+                        let (block, state) = blocks[&(l.ptr.as_ptr() as usize)];
+                        prop_assert!(block >= l.size);
+                        prop_assert_eq!(state, BlockState::live(l.raw));
+                        if !pools {
+                            if let Some((_, expected)) = expected_block(&mm, l.size, l.align) {
+                                prop_assert_eq!(block, expected);
+                            }
+                        }
+                    }
+                }
+                for l in live {
+                    // SAFETY: live, filled with `l.seed`.
+                    unsafe { check(l.ptr.as_ptr(), l.size, l.seed) };
+                    if l.raw {
+                        mm.free_raw(l.ptr.as_ptr()).unwrap();
+                    } else {
+                        // SAFETY: allocated through the Allocator with this layout.
+                        unsafe { Allocator::deallocate(&mm, l.ptr, Layout::from_size_align(l.size, l.align).unwrap()) };
+                    }
+                }
+                let s = mm.stats();
+                prop_assert_eq!((s.allocated_bytes, s.requested_bytes, s.allocated_blocks), (0, 0, 0));
+                prop_assert_eq!(s.num_allocs, s.num_frees);
+                mm.trim();
+                let s = mm.stats();
+                prop_assert_eq!(s.reserved_bytes, 0);
+                prop_assert_eq!(s.num_upstream_allocs, s.num_upstream_frees);
+            }
+        }
     }
 }

@@ -224,7 +224,13 @@ mod tests {
     use crate::config::{Config, UpstreamKind};
 
     fn mm() -> MemoryManager {
-        MemoryManager::new(Config::builder().upstream(UpstreamKind::Heap).build().unwrap()).unwrap()
+        MemoryManager::new(
+            Config::builder()
+                .upstream(UpstreamKind::Heap)
+                .build()
+                .unwrap(),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -257,9 +263,18 @@ mod tests {
     #[test]
     fn shapes_are_checked() {
         let mm = mm();
-        assert!(matches!(Tensor::<u8>::zeros(&mm, &[usize::MAX, 2]), Err(Error::SizeTooLarge { .. })));
-        assert!(matches!(Tensor::<u64>::zeros(&mm, &[usize::MAX / 4]), Err(Error::SizeTooLarge { .. })));
-        assert!(matches!(Tensor::from_slice(&mm, &[2, 2], &[1, 2, 3]), Err(Error::InvalidShape(_))));
+        assert!(matches!(
+            Tensor::<u8>::zeros(&mm, &[usize::MAX, 2]),
+            Err(Error::SizeTooLarge { .. })
+        ));
+        assert!(matches!(
+            Tensor::<u64>::zeros(&mm, &[usize::MAX / 4]),
+            Err(Error::SizeTooLarge { .. })
+        ));
+        assert!(matches!(
+            Tensor::from_slice(&mm, &[2, 2], &[1, 2, 3]),
+            Err(Error::InvalidShape(_))
+        ));
         let t = Tensor::from_slice(&mm, &[2, 3], &[1, 2, 3, 4, 5, 6]).unwrap();
         assert!(matches!(t.reshape(&[4]), Err(Error::InvalidShape(_))));
         let t = Tensor::<i8>::zeros(&mm, &[]).unwrap();
@@ -269,7 +284,11 @@ mod tests {
     #[test]
     fn out_of_memory_keeps_the_managers_explanation() {
         let mm = MemoryManager::new(
-            Config::builder().upstream(UpstreamKind::Heap).memory_limit(1 << 20).build().unwrap(),
+            Config::builder()
+                .upstream(UpstreamKind::Heap)
+                .memory_limit(1 << 20)
+                .build()
+                .unwrap(),
         )
         .unwrap();
         let err = Tensor::<f32>::zeros(&mm, &[1 << 20]).unwrap_err();
