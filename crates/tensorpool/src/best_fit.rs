@@ -7,10 +7,20 @@
 //! keeps memory warm and, on real tensor traces, reserves within a few percent of the
 //! peak of live bytes (see the README's replay table).
 //!
-//! Two knobs trade reuse against fragmentation, as in PyTorch's caching allocator:
+//! How the tier grows depends on the upstream. Where it can reserve address space
+//! and commit memory into it piece by piece (mmap), the tier uses *expandable
+//! segments*, like PyTorch's `expandable_segments`: one large reservation whose
+//! committed part grows at the top by what a request lacks, extending a free block at
+//! the top rather than starting a new segment. No block is ever cut off from its
+//! neighbours by a segment end, which is what keeps reserved memory close to the live
+//! peak; [`trim`](BestFit::trim) decommits the free top. Elsewhere (the heap, Miri)
+//! the tier takes separate segments and trims the wholly free ones.
 //!
-//! - `segment_size`: the least a new segment takes from upstream. Larger segments mean
-//!   fewer upstream calls; smaller ones follow live memory more closely.
+//! Knobs that trade reuse against fragmentation, as in PyTorch's caching allocator:
+//!
+//! - `segment_size`: the least a new (non-expandable) segment takes from upstream.
+//!   Larger segments mean fewer upstream calls; smaller ones follow live memory more
+//!   closely. `commit_granularity` is its counterpart for expandable segments.
 //! - `max_split_size`: blocks at least this large are never split. Requests below it
 //!   never take such a block, and requests above it take one only if it wastes less
 //!   than `max_oversize_waste`. This stops a stream of medium tensors from cutting a
@@ -41,7 +51,9 @@ use crate::fixed_pool::zero_sized;
 use crate::limits::{round_up, validate};
 use crate::snapshot::{BlockSnapshot, BlockState, SegmentSnapshot, Snapshot};
 use crate::stats::{fragmentation, Tier, Usage};
-use crate::upstream::{default_upstream, Region, Upstream, UpstreamError, HUGE_PAGE_SIZE};
+use crate::upstream::{
+    default_upstream, AddressSpace, Region, Upstream, UpstreamError, HUGE_PAGE_SIZE,
+};
 use allocator_api2::alloc::{AllocError, Allocator};
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
@@ -57,6 +69,13 @@ pub const DEFAULT_GRANULARITY: usize = 512;
 /// Default least size of a new segment.
 pub const DEFAULT_SEGMENT_SIZE: usize = 2 << 20;
 
+/// Default step by which an expandable segment commits memory.
+pub const DEFAULT_COMMIT_GRANULARITY: usize = 64 << 10;
+
+/// Address space reserved for one expandable segment: memory is committed into it as
+/// needed, so only the address space is large. When it fills, another is reserved.
+pub const DEFAULT_RESERVATION: usize = 64 << 30;
+
 /// Default waste accepted when a request at or above `max_split_size` takes a larger
 /// unsplittable block (PyTorch's `kLargeBuffer`).
 pub const DEFAULT_MAX_OVERSIZE_WASTE: usize = 20 << 20;
@@ -68,6 +87,9 @@ const NONE: u32 = u32::MAX;
 pub struct BestFit {
     granularity: usize,
     segment_size: usize,
+    expandable: bool,
+    commit_granularity: usize,
+    reservation: usize,
     max_split_size: Option<usize>,
     max_oversize_waste: usize,
     tier: Tier,
@@ -80,6 +102,9 @@ pub struct BestFit {
 pub struct BestFitBuilder {
     granularity: usize,
     segment_size: usize,
+    expandable: bool,
+    commit_granularity: usize,
+    reservation: usize,
     max_split_size: Option<usize>,
     max_oversize_waste: usize,
     tier: Tier,
@@ -116,6 +141,8 @@ struct State {
     segments: Vec<Option<Segment>>,
     vacant_segments: Vec<u32>,
     segment_map: AddressMap<u32>,
+    /// The expandable segment that grows when nothing fits.
+    growing: Option<u32>,
     usage: Usage,
 }
 
@@ -133,8 +160,13 @@ struct Block {
 
 #[derive(Debug)]
 struct Segment {
+    /// The whole segment, or for an expandable one its reservation.
     region: Region,
+    /// Bytes backed by memory from the start: the blocks tile `[0, committed)`.
+    committed: usize,
+    expandable: bool,
     first: u32,
+    last: u32,
     live_blocks: u32,
 }
 
@@ -149,6 +181,26 @@ impl BestFitBuilder {
     /// a segment of their own size, rounded to 2 MiB.
     pub fn segment_size(mut self, bytes: usize) -> Self {
         self.segment_size = bytes;
+        self
+    }
+
+    /// Use expandable segments where the upstream can reserve address space (default
+    /// true); `false` takes separate segments always.
+    pub fn expandable(mut self, on: bool) -> Self {
+        self.expandable = on;
+        self
+    }
+
+    /// The step by which an expandable segment commits memory, a power of two from a
+    /// page to 2 MiB (default 64 KiB). Reserved memory overshoots the need by less.
+    pub fn commit_granularity(mut self, bytes: usize) -> Self {
+        self.commit_granularity = bytes;
+        self
+    }
+
+    /// Address space reserved per expandable segment (default 64 GiB).
+    pub fn reservation_size(mut self, bytes: usize) -> Self {
+        self.reservation = bytes;
         self
     }
 
@@ -186,6 +238,18 @@ impl BestFitBuilder {
                 self.granularity
             )));
         }
+        let page = crate::upstream::page_size();
+        if !self.commit_granularity.is_power_of_two()
+            || !(page..=HUGE_PAGE_SIZE).contains(&self.commit_granularity)
+        {
+            return Err(Error::InvalidConfig(format!(
+                "the commit granularity must be a power of two from a page ({page} B) to 2 MiB, got {}",
+                self.commit_granularity
+            )));
+        }
+        validate(self.reservation, 1).map_err(|e| {
+            Error::InvalidConfig(format!("the reservation size is not a valid size: {e}"))
+        })?;
         validate(self.segment_size, 1).map_err(|e| {
             Error::InvalidConfig(format!(
                 "the best-fit segment size is not a valid size: {e}"
@@ -203,6 +267,9 @@ impl BestFitBuilder {
         Ok(BestFit {
             granularity: self.granularity,
             segment_size: round_up(self.segment_size, HUGE_PAGE_SIZE),
+            expandable: self.expandable,
+            commit_granularity: self.commit_granularity,
+            reservation: round_up(self.reservation, HUGE_PAGE_SIZE),
             max_split_size: self.max_split_size,
             max_oversize_waste: self.max_oversize_waste,
             tier: self.tier,
@@ -231,6 +298,9 @@ impl BestFit {
         BestFitBuilder {
             granularity: DEFAULT_GRANULARITY,
             segment_size: DEFAULT_SEGMENT_SIZE,
+            expandable: true,
+            commit_granularity: DEFAULT_COMMIT_GRANULARITY,
+            reservation: DEFAULT_RESERVATION,
             max_split_size: None,
             max_oversize_waste: DEFAULT_MAX_OVERSIZE_WASTE,
             tier: Tier::Large,
@@ -302,6 +372,11 @@ impl BestFit {
     /// Takes a new segment from upstream for a request needing `needed` bytes and
     /// returns its single free block.
     fn grow(&self, st: &mut State, needed: usize, size: usize, align: usize) -> Result<u32> {
+        if self.expandable {
+            if let Some(space) = self.upstream.address_space() {
+                return self.expand(st, space, needed, size, align);
+            }
+        }
         let exact = round_up(needed, HUGE_PAGE_SIZE);
         let splits = self.max_split_size.is_none_or(|m| needed < m);
         let preferred = if splits {
@@ -318,13 +393,7 @@ impl BestFit {
         }
         let ptr = match attempt {
             Ok(ptr) => ptr,
-            Err(refusal) => {
-                st.usage.num_ooms += 1;
-                let largest = st.free.last().map_or(0, |f| f.0);
-                let report =
-                    OutOfMemory::from_upstream(size, align, self.tier, refusal, &st.usage, largest);
-                return Err(report.into_error());
-            }
+            Err(refusal) => return Err(self.refused(st, refusal, size, align)),
         };
         let region = Region::new(ptr, bytes);
         let seg_id = match st.vacant_segments.pop() {
@@ -349,7 +418,10 @@ impl BestFit {
         );
         st.segments[seg_id as usize] = Some(Segment {
             region,
+            committed: bytes,
+            expandable: false,
             first: block,
+            last: block,
             live_blocks: 0,
         });
         st.segment_map.insert(region.start(), bytes, seg_id);
@@ -357,6 +429,117 @@ impl BestFit {
         st.free_bytes += bytes;
         st.usage.on_reserve(bytes);
         Ok(block)
+    }
+
+    /// The out-of-memory error for an upstream refusal, counted.
+    fn refused(&self, st: &mut State, refusal: UpstreamError, size: usize, align: usize) -> Error {
+        st.usage.num_ooms += 1;
+        let largest = st.free.last().map_or(0, |f| f.0);
+        OutOfMemory::from_upstream(size, align, self.tier, refusal, &st.usage, largest).into_error()
+    }
+
+    /// Grows an expandable segment at its top so that its last block, free, holds
+    /// `needed` bytes; returns that block.
+    fn expand(
+        &self,
+        st: &mut State,
+        space: &dyn AddressSpace,
+        needed: usize,
+        size: usize,
+        align: usize,
+    ) -> Result<u32> {
+        let growth = |st: &State, id: u32| {
+            let seg = segment(st, id);
+            let tail = match seg.last {
+                NONE => 0,
+                last if st.blocks[last as usize].free => st.blocks[last as usize].size,
+                _ => 0,
+            };
+            round_up(needed - tail, self.commit_granularity)
+        };
+        let target = st.growing.filter(|&id| {
+            let seg = segment(st, id);
+            seg.committed + growth(st, id) <= seg.region.len()
+        });
+        let seg_id = match target {
+            Some(id) => id,
+            None => self.reserve(st, space, needed, size, align)?,
+        };
+        let delta = growth(st, seg_id);
+        let seg = segment(st, seg_id);
+        let (region, committed, last) = (seg.region, seg.committed, seg.last);
+        // SAFETY: `[committed, committed + delta)` lies inside the reservation (checked
+        // above, or a fresh reservation sized for it), is page-aligned (both are
+        // multiples of the commit granularity) and is not committed yet.
+        if let Err(refusal) = unsafe { space.commit(region.at(committed), delta) } {
+            return Err(self.refused(st, refusal, size, align));
+        }
+        st.usage.on_reserve(delta);
+        let id = if last != NONE && st.blocks[last as usize].free {
+            take_free(st, last);
+            st.blocks[last as usize].size += delta;
+            last
+        } else {
+            let id = new_block(
+                st,
+                Block {
+                    segment: seg_id,
+                    offset: committed,
+                    size: delta,
+                    requested: 0,
+                    prev: last,
+                    next: NONE,
+                    free: true,
+                    raw: false,
+                },
+            );
+            if last == NONE {
+                segment_mut(st, seg_id).first = id;
+            } else {
+                st.blocks[last as usize].next = id;
+            }
+            segment_mut(st, seg_id).last = id;
+            id
+        };
+        put_free(st, id, region.start());
+        segment_mut(st, seg_id).committed += delta;
+        Ok(id)
+    }
+
+    /// Reserves a new expandable segment large enough for `needed` bytes and makes it
+    /// the one that grows.
+    fn reserve(
+        &self,
+        st: &mut State,
+        space: &dyn AddressSpace,
+        needed: usize,
+        size: usize,
+        align: usize,
+    ) -> Result<u32> {
+        let bytes = self.reservation.max(round_up(needed, HUGE_PAGE_SIZE));
+        let ptr = match space.reserve(bytes) {
+            Ok(ptr) => ptr,
+            Err(refusal) => return Err(self.refused(st, refusal, size, align)),
+        };
+        let region = Region::new(ptr, bytes);
+        let seg_id = match st.vacant_segments.pop() {
+            Some(id) => id,
+            None => {
+                st.segments.push(None);
+                (st.segments.len() - 1) as u32
+            }
+        };
+        st.segments[seg_id as usize] = Some(Segment {
+            region,
+            committed: 0,
+            expandable: true,
+            first: NONE,
+            last: NONE,
+            live_blocks: 0,
+        });
+        st.segment_map.insert(region.start(), bytes, seg_id);
+        st.growing = Some(seg_id);
+        Ok(seg_id)
     }
 
     /// Allocates from free block `id`: splits off an alignment head and an unneeded
@@ -439,15 +622,20 @@ impl BestFit {
         Ok((b.size, b.requested))
     }
 
-    /// Returns every entirely free segment to upstream; returns the bytes freed.
+    /// Returns memory that holds no live block to upstream: whole free segments, and
+    /// the free top of expandable segments (decommitted). Returns the bytes freed.
     pub fn trim(&self) -> usize {
         let mut st = self.state.lock();
         let st = &mut *st;
         let mut released = 0;
-        for seg_id in 0..st.segments.len() {
-            let Some(seg) = &st.segments[seg_id] else {
+        for seg_id in 0..st.segments.len() as u32 {
+            let Some(seg) = &st.segments[seg_id as usize] else {
                 continue;
             };
+            if seg.expandable {
+                released += self.shrink(st, seg_id);
+                continue;
+            }
             if seg.live_blocks > 0 {
                 continue;
             }
@@ -459,9 +647,7 @@ impl BestFit {
             );
             take_free(st, first);
             st.vacant_blocks.push(first);
-            st.segments[seg_id] = None;
-            st.vacant_segments.push(seg_id as u32);
-            st.segment_map.remove(region.start());
+            drop_segment(st, seg_id);
             st.usage.on_release(region.len());
             released += region.len();
             // SAFETY: the region came from this upstream with this size and 2 MiB
@@ -470,6 +656,51 @@ impl BestFit {
                 self.upstream
                     .deallocate(region.ptr(), region.len(), HUGE_PAGE_SIZE)
             };
+        }
+        released
+    }
+
+    /// Decommits the free top of expandable segment `seg_id`, and releases its
+    /// reservation once nothing is committed. Returns the bytes decommitted.
+    fn shrink(&self, st: &mut State, seg_id: u32) -> usize {
+        let space = self
+            .upstream
+            .address_space()
+            .expect("expandable segments exist only over an address space");
+        let seg = segment(st, seg_id);
+        let (region, committed, last) = (seg.region, seg.committed, seg.last);
+        let mut released = 0;
+        if last != NONE && st.blocks[last as usize].free {
+            let offset = st.blocks[last as usize].offset;
+            // Keep the granule the last live block ends in.
+            let keep = round_up(offset, self.commit_granularity);
+            if keep < committed {
+                take_free(st, last);
+                if keep == offset {
+                    let prev = st.blocks[last as usize].prev;
+                    if prev == NONE {
+                        segment_mut(st, seg_id).first = NONE;
+                    } else {
+                        st.blocks[prev as usize].next = NONE;
+                    }
+                    segment_mut(st, seg_id).last = prev;
+                    st.vacant_blocks.push(last);
+                } else {
+                    st.blocks[last as usize].size = keep - offset;
+                    put_free(st, last, region.start());
+                }
+                // SAFETY: `[keep, committed)` is committed, granule-aligned, and lies
+                // in the free top block, which holds nothing in use.
+                unsafe { space.decommit(region.at(keep), committed - keep) };
+                st.usage.on_release(committed - keep);
+                released = committed - keep;
+                segment_mut(st, seg_id).committed = keep;
+            }
+        }
+        if segment(st, seg_id).committed == 0 {
+            drop_segment(st, seg_id);
+            // SAFETY: the whole reservation, with nothing committed in it any more.
+            unsafe { space.unreserve(region.ptr(), region.len()) };
         }
         released
     }
@@ -523,7 +754,7 @@ impl BestFit {
             out.push(SegmentSnapshot {
                 tier: self.tier,
                 address: seg.region.start(),
-                size: seg.region.len(),
+                size: seg.committed,
                 block_size: None,
                 allocated_bytes: blocks
                     .iter()
@@ -566,7 +797,9 @@ impl BestFit {
                 prev = id;
                 id = b.next;
             }
-            assert_eq!(offset, len, "blocks tile the segment");
+            assert_eq!(offset, seg.committed, "blocks tile the committed part");
+            assert!(seg.committed <= len);
+            assert_eq!(seg.last, prev, "the segment knows its last block");
             assert_eq!(live, seg.live_blocks);
             live_seen += live;
         }
@@ -586,6 +819,16 @@ fn segment_mut(st: &mut State, id: u32) -> &mut Segment {
     st.segments[id as usize]
         .as_mut()
         .expect("blocks point at live segments")
+}
+
+/// Forgets segment `seg_id` (its memory is released by the caller).
+fn drop_segment(st: &mut State, seg_id: u32) {
+    let seg = st.segments[seg_id as usize].take().expect("a live segment");
+    st.segment_map.remove(seg.region.start());
+    st.vacant_segments.push(seg_id);
+    if st.growing == Some(seg_id) {
+        st.growing = None;
+    }
 }
 
 fn new_block(st: &mut State, block: Block) -> u32 {
@@ -634,7 +877,9 @@ fn split(st: &mut State, id: u32, at: usize) -> u32 {
             ..b
         },
     );
-    if b.next != NONE {
+    if b.next == NONE {
+        segment_mut(st, b.segment).last = rest;
+    } else {
         st.blocks[b.next as usize].prev = rest;
     }
     let block = &mut st.blocks[id as usize];
@@ -649,7 +894,9 @@ fn merge_next(st: &mut State, id: u32) {
     let n = st.blocks[next as usize];
     st.blocks[id as usize].size += n.size;
     st.blocks[id as usize].next = n.next;
-    if n.next != NONE {
+    if n.next == NONE {
+        segment_mut(st, n.segment).last = id;
+    } else {
         st.blocks[n.next as usize].prev = id;
     }
     st.vacant_blocks.push(next);
@@ -683,12 +930,24 @@ impl Drop for BestFit {
     fn drop(&mut self) {
         let st = self.state.get_mut();
         for seg in st.segments.drain(..).flatten() {
-            // SAFETY: every segment came from this upstream with its size and 2 MiB
-            // alignment; the allocator is going away, and `Allocator` users borrow it.
+            let region = seg.region;
+            // SAFETY: every segment came from this upstream (a plain one with its size
+            // and 2 MiB alignment, an expandable one from its address space with
+            // `committed` bytes committed); the allocator is going away, and
+            // `Allocator` users borrow it.
             unsafe {
-                self.upstream
-                    .deallocate(seg.region.ptr(), seg.region.len(), HUGE_PAGE_SIZE)
-            };
+                match self.upstream.address_space() {
+                    Some(space) if seg.expandable => {
+                        if seg.committed > 0 {
+                            space.decommit(region.ptr(), seg.committed);
+                        }
+                        space.unreserve(region.ptr(), region.len());
+                    }
+                    _ => self
+                        .upstream
+                        .deallocate(region.ptr(), region.len(), HUGE_PAGE_SIZE),
+                }
+            }
         }
     }
 }
@@ -924,10 +1183,11 @@ mod tests {
     }
 
     /// A reference best fit: a list of segments, each a list of blocks, searched
-    /// linearly. It predicts the exact address of every allocation.
+    /// linearly. It predicts the exact address of every allocation, with separate
+    /// segments or with expandable ones.
     mod model {
         use super::*;
-        use crate::testing::{check, fill, proptest_config, LiveSet};
+        use crate::testing::{check, fill, proptest_config, CheckedSpace, LiveSet};
         use proptest::prelude::*;
 
         #[derive(Debug, Clone, Copy)]
@@ -937,23 +1197,38 @@ mod tests {
             live: bool,
         }
 
+        #[derive(Debug)]
+        struct MSegment {
+            base: usize,
+            len: usize,
+            committed: usize,
+            blocks: Vec<MBlock>,
+        }
+
+        /// `expand`: the commit granularity and reservation size of expandable
+        /// segments, or `None` for separate ones.
         #[derive(Debug, Default)]
         struct Model {
-            segments: Vec<(usize, usize, Vec<MBlock>)>,
+            segments: Vec<MSegment>,
+            expand: Option<(usize, usize)>,
+            growing: Option<usize>,
         }
 
         const GRAN: usize = 512;
         const SEGMENT: usize = 2 << 20;
 
+        fn needed(size: usize, align: usize) -> usize {
+            round_up(size, GRAN) + align.saturating_sub(GRAN)
+        }
+
         impl Model {
-            /// The predicted address, or `None` when a new segment is needed.
+            /// The predicted block, or `None` when the tier must grow.
             fn fit(&self, size: usize, align: usize) -> Option<(usize, usize)> {
-                let rounded = round_up(size, GRAN);
-                let needed = rounded + align.saturating_sub(GRAN);
+                let needed = needed(size, align);
                 let mut best: Option<(usize, usize, usize, usize)> = None;
-                for (s, (base, _, blocks)) in self.segments.iter().enumerate() {
-                    for (b, blk) in blocks.iter().enumerate() {
-                        let key = (blk.size, base + blk.off);
+                for (s, seg) in self.segments.iter().enumerate() {
+                    for (b, blk) in seg.blocks.iter().enumerate() {
+                        let key = (blk.size, seg.base + blk.off);
                         if !blk.live && blk.size >= needed && best.is_none_or(|x| (x.0, x.1) > key)
                         {
                             best = Some((key.0, key.1, s, b));
@@ -963,58 +1238,64 @@ mod tests {
                 best.map(|(_, _, s, b)| (s, b))
             }
 
-            fn grow(&mut self, base: usize, size: usize, align: usize) -> (usize, usize) {
-                let needed = round_up(size, GRAN) + align.saturating_sub(GRAN);
-                let len = round_up(needed, HUGE_PAGE_SIZE).max(SEGMENT);
-                self.segments.push((
-                    base,
-                    len,
-                    vec![MBlock {
-                        off: 0,
-                        size: len,
-                        live: false,
-                    }],
-                ));
-                (self.segments.len() - 1, 0)
+            /// Grows; `fresh` is where the allocator put the block, which is the
+            /// start of a new segment or reservation when one is made.
+            fn grow(&mut self, fresh: usize, size: usize, align: usize) -> (usize, usize) {
+                let needed = needed(size, align);
+                let Some((granule, reservation)) = self.expand else {
+                    let len = round_up(needed, HUGE_PAGE_SIZE).max(SEGMENT);
+                    let blocks = vec![MBlock { off: 0, size: len, live: false }];
+                    self.segments.push(MSegment { base: fresh, len, committed: len, blocks });
+                    return (self.segments.len() - 1, 0);
+                };
+                let growth = |seg: &MSegment| {
+                    let tail = seg.blocks.last().filter(|b| !b.live).map_or(0, |b| b.size);
+                    round_up(needed - tail, granule)
+                };
+                let s = match self.growing.map(|base| self.segments.iter().position(|g| g.base == base).unwrap()) {
+                    Some(s) if self.segments[s].committed + growth(&self.segments[s]) <= self.segments[s].len => s,
+                    _ => {
+                        let len = reservation.max(round_up(needed, HUGE_PAGE_SIZE));
+                        self.segments.push(MSegment { base: fresh, len, committed: 0, blocks: Vec::new() });
+                        self.growing = Some(fresh);
+                        self.segments.len() - 1
+                    }
+                };
+                let seg = &mut self.segments[s];
+                let delta = growth(seg);
+                match seg.blocks.last_mut() {
+                    Some(last) if !last.live => last.size += delta,
+                    _ => seg.blocks.push(MBlock { off: seg.committed, size: delta, live: false }),
+                }
+                seg.committed += delta;
+                (s, seg.blocks.len() - 1)
             }
 
             fn carve(&mut self, (s, b): (usize, usize), size: usize, align: usize) -> usize {
                 let rounded = round_up(size, GRAN);
-                let (base, _, blocks) = &mut self.segments[s];
+                let seg = &mut self.segments[s];
+                let (base, blocks) = (seg.base, &mut seg.blocks);
                 let mut b = b;
                 let blk = blocks[b];
-                let head = round_up(*base + blk.off, align) - (*base + blk.off);
+                let head = round_up(base + blk.off, align) - (base + blk.off);
                 if head > 0 {
                     blocks[b].size = head;
-                    blocks.insert(
-                        b + 1,
-                        MBlock {
-                            off: blk.off + head,
-                            size: blk.size - head,
-                            live: false,
-                        },
-                    );
+                    blocks.insert(b + 1, MBlock { off: blk.off + head, size: blk.size - head, live: false });
                     b += 1;
                 }
                 let blk = blocks[b];
                 if blk.size - rounded >= GRAN {
                     blocks[b].size = rounded;
-                    blocks.insert(
-                        b + 1,
-                        MBlock {
-                            off: blk.off + rounded,
-                            size: blk.size - rounded,
-                            live: false,
-                        },
-                    );
+                    blocks.insert(b + 1, MBlock { off: blk.off + rounded, size: blk.size - rounded, live: false });
                 }
                 blocks[b].live = true;
-                *base + blocks[b].off
+                base + blocks[b].off
             }
 
             fn free(&mut self, addr: usize) {
-                for (base, _, blocks) in &mut self.segments {
-                    if let Some(b) = blocks.iter().position(|x| *base + x.off == addr && x.live) {
+                for seg in &mut self.segments {
+                    let blocks = &mut seg.blocks;
+                    if let Some(b) = blocks.iter().position(|x| seg.base + x.off == addr && x.live) {
                         blocks[b].live = false;
                         if b + 1 < blocks.len() && !blocks[b + 1].live {
                             blocks[b].size += blocks.remove(b + 1).size;
@@ -1030,21 +1311,47 @@ mod tests {
             }
 
             fn trim(&mut self) {
-                self.segments
-                    .retain(|(_, _, blocks)| blocks.iter().any(|b| b.live));
+                let Some((granule, _)) = self.expand else {
+                    self.segments.retain(|seg| seg.blocks.iter().any(|b| b.live));
+                    return;
+                };
+                for seg in &mut self.segments {
+                    if let Some(&last) = seg.blocks.last().filter(|b| !b.live) {
+                        let keep = round_up(last.off, granule);
+                        if keep < seg.committed {
+                            if keep == last.off {
+                                seg.blocks.pop();
+                            } else {
+                                seg.blocks.last_mut().unwrap().size = keep - last.off;
+                            }
+                            seg.committed = keep;
+                        }
+                    }
+                }
+                let growing = &mut self.growing;
+                self.segments.retain(|seg| {
+                    if seg.committed == 0 && *growing == Some(seg.base) {
+                        *growing = None;
+                    }
+                    seg.committed > 0
+                });
             }
 
             fn free_blocks(&self) -> impl Iterator<Item = usize> + '_ {
                 self.segments
                     .iter()
-                    .flat_map(|(_, _, bl)| bl.iter().filter(|b| !b.live).map(|b| b.size))
+                    .flat_map(|seg| seg.blocks.iter().filter(|b| !b.live).map(|b| b.size))
             }
 
             fn allocated(&self) -> usize {
                 self.segments
                     .iter()
-                    .flat_map(|(_, _, bl)| bl.iter().filter(|b| b.live).map(|b| b.size))
+                    .flat_map(|seg| seg.blocks.iter().filter(|b| b.live).map(|b| b.size))
                     .sum()
+            }
+
+            fn reserved(&self) -> usize {
+                self.segments.iter().map(|seg| seg.committed).sum()
             }
         }
 
@@ -1078,65 +1385,90 @@ mod tests {
             /// the same stats, after every step; and nothing reserved at the end.
             #[test]
             fn best_fit_matches_reference(ops in proptest::collection::vec(op(), 1..80)) {
-                let bf = heap().build().unwrap();
-                let mut model = Model::default();
-                let mut live: Vec<(NonNull<u8>, usize, u64)> = Vec::new();
-                let mut set = LiveSet::default();
-                let mut seed = 0;
-                for op in ops {
-                    match op {
-                        Op::Alloc(size, align) => {
-                            let predicted = model.fit(size, align);
-                            let p = bf.allocate(size, align).unwrap();
-                            let addr = p.as_ptr() as usize;
-                            let at = predicted.unwrap_or_else(|| model.grow(addr, size, align));
-                            prop_assert_eq!(model.carve(at, size, align), addr, "size {} align {}", size, align);
-                            prop_assert_eq!(addr % align, 0);
-                            set.insert(addr, size);
-                            seed += 1;
-                            // SAFETY: a live block of `size` bytes.
-                            unsafe { fill(p.as_ptr(), size, seed) };
-                            live.push((p, size, seed));
-                        }
-                        Op::Free(i) if !live.is_empty() => {
-                            let (p, size, seed) = live.swap_remove(i % live.len());
-                            // SAFETY: live and filled with `seed`.
-                            unsafe { check(p.as_ptr(), size, seed) };
-                            set.remove(p.as_ptr() as usize);
-                            bf.deallocate(p).unwrap();
-                            model.free(p.as_ptr() as usize);
-                        }
-                        Op::BadFree(i, off) if !live.is_empty() => {
-                            let before = bf.stats();
-                            let p = live[i % live.len()].0;
-                            let bad = NonNull::new(p.as_ptr().wrapping_add(off)).unwrap();
-                            prop_assert!(bf.deallocate(bad).is_err());
-                            prop_assert_eq!(bf.stats(), before);
-                        }
-                        Op::Trim => {
-                            bf.trim();
-                            model.trim();
-                        }
-                        _ => {}
-                    }
-                    bf.check_invariants();
-                    let s = bf.stats();
-                    prop_assert_eq!(s.usage.allocated_bytes, model.allocated());
-                    prop_assert_eq!(s.usage.requested_bytes, live.iter().map(|l| l.1).sum::<usize>());
-                    prop_assert_eq!(s.usage.allocated_blocks, live.len());
-                    prop_assert_eq!(s.free_blocks, model.free_blocks().count());
-                    prop_assert_eq!(s.largest_free_block, model.free_blocks().max().unwrap_or(0));
-                    prop_assert_eq!(s.usage.reserved_bytes, model.segments.iter().map(|s| s.1).sum::<usize>());
-                }
-                for (p, size, seed) in live {
-                    // SAFETY: live and filled with `seed`.
-                    unsafe { check(p.as_ptr(), size, seed) };
-                    bf.deallocate(p).unwrap();
-                }
-                bf.trim();
-                let s = bf.stats();
-                prop_assert_eq!((s.usage.reserved_bytes, s.segments, s.usage.allocated_bytes), (0, 0, 0));
+                run(heap().build().unwrap(), Model::default(), ops, None)?;
             }
+
+            /// The same with expandable segments over an address space that checks
+            /// every commit and decommit (small reservations, so that new ones are
+            /// taken too).
+            #[test]
+            fn expandable_best_fit_matches_reference(ops in proptest::collection::vec(op(), 1..80)) {
+                let space = Arc::new(CheckedSpace::default());
+                let bf = BestFit::builder()
+                    .upstream(space.clone())
+                    .reservation_size(8 << 20)
+                    .build()
+                    .unwrap();
+                let model = Model { expand: Some((DEFAULT_COMMIT_GRANULARITY, 8 << 20)), ..Model::default() };
+                run(bf, model, ops, Some(space))?;
+            }
+        }
+
+        fn run(bf: BestFit, mut model: Model, ops: Vec<Op>, space: Option<Arc<CheckedSpace>>) -> Result<(), TestCaseError> {
+            let mut live: Vec<(NonNull<u8>, usize, u64)> = Vec::new();
+            let mut set = LiveSet::default();
+            let mut seed = 0;
+            for op in ops {
+                match op {
+                    Op::Alloc(size, align) => {
+                        let predicted = model.fit(size, align);
+                        let p = bf.allocate(size, align).unwrap();
+                        let addr = p.as_ptr() as usize;
+                        let at = predicted.unwrap_or_else(|| model.grow(addr, size, align));
+                        prop_assert_eq!(model.carve(at, size, align), addr, "size {} align {}", size, align);
+                        prop_assert_eq!(addr % align, 0);
+                        set.insert(addr, size);
+                        seed += 1;
+                        // SAFETY: a live block of `size` bytes.
+                        unsafe { fill(p.as_ptr(), size, seed) };
+                        live.push((p, size, seed));
+                    }
+                    Op::Free(i) if !live.is_empty() => {
+                        let (p, size, seed) = live.swap_remove(i % live.len());
+                        // SAFETY: live and filled with `seed`.
+                        unsafe { check(p.as_ptr(), size, seed) };
+                        set.remove(p.as_ptr() as usize);
+                        bf.deallocate(p).unwrap();
+                        model.free(p.as_ptr() as usize);
+                    }
+                    Op::BadFree(i, off) if !live.is_empty() => {
+                        let before = bf.stats();
+                        let p = live[i % live.len()].0;
+                        let bad = NonNull::new(p.as_ptr().wrapping_add(off)).unwrap();
+                        prop_assert!(bf.deallocate(bad).is_err());
+                        prop_assert_eq!(bf.stats(), before);
+                    }
+                    Op::Trim => {
+                        bf.trim();
+                        model.trim();
+                        for &(p, size, seed) in &live {
+                            // SAFETY: live and filled with `seed`: a trim must not touch it.
+                            unsafe { check(p.as_ptr(), size, seed) };
+                        }
+                    }
+                    _ => {}
+                }
+                bf.check_invariants();
+                let s = bf.stats();
+                prop_assert_eq!(s.usage.allocated_bytes, model.allocated());
+                prop_assert_eq!(s.usage.requested_bytes, live.iter().map(|l| l.1).sum::<usize>());
+                prop_assert_eq!(s.usage.allocated_blocks, live.len());
+                prop_assert_eq!(s.free_blocks, model.free_blocks().count());
+                prop_assert_eq!(s.largest_free_block, model.free_blocks().max().unwrap_or(0));
+                prop_assert_eq!(s.usage.reserved_bytes, model.reserved());
+                if let Some(space) = &space {
+                    prop_assert_eq!(space.committed(), model.reserved());
+                }
+            }
+            for (p, size, seed) in live {
+                // SAFETY: live and filled with `seed`.
+                unsafe { check(p.as_ptr(), size, seed) };
+                bf.deallocate(p).unwrap();
+            }
+            bf.trim();
+            let s = bf.stats();
+            prop_assert_eq!((s.usage.reserved_bytes, s.segments, s.usage.allocated_bytes), (0, 0, 0));
+            Ok(())
         }
     }
 }

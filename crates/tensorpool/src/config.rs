@@ -82,9 +82,17 @@ pub struct Config {
     /// Rounding of best-fit block sizes.
     #[serde(with = "serde_size")]
     pub large_granularity: usize,
-    /// Least size of a new best-fit segment.
+    /// Least size of a new best-fit segment (when segments are not expandable).
     #[serde(with = "serde_size")]
     pub segment_size: usize,
+    /// Grow the best-fit tier as expandable segments: one address-space reservation
+    /// committed at the top as needed. Unset: wherever the upstream can (mmap);
+    /// `true` with the heap upstream is an error.
+    pub expandable_segments: Option<bool>,
+    /// The step by which an expandable segment commits memory (a power of two from
+    /// a page to 2 MiB).
+    #[serde(with = "serde_size")]
+    pub commit_granularity: usize,
     /// Best-fit blocks at least this large are never split (no limit by default).
     #[serde(with = "serde_opt_size")]
     pub max_split_size: Option<usize>,
@@ -116,11 +124,13 @@ impl Default for Config {
             alignment: 64,
             min_block_size: 64,
             classes_per_doubling: 8,
-            small_threshold: 64 << 10,
-            huge_threshold: 64 << 20,
-            pool_chunk_size: 1 << 20,
+            small_threshold: 16 << 10,
+            huge_threshold: 1 << 30,
+            pool_chunk_size: 256 << 10,
             large_granularity: 512,
             segment_size: 2 << 20,
+            expandable_segments: None,
+            commit_granularity: 64 << 10,
             max_split_size: None,
             max_oversize_waste: 20 << 20,
             huge_cache_limit: None,
@@ -174,6 +184,10 @@ setters! {
     large_granularity: usize => large_granularity;
     /// See [`Config::segment_size`].
     segment_size: usize => segment_size;
+    /// See [`Config::expandable_segments`].
+    expandable_segments: bool => Some(expandable_segments);
+    /// See [`Config::commit_granularity`].
+    commit_granularity: usize => commit_granularity;
     /// See [`Config::max_split_size`].
     max_split_size: usize => Some(max_split_size);
     /// See [`Config::max_oversize_waste`].
@@ -280,6 +294,21 @@ impl Config {
             return bad(
                 "memory_limit must be at least 1 byte (leave it unset for no limit)".into(),
             );
+        }
+        if self.expandable_segments == Some(true) && self.upstream == UpstreamKind::Heap {
+            return bad(
+                "expandable_segments needs the mmap upstream; leave it unset for the heap upstream"
+                    .into(),
+            );
+        }
+        let page = crate::upstream::page_size();
+        if !self.commit_granularity.is_power_of_two()
+            || !(page..=HUGE_PAGE_SIZE).contains(&self.commit_granularity)
+        {
+            return bad(format!(
+                "commit_granularity must be a power of two from a page ({page} B) to 2 MiB, got {}",
+                self.commit_granularity
+            ));
         }
         if self.huge_pages == Some(true) && self.upstream == UpstreamKind::Heap {
             // Advice that cannot apply is refused rather than ignored.
@@ -405,6 +434,20 @@ mod tests {
                     .huge_pages(true),
                 "huge_pages",
             ),
+            (
+                Config::builder()
+                    .upstream(UpstreamKind::Heap)
+                    .expandable_segments(true),
+                "expandable_segments",
+            ),
+            (
+                Config::builder().commit_granularity(1000),
+                "commit_granularity",
+            ),
+            (
+                Config::builder().commit_granularity(4 << 20),
+                "commit_granularity",
+            ),
             (Config::builder().pool(0, 10), "block size"),
             (Config::builder().pool(64, 0), "capacity of 0"),
             (Config::builder().pool(64, 1).pool(64, 2), "same block size"),
@@ -458,6 +501,21 @@ mod tests {
             .to_string()
             .contains("unknown field `colour`"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_largest_valid_threshold_builds_a_manager() {
+        let c = Config::builder()
+            .small_threshold(1 << 31)
+            .huge_threshold(1 << 40)
+            .build()
+            .unwrap();
+        crate::MemoryManager::new(c).unwrap();
+        assert!(Config::builder()
+            .small_threshold(1 << 32)
+            .huge_threshold(1 << 40)
+            .build()
+            .is_err());
     }
 
     #[test]

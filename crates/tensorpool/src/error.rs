@@ -73,6 +73,22 @@ pub enum Error {
     /// A shape that does not match the data or the tensor.
     #[error("invalid shape: {0}")]
     InvalidShape(String),
+    /// A trace that cannot be read: the line (0 for the file as a whole) and why.
+    #[error("malformed trace at line {line}: {reason}")]
+    MalformedTrace {
+        /// 1-based line of the problem (0: the file as a whole).
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A trace file that cannot be read, with the file named.
+    #[error("{path}: {reason}")]
+    TraceFile {
+        /// The file.
+        path: String,
+        /// What went wrong in it.
+        reason: Box<Error>,
+    },
     /// A configuration that cannot apply, with the reason.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),

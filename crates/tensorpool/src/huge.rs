@@ -6,8 +6,10 @@
 //! is freed the segment is not unmapped: it goes into a cache keyed by size, and the
 //! next request of that size (tensor shapes repeat every step) takes it back with its
 //! pages still mapped. A request takes a cached segment at most 1/8 larger than it
-//! needs; [`trim`](HugeCache::trim) unmaps the cache, and with an optional bound on
-//! cached bytes a freed segment that would exceed it is unmapped at once.
+//! needs. A request that misses trades cached segments (largest first) for its new
+//! one, so that a program whose shapes change does not keep the old ones forever;
+//! [`trim`](HugeCache::trim) unmaps the cache, and with an optional bound on cached
+//! bytes a freed segment that would exceed it is unmapped at once.
 //!
 //! ```
 //! use tensorpool::huge::HugeCache;
@@ -130,25 +132,31 @@ impl HugeCache {
                 st.cached_bytes -= region.len();
                 (region, true)
             }
-            None => match self.upstream.allocate(rounded, HUGE_PAGE_SIZE) {
-                Ok(ptr) => {
-                    st.usage.on_reserve(rounded);
-                    (Region::new(ptr, rounded), false)
+            None => {
+                // A miss means the cached sizes do not match what the program needs
+                // now: trade cached segments for the new one, largest first, so that
+                // reserved memory follows live memory instead of the past peak.
+                self.release_cached(&mut st, rounded);
+                match self.upstream.allocate(rounded, HUGE_PAGE_SIZE) {
+                    Ok(ptr) => {
+                        st.usage.on_reserve(rounded);
+                        (Region::new(ptr, rounded), false)
+                    }
+                    Err(refusal) => {
+                        st.usage.num_ooms += 1;
+                        let largest = st.cached.last_key_value().map_or(0, |(k, _)| k.0);
+                        let report = OutOfMemory::from_upstream(
+                            size,
+                            align,
+                            Tier::Huge,
+                            refusal,
+                            &st.usage,
+                            largest,
+                        );
+                        return Err(report.into_error());
+                    }
                 }
-                Err(refusal) => {
-                    st.usage.num_ooms += 1;
-                    let largest = st.cached.last_key_value().map_or(0, |(k, _)| k.0);
-                    let report = OutOfMemory::from_upstream(
-                        size,
-                        align,
-                        Tier::Huge,
-                        refusal,
-                        &st.usage,
-                        largest,
-                    );
-                    return Err(report.into_error());
-                }
-            },
+            }
         };
         let entry = Entry {
             region,
@@ -209,13 +217,15 @@ impl HugeCache {
         Ok((entry.region.len(), entry.requested))
     }
 
-    /// Returns every cached segment to upstream; returns the bytes freed.
-    pub fn trim(&self) -> usize {
-        let mut st = self.state.lock();
-        let cached = std::mem::take(&mut st.cached);
-        st.cached_bytes = 0;
+    /// Unmaps cached segments, largest first, until `bytes` are released or the cache
+    /// is empty; returns the bytes released.
+    fn release_cached(&self, st: &mut State, bytes: usize) -> usize {
         let mut released = 0;
-        for region in cached.into_values() {
+        while released < bytes {
+            let Some((_, region)) = st.cached.pop_last() else {
+                break;
+            };
+            st.cached_bytes -= region.len();
             st.segments.remove(region.start());
             st.usage.on_release(region.len());
             released += region.len();
@@ -227,6 +237,12 @@ impl HugeCache {
             };
         }
         released
+    }
+
+    /// Returns every cached segment to upstream; returns the bytes freed.
+    pub fn trim(&self) -> usize {
+        let mut st = self.state.lock();
+        self.release_cached(&mut st, usize::MAX)
     }
 
     /// The largest cached segment.
@@ -310,12 +326,13 @@ mod tests {
         let c = heap(None);
         let a = c.allocate(16 << 20, 64).unwrap();
         c.deallocate(a).unwrap();
-        // 12 MiB would waste 4 MiB of a 16 MiB segment: more than an eighth.
-        let b = c.allocate(12 << 20, 64).unwrap();
-        assert_ne!(a, b);
-        // 15 MiB wastes 1 MiB: reused.
-        let d = c.allocate(15 << 20, 64).unwrap();
-        assert_eq!(a, d);
+        // 15 MiB wastes 1 MiB of the cached 16 MiB segment: reused, pages warm.
+        let b = c.allocate(15 << 20, 64).unwrap();
+        assert_eq!(a, b);
+        c.deallocate(b).unwrap();
+        // 12 MiB would waste 4 MiB, more than an eighth: a miss, which trades the
+        // cached segment for a new one instead of keeping both.
+        let d = c.allocate(12 << 20, 64).unwrap();
         let s = c.stats();
         assert_eq!(
             (
@@ -324,13 +341,13 @@ mod tests {
                 s.live_segments,
                 s.cached_segments
             ),
-            (1, 2, 2, 0)
+            (1, 2, 1, 0)
         );
-        assert_eq!(s.usage.allocated_bytes, 28 << 20);
-        assert_eq!(s.usage.requested_bytes, 27 << 20);
-        c.deallocate(b).unwrap();
+        assert_eq!(s.usage.reserved_bytes, 12 << 20);
+        assert_eq!(s.usage.allocated_bytes, 12 << 20);
+        assert_eq!(s.usage.requested_bytes, 12 << 20);
         c.deallocate(d).unwrap();
-        assert_eq!(c.trim(), 28 << 20);
+        assert_eq!(c.trim(), 12 << 20);
         assert_eq!(c.stats().usage.reserved_bytes, 0);
     }
 

@@ -16,6 +16,8 @@ pub mod size_class;
 pub mod snapshot;
 pub mod stats;
 pub mod tensor;
+#[cfg(feature = "trace")]
+pub mod trace;
 pub mod upstream;
 
 #[cfg(test)]

@@ -58,7 +58,7 @@ use crate::snapshot::Snapshot;
 use crate::stats::{fragmentation, ClassStats, Stats, Tier, TierStats, Usage};
 #[cfg(all(unix, not(miri)))]
 use crate::upstream::MmapUpstream;
-use crate::upstream::{HeapUpstream, MeteredUpstream, Upstream, UpstreamError};
+use crate::upstream::{AddressSpace, HeapUpstream, MeteredUpstream, Upstream, UpstreamError};
 use allocator_api2::alloc::{AllocError, Allocator};
 use parking_lot::RwLock;
 use std::alloc::Layout;
@@ -161,6 +161,60 @@ unsafe impl Upstream for Registrar {
 
     fn name(&self) -> &str {
         self.upstream.name()
+    }
+
+    fn address_space(&self) -> Option<&dyn AddressSpace> {
+        self.upstream
+            .address_space()
+            .map(|_| self as &dyn AddressSpace)
+    }
+}
+
+// SAFETY: forwards to the metered address space unchanged; the owner map records each
+// reservation from `reserve` to `unreserve`.
+unsafe impl AddressSpace for Registrar {
+    fn reserve(&self, size: usize) -> std::result::Result<NonNull<u8>, UpstreamError> {
+        let space = self
+            .upstream
+            .address_space()
+            .expect("checked by address_space()");
+        let ptr = space.reserve(size)?;
+        self.owners
+            .write()
+            .insert(ptr.as_ptr().addr(), size, self.owner);
+        Ok(ptr)
+    }
+
+    unsafe fn commit(
+        &self,
+        ptr: NonNull<u8>,
+        len: usize,
+    ) -> std::result::Result<(), UpstreamError> {
+        let space = self
+            .upstream
+            .address_space()
+            .expect("checked by address_space()");
+        // SAFETY: forwarded unchanged from our caller, who holds the same contract.
+        unsafe { space.commit(ptr, len) }
+    }
+
+    unsafe fn decommit(&self, ptr: NonNull<u8>, len: usize) {
+        let space = self
+            .upstream
+            .address_space()
+            .expect("checked by address_space()");
+        // SAFETY: forwarded unchanged from our caller, who holds the same contract.
+        unsafe { space.decommit(ptr, len) }
+    }
+
+    unsafe fn unreserve(&self, ptr: NonNull<u8>, size: usize) {
+        self.owners.write().remove(ptr.as_ptr().addr());
+        let space = self
+            .upstream
+            .address_space()
+            .expect("checked by address_space()");
+        // SAFETY: forwarded unchanged from our caller, who holds the same contract.
+        unsafe { space.unreserve(ptr, size) }
     }
 }
 
@@ -291,6 +345,8 @@ impl MemoryManager {
         let large = BestFit::builder()
             .granularity(config.large_granularity)
             .segment_size(config.segment_size)
+            .expandable(config.expandable_segments != Some(false))
+            .commit_granularity(config.commit_granularity)
             .max_split_size(config.max_split_size)
             .max_oversize_waste(config.max_oversize_waste)
             .tier(Tier::Large)

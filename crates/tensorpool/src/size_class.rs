@@ -60,9 +60,10 @@ impl SizeClasses {
                  ({min_size}), got {max_size}"
             ));
         }
-        if max_size > 1 << 32 {
+        // Pool blocks record their requested size in 32 bits.
+        if max_size > 1 << 31 {
             return bad(format!(
-                "the small/large threshold must be at most 4 GiB, got {}",
+                "the small/large threshold must be at most 2 GiB, got {}",
                 format_bytes(max_size)
             ));
         }
@@ -273,7 +274,8 @@ mod tests {
                 "{min} {max} {per}: {e}"
             );
         }
-        assert!(SizeClasses::new(64, 1 << 33, 8).is_err());
+        assert!(SizeClasses::new(64, 1 << 32, 8).is_err());
+        assert!(SizeClasses::new(64, 1 << 31, 8).is_ok());
     }
 
     #[test]

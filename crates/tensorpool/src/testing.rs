@@ -91,3 +91,103 @@ pub(crate) unsafe fn check(ptr: *const u8, len: usize, seed: u64) {
 fn pattern(seed: u64, i: usize) -> u8 {
     (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8 ^ (i as u8).wrapping_mul(31)
 }
+
+/// A heap-backed upstream with an address space that checks the contract: commits
+/// only of uncommitted pages inside a reservation, decommits only of committed ones,
+/// and nothing committed left when a reservation goes. Decommitted memory is
+/// scribbled over, so that a use after decommit shows in the pattern checks.
+#[derive(Debug, Default)]
+pub(crate) struct CheckedSpace {
+    /// Reservation start -> (layout, committed pages).
+    reservations: std::sync::Mutex<BTreeMap<usize, (std::alloc::Layout, Vec<bool>)>>,
+}
+
+const PAGE: usize = 4096;
+
+impl CheckedSpace {
+    fn pages<R>(&self, addr: usize, len: usize, f: impl FnOnce(&mut [bool]) -> R) -> R {
+        let mut map = self.reservations.lock().unwrap();
+        let (&start, (layout, pages)) = map.range_mut(..=addr).next_back().expect("inside a reservation");
+        assert!(addr + len <= start + layout.size(), "range beyond its reservation");
+        assert!(addr % PAGE == 0 && len % PAGE == 0, "unaligned range");
+        let first = (addr - start) / PAGE;
+        f(&mut pages[first..first + len / PAGE])
+    }
+
+    /// Bytes committed now.
+    pub(crate) fn committed(&self) -> usize {
+        let map = self.reservations.lock().unwrap();
+        map.values().map(|(_, p)| p.iter().filter(|&&c| c).count() * PAGE).sum()
+    }
+}
+
+// SAFETY: regions and reservations are fresh heap blocks of the asked size and
+// alignment, owned by the caller until given back.
+unsafe impl crate::upstream::Upstream for CheckedSpace {
+    fn allocate(
+        &self,
+        size: usize,
+        align: usize,
+    ) -> Result<std::ptr::NonNull<u8>, crate::upstream::UpstreamError> {
+        crate::upstream::HeapUpstream.allocate(size, align)
+    }
+
+    unsafe fn deallocate(&self, ptr: std::ptr::NonNull<u8>, size: usize, align: usize) {
+        // SAFETY: forwarded from the caller.
+        unsafe { crate::upstream::HeapUpstream.deallocate(ptr, size, align) }
+    }
+
+    fn name(&self) -> &str {
+        "checked-space"
+    }
+
+    fn address_space(&self) -> Option<&dyn crate::upstream::AddressSpace> {
+        Some(self)
+    }
+}
+
+// SAFETY: a reservation is a heap block, valid memory throughout; the checks only
+// make sure the caller keeps the contract.
+unsafe impl crate::upstream::AddressSpace for CheckedSpace {
+    fn reserve(&self, size: usize) -> Result<std::ptr::NonNull<u8>, crate::upstream::UpstreamError> {
+        let layout = std::alloc::Layout::from_size_align(size, crate::upstream::HUGE_PAGE_SIZE).unwrap();
+        // SAFETY: a non-zero size.
+        let ptr = std::ptr::NonNull::new(unsafe { std::alloc::alloc(layout) })
+            .ok_or(crate::upstream::UpstreamError::OutOfMemory { size })?;
+        self.reservations
+            .lock()
+            .unwrap()
+            .insert(ptr.as_ptr() as usize, (layout, vec![false; size / PAGE]));
+        Ok(ptr)
+    }
+
+    unsafe fn commit(&self, ptr: std::ptr::NonNull<u8>, len: usize) -> Result<(), crate::upstream::UpstreamError> {
+        self.pages(ptr.as_ptr() as usize, len, |pages| {
+            assert!(pages.iter().all(|&c| !c), "commit of committed pages");
+            pages.fill(true);
+        });
+        Ok(())
+    }
+
+    unsafe fn decommit(&self, ptr: std::ptr::NonNull<u8>, len: usize) {
+        self.pages(ptr.as_ptr() as usize, len, |pages| {
+            assert!(pages.iter().all(|&c| c), "decommit of uncommitted pages");
+            pages.fill(false);
+        });
+        // SAFETY: the range is inside a live heap reservation.
+        unsafe { ptr.as_ptr().write_bytes(0xDD, len.min(4 * PAGE)) };
+    }
+
+    unsafe fn unreserve(&self, ptr: std::ptr::NonNull<u8>, size: usize) {
+        let (layout, pages) = self
+            .reservations
+            .lock()
+            .unwrap()
+            .remove(&(ptr.as_ptr() as usize))
+            .expect("a reservation");
+        assert_eq!(layout.size(), size, "unreserve with another size");
+        assert!(pages.iter().all(|&c| !c), "unreserve with pages committed");
+        // SAFETY: allocated in `reserve` with this layout.
+        unsafe { std::alloc::dealloc(ptr.as_ptr(), layout) };
+    }
+}

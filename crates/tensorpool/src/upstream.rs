@@ -163,6 +163,53 @@ pub unsafe trait Upstream: Send + Sync + fmt::Debug {
 
     /// A short name for reports.
     fn name(&self) -> &str;
+
+    /// The source's address-space interface, if it can reserve address space and
+    /// back it with memory piece by piece (mmap can; the global heap cannot).
+    fn address_space(&self) -> Option<&dyn AddressSpace> {
+        None
+    }
+}
+
+/// Address space reserved once and backed with memory piece by piece.
+///
+/// The best-fit tier uses it for *expandable segments*, as PyTorch's allocator does
+/// with `expandable_segments`: one large reservation whose committed part grows and
+/// shrinks at the top, so that a free block at the top is extended rather than a new
+/// segment taken, and blocks are never cut off from each other by segment ends.
+///
+/// # Safety
+///
+/// [`reserve`](Self::reserve) returns `size` bytes of address space aligned to 2 MiB,
+/// which nobody else uses until [`unreserve`](Self::unreserve); after
+/// [`commit`](Self::commit) of a range succeeds, the range is valid for reads and
+/// writes until it is decommitted or unreserved.
+pub unsafe trait AddressSpace: Send + Sync {
+    /// Reserves `size` bytes (a multiple of 2 MiB) of address space, with no memory
+    /// behind it yet.
+    fn reserve(&self, size: usize) -> Result<NonNull<u8>, UpstreamError>;
+
+    /// Backs `[ptr, ptr + len)` with memory.
+    ///
+    /// # Safety
+    ///
+    /// The range is page-aligned, inside one reservation, and not committed.
+    unsafe fn commit(&self, ptr: NonNull<u8>, len: usize) -> Result<(), UpstreamError>;
+
+    /// Gives the memory behind `[ptr, ptr + len)` back; the range stays reserved.
+    ///
+    /// # Safety
+    ///
+    /// The range is page-aligned, committed, inside one reservation, and holds
+    /// nothing anyone will read.
+    unsafe fn decommit(&self, ptr: NonNull<u8>, len: usize);
+
+    /// Releases a whole reservation.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` and `size` are those of one `reserve`, and nothing in it is committed.
+    unsafe fn unreserve(&self, ptr: NonNull<u8>, size: usize);
 }
 
 /// The upstream tensorpool uses when none is given: [`MmapUpstream`] with huge pages
@@ -313,6 +360,109 @@ unsafe impl Upstream for MmapUpstream {
     fn name(&self) -> &str {
         "mmap"
     }
+
+    fn address_space(&self) -> Option<&dyn AddressSpace> {
+        Some(self)
+    }
+}
+
+#[cfg(unix)]
+impl MmapUpstream {
+    /// Maps `[ptr, ptr + len)` afresh with `prot`, replacing what was there.
+    ///
+    /// # Safety
+    ///
+    /// The range belongs to one of our reservations and holds nothing in use.
+    unsafe fn remap(&self, ptr: NonNull<u8>, len: usize, prot: libc::c_int) -> bool {
+        // SAFETY: MAP_FIXED over our own reservation replaces only our pages.
+        let raw = unsafe {
+            libc::mmap(
+                ptr.as_ptr().cast(),
+                len,
+                prot,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+                -1,
+                0,
+            )
+        };
+        if raw == libc::MAP_FAILED {
+            return false;
+        }
+        if self.huge_pages {
+            // SAFETY: advice on our own mapping; a refusal changes nothing.
+            unsafe { libc::madvise(raw, len, libc::MADV_HUGEPAGE) };
+        }
+        true
+    }
+}
+
+// SAFETY: reservations are fresh PROT_NONE mappings, aligned by unmapping the excess;
+// commits make parts of them readable and writable (zero-filled on first touch);
+// decommits replace parts with fresh PROT_NONE mappings, dropping their pages.
+#[cfg(unix)]
+unsafe impl AddressSpace for MmapUpstream {
+    fn reserve(&self, size: usize) -> Result<NonNull<u8>, UpstreamError> {
+        let total = size
+            .checked_add(HUGE_PAGE_SIZE)
+            .ok_or(UpstreamError::OutOfMemory { size })?;
+        // SAFETY: a new anonymous mapping with no address hint.
+        let raw = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                total,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if raw == libc::MAP_FAILED {
+            return Err(UpstreamError::OutOfMemory { size });
+        }
+        let base = raw as usize;
+        let start = crate::limits::round_up(base, HUGE_PAGE_SIZE);
+        // SAFETY: unmapping the unaligned head and the excess tail of our mapping.
+        unsafe {
+            if start > base {
+                libc::munmap(raw, start - base);
+            }
+            let tail = base + total - (start + size);
+            if tail > 0 {
+                libc::munmap((start + size) as *mut libc::c_void, tail);
+            }
+            if self.huge_pages {
+                libc::madvise(start as *mut libc::c_void, size, libc::MADV_HUGEPAGE);
+            }
+        }
+        NonNull::new(start as *mut u8).ok_or(UpstreamError::OutOfMemory { size })
+    }
+
+    unsafe fn commit(&self, ptr: NonNull<u8>, len: usize) -> Result<(), UpstreamError> {
+        // SAFETY: the caller passes an uncommitted, page-aligned part of a reservation.
+        let ok = unsafe {
+            libc::mprotect(ptr.as_ptr().cast(), len, libc::PROT_READ | libc::PROT_WRITE) == 0
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(UpstreamError::OutOfMemory { size: len })
+        }
+    }
+
+    unsafe fn decommit(&self, ptr: NonNull<u8>, len: usize) {
+        // SAFETY: the caller passes a committed part of a reservation holding nothing
+        // in use. If the remap fails, the pages stay mapped: safe, merely not released.
+        unsafe {
+            if !self.remap(ptr, len, libc::PROT_NONE) {
+                libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_DONTNEED);
+            }
+        }
+    }
+
+    unsafe fn unreserve(&self, ptr: NonNull<u8>, size: usize) {
+        // SAFETY: the caller passes a whole reservation of ours.
+        unsafe { libc::munmap(ptr.as_ptr().cast(), size) };
+    }
 }
 
 /// Counts what an upstream hands out and optionally enforces a limit on reserved bytes.
@@ -377,22 +527,10 @@ impl MeteredUpstream {
 // SAFETY: regions come from `inner` unchanged; the counters do not touch memory.
 unsafe impl Upstream for MeteredUpstream {
     fn allocate(&self, size: usize, align: usize) -> Result<NonNull<u8>, UpstreamError> {
-        let limit = self.limit.unwrap_or(usize::MAX);
-        // Reserve the bytes first so that two threads cannot both pass the check.
-        let before = self
-            .reserved
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
-                r.checked_add(size).filter(|&total| total <= limit)
-            })
-            .map_err(|reserved| UpstreamError::LimitReached {
-                size,
-                reserved,
-                limit,
-            })?;
+        let before = self.take(size)?;
         match self.inner.allocate(size, align) {
             Ok(ptr) => {
-                self.peak.fetch_max(before + size, Ordering::Relaxed);
-                self.allocs.fetch_add(1, Ordering::Relaxed);
+                self.took(before, size);
                 Ok(ptr)
             }
             Err(e) => {
@@ -405,12 +543,85 @@ unsafe impl Upstream for MeteredUpstream {
     unsafe fn deallocate(&self, ptr: NonNull<u8>, size: usize, align: usize) {
         // SAFETY: forwarded unchanged from our caller, who holds the same contract.
         unsafe { self.inner.deallocate(ptr, size, align) };
-        self.reserved.fetch_sub(size, Ordering::Relaxed);
-        self.frees.fetch_add(1, Ordering::Relaxed);
+        self.gave_back(size);
     }
 
     fn name(&self) -> &str {
         self.inner.name()
+    }
+
+    fn address_space(&self) -> Option<&dyn AddressSpace> {
+        self.inner
+            .address_space()
+            .map(|_| self as &dyn AddressSpace)
+    }
+}
+
+impl MeteredUpstream {
+    fn inner_space(&self) -> &dyn AddressSpace {
+        self.inner
+            .address_space()
+            .expect("address_space() is Some only when the inner source has one")
+    }
+
+    /// Counts `size` more reserved bytes if the limit allows; returns the bytes
+    /// reserved before.
+    fn take(&self, size: usize) -> Result<usize, UpstreamError> {
+        let limit = self.limit.unwrap_or(usize::MAX);
+        // Reserve the bytes first so that two threads cannot both pass the check.
+        self.reserved
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
+                r.checked_add(size).filter(|&total| total <= limit)
+            })
+            .map_err(|reserved| UpstreamError::LimitReached {
+                size,
+                reserved,
+                limit,
+            })
+    }
+
+    fn took(&self, before: usize, size: usize) {
+        self.peak.fetch_max(before + size, Ordering::Relaxed);
+        self.allocs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn gave_back(&self, size: usize) {
+        self.reserved.fetch_sub(size, Ordering::Relaxed);
+        self.frees.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: forwards to the inner source's address space unchanged; committed bytes
+// are counted as reserved, and commits beyond the limit are refused before the call.
+unsafe impl AddressSpace for MeteredUpstream {
+    fn reserve(&self, size: usize) -> Result<NonNull<u8>, UpstreamError> {
+        self.inner_space().reserve(size)
+    }
+
+    unsafe fn commit(&self, ptr: NonNull<u8>, len: usize) -> Result<(), UpstreamError> {
+        let before = self.take(len)?;
+        // SAFETY: forwarded unchanged from our caller, who holds the same contract.
+        match unsafe { self.inner_space().commit(ptr, len) } {
+            Ok(()) => {
+                self.took(before, len);
+                Ok(())
+            }
+            Err(e) => {
+                self.reserved.fetch_sub(len, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    unsafe fn decommit(&self, ptr: NonNull<u8>, len: usize) {
+        // SAFETY: forwarded unchanged from our caller, who holds the same contract.
+        unsafe { self.inner_space().decommit(ptr, len) };
+        self.gave_back(len);
+    }
+
+    unsafe fn unreserve(&self, ptr: NonNull<u8>, size: usize) {
+        // SAFETY: forwarded unchanged from our caller, who holds the same contract.
+        unsafe { self.inner_space().unreserve(ptr, size) }
     }
 }
 
