@@ -11,7 +11,7 @@
 
 use std::path::Path;
 use std::time::Instant;
-use tensorpool::trace::{Event, Trace};
+use tensorpool::trace::Trace;
 use tensorpool::{Config, ConfigBuilder, MemoryManager};
 
 struct Variant {
@@ -103,19 +103,13 @@ fn variants() -> Vec<Variant> {
 /// bytes and the nanoseconds per event.
 fn replay(trace: &Trace, config: Config) -> (usize, f64) {
     let mm = MemoryManager::new(config).expect("the variants are valid");
-    let mut ptrs = vec![std::ptr::null_mut(); trace.allocations];
     let start = Instant::now();
-    for event in &trace.events {
-        match *event {
-            Event::Alloc { id, size } => {
-                ptrs[id as usize] = mm
-                    .allocate_raw((size as usize).max(1), 64)
-                    .expect("no limit is set")
-                    .as_ptr();
-            }
-            Event::Free { id } => mm.free_raw(ptrs[id as usize]).expect("a live block"),
-        }
-    }
+    trace
+        .replay(
+            |size| mm.allocate_raw(size.max(1), 64),
+            |ptr, _| mm.free_raw(ptr.as_ptr()).expect("a live block"),
+        )
+        .expect("no limit is set");
     let elapsed = start.elapsed();
     let peak = mm.stats().peak_reserved_bytes;
     (peak, elapsed.as_nanos() as f64 / trace.events.len() as f64)

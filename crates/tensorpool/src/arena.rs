@@ -1038,7 +1038,7 @@ mod tests {
 
     mod model {
         use super::*;
-        use crate::testing::{check, fill, proptest_config, LiveSet};
+        use crate::testing::{check, fill, ops_len, proptest_config, LiveSet};
         use proptest::prelude::*;
 
         #[derive(Debug, Clone)]
@@ -1068,7 +1068,7 @@ mod tests {
             /// allocations are aligned, disjoint and intact; rewinds release exactly
             /// what came after the checkpoint; reset and trim give everything back.
             #[test]
-            fn arena_matches_model(ops in proptest::collection::vec(op(), 1..150)) {
+            fn arena_matches_model(ops in proptest::collection::vec(op(), ops_len(150))) {
                 let mut arena = heap_arena().first_chunk_size(4096).max_chunk_size(32 << 10).build().unwrap();
                 let mut live: Vec<(NonNull<u8>, usize, u64)> = Vec::new();
                 let mut checkpoints: Vec<(Checkpoint, usize)> = Vec::new();

@@ -1187,7 +1187,7 @@ mod tests {
     /// segments or with expandable ones.
     mod model {
         use super::*;
-        use crate::testing::{check, fill, proptest_config, CheckedSpace, LiveSet};
+        use crate::testing::{check, fill, ops_len, proptest_config, CheckedSpace, LiveSet};
         use proptest::prelude::*;
 
         #[derive(Debug, Clone, Copy)]
@@ -1384,7 +1384,7 @@ mod tests {
             /// BestFit against the reference: the same addresses, the same free blocks,
             /// the same stats, after every step; and nothing reserved at the end.
             #[test]
-            fn best_fit_matches_reference(ops in proptest::collection::vec(op(), 1..80)) {
+            fn best_fit_matches_reference(ops in proptest::collection::vec(op(), ops_len(80))) {
                 run(heap().build().unwrap(), Model::default(), ops, None)?;
             }
 
@@ -1392,7 +1392,7 @@ mod tests {
             /// every commit and decommit (small reservations, so that new ones are
             /// taken too).
             #[test]
-            fn expandable_best_fit_matches_reference(ops in proptest::collection::vec(op(), 1..80)) {
+            fn expandable_best_fit_matches_reference(ops in proptest::collection::vec(op(), ops_len(80))) {
                 let space = Arc::new(CheckedSpace::default());
                 let bf = BestFit::builder()
                     .upstream(space.clone())

@@ -763,7 +763,7 @@ mod tests {
 
     mod model {
         use super::*;
-        use crate::testing::{check, fill, proptest_config, LiveSet};
+        use crate::testing::{check, fill, ops_len, proptest_config, LiveSet};
         use proptest::prelude::*;
 
         #[derive(Debug, Clone)]
@@ -794,7 +794,7 @@ mod tests {
                 block in 1usize..3000,
                 align_shift in 3u32..10,
                 capacity in proptest::option::of(1usize..40),
-                ops in proptest::collection::vec(op(), 1..120),
+                ops in proptest::collection::vec(op(), ops_len(120)),
             ) {
                 let align = 1 << align_shift;
                 let mut b = heap_pool(block).alignment(align).max_chunk_size(8192);

@@ -17,6 +17,11 @@ pub(crate) fn proptest_config(native_cases: u32) -> ProptestConfig {
     }
 }
 
+/// Lengths of generated operation sequences: shorter under Miri.
+pub(crate) fn ops_len(native: usize) -> std::ops::Range<usize> {
+    1..if cfg!(miri) { native / 5 } else { native }
+}
+
 /// The live blocks of a model: checks that no two overlap.
 #[derive(Debug, Default)]
 pub(crate) struct LiveSet {

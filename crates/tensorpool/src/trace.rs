@@ -157,6 +157,35 @@ impl Trace {
         peak
     }
 
+    /// Runs the trace against an allocator: `alloc(size)` for every allocation and
+    /// `free(ptr, size)` for every free of what it returned. Blocks still live at the
+    /// end are freed too, so that the allocator ends empty. Stops at the first error
+    /// of `alloc`.
+    pub fn replay<E>(
+        &self,
+        mut alloc: impl FnMut(usize) -> std::result::Result<std::ptr::NonNull<u8>, E>,
+        mut free: impl FnMut(std::ptr::NonNull<u8>, usize),
+    ) -> std::result::Result<(), E> {
+        let mut live: Vec<Option<(std::ptr::NonNull<u8>, usize)>> = vec![None; self.allocations];
+        for event in &self.events {
+            match *event {
+                Event::Alloc { id, size } => {
+                    let size = size as usize;
+                    live[id as usize] = Some((alloc(size)?, size));
+                }
+                Event::Free { id } => {
+                    if let Some((ptr, size)) = live[id as usize].take() {
+                        free(ptr, size);
+                    }
+                }
+            }
+        }
+        for (ptr, size) in live.into_iter().flatten() {
+            free(ptr, size);
+        }
+        Ok(())
+    }
+
     /// The size of every block, by id.
     pub fn block_sizes(&self) -> Vec<u64> {
         let mut sizes = vec![0u64; self.allocations];
@@ -489,6 +518,28 @@ mod tests {
         }
         let (line, why) = reason(Trace::parse(b"id,lower,upper,size\n1,0,1,5\n1,0,2,5\n"));
         assert_eq!((line, why.contains("twice")), (3, true));
+    }
+
+    #[test]
+    fn replay_pairs_and_drains() {
+        let t = rmm("1,0,allocate,0x10,8,0\n1,0,allocate,0x20,16,0\n1,0,free,0x10,8,0\n").unwrap();
+        let log = std::cell::RefCell::new(Vec::new());
+        let mut next = 0x1000usize;
+        t.replay(
+            |size| {
+                next += 0x100;
+                log.borrow_mut().push(format!("alloc {size}"));
+                Ok::<_, ()>(std::ptr::NonNull::new(next as *mut u8).unwrap())
+            },
+            |ptr, size| {
+                log.borrow_mut()
+                    .push(format!("free {:#x} {size}", ptr.as_ptr() as usize))
+            },
+        )
+        .unwrap();
+        let log = log.into_inner();
+        assert_eq!(log, ["alloc 8", "alloc 16", "free 0x1100 8", "free 0x1200 16"]);
+        assert_eq!(t.replay(|_| Err("full"), |_, _| {}), Err("full"));
     }
 
     #[test]

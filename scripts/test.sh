@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Every test of the project, in the order that fails fastest. `.ci/run` calls this.
+#
+#   formatting and lints (rustfmt, clippy -D warnings)
+#   the Rust tests: unit, property (proptest), integration, doc tests, all features
+#   the unsafe core under Miri (a fast subset, see README "Testing")
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+
+step "cargo test (all features)"
+cargo test --workspace --all-features --locked
+
+step "Miri: the unsafe core (strict provenance, Stacked Borrows)"
+if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+    printf '\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n'
+    printf '!!! NO NIGHTLY TOOLCHAIN: the Miri checks of the unsafe core DID NOT RUN !!!\n'
+    printf '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\n'
+    exit 1
+fi
+if ! cargo +nightly miri --version >/dev/null 2>&1; then
+    rustup component add --toolchain nightly miri rust-src
+fi
+MIRIFLAGS="-Zmiri-strict-provenance" cargo +nightly miri test -p tensorpool --lib --locked -- \
+    arena:: fixed_pool:: best_fit:: huge:: upstream:: manager:: tensor::
+
+step "all tests passed"
