@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Prints the README's benchmark tables from criterion's results (target/criterion).
 
-Run `cargo bench -p tensorpool --bench allocators` first. Times are medians; ratios
-compare allocators measured in the same run, which is what stays meaningful on a
-shared, noisy machine.
+Run `cargo bench -p tensorpool --bench allocators` first. Times are criterion's
+estimates (the slope of its linear fit, as it prints them); ratios compare
+allocators measured in the same run, which is what stays meaningful on a shared,
+noisy machine.
 """
 import json
 import pathlib
@@ -12,11 +13,12 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parent.parent / "target" / "criterion"
 
 
-def median(*parts):
+def estimate(*parts):
     path = ROOT.joinpath(*parts, "new", "estimates.json")
     if not path.exists():
         sys.exit(f"missing {path}: run `cargo bench -p tensorpool --bench allocators` first")
-    return json.loads(path.read_text())["median"]["point_estimate"]
+    estimates = json.loads(path.read_text())
+    return (estimates.get("slope") or estimates["mean"])["point_estimate"]
 
 
 def fmt(ns):
@@ -25,28 +27,28 @@ def fmt(ns):
 
 def main():
     peers = ["system", "mimalloc", "jemalloc"]
-    print("Allocate + free, one thread, hot, 64-byte aligned (median per pair):\n")
+    print("Allocate + free, one thread, hot, 64-byte aligned (time per pair):\n")
     print("| size | tensorpool | FixedSizePool | system | mimalloc | jemalloc | tensorpool / mimalloc (target ≤ 0.5) | tensorpool / best peer |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for size in [64, 256, 1024, 4096, 16384, 65536]:
-        tp = median("pairs", "tensorpool", str(size))
-        pool = median("pairs", "fixed-pool", str(size))
-        times = {p: median("pairs", p, str(size)) for p in peers}
+        tp = estimate("pairs", "tensorpool", str(size))
+        pool = estimate("pairs", "fixed-pool", str(size))
+        times = {p: estimate("pairs", p, str(size)) for p in peers}
         print(f"| {size} B | {fmt(tp)} | {fmt(pool)} | "
               + " | ".join(fmt(times[p]) for p in peers)
               + f" | {tp / times['mimalloc']:.2f}x | {tp / min(times.values()):.2f}x |")
-    print("\nArena: 1000 allocations of 64 B then a reset (median per allocation):\n")
+    print("\nArena: 1000 allocations of 64 B then a reset (time per allocation):\n")
     print("| tensorpool Arena | bumpalo | ratio (target ≤ 1.2) |")
     print("|---:|---:|---:|")
-    tp, bump = median("arena", "tensorpool") / 1000, median("arena", "bumpalo") / 1000
+    tp, bump = estimate("arena", "tensorpool") / 1000, estimate("arena", "bumpalo") / 1000
     print(f"| {fmt(tp)} | {fmt(bump)} | {tp / bump:.2f}x |")
-    print("\nLarge blocks: allocate, write one byte per page, free (median per round):\n")
+    print("\nLarge blocks: allocate, write one byte per page, free (time per round):\n")
     print("| size | warm touch | tensorpool | system | mimalloc | jemalloc | tensorpool / warm (target ≤ 1.2) | system / tensorpool (target ≥ 50 at 64 MiB) |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for mib in [1, 4, 16, 64]:
-        warm = median("large", "warm-touch", str(mib))
-        tp = median("large", "tensorpool", str(mib))
-        times = {p: median("large", p, str(mib)) for p in peers}
+        warm = estimate("large", "warm-touch", str(mib))
+        tp = estimate("large", "tensorpool", str(mib))
+        times = {p: estimate("large", p, str(mib)) for p in peers}
         print(f"| {mib} MiB | {fmt(warm)} | {fmt(tp)} | "
               + " | ".join(fmt(times[p]) for p in peers)
               + f" | {tp / warm:.2f}x | {times['system'] / tp:.0f}x |")

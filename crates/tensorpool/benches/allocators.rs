@@ -59,16 +59,22 @@ fn touch(ptr: *mut u8, size: usize) {
 fn pairs(c: &mut Criterion) {
     let mm = MemoryManager::default();
     let mut group = c.benchmark_group("pairs");
-    group.measurement_time(Duration::from_secs(1)).warm_up_time(Duration::from_millis(300));
+    group
+        .measurement_time(Duration::from_secs(1))
+        .warm_up_time(Duration::from_millis(300));
     for size in [64usize, 256, 1024, 4096, 16384, 65536] {
         let layout = Layout::from_size_align(size, 64).unwrap();
-        group.bench_with_input(BenchmarkId::new("tensorpool", size), &layout, |b, &layout| {
-            b.iter(|| {
-                let p = mm.allocate(black_box(layout)).unwrap();
-                // SAFETY: allocated just above with `layout`.
-                unsafe { mm.deallocate(p.cast(), layout) };
-            })
-        });
+        group.bench_with_input(
+            BenchmarkId::new("tensorpool", size),
+            &layout,
+            |b, &layout| {
+                b.iter(|| {
+                    let p = mm.allocate(black_box(layout)).unwrap();
+                    // SAFETY: allocated just above with `layout`.
+                    unsafe { mm.deallocate(p.cast(), layout) };
+                })
+            },
+        );
         let pool = FixedSizePool::new(size).unwrap();
         group.bench_with_input(BenchmarkId::new("fixed-pool", size), &pool, |b, pool| {
             b.iter(|| {
@@ -97,7 +103,9 @@ fn arena(c: &mut Criterion) {
     let layout = Layout::from_size_align(64, 8).unwrap();
     let mut group = c.benchmark_group("arena");
     group.throughput(Throughput::Elements(N));
-    group.measurement_time(Duration::from_secs(1)).warm_up_time(Duration::from_millis(300));
+    group
+        .measurement_time(Duration::from_secs(1))
+        .warm_up_time(Duration::from_millis(300));
     let mut arena = Arena::new();
     group.bench_function("tensorpool", |b| {
         b.iter(|| {
@@ -134,14 +142,18 @@ fn large(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("warm-touch", mib), &size, |b, &size| {
             b.iter(|| touch(black_box(warm.as_mut_ptr()), size))
         });
-        group.bench_with_input(BenchmarkId::new("tensorpool", mib), &layout, |b, &layout| {
-            b.iter(|| {
-                let p: NonNull<u8> = mm.allocate(layout).unwrap().cast();
-                touch(p.as_ptr(), layout.size());
-                // SAFETY: allocated just above with `layout`.
-                unsafe { mm.deallocate(p, layout) };
-            })
-        });
+        group.bench_with_input(
+            BenchmarkId::new("tensorpool", mib),
+            &layout,
+            |b, &layout| {
+                b.iter(|| {
+                    let p: NonNull<u8> = mm.allocate(layout).unwrap().cast();
+                    touch(p.as_ptr(), layout.size());
+                    // SAFETY: allocated just above with `layout`.
+                    unsafe { mm.deallocate(p, layout) };
+                })
+            },
+        );
         for peer in peers() {
             group.bench_with_input(BenchmarkId::new(peer.name, mib), &layout, |b, &layout| {
                 b.iter(|| {

@@ -43,7 +43,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 touch(ptr, size);
                 Ok::<_, tensorpool::Error>(ptr)
             },
-            |ptr, _| mm.free_raw(ptr.as_ptr()).expect("the trace frees live blocks"),
+            |ptr, _| {
+                mm.free_raw(ptr.as_ptr())
+                    .expect("the trace frees live blocks")
+            },
         )?;
     }
     let tensorpool_ns = start.elapsed().as_nanos() as f64 / events as f64;
@@ -52,7 +55,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for _ in 0..repeats {
         trace.replay(
             |size| {
-                let layout = Layout::from_size_align(size.max(1), 64).expect("trace sizes are valid");
+                let layout =
+                    Layout::from_size_align(size.max(1), 64).expect("trace sizes are valid");
                 // SAFETY: a non-zero layout; freed below with the same layout.
                 let ptr = NonNull::new(unsafe { System.alloc(layout) }).ok_or("out of memory")?;
                 touch(ptr, size);

@@ -1244,19 +1244,41 @@ mod tests {
                 let needed = needed(size, align);
                 let Some((granule, reservation)) = self.expand else {
                     let len = round_up(needed, HUGE_PAGE_SIZE).max(SEGMENT);
-                    let blocks = vec![MBlock { off: 0, size: len, live: false }];
-                    self.segments.push(MSegment { base: fresh, len, committed: len, blocks });
+                    let blocks = vec![MBlock {
+                        off: 0,
+                        size: len,
+                        live: false,
+                    }];
+                    self.segments.push(MSegment {
+                        base: fresh,
+                        len,
+                        committed: len,
+                        blocks,
+                    });
                     return (self.segments.len() - 1, 0);
                 };
                 let growth = |seg: &MSegment| {
                     let tail = seg.blocks.last().filter(|b| !b.live).map_or(0, |b| b.size);
                     round_up(needed - tail, granule)
                 };
-                let s = match self.growing.map(|base| self.segments.iter().position(|g| g.base == base).unwrap()) {
-                    Some(s) if self.segments[s].committed + growth(&self.segments[s]) <= self.segments[s].len => s,
+                let s = match self
+                    .growing
+                    .map(|base| self.segments.iter().position(|g| g.base == base).unwrap())
+                {
+                    Some(s)
+                        if self.segments[s].committed + growth(&self.segments[s])
+                            <= self.segments[s].len =>
+                    {
+                        s
+                    }
                     _ => {
                         let len = reservation.max(round_up(needed, HUGE_PAGE_SIZE));
-                        self.segments.push(MSegment { base: fresh, len, committed: 0, blocks: Vec::new() });
+                        self.segments.push(MSegment {
+                            base: fresh,
+                            len,
+                            committed: 0,
+                            blocks: Vec::new(),
+                        });
                         self.growing = Some(fresh);
                         self.segments.len() - 1
                     }
@@ -1265,7 +1287,11 @@ mod tests {
                 let delta = growth(seg);
                 match seg.blocks.last_mut() {
                     Some(last) if !last.live => last.size += delta,
-                    _ => seg.blocks.push(MBlock { off: seg.committed, size: delta, live: false }),
+                    _ => seg.blocks.push(MBlock {
+                        off: seg.committed,
+                        size: delta,
+                        live: false,
+                    }),
                 }
                 seg.committed += delta;
                 (s, seg.blocks.len() - 1)
@@ -1280,13 +1306,27 @@ mod tests {
                 let head = round_up(base + blk.off, align) - (base + blk.off);
                 if head > 0 {
                     blocks[b].size = head;
-                    blocks.insert(b + 1, MBlock { off: blk.off + head, size: blk.size - head, live: false });
+                    blocks.insert(
+                        b + 1,
+                        MBlock {
+                            off: blk.off + head,
+                            size: blk.size - head,
+                            live: false,
+                        },
+                    );
                     b += 1;
                 }
                 let blk = blocks[b];
                 if blk.size - rounded >= GRAN {
                     blocks[b].size = rounded;
-                    blocks.insert(b + 1, MBlock { off: blk.off + rounded, size: blk.size - rounded, live: false });
+                    blocks.insert(
+                        b + 1,
+                        MBlock {
+                            off: blk.off + rounded,
+                            size: blk.size - rounded,
+                            live: false,
+                        },
+                    );
                 }
                 blocks[b].live = true;
                 base + blocks[b].off
@@ -1295,7 +1335,10 @@ mod tests {
             fn free(&mut self, addr: usize) {
                 for seg in &mut self.segments {
                     let blocks = &mut seg.blocks;
-                    if let Some(b) = blocks.iter().position(|x| seg.base + x.off == addr && x.live) {
+                    if let Some(b) = blocks
+                        .iter()
+                        .position(|x| seg.base + x.off == addr && x.live)
+                    {
                         blocks[b].live = false;
                         if b + 1 < blocks.len() && !blocks[b + 1].live {
                             blocks[b].size += blocks.remove(b + 1).size;
@@ -1312,7 +1355,8 @@ mod tests {
 
             fn trim(&mut self) {
                 let Some((granule, _)) = self.expand else {
-                    self.segments.retain(|seg| seg.blocks.iter().any(|b| b.live));
+                    self.segments
+                        .retain(|seg| seg.blocks.iter().any(|b| b.live));
                     return;
                 };
                 for seg in &mut self.segments {
@@ -1404,7 +1448,12 @@ mod tests {
             }
         }
 
-        fn run(bf: BestFit, mut model: Model, ops: Vec<Op>, space: Option<Arc<CheckedSpace>>) -> Result<(), TestCaseError> {
+        fn run(
+            bf: BestFit,
+            mut model: Model,
+            ops: Vec<Op>,
+            space: Option<Arc<CheckedSpace>>,
+        ) -> Result<(), TestCaseError> {
             let mut live: Vec<(NonNull<u8>, usize, u64)> = Vec::new();
             let mut set = LiveSet::default();
             let mut seed = 0;
@@ -1415,7 +1464,13 @@ mod tests {
                         let p = bf.allocate(size, align).unwrap();
                         let addr = p.as_ptr() as usize;
                         let at = predicted.unwrap_or_else(|| model.grow(addr, size, align));
-                        prop_assert_eq!(model.carve(at, size, align), addr, "size {} align {}", size, align);
+                        prop_assert_eq!(
+                            model.carve(at, size, align),
+                            addr,
+                            "size {} align {}",
+                            size,
+                            align
+                        );
                         prop_assert_eq!(addr % align, 0);
                         set.insert(addr, size);
                         seed += 1;
@@ -1451,7 +1506,10 @@ mod tests {
                 bf.check_invariants();
                 let s = bf.stats();
                 prop_assert_eq!(s.usage.allocated_bytes, model.allocated());
-                prop_assert_eq!(s.usage.requested_bytes, live.iter().map(|l| l.1).sum::<usize>());
+                prop_assert_eq!(
+                    s.usage.requested_bytes,
+                    live.iter().map(|l| l.1).sum::<usize>()
+                );
                 prop_assert_eq!(s.usage.allocated_blocks, live.len());
                 prop_assert_eq!(s.free_blocks, model.free_blocks().count());
                 prop_assert_eq!(s.largest_free_block, model.free_blocks().max().unwrap_or(0));
@@ -1467,7 +1525,10 @@ mod tests {
             }
             bf.trim();
             let s = bf.stats();
-            prop_assert_eq!((s.usage.reserved_bytes, s.segments, s.usage.allocated_bytes), (0, 0, 0));
+            prop_assert_eq!(
+                (s.usage.reserved_bytes, s.segments, s.usage.allocated_bytes),
+                (0, 0, 0)
+            );
             Ok(())
         }
     }

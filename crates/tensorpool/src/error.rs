@@ -251,8 +251,11 @@ impl fmt::Display for OutOfMemory {
             format_bytes(self.cached_bytes),
             format_bytes(self.largest_free_block),
         )?;
-        if let Some(limit) = self.limit {
-            write!(f, "; limit {}", format_bytes(limit))?;
+        match self.limit {
+            Some(limit) if self.cause != OomCause::LimitReached => {
+                write!(f, "; the limit is {}", format_bytes(limit))?
+            }
+            _ => {}
         }
         f.write_str(". ")?;
         match self.cause {

@@ -1,4 +1,54 @@
 //! tensorpool: a memory allocator for tensors.
+//!
+//! Tensor code allocates many blocks of a few recurring sizes at a high rate, with
+//! lifetimes that repeat every step. tensorpool gives each size the strategy that fits
+//! it and keeps memory warm:
+//!
+//! - [`FixedSizePool`] and the [size classes](size_class) for small tensors: O(1)
+//!   allocate and free;
+//! - [`Arena`] for short-lived tensors: bump allocation, released by a reset or a scope;
+//! - [`BestFit`] for large tensors: best fit with splitting and coalescing, growing as
+//!   expandable segments so that reserved memory stays close to the live peak;
+//! - [`HugeCache`] for huge ones: dedicated segments, cached by size;
+//! - [`MemoryManager`] in front: routes by size, counts everything ([`Stats`]), and
+//!   explains itself when memory runs out ([`OutOfMemory`]).
+//!
+//! Metadata lives outside the managed memory: the allocator never reads or writes a
+//! block it hands out, which is why a free of any address can be checked and refused
+//! safely, and why the same strategies can manage device memory through another
+//! [`upstream::Upstream`].
+//!
+//! ```
+//! use allocator_api2::vec::Vec;
+//! use tensorpool::{Config, MemoryManager, Tensor};
+//!
+//! let mm = MemoryManager::new(Config::builder().memory_limit(8 << 30).build()?)?;
+//!
+//! // Collections through allocator-api2's Allocator (the one hashbrown and bumpalo use):
+//! let mut v: Vec<f32, &MemoryManager> = Vec::with_capacity_in(1024, &mm);
+//! v.extend((0..1024).map(|i| i as f32));
+//!
+//! // Typed, shaped, owning tensors:
+//! let t = Tensor::<f32>::zeros(&mm, &[64, 1024])?;
+//! assert_eq!(t.as_ptr() as usize % 64, 0);
+//!
+//! // Raw blocks for foreign callers, with a free that can never corrupt the allocator:
+//! let p = mm.allocate_raw(3 << 20, 64)?;
+//! mm.free_raw(p.as_ptr())?;
+//! assert!(mm.free_raw(p.as_ptr()).is_err()); // double free: an error, nothing changes
+//!
+//! // Arenas from the manager, with scopes whose release the borrow checker proves safe:
+//! let mut arena = mm.arena();
+//! arena.scope(|step| {
+//!     let activations = step.alloc_slice_fill(4096, 0.0f32)?;
+//!     activations[0] = 1.0;
+//!     Ok::<_, tensorpool::Error>(())
+//! })?;
+//!
+//! println!("{}", mm.summary());
+//! let json = serde_json::to_string(&mm.snapshot())?; // every segment and block
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 

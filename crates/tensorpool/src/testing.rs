@@ -112,8 +112,14 @@ const PAGE: usize = 4096;
 impl CheckedSpace {
     fn pages<R>(&self, addr: usize, len: usize, f: impl FnOnce(&mut [bool]) -> R) -> R {
         let mut map = self.reservations.lock().unwrap();
-        let (&start, (layout, pages)) = map.range_mut(..=addr).next_back().expect("inside a reservation");
-        assert!(addr + len <= start + layout.size(), "range beyond its reservation");
+        let (&start, (layout, pages)) = map
+            .range_mut(..=addr)
+            .next_back()
+            .expect("inside a reservation");
+        assert!(
+            addr + len <= start + layout.size(),
+            "range beyond its reservation"
+        );
         assert!(addr % PAGE == 0 && len % PAGE == 0, "unaligned range");
         let first = (addr - start) / PAGE;
         f(&mut pages[first..first + len / PAGE])
@@ -122,7 +128,9 @@ impl CheckedSpace {
     /// Bytes committed now.
     pub(crate) fn committed(&self) -> usize {
         let map = self.reservations.lock().unwrap();
-        map.values().map(|(_, p)| p.iter().filter(|&&c| c).count() * PAGE).sum()
+        map.values()
+            .map(|(_, p)| p.iter().filter(|&&c| c).count() * PAGE)
+            .sum()
     }
 }
 
@@ -154,8 +162,12 @@ unsafe impl crate::upstream::Upstream for CheckedSpace {
 // SAFETY: a reservation is a heap block, valid memory throughout; the checks only
 // make sure the caller keeps the contract.
 unsafe impl crate::upstream::AddressSpace for CheckedSpace {
-    fn reserve(&self, size: usize) -> Result<std::ptr::NonNull<u8>, crate::upstream::UpstreamError> {
-        let layout = std::alloc::Layout::from_size_align(size, crate::upstream::HUGE_PAGE_SIZE).unwrap();
+    fn reserve(
+        &self,
+        size: usize,
+    ) -> Result<std::ptr::NonNull<u8>, crate::upstream::UpstreamError> {
+        let layout =
+            std::alloc::Layout::from_size_align(size, crate::upstream::HUGE_PAGE_SIZE).unwrap();
         // SAFETY: a non-zero size.
         let ptr = std::ptr::NonNull::new(unsafe { std::alloc::alloc(layout) })
             .ok_or(crate::upstream::UpstreamError::OutOfMemory { size })?;
@@ -166,7 +178,11 @@ unsafe impl crate::upstream::AddressSpace for CheckedSpace {
         Ok(ptr)
     }
 
-    unsafe fn commit(&self, ptr: std::ptr::NonNull<u8>, len: usize) -> Result<(), crate::upstream::UpstreamError> {
+    unsafe fn commit(
+        &self,
+        ptr: std::ptr::NonNull<u8>,
+        len: usize,
+    ) -> Result<(), crate::upstream::UpstreamError> {
         self.pages(ptr.as_ptr() as usize, len, |pages| {
             assert!(pages.iter().all(|&c| !c), "commit of committed pages");
             pages.fill(true);

@@ -538,7 +538,10 @@ mod tests {
         )
         .unwrap();
         let log = log.into_inner();
-        assert_eq!(log, ["alloc 8", "alloc 16", "free 0x1100 8", "free 0x1200 16"]);
+        assert_eq!(
+            log,
+            ["alloc 8", "alloc 16", "free 0x1100 8", "free 0x1200 16"]
+        );
         assert_eq!(t.replay(|_| Err("full"), |_, _| {}), Err("full"));
     }
 
