@@ -57,6 +57,49 @@ pub struct PoolSpec {
     pub capacity: usize,
 }
 
+/// Reads explicit pools as a list of specs or as a table of block size to capacity.
+fn pools_from_list_or_table<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<PoolSpec>, D::Error> {
+    struct PoolsVisitor;
+    impl<'de> serde::de::Visitor<'de> for PoolsVisitor {
+        type Value = Vec<PoolSpec>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list of { block_size, capacity } or a table of block size to capacity")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut pools = Vec::new();
+            while let Some(spec) = seq.next_element::<PoolSpec>()? {
+                pools.push(spec);
+            }
+            Ok(pools)
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut pools = Vec::new();
+            while let Some((size, capacity)) = map.next_entry::<String, usize>()? {
+                let block_size = crate::bytes::parse_bytes(&size)
+                    .map_err(|e| serde::de::Error::custom(format!("in pools: {e}")))?;
+                pools.push(PoolSpec {
+                    block_size,
+                    capacity,
+                });
+            }
+            pools.sort_by_key(|p| p.block_size);
+            Ok(pools)
+        }
+    }
+    d.deserialize_any(PoolsVisitor)
+}
+
 /// The settings of a [`MemoryManager`](crate::MemoryManager).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -106,7 +149,10 @@ pub struct Config {
     /// memory and retries, then reports out of memory (no limit by default).
     #[serde(with = "serde_opt_size")]
     pub memory_limit: Option<usize>,
-    /// Explicit pools, tried smallest first before the tiers.
+    /// Explicit pools, tried smallest first before the tiers. In a file, either a
+    /// list of `{ block_size, capacity }` or a table of block size to capacity
+    /// (`pools = { "64" = 1000, "128" = 500 }`).
+    #[serde(deserialize_with = "pools_from_list_or_table")]
     pub pools: Vec<PoolSpec>,
     /// First chunk of arenas made by the manager.
     #[serde(with = "serde_size")]
@@ -516,6 +562,23 @@ mod tests {
             .huge_threshold(1 << 40)
             .build()
             .is_err());
+    }
+
+    #[test]
+    fn pools_read_as_a_list_or_a_table() {
+        let table = Config::from_toml_str("pools = { \"64\" = 1000, \"128 B\" = 500 }").unwrap();
+        let list = Config::from_json_str(r#"{"pools": [{"block_size": 64, "capacity": 1000}, {"block_size": 128, "capacity": 500}]}"#).unwrap();
+        assert_eq!(table.pools, list.pools);
+        let json_table = Config::from_json_str(r#"{"pools": {"64": 1000, "128": 500}}"#).unwrap();
+        assert_eq!(json_table.pools, list.pools);
+        let err = Config::from_json_str(r#"{"pools": {"lots": 3}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("in pools") && err.contains("lots"), "{err}");
+        let err = Config::from_json_str(r#"{"pools": 3}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("a list of"), "{err}");
     }
 
     #[test]

@@ -393,4 +393,107 @@ mod tests {
         let snap = c.snapshot();
         assert_eq!(snap.segments[0].blocks[0].state, BlockState::Free);
     }
+
+    mod model {
+        use super::*;
+        use crate::testing::{check, fill, ops_len, proptest_config, LiveSet};
+        use proptest::prelude::*;
+        use std::collections::BTreeSet;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Alloc(usize),
+            Free(usize),
+            BadFree(usize, usize),
+            Trim,
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                4 => (1usize..(24 << 20)).prop_map(Op::Alloc),
+                3 => any::<usize>().prop_map(Op::Free),
+                1 => (any::<usize>(), 1usize..(2 << 20)).prop_map(|(i, o)| Op::BadFree(i, o)),
+                1 => Just(Op::Trim),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(proptest_config(64))]
+
+            /// The cache against a model of live and cached segments: hits take the
+            /// predicted segment, misses trade the predicted cached ones, and the
+            /// reserved bytes are exactly live plus cached.
+            #[test]
+            fn huge_cache_matches_model(ops in proptest::collection::vec(op(), ops_len(60))) {
+                let cache = heap(None);
+                // (block, requested size, segment size, pattern seed)
+                let mut live: Vec<(NonNull<u8>, usize, usize, u64)> = Vec::new();
+                let mut cached: BTreeSet<(usize, usize)> = BTreeSet::new();
+                let mut set = LiveSet::default();
+                let mut seed = 0;
+                for op in ops {
+                    match op {
+                        Op::Alloc(size) => {
+                            let rounded = HugeCache::rounded_size(size);
+                            let hit = cached.range((rounded, 0)..).next().copied().filter(|&(s, _)| s - rounded <= rounded / 8);
+                            let p = cache.allocate(size, 64).unwrap();
+                            let segment = match hit {
+                                Some(key) => {
+                                    prop_assert_eq!(p.as_ptr() as usize, key.1);
+                                    cached.remove(&key);
+                                    key.0
+                                }
+                                None => {
+                                    let mut released = 0;
+                                    while released < rounded {
+                                        let Some(largest) = cached.pop_last() else { break };
+                                        released += largest.0;
+                                    }
+                                    rounded
+                                }
+                            };
+                            set.insert(p.as_ptr() as usize, size);
+                            seed += 1;
+                            // SAFETY: a live block of `size` bytes.
+                            unsafe { fill(p.as_ptr(), size, seed) };
+                            live.push((p, size, segment, seed));
+                        }
+                        Op::Free(i) if !live.is_empty() => {
+                            let (p, size, segment, seed) = live.swap_remove(i % live.len());
+                            // SAFETY: live, filled with `seed`.
+                            unsafe { check(p.as_ptr(), size, seed) };
+                            set.remove(p.as_ptr() as usize);
+                            cache.deallocate(p).unwrap();
+                            cached.insert((segment, p.as_ptr() as usize));
+                        }
+                        Op::BadFree(i, off) if !live.is_empty() => {
+                            let before = cache.stats();
+                            let p = live[i % live.len()].0;
+                            prop_assert!(cache.free_block(p.as_ptr() as usize + off, true).is_err());
+                            prop_assert_eq!(cache.stats(), before);
+                        }
+                        Op::Trim => {
+                            cache.trim();
+                            cached.clear();
+                        }
+                        _ => {}
+                    }
+                    let s = cache.stats();
+                    let live_bytes: usize = live.iter().map(|l| l.2).sum();
+                    let cached_bytes: usize = cached.iter().map(|c| c.0).sum();
+                    prop_assert_eq!(s.usage.allocated_bytes, live_bytes);
+                    prop_assert_eq!(s.usage.requested_bytes, live.iter().map(|l| l.1).sum::<usize>());
+                    prop_assert_eq!(s.usage.reserved_bytes, live_bytes + cached_bytes);
+                    prop_assert_eq!((s.live_segments, s.cached_segments), (live.len(), cached.len()));
+                }
+                for (p, size, _, seed) in live {
+                    // SAFETY: live, filled with `seed`.
+                    unsafe { check(p.as_ptr(), size, seed) };
+                    cache.deallocate(p).unwrap();
+                }
+                cache.trim();
+                prop_assert_eq!(cache.stats().usage.reserved_bytes, 0);
+            }
+        }
+    }
 }
