@@ -149,6 +149,11 @@ pub struct Config {
     /// memory and retries, then reports out of memory (no limit by default).
     #[serde(with = "serde_opt_size")]
     pub memory_limit: Option<usize>,
+    /// Most bytes each thread keeps cached per size class (0: no thread caches).
+    /// Thread caches serve typed allocations (the `Allocator` trait, tensors) without
+    /// a lock; they are off when the config names explicit pools.
+    #[serde(with = "serde_size")]
+    pub thread_cache_bytes: usize,
     /// Explicit pools, tried smallest first before the tiers. In a file, either a
     /// list of `{ block_size, capacity }` or a table of block size to capacity
     /// (`pools = { "64" = 1000, "128" = 500 }`).
@@ -181,6 +186,7 @@ impl Default for Config {
             max_oversize_waste: 20 << 20,
             huge_cache_limit: None,
             memory_limit: None,
+            thread_cache_bytes: 64 << 10,
             pools: Vec::new(),
             arena_chunk_size: 64 << 10,
             upstream: if cfg!(all(unix, not(miri))) {
@@ -242,6 +248,8 @@ setters! {
     huge_cache_limit: usize => Some(huge_cache_limit);
     /// See [`Config::memory_limit`].
     memory_limit: usize => Some(memory_limit);
+    /// See [`Config::thread_cache_bytes`].
+    thread_cache_bytes: usize => thread_cache_bytes;
     /// See [`Config::arena_chunk_size`].
     arena_chunk_size: usize => arena_chunk_size;
     /// See [`Config::upstream`].

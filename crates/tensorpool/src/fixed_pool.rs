@@ -37,9 +37,9 @@ use crate::error::{Error, OomCause, OutOfMemory, PointerError, Result};
 use crate::limits::{round_up, validate};
 use crate::snapshot::{BlockSnapshot, BlockState, SegmentSnapshot, Snapshot};
 use crate::stats::{Tier, Usage};
+use crate::sync::Mutex;
 use crate::upstream::{default_upstream, page_size, Region, Upstream};
 use allocator_api2::alloc::{AllocError, Allocator};
-use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 use std::alloc::Layout;
@@ -298,11 +298,69 @@ impl FixedSizePool {
     pub(crate) fn alloc_block(&self, requested: usize, raw: bool) -> Result<(NonNull<u8>, bool)> {
         debug_assert!(requested <= self.block_size);
         let mut st = self.state.lock();
+        let (ptr, hit) = self.take_slot(&mut st, requested, raw)?;
+        st.usage.on_alloc(self.stride, requested, hit);
+        Ok((ptr, hit))
+    }
+
+    /// Frees the live block at `addr`, whose raw flag must be `raw`; returns the
+    /// size that was requested for it.
+    pub(crate) fn free_block(&self, addr: usize, raw: bool) -> Result<usize> {
+        let mut st = self.state.lock();
+        let requested = self.release_slot(&mut st, addr, raw)?;
+        st.usage.on_free(self.stride, requested);
+        Ok(requested)
+    }
+
+    /// Moves up to `n` typed blocks to `out` under one lock, for a thread cache.
+    /// Fails only if not even one block can be had. The blocks count as allocated
+    /// in the pool's usage (they are out of the pool) but not as allocations.
+    pub(crate) fn take_batch(&self, n: usize, out: &mut Vec<NonNull<u8>>) -> Result<usize> {
+        let mut st = self.state.lock();
+        let mut hit = true;
+        let mut taken = 0;
+        while taken < n {
+            match self.take_slot(&mut st, 0, false) {
+                Ok((ptr, slot_hit)) => {
+                    hit &= slot_hit;
+                    out.push(ptr);
+                    taken += 1;
+                }
+                Err(e) if taken == 0 => return Err(e),
+                Err(_) => break,
+            }
+        }
+        st.usage.on_transfer_out(taken * self.stride, taken, hit);
+        Ok(taken)
+    }
+
+    /// Takes back typed blocks from a thread cache under one lock, emptying `blocks`.
+    pub(crate) fn return_batch(&self, blocks: &mut Vec<NonNull<u8>>) {
+        let mut st = self.state.lock();
+        let n = blocks.len();
+        let mut requested = 0;
+        for ptr in blocks.drain(..) {
+            let returned = self.release_slot(&mut st, ptr.as_ptr().addr(), false);
+            debug_assert!(
+                returned.is_ok(),
+                "a cached block was not live: {returned:?}"
+            );
+            requested += returned.unwrap_or(0);
+        }
+        st.usage.on_transfer_in(n * self.stride, n, requested);
+    }
+
+    /// Marks a free slot live and returns it, growing the pool if none is free.
+    fn take_slot(
+        &self,
+        st: &mut PoolState,
+        requested: usize,
+        raw: bool,
+    ) -> Result<(NonNull<u8>, bool)> {
         let (id, hit) = match st.available.last() {
             Some(&id) => (id, true),
-            None => (self.grow(&mut st, requested)?, false),
+            None => (self.grow(st, requested)?, false),
         };
-        let st = &mut *st;
         let chunk = st.chunks[id as usize]
             .as_mut()
             .expect("available chunks exist");
@@ -322,20 +380,15 @@ impl FixedSizePool {
             chunk.in_available = false;
             st.available.pop();
         }
-        let ptr = chunk.region.at(slot as usize * self.stride);
-        st.usage.on_alloc(self.stride, requested, hit);
-        Ok((ptr, hit))
+        Ok((chunk.region.at(slot as usize * self.stride), hit))
     }
 
-    /// Frees the live block at `addr`, whose raw flag must be `raw`; returns the
-    /// size that was requested for it.
-    pub(crate) fn free_block(&self, addr: usize, raw: bool) -> Result<usize> {
-        let mut st = self.state.lock();
+    /// Marks the live slot at `addr` free after checking it; returns its requested size.
+    fn release_slot(&self, st: &mut PoolState, addr: usize, raw: bool) -> Result<usize> {
         let invalid = |reason| Error::InvalidPointer { addr, reason };
         let id = self
-            .find_chunk(&st, addr)
+            .find_chunk(st, addr)
             .ok_or(invalid(PointerError::Foreign))?;
-        let st = &mut *st;
         let chunk = st.chunks[id as usize]
             .as_mut()
             .expect("mapped chunk exists");
@@ -357,13 +410,11 @@ impl FixedSizePool {
         set_bit(&mut chunk.live, slot, false);
         chunk.free.push(slot);
         chunk.live_count -= 1;
-        let requested = chunk.requested[slot as usize] as usize;
         if !chunk.in_available {
             chunk.in_available = true;
             st.available.push(id);
         }
-        st.usage.on_free(self.stride, requested);
-        Ok(requested)
+        Ok(chunk.requested[slot as usize] as usize)
     }
 
     #[inline]
@@ -500,30 +551,48 @@ impl FixedSizePool {
     /// Every chunk with its live blocks.
     pub fn snapshot(&self) -> Snapshot {
         let mut segments = Vec::new();
-        self.snapshot_into(&mut segments);
+        self.snapshot_into(&mut segments, &Default::default());
         Snapshot { segments }
     }
 
-    pub(crate) fn snapshot_into(&self, out: &mut Vec<SegmentSnapshot>) {
+    /// Appends a snapshot of every chunk; blocks whose address is in `thread_cached`
+    /// are listed as cached by a thread rather than allocated.
+    pub(crate) fn snapshot_into(
+        &self,
+        out: &mut Vec<SegmentSnapshot>,
+        thread_cached: &rustc_hash::FxHashSet<usize>,
+    ) {
         let st = self.state.lock();
         let mut chunks: Vec<&Chunk> = st.chunks.iter().flatten().collect();
         chunks.sort_by_key(|c| c.region.start());
         for chunk in chunks {
             let blocks: Vec<BlockSnapshot> = (0..chunk.slots)
                 .filter(|&i| bit(&chunk.live, i))
-                .map(|i| BlockSnapshot {
-                    address: chunk.region.start() + i as usize * self.stride,
-                    size: self.stride,
-                    requested: chunk.requested[i as usize] as usize,
-                    state: BlockState::live(bit(&chunk.raw, i)),
+                .map(|i| {
+                    let address = chunk.region.start() + i as usize * self.stride;
+                    let state = if thread_cached.contains(&address) {
+                        BlockState::ThreadCached
+                    } else {
+                        BlockState::live(bit(&chunk.raw, i))
+                    };
+                    BlockSnapshot {
+                        address,
+                        size: self.stride,
+                        requested: chunk.requested[i as usize] as usize,
+                        state,
+                    }
                 })
                 .collect();
+            let allocated = blocks
+                .iter()
+                .filter(|b| b.state != BlockState::ThreadCached)
+                .count();
             out.push(SegmentSnapshot {
                 tier: self.tier,
                 address: chunk.region.start(),
                 size: chunk.region.len(),
                 block_size: Some(self.stride),
-                allocated_bytes: blocks.len() * self.stride,
+                allocated_bytes: allocated * self.stride,
                 free_blocks: chunk.free_slots(),
                 blocks,
             });

@@ -65,7 +65,9 @@ pub mod manager;
 pub mod size_class;
 pub mod snapshot;
 pub mod stats;
+mod sync;
 pub mod tensor;
+pub mod thread_cache;
 #[cfg(feature = "trace")]
 pub mod trace;
 pub mod upstream;
@@ -84,3 +86,4 @@ pub use manager::MemoryManager;
 pub use snapshot::{BlockState, Snapshot};
 pub use stats::{Stats, Tier, Usage};
 pub use tensor::Tensor;
+pub use thread_cache::ThreadCacheStats;

@@ -52,10 +52,11 @@ use crate::config::{Config, UpstreamKind};
 use crate::error::{Error, OomCause, PointerError, Result};
 use crate::fixed_pool::{zero_sized, FixedSizePool};
 use crate::huge::HugeCache;
-use crate::limits::validate;
+use crate::limits::{validate, MAX_ALIGN};
 use crate::size_class::SizeClasses;
 use crate::snapshot::Snapshot;
 use crate::stats::{fragmentation, ClassStats, Stats, Tier, TierStats, Usage};
+use crate::thread_cache::{cached_blocks_current, drain_current, with_cache, SmallTier, Totals};
 #[cfg(all(unix, not(miri)))]
 use crate::upstream::MmapUpstream;
 use crate::upstream::{AddressSpace, HeapUpstream, MeteredUpstream, Upstream, UpstreamError};
@@ -75,8 +76,11 @@ pub struct MemoryManager {
 
 struct Inner {
     config: Config,
-    classes: Option<SizeClasses>,
-    class_pools: Box<[FixedSizePool]>,
+    /// Size-class depots and the thread caches in front of them.
+    small: Arc<SmallTier>,
+    /// Typed small allocations go through thread caches (on unless the config
+    /// disables them or names explicit pools, whose blocks share sizes with classes).
+    cached: bool,
     /// Explicit pools, by increasing block size.
     explicit: Box<[FixedSizePool]>,
     large: BestFit,
@@ -105,10 +109,8 @@ enum Route {
 
 #[derive(Debug, Default)]
 struct Counters {
-    allocated: AtomicUsize,
-    requested: AtomicUsize,
-    peak_allocated: AtomicUsize,
-    peak_requested: AtomicUsize,
+    /// Bytes users hold, shared with the thread caches.
+    totals: Arc<Totals>,
     retries: AtomicU64,
     ooms: AtomicU64,
     arena_bytes: AtomicUsize,
@@ -117,16 +119,12 @@ struct Counters {
 impl Counters {
     #[inline]
     fn on_alloc(&self, block: usize, requested: usize) {
-        let allocated = self.allocated.fetch_add(block, Relaxed) + block;
-        self.peak_allocated.fetch_max(allocated, Relaxed);
-        let requested = self.requested.fetch_add(requested, Relaxed) + requested;
-        self.peak_requested.fetch_max(requested, Relaxed);
+        self.totals.add(block as isize, requested as isize);
     }
 
     #[inline]
     fn on_free(&self, block: usize, requested: usize) {
-        self.allocated.fetch_sub(block, Relaxed);
-        self.requested.fetch_sub(requested, Relaxed);
+        self.totals.add(-(block as isize), -(requested as isize));
     }
 }
 
@@ -266,7 +264,7 @@ impl fmt::Debug for Inner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryManager")
             .field("reserved_bytes", &self.metered.reserved_bytes())
-            .field("allocated_bytes", &self.counters.allocated.load(Relaxed))
+            .field("allocated_bytes", &self.counters.totals.current().0)
             .finish_non_exhaustive()
     }
 }
@@ -314,7 +312,7 @@ impl MemoryManager {
                 owner,
             })
         };
-        let class_pools = match &classes {
+        let class_pools: Vec<FixedSizePool> = match &classes {
             Some(classes) => (0..classes.len())
                 .map(|c| {
                     FixedSizePool::builder(classes.size_of(c))
@@ -353,17 +351,21 @@ impl MemoryManager {
             .upstream(registrar(Owner::Large))
             .build()?;
         let huge = HugeCache::with_upstream(config.huge_cache_limit, registrar(Owner::Huge));
+        let counters = Counters::default();
+        let cached = config.thread_cache_bytes > 0 && explicit.is_empty();
+        let cache_bytes = if cached { config.thread_cache_bytes } else { 0 };
+        let small = SmallTier::new(classes, class_pools, cache_bytes, counters.totals.clone());
         Ok(MemoryManager {
             inner: Arc::new(Inner {
                 config,
-                classes,
-                class_pools: class_pools.into_boxed_slice(),
+                small: Arc::new(small),
+                cached,
                 explicit: explicit.into_boxed_slice(),
                 large,
                 huge,
                 metered,
                 owners,
-                counters: Counters::default(),
+                counters,
             }),
         })
     }
@@ -375,7 +377,13 @@ impl MemoryManager {
 
     /// The size classes of the small tier, if it has any.
     pub fn size_classes(&self) -> Option<&SizeClasses> {
-        self.inner.classes.as_ref()
+        self.inner.small.classes()
+    }
+
+    /// Gives the calling thread's cached blocks back to the shared depots. Threads
+    /// do this when they exit; a worker thread that goes idle for long can call it.
+    pub fn flush_thread_cache(&self) {
+        drain_current(&self.inner.small);
     }
 
     /// `size` bytes aligned to `align` (a power of two up to a page; the configured
@@ -435,9 +443,8 @@ impl MemoryManager {
     /// Starts new peaks (`peak_allocated_bytes`, `peak_requested_bytes`,
     /// `peak_reserved_bytes`) from the current values.
     pub fn reset_peak_stats(&self) {
-        let c = &self.inner.counters;
-        c.peak_allocated.store(c.allocated.load(Relaxed), Relaxed);
-        c.peak_requested.store(c.requested.load(Relaxed), Relaxed);
+        let (allocated, requested) = self.inner.current_totals();
+        self.inner.counters.totals.reset_peaks(allocated, requested);
         self.inner.metered.reset_peak();
     }
 
@@ -455,8 +462,9 @@ impl MemoryManager {
     pub fn snapshot(&self) -> Snapshot {
         let inner = &*self.inner;
         let mut segments = Vec::new();
-        for pool in inner.explicit.iter().chain(inner.class_pools.iter()) {
-            pool.snapshot_into(&mut segments);
+        let cached = cached_blocks_current(&inner.small);
+        for pool in inner.explicit.iter().chain(inner.small.pools.iter()) {
+            pool.snapshot_into(&mut segments, &cached);
         }
         inner.large.snapshot_into(&mut segments);
         inner.huge.snapshot_into(&mut segments);
@@ -472,11 +480,38 @@ impl MemoryManager {
 impl Inner {
     #[inline]
     fn route(&self, size: usize, align: usize) -> Route {
-        match self.classes.as_ref().and_then(|c| c.class_for(size, align)) {
+        match self.small.class_for(size, align) {
             Some(class) => Route::Class(class),
             None if size <= self.config.huge_threshold => Route::Large,
             None => Route::Huge,
         }
+    }
+
+    /// The hot path of typed small allocations: a block from the calling thread's
+    /// magazine, or `None` for the full path. Returns a bare pointer so that nothing
+    /// larger than a register crosses the call.
+    #[inline]
+    fn allocate_cached(&self, size: usize, align: usize) -> Option<NonNull<u8>> {
+        if !self.cached || align > MAX_ALIGN {
+            return None;
+        }
+        let small = &self.small;
+        let class = small.class_for(size, align.max(self.config.alignment))?;
+        with_cache(small, |cache| cache.try_allocate(small, class, size)).flatten()
+    }
+
+    /// The hot path of typed small frees: into the calling thread's magazine. Returns
+    /// the pointer back when the full path must take it.
+    #[inline]
+    fn free_cached(&self, ptr: NonNull<u8>, size: usize, align: usize) -> Option<NonNull<u8>> {
+        if !self.cached {
+            return Some(ptr);
+        }
+        let small = &self.small;
+        let Some(class) = small.class_for(size, align.max(self.config.alignment)) else {
+            return Some(ptr);
+        };
+        with_cache(small, |cache| cache.try_free(small, class, ptr, size)).unwrap_or(Some(ptr))
     }
 
     fn allocate(&self, size: usize, align: usize, raw: bool) -> Result<NonNull<u8>> {
@@ -488,7 +523,7 @@ impl Inner {
                 self.counters.retries.fetch_add(1, Relaxed);
                 self.trim();
                 self.try_allocate(size, align, raw)
-                    .map_err(|e| self.widen(e))
+                    .map_err(|e| self.widen(e, size, align))
             }
             other => other,
         }
@@ -511,7 +546,15 @@ impl Inner {
         }
         let (ptr, block) = match self.route(size, align) {
             Route::Class(c) => {
-                let pool = &self.class_pools[c];
+                if !raw && self.cached {
+                    let small = &self.small;
+                    if let Some(served) = with_cache(small, |cache| cache.allocate(small, c, size))
+                    {
+                        // Counted by the thread cache.
+                        return served;
+                    }
+                }
+                let pool = &self.small.pools[c];
                 (pool.alloc_block(size, raw)?.0, pool.stride())
             }
             Route::Large => {
@@ -527,12 +570,16 @@ impl Inner {
         Ok(ptr)
     }
 
-    /// Replaces a tier's view in an out-of-memory report with the manager's totals.
-    fn widen(&self, e: Error) -> Error {
+    /// Replaces a tier's view in an out-of-memory report with the request and the
+    /// manager's totals.
+    fn widen(&self, e: Error, size: usize, align: usize) -> Error {
         match e {
             Error::OutOfMemory(mut report) => {
+                // A tier may have failed while taking a batch for a thread cache.
+                report.requested = size;
+                report.align = align;
                 self.counters.ooms.fetch_add(1, Relaxed);
-                let allocated = self.counters.allocated.load(Relaxed);
+                let allocated = self.current_totals().0;
                 let reserved = self.metered.reserved_bytes();
                 report.allocated_bytes = allocated;
                 report.reserved_bytes = reserved;
@@ -549,7 +596,7 @@ impl Inner {
         let pools = self
             .explicit
             .iter()
-            .chain(self.class_pools.iter())
+            .chain(self.small.pools.iter())
             .filter(|p| p.stats().free_blocks > 0)
             .map(|p| p.block_size())
             .max()
@@ -571,7 +618,7 @@ impl Inner {
     fn free_owned(&self, owner: Owner, addr: usize, raw: bool) -> Result<()> {
         let (block, requested) = match owner {
             Owner::Class(c) => {
-                let pool = &self.class_pools[c as usize];
+                let pool = &self.small.pools[c as usize];
                 (pool.stride(), pool.free_block(addr, raw)?)
             }
             Owner::Explicit(i) => {
@@ -598,6 +645,18 @@ impl Inner {
             return self.free_owned(owner, addr, false);
         }
         let owner = match self.route(size, align.max(self.config.alignment)) {
+            Route::Class(c) if self.cached => {
+                let small = &self.small;
+                if with_cache(small, |cache| cache.free(small, c, ptr, size)).is_some() {
+                    return Ok(());
+                }
+                // No cache on this thread now (it is exiting): straight to the depot,
+                // counting the size the caller gives, as the cache would have.
+                let pool = &small.pools[c];
+                pool.free_block(addr, false)?;
+                self.counters.on_free(pool.stride(), size);
+                return Ok(());
+            }
             Route::Class(c) => Owner::Class(c as u32),
             Route::Large => Owner::Large,
             Route::Huge => Owner::Huge,
@@ -605,10 +664,24 @@ impl Inner {
         self.free_owned(owner, addr, false)
     }
 
+    /// (allocated, requested) bytes held by users now: the shared totals plus what
+    /// thread caches have not published yet.
+    fn current_totals(&self) -> (usize, usize) {
+        let (allocated, requested) = self.counters.totals.current();
+        let (_, pending_allocated, pending_requested, _) = self.small.thread_stats();
+        (
+            allocated.wrapping_add(pending_allocated).max(0) as usize,
+            requested.wrapping_add(pending_requested).max(0) as usize,
+        )
+    }
+
     fn trim(&self) -> usize {
+        // This thread's cache goes back now; other threads' at their next operation.
+        self.small.request_drain();
+        drain_current(&self.small);
         self.explicit
             .iter()
-            .chain(self.class_pools.iter())
+            .chain(self.small.pools.iter())
             .map(FixedSizePool::trim)
             .sum::<usize>()
             + self.large.trim()
@@ -616,32 +689,56 @@ impl Inner {
     }
 
     fn stats(&self) -> Stats {
+        let (threads, pending_allocated, pending_requested, cached_per_class) =
+            self.small.thread_stats();
+        let (cache_allocs, cache_frees) = self.small.cache_counts();
         let mut classes = Vec::new();
         let mut tiers = Vec::new();
         let mut largest_pool_block = 0;
         for (tier, pools) in [
             (Tier::Pool, &self.explicit),
-            (Tier::Small, &self.class_pools),
+            (Tier::Small, &self.small.pools),
         ] {
             if pools.is_empty() {
                 continue;
             }
             let mut usage = Usage::default();
             let mut largest = 0;
-            for pool in pools.iter() {
+            for (class, pool) in pools.iter().enumerate() {
                 let s = pool.stats();
-                usage.accumulate(&s.usage);
-                if s.free_blocks > 0 {
+                // The depot counts blocks in thread caches as out; users do not hold them.
+                let cached = if tier == Tier::Small {
+                    cached_per_class[class]
+                } else {
+                    0
+                };
+                let held = s.usage.allocated_blocks - cached;
+                let mut class_usage = s.usage;
+                class_usage.allocated_blocks = held;
+                class_usage.allocated_bytes = held * pool.stride();
+                usage.accumulate(&class_usage);
+                if s.free_blocks > 0 || cached > 0 {
                     largest = largest.max(s.block_size);
                 }
                 if s.usage.num_allocs > 0 || s.chunks > 0 {
                     classes.push(ClassStats {
                         block_size: s.block_size,
+                        allocated_blocks: held,
+                        thread_cached_blocks: cached,
                         free_blocks: s.free_blocks,
                         chunks: s.chunks,
-                        usage: s.usage,
+                        reserved_bytes: s.usage.reserved_bytes,
+                        peak_reserved_bytes: s.usage.peak_reserved_bytes,
+                        depot_allocs: s.usage.num_allocs,
+                        depot_hits: s.usage.hits,
+                        depot_misses: s.usage.misses,
                     });
                 }
+            }
+            if tier == Tier::Small {
+                usage.num_allocs += cache_allocs;
+                usage.num_frees += cache_frees;
+                usage.hits += cache_allocs;
             }
             largest_pool_block = largest_pool_block.max(largest);
             tiers.push(TierStats {
@@ -662,13 +759,25 @@ impl Inner {
             usage: huge.usage,
             largest_free_block: huge.largest_cached,
         });
+        let c = &self.counters;
+        let (allocated, requested) = c.totals.current();
+        let allocated = allocated.wrapping_add(pending_allocated).max(0) as usize;
+        let requested = requested.wrapping_add(pending_requested).max(0) as usize;
+        // Requested bytes of the small tier are what the other tiers do not hold.
+        let elsewhere: usize = tiers
+            .iter()
+            .filter(|t| t.tier != Tier::Small)
+            .map(|t| t.usage.requested_bytes)
+            .sum();
+        if let Some(small) = tiers.iter_mut().find(|t| t.tier == Tier::Small) {
+            small.usage.requested_bytes = requested.saturating_sub(elsewhere);
+        }
         let mut total = Usage::default();
         for t in &tiers {
             total.accumulate(&t.usage);
         }
-        let c = &self.counters;
-        let allocated = c.allocated.load(Relaxed);
-        let requested = c.requested.load(Relaxed);
+        c.totals.note_peaks(allocated, requested);
+        let (peak_allocated, peak_requested) = c.totals.peaks();
         let reserved = self.metered.reserved_bytes();
         let cached = reserved.saturating_sub(allocated);
         let largest = largest_pool_block
@@ -676,12 +785,13 @@ impl Inner {
             .max(huge.largest_cached);
         Stats {
             allocated_bytes: allocated,
-            peak_allocated_bytes: c.peak_allocated.load(Relaxed),
+            peak_allocated_bytes: peak_allocated,
             requested_bytes: requested,
-            peak_requested_bytes: c.peak_requested.load(Relaxed),
+            peak_requested_bytes: peak_requested,
             reserved_bytes: reserved,
             peak_reserved_bytes: self.metered.peak_reserved_bytes(),
             cached_bytes: cached,
+            thread_cached_bytes: threads.iter().map(|t| t.cached_bytes).sum(),
             internal_waste_bytes: allocated.saturating_sub(requested),
             allocated_blocks: total.allocated_blocks,
             num_allocs: total.num_allocs,
@@ -696,6 +806,7 @@ impl Inner {
             memory_limit: self.config.memory_limit,
             tiers,
             classes,
+            threads,
         }
     }
 }
@@ -709,7 +820,10 @@ unsafe impl Allocator for MemoryManager {
         if layout.size() == 0 {
             return Ok(zero_sized(layout.align()));
         }
-        let ptr = self.allocate_typed(layout).map_err(|_| AllocError)?;
+        let ptr = match self.inner.allocate_cached(layout.size(), layout.align()) {
+            Some(ptr) => ptr,
+            None => self.allocate_typed(layout).map_err(|_| AllocError)?,
+        };
         Ok(NonNull::slice_from_raw_parts(ptr, layout.size()))
     }
 
@@ -718,6 +832,9 @@ unsafe impl Allocator for MemoryManager {
         if layout.size() == 0 {
             return;
         }
+        let Some(ptr) = self.inner.free_cached(ptr, layout.size(), layout.align()) else {
+            return;
+        };
         let freed = self.inner.free_typed(ptr, layout.size(), layout.align());
         debug_assert!(
             freed.is_ok(),
@@ -1127,7 +1244,7 @@ mod tests {
                     let snap = mm.snapshot();
                     let blocks: std::collections::HashMap<usize, (usize, BlockState)> = snap.segments.iter()
                         .flat_map(|seg| seg.blocks.iter())
-                        .filter(|b| b.state != BlockState::Free)
+                        .filter(|b| !matches!(b.state, BlockState::Free | BlockState::ThreadCached))
                         .map(|b| (b.address, (b.size, b.state)))
                         .collect();
                     prop_assert_eq!(blocks.len(), live.len());

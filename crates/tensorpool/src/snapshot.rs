@@ -40,12 +40,12 @@ pub struct SegmentSnapshot {
     pub size: usize,
     /// For a pool chunk, the block size of its slots.
     pub block_size: Option<usize>,
-    /// Bytes of live blocks in it.
+    /// Bytes of live blocks in it (blocks known to be thread-cached excluded).
     pub allocated_bytes: usize,
     /// For a pool chunk, the number of free slots (free slots are not listed).
     pub free_blocks: usize,
     /// Its blocks in address order: all of them for best-fit and huge segments, the
-    /// live ones for pool chunks.
+    /// live and thread-cached ones for pool chunks.
     pub blocks: Vec<BlockSnapshot>,
 }
 
@@ -72,6 +72,10 @@ pub enum BlockState {
     AllocatedRaw,
     /// Free and cached for reuse.
     Free,
+    /// Free in the calling thread's cache: out of its depot, held by no user. (Blocks
+    /// in other threads' caches cannot be told from allocated ones without stopping
+    /// those threads; `Stats::thread_cached_bytes` counts them all.)
+    ThreadCached,
 }
 
 impl BlockState {

@@ -25,6 +25,7 @@
 //! ```
 
 use crate::bytes::format_bytes;
+pub use crate::thread_cache::ThreadCacheStats;
 use serde::Serialize;
 use std::fmt::{self, Write as _};
 
@@ -120,6 +121,30 @@ impl Usage {
         self.num_frees += 1;
     }
 
+    /// Records `blocks` blocks of `bytes` in all moved out to a thread cache: out of
+    /// the pool, so allocated from its point of view, but not allocations.
+    #[inline]
+    pub(crate) fn on_transfer_out(&mut self, bytes: usize, blocks: usize, hit: bool) {
+        self.allocated_bytes += bytes;
+        self.peak_allocated_bytes = self.peak_allocated_bytes.max(self.allocated_bytes);
+        self.allocated_blocks += blocks;
+        if hit {
+            self.hits += 1;
+        } else {
+            self.misses += 1;
+        }
+    }
+
+    /// Records blocks moved back from a thread cache, with the requested bytes the
+    /// depot had recorded for them.
+    #[inline]
+    pub(crate) fn on_transfer_in(&mut self, bytes: usize, blocks: usize, requested: usize) {
+        self.allocated_bytes -= bytes;
+        self.allocated_blocks -= blocks;
+        // Blocks the depot served directly and a cache took back.
+        self.requested_bytes -= requested;
+    }
+
     /// Records a region taken from upstream.
     pub(crate) fn on_reserve(&mut self, bytes: usize) {
         self.reserved_bytes += bytes;
@@ -169,17 +194,29 @@ pub struct TierStats {
 }
 
 /// Counters of one size class (or one explicit pool).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ClassStats {
     /// Block size of the class.
     pub block_size: usize,
-    /// Slots that are free in its chunks.
+    /// Blocks held by users.
+    pub allocated_blocks: usize,
+    /// Free blocks in threads' caches.
+    pub thread_cached_blocks: usize,
+    /// Free slots in the depot's chunks.
     pub free_blocks: usize,
     /// Chunks taken from upstream.
     pub chunks: usize,
-    /// The class's counters.
-    #[serde(flatten)]
-    pub usage: Usage,
+    /// Bytes in those chunks.
+    pub reserved_bytes: usize,
+    /// The most `reserved_bytes` seen.
+    pub peak_reserved_bytes: usize,
+    /// Allocations served by the depot itself (raw ones, and typed ones when no
+    /// thread cache could); thread caches take blocks from it in batches.
+    pub depot_allocs: u64,
+    /// Depot allocations and batches served from existing chunks.
+    pub depot_hits: u64,
+    /// Depot allocations and batches that took a new chunk.
+    pub depot_misses: u64,
 }
 
 /// The manager's statistics: totals, then per tier and per size class.
@@ -199,6 +236,8 @@ pub struct Stats {
     pub peak_reserved_bytes: usize,
     /// `reserved_bytes - allocated_bytes`: free memory kept for reuse.
     pub cached_bytes: usize,
+    /// The part of `cached_bytes` in threads' caches.
+    pub thread_cached_bytes: usize,
     /// `allocated_bytes - requested_bytes`: lost to rounding.
     pub internal_waste_bytes: usize,
     /// Live blocks.
@@ -225,8 +264,10 @@ pub struct Stats {
     pub memory_limit: Option<usize>,
     /// Per tier.
     pub tiers: Vec<TierStats>,
-    /// Per size class that has been used, then per explicit pool.
+    /// Per explicit pool, then per size class that has been used.
     pub classes: Vec<ClassStats>,
+    /// Per thread with a cache.
+    pub threads: Vec<ThreadCacheStats>,
 }
 
 /// `1 - largest / free`, or 0 when nothing is free.
@@ -331,21 +372,47 @@ impl Stats {
             let _ = writeln!(out, "{rule}");
             let _ = writeln!(
                 out,
-                " {:<12} {:>9} {:>9} {:>11} {:>11} {:>10} {:>7} {:>7}",
-                "class", "live", "free", "allocated", "reserved", "allocs", "hit %", "chunks"
+                " {:<12} {:>9} {:>9} {:>9} {:>11} {:>10} {:>8} {:>7}",
+                "class", "live", "cached", "free", "reserved", "depot ops", "hit %", "chunks"
             );
             for c in &self.classes {
+                let ops = c.depot_hits + c.depot_misses;
+                let hits = if ops == 0 {
+                    "-".to_string()
+                } else {
+                    format!("{:.1}", 100.0 * c.depot_hits as f64 / ops as f64)
+                };
                 let _ = writeln!(
                     out,
-                    " {:<12} {:>9} {:>9} {:>11} {:>11} {:>10} {:>7} {:>7}",
+                    " {:<12} {:>9} {:>9} {:>9} {:>11} {:>10} {:>8} {:>7}",
                     b(c.block_size),
-                    c.usage.allocated_blocks,
+                    c.allocated_blocks,
+                    c.thread_cached_blocks,
                     c.free_blocks,
-                    b(c.usage.allocated_bytes),
-                    b(c.usage.reserved_bytes),
-                    c.usage.num_allocs,
-                    hit_rate(&c.usage),
+                    b(c.reserved_bytes),
+                    ops,
+                    hits,
                     c.chunks
+                );
+            }
+        }
+        if !self.threads.is_empty() {
+            let _ = writeln!(out, "{rule}");
+            let _ = writeln!(
+                out,
+                " {:<30} {:>11} {:>11} {:>11} {:>8} {:>8}",
+                "thread cache", "cached", "allocs", "frees", "refills", "flushes"
+            );
+            for t in &self.threads {
+                let _ = writeln!(
+                    out,
+                    " {:<30} {:>11} {:>11} {:>11} {:>8} {:>8}",
+                    t.thread,
+                    b(t.cached_bytes),
+                    t.num_allocs,
+                    t.num_frees,
+                    t.refills,
+                    t.flushes
                 );
             }
         }
