@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Prints the README's benchmark tables from criterion's results (target/criterion).
 
-Run `cargo bench -p tensorpool --bench allocators` first. Times are criterion's
+Run `cargo bench -p tensorpool --bench allocators --bench threads` first. Times are criterion's
 estimates (the slope of its linear fit, as it prints them); ratios compare
 allocators measured in the same run, which is what stays meaningful on a shared,
 noisy machine.
@@ -16,7 +16,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent / "target" / "criterion"
 def estimate(*parts):
     path = ROOT.joinpath(*parts, "new", "estimates.json")
     if not path.exists():
-        sys.exit(f"missing {path}: run `cargo bench -p tensorpool --bench allocators` first")
+        sys.exit(f"missing {path}: run `cargo bench -p tensorpool --bench allocators --bench threads` first")
     estimates = json.loads(path.read_text())
     return (estimates.get("slope") or estimates["mean"])["point_estimate"]
 
@@ -54,5 +54,25 @@ def main():
               + f" | {tp / warm:.2f}x | {times['system'] / tp:.0f}x |")
 
 
+def threads():
+    subjects = ["tensorpool", "system", "mimalloc", "jemalloc"]
+    counts = sorted(int(p.name) for p in (ROOT / "local" / "tensorpool").iterdir() if p.name.isdigit())
+    print("\nThreads, each allocating and freeing its own blocks (64 B to 4 KiB, 16 live per thread;"
+          " time per round of one allocate + free per thread, and throughput relative to one thread):\n")
+    print("| allocator | " + " | ".join(f"{t} thread{'s' if t > 1 else ''}" for t in counts)
+          + " | " + " | ".join(f"scaling at {t}" for t in counts if t > 1) + " |")
+    print("|---|" + "---:|" * (2 * len(counts) - 1))
+    for name in subjects:
+        times = {t: estimate("local", name, str(t)) for t in counts}
+        scaling = [f"{t * times[counts[0]] / counts[0] / times[t]:.2f}x" for t in counts if t > 1]
+        print(f"| {name} | " + " | ".join(fmt(times[t]) for t in counts) + " | " + " | ".join(scaling) + " |")
+    print("\nProducer/consumer: one thread allocates, another frees (time per block):\n")
+    print("| tensorpool | system | mimalloc | jemalloc | tensorpool / mimalloc (target ≤ 1) |")
+    print("|---:|---:|---:|---:|---:|")
+    times = {n: estimate("producer-consumer", n) for n in subjects}
+    print("| " + " | ".join(fmt(times[n]) for n in subjects) + f" | {times['tensorpool'] / times['mimalloc']:.2f}x |")
+
+
 if __name__ == "__main__":
     main()
+    threads()

@@ -3,7 +3,9 @@
 #
 #   formatting and lints (rustfmt, clippy -D warnings)
 #   the Rust tests: unit, property (proptest), integration, doc tests, all features
-#   the unsafe core under Miri (a fast subset, see README "Testing")
+#   loom models of the thread-cache hand-off
+#   the unsafe core under Miri (a fast subset, see README "Testing"), and the
+#   multi-threaded stress test under Miri's data-race detector
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,7 +20,11 @@ cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 step "cargo test (all features)"
 cargo test --workspace --all-features --locked
 
-step "Miri: the unsafe core (strict provenance, Stacked Borrows)"
+step "loom: the thread-cache hand-off, every interleaving up to 3 preemptions"
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
+    cargo test --release --locked -p tensorpool --lib -- loom_models
+
+step "Miri: the unsafe core (strict provenance, Stacked Borrows) and the threads (data races)"
 if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
     printf '\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n'
     printf '!!! NO NIGHTLY TOOLCHAIN: the Miri checks of the unsafe core DID NOT RUN !!!\n'
@@ -28,7 +34,8 @@ else
         rustup component add --toolchain nightly miri rust-src
     fi
     MIRIFLAGS="-Zmiri-strict-provenance" cargo +nightly miri test -p tensorpool --lib --locked -- \
-        arena:: fixed_pool:: best_fit:: huge:: upstream:: manager:: tensor::
+        arena:: fixed_pool:: best_fit:: huge:: upstream:: manager:: tensor:: thread_cache::
+    cargo +nightly miri test -p tensorpool --test threads --locked
 fi
 
 step "all tests passed"

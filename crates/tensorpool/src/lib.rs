@@ -10,7 +10,8 @@
 //! - [`BestFit`] for large tensors: best fit with splitting and coalescing, growing as
 //!   expandable segments so that reserved memory stays close to the live peak;
 //! - [`HugeCache`] for huge ones: dedicated segments, cached by size;
-//! - [`MemoryManager`] in front: routes by size, counts everything ([`Stats`]), and
+//! - [`MemoryManager`] in front: routes by size, keeps [per-thread caches](thread_cache)
+//!   so that small allocations take no lock, counts everything ([`Stats`]), and
 //!   explains itself when memory runs out ([`OutOfMemory`]).
 //!
 //! Metadata lives outside the managed memory: the allocator never reads or writes a
