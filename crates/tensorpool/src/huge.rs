@@ -135,9 +135,14 @@ impl HugeCache {
             None => {
                 // A miss means the cached sizes do not match what the program needs
                 // now: trade cached segments for the new one, largest first, so that
-                // reserved memory follows live memory instead of the past peak.
-                self.release_cached(&mut st, rounded);
-                match self.upstream.allocate(rounded, HUGE_PAGE_SIZE) {
+                // reserved memory follows live memory instead of the past peak. The
+                // system calls run without the lock, so other threads go on meanwhile.
+                let stale = self.take_cached(&mut st, rounded);
+                drop(st);
+                self.unmap(stale);
+                let mapped = self.upstream.allocate(rounded, HUGE_PAGE_SIZE);
+                st = self.state.lock();
+                match mapped {
                     Ok(ptr) => {
                         st.usage.on_reserve(rounded);
                         (Region::new(ptr, rounded), false)
@@ -217,20 +222,33 @@ impl HugeCache {
         Ok((entry.region.len(), entry.requested))
     }
 
-    /// Unmaps cached segments, largest first, until `bytes` are released or the cache
-    /// is empty; returns the bytes released.
-    fn release_cached(&self, st: &mut State, bytes: usize) -> usize {
-        let mut released = 0;
-        while released < bytes {
+    /// Takes cached segments out of the cache, largest first, until `bytes` are taken
+    /// or the cache is empty; the caller unmaps them (with [`unmap`](Self::unmap),
+    /// after letting go of the lock).
+    fn take_cached(&self, st: &mut State, bytes: usize) -> Vec<Region> {
+        let mut taken = Vec::new();
+        let mut total = 0;
+        while total < bytes {
             let Some((_, region)) = st.cached.pop_last() else {
                 break;
             };
             st.cached_bytes -= region.len();
             st.segments.remove(region.start());
             st.usage.on_release(region.len());
+            total += region.len();
+            taken.push(region);
+        }
+        taken
+    }
+
+    /// Returns segments taken out of the cache to upstream.
+    fn unmap(&self, regions: Vec<Region>) -> usize {
+        let mut released = 0;
+        for region in regions {
             released += region.len();
             // SAFETY: the region came from this upstream with this size and 2 MiB
-            // alignment; a cached segment holds no live block.
+            // alignment; it was cached (no live block) and is no longer in the cache
+            // or the segment map, so nothing else can hand it out.
             unsafe {
                 self.upstream
                     .deallocate(region.ptr(), region.len(), HUGE_PAGE_SIZE)
@@ -241,8 +259,8 @@ impl HugeCache {
 
     /// Returns every cached segment to upstream; returns the bytes freed.
     pub fn trim(&self) -> usize {
-        let mut st = self.state.lock();
-        self.release_cached(&mut st, usize::MAX)
+        let stale = self.take_cached(&mut self.state.lock(), usize::MAX);
+        self.unmap(stale)
     }
 
     /// The largest cached segment.
