@@ -73,15 +73,17 @@ pub enum Error {
     /// A shape that does not match the data or the tensor.
     #[error("invalid shape: {0}")]
     InvalidShape(String),
-    /// A trace that cannot be read: the line (0 for the file as a whole) and why.
-    #[error("malformed trace at line {line}: {reason}")]
+    /// A trace that cannot be read: where and why.
+    #[cfg(feature = "trace")]
+    #[error("malformed trace at {at}: {reason}")]
     MalformedTrace {
-        /// 1-based line of the problem (0: the file as a whole).
-        line: usize,
+        /// Where in the file.
+        at: crate::trace::Location,
         /// What is wrong.
         reason: String,
     },
     /// A trace file that cannot be read, with the file named.
+    #[cfg(feature = "trace")]
     #[error("{path}: {reason}")]
     TraceFile {
         /// The file.

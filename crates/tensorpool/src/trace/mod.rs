@@ -1,0 +1,414 @@
+//! Allocation traces: reading the formats real programs and planners write, and
+//! writing the one RMM reads.
+//!
+//! A [`Trace`] is the sequence of allocations and frees of a program, with every free
+//! paired to the allocation it releases (block ids), ready to replay through any
+//! allocator. Three formats are read, gzip-compressed or not, told apart by their
+//! first bytes:
+//!
+//! - the CSV log of RAPIDS RMM's logging adaptor ([`rmm`]):
+//!   `Thread,Time,Action,Pointer,Size,Stream`;
+//! - MiniMalloc's static lifetimes ([`intervals`]): `id,lower,upper,size`, replayed as
+//!   an allocation at `lower` and a free at `upper`, frees first within a step;
+//! - the Chrome-trace JSON that PyTorch's profiler exports with `profile_memory=True`
+//!   ([`chrome`]): its `[memory]` events.
+//!
+//! Frees of addresses with no live allocation and blocks still live at the end are
+//! counted, not fatal. A malformed file is refused with the line (or the event) and
+//! the reason. [`Recording`] wraps any allocator and writes the RMM format, so a Rust
+//! program can record its own trace.
+//!
+//! ```
+//! use tensorpool::trace::Trace;
+//!
+//! let csv = "Thread,Time,Action,Pointer,Size,Stream\n\
+//!            1,15:47:02.000277,allocate,0x1000,64,0\n\
+//!            1,15:47:02.000280,allocate,0x2000,128,0\n\
+//!            1,15:47:02.000287,free,0x1000,64,0\n\
+//!            1,15:47:02.000290,free,0x9999,8,0\n";
+//! let trace = Trace::parse(csv.as_bytes())?;
+//! assert_eq!(trace.allocations, 2);
+//! assert_eq!(trace.unmatched_frees, 1);
+//! assert_eq!(trace.leaked_blocks, 1); // 0x2000 is never freed
+//! assert_eq!(trace.peak_live_bytes(), 192);
+//!
+//! let bad = "Thread,Time,Action,Pointer,Size,Stream\n1,15:47:02.1,allocate,0x10,-8,0\n";
+//! let err = Trace::parse(bad.as_bytes()).unwrap_err();
+//! assert!(err.to_string().contains("line 2"));
+//! # Ok::<(), tensorpool::Error>(())
+//! ```
+
+pub mod chrome;
+mod fields;
+pub mod intervals;
+mod record;
+pub mod rmm;
+
+pub use record::Recording;
+
+use crate::error::{Error, Result};
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+
+/// One event of a trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// Block `id` is allocated with `size` bytes.
+    Alloc {
+        /// The block.
+        id: u32,
+        /// Bytes requested.
+        size: u64,
+    },
+    /// Block `id` is freed.
+    Free {
+        /// The block.
+        id: u32,
+    },
+}
+
+/// The format a trace was read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// RMM logging-adaptor CSV.
+    RmmCsv,
+    /// MiniMalloc `id,lower,upper,size` lifetimes.
+    Intervals,
+    /// PyTorch profiler Chrome-trace JSON.
+    ChromeJson,
+}
+
+/// Where in a trace file a problem is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Location {
+    /// A 1-based line of a text file.
+    Line(usize),
+    /// The index of an event in a JSON trace's `traceEvents`.
+    Event(usize),
+    /// The file as a whole (an empty file, a damaged gzip stream).
+    File,
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Line(n) => write!(f, "line {n}"),
+            Location::Event(n) => write!(f, "event {n}"),
+            Location::File => f.write_str("the file"),
+        }
+    }
+}
+
+/// A buffer's lifetime: allocated before event `lower`, freed before event `upper`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetime {
+    /// The block id.
+    pub id: u32,
+    /// Index of the allocation event.
+    pub lower: usize,
+    /// Index of the free event (the number of events for a block never freed).
+    pub upper: usize,
+    /// Bytes.
+    pub size: u64,
+}
+
+/// A parsed trace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trace {
+    /// The format it was read from.
+    pub format: Format,
+    /// Allocations and frees, in order, frees paired to their allocation.
+    pub events: Vec<Event>,
+    /// Number of allocations (= number of distinct blocks).
+    pub allocations: usize,
+    /// Frees of addresses with no live allocation (left out of `events`).
+    pub unmatched_frees: usize,
+    /// Allocations the program saw fail (`allocate failure`, left out of `events`).
+    pub failed_allocations: usize,
+    /// Blocks still live at the end.
+    pub leaked_blocks: usize,
+}
+
+pub(crate) fn malformed(at: Location, reason: impl Into<String>) -> Error {
+    Error::MalformedTrace {
+        at,
+        reason: reason.into(),
+    }
+}
+
+impl Trace {
+    /// Reads a trace file (gzip or plain), naming the file in any error.
+    pub fn read(path: impl AsRef<Path>) -> Result<Trace> {
+        let path = path.as_ref();
+        let named = |reason: Error| Error::TraceFile {
+            path: path.display().to_string(),
+            reason: Box::new(reason),
+        };
+        let bytes = std::fs::read(path)
+            .map_err(|e| named(malformed(Location::File, format!("cannot read it: {e}"))))?;
+        Self::parse(&bytes).map_err(named)
+    }
+
+    /// Parses a trace from bytes (gzip or plain); the format is told by its start.
+    pub fn parse(bytes: &[u8]) -> Result<Trace> {
+        let text;
+        let bytes = if bytes.starts_with(&[0x1f, 0x8b]) {
+            let mut out = Vec::with_capacity(bytes.len() * 8);
+            flate2::read::MultiGzDecoder::new(bytes)
+                .read_to_end(&mut out)
+                .map_err(|e| {
+                    malformed(
+                        Location::File,
+                        format!("the gzip stream is damaged or truncated: {e}"),
+                    )
+                })?;
+            text = out;
+            &text[..]
+        } else {
+            bytes
+        };
+        let start = bytes.iter().position(|b| !b.is_ascii_whitespace());
+        if start.is_some_and(|i| bytes[i] == b'{') {
+            return chrome::parse(bytes);
+        }
+        let mut lines = bytes.split(|&b| b == b'\n');
+        let header = lines.next().map(fields::trim_cr).unwrap_or_default();
+        let header = std::str::from_utf8(header)
+            .map_err(|_| malformed(Location::Line(1), "the header is not text"))?;
+        let columns: Vec<&str> = header.split(',').map(str::trim).collect();
+        match columns.as_slice() {
+            ["Thread", "Time", "Action", "Pointer", "Size", "Stream"] => rmm::parse(lines),
+            ["id", "lower", "upper", "size"] | ["id", "lower", "upper", "size", "offset"] => {
+                intervals::parse(lines, columns.len())
+            }
+            _ if header.is_empty() => Err(malformed(Location::File, "the file is empty")),
+            _ => Err(malformed(
+                Location::Line(1),
+                format!(
+                    "unknown header `{header}`: expected `Thread,Time,Action,Pointer,Size,Stream` \
+                     (RMM), `id,lower,upper,size` (MiniMalloc) or a JSON object (Chrome trace)"
+                ),
+            )),
+        }
+    }
+
+    /// The most bytes live at once: the floor no allocator can go below.
+    pub fn peak_live_bytes(&self) -> u64 {
+        let sizes = self.block_sizes();
+        let (mut live, mut peak) = (0u64, 0u64);
+        for e in &self.events {
+            match *e {
+                Event::Alloc { size, .. } => {
+                    live += size;
+                    peak = peak.max(live);
+                }
+                Event::Free { id } => live -= sizes[id as usize],
+            }
+        }
+        peak
+    }
+
+    /// The size of every block, by id.
+    pub fn block_sizes(&self) -> Vec<u64> {
+        let mut sizes = vec![0u64; self.allocations];
+        for e in &self.events {
+            if let Event::Alloc { id, size } = *e {
+                sizes[id as usize] = size;
+            }
+        }
+        sizes
+    }
+
+    /// Every block's lifetime in event indices, by id.
+    pub fn lifetimes(&self) -> Vec<Lifetime> {
+        let mut lifetimes = vec![
+            Lifetime {
+                id: 0,
+                lower: 0,
+                upper: self.events.len(),
+                size: 0,
+            };
+            self.allocations
+        ];
+        for (i, e) in self.events.iter().enumerate() {
+            match *e {
+                Event::Alloc { id, size } => {
+                    let l = &mut lifetimes[id as usize];
+                    (l.id, l.lower, l.size) = (id, i, size);
+                }
+                Event::Free { id } => lifetimes[id as usize].upper = i,
+            }
+        }
+        lifetimes
+    }
+
+    /// Runs the trace against an allocator: `alloc(size)` for every allocation and
+    /// `free(ptr, size)` for every free of what it returned. Blocks still live at the
+    /// end are freed too, so that the allocator ends empty. Stops at the first error
+    /// of `alloc`.
+    pub fn replay<E>(
+        &self,
+        mut alloc: impl FnMut(usize) -> std::result::Result<std::ptr::NonNull<u8>, E>,
+        mut free: impl FnMut(std::ptr::NonNull<u8>, usize),
+    ) -> std::result::Result<(), E> {
+        let mut live: Vec<Option<(std::ptr::NonNull<u8>, usize)>> = vec![None; self.allocations];
+        for event in &self.events {
+            match *event {
+                Event::Alloc { id, size } => {
+                    let size = size as usize;
+                    live[id as usize] = Some((alloc(size)?, size));
+                }
+                Event::Free { id } => {
+                    if let Some((ptr, size)) = live[id as usize].take() {
+                        free(ptr, size);
+                    }
+                }
+            }
+        }
+        for (ptr, size) in live.into_iter().flatten() {
+            free(ptr, size);
+        }
+        Ok(())
+    }
+}
+
+/// Builds a trace from allocations and frees by address, pairing each free with the
+/// latest allocation at its address (the addresses of a log are reused).
+#[derive(Debug)]
+pub(crate) struct Pairing<K = u64> {
+    events: Vec<Event>,
+    live: HashMap<K, u32>,
+    allocations: u32,
+    unmatched: usize,
+    failed: usize,
+    replaced: usize,
+}
+
+impl<K> Default for Pairing<K> {
+    fn default() -> Self {
+        Pairing {
+            events: Vec::new(),
+            live: HashMap::new(),
+            allocations: 0,
+            unmatched: 0,
+            failed: 0,
+            replaced: 0,
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq> Pairing<K> {
+    pub(crate) fn alloc(&mut self, addr: K, size: u64, at: Location) -> Result<()> {
+        if self.live.insert(addr, self.allocations).is_some() {
+            // The earlier block at this address was never freed.
+            self.replaced += 1;
+        }
+        self.events.push(Event::Alloc {
+            id: self.allocations,
+            size,
+        });
+        self.allocations = self
+            .allocations
+            .checked_add(1)
+            .ok_or_else(|| malformed(at, "more than 4 billion allocations"))?;
+        Ok(())
+    }
+
+    pub(crate) fn free(&mut self, addr: K) {
+        match self.live.remove(&addr) {
+            Some(id) => self.events.push(Event::Free { id }),
+            None => self.unmatched += 1,
+        }
+    }
+
+    pub(crate) fn failed(&mut self) {
+        self.failed += 1;
+    }
+
+    pub(crate) fn finish(self, format: Format) -> Trace {
+        Trace {
+            format,
+            events: self.events,
+            allocations: self.allocations as usize,
+            unmatched_frees: self.unmatched,
+            failed_allocations: self.failed,
+            leaked_blocks: self.live.len() + self.replaced,
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn reason(result: Result<Trace>) -> (Location, String) {
+        match result {
+            Err(Error::MalformedTrace { at, reason }) => (at, reason),
+            other => panic!("expected a malformed trace, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn replay_pairs_and_drains() {
+        let csv = "Thread,Time,Action,Pointer,Size,Stream\n\
+                   1,0,allocate,0x10,8,0\n1,0,allocate,0x20,16,0\n1,0,free,0x10,8,0\n";
+        let t = Trace::parse(csv.as_bytes()).unwrap();
+        let log = std::cell::RefCell::new(Vec::new());
+        let mut next = 0x1000usize;
+        t.replay(
+            |size| {
+                next += 0x100;
+                log.borrow_mut().push(format!("alloc {size}"));
+                Ok::<_, ()>(std::ptr::NonNull::new(next as *mut u8).unwrap())
+            },
+            |ptr, size| {
+                log.borrow_mut()
+                    .push(format!("free {:#x} {size}", ptr.as_ptr() as usize))
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            log.into_inner(),
+            ["alloc 8", "alloc 16", "free 0x1100 8", "free 0x1200 16"]
+        );
+        assert_eq!(t.replay(|_| Err("full"), |_, _| {}), Err("full"));
+        let lifetimes = t.lifetimes();
+        assert_eq!((lifetimes[0].lower, lifetimes[0].upper), (0, 2));
+        assert_eq!(
+            (lifetimes[1].lower, lifetimes[1].upper),
+            (1, 3),
+            "never freed: until the end"
+        );
+    }
+
+    #[test]
+    fn headers_gzip_and_empty_files() {
+        assert_eq!(reason(Trace::parse(b"")).0, Location::File);
+        assert!(reason(Trace::parse(b"a,b,c\n"))
+            .1
+            .contains("unknown header"));
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(
+            &mut gz,
+            b"Thread,Time,Action,Pointer,Size,Stream\n1,0,allocate,0x1,1,0\n",
+        )
+        .unwrap();
+        let gz = gz.finish().unwrap();
+        assert_eq!(Trace::parse(&gz).unwrap().allocations, 1);
+        let (at, why) = reason(Trace::parse(&gz[..gz.len() - 6]));
+        assert_eq!(at, Location::File);
+        assert!(why.contains("gzip"), "{why}");
+    }
+
+    #[test]
+    fn files_are_named_in_errors() {
+        let err = Trace::read("/nonexistent/trace.csv")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/nonexistent/trace.csv") && err.contains("cannot read"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,234 @@
+//! `Recording`: an allocator adaptor that writes every allocation and free as a trace.
+//!
+//! Wrap any allocator-api2 allocator (a [`MemoryManager`](crate::MemoryManager), the
+//! global allocator, another adaptor) and the program's allocations go to a file in the
+//! CSV format of RAPIDS RMM's logging adaptor, which `tensorpool replay` and
+//! [`Trace::parse`](super::Trace::parse) read. Failed allocations are recorded as
+//! `allocate failure`. Writing errors do not disturb the allocations: the first one
+//! stops the recording and is kept for [`Recording::finish`].
+//!
+//! ```
+//! use allocator_api2::{alloc::Global, vec::Vec};
+//! use tensorpool::trace::{Recording, Trace};
+//!
+//! let path = std::env::temp_dir().join(format!("doc-record-{}.csv", std::process::id()));
+//! let recorder = Recording::to_file(Global, &path)?;
+//! let mut v: Vec<u32, &Recording<Global>> = Vec::new_in(&recorder);
+//! for i in 0..1000u32 {
+//!     v.push(i); // grows a few times: allocations and frees
+//! }
+//! drop(v);
+//! recorder.finish()?;
+//! let trace = Trace::read(&path)?;
+//! assert!(trace.allocations > 1);
+//! assert_eq!(trace.leaked_blocks, 0);
+//! # std::fs::remove_file(&path).ok();
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use super::rmm::HEADER;
+use allocator_api2::alloc::{AllocError, Allocator};
+use std::alloc::Layout;
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// An allocator that records what passes through it.
+pub struct Recording<A> {
+    inner: A,
+    start: Instant,
+    out: Mutex<Sink>,
+}
+
+struct Sink {
+    writer: Option<Box<dyn Write + Send>>,
+    error: Option<io::Error>,
+}
+
+static NEXT_THREAD: AtomicU64 = AtomicU64::new(1);
+
+std::thread_local! {
+    static THREAD: u64 = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
+}
+
+impl<A> Recording<A> {
+    /// Records the allocations of `inner` into `out` (the header is written now).
+    pub fn new(inner: A, mut out: impl Write + Send + 'static) -> io::Result<Self> {
+        writeln!(out, "{HEADER}")?;
+        Ok(Recording {
+            inner,
+            start: Instant::now(),
+            out: Mutex::new(Sink {
+                writer: Some(Box::new(out)),
+                error: None,
+            }),
+        })
+    }
+
+    /// Records into a new file at `path`.
+    pub fn to_file(inner: A, path: impl AsRef<Path>) -> io::Result<Self> {
+        Self::new(inner, BufWriter::new(std::fs::File::create(path)?))
+    }
+
+    /// The wrapped allocator.
+    pub fn inner(&self) -> &A {
+        &self.inner
+    }
+
+    /// Flushes the recording and returns the first write error, if any.
+    pub fn finish(&self) -> io::Result<()> {
+        let mut sink = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = sink.error.take() {
+            return Err(e);
+        }
+        match sink.writer.as_mut() {
+            Some(w) => w.flush(),
+            None => Ok(()),
+        }
+    }
+
+    fn log(&self, action: &str, ptr: usize, size: usize) {
+        let elapsed = self.start.elapsed();
+        let micros = elapsed.as_micros();
+        let (h, m, s, us) = (
+            micros / 3_600_000_000,
+            micros / 60_000_000 % 60,
+            micros / 1_000_000 % 60,
+            micros % 1_000_000,
+        );
+        let thread = THREAD.try_with(|t| *t).unwrap_or(0);
+        let mut sink = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(writer) = sink.writer.as_mut() else {
+            return;
+        };
+        if let Err(e) = writeln!(
+            writer,
+            "{thread},{h:02}:{m:02}:{s:02}.{us:06},{action},{ptr:#x},{size},0"
+        ) {
+            sink.writer = None;
+            sink.error = Some(e);
+        }
+    }
+}
+
+// SAFETY: every call is forwarded to `inner` unchanged; the recording only reads the
+// pointers' addresses.
+unsafe impl<A: Allocator> Allocator for Recording<A> {
+    fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        let result = self.inner.allocate(layout);
+        match &result {
+            Ok(block) => self.log(
+                "allocate",
+                block.cast::<u8>().as_ptr().addr(),
+                layout.size(),
+            ),
+            Err(_) => self.log("allocate failure", 0, layout.size()),
+        }
+        result
+    }
+
+    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
+        self.log("free", ptr.as_ptr().addr(), layout.size());
+        // SAFETY: forwarded unchanged from our caller, who holds the same contract.
+        unsafe { self.inner.deallocate(ptr, layout) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::Trace;
+    use std::sync::Arc;
+
+    /// A writer into shared memory, to read what was recorded.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_recording_replays_to_the_same_events() {
+        let sink = Shared::default();
+        let mm = crate::MemoryManager::new(
+            crate::Config::builder()
+                .upstream(crate::UpstreamKind::Heap)
+                .memory_limit(1 << 20)
+                .build()
+                .unwrap(),
+        )
+        .unwrap();
+        let rec = Recording::new(&mm, sink.clone()).unwrap();
+        let a = rec
+            .allocate(Layout::from_size_align(100, 8).unwrap())
+            .unwrap();
+        let b = rec
+            .allocate(Layout::from_size_align(200, 8).unwrap())
+            .unwrap();
+        assert!(rec
+            .allocate(Layout::from_size_align(8 << 20, 8).unwrap())
+            .is_err());
+        // SAFETY: allocated above with these layouts.
+        unsafe {
+            rec.deallocate(a.cast(), Layout::from_size_align(100, 8).unwrap());
+            rec.deallocate(b.cast(), Layout::from_size_align(200, 8).unwrap());
+        }
+        rec.finish().unwrap();
+        let bytes = sink.0.lock().unwrap().clone();
+        let trace = Trace::parse(&bytes).unwrap();
+        assert_eq!(
+            (
+                trace.allocations,
+                trace.failed_allocations,
+                trace.leaked_blocks
+            ),
+            (2, 1, 0)
+        );
+        assert_eq!(trace.peak_live_bytes(), 300);
+    }
+
+    #[test]
+    fn a_write_error_stops_the_recording_but_not_the_allocator() {
+        struct Broken;
+        impl Write for Broken {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::Error::other("disk full"))
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        assert!(Recording::new(allocator_api2::alloc::Global, Broken).is_err());
+        let rec = Recording::new(allocator_api2::alloc::Global, LineWriter(false)).unwrap();
+        let layout = Layout::from_size_align(8, 8).unwrap();
+        let p = rec.allocate(layout).unwrap();
+        // SAFETY: allocated above with `layout`.
+        unsafe { rec.deallocate(p.cast(), layout) };
+        assert_eq!(rec.finish().unwrap_err().to_string(), "disk full");
+    }
+
+    /// Accepts one line (the header), then fails.
+    struct LineWriter(bool);
+    impl Write for LineWriter {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.0 {
+                return Err(io::Error::other("disk full"));
+            }
+            self.0 = buf.contains(&b'\n');
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+}

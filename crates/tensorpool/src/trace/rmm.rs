@@ -1,0 +1,174 @@
+//! The CSV log of RAPIDS RMM's logging adaptor.
+//!
+//! `Thread,Time,Action,Pointer,Size,Stream`: `Action` is `allocate`, `allocate
+//! failure` or `free`; `Time` is a clock time (`HH:MM:SS.ffffff`, the hours may exceed
+//! 24) or a number; `Pointer` is hex. A free is paired with the latest allocation at
+//! its address.
+
+use super::fields::{decimal, split, trim_cr};
+use super::{malformed, Format, Location, Pairing, Trace};
+use crate::error::Result;
+
+/// The header line of the format.
+pub const HEADER: &str = "Thread,Time,Action,Pointer,Size,Stream";
+
+/// Parses the lines after the header.
+pub(crate) fn parse<'a>(lines: impl Iterator<Item = &'a [u8]>) -> Result<Trace> {
+    let mut pairing = Pairing::default();
+    for (i, line) in lines.enumerate() {
+        let n = i + 2;
+        let line = trim_cr(line);
+        if line.is_empty() {
+            continue;
+        }
+        let [thread, time, action, pointer, size, stream] = split::<6>(line, n)?;
+        decimal(thread, "thread", n)?;
+        check_time(time, n)?;
+        let pointer = hex_pointer(pointer, n)?;
+        let size = decimal(size, "size", n)?;
+        decimal(stream, "stream", n)?;
+        match action {
+            b"allocate" => pairing.alloc(pointer, size, Location::Line(n))?,
+            b"free" => pairing.free(pointer),
+            b"allocate failure" => pairing.failed(),
+            other => {
+                return Err(malformed(
+                    Location::Line(n),
+                    format!(
+                        "unknown action `{}`: expected allocate, allocate failure or free",
+                        String::from_utf8_lossy(other)
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(pairing.finish(Format::RmmCsv))
+}
+
+fn hex_pointer(field: &[u8], n: usize) -> Result<u64> {
+    let bad = || {
+        malformed(
+            Location::Line(n),
+            format!(
+                "pointer `{}` is not a hex address",
+                String::from_utf8_lossy(field)
+            ),
+        )
+    };
+    let digits = field
+        .strip_prefix(b"0x")
+        .or_else(|| field.strip_prefix(b"0X"))
+        .unwrap_or(field);
+    if digits.is_empty() || digits.len() > 16 {
+        return Err(bad());
+    }
+    digits.iter().try_fold(0u64, |acc, &d| {
+        let v = (d as char).to_digit(16).ok_or_else(bad)?;
+        Ok(acc << 4 | u64::from(v))
+    })
+}
+
+/// Checks a `Time` field: `H+:MM:SS[.f+]` or a non-negative number.
+fn check_time(field: &[u8], n: usize) -> Result<()> {
+    let bad = || {
+        malformed(
+            Location::Line(n),
+            format!(
+                "time `{}` is neither HH:MM:SS.ffffff nor a number",
+                String::from_utf8_lossy(field)
+            ),
+        )
+    };
+    let digits = |s: &[u8]| !s.is_empty() && s.iter().all(u8::is_ascii_digit);
+    let (whole, frac) = match field.iter().position(|&b| b == b'.') {
+        Some(dot) => (&field[..dot], Some(&field[dot + 1..])),
+        None => (field, None),
+    };
+    if frac.is_some_and(|f| !digits(f)) {
+        return Err(bad());
+    }
+    let mut parts = whole.split(|&b| b == b':');
+    let ok = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(number), None, None, None) => digits(number),
+        (Some(h), Some(m), Some(s), None) => {
+            digits(h) && m.len() == 2 && s.len() == 2 && digits(m) && digits(s)
+        }
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(bad())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::reason;
+    use super::super::{Event, Trace};
+    use super::*;
+    use crate::error::Result;
+
+    fn rmm(rows: &str) -> Result<Trace> {
+        Trace::parse(format!("{HEADER}\n{rows}").as_bytes())
+    }
+
+    #[test]
+    fn frees_pair_with_the_latest_allocation() {
+        let t = rmm("1,00:00:01.5,allocate,0x10,8,0\n\
+                     1,00:00:02,free,0x10,8,0\n\
+                     1,00:00:03,allocate,0x10,16,0\n\
+                     1,1417:48:04.722180,allocate failure,0x0,99,0\n\
+                     1,5,free,0x10,16,0\r\n")
+        .unwrap();
+        assert_eq!(
+            t.events,
+            vec![
+                Event::Alloc { id: 0, size: 8 },
+                Event::Free { id: 0 },
+                Event::Alloc { id: 1, size: 16 },
+                Event::Free { id: 1 },
+            ]
+        );
+        assert_eq!(
+            (t.failed_allocations, t.unmatched_frees, t.leaked_blocks),
+            (1, 0, 0)
+        );
+        assert_eq!(t.peak_live_bytes(), 16);
+    }
+
+    #[test]
+    fn each_malformed_field_is_named_with_its_line() {
+        let cases = [
+            ("1,00:00:01,allocate,0x10,8\n", "expected 6 fields"),
+            ("1,00:00:01,allocate,0x10,8,0,9\n", "found more"),
+            ("x,00:00:01,allocate,0x10,8,0\n", "thread"),
+            ("1,25h,allocate,0x10,8,0\n", "time"),
+            ("1,00:0:01,allocate,0x10,8,0\n", "time"),
+            ("1,00:00:01.,allocate,0x10,8,0\n", "time"),
+            ("1,1:2:3:4,allocate,0x10,8,0\n", "time"),
+            ("1,00:00:01,alloc,0x10,8,0\n", "unknown action"),
+            ("1,00:00:01,allocate,0xZZ,8,0\n", "pointer"),
+            ("1,00:00:01,allocate,0x,8,0\n", "pointer"),
+            ("1,00:00:01,allocate,0x10,-8,0\n", "negative"),
+            (
+                "1,00:00:01,allocate,0x10,8.5,0\n",
+                "not a non-negative integer",
+            ),
+            (
+                "1,00:00:01,allocate,0x10,99999999999999999999999,0\n",
+                "not a non-negative integer",
+            ),
+            (
+                "1,00:00:01,allocate,0x10,18446744073709551616,0\n",
+                "too large",
+            ),
+            ("1,00:00:01,allocate,0x10,8,s\n", "stream"),
+        ];
+        for (row, needle) in cases {
+            let (at, why) = reason(rmm(&format!("1,00:00:00,allocate,0x1,1,0\n{row}")));
+            assert_eq!(at, Location::Line(3), "{row}");
+            assert!(why.contains(needle), "`{needle}` not in `{why}` for {row}");
+        }
+    }
+}
