@@ -448,6 +448,11 @@ impl MemoryManager {
         self.inner.metered.reset_peak();
     }
 
+    /// Bytes taken from upstream now: a cheap read of `stats().reserved_bytes`.
+    pub fn reserved_bytes(&self) -> usize {
+        self.inner.metered.reserved_bytes()
+    }
+
     /// The statistics: totals, per tier, per size class.
     pub fn stats(&self) -> Stats {
         self.inner.stats()

@@ -1,0 +1,12 @@
+//! The `tensorpool` command-line tool, as a library: replaying allocation traces
+//! through tensorpool and its peers, planning configurations, benchmarking.
+//!
+//! The binary (`src/main.rs`) is a thin layer of argument parsing over these modules;
+//! the benchmarks in `benches/` share the workloads of [`workloads`].
+
+pub mod bench;
+pub mod peers;
+pub mod plan;
+pub mod plot;
+pub mod replay;
+pub mod workloads;

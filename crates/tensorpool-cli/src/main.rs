@@ -1,0 +1,257 @@
+//! `tensorpool`: replay allocation traces, plan a configuration, run benchmarks.
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tensorpool::Config;
+use tensorpool_cli::peers::Kind;
+use tensorpool_cli::replay::{self, Options, Source};
+use tensorpool_cli::{bench, plan, plot};
+
+#[derive(Parser)]
+#[command(
+    name = "tensorpool",
+    version,
+    about = "A memory allocator for tensors: replay traces, compare allocators, plan a configuration"
+)]
+struct Cli {
+    /// No progress bar.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Replay traces through tensorpool, the system allocator, mimalloc and jemalloc.
+    Replay {
+        /// Traces: RMM CSV, MiniMalloc intervals or PyTorch Chrome JSON, gzip or not.
+        /// None: the embedded transformer training trace.
+        traces: Vec<String>,
+        /// tensorpool's configuration (TOML or JSON, as `plan` writes).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Do not write the pages of each block.
+        #[arg(long)]
+        no_touch: bool,
+        /// Timed repetitions per allocator; the median is reported.
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Print one JSON array instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Write a timeline of live and reserved bytes (.html or .svg).
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
+    /// Lower bound, online reservation, a suggested config and a verified offline plan.
+    Plan {
+        /// The trace to plan.
+        trace: String,
+        /// Where to write the suggested config (default: `<trace name>.tensorpool.toml`).
+        #[arg(long)]
+        config_out: Option<PathBuf>,
+        /// Where to write the offline plan (default: `<trace name>.plan.csv`).
+        #[arg(long)]
+        plan_out: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Microbenchmarks against the system allocator, mimalloc, jemalloc and bumpalo.
+    Bench {
+        /// Longer and steadier (about ten times the quick run).
+        #[arg(long, conflicts_with = "smoke")]
+        full: bool,
+        /// One short run of each benchmark: checks they work, measures little.
+        #[arg(long)]
+        smoke: bool,
+        /// Thread counts of the threads benchmark.
+        #[arg(long, value_delimiter = ',', default_value = "1,2")]
+        threads: Vec<usize>,
+    },
+    /// Measure one allocator on one trace (used by `replay`, one process each).
+    #[command(hide = true)]
+    ReplayWorker {
+        trace: String,
+        #[arg(long, value_enum)]
+        allocator: Kind,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        no_touch: bool,
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        #[arg(long, default_value_t = 400)]
+        samples: usize,
+    },
+}
+
+fn progress(quiet: bool, total: usize) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("a valid template"),
+    );
+    bar
+}
+
+fn load_config(path: &Option<PathBuf>) -> Result<Config, String> {
+    match path {
+        Some(p) => Config::from_file(p).map_err(|e| e.to_string()),
+        None => Ok(Config::default()),
+    }
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Replay {
+            traces,
+            config,
+            no_touch,
+            reps,
+            json,
+            plot,
+        } => {
+            let sources: Vec<Source> = if traces.is_empty() {
+                vec![Source::Embedded]
+            } else {
+                traces.iter().map(|t| Source::parse(t)).collect()
+            };
+            // Check every trace and the config before the long work.
+            for source in &sources {
+                source.load().map_err(|e| e.to_string())?;
+            }
+            let options = Options {
+                reps,
+                touch: !no_touch,
+                config: load_config(&config)?,
+                config_path: config,
+                samples: 400,
+            };
+            let bar = progress(cli.quiet, sources.len() * Kind::ALL.len());
+            let reports = replay::replay_all(&sources, &options, |step| {
+                bar.set_message(step.to_string());
+                bar.inc(1);
+            })?;
+            bar.finish_and_clear();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&reports).map_err(|e| e.to_string())?
+                );
+            } else {
+                print!("{}", replay::table(&reports));
+            }
+            if let Some(path) = plot {
+                let text = match path.extension().and_then(|e| e.to_str()) {
+                    Some("svg") => plot::svg(&reports),
+                    Some("html") | Some("htm") => plot::html(&reports),
+                    _ => {
+                        return Err(format!(
+                            "{}: the plot must be a .html or .svg file",
+                            path.display()
+                        ))
+                    }
+                };
+                std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+                if !json {
+                    println!("plot written to {}", path.display());
+                }
+            }
+            Ok(())
+        }
+        Command::Plan {
+            trace,
+            config_out,
+            plan_out,
+            json,
+        } => {
+            let source = Source::parse(&trace);
+            let loaded = source.load().map_err(|e| e.to_string())?;
+            let stem = match &source {
+                Source::Embedded => "transformer_train".to_string(),
+                Source::File(p) => {
+                    let name = p
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    name.trim_end_matches(".gz")
+                        .trim_end_matches(".csv")
+                        .trim_end_matches(".json")
+                        .to_string()
+                }
+            };
+            let config_out =
+                config_out.unwrap_or_else(|| PathBuf::from(format!("{stem}.tensorpool.toml")));
+            let plan_out = plan_out.unwrap_or_else(|| PathBuf::from(format!("{stem}.plan.csv")));
+            let bar = progress(cli.quiet, 1);
+            bar.set_message(format!("planning {}", source.label()));
+            let report = plan::plan(&source.label(), &loaded, &config_out, &plan_out)?;
+            bar.finish_and_clear();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+                );
+            } else {
+                print!("{}", plan::text(&report));
+            }
+            Ok(())
+        }
+        Command::Bench {
+            full,
+            smoke,
+            threads,
+        } => {
+            let effort = match (full, smoke) {
+                (true, _) => bench::Effort::FULL,
+                (_, true) => bench::Effort::SMOKE,
+                _ => bench::Effort::QUICK,
+            };
+            let bar = progress(cli.quiet, 13 + threads.len());
+            let report = bench::run(effort, &threads, |step| {
+                bar.set_message(step.to_string());
+                bar.inc(1);
+            });
+            bar.finish_and_clear();
+            print!("{report}");
+            Ok(())
+        }
+        Command::ReplayWorker {
+            trace,
+            allocator,
+            config,
+            no_touch,
+            reps,
+            samples,
+        } => {
+            let options = Options {
+                reps,
+                touch: !no_touch,
+                config: load_config(&config)?,
+                config_path: config,
+                samples,
+            };
+            let trace = Source::parse(&trace).load().map_err(|e| e.to_string())?;
+            let m = replay::measure(&trace, allocator, &options).map_err(|e| e.to_string())?;
+            println!("{}", serde_json::to_string(&m).map_err(|e| e.to_string())?);
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("tensorpool: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

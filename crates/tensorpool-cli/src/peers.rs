@@ -1,0 +1,188 @@
+//! The allocators tensorpool is compared with, behind one interface.
+//!
+//! Each [`Subject`] allocates and frees through its own entry points (tensorpool's
+//! `Allocator` path; the others' `GlobalAlloc`), and reports the bytes it holds from
+//! the operating system, each by its own means:
+//!
+//! | allocator | reserved bytes |
+//! | --- | --- |
+//! | tensorpool | `reserved_bytes` of its manager |
+//! | system (glibc) | `mallinfo2()`: heap arena + mmapped chunks |
+//! | mimalloc | `mi_process_info()`: committed bytes |
+//! | jemalloc | `stats.mapped`, after an epoch refresh |
+//!
+//! Only tensorpool can count its calls to the operating system; the others keep no
+//! such count that a program can read, so their upstream calls are reported as unknown.
+
+use allocator_api2::alloc::Allocator;
+use serde::Serialize;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::ptr::NonNull;
+use std::sync::Arc;
+use tensorpool::{Config, MemoryManager};
+
+static MIMALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static JEMALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Which allocator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// tensorpool's `MemoryManager`.
+    Tensorpool,
+    /// The system allocator (glibc's malloc).
+    System,
+    /// mimalloc.
+    Mimalloc,
+    /// jemalloc.
+    Jemalloc,
+}
+
+impl Kind {
+    /// Every allocator, tensorpool first.
+    pub const ALL: [Kind; 4] = [
+        Kind::Tensorpool,
+        Kind::System,
+        Kind::Mimalloc,
+        Kind::Jemalloc,
+    ];
+
+    /// The name used in tables and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Tensorpool => "tensorpool",
+            Kind::System => "system",
+            Kind::Mimalloc => "mimalloc",
+            Kind::Jemalloc => "jemalloc",
+        }
+    }
+}
+
+/// An allocator to drive, shareable between threads.
+#[derive(Clone)]
+pub enum Subject {
+    /// tensorpool, through the `Allocator` trait (typed path, thread caches).
+    Tensorpool(Arc<MemoryManager>),
+    /// A `GlobalAlloc` peer.
+    Global(Kind, &'static (dyn GlobalAlloc + Sync)),
+}
+
+impl Subject {
+    /// A fresh subject of `kind`; tensorpool with `config`.
+    pub fn new(kind: Kind, config: &Config) -> tensorpool::Result<Subject> {
+        Ok(match kind {
+            Kind::Tensorpool => Subject::Tensorpool(Arc::new(MemoryManager::new(config.clone())?)),
+            Kind::System => Subject::Global(kind, &System),
+            Kind::Mimalloc => Subject::Global(kind, &MIMALLOC),
+            Kind::Jemalloc => Subject::Global(kind, &JEMALLOC),
+        })
+    }
+
+    /// Which allocator this is.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Subject::Tensorpool(_) => Kind::Tensorpool,
+            Subject::Global(kind, _) => *kind,
+        }
+    }
+
+    /// A block for `layout` (non-zero size), or `None` when memory ran out.
+    #[inline]
+    pub fn alloc(&self, layout: Layout) -> Option<NonNull<u8>> {
+        match self {
+            Subject::Tensorpool(mm) => mm.allocate(layout).ok().map(NonNull::cast),
+            // SAFETY: callers pass non-zero layouts.
+            Subject::Global(_, heap) => NonNull::new(unsafe { heap.alloc(layout) }),
+        }
+    }
+
+    /// Frees a block.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` came from `self.alloc(layout)` and has not been freed.
+    #[inline]
+    pub unsafe fn free(&self, ptr: NonNull<u8>, layout: Layout) {
+        // SAFETY: as the caller promises.
+        unsafe {
+            match self {
+                Subject::Tensorpool(mm) => mm.deallocate(ptr, layout),
+                Subject::Global(_, heap) => heap.dealloc(ptr.as_ptr(), layout),
+            }
+        }
+    }
+
+    /// Bytes the allocator holds from the operating system now.
+    pub fn reserved_bytes(&self) -> usize {
+        match self {
+            Subject::Tensorpool(mm) => mm.reserved_bytes(),
+            Subject::Global(Kind::System, _) => {
+                // SAFETY: mallinfo2 only reads glibc's bookkeeping.
+                let info = unsafe { libc::mallinfo2() };
+                info.arena + info.hblkhd
+            }
+            Subject::Global(Kind::Mimalloc, _) => {
+                let mut v = [0usize; 8];
+                // SAFETY: every out-pointer points at a distinct, writable usize.
+                unsafe {
+                    let [a, b, c, d, e, commit, g, h] = &mut v;
+                    libmimalloc_sys::mi_process_info(a, b, c, d, e, commit, g, h);
+                }
+                v[5]
+            }
+            Subject::Global(_, _) => {
+                // A refresh makes jemalloc's statistics current.
+                let _ = tikv_jemalloc_ctl::epoch::advance();
+                tikv_jemalloc_ctl::stats::mapped::read().unwrap_or(0)
+            }
+        }
+    }
+
+    /// Calls to the operating system for memory, when the allocator counts them.
+    pub fn upstream_calls(&self) -> Option<u64> {
+        match self {
+            Subject::Tensorpool(mm) => {
+                let s = mm.stats();
+                Some(s.num_upstream_allocs + s.num_upstream_frees)
+            }
+            Subject::Global(..) => None,
+        }
+    }
+}
+
+/// Minor page faults of this process so far.
+pub fn page_faults() -> u64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given.
+    unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init().ru_minflt as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_subject_allocates_frees_and_reports() {
+        for kind in Kind::ALL {
+            let s = Subject::new(kind, &Config::default()).unwrap();
+            assert_eq!(s.kind(), kind);
+            let layout = Layout::from_size_align(4 << 20, 64).unwrap();
+            let p = s.alloc(layout).unwrap();
+            assert_eq!(p.as_ptr() as usize % 64, 0);
+            // SAFETY: a fresh block of `layout`.
+            unsafe { p.as_ptr().write_bytes(1, layout.size()) };
+            assert!(
+                s.reserved_bytes() >= 4 << 20,
+                "{kind:?} reports {}",
+                s.reserved_bytes()
+            );
+            // SAFETY: allocated above with `layout`.
+            unsafe { s.free(p, layout) };
+            assert_eq!(s.upstream_calls().is_some(), kind == Kind::Tensorpool);
+        }
+        assert!(page_faults() > 0);
+    }
+}

@@ -1,0 +1,358 @@
+//! `tensorpool plan`: how far online allocation is from the best possible, and which
+//! configuration to use for a trace.
+//!
+//! For one trace it reports:
+//!
+//! - the **lower bound**: the peak of live bytes, which no allocator can go below;
+//! - what the **default configuration** reserves when the trace is replayed online;
+//! - a **suggested configuration**: the thresholds and class spacing that reserve least
+//!   on this trace, chosen by replaying it through candidates drawn from its size
+//!   histogram; written as a TOML file that `replay --config`, Rust
+//!   (`Config::from_file`) and Python accept;
+//! - an **offline plan** of the whole trace, as static-graph planners make one: buffers
+//!   placed largest first, each at the smallest gap among the buffers live at the same
+//!   time that holds it (greedy by size with best-fit gaps). The plan is written out
+//!   (`id,lower,upper,size,offset`, lifetimes in events) and verified: no two buffers
+//!   live at the same time overlap.
+
+use crate::peers::{Kind, Subject};
+use serde::Serialize;
+use std::alloc::Layout;
+use std::collections::BTreeMap;
+use std::path::Path;
+use tensorpool::trace::intervals::{self, Placed};
+use tensorpool::trace::{Event, Lifetime, Trace};
+use tensorpool::Config;
+
+/// A buffer placed by the offline planner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    /// The buffer.
+    pub lifetime: Lifetime,
+    /// Its offset in the planned arena.
+    pub offset: u64,
+}
+
+/// Places every buffer: largest first (ties: earliest, then lowest id), each at the
+/// best-fitting gap among the already placed buffers whose lifetimes overlap its own,
+/// or above them all. Returns the placements by id, and the arena size.
+pub fn greedy_by_size(lifetimes: &[Lifetime]) -> (Vec<Placement>, u64) {
+    let mut order: Vec<&Lifetime> = lifetimes.iter().filter(|l| l.size > 0).collect();
+    order.sort_by(|a, b| {
+        b.size
+            .cmp(&a.size)
+            .then(a.lower.cmp(&b.lower))
+            .then(a.id.cmp(&b.id))
+    });
+    let mut placed: Vec<(usize, usize, u64, u64)> = Vec::with_capacity(order.len()); // lower, upper, offset, end
+    let mut offsets = vec![0u64; lifetimes.len()];
+    let mut overlapping: Vec<(u64, u64)> = Vec::new();
+    let mut arena = 0u64;
+    for l in order {
+        overlapping.clear();
+        overlapping.extend(
+            placed
+                .iter()
+                .filter(|p| p.0 < l.upper && l.lower < p.1)
+                .map(|p| (p.2, p.3)),
+        );
+        overlapping.sort_unstable();
+        let (mut best, mut best_gap) = (None, u64::MAX);
+        let mut top = 0u64;
+        for &(offset, end) in &overlapping {
+            if offset > top {
+                let gap = offset - top;
+                if gap >= l.size && gap < best_gap {
+                    (best, best_gap) = (Some(top), gap);
+                }
+            }
+            top = top.max(end);
+        }
+        let offset = best.unwrap_or(top);
+        offsets[l.id as usize] = offset;
+        placed.push((l.lower, l.upper, offset, offset + l.size));
+        arena = arena.max(offset + l.size);
+    }
+    let placements = lifetimes
+        .iter()
+        .map(|&lifetime| Placement {
+            lifetime,
+            offset: offsets[lifetime.id as usize],
+        })
+        .collect();
+    (placements, arena)
+}
+
+/// Checks that no two buffers live at the same time overlap in the plan, sweeping the
+/// events in order. Returns the first conflict.
+pub fn verify(trace: &Trace, placements: &[Placement]) -> Result<(), String> {
+    let mut live: BTreeMap<u64, (u64, u32)> = BTreeMap::new(); // offset -> (end, id)
+    for event in &trace.events {
+        match *event {
+            Event::Alloc { id, size } if size > 0 => {
+                let offset = placements[id as usize].offset;
+                let end = offset + size;
+                if let Some((&o, &(e, other))) = live.range(..=offset).next_back() {
+                    if e > offset {
+                        return Err(format!("buffers {other} [{o}, {e}) and {id} [{offset}, {end}) overlap while both live"));
+                    }
+                }
+                if let Some((&o, &(e, other))) = live.range(offset..).next() {
+                    if o < end {
+                        return Err(format!("buffers {id} [{offset}, {end}) and {other} [{o}, {e}) overlap while both live"));
+                    }
+                }
+                live.insert(offset, (end, id));
+            }
+            Event::Alloc { .. } => {}
+            Event::Free { id } => {
+                if placements[id as usize].lifetime.size > 0 {
+                    live.remove(&placements[id as usize].offset);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The bytes tensorpool reserves at its peak when `trace` is replayed with `config`
+/// (pages untouched; the typed path, as `replay` uses).
+pub fn online_peak(trace: &Trace, config: &Config) -> Result<u64, String> {
+    let subject = Subject::new(Kind::Tensorpool, config).map_err(|e| e.to_string())?;
+    let sizes = trace.block_sizes();
+    let layouts: Vec<Layout> = sizes
+        .iter()
+        .map(|&s| {
+            Layout::from_size_align((s as usize).max(1), 64).expect("trace sizes fit a layout")
+        })
+        .collect();
+    let mut peak = 0usize;
+    let mut live = vec![None; layouts.len()];
+    for event in &trace.events {
+        match *event {
+            Event::Alloc { id, size } => {
+                let ptr = subject
+                    .alloc(layouts[id as usize])
+                    .ok_or_else(|| format!("out of memory replaying {size} bytes"))?;
+                live[id as usize] = Some(ptr);
+                peak = peak.max(subject.reserved_bytes());
+            }
+            Event::Free { id } => {
+                if let Some(ptr) = live[id as usize].take() {
+                    // SAFETY: allocated above with this layout, freed once.
+                    unsafe { subject.free(ptr, layouts[id as usize]) };
+                }
+            }
+        }
+    }
+    for (id, ptr) in live.into_iter().enumerate() {
+        if let Some(ptr) = ptr {
+            // SAFETY: allocated above with this layout, freed once.
+            unsafe { subject.free(ptr, layouts[id]) };
+        }
+    }
+    Ok(peak as u64)
+}
+
+/// Candidate configurations for `trace`: small/large thresholds at the powers of two
+/// that separate its sizes, class spacings, commit steps, and whether the largest
+/// blocks get dedicated segments.
+fn candidates(trace: &Trace) -> Vec<(String, Config)> {
+    let sizes = trace.block_sizes();
+    let largest = sizes.iter().copied().max().unwrap_or(0);
+    let mut thresholds = vec![0usize];
+    let mut t = 1024usize;
+    while t <= (1 << 20) && (t as u64) < largest.max(2048) * 2 {
+        thresholds.push(t);
+        t *= 4;
+    }
+    let mut out = Vec::new();
+    for &small in &thresholds {
+        for per_doubling in [4, 8] {
+            for commit in [16 << 10, 64 << 10, 2 << 20] {
+                if small == 0 && per_doubling == 4 {
+                    continue; // no classes: the spacing does not matter
+                }
+                let config = Config::builder()
+                    .small_threshold(small)
+                    .classes_per_doubling(per_doubling)
+                    .commit_granularity(commit)
+                    .build();
+                if let Ok(config) = config {
+                    let name = match small {
+                        0 => format!(
+                            "no size classes, commits of {}",
+                            tensorpool::bytes::format_bytes(commit)
+                        ),
+                        _ => format!(
+                            "size classes up to {}, {per_doubling} per doubling, commits of {}",
+                            tensorpool::bytes::format_bytes(small),
+                            tensorpool::bytes::format_bytes(commit)
+                        ),
+                    };
+                    out.push((name, config));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// What `plan` found for one trace.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanReport {
+    /// The trace as given.
+    pub trace: String,
+    /// Buffers planned.
+    pub buffers: usize,
+    /// The lower bound: the most bytes live at once.
+    pub peak_live_bytes: u64,
+    /// What the default configuration reserves at its peak, online.
+    pub default_reserved_bytes: u64,
+    /// `default_reserved_bytes / peak_live_bytes`.
+    pub default_efficiency: f64,
+    /// The suggested configuration, described.
+    pub suggested: String,
+    /// Where it was written.
+    pub suggested_config_file: String,
+    /// What it reserves at its peak, online.
+    pub suggested_reserved_bytes: u64,
+    /// `suggested_reserved_bytes / peak_live_bytes`.
+    pub suggested_efficiency: f64,
+    /// The size of the offline plan's arena.
+    pub offline_plan_bytes: u64,
+    /// `offline_plan_bytes / peak_live_bytes`.
+    pub offline_efficiency: f64,
+    /// Where the offline plan was written.
+    pub plan_file: String,
+    /// The plan was checked: no two buffers live together overlap.
+    pub verified: bool,
+}
+
+/// Plans `trace`, writing the suggested configuration to `config_out` and the offline
+/// plan to `plan_out`.
+pub fn plan(
+    label: &str,
+    trace: &Trace,
+    config_out: &Path,
+    plan_out: &Path,
+) -> Result<PlanReport, String> {
+    let live = trace.peak_live_bytes();
+    let default_peak = online_peak(trace, &Config::default())?;
+    let mut best: Option<(String, Config, u64)> = None;
+    for (name, config) in candidates(trace) {
+        let peak = online_peak(trace, &config)?;
+        if best.as_ref().is_none_or(|b| peak < b.2) {
+            best = Some((name, config, peak));
+        }
+    }
+    let (suggested, config, suggested_peak) = best.ok_or("no candidate configuration")?;
+    let text = format!(
+        "# Suggested by `tensorpool plan` for {label}: {suggested}.\n# Peak reserved {suggested_peak} bytes for a live peak of {live}.\n{}",
+        config.to_toml_string()
+    );
+    std::fs::write(config_out, text).map_err(|e| format!("{}: {e}", config_out.display()))?;
+    let lifetimes = trace.lifetimes();
+    let (placements, arena) = greedy_by_size(&lifetimes);
+    verify(trace, &placements).map_err(|e| format!("the offline plan is wrong: {e}"))?;
+    let placed: Vec<Placed> = placements
+        .iter()
+        .map(|p| Placed {
+            id: p.lifetime.id as u64,
+            lower: p.lifetime.lower as u64,
+            upper: p.lifetime.upper as u64,
+            size: p.lifetime.size,
+            offset: p.offset,
+        })
+        .collect();
+    let mut file = std::io::BufWriter::new(
+        std::fs::File::create(plan_out).map_err(|e| format!("{}: {e}", plan_out.display()))?,
+    );
+    intervals::write(&mut file, &placed).map_err(|e| format!("{}: {e}", plan_out.display()))?;
+    let ratio = |bytes: u64| bytes as f64 / live.max(1) as f64;
+    Ok(PlanReport {
+        trace: label.to_string(),
+        buffers: lifetimes.len(),
+        peak_live_bytes: live,
+        default_reserved_bytes: default_peak,
+        default_efficiency: ratio(default_peak),
+        suggested,
+        suggested_config_file: config_out.display().to_string(),
+        suggested_reserved_bytes: suggested_peak,
+        suggested_efficiency: ratio(suggested_peak),
+        offline_plan_bytes: arena,
+        offline_efficiency: ratio(arena),
+        plan_file: plan_out.display().to_string(),
+        verified: true,
+    })
+}
+
+/// The report for people.
+pub fn text(r: &PlanReport) -> String {
+    let b = |n: u64| tensorpool::bytes::format_bytes(n as usize);
+    format!(
+        "{}: {} buffers\n  lower bound (peak live)        {:>12}\n  default config, online         {:>12}  {:.3}x\n  suggested config, online       {:>12}  {:.3}x  ({}; written to {})\n  offline plan, greedy by size   {:>12}  {:.3}x  (verified; written to {})\n",
+        r.trace,
+        r.buffers,
+        b(r.peak_live_bytes),
+        b(r.default_reserved_bytes),
+        r.default_efficiency,
+        b(r.suggested_reserved_bytes),
+        r.suggested_efficiency,
+        r.suggested,
+        r.suggested_config_file,
+        b(r.offline_plan_bytes),
+        r.offline_efficiency,
+        r.plan_file
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lifetime(id: u32, lower: usize, upper: usize, size: u64) -> Lifetime {
+        Lifetime {
+            id,
+            lower,
+            upper,
+            size,
+        }
+    }
+
+    #[test]
+    fn greedy_places_in_the_best_gap() {
+        // Two long buffers leave a gap of 40 between them while a third is live.
+        let l = [
+            lifetime(0, 0, 10, 100),
+            lifetime(1, 0, 10, 60),
+            lifetime(2, 2, 4, 50),
+            lifetime(3, 5, 8, 30),
+        ];
+        let (p, arena) = greedy_by_size(&l);
+        assert_eq!(p[0].offset, 0);
+        assert_eq!(p[1].offset, 100);
+        // Buffer 2 does not fit below anything: on top. Buffer 3 fits the same place
+        // (buffer 2 is dead by then).
+        assert_eq!(p[2].offset, 160);
+        assert_eq!(p[3].offset, 160);
+        assert_eq!(arena, 210);
+    }
+
+    #[test]
+    fn a_wrong_plan_is_caught() {
+        let trace = Trace::parse(b"id,lower,upper,size\n0,0,2,10\n1,1,3,10\n").unwrap();
+        let l = trace.lifetimes();
+        let (good, arena) = greedy_by_size(&l);
+        assert_eq!(arena, 20);
+        verify(&trace, &good).unwrap();
+        let bad: Vec<Placement> = l
+            .iter()
+            .map(|&lifetime| Placement {
+                lifetime,
+                offset: 5,
+            })
+            .collect();
+        assert!(verify(&trace, &bad).unwrap_err().contains("overlap"));
+    }
+}

@@ -1,0 +1,481 @@
+//! `tensorpool replay`: a trace through tensorpool and its peers, side by side.
+//!
+//! Each (trace, allocator) pair is measured in a fresh process of this same binary
+//! (the hidden `replay-worker` subcommand), so that no allocator inherits another's
+//! heap, and each starts as a program would. A worker does two things:
+//!
+//! 1. **One sampling pass**, pages untouched, reading the allocator's reserved bytes
+//!    after every allocation: the exact peak at event granularity, and a timeline for
+//!    the plot. tensorpool's upstream calls are counted in this pass.
+//! 2. **Timed repetitions** of the whole trace on the same allocator, every page of
+//!    every block written on allocation (as a tensor's first use does) unless
+//!    `--no-touch`; the median time per event, and the minor page faults per
+//!    repetition. The sampling pass has warmed every allocator up alike, as the steps
+//!    before it warm a training program's.
+//!
+//! The replay loop's own cost (walking the events, the pointer table) is measured with
+//! an allocator that does nothing, and reported beside the results.
+
+use crate::peers::{page_faults, Kind, Subject};
+use serde::{Deserialize, Serialize};
+use std::alloc::Layout;
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+use std::time::Instant;
+use tensorpool::trace::{Event, Trace};
+use tensorpool::Config;
+
+/// The trace replayed when none is given: three training steps of a PyTorch
+/// `nn.TransformerEncoder` (4 layers, d_model 256), recorded from the profiler.
+pub const EMBEDDED_NAME: &str = "embedded:transformer_train";
+const EMBEDDED: &[u8] = include_bytes!("../../../traces/transformer_train.csv.gz");
+
+const PAGE: usize = 4096;
+
+/// Where a trace comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The trace shipped in the binary.
+    Embedded,
+    /// A file.
+    File(PathBuf),
+}
+
+impl Source {
+    /// `embedded:transformer_train`, or a path.
+    pub fn parse(arg: &str) -> Source {
+        if arg == EMBEDDED_NAME {
+            Source::Embedded
+        } else {
+            Source::File(PathBuf::from(arg))
+        }
+    }
+
+    /// How the trace is named in reports: the path as given.
+    pub fn label(&self) -> String {
+        match self {
+            Source::Embedded => EMBEDDED_NAME.to_string(),
+            Source::File(p) => p.display().to_string(),
+        }
+    }
+
+    /// Reads and parses the trace.
+    pub fn load(&self) -> tensorpool::Result<Trace> {
+        match self {
+            Source::Embedded => Trace::parse(EMBEDDED),
+            Source::File(p) => Trace::read(p),
+        }
+    }
+}
+
+/// How to replay.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Timed repetitions; the median is reported.
+    pub reps: usize,
+    /// Write every page of every block on allocation.
+    pub touch: bool,
+    /// tensorpool's configuration, and the file it came from.
+    pub config: Config,
+    pub config_path: Option<PathBuf>,
+    /// Points of the timeline.
+    pub samples: usize,
+}
+
+/// What a worker measured for one allocator on one trace.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Measurement {
+    /// Median time per event over the repetitions, in nanoseconds.
+    pub ns_per_event: f64,
+    /// Each repetition's time per event.
+    pub ns_per_event_reps: Vec<f64>,
+    /// The most bytes the allocator held from the operating system.
+    pub peak_reserved_bytes: u64,
+    /// Its calls to the operating system, if it counts them.
+    pub upstream_calls: Option<u64>,
+    /// Minor page faults per repetition.
+    pub page_faults: u64,
+    /// `(event, live bytes, reserved bytes)` along the trace.
+    pub timeline: Vec<[u64; 3]>,
+    /// Why it failed, if it did (out of memory).
+    pub error: Option<String>,
+}
+
+/// One allocator's row in a report.
+#[derive(Debug, Clone, Serialize)]
+pub struct AllocatorReport {
+    /// `tensorpool`, `system`, `mimalloc` or `jemalloc`.
+    pub name: &'static str,
+    /// Median time per event, in nanoseconds.
+    pub ns_per_event: f64,
+    /// The most bytes held from the operating system.
+    pub peak_reserved_bytes: u64,
+    /// `peak_reserved_bytes / peak_live_bytes`.
+    pub efficiency: f64,
+    /// Calls to the operating system, where the allocator counts them (else null).
+    pub upstream_calls: Option<u64>,
+    /// Minor page faults per repetition.
+    pub page_faults: u64,
+    /// tensorpool's time per event divided by this one's.
+    pub tensorpool_time_ratio: f64,
+    /// tensorpool's peak reserved bytes divided by this one's.
+    pub tensorpool_memory_ratio: f64,
+    /// Why the replay failed, if it did.
+    pub error: Option<String>,
+    #[serde(skip)]
+    pub timeline: Vec<[u64; 3]>,
+}
+
+/// The report of one trace.
+#[derive(Debug, Clone, Serialize)]
+pub struct TraceReport {
+    /// The trace as given.
+    pub trace: String,
+    /// `rmm_csv`, `intervals` or `chrome_json`.
+    pub format: &'static str,
+    /// Allocation and free events replayed.
+    pub events: usize,
+    /// Allocations.
+    pub allocations: usize,
+    /// The most bytes live at once.
+    pub peak_live_bytes: u64,
+    /// Frees of addresses never allocated in the trace (skipped).
+    pub unmatched_frees: usize,
+    /// Blocks never freed in the trace (freed at the end of each replay).
+    pub leaked_blocks: usize,
+    /// Whether pages were written.
+    pub touched: bool,
+    /// Why pages were not written although asked, if so.
+    pub note: Option<String>,
+    /// The replay loop's own time per event (an allocator that does nothing).
+    pub replay_overhead_ns_per_event: f64,
+    /// Events read and parsed per second (decompression included).
+    pub parse_events_per_second: f64,
+    /// One entry per allocator, tensorpool first.
+    pub allocators: Vec<AllocatorReport>,
+}
+
+/// The layout a block of `size` bytes is replayed with: 64-byte aligned, as tensors are.
+fn layout_of(size: u64) -> Layout {
+    Layout::from_size_align((size as usize).max(1), 64).expect("trace sizes are below isize::MAX")
+}
+
+fn touch(ptr: NonNull<u8>, size: usize) {
+    for offset in (0..size).step_by(PAGE) {
+        // SAFETY: `offset < size`, inside a live block of `size` bytes.
+        unsafe { ptr.as_ptr().add(offset).write_volatile(1) };
+    }
+}
+
+/// Runs the whole trace once against `subject`, calling `after_alloc(event index, live
+/// bytes)` after every allocation. Returns an error if the allocator runs out.
+fn run_once(
+    trace: &Trace,
+    sizes: &[u64],
+    layouts: &[Layout],
+    subject: &Subject,
+    touch_pages: bool,
+    mut after_alloc: impl FnMut(usize, u64),
+) -> Result<(), String> {
+    let mut live: Vec<Option<NonNull<u8>>> = vec![None; layouts.len()];
+    let mut live_bytes = 0u64;
+    let mut result = Ok(());
+    for (i, event) in trace.events.iter().enumerate() {
+        match *event {
+            Event::Alloc { id, size } => {
+                let layout = layouts[id as usize];
+                let Some(ptr) = subject.alloc(layout) else {
+                    result = Err(format!("out of memory at event {i} ({size} bytes)"));
+                    break;
+                };
+                if touch_pages {
+                    touch(ptr, layout.size());
+                }
+                live[id as usize] = Some(ptr);
+                live_bytes += size;
+                after_alloc(i, live_bytes);
+            }
+            Event::Free { id } => {
+                if let Some(ptr) = live[id as usize].take() {
+                    live_bytes -= sizes[id as usize];
+                    // SAFETY: allocated above with this layout, freed once.
+                    unsafe { subject.free(ptr, layouts[id as usize]) };
+                }
+            }
+        }
+    }
+    for (id, ptr) in live.into_iter().enumerate() {
+        if let Some(ptr) = ptr {
+            // SAFETY: allocated above with this layout, freed once.
+            unsafe { subject.free(ptr, layouts[id]) };
+        }
+    }
+    result
+}
+
+/// Measures `kind` on `trace`: the worker's whole job.
+pub fn measure(trace: &Trace, kind: Kind, options: &Options) -> tensorpool::Result<Measurement> {
+    let sizes = trace.block_sizes();
+    let layouts: Vec<Layout> = sizes.iter().copied().map(layout_of).collect();
+    let stride = (trace.events.len() / options.samples.max(1)).max(1);
+
+    // 1. The sampling pass, on a fresh allocator.
+    let sampler = Subject::new(kind, &options.config)?;
+    let baseline = sampler.reserved_bytes();
+    let mut peak = 0usize;
+    let mut timeline = Vec::new();
+    let sampled = run_once(trace, &sizes, &layouts, &sampler, false, |i, live| {
+        let reserved = sampler.reserved_bytes().saturating_sub(baseline);
+        peak = peak.max(reserved);
+        if i % stride == 0 {
+            timeline.push([i as u64, live, reserved as u64]);
+        }
+    });
+    let upstream_calls = sampler.upstream_calls();
+
+    // 2. The timed repetitions, on the same allocator: the sampling pass warmed every
+    // allocator up alike, as the steps before it warm a real program's.
+    let subject = sampler;
+    let mut reps = Vec::with_capacity(options.reps);
+    let faults = page_faults();
+    let mut error = sampled.err();
+    for _ in 0..options.reps.max(1) {
+        if error.is_some() {
+            break;
+        }
+        let start = Instant::now();
+        error = run_once(trace, &sizes, &layouts, &subject, options.touch, |_, _| {}).err();
+        reps.push(start.elapsed().as_nanos() as f64 / trace.events.len().max(1) as f64);
+    }
+    let faults = (page_faults() - faults) / reps.len().max(1) as u64;
+    let mut sorted = reps.clone();
+    sorted.sort_by(f64::total_cmp);
+    Ok(Measurement {
+        ns_per_event: sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN),
+        ns_per_event_reps: reps,
+        peak_reserved_bytes: peak as u64,
+        upstream_calls,
+        page_faults: faults,
+        timeline,
+        error,
+    })
+}
+
+/// The replay loop's own time per event, with an allocator that does nothing.
+pub fn overhead(trace: &Trace) -> f64 {
+    let mut dummy = [0u8; 64];
+    let ptr = NonNull::from(&mut dummy).cast::<u8>();
+    let sizes = trace.block_sizes();
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let start = Instant::now();
+        let mut live: Vec<Option<NonNull<u8>>> = vec![None; sizes.len()];
+        let mut bytes = 0u64;
+        for event in &trace.events {
+            match *event {
+                Event::Alloc { id, size } => {
+                    live[id as usize] = Some(std::hint::black_box(ptr));
+                    bytes += size;
+                }
+                Event::Free { id } => {
+                    if let Some(p) = live[id as usize].take() {
+                        std::hint::black_box(p);
+                        bytes -= sizes[id as usize];
+                    }
+                }
+            }
+        }
+        std::hint::black_box(bytes);
+        best = best.min(start.elapsed().as_nanos() as f64 / trace.events.len().max(1) as f64);
+    }
+    best
+}
+
+/// Bytes of physical memory on this machine.
+fn physical_memory() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let (pages, size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    (pages.max(0) as u64) * (size.max(0) as u64)
+}
+
+/// Runs a worker process for (`source`, `kind`) and reads its measurement.
+fn run_worker(
+    exe: &Path,
+    source: &Source,
+    kind: Kind,
+    options: &Options,
+    touch: bool,
+) -> Result<Measurement, String> {
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("replay-worker")
+        .arg("--allocator")
+        .arg(kind.name())
+        .arg("--reps")
+        .arg(options.reps.to_string())
+        .arg("--samples")
+        .arg(options.samples.to_string());
+    if !touch {
+        cmd.arg("--no-touch");
+    }
+    if let Some(config) = &options.config_path {
+        cmd.arg("--config").arg(config);
+    }
+    cmd.arg(source.label());
+    let output = cmd
+        .output()
+        .map_err(|e| format!("cannot start a worker: {e}"))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        return Err(format!(
+            "the {} worker failed: {}",
+            kind.name(),
+            stderr.trim()
+        ));
+    }
+    serde_json::from_slice(&output.stdout).map_err(|e| format!("unreadable worker output: {e}"))
+}
+
+/// Replays every source through every allocator and builds the reports. `progress`
+/// is told about each step.
+pub fn replay_all(
+    sources: &[Source],
+    options: &Options,
+    mut progress: impl FnMut(&str),
+) -> Result<Vec<TraceReport>, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+    let mut reports = Vec::new();
+    for source in sources {
+        let started = Instant::now();
+        let trace = source.load().map_err(|e| e.to_string())?;
+        let parse_seconds = started.elapsed().as_secs_f64();
+        let peak_live = trace.peak_live_bytes();
+        let too_big = options.touch && peak_live > physical_memory() / 10 * 6;
+        let touched = options.touch && !too_big;
+        let note = too_big.then(|| {
+            format!(
+                "pages not touched: the live peak ({}) exceeds 60% of this machine's memory",
+                tensorpool::bytes::format_bytes(peak_live as usize)
+            )
+        });
+        let mut rows = Vec::new();
+        for kind in Kind::ALL {
+            progress(&format!("{} · {}", source.label(), kind.name()));
+            let m =
+                run_worker(&exe, source, kind, options, touched).unwrap_or_else(|e| Measurement {
+                    ns_per_event: f64::NAN,
+                    ns_per_event_reps: Vec::new(),
+                    peak_reserved_bytes: 0,
+                    upstream_calls: None,
+                    page_faults: 0,
+                    timeline: Vec::new(),
+                    error: Some(e),
+                });
+            rows.push((kind, m));
+        }
+        let (tp_time, tp_peak) = (rows[0].1.ns_per_event, rows[0].1.peak_reserved_bytes as f64);
+        let allocators = rows
+            .into_iter()
+            .map(|(kind, m)| AllocatorReport {
+                name: kind.name(),
+                ns_per_event: m.ns_per_event,
+                peak_reserved_bytes: m.peak_reserved_bytes,
+                efficiency: m.peak_reserved_bytes as f64 / peak_live.max(1) as f64,
+                upstream_calls: m.upstream_calls,
+                page_faults: m.page_faults,
+                tensorpool_time_ratio: tp_time / m.ns_per_event,
+                tensorpool_memory_ratio: tp_peak / m.peak_reserved_bytes.max(1) as f64,
+                error: m.error,
+                timeline: m.timeline,
+            })
+            .collect();
+        reports.push(TraceReport {
+            trace: source.label(),
+            format: match trace.format {
+                tensorpool::trace::Format::RmmCsv => "rmm_csv",
+                tensorpool::trace::Format::Intervals => "intervals",
+                tensorpool::trace::Format::ChromeJson => "chrome_json",
+            },
+            events: trace.events.len(),
+            allocations: trace.allocations,
+            peak_live_bytes: peak_live,
+            unmatched_frees: trace.unmatched_frees,
+            leaked_blocks: trace.leaked_blocks,
+            touched,
+            note,
+            replay_overhead_ns_per_event: overhead(&trace),
+            parse_events_per_second: trace.events.len() as f64 / parse_seconds.max(1e-9),
+            allocators,
+        });
+    }
+    Ok(reports)
+}
+
+/// The reports as a table for people.
+pub fn table(reports: &[TraceReport]) -> String {
+    use std::fmt::Write as _;
+    let b = |n: u64| tensorpool::bytes::format_bytes(n as usize);
+    let mut out = String::new();
+    for r in reports {
+        let _ = writeln!(
+            out,
+            "{} ({}): {} events, {} allocations, peak live {}, {} unmatched frees, {} leaked blocks; pages {}; parsed at {:.1} M events/s; replay loop {:.1} ns/event",
+            r.trace,
+            r.format,
+            r.events,
+            r.allocations,
+            b(r.peak_live_bytes),
+            r.unmatched_frees,
+            r.leaked_blocks,
+            if r.touched { "touched" } else { "not touched" },
+            r.parse_events_per_second / 1e6,
+            r.replay_overhead_ns_per_event
+        );
+        if let Some(note) = &r.note {
+            let _ = writeln!(out, "  note: {note}");
+        }
+        let _ = writeln!(
+            out,
+            "  {:<11} {:>12} {:>14} {:>10} {:>10} {:>12} {:>13} {:>13}",
+            "allocator",
+            "ns/event",
+            "peak reserved",
+            "efficiency",
+            "upstream",
+            "page faults",
+            "tp time ×",
+            "tp memory ×"
+        );
+        for a in &r.allocators {
+            if let Some(e) = &a.error {
+                let _ = writeln!(out, "  {:<11} failed: {e}", a.name);
+                continue;
+            }
+            let upstream = a
+                .upstream_calls
+                .map_or_else(|| "-".to_string(), |n| n.to_string());
+            let _ = writeln!(
+                out,
+                "  {:<11} {:>12.1} {:>14} {:>10.3} {:>10} {:>12} {:>12.2}x {:>12.2}x",
+                a.name,
+                a.ns_per_event,
+                b(a.peak_reserved_bytes),
+                a.efficiency,
+                upstream,
+                a.page_faults,
+                a.tensorpool_time_ratio,
+                a.tensorpool_memory_ratio
+            );
+        }
+        let _ = writeln!(out);
+    }
+    let _ = writeln!(
+        out,
+        "tp time × / tp memory ×: tensorpool's time per event and peak reserved bytes divided by the allocator's (below 1: tensorpool is faster / smaller)."
+    );
+    out
+}

@@ -1,0 +1,327 @@
+//! The `tensorpool` command, run as a user runs it: every subcommand, golden figures
+//! on the project's real traces (checked against an independent computation here),
+//! and a clear refusal of each kind of malformed input.
+
+use serde_json::Value;
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn tensorpool(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tensorpool"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn fixture(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../traces")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tensorpool-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn read_maybe_gz(path: &str) -> String {
+    let raw = std::fs::read(path).unwrap();
+    if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = String::new();
+        flate2::read::MultiGzDecoder::new(&raw[..])
+            .read_to_string(&mut out)
+            .unwrap();
+        out
+    } else {
+        String::from_utf8(raw).unwrap()
+    }
+}
+
+/// (events, allocations, peak live, unmatched frees, leaked blocks), computed here from
+/// the file's text with nothing of tensorpool's.
+fn figures(path: &str) -> (u64, u64, u64, u64, u64) {
+    let text = read_maybe_gz(path);
+    if text.trim_start().starts_with('{') {
+        let doc: Value = serde_json::from_str(&text).unwrap();
+        let mut events: Vec<(f64, u64, i64)> = doc["traceEvents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["name"] == "[memory]")
+            .map(|e| {
+                (
+                    e["ts"].as_f64().unwrap(),
+                    e["args"]["Addr"].as_u64().unwrap(),
+                    e["args"]["Bytes"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        events.sort_by(|a, b| a.0.total_cmp(&b.0));
+        return stream(
+            events
+                .into_iter()
+                .map(|(_, addr, bytes)| (bytes > 0, addr, bytes.unsigned_abs())),
+        );
+    }
+    let mut lines = text.lines();
+    let header = lines.next().unwrap();
+    if header.starts_with("Thread") {
+        return stream(lines.filter(|l| !l.is_empty()).filter_map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            let addr = u64::from_str_radix(f[3].trim_start_matches("0x"), 16).unwrap();
+            match f[2] {
+                "allocate" => Some((true, addr, f[4].parse().unwrap())),
+                "free" => Some((false, addr, 0)),
+                _ => None,
+            }
+        }));
+    }
+    // Intervals: the live bytes at each step, by brute force.
+    let rows: Vec<(u64, u64, u64)> = lines
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let f: Vec<u64> = l.split(',').map(|x| x.parse().unwrap()).collect();
+            (f[1], f[2], f[3])
+        })
+        .collect();
+    let steps: std::collections::BTreeSet<u64> = rows.iter().map(|r| r.0).collect();
+    let peak = steps
+        .iter()
+        .map(|&t| {
+            rows.iter()
+                .filter(|r| r.0 <= t && t < r.1)
+                .map(|r| r.2)
+                .sum::<u64>()
+        })
+        .max()
+        .unwrap_or(0);
+    let n = rows.len() as u64;
+    (2 * n, n, peak, 0, 0)
+}
+
+/// Figures of a stream of (is allocation, address, size), pairing frees by address.
+fn stream(events: impl Iterator<Item = (bool, u64, u64)>) -> (u64, u64, u64, u64, u64) {
+    let (mut count, mut allocations, mut unmatched, mut replaced) = (0, 0, 0, 0);
+    let (mut live_bytes, mut peak) = (0u64, 0u64);
+    let mut live: HashMap<u64, u64> = HashMap::new();
+    for (alloc, addr, size) in events {
+        if alloc {
+            if live.insert(addr, size).is_some() {
+                // The earlier block at this address stays live: never freed.
+                replaced += 1;
+            }
+            allocations += 1;
+            count += 1;
+            live_bytes += size;
+            peak = peak.max(live_bytes);
+        } else if let Some(size) = live.remove(&addr) {
+            count += 1;
+            live_bytes -= size;
+        } else {
+            unmatched += 1;
+        }
+    }
+    (
+        count,
+        allocations,
+        peak,
+        unmatched,
+        live.len() as u64 + replaced,
+    )
+}
+
+#[test]
+fn replay_json_matches_an_independent_count() {
+    let traces = [
+        fixture("transformer_train.csv.gz"),
+        fixture("intervals/resnet50.csv.gz"),
+        fixture("torch_profiler_mlp.json"),
+    ];
+    let mut args = vec!["replay", "--json", "--reps", "1", "--no-touch", "--quiet"];
+    args.extend(traces.iter().map(String::as_str));
+    let out = tensorpool(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let reports: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reports = reports.as_array().unwrap();
+    assert_eq!(reports.len(), traces.len());
+    for (report, path) in reports.iter().zip(&traces) {
+        assert_eq!(report["trace"], path.as_str());
+        let (events, allocations, peak, unmatched, leaked) = figures(path);
+        assert_eq!(report["events"], events, "{path}");
+        assert_eq!(report["allocations"], allocations, "{path}");
+        assert_eq!(report["peak_live_bytes"], peak, "{path}");
+        assert_eq!(report["unmatched_frees"], unmatched, "{path}");
+        assert_eq!(report["leaked_blocks"], leaked, "{path}");
+        let allocators = report["allocators"].as_array().unwrap();
+        let names: Vec<&str> = allocators
+            .iter()
+            .map(|a| a["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["tensorpool", "system", "mimalloc", "jemalloc"]);
+        for a in allocators {
+            for key in [
+                "ns_per_event",
+                "peak_reserved_bytes",
+                "efficiency",
+                "upstream_calls",
+            ] {
+                assert!(a.get(key).is_some(), "{key} missing");
+            }
+            assert!(a["ns_per_event"].as_f64().unwrap() > 0.0);
+            let ratio = a["peak_reserved_bytes"].as_f64().unwrap() / peak as f64;
+            assert!((a["efficiency"].as_f64().unwrap() - ratio).abs() < 1e-9);
+        }
+        let tp = &allocators[0];
+        assert!(tp["upstream_calls"].as_u64().unwrap() > 0);
+        assert!(allocators[1]["upstream_calls"].is_null());
+        assert!(tp["peak_reserved_bytes"].as_u64().unwrap() >= peak);
+    }
+}
+
+#[test]
+fn replay_without_a_trace_runs_the_embedded_workload() {
+    let out = tensorpool(&["replay", "--reps", "1", "--quiet"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("embedded:transformer_train"), "{stdout}");
+    assert!(stdout.contains("pages touched"));
+    for name in ["tensorpool", "system", "mimalloc", "jemalloc"] {
+        assert!(stdout.contains(name));
+    }
+}
+
+#[test]
+fn plots_are_written_as_svg_or_html() {
+    for ext in ["svg", "html"] {
+        let path = scratch(&format!("timeline.{ext}"));
+        let out = tensorpool(&[
+            "replay",
+            "--reps",
+            "1",
+            "--no-touch",
+            "--quiet",
+            "--plot",
+            path.to_str().unwrap(),
+            &fixture("intervals/iree_mobilenet.csv.gz"),
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let plot = std::fs::read_to_string(&path).unwrap();
+        assert!(plot.contains("<svg") && plot.contains("polyline"), "{ext}");
+        assert_eq!(plot.contains("<html>"), ext == "html");
+    }
+    let out = tensorpool(&[
+        "replay",
+        "--plot",
+        "timeline.png",
+        "--quiet",
+        &fixture("intervals/iree_mobilenet.csv.gz"),
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains(".html or .svg"));
+}
+
+#[test]
+fn plan_writes_a_usable_config_and_a_verified_plan() {
+    let (config, plan) = (scratch("resnet.toml"), scratch("resnet.plan.csv"));
+    let out = tensorpool(&[
+        "plan",
+        "--json",
+        "--quiet",
+        &fixture("intervals/resnet50.csv.gz"),
+        "--config-out",
+        config.to_str().unwrap(),
+        "--plan-out",
+        plan.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["verified"], true);
+    assert_eq!(
+        report["peak_live_bytes"],
+        figures(&fixture("intervals/resnet50.csv.gz")).2
+    );
+    assert!(report["offline_efficiency"].as_f64().unwrap() <= 1.02);
+    assert!(
+        report["suggested_reserved_bytes"].as_u64() <= report["default_reserved_bytes"].as_u64()
+    );
+    tensorpool::Config::from_file(&config).expect("the suggested config reads back");
+    let planned = tensorpool::trace::Trace::read(&plan).expect("the plan reads back as a trace");
+    assert_eq!(planned.allocations, 1042);
+    // replay accepts the suggested config
+    let out = tensorpool(&[
+        "replay",
+        "--reps",
+        "1",
+        "--no-touch",
+        "--quiet",
+        "--config",
+        config.to_str().unwrap(),
+        &fixture("intervals/iree_mobilenet.csv.gz"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn bench_runs() {
+    let out = tensorpool(&["bench", "--smoke", "--quiet"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    for section in [
+        "Allocate + free",
+        "Arena",
+        "Large blocks",
+        "Threads",
+        "Producer/consumer",
+    ] {
+        assert!(stdout.contains(section), "{section} missing:\n{stdout}");
+    }
+}
+
+#[test]
+fn malformed_inputs_are_refused_with_file_location_and_reason() {
+    let cases: [(&str, &[u8], &str); 6] = [
+        ("bad.csv", b"Thread,Time,Action,Pointer,Size,Stream\n1,0,allocate,0x10,8,0\n1,0,allocate,0x20,-4,0\n", "line 3: size `-4` is negative"),
+        ("bad_intervals.csv", b"id,lower,upper,size\n0,5,2,8\n", "line 2: lower (5) must be below upper (2)"),
+        ("bad.json", b"{\"traceEvents\": [{\"name\": \"x\"}, {\"name\": \"[memory]\", \"args\": {\"Addr\": 1}}]}", "event 1: a [memory] event has no `Bytes`"),
+        ("empty.csv", b"", "the file is empty"),
+        ("unknown.csv", b"a,b\n1,2\n", "unknown header"),
+        ("truncated.csv.gz", &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 1, 2, 3], "gzip"),
+    ];
+    for (name, bytes, needle) in cases {
+        let path = scratch(name);
+        std::fs::write(&path, bytes).unwrap();
+        for command in ["replay", "plan"] {
+            let out = tensorpool(&[command, "--quiet", path.to_str().unwrap()]);
+            assert_eq!(out.status.code(), Some(1), "{name}");
+            let stderr = text(&out.stderr);
+            assert!(
+                stderr.contains(path.to_str().unwrap()) && stderr.contains(needle),
+                "{name}: {stderr}"
+            );
+        }
+    }
+    let out = tensorpool(&["replay", "--quiet", "/nonexistent/trace.csv"]);
+    assert!(text(&out.stderr).contains("cannot read"));
+    let bad_config = scratch("bad.toml");
+    std::fs::write(&bad_config, "smal_threshold = 4\n").unwrap();
+    let out = tensorpool(&[
+        "replay",
+        "--quiet",
+        "--config",
+        bad_config.to_str().unwrap(),
+    ]);
+    assert!(
+        text(&out.stderr).contains("unknown field `smal_threshold`"),
+        "{}",
+        text(&out.stderr)
+    );
+}
