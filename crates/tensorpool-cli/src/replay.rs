@@ -214,12 +214,29 @@ fn run_once(
 }
 
 /// Measures `kind` on `trace`: the worker's whole job.
+///
+/// It runs on a thread of its own: glibc gives a new thread a fresh arena, so the
+/// system allocator does not start with the free memory left by reading the trace.
 pub fn measure(trace: &Trace, kind: Kind, options: &Options) -> tensorpool::Result<Measurement> {
+    std::thread::scope(|s| {
+        s.spawn(|| measure_here(trace, kind, options))
+            .join()
+            .expect("the measuring thread panicked")
+    })
+}
+
+fn measure_here(trace: &Trace, kind: Kind, options: &Options) -> tensorpool::Result<Measurement> {
     let sizes = trace.block_sizes();
     let layouts: Vec<Layout> = sizes.iter().copied().map(layout_of).collect();
     let stride = (trace.events.len() / options.samples.max(1)).max(1);
 
-    // 1. The sampling pass, on a fresh allocator.
+    // 1. The sampling pass, on a fresh allocator. This process's own allocations
+    // (reading the trace) use the system allocator: give its free memory back first,
+    // so that glibc's figure is not helped by what the tool freed.
+    if kind == Kind::System {
+        // SAFETY: malloc_trim only returns free memory to the operating system.
+        unsafe { libc::malloc_trim(0) };
+    }
     let sampler = Subject::new(kind, &options.config)?;
     let baseline = sampler.reserved_bytes();
     let mut peak = 0usize;

@@ -5,7 +5,9 @@
 //! blocks of that class. A typed allocation pops from it and a typed free pushes onto
 //! it; only when a magazine runs empty (refill) or over its limit (flush) does the
 //! thread lock the class's shared [`FixedSizePool`] (the depot), and then it moves
-//! half a magazine at once. On this machine an uncontended compare-and-swap costs
+//! a batch at once: up to 4 blocks (and 8 KiB) the first time, twice as many each
+//! time after, up to half a magazine, so that a class a program uses a little holds
+//! little. On this machine an uncontended compare-and-swap costs
 //! about 12 ns, more than mimalloc's whole allocate + free, so the hot path uses
 //! plain loads and stores only; everything shared is touched on refills and flushes.
 //!
@@ -48,6 +50,10 @@ use std::sync::{Arc, Weak};
 
 /// Largest magazine, in blocks.
 const MAX_MAGAZINE: usize = 256;
+
+/// Blocks taken by the first refill of a class: at most 4, and at most 8 KiB worth.
+const FIRST_BATCH: usize = 4;
+const FIRST_BATCH_BYTES: usize = 8 << 10;
 
 /// Running totals of the bytes users hold, with their peaks, shared by every tier.
 ///
@@ -348,6 +354,9 @@ pub(crate) struct ThreadCache {
     tier_id: u64,
     epoch: u64,
     magazines: Box<[Vec<NonNull<u8>>]>,
+    /// Blocks the next refill of each class takes: a few at first, doubling with
+    /// every refill up to half a magazine, so that a class used a little holds little.
+    batches: Box<[usize]>,
     counters: Arc<CacheCounters>,
 }
 
@@ -376,6 +385,16 @@ impl ThreadCache {
             tier_id: tier.id,
             epoch: tier.trim_epoch.load(Relaxed),
             magazines: tier.pools.iter().map(|_| Vec::new()).collect(),
+            batches: tier
+                .limits
+                .iter()
+                .zip(tier.strides.iter())
+                .map(|(&l, &stride)| {
+                    (FIRST_BATCH_BYTES / stride)
+                        .clamp(1, FIRST_BATCH)
+                        .min((l / 2).max(1))
+                })
+                .collect(),
             counters,
         }
     }
@@ -477,7 +496,8 @@ impl ThreadCache {
         }
     }
 
-    /// Takes half a magazine from the depot.
+    /// Takes a batch from the depot, and doubles the next batch (up to half a
+    /// magazine).
     #[cold]
     fn refill(&mut self, tier: &SmallTier, class: ClassIndex) -> Result<()> {
         let limit = tier.limits[class];
@@ -485,7 +505,9 @@ impl ThreadCache {
         if magazine.capacity() == 0 {
             magazine.reserve_exact(limit);
         }
-        let taken = tier.pools[class].take_batch((limit / 2).max(1), magazine)?;
+        let batch = self.batches[class];
+        self.batches[class] = (batch * 2).min((limit / 2).max(1));
+        let taken = tier.pools[class].take_batch(batch, magazine)?;
         let c = &self.counters;
         c.classes[class].refilled.add(taken);
         c.refills.add(1);

@@ -9,40 +9,69 @@ pub(crate) fn trim_cr(line: &[u8]) -> &[u8] {
 }
 
 /// Splits line `n` into exactly `N` comma-separated fields.
+#[inline]
 pub(crate) fn split<const N: usize>(line: &[u8], n: usize) -> Result<[&[u8]; N]> {
     let mut out = [&line[..0]; N];
-    let mut parts = line.split(|&b| b == b',');
-    for (i, slot) in out.iter_mut().enumerate() {
-        *slot = parts.next().ok_or_else(|| {
-            malformed(Location::Line(n), format!("expected {N} fields, found {i}"))
-        })?;
+    let mut start = 0;
+    let mut field = 0;
+    for (i, &b) in line.iter().enumerate() {
+        if b == b',' {
+            if field + 1 == N {
+                return Err(malformed(
+                    Location::Line(n),
+                    format!("expected {N} fields, found more"),
+                ));
+            }
+            out[field] = &line[start..i];
+            field += 1;
+            start = i + 1;
+        }
     }
-    if parts.next().is_some() {
+    if field + 1 != N {
         return Err(malformed(
             Location::Line(n),
-            format!("expected {N} fields, found more"),
+            format!("expected {N} fields, found {}", field + 1),
         ));
     }
+    out[field] = &line[start..];
     Ok(out)
 }
 
 /// A non-negative decimal integer field named `what` on line `n`.
+#[inline]
 pub(crate) fn decimal(field: &[u8], what: &str, n: usize) -> Result<u64> {
+    let mut value = 0u64;
+    if !field.is_empty() && field.len() <= 19 {
+        // At most 19 digits cannot overflow: the fast path of every valid field.
+        let mut ok = true;
+        for &d in field {
+            ok &= d.is_ascii_digit();
+            value = value
+                .wrapping_mul(10)
+                .wrapping_add(u64::from(d.wrapping_sub(b'0')));
+        }
+        if ok {
+            return Ok(value);
+        }
+    }
+    Err(bad_decimal(field, what, n))
+}
+
+#[cold]
+fn bad_decimal(field: &[u8], what: &str, n: usize) -> crate::error::Error {
     let text = String::from_utf8_lossy(field);
     let at = Location::Line(n);
     if field.first() == Some(&b'-') {
-        return Err(malformed(at, format!("{what} `{text}` is negative")));
+        return malformed(at, format!("{what} `{text}` is negative"));
     }
     if field.is_empty() || field.len() > 20 || !field.iter().all(u8::is_ascii_digit) {
-        return Err(malformed(
-            at,
-            format!("{what} `{text}` is not a non-negative integer"),
-        ));
+        return malformed(at, format!("{what} `{text}` is not a non-negative integer"));
     }
-    field
-        .iter()
-        .try_fold(0u64, |acc, &d| {
-            acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-        })
-        .ok_or_else(|| malformed(at, format!("{what} `{text}` is too large")))
+    let fits = field.iter().try_fold(0u64, |acc, &d| {
+        acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    });
+    match fits {
+        Some(_) => malformed(at, format!("{what} `{text}` could not be read")),
+        None => malformed(at, format!("{what} `{text}` is too large")),
+    }
 }

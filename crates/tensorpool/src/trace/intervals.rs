@@ -6,23 +6,38 @@
 //! first within a step. [`write`] writes a plan in the same format, offsets included.
 
 use super::fields::{decimal, split, trim_cr};
-use super::{malformed, Event, Format, Location, Trace};
+use super::{malformed, Event, Format, LineParser, Location, Trace};
 use crate::error::Result;
 use std::collections::HashMap;
 use std::io::Write;
 
-/// Parses the lines after the header; `columns` is 4 or 5 (with offsets).
-pub(crate) fn parse<'a>(lines: impl Iterator<Item = &'a [u8]>, columns: usize) -> Result<Trace> {
-    // (time, 0 = free / 1 = alloc, block, size)
-    let mut stamped: Vec<(u64, u8, u32, u64)> = Vec::new();
-    let mut ids = HashMap::new();
-    for (i, line) in lines.enumerate() {
-        let n = i + 2;
+/// The parser of the lines after the header.
+pub(crate) struct Parser {
+    /// 4, or 5 with offsets.
+    columns: usize,
+    /// (time, 0 = free / 1 = alloc, block, size)
+    stamped: Vec<(u64, u8, u32, u64)>,
+    /// Buffer id -> the line it was first seen on.
+    ids: HashMap<u64, usize>,
+}
+
+impl Parser {
+    pub(crate) fn new(columns: usize) -> Self {
+        Parser {
+            columns,
+            stamped: Vec::new(),
+            ids: HashMap::new(),
+        }
+    }
+}
+
+impl LineParser for Parser {
+    fn line(&mut self, line: &[u8], n: usize) -> Result<()> {
         let line = trim_cr(line);
         if line.is_empty() {
-            continue;
+            return Ok(());
         }
-        let [id, lower, upper, size] = if columns == 5 {
+        let [id, lower, upper, size] = if self.columns == 5 {
             let [id, lower, upper, size, offset] = split::<5>(line, n)?;
             decimal(offset, "offset", n)?;
             [id, lower, upper, size]
@@ -38,37 +53,43 @@ pub(crate) fn parse<'a>(lines: impl Iterator<Item = &'a [u8]>, columns: usize) -
                 format!("lower ({lower}) must be below upper ({upper})"),
             ));
         }
-        let block = u32::try_from(stamped.len() / 2)
+        let block = u32::try_from(self.stamped.len() / 2)
             .map_err(|_| malformed(Location::Line(n), "more than 4 billion buffers"))?;
-        if let Some(first) = ids.insert(id, n) {
+        if let Some(first) = self.ids.insert(id, n) {
             return Err(malformed(
                 Location::Line(n),
                 format!("buffer id {id} appears twice (first on line {first})"),
             ));
         }
-        stamped.push((lower, 1, block, size));
-        stamped.push((upper, 0, block, size));
+        self.stamped.push((lower, 1, block, size));
+        self.stamped.push((upper, 0, block, size));
+        Ok(())
     }
-    stamped.sort_unstable_by_key(|&(t, kind, block, _)| (t, kind, block));
-    let allocations = stamped.len() / 2;
-    let events = stamped
-        .into_iter()
-        .map(|(_, kind, id, size)| {
-            if kind == 1 {
-                Event::Alloc { id, size }
-            } else {
-                Event::Free { id }
-            }
+
+    fn finish(mut self) -> Result<Trace> {
+        self.stamped
+            .sort_unstable_by_key(|&(t, kind, block, _)| (t, kind, block));
+        let allocations = self.stamped.len() / 2;
+        let events = self
+            .stamped
+            .into_iter()
+            .map(|(_, kind, id, size)| {
+                if kind == 1 {
+                    Event::Alloc { id, size }
+                } else {
+                    Event::Free { id }
+                }
+            })
+            .collect();
+        Ok(Trace {
+            format: Format::Intervals,
+            events,
+            allocations,
+            unmatched_frees: 0,
+            failed_allocations: 0,
+            leaked_blocks: 0,
         })
-        .collect();
-    Ok(Trace {
-        format: Format::Intervals,
-        events,
-        allocations,
-        unmatched_frees: 0,
-        failed_allocations: 0,
-        leaked_blocks: 0,
-    })
+    }
 }
 
 /// A buffer with its planned offset, as written by [`write`].

@@ -47,7 +47,7 @@ pub mod rmm;
 pub use record::Recording;
 
 use crate::error::{Error, Result};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::io::Read;
 use std::path::Path;
 
@@ -152,44 +152,10 @@ impl Trace {
 
     /// Parses a trace from bytes (gzip or plain); the format is told by its start.
     pub fn parse(bytes: &[u8]) -> Result<Trace> {
-        let text;
-        let bytes = if bytes.starts_with(&[0x1f, 0x8b]) {
-            let mut out = Vec::with_capacity(bytes.len() * 8);
-            flate2::read::MultiGzDecoder::new(bytes)
-                .read_to_end(&mut out)
-                .map_err(|e| {
-                    malformed(
-                        Location::File,
-                        format!("the gzip stream is damaged or truncated: {e}"),
-                    )
-                })?;
-            text = out;
-            &text[..]
+        if bytes.starts_with(&[0x1f, 0x8b]) {
+            parse_stream(flate2::read::MultiGzDecoder::new(bytes))
         } else {
-            bytes
-        };
-        let start = bytes.iter().position(|b| !b.is_ascii_whitespace());
-        if start.is_some_and(|i| bytes[i] == b'{') {
-            return chrome::parse(bytes);
-        }
-        let mut lines = bytes.split(|&b| b == b'\n');
-        let header = lines.next().map(fields::trim_cr).unwrap_or_default();
-        let header = std::str::from_utf8(header)
-            .map_err(|_| malformed(Location::Line(1), "the header is not text"))?;
-        let columns: Vec<&str> = header.split(',').map(str::trim).collect();
-        match columns.as_slice() {
-            ["Thread", "Time", "Action", "Pointer", "Size", "Stream"] => rmm::parse(lines),
-            ["id", "lower", "upper", "size"] | ["id", "lower", "upper", "size", "offset"] => {
-                intervals::parse(lines, columns.len())
-            }
-            _ if header.is_empty() => Err(malformed(Location::File, "the file is empty")),
-            _ => Err(malformed(
-                Location::Line(1),
-                format!(
-                    "unknown header `{header}`: expected `Thread,Time,Action,Pointer,Size,Stream` \
-                     (RMM), `id,lower,upper,size` (MiniMalloc) or a JSON object (Chrome trace)"
-                ),
-            )),
+            parse_stream(bytes)
         }
     }
 
@@ -273,12 +239,107 @@ impl Trace {
     }
 }
 
+/// A parser fed the lines after a CSV header one at a time; `n` is the line number.
+pub(crate) trait LineParser {
+    fn line(&mut self, line: &[u8], n: usize) -> Result<()>;
+    fn finish(self) -> Result<Trace>;
+}
+
+/// Text is read and parsed a chunk at a time, so that a large compressed trace is
+/// never held whole in memory.
+const CHUNK: usize = 1 << 20;
+
+/// Reads into `buf` until it holds `want` bytes or the input ends; returns false at
+/// the end of the input.
+fn fill(reader: &mut impl Read, buf: &mut Vec<u8>, want: usize) -> Result<bool> {
+    let missing = want.saturating_sub(buf.len());
+    let read = reader.take(missing as u64).read_to_end(buf).map_err(|e| {
+        malformed(
+            Location::File,
+            format!("the gzip stream is damaged or truncated: {e}"),
+        )
+    })?;
+    Ok(read == missing)
+}
+
+/// Detects the format from the first bytes and parses the whole input.
+fn parse_stream(mut reader: impl Read) -> Result<Trace> {
+    let mut buf = Vec::with_capacity(CHUNK + 4096);
+    let mut more = fill(&mut reader, &mut buf, CHUNK)?;
+    let first = buf.iter().position(|b| !b.is_ascii_whitespace());
+    if first.is_some_and(|i| buf[i] == b'{') {
+        while more {
+            let want = buf.len() + CHUNK;
+            more = fill(&mut reader, &mut buf, want)?;
+        }
+        return chrome::parse(&buf);
+    }
+    let header_end = memchr::memchr(b'\n', &buf).unwrap_or(buf.len());
+    let header = std::str::from_utf8(fields::trim_cr(&buf[..header_end]))
+        .map_err(|_| malformed(Location::Line(1), "the header is not text"))?
+        .to_string();
+    let columns: Vec<&str> = header.split(',').map(str::trim).collect();
+    let start = (header_end + 1).min(buf.len());
+    match columns.as_slice() {
+        ["Thread", "Time", "Action", "Pointer", "Size", "Stream"] => {
+            feed(rmm::Parser::default(), reader, buf, start, more)
+        }
+        ["id", "lower", "upper", "size"] | ["id", "lower", "upper", "size", "offset"] => feed(
+            intervals::Parser::new(columns.len()),
+            reader,
+            buf,
+            start,
+            more,
+        ),
+        _ if header.is_empty() => Err(malformed(Location::File, "the file is empty")),
+        _ => Err(malformed(
+            Location::Line(1),
+            format!(
+                "unknown header `{header}`: expected `Thread,Time,Action,Pointer,Size,Stream` \
+                 (RMM), `id,lower,upper,size` (MiniMalloc) or a JSON object (Chrome trace)"
+            ),
+        )),
+    }
+}
+
+/// Feeds `parser` every line from `buf[start..]` on, reading more as it goes.
+fn feed<P: LineParser>(
+    mut parser: P,
+    mut reader: impl Read,
+    mut buf: Vec<u8>,
+    start: usize,
+    mut more: bool,
+) -> Result<Trace> {
+    let mut n = 2;
+    // Unparsed text starts at `line`; no newline lies before `search`.
+    let (mut line, mut search) = (start, start);
+    loop {
+        for end in memchr::memchr_iter(b'\n', &buf[search..]) {
+            let end = search + end;
+            parser.line(&buf[line..end], n)?;
+            n += 1;
+            line = end + 1;
+        }
+        if !more {
+            if line < buf.len() {
+                parser.line(&buf[line..], n)?;
+            }
+            return parser.finish();
+        }
+        // Keep the partial last line and read the next chunk after it.
+        buf.drain(..line);
+        (line, search) = (0, buf.len());
+        let want = buf.len() + CHUNK;
+        more = fill(&mut reader, &mut buf, want)?;
+    }
+}
+
 /// Builds a trace from allocations and frees by address, pairing each free with the
 /// latest allocation at its address (the addresses of a log are reused).
 #[derive(Debug)]
 pub(crate) struct Pairing<K = u64> {
     events: Vec<Event>,
-    live: HashMap<K, u32>,
+    live: FxHashMap<K, u32>,
     allocations: u32,
     unmatched: usize,
     failed: usize,
@@ -289,7 +350,7 @@ impl<K> Default for Pairing<K> {
     fn default() -> Self {
         Pairing {
             events: Vec::new(),
-            live: HashMap::new(),
+            live: FxHashMap::default(),
             allocations: 0,
             unmatched: 0,
             failed: 0,
@@ -399,6 +460,34 @@ pub(crate) mod tests {
         let (at, why) = reason(Trace::parse(&gz[..gz.len() - 6]));
         assert_eq!(at, Location::File);
         assert!(why.contains("gzip"), "{why}");
+    }
+
+    #[test]
+    fn lines_across_chunk_boundaries_are_read_whole() {
+        // Several chunks of text, and the same compressed: the parse must not depend
+        // on where the reads cut the lines.
+        let mut text = String::from("Thread,Time,Action,Pointer,Size,Stream\n");
+        for i in 0..60_000u64 {
+            text.push_str(&format!(
+                "7,12:00:00.{:06},allocate,{:#x},{},0\n",
+                i % 1_000_000,
+                0x1000 + i * 64,
+                i % 977 + 1
+            ));
+            if i % 3 != 0 {
+                text.push_str(&format!("7,12:00:01,free,{:#x},0,0\n", 0x1000 + i * 64));
+            }
+        }
+        assert!(text.len() > 2 * CHUNK);
+        let plain = Trace::parse(text.as_bytes()).unwrap();
+        assert_eq!(plain.allocations, 60_000);
+        assert_eq!(plain.leaked_blocks, 20_000);
+        assert_eq!(plain.events.len(), 100_000);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, text.as_bytes()).unwrap();
+        assert_eq!(Trace::parse(&gz.finish().unwrap()).unwrap(), plain);
+        let no_final_newline = &text[..text.len() - 1];
+        assert_eq!(Trace::parse(no_final_newline.as_bytes()).unwrap(), plain);
     }
 
     #[test]

@@ -6,20 +6,24 @@
 //! its address.
 
 use super::fields::{decimal, split, trim_cr};
-use super::{malformed, Format, Location, Pairing, Trace};
+use super::{malformed, Format, LineParser, Location, Pairing, Trace};
 use crate::error::Result;
 
 /// The header line of the format.
 pub const HEADER: &str = "Thread,Time,Action,Pointer,Size,Stream";
 
-/// Parses the lines after the header.
-pub(crate) fn parse<'a>(lines: impl Iterator<Item = &'a [u8]>) -> Result<Trace> {
-    let mut pairing = Pairing::default();
-    for (i, line) in lines.enumerate() {
-        let n = i + 2;
+/// The parser of the lines after the header.
+#[derive(Default)]
+pub(crate) struct Parser {
+    pairing: Pairing,
+}
+
+impl LineParser for Parser {
+    #[inline]
+    fn line(&mut self, line: &[u8], n: usize) -> Result<()> {
         let line = trim_cr(line);
         if line.is_empty() {
-            continue;
+            return Ok(());
         }
         let [thread, time, action, pointer, size, stream] = split::<6>(line, n)?;
         decimal(thread, "thread", n)?;
@@ -28,21 +32,28 @@ pub(crate) fn parse<'a>(lines: impl Iterator<Item = &'a [u8]>) -> Result<Trace> 
         let size = decimal(size, "size", n)?;
         decimal(stream, "stream", n)?;
         match action {
-            b"allocate" => pairing.alloc(pointer, size, Location::Line(n))?,
-            b"free" => pairing.free(pointer),
-            b"allocate failure" => pairing.failed(),
-            other => {
-                return Err(malformed(
-                    Location::Line(n),
-                    format!(
-                        "unknown action `{}`: expected allocate, allocate failure or free",
-                        String::from_utf8_lossy(other)
-                    ),
-                ))
+            b"allocate" => self.pairing.alloc(pointer, size, Location::Line(n)),
+            b"free" => {
+                self.pairing.free(pointer);
+                Ok(())
             }
+            b"allocate failure" => {
+                self.pairing.failed();
+                Ok(())
+            }
+            other => Err(malformed(
+                Location::Line(n),
+                format!(
+                    "unknown action `{}`: expected allocate, allocate failure or free",
+                    String::from_utf8_lossy(other)
+                ),
+            )),
         }
     }
-    Ok(pairing.finish(Format::RmmCsv))
+
+    fn finish(self) -> Result<Trace> {
+        Ok(self.pairing.finish(Format::RmmCsv))
+    }
 }
 
 fn hex_pointer(field: &[u8], n: usize) -> Result<u64> {

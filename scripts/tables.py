@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""Prints the README's replay and plan tables, running the `tensorpool` command.
+
+    python3 scripts/tables.py            # builds the command in release mode first
+
+The replay table covers the real program traces (pages touched, 5 repetitions); the
+plan table covers the static interval traces, with MiniMalloc's instances apart.
+"""
+import glob
+import json
+import pathlib
+import subprocess
+import sys
+import tempfile
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+EXE = ROOT / "target" / "release" / "tensorpool"
+
+
+def run(*args):
+    out = subprocess.run([str(EXE), *args, "--quiet"], cwd=ROOT, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(out.stderr)
+    return json.loads(out.stdout)
+
+
+def size(n):
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} B"
+
+
+def replay_table():
+    traces = ["traces/transformer_train.csv.gz", "traces/sk_mlp.csv.gz", "traces/torch_profiler_mlp.json"]
+    reports = run("replay", "--json", *traces)
+    print("| trace | events | peak live | allocator | ns/event | peak reserved | efficiency | page faults / run | tensorpool time ÷ | tensorpool memory ÷ |")
+    print("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+    for r in reports:
+        for i, a in enumerate(r["allocators"]):
+            head = f"| {pathlib.Path(r['trace']).name} | {r['events']} | {size(r['peak_live_bytes'])} |" if i == 0 else "| | | |"
+            print(f"{head} {a['name']} | {a['ns_per_event']:.1f} | {size(a['peak_reserved_bytes'])} | {a['efficiency']:.3f} "
+                  f"| {a['page_faults']} | {a['tensorpool_time_ratio']:.2f}x | {a['tensorpool_memory_ratio']:.2f}x |")
+    print()
+    for r in reports:
+        print(f"- {pathlib.Path(r['trace']).name}: parsed at {r['parse_events_per_second'] / 1e6:.1f} M events/s; "
+              f"replay loop overhead {r['replay_overhead_ns_per_event']:.1f} ns/event")
+
+
+def plan_table():
+    print("| trace | buffers | lower bound | default config (online) | suggested config (online) | offline plan |")
+    print("|---|---:|---:|---:|---:|---:|")
+    rows = sorted(glob.glob(str(ROOT / "traces" / "intervals" / "*.csv.gz")), key=lambda p: pathlib.Path(p).name.startswith("mm_"))
+    with tempfile.TemporaryDirectory() as tmp:
+        worst = {False: 0.0, True: 0.0}
+        for path in rows:
+            name = pathlib.Path(path).name.removesuffix(".csv.gz")
+            r = run("plan", "--json", path, "--config-out", f"{tmp}/c.toml", "--plan-out", f"{tmp}/p.csv")
+            mm = name.startswith("mm_")
+            worst[mm] = max(worst[mm], r["offline_efficiency"])
+            print(f"| {name} | {r['buffers']} | {size(r['peak_live_bytes'])} | {r['default_efficiency']:.3f}x "
+                  f"| {r['suggested_efficiency']:.3f}x | {r['offline_efficiency']:.3f}x |")
+    print(f"\nWorst offline plan: {worst[False]:.3f}x on the DL traces, {worst[True]:.3f}x on MiniMalloc's instances.")
+
+
+if __name__ == "__main__":
+    subprocess.run(["cargo", "build", "--release", "-q", "--bin", "tensorpool"], cwd=ROOT, check=True)
+    print("### Replay\n")
+    replay_table()
+    print("\n### Plan\n")
+    plan_table()
