@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Prints the README's benchmark tables from criterion's results (target/criterion).
 
-Run `cargo bench -p tensorpool --bench allocators --bench threads` first. Times are criterion's
+Run `cargo bench -p tensorpool-cli --bench allocators --bench threads` first. Times are criterion's
 estimates (the slope of its linear fit, as it prints them); ratios compare
 allocators measured in the same run, which is what stays meaningful on a shared,
 noisy machine.
@@ -16,7 +16,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent / "target" / "criterion"
 def estimate(*parts):
     path = ROOT.joinpath(*parts, "new", "estimates.json")
     if not path.exists():
-        sys.exit(f"missing {path}: run `cargo bench -p tensorpool --bench allocators --bench threads` first")
+        sys.exit(f"missing {path}: run `cargo bench -p tensorpool-cli --bench allocators --bench threads` first")
     estimates = json.loads(path.read_text())
     return (estimates.get("slope") or estimates["mean"])["point_estimate"]
 

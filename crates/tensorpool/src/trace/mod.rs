@@ -151,12 +151,46 @@ impl Trace {
     }
 
     /// Parses a trace from bytes (gzip or plain); the format is told by its start.
+    ///
+    /// A gzip stream is decompressed on a second thread while this one parses, a
+    /// chunk at a time.
     pub fn parse(bytes: &[u8]) -> Result<Trace> {
-        if bytes.starts_with(&[0x1f, 0x8b]) {
-            parse_stream(flate2::read::MultiGzDecoder::new(bytes))
-        } else {
-            parse_stream(bytes)
+        if !bytes.starts_with(&[0x1f, 0x8b]) {
+            return parse_stream(bytes);
         }
+        // Chunks go to the parser full and come back empty, so that their memory is
+        // reused rather than mapped afresh for every chunk.
+        let (full, filled) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(2);
+        let (empty, emptied) = std::sync::mpsc::channel::<Vec<u8>>();
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                let mut decoder = flate2::read::MultiGzDecoder::new(bytes);
+                loop {
+                    let mut chunk = emptied
+                        .try_recv()
+                        .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
+                    chunk.clear();
+                    match decoder.by_ref().take(CHUNK as u64).read_to_end(&mut chunk) {
+                        Ok(0) => break,
+                        Ok(_) => {
+                            if full.send(Ok(chunk)).is_err() {
+                                break; // the parser stopped at an error
+                            }
+                        }
+                        Err(e) => {
+                            let _ = full.send(Err(e));
+                            break;
+                        }
+                    }
+                }
+            });
+            parse_stream(Chunks {
+                filled,
+                empty,
+                chunk: Vec::new(),
+                at: 0,
+            })
+        })
     }
 
     /// The most bytes live at once: the floor no allocator can go below.
@@ -260,6 +294,33 @@ fn fill(reader: &mut impl Read, buf: &mut Vec<u8>, want: usize) -> Result<bool> 
         )
     })?;
     Ok(read == missing)
+}
+
+/// A reader over chunks sent by the decompressing thread, which it sends back empty.
+struct Chunks {
+    filled: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    empty: std::sync::mpsc::Sender<Vec<u8>>,
+    chunk: Vec<u8>,
+    at: usize,
+}
+
+impl Read for Chunks {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.chunk.len() {
+            match self.filled.recv() {
+                Ok(next) => {
+                    let used = std::mem::replace(&mut self.chunk, next?);
+                    let _ = self.empty.send(used);
+                    self.at = 0;
+                }
+                Err(_) => return Ok(0), // the stream ended
+            }
+        }
+        let n = out.len().min(self.chunk.len() - self.at);
+        out[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
 }
 
 /// Detects the format from the first bytes and parses the whole input.
