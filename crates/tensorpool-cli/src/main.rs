@@ -1,6 +1,6 @@
 //! `tensorpool`: replay allocation traces, plan a configuration, run benchmarks.
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -31,15 +31,8 @@ enum Command {
         /// Traces: RMM CSV, MiniMalloc intervals or PyTorch Chrome JSON, gzip or not.
         /// None: the embedded transformer training trace.
         traces: Vec<String>,
-        /// tensorpool's configuration (TOML or JSON, as `plan` writes).
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Do not write the pages of each block.
-        #[arg(long)]
-        no_touch: bool,
-        /// Timed repetitions per allocator; the median is reported.
-        #[arg(long, default_value_t = 5)]
-        reps: usize,
+        #[command(flatten)]
+        how: HowToReplay,
         /// Print one JSON array instead of the table.
         #[arg(long)]
         json: bool,
@@ -79,15 +72,41 @@ enum Command {
         trace: String,
         #[arg(long, value_enum)]
         allocator: Kind,
-        #[arg(long)]
-        config: Option<PathBuf>,
-        #[arg(long)]
-        no_touch: bool,
-        #[arg(long, default_value_t = 5)]
-        reps: usize,
+        #[command(flatten)]
+        how: HowToReplay,
         #[arg(long, default_value_t = 400)]
         samples: usize,
     },
+}
+
+/// The replay settings `replay` takes and passes on to its workers.
+#[derive(Args)]
+struct HowToReplay {
+    /// tensorpool's configuration (TOML or JSON, as `plan` writes).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Do not write the pages of each block.
+    #[arg(long)]
+    no_touch: bool,
+    /// Timed repetitions per allocator; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+}
+
+impl HowToReplay {
+    fn options(self, samples: usize) -> Result<Options, String> {
+        let config = match &self.config {
+            Some(p) => Config::from_file(p).map_err(|e| e.to_string())?,
+            None => Config::default(),
+        };
+        Ok(Options {
+            reps: self.reps,
+            touch: !self.no_touch,
+            config,
+            config_path: self.config,
+            samples,
+        })
+    }
 }
 
 fn progress(quiet: bool, total: usize) -> ProgressBar {
@@ -101,20 +120,11 @@ fn progress(quiet: bool, total: usize) -> ProgressBar {
     bar
 }
 
-fn load_config(path: &Option<PathBuf>) -> Result<Config, String> {
-    match path {
-        Some(p) => Config::from_file(p).map_err(|e| e.to_string()),
-        None => Ok(Config::default()),
-    }
-}
-
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Replay {
             traces,
-            config,
-            no_touch,
-            reps,
+            how,
             json,
             plot,
         } => {
@@ -127,13 +137,7 @@ fn run(cli: Cli) -> Result<(), String> {
             for source in &sources {
                 source.load().map_err(|e| e.to_string())?;
             }
-            let options = Options {
-                reps,
-                touch: !no_touch,
-                config: load_config(&config)?,
-                config_path: config,
-                samples: 400,
-            };
+            let options = how.options(400)?;
             let bar = progress(cli.quiet, sources.len() * Kind::ALL.len());
             let reports = replay::replay_all(&sources, &options, |step| {
                 bar.set_message(step.to_string());
@@ -226,18 +230,10 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::ReplayWorker {
             trace,
             allocator,
-            config,
-            no_touch,
-            reps,
+            how,
             samples,
         } => {
-            let options = Options {
-                reps,
-                touch: !no_touch,
-                config: load_config(&config)?,
-                config_path: config,
-                samples,
-            };
+            let options = how.options(samples)?;
             let trace = Source::parse(&trace).load().map_err(|e| e.to_string())?;
             let m = replay::measure(&trace, allocator, &options).map_err(|e| e.to_string())?;
             println!("{}", serde_json::to_string(&m).map_err(|e| e.to_string())?);

@@ -15,6 +15,13 @@ fn tensorpool(args: &[&str]) -> Output {
         .expect("the binary runs")
 }
 
+/// `replay` with one repetition and untouched pages: the quickest full replay.
+fn quick_replay(args: &[&str]) -> Output {
+    let mut all = vec!["replay", "--reps", "1", "--no-touch", "--quiet"];
+    all.extend_from_slice(args);
+    tensorpool(&all)
+}
+
 fn fixture(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../traces")
@@ -146,9 +153,9 @@ fn replay_json_matches_an_independent_count() {
         fixture("intervals/resnet50.csv.gz"),
         fixture("torch_profiler_mlp.json"),
     ];
-    let mut args = vec!["replay", "--json", "--reps", "1", "--no-touch", "--quiet"];
+    let mut args = vec!["--json"];
     args.extend(traces.iter().map(String::as_str));
-    let out = tensorpool(&args);
+    let out = quick_replay(&args);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let reports: Value = serde_json::from_slice(&out.stdout).unwrap();
     let reports = reports.as_array().unwrap();
@@ -203,12 +210,7 @@ fn replay_without_a_trace_runs_the_embedded_workload() {
 fn plots_are_written_as_svg_or_html() {
     for ext in ["svg", "html"] {
         let path = scratch(&format!("timeline.{ext}"));
-        let out = tensorpool(&[
-            "replay",
-            "--reps",
-            "1",
-            "--no-touch",
-            "--quiet",
+        let out = quick_replay(&[
             "--plot",
             path.to_str().unwrap(),
             &fixture("intervals/iree_mobilenet.csv.gz"),
@@ -257,12 +259,7 @@ fn plan_writes_a_usable_config_and_a_verified_plan() {
     let planned = tensorpool::trace::Trace::read(&plan).expect("the plan reads back as a trace");
     assert_eq!(planned.allocations, 1042);
     // replay accepts the suggested config
-    let out = tensorpool(&[
-        "replay",
-        "--reps",
-        "1",
-        "--no-touch",
-        "--quiet",
+    let out = quick_replay(&[
         "--config",
         config.to_str().unwrap(),
         &fixture("intervals/iree_mobilenet.csv.gz"),

@@ -7,28 +7,15 @@ use std::alloc::Layout;
 use std::ptr::NonNull;
 use tensorpool::{Arena, BestFit, Config, FixedSizePool, MemoryManager};
 
-/// xorshift64*: deterministic, so a failure replays.
-struct Rng(u64);
+mod common;
+use common::Rng;
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    /// Sizes spread over every tier: mostly small, some large, a few huge.
-    fn size(&mut self) -> usize {
-        match self.below(100) {
-            0..=69 => 1 + self.below(64 << 10),
-            70..=97 => 1 + self.below(8 << 20),
-            _ => (8 << 20) + self.below(16 << 20),
-        }
+/// Sizes spread over every tier: mostly small, some large, a few huge.
+fn size(rng: &mut Rng) -> usize {
+    match rng.below(100) {
+        0..=69 => 1 + rng.below(64 << 10),
+        70..=97 => 1 + rng.below(8 << 20),
+        _ => (8 << 20) + rng.below(16 << 20),
     }
 }
 
@@ -72,7 +59,7 @@ fn manager_blocks_keep_their_patterns() {
     let mut live: Vec<(Block, Option<Layout>)> = Vec::new();
     for step in 0..3000 {
         if live.len() < 200 && (live.is_empty() || rng.below(100) < 55) {
-            let size = rng.size();
+            let size = size(&mut rng);
             let align = 1 << rng.below(13);
             let typed = rng.below(2) == 0;
             let (ptr, layout) = if typed {

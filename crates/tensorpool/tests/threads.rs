@@ -26,21 +26,8 @@ fn config() -> tensorpool::ConfigBuilder {
     }
 }
 
-/// xorshift64*: deterministic per thread.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+mod common;
+use common::Rng;
 
 /// A block and how to free it. Raw pointers are `Send` through this wrapper: the
 /// block is owned by whoever holds the `Block`.
