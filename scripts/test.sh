@@ -6,6 +6,8 @@
 #   loom models of the thread-cache hand-off
 #   the unsafe core under Miri (a fast subset, see README "Testing"), and the
 #   multi-threaded stress test under Miri's data-race detector
+#   the Python package: built with maturin into .venv (pinned requirements), pytest,
+#   then NumPy's own test_multiarray.py with tensorpool as NumPy's allocator
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,5 +39,17 @@ else
         arena:: fixed_pool:: best_fit:: huge:: upstream:: manager:: tensor:: thread_cache::
     cargo +nightly miri test -p tensorpool --test threads --locked
 fi
+
+step "Python: the tensorpool package (maturin, abi3) and its tests (pytest)"
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/pip install --quiet --disable-pip-version-check -r crates/tensorpool-py/requirements.txt
+(cd crates/tensorpool-py && ../../.venv/bin/maturin develop --release --locked --quiet)
+.venv/bin/python -m pytest -q -p no:cacheprovider crates/tensorpool-py/python/tests
+
+step "NumPy's own tests (numpy/_core/tests/test_multiarray.py) with tensorpool as NumPy's allocator"
+PYTHONPATH=crates/tensorpool-py/python/tests .venv/bin/python -m pytest -q -p no:cacheprovider \
+    -p numpy_suite_plugin --pyargs numpy._core.tests.test_multiarray
 
 step "all tests passed"

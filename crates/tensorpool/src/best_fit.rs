@@ -582,6 +582,27 @@ impl BestFit {
         (region.at(offset), size)
     }
 
+    /// The block size and requested size of the live block at `addr`, whose raw flag
+    /// must be `raw`; the same checks as [`free_block`](Self::free_block), changing
+    /// nothing.
+    pub(crate) fn block_sizes(&self, addr: usize, raw: bool) -> Result<(usize, usize)> {
+        let st = self.state.lock();
+        let Some(&id) = st.live.get(&addr) else {
+            return Err(Error::InvalidPointer {
+                addr,
+                reason: classify(&st, addr),
+            });
+        };
+        let b = st.blocks[id as usize];
+        if b.raw != raw {
+            return Err(Error::InvalidPointer {
+                addr,
+                reason: PointerError::NotRaw,
+            });
+        }
+        Ok((b.size, b.requested))
+    }
+
     /// Frees the live block at `addr` whose raw flag is `raw`; returns its block size
     /// and requested size.
     pub(crate) fn free_block(&self, addr: usize, raw: bool) -> Result<(usize, usize)> {

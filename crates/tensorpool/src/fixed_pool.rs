@@ -312,6 +312,34 @@ impl FixedSizePool {
         Ok(requested)
     }
 
+    /// The requested size of the live block at `addr`, whose raw flag must be `raw`;
+    /// the same checks as [`free_block`](Self::free_block), changing nothing.
+    pub(crate) fn block_requested(&self, addr: usize, raw: bool) -> Result<usize> {
+        let st = self.state.lock();
+        let invalid = |reason| Error::InvalidPointer { addr, reason };
+        let id = self
+            .find_chunk(&st, addr)
+            .ok_or(invalid(PointerError::Foreign))?;
+        let chunk = st.chunks[id as usize]
+            .as_ref()
+            .expect("mapped chunk exists");
+        let offset = addr - chunk.region.start();
+        let slot = offset / self.stride;
+        if slot >= chunk.slots as usize || !bit(&chunk.live, slot as u32) {
+            return Err(invalid(PointerError::NotLive));
+        }
+        if offset % self.stride != 0 {
+            return Err(invalid(PointerError::Interior {
+                block: chunk.region.start() + slot * self.stride,
+                offset: offset % self.stride,
+            }));
+        }
+        if bit(&chunk.raw, slot as u32) != raw {
+            return Err(invalid(PointerError::NotRaw));
+        }
+        Ok(chunk.requested[slot] as usize)
+    }
+
     /// Moves up to `n` typed blocks to `out` under one lock, for a thread cache.
     /// Fails only if not even one block can be had. The blocks count as allocated
     /// in the pool's usage (they are out of the pool) but not as allocations.

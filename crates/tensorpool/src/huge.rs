@@ -180,6 +180,23 @@ impl HugeCache {
         Ok((region.ptr(), region.len(), hit))
     }
 
+    /// The segment size and requested size of the live block at `addr` with raw flag
+    /// `raw`; the same checks as [`free_block`](Self::free_block), changing nothing.
+    pub(crate) fn block_sizes(&self, addr: usize, raw: bool) -> Result<(usize, usize)> {
+        let st = self.state.lock();
+        let invalid = |reason| Error::InvalidPointer { addr, reason };
+        match st.segments.find(addr) {
+            None => Err(invalid(PointerError::Foreign)),
+            Some((_, _, e)) if !e.live => Err(invalid(PointerError::NotLive)),
+            Some((start, _, _)) if start != addr => Err(invalid(PointerError::Interior {
+                block: start,
+                offset: addr - start,
+            })),
+            Some((_, _, e)) if e.raw != raw => Err(invalid(PointerError::NotRaw)),
+            Some((_, _, e)) => Ok((e.region.len(), e.requested)),
+        }
+    }
+
     /// Frees the live block at `addr` with raw flag `raw`; returns its segment size
     /// and requested size.
     pub(crate) fn free_block(&self, addr: usize, raw: bool) -> Result<(usize, usize)> {

@@ -370,6 +370,11 @@ impl MemoryManager {
         })
     }
 
+    /// Whether `self` and `other` are handles to the same manager.
+    pub fn same_manager(&self, other: &MemoryManager) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.inner.config
@@ -411,6 +416,39 @@ impl MemoryManager {
     /// and changes nothing.
     pub fn free_raw(&self, ptr: *mut u8) -> Result<()> {
         self.inner.free_raw(ptr.addr())
+    }
+
+    /// The size requested for the live raw block at `ptr`, with the same checks as
+    /// [`free_raw`](Self::free_raw) and changing nothing: what `realloc` and
+    /// a recording of frees need when the caller does not know the size.
+    pub fn raw_size(&self, ptr: *const u8) -> Result<usize> {
+        self.inner.raw_size(ptr.addr())
+    }
+
+    /// Moves the live raw block at `ptr` to a block of `new_size` bytes aligned to
+    /// `align`, keeping the first `min(old, new)` bytes, as C's `realloc` does.
+    ///
+    /// On error (a bad pointer, no memory) the old block is untouched and still live.
+    ///
+    /// # Safety
+    ///
+    /// No other thread frees or reallocates `ptr` during the call (the bytes are
+    /// copied from it). A `ptr` that is not a live raw block is reported, not read.
+    pub unsafe fn reallocate_raw(
+        &self,
+        ptr: *mut u8,
+        new_size: usize,
+        align: usize,
+    ) -> Result<NonNull<u8>> {
+        let inner = &*self.inner;
+        let old = inner.raw_size(ptr.addr())?;
+        let new = inner.allocate(new_size, align, true)?;
+        // SAFETY: `ptr` is a live raw block of at least `old` bytes (checked above, and
+        // by our caller's contract nobody frees it meanwhile) and `new` a fresh block of
+        // `new_size` bytes; distinct live blocks never overlap.
+        unsafe { std::ptr::copy_nonoverlapping(ptr, new.as_ptr(), old.min(new_size)) };
+        inner.free_raw(ptr.addr())?;
+        Ok(new)
     }
 
     /// An arena whose chunks come from this manager (and count in its stats).
@@ -476,9 +514,32 @@ impl MemoryManager {
         Snapshot { segments }
     }
 
-    /// Allocates for a typed owner (what [`Allocator::allocate`] does).
+    /// Allocates for a typed owner (what [`Allocator::allocate`] does past the thread
+    /// cache).
     pub(crate) fn allocate_typed(&self, layout: Layout) -> Result<NonNull<u8>> {
         self.inner.allocate(layout.size(), layout.align(), false)
+    }
+
+    /// A block for `layout` (not zero-sized), as [`Allocator::allocate`] gives, with
+    /// the error that says why when there is none (the out-of-memory report).
+    /// Give it back with [`Allocator::deallocate`] and the same layout.
+    #[inline]
+    pub fn try_allocate(&self, layout: Layout) -> Result<NonNull<u8>> {
+        if layout.size() == 0 {
+            return Err(Error::ZeroSize);
+        }
+        match self.inner.allocate_cached(layout.size(), layout.align()) {
+            Some(ptr) => Ok(ptr),
+            None => self.allocate_typed(layout),
+        }
+    }
+
+    /// [`try_allocate`](Self::try_allocate), zeroed.
+    pub fn try_allocate_zeroed(&self, layout: Layout) -> Result<NonNull<u8>> {
+        let ptr = self.try_allocate(layout)?;
+        // SAFETY: the block is `layout.size()` bytes, fresh, and exclusively ours.
+        unsafe { ptr.as_ptr().write_bytes(0, layout.size()) };
+        Ok(ptr)
     }
 }
 
@@ -609,6 +670,20 @@ impl Inner {
         pools
             .max(self.large.largest_free_block())
             .max(self.huge.largest_cached())
+    }
+
+    fn raw_size(&self, addr: usize) -> Result<usize> {
+        let owner = self.owners.read().find(addr).map(|(_, _, &owner)| owner);
+        match owner {
+            None => Err(Error::InvalidPointer {
+                addr,
+                reason: PointerError::Foreign,
+            }),
+            Some(Owner::Class(c)) => self.small.pools[c as usize].block_requested(addr, true),
+            Some(Owner::Explicit(i)) => self.explicit[i as usize].block_requested(addr, true),
+            Some(Owner::Large) => Ok(self.large.block_sizes(addr, true)?.1),
+            Some(Owner::Huge) => Ok(self.huge.block_sizes(addr, true)?.1),
+        }
     }
 
     fn free_raw(&self, addr: usize) -> Result<()> {
@@ -925,6 +1000,102 @@ mod tests {
             mm.free_raw(p.as_ptr()).unwrap();
         }
         assert_eq!(mm.stats().allocated_bytes, 0);
+    }
+
+    #[test]
+    fn raw_size_and_reallocate_raw_in_every_tier() {
+        let mm = manager(
+            heap_config()
+                .small_threshold(4096)
+                .huge_threshold(2 << 20)
+                .expandable_segments(false),
+        );
+        // Sizes in the small, large and huge tiers, grown and shrunk across them.
+        let sizes = [100usize, 3000, 100_000, 3 << 20, 50, 1];
+        let mut ptr = mm.allocate_raw(sizes[0], 8).unwrap().as_ptr();
+        let fill = |p: *mut u8, n: usize| {
+            // SAFETY: `p` is a live raw block of at least `n` bytes.
+            unsafe { std::slice::from_raw_parts_mut(p, n) }
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, b)| *b = (i % 251) as u8);
+        };
+        fill(ptr, sizes[0]);
+        for pair in sizes.windows(2) {
+            let (old, new) = (pair[0], pair[1]);
+            assert_eq!(mm.raw_size(ptr).unwrap(), old);
+            // SAFETY: no other thread uses `ptr`.
+            let moved = unsafe { mm.reallocate_raw(ptr, new, 64) }.unwrap().as_ptr();
+            assert_eq!(moved.addr() % 64, 0);
+            // SAFETY: `moved` is a live raw block of `new` bytes.
+            let kept = unsafe { std::slice::from_raw_parts(moved, old.min(new)) };
+            assert!(kept.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+            assert!(matches!(
+                mm.free_raw(ptr),
+                Err(Error::InvalidPointer {
+                    reason: PointerError::NotLive | PointerError::Foreign,
+                    ..
+                })
+            ));
+            fill(moved, new);
+            ptr = moved;
+        }
+        assert_eq!(mm.stats().allocated_blocks, 1);
+        assert_eq!(mm.stats().requested_bytes, 1);
+        mm.free_raw(ptr).unwrap();
+        assert_eq!(mm.stats().allocated_blocks, 0);
+    }
+
+    #[test]
+    fn raw_size_and_reallocate_raw_refuse_bad_pointers() {
+        let mm = manager(heap_config());
+        let raw = mm.allocate_raw(1000, 8).unwrap().as_ptr();
+        let layout = Layout::from_size_align(1000, 8).unwrap();
+        let typed = mm.try_allocate(layout).unwrap();
+        let before = mm.stats();
+        for bad in [raw.wrapping_add(8), typed.as_ptr(), 0x1000 as *mut u8] {
+            assert!(matches!(
+                mm.raw_size(bad),
+                Err(Error::InvalidPointer { .. })
+            ));
+            // SAFETY: no other thread uses these pointers.
+            let moved = unsafe { mm.reallocate_raw(bad, 10, 8) };
+            assert!(matches!(moved, Err(Error::InvalidPointer { .. })));
+        }
+        assert_eq!(mm.stats().allocated_blocks, before.allocated_blocks);
+        // A failed move (no memory) leaves the block live and intact.
+        let limited = manager(heap_config().memory_limit(1 << 20));
+        let p = limited.allocate_raw(1000, 8).unwrap().as_ptr();
+        // SAFETY: no other thread uses `p`.
+        let e = unsafe { limited.reallocate_raw(p, 4 << 20, 8) }.unwrap_err();
+        assert!(matches!(e, Error::OutOfMemory(_)));
+        assert_eq!(limited.raw_size(p).unwrap(), 1000);
+        limited.free_raw(p).unwrap();
+        // SAFETY: the typed block came from `try_allocate` with `layout`.
+        unsafe { mm.deallocate(typed, layout) };
+        mm.free_raw(raw).unwrap();
+    }
+
+    #[test]
+    fn try_allocate_explains_failures() {
+        let mm = manager(heap_config().memory_limit(1 << 20));
+        let zero = Layout::from_size_align(0, 8).unwrap();
+        assert_eq!(mm.try_allocate(zero), Err(Error::ZeroSize));
+        let big = Layout::from_size_align(2 << 20, 8).unwrap();
+        let Err(Error::OutOfMemory(report)) = mm.try_allocate(big) else {
+            panic!("expected an out-of-memory report");
+        };
+        assert_eq!(report.requested, 2 << 20);
+        let small = Layout::from_size_align(100, 8).unwrap();
+        let p = mm.try_allocate_zeroed(small).unwrap();
+        // SAFETY: a live block of 100 bytes.
+        assert!(unsafe { std::slice::from_raw_parts(p.as_ptr(), 100) }
+            .iter()
+            .all(|&b| b == 0));
+        // SAFETY: allocated above with `small`.
+        unsafe { mm.deallocate(p, small) };
+        assert!(mm.same_manager(&mm.clone()));
+        assert!(!mm.same_manager(&manager(heap_config())));
     }
 
     #[test]

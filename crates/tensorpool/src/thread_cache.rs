@@ -82,7 +82,9 @@ impl Totals {
         let now = total
             .fetch_add(delta as usize, Relaxed)
             .wrapping_add(delta as usize);
-        if (now as isize) >= 0 {
+        // Only a rise can set a new peak, and most rises do not: read before the
+        // read-modify-write (each costs ~12 ns here).
+        if delta > 0 && (now as isize) >= 0 && now > peak.load(Relaxed) {
             peak.fetch_max(now, Relaxed);
         }
     }

@@ -44,7 +44,7 @@ pub mod intervals;
 mod record;
 pub mod rmm;
 
-pub use record::Recording;
+pub use record::{Recording, TraceWriter};
 
 use crate::error::{Error, Result};
 use rustc_hash::FxHashMap;

@@ -39,6 +39,12 @@ use std::time::Instant;
 /// An allocator that records what passes through it.
 pub struct Recording<A> {
     inner: A,
+    writer: TraceWriter,
+}
+
+/// Writes allocation events as RMM CSV lines, from any thread: what [`Recording`]
+/// and foreign hooks (NumPy's allocator) use to record.
+pub struct TraceWriter {
     start: Instant,
     out: Mutex<Sink>,
 }
@@ -56,21 +62,19 @@ std::thread_local! {
 
 impl<A> Recording<A> {
     /// Records the allocations of `inner` into `out` (the header is written now).
-    pub fn new(inner: A, mut out: impl Write + Send + 'static) -> io::Result<Self> {
-        writeln!(out, "{HEADER}")?;
+    pub fn new(inner: A, out: impl Write + Send + 'static) -> io::Result<Self> {
         Ok(Recording {
             inner,
-            start: Instant::now(),
-            out: Mutex::new(Sink {
-                writer: Some(Box::new(out)),
-                error: None,
-            }),
+            writer: TraceWriter::new(out)?,
         })
     }
 
     /// Records into a new file at `path`.
     pub fn to_file(inner: A, path: impl AsRef<Path>) -> io::Result<Self> {
-        Self::new(inner, BufWriter::new(std::fs::File::create(path)?))
+        Ok(Recording {
+            inner,
+            writer: TraceWriter::to_file(path)?,
+        })
     }
 
     /// The wrapped allocator.
@@ -80,6 +84,46 @@ impl<A> Recording<A> {
 
     /// Flushes the recording and returns the first write error, if any.
     pub fn finish(&self) -> io::Result<()> {
+        self.writer.finish()
+    }
+}
+
+impl TraceWriter {
+    /// Writes into `out` (the header is written now).
+    pub fn new(mut out: impl Write + Send + 'static) -> io::Result<Self> {
+        writeln!(out, "{HEADER}")?;
+        Ok(TraceWriter {
+            start: Instant::now(),
+            out: Mutex::new(Sink {
+                writer: Some(Box::new(out)),
+                error: None,
+            }),
+        })
+    }
+
+    /// Writes into a new file at `path`.
+    pub fn to_file(path: impl AsRef<Path>) -> io::Result<Self> {
+        Self::new(BufWriter::new(std::fs::File::create(path)?))
+    }
+
+    /// Records an allocation of `size` bytes at `addr`.
+    pub fn allocate(&self, addr: usize, size: usize) {
+        self.log("allocate", addr, size);
+    }
+
+    /// Records an allocation of `size` bytes that failed.
+    pub fn allocate_failure(&self, size: usize) {
+        self.log("allocate failure", 0, size);
+    }
+
+    /// Records the free of the `size`-byte block at `addr`.
+    pub fn free(&self, addr: usize, size: usize) {
+        self.log("free", addr, size);
+    }
+
+    /// Flushes the recording and returns the first write error, if any. Later events
+    /// are still written.
+    pub fn finish(&self) -> io::Result<()> {
         let mut sink = self.out.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(e) = sink.error.take() {
             return Err(e);
@@ -88,6 +132,15 @@ impl<A> Recording<A> {
             Some(w) => w.flush(),
             None => Ok(()),
         }
+    }
+
+    /// Stops recording: flushes, closes the output, and returns the first write error.
+    /// Later events are dropped.
+    pub fn close(&self) -> io::Result<()> {
+        let result = self.finish();
+        let mut sink = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        sink.writer = None;
+        result
     }
 
     fn log(&self, action: &str, ptr: usize, size: usize) {
@@ -120,18 +173,16 @@ unsafe impl<A: Allocator> Allocator for Recording<A> {
     fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
         let result = self.inner.allocate(layout);
         match &result {
-            Ok(block) => self.log(
-                "allocate",
-                block.cast::<u8>().as_ptr().addr(),
-                layout.size(),
-            ),
-            Err(_) => self.log("allocate failure", 0, layout.size()),
+            Ok(block) => self
+                .writer
+                .allocate(block.cast::<u8>().as_ptr().addr(), layout.size()),
+            Err(_) => self.writer.allocate_failure(layout.size()),
         }
         result
     }
 
     unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
-        self.log("free", ptr.as_ptr().addr(), layout.size());
+        self.writer.free(ptr.as_ptr().addr(), layout.size());
         // SAFETY: forwarded unchanged from our caller, who holds the same contract.
         unsafe { self.inner.deallocate(ptr, layout) }
     }
@@ -155,6 +206,23 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn a_closed_writer_drops_later_events() {
+        let sink = Shared::default();
+        let writer = TraceWriter::new(sink.clone()).unwrap();
+        writer.allocate(0x1000, 64);
+        writer.allocate(0x2000, 128);
+        writer.free(0x1000, 64);
+        writer.close().unwrap();
+        writer.free(0x2000, 128); // after the recording: not written
+        writer.allocate_failure(1 << 40);
+        let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 4, "{text}");
+        let trace = Trace::parse(text.as_bytes()).unwrap();
+        assert_eq!((trace.allocations, trace.leaked_blocks), (2, 1));
+        assert!(writer.finish().is_ok());
     }
 
     #[test]

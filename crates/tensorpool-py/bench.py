@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Benchmarks of the Python package against NumPy's own allocator, in one run.
+
+    .venv/bin/python crates/tensorpool-py/bench.py [--quick] [--json]
+
+Measures, alternating the two sides so that both see the same machine:
+  - `mm.empty(n)` vs `np.empty(n)` for small arrays (the pooled small-array path);
+  - allocate + fill of 1, 4 and 64 MiB arrays, repeated: `mm.empty` vs `np.empty`
+    (NumPy's allocator gives large blocks back to the OS, so each one page-faults);
+  - a small NumPy operation (`x + 1`, 100 doubles) with and without `install()`;
+  - the NumPy MLP training loop of `tensorpool.workloads` with and without `install()`.
+Prints a Markdown table with the ratio tensorpool / NumPy (below 1: tensorpool is
+faster) and the targets of DESIGN.md. Times are the best of several repetitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+import timeit
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+import tensorpool  # noqa: E402
+from tensorpool.workloads import mlp_training  # noqa: E402
+
+
+def per_call(fn, number, repeat):
+    return min(timeit.repeat(fn, number=number, repeat=repeat)) / number
+
+
+def paired(a, b, number, repeat, rounds):
+    """Best times of a and b, measured in alternating rounds."""
+    ta, tb = [], []
+    for _ in range(rounds):
+        ta.append(per_call(a, number, repeat))
+        tb.append(per_call(b, number, repeat))
+    return min(ta), min(tb)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    ap.add_argument("--json", action="store_true", help="print JSON rows")
+    args = ap.parse_args()
+    rounds = 2 if args.quick else 5
+    mm = tensorpool.MemoryManager()
+    rows = []
+
+    def row(what, numpy_s, tp_s, target=None):
+        rows.append({"benchmark": what, "numpy_s": numpy_s, "tensorpool_s": tp_s,
+                     "ratio": tp_s / numpy_s, "target": target})
+
+    for n in (1, 16, 128):
+        t_np, t_tp = paired(lambda: np.empty(n), lambda: mm.empty(n), 100_000, 5, rounds)
+        row(f"empty({n}) float64", t_np, t_tp, "<= 1.5")
+
+    for mib in (1, 4, 64):
+        size = mib << 20
+
+        def np_fill():
+            a = np.empty(size, np.uint8)
+            a.fill(1)
+
+        def tp_fill():
+            a = mm.empty(size, np.uint8)
+            a.fill(1)
+
+        number = max(1, 256 // mib)
+        t_np, t_tp = paired(np_fill, tp_fill, number, 3, rounds)
+        row(f"empty + fill {mib} MiB", t_np, t_tp, "<= 0.33" if mib == 64 else None)
+
+    x = np.ones(100)
+
+    def small_op():
+        return x + 1
+
+    def small_op_installed():
+        with tensorpool.use(mm):
+            return per_call(small_op, 100_000, 5)
+
+    t_np = t_tp = float("inf")
+    for _ in range(rounds):
+        t_np = min(t_np, per_call(small_op, 100_000, 5))
+        t_tp = min(t_tp, small_op_installed())
+    row("x + 1 (100 doubles), install()", t_np, t_tp, None)
+
+    steps = 60 if args.quick else 200
+
+    def mlp():
+        mlp_training(steps)
+
+    def mlp_installed():
+        with tensorpool.use(mm):
+            mlp_training(steps)
+
+    t_np, t_tp = paired(mlp, mlp_installed, 1, 3, rounds)
+    row(f"MLP training, {steps} steps, install()", t_np, t_tp, "<= 1.0")
+
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print("| benchmark | NumPy | tensorpool | ratio | target |")
+    print("|---|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['benchmark']} | {fmt(r['numpy_s'])} | {fmt(r['tensorpool_s'])} "
+              f"| {r['ratio']:.2f}x | {r['target'] or ''} |")
+
+
+def fmt(seconds):
+    if seconds < 1e-6:
+        return f"{seconds * 1e9:.0f} ns"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f} µs"
+    return f"{seconds * 1e3:.2f} ms"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Type stubs of the Rust extension module `tensorpool._tensorpool`."""
+
+import os
+from typing import Any, Callable, Optional, Sequence, SupportsIndex, Union
+
+import numpy as np
+import numpy.typing as npt
+
+_Shape = Union[SupportsIndex, Sequence[SupportsIndex]]
+_Order = str  # "C" or "F"
+
+MAX_ALLOCATION_SIZE: int
+__version__: str
+
+class OutOfMemoryError(MemoryError):
+    """Memory ran out in a tensorpool allocator; the message explains its state."""
+
+class Buffer:
+    """A block of tensorpool memory with the (writable) buffer protocol.
+
+    Freed by the matching ``deallocate`` (arenas: ``reset``) or when the last
+    reference goes. While a ``memoryview`` or array of it is alive it cannot be
+    freed or reset (``BufferError``)."""
+
+    def __len__(self) -> int: ...
+    def __buffer__(self, flags: int, /) -> memoryview: ...
+    def __release_buffer__(self, buffer: memoryview, /) -> None: ...
+    @property
+    def address(self) -> int:
+        """The address of the first byte (0 once released)."""
+    @property
+    def nbytes(self) -> int:
+        """The size in bytes (0 once released)."""
+    @property
+    def released(self) -> bool:
+        """Whether the memory went back to its allocator."""
+
+class MemoryManager:
+    """A tiered memory manager: size-class pools for small blocks, a best-fit tier
+    for large ones, dedicated segments for huge ones, and arenas.
+
+    ``config`` is the path of a TOML or JSON config file (what ``tensorpool plan``
+    writes); ``settings`` are its keys (``memory_limit="8 GiB"``, ...) and override
+    it. ``pool_sizes`` maps block sizes to block counts (explicit pools, tried first);
+    ``arena_size`` bounds the arenas ``arena()`` makes."""
+
+    def __init__(
+        self,
+        config: Optional[Union[str, os.PathLike[str]]] = None,
+        *,
+        pool_sizes: Optional[dict[int, int]] = None,
+        arena_size: Optional[int] = None,
+        **settings: Any,
+    ) -> None: ...
+    def empty(self, shape: _Shape, dtype: npt.DTypeLike = None, order: _Order = "C") -> np.ndarray:
+        """A new uninitialised array in the manager's memory, as ``numpy.empty``."""
+    def zeros(self, shape: _Shape, dtype: npt.DTypeLike = None, order: _Order = "C") -> np.ndarray:
+        """A new array of zeros in the manager's memory, as ``numpy.zeros``."""
+    def allocate(self, size: int) -> Buffer:
+        """``size`` bytes as a ``Buffer`` (pools first, then the tiers by size)."""
+    def deallocate(self, buffer: Buffer) -> None:
+        """Gives a buffer back now (``ValueError`` if not this manager's,
+        ``BufferError`` while exported)."""
+    def arena(self, capacity: Optional[int] = None) -> Arena:
+        """An arena whose chunks come from this manager; a context manager."""
+    def stats(self) -> dict[str, Any]:
+        """The statistics: the keys of the Rust ``Stats``, plus
+        ``deferred_arena_scopes``, ``deferred_arena_bytes``, ``handler_invalid_frees``."""
+    def summary(self) -> str:
+        """The statistics as a table for people."""
+    def snapshot(self) -> dict[str, Any]:
+        """Every segment and block with its state."""
+    def trim(self) -> int:
+        """Gives cached memory back to the system; returns the bytes released."""
+    def reset_peak_stats(self) -> None:
+        """Starts new peaks from the current values."""
+    def flush_thread_cache(self) -> None:
+        """Gives the calling thread's cached blocks back to the shared pools."""
+    def config(self) -> dict[str, Any]:
+        """The configuration, as the keys of a config file."""
+    def handler(self) -> Any:
+        """The NEP 49 ``mem_handler`` capsule over this manager."""
+    def recording_handler(self, path: Union[str, os.PathLike[str]]) -> tuple[Any, Callable[[], None]]:
+        """A recording handler capsule and the function that stops the recording."""
+    def _handler_free(self, address: int) -> None: ...
+
+class FixedSizePool:
+    """``pool_size`` blocks of ``block_size`` bytes: O(1) allocate and free."""
+
+    def __init__(self, block_size: int, pool_size: int, *, alignment: int = 64) -> None: ...
+    def allocate(self) -> Buffer:
+        """A block (``OutOfMemoryError`` when all are out)."""
+    def deallocate(self, buffer: Buffer) -> None:
+        """Gives a block back (``ValueError`` if not this pool's)."""
+    @property
+    def block_size(self) -> int: ...
+    @property
+    def pool_size(self) -> int: ...
+    @property
+    def available(self) -> int: ...
+    def __len__(self) -> int: ...
+    def stats(self) -> dict[str, Any]: ...
+
+class Arena:
+    """A bump allocator freed all at once; ``Arena(arena_size)`` holds at most
+    ``arena_size`` bytes. A context manager: the scope's memory goes back at the end
+    (deferred while arrays from it are alive)."""
+
+    def __init__(self, arena_size: int) -> None: ...
+    def allocate(self, size: int, align: int = 64) -> Buffer: ...
+    def empty(self, shape: _Shape, dtype: npt.DTypeLike = None, order: _Order = "C") -> np.ndarray: ...
+    def zeros(self, shape: _Shape, dtype: npt.DTypeLike = None, order: _Order = "C") -> np.ndarray: ...
+    def reset(self) -> None:
+        """Frees everything (``BufferError`` while arrays or exports are alive)."""
+    def close(self) -> None:
+        """Ends the scope."""
+    def __enter__(self) -> Arena: ...
+    def __exit__(self, *exc: object) -> bool: ...
+    @property
+    def closed(self) -> bool: ...
+    def stats(self) -> dict[str, Any]: ...
+
+def set_handler(handler: Optional[Any]) -> Any:
+    """Sets NumPy's data-memory handler in the current context; returns the old one."""
+
+def get_handler() -> Any:
+    """NumPy's data-memory handler in the current context."""

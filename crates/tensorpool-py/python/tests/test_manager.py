@@ -1,0 +1,232 @@
+"""MemoryManager: arrays and buffers from the pools, configuration, statistics."""
+
+import gc
+import json
+import weakref
+
+import numpy as np
+import pytest
+
+import tensorpool
+from conftest import data_address, live
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.int8, np.complex128, "U3", "S5", np.bool_])
+def test_empty_is_a_writable_ndarray_in_the_pools(mm, dtype):
+    a = mm.empty((3, 5), dtype=dtype)
+    assert type(a) is np.ndarray
+    assert a.shape == (3, 5) and a.dtype == np.dtype(dtype)
+    assert a.flags.c_contiguous and a.flags.writeable and not a.flags.owndata
+    assert data_address(a) % 64 == 0
+    assert live(mm) == 1
+    a[...] = np.ones((3, 5)).astype(dtype)
+    assert (a == np.ones((3, 5)).astype(dtype)).all()
+
+
+def test_shapes_orders_and_defaults(mm):
+    assert mm.empty(7).shape == (7,)
+    assert mm.empty(7).dtype == np.float64
+    assert mm.empty(()).shape == ()
+    assert mm.empty((2, 0, 3)).size == 0
+    f = mm.empty((4, 6), np.float32, order="F")
+    assert f.flags.f_contiguous and not f.flags.c_contiguous
+    assert f.strides == (4, 16)
+    assert mm.empty([2, 3], dtype=np.dtype("i2")).strides == (6, 2)
+
+
+def test_zeros_are_zero_even_in_reused_memory(mm):
+    for _ in range(3):
+        a = mm.empty(1000, np.uint8)
+        a[:] = 0xAB
+        del a
+        z = mm.zeros(1000, np.uint8)
+        assert not z.any()
+        del z
+    big = mm.zeros((1024, 1024), np.float64)
+    assert big.sum() == 0
+
+
+def test_block_returns_to_the_pool_when_the_last_view_dies(mm):
+    a = mm.empty((100, 100))
+    view = a[10:20, ::2]
+    flat = a.reshape(-1)
+    del a
+    gc.collect()
+    assert live(mm) == 1, "views keep the block"
+    del view
+    assert live(mm) == 1
+    del flat
+    gc.collect()
+    assert live(mm) == 0
+    stats = mm.stats()
+    assert stats["num_allocs"] == stats["num_frees"] == 1
+
+
+def test_freed_memory_is_reused(mm):
+    a = mm.empty(1000)
+    addr = data_address(a)
+    del a
+    b = mm.empty(1000)
+    assert data_address(b) == addr
+
+
+def test_arrays_outlive_the_manager_object():
+    mm = tensorpool.MemoryManager()
+    arrays = [mm.empty(n, np.int64) for n in (10, 10_000, 1_000_000)]
+    for a in arrays:
+        a[:] = np.arange(a.size)
+    ref = weakref.ref(mm) if hasattr(mm, "__weakref__") else None
+    del mm
+    gc.collect()
+    assert ref is None or ref() is None
+    for a in arrays:
+        assert (a == np.arange(a.size)).all()
+    del arrays
+    gc.collect()
+
+
+def test_bad_shapes_and_dtypes_are_rejected(mm):
+    with pytest.raises(ValueError, match="negative dimensions"):
+        mm.empty((2, -1))
+    with pytest.raises(TypeError, match="shape"):
+        mm.empty("abc")
+    with pytest.raises(TypeError, match="shape"):
+        mm.empty((2, 1.5))
+    with pytest.raises(TypeError, match="Python objects"):
+        mm.empty(3, dtype=object)
+    with pytest.raises(ValueError, match="no size"):
+        mm.empty(3, dtype="S")
+    with pytest.raises(ValueError, match="too big"):
+        mm.empty((2**40, 2**40))
+    with pytest.raises(ValueError, match="order"):
+        mm.empty(3, order="K")
+    with pytest.raises(TypeError):
+        mm.empty(3, dtype="not a dtype")
+    assert live(mm) == 0
+
+
+def test_allocate_and_deallocate_buffers(mm):
+    buf = mm.allocate(100)
+    assert len(buf) == 100 and buf.nbytes == 100 and not buf.released
+    mv = memoryview(buf)
+    mv[:] = bytes(range(100))
+    assert np.frombuffer(buf, np.uint8)[99] == 99
+    assert np.asarray(buf)[5] == 5
+    with pytest.raises(BufferError, match="export"):
+        mm.deallocate(buf)
+    mv.release()
+    gc.collect()
+    mm.deallocate(buf)
+    assert buf.released and len(buf) == 0
+    with pytest.raises(ValueError, match="released"):
+        mm.deallocate(buf)
+    with pytest.raises(BufferError):
+        memoryview(buf)
+    assert live(mm) == 0
+
+
+def test_deallocate_refuses_foreign_objects(mm):
+    other = tensorpool.MemoryManager()
+    buf = other.allocate(64)
+    with pytest.raises(ValueError, match="not allocated by this allocator"):
+        mm.deallocate(buf)
+    with pytest.raises(ValueError, match="not a tensorpool.Buffer"):
+        mm.deallocate(bytearray(64))
+    assert not buf.released
+    other.deallocate(buf)
+
+
+def test_bad_sizes_raise_value_error(mm):
+    with pytest.raises(ValueError, match="0 bytes"):
+        mm.allocate(0)
+    with pytest.raises(ValueError, match="beyond the largest allocation"):
+        mm.allocate(tensorpool.MAX_ALLOCATION_SIZE + 1)
+    with pytest.raises(OverflowError):
+        mm.allocate(-1)
+
+
+def test_memory_limit_raises_out_of_memory_with_the_report():
+    mm = tensorpool.MemoryManager(memory_limit="8 MiB")
+    keep = mm.empty(3 << 20, np.uint8)
+    with pytest.raises(tensorpool.OutOfMemoryError) as err:
+        mm.empty(16 << 20, np.uint8)
+    assert isinstance(err.value, MemoryError)
+    message = str(err.value)
+    assert "8.00 MiB" in message or "8 MiB" in message
+    assert "allocated" in message
+    assert mm.stats()["num_ooms"] == 1
+    del keep
+
+
+def test_settings_and_config_files(tmp_path):
+    mm = tensorpool.MemoryManager(small_threshold=4096, memory_limit="1 GiB")
+    config = mm.config()
+    assert config["small_threshold"] == 4096 and config["memory_limit"] == 1 << 30
+    path = tmp_path / "tp.toml"
+    path.write_text('small_threshold = "8 KiB"\nthread_cache_bytes = 0\n')
+    mm2 = tensorpool.MemoryManager(str(path), memory_limit=1 << 30)
+    assert mm2.config()["thread_cache_bytes"] == 0
+    with pytest.raises(ValueError, match="unknown field"):
+        tensorpool.MemoryManager(no_such_setting=1)
+    with pytest.raises(ValueError, match="threshold must be a power of two"):
+        tensorpool.MemoryManager(small_threshold=1000)
+    with pytest.raises(FileNotFoundError):
+        tensorpool.MemoryManager(str(tmp_path / "missing.toml"))
+    bad = tmp_path / "bad.toml"
+    bad.write_text("small_threshold = [\n")
+    with pytest.raises(ValueError):
+        tensorpool.MemoryManager(str(bad))
+
+
+def test_config_file_pools_as_a_table(tmp_path):
+    # the format `tensorpool plan` writes
+    path = tmp_path / "plan.toml"
+    path.write_text('pools = { "64" = 10, "4096" = 2 }\nmemory_limit = "64 MiB"\n')
+    mm = tensorpool.MemoryManager(str(path))
+    config = mm.config()
+    assert config["pools"] == [{"block_size": 64, "capacity": 10}, {"block_size": 4096, "capacity": 2}]
+    assert config["memory_limit"] == 64 << 20
+
+
+def test_pool_sizes_route_to_pools_first_then_fall_through():
+    mm = tensorpool.MemoryManager(pool_sizes={256: 2, 4096: 1})
+
+    def per_pool():
+        return {c["block_size"]: c["allocated_blocks"] for c in mm.stats()["classes"]}
+
+    a, b, c = mm.allocate(200), mm.allocate(256), mm.allocate(256)
+    # two blocks from the 256-byte pool, the third from the 4096-byte pool
+    assert per_pool()[256] == 2 and per_pool()[4096] == 1
+    d = mm.allocate(300)  # both pools full now: the tiers take it
+    tiers = {t["tier"]: t["allocated_blocks"] for t in mm.stats()["tiers"]}
+    assert tiers["pool"] == 3 and tiers["small"] == 1
+    for x in (a, b, c, d):
+        mm.deallocate(x)
+    assert live(mm) == 0
+    with pytest.raises(TypeError):
+        tensorpool.MemoryManager(pool_sizes={"big": 1})
+
+
+def test_stats_summary_snapshot_trim(mm):
+    arrays = [mm.empty(n) for n in (8, 100, 10_000, 1_000_000)]
+    stats = mm.stats()
+    for key in ("allocated_bytes", "peak_allocated_bytes", "reserved_bytes", "peak_reserved_bytes",
+                "cached_bytes", "fragmentation", "num_allocs", "tiers", "classes",
+                "deferred_arena_scopes", "deferred_arena_bytes", "handler_invalid_frees"):
+        assert key in stats
+    assert stats["allocated_blocks"] == 4
+    assert stats["requested_bytes"] == 8 * (8 + 100 + 10_000 + 1_000_000)
+    summary = mm.summary()
+    assert "tensorpool memory summary" in summary and "allocated" in summary
+    snap = mm.snapshot()
+    json.dumps(snap)
+    states = [b["state"] for seg in snap["segments"] for b in seg["blocks"]]
+    assert states.count("allocated") >= 2
+    del arrays
+    gc.collect()
+    mm.flush_thread_cache()
+    assert mm.trim() > 0
+    assert mm.stats()["reserved_bytes"] < stats["reserved_bytes"]
+    mm.reset_peak_stats()
+    assert mm.stats()["peak_allocated_bytes"] == mm.stats()["allocated_bytes"]
+    assert "MemoryManager" in repr(mm)

@@ -1,0 +1,338 @@
+//! `tensorpool.MemoryManager`: the tiered manager, as a Python class.
+//!
+//! Configured by keyword arguments (every key of the Rust `Config`, plus the
+//! familiar `pool_sizes` and `arena_size`) or by a config file, the format the
+//! command's `plan` writes. Arrays from `empty`/`zeros` and buffers from `allocate`
+//! keep the manager alive.
+
+use crate::arena::PyArena;
+use crate::array::{ArraySpec, Block, BlockOwner, ARRAY_ALIGN};
+use crate::buffer::{Buffer, Owner};
+use crate::handler;
+use crate::to_py;
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString};
+use std::alloc::Layout;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use tensorpool::{Config, MemoryManager};
+
+/// Counters the Python layer keeps beside a manager's own statistics.
+#[derive(Debug, Default)]
+pub(crate) struct ManagerState {
+    /// Arena scopes that ended while arrays still used their memory, and the bytes
+    /// those arenas hold.
+    deferred_scopes: AtomicUsize,
+    deferred_bytes: AtomicUsize,
+    /// Pointers NumPy's allocator hook was asked to free that were not live blocks.
+    invalid_frees: AtomicU64,
+}
+
+impl ManagerState {
+    pub(crate) fn defer(&self, bytes: usize) {
+        self.deferred_scopes.fetch_add(1, Relaxed);
+        self.deferred_bytes.fetch_add(bytes, Relaxed);
+    }
+
+    pub(crate) fn undefer(&self, bytes: usize) {
+        self.deferred_scopes.fetch_sub(1, Relaxed);
+        self.deferred_bytes.fetch_sub(bytes, Relaxed);
+    }
+
+    pub(crate) fn deferred(&self) -> (usize, usize) {
+        (
+            self.deferred_scopes.load(Relaxed),
+            self.deferred_bytes.load(Relaxed),
+        )
+    }
+
+    pub(crate) fn note_invalid_free(&self) {
+        self.invalid_frees.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn invalid_frees(&self) -> u64 {
+        self.invalid_frees.load(Relaxed)
+    }
+}
+
+/// A tiered memory manager: size-class pools for small blocks, a best-fit tier for
+/// large ones, dedicated segments for huge ones, and arenas.
+///
+/// MemoryManager(config=None, *, pool_sizes=None, arena_size=None, **settings)
+///
+/// `config` is the path of a TOML or JSON config file (what `tensorpool plan`
+/// writes); `settings` are the keys of that file (`memory_limit="8 GiB"`,
+/// `small_threshold=16384`, ...) and override it. `pool_sizes` maps block sizes to
+/// block counts: explicit pools, tried smallest first before the tiers.
+/// `arena_size` bounds the arenas `arena()` makes (unbounded by default).
+#[pyclass(name = "MemoryManager", module = "tensorpool", frozen)]
+pub struct PyMemoryManager {
+    pub(crate) mm: MemoryManager,
+    arena_size: Option<usize>,
+    pub(crate) state: Arc<ManagerState>,
+    /// The NEP 49 handler over this manager, made on first use.
+    handler: pyo3::sync::PyOnceLock<Py<PyAny>>,
+}
+
+impl PyMemoryManager {
+    fn layout(nbytes: usize) -> PyResult<Layout> {
+        Layout::from_size_align(nbytes, ARRAY_ALIGN)
+            .map_err(|_| PyValueError::new_err(format!("{nbytes} bytes is too large a block")))
+    }
+
+    fn allocate_block(&self, nbytes: usize, zeroed: bool) -> PyResult<(NonNull<u8>, Layout)> {
+        let layout = Self::layout(nbytes)?;
+        let block = if zeroed {
+            self.mm.try_allocate_zeroed(layout)
+        } else {
+            self.mm.try_allocate(layout)
+        };
+        Ok((block.map_err(to_py)?, layout))
+    }
+
+    fn array<'py>(
+        &self,
+        shape: &Bound<'py, PyAny>,
+        dtype: Option<&Bound<'py, PyAny>>,
+        order: &str,
+        zeroed: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let spec = ArraySpec::parse(shape, dtype, order)?;
+        let (ptr, layout) = self.allocate_block(spec.nbytes, zeroed)?;
+        let block = Block::new(ptr, BlockOwner::Manager(self.mm.clone(), layout));
+        spec.wrap(ptr, block)
+    }
+}
+
+/// The config from a file and keyword settings (which win).
+fn config_from(
+    py: Python<'_>,
+    path: Option<&Bound<'_, PyAny>>,
+    settings: Option<&Bound<'_, PyDict>>,
+) -> PyResult<Config> {
+    let mut value = match path {
+        None => serde_json::to_value(Config::default()).expect("a config serializes"),
+        Some(p) => {
+            let path: std::path::PathBuf = p.extract()?;
+            if !path.exists() {
+                return Err(pyo3::exceptions::PyFileNotFoundError::new_err(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            let config = Config::from_file(&path).map_err(to_py)?;
+            serde_json::to_value(config).expect("a config serializes")
+        }
+    };
+    if let Some(settings) = settings {
+        let json = py.import("json")?;
+        let map = value.as_object_mut().expect("a config is a table");
+        for (key, v) in settings.iter() {
+            let key: String = key.extract()?;
+            let text: String = json.call_method1("dumps", (v,))?.extract()?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| PyValueError::new_err(format!("setting {key}: {e}")))?;
+            map.insert(key, v);
+        }
+    }
+    Config::from_json_str(&value.to_string()).map_err(to_py)
+}
+
+#[pymethods]
+impl PyMemoryManager {
+    #[new]
+    #[pyo3(signature = (config=None, *, pool_sizes=None, arena_size=None, **settings))]
+    fn new(
+        py: Python<'_>,
+        config: Option<&Bound<'_, PyAny>>,
+        pool_sizes: Option<&Bound<'_, PyDict>>,
+        arena_size: Option<usize>,
+        settings: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Self> {
+        let settings = match settings {
+            Some(s) => s.copy()?,
+            None => PyDict::new(py),
+        };
+        if let Some(pools) = pool_sizes {
+            let table = PyDict::new(py);
+            for (size, count) in pools.iter() {
+                let size: usize = size.extract().map_err(|_| {
+                    PyTypeError::new_err("pool_sizes maps block sizes (int) to block counts (int)")
+                })?;
+                let count: usize = count.extract().map_err(|_| {
+                    PyTypeError::new_err("pool_sizes maps block sizes (int) to block counts (int)")
+                })?;
+                table.set_item(size.to_string(), count)?;
+            }
+            settings.set_item("pools", table)?;
+        }
+        if arena_size == Some(0) {
+            return Err(PyValueError::new_err("arena_size must be at least 1 byte"));
+        }
+        let config = config_from(py, config, Some(&settings))?;
+        let mm = MemoryManager::new(config).map_err(to_py)?;
+        Ok(PyMemoryManager {
+            mm,
+            arena_size,
+            state: Arc::new(ManagerState::default()),
+            handler: pyo3::sync::PyOnceLock::new(),
+        })
+    }
+
+    /// A new array of `shape` and `dtype` in the manager's memory, uninitialised, as
+    /// `numpy.empty`. Its memory goes back to the manager when the array and all its
+    /// views are gone.
+    #[pyo3(signature = (shape, dtype=None, order="C"))]
+    fn empty<'py>(
+        &self,
+        shape: &Bound<'py, PyAny>,
+        dtype: Option<&Bound<'py, PyAny>>,
+        order: &str,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.array(shape, dtype, order, false)
+    }
+
+    /// A new array of zeros, as `numpy.zeros`.
+    #[pyo3(signature = (shape, dtype=None, order="C"))]
+    fn zeros<'py>(
+        &self,
+        shape: &Bound<'py, PyAny>,
+        dtype: Option<&Bound<'py, PyAny>>,
+        order: &str,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.array(shape, dtype, order, true)
+    }
+
+    /// `size` bytes as a `Buffer` (pools first, then the tiers by size), uninitialised.
+    fn allocate(&self, size: usize) -> PyResult<Buffer> {
+        let (ptr, layout) = self.allocate_block(size, false)?;
+        Ok(Buffer::new(
+            ptr,
+            size,
+            Owner::Manager(self.mm.clone(), layout),
+        ))
+    }
+
+    /// Gives a buffer from `allocate` back now. `ValueError` if it is not this
+    /// manager's (or was freed already), `BufferError` while it is exported; nothing
+    /// changes then.
+    fn deallocate(&self, buffer: &Bound<'_, PyAny>) -> PyResult<()> {
+        let mut buffer = buffer.cast::<Buffer>().map_err(not_a_buffer)?.borrow_mut();
+        buffer.deallocate_from(&Owner::Manager(self.mm.clone(), Layout::new::<u8>()))
+    }
+
+    /// An arena whose chunks come from this manager, for short-lived arrays:
+    /// `with mm.arena() as a: x = a.empty(...)`. `capacity` bounds it (default: the
+    /// manager's `arena_size`, else unbounded).
+    #[pyo3(signature = (capacity=None))]
+    fn arena(&self, capacity: Option<usize>) -> PyResult<PyArena> {
+        let arena = match capacity.or(self.arena_size) {
+            Some(bytes) => self.mm.arena_with_capacity(bytes).map_err(to_py)?,
+            None => self.mm.arena(),
+        };
+        Ok(PyArena::from_manager(arena, self.state.clone()))
+    }
+
+    /// The statistics, a dict with the keys of the Rust `Stats` (bytes allocated,
+    /// reserved, peaks, per tier and size class), plus `deferred_arena_scopes` and
+    /// `deferred_arena_bytes` (arena scopes that ended while arrays still used them)
+    /// and `handler_invalid_frees` (bad pointers NumPy's allocator hook was given).
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let stats = json_to_py(
+            py,
+            &serde_json::to_string(&self.mm.stats()).expect("stats serialize"),
+        )?;
+        let (scopes, bytes) = self.state.deferred();
+        stats.set_item("deferred_arena_scopes", scopes)?;
+        stats.set_item("deferred_arena_bytes", bytes)?;
+        stats.set_item("handler_invalid_frees", self.state.invalid_frees())?;
+        Ok(stats)
+    }
+
+    /// The statistics as a table for people (like `torch.cuda.memory_summary()`).
+    fn summary(&self) -> String {
+        self.mm.summary()
+    }
+
+    /// Every segment and block with its state, as a dict.
+    fn snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        json_to_py(
+            py,
+            &serde_json::to_string(&self.mm.snapshot()).expect("snapshot serializes"),
+        )
+    }
+
+    /// Gives cached memory back to the system; returns the bytes released.
+    fn trim(&self) -> usize {
+        self.mm.trim()
+    }
+
+    /// Starts new peaks from the current values.
+    fn reset_peak_stats(&self) {
+        self.mm.reset_peak_stats()
+    }
+
+    /// Gives the calling thread's cached blocks back to the shared pools (threads do
+    /// this when they exit).
+    fn flush_thread_cache(&self) {
+        self.mm.flush_thread_cache()
+    }
+
+    /// The configuration, as a dict (the keys of a config file).
+    fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        json_to_py(
+            py,
+            &serde_json::to_string(self.mm.config()).expect("config serializes"),
+        )
+    }
+
+    /// The NEP 49 handler capsule over this manager (`install` and `use` set it).
+    fn handler(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.handler
+            .get_or_try_init(py, || {
+                handler::new_capsule(py, self.mm.clone(), self.state.clone(), None)
+                    .map(Bound::unbind)
+            })
+            .map(|h| h.clone_ref(py))
+    }
+
+    /// A NEP 49 handler capsule over this manager that records every allocation and
+    /// free into `path` as an RMM CSV trace, and the function that stops the
+    /// recording (flushes and closes the file).
+    fn recording_handler<'py>(
+        &self,
+        py: Python<'py>,
+        path: std::path::PathBuf,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+        handler::new_recording(py, self.mm.clone(), self.state.clone(), &path)
+    }
+
+    /// Calls this manager's handler `free` as NumPy would, on `address` (for tests of
+    /// the checks NumPy's frees go through).
+    fn _handler_free(&self, address: usize) {
+        handler::free_as_numpy(&self.mm, &self.state, None, address)
+    }
+
+    fn __repr__(&self) -> String {
+        let s = self.mm.stats();
+        format!(
+            "<tensorpool.MemoryManager: {} allocated, {} reserved>",
+            tensorpool::bytes::format_bytes(s.allocated_bytes),
+            tensorpool::bytes::format_bytes(s.reserved_bytes)
+        )
+    }
+}
+
+pub(crate) fn not_a_buffer<E>(_: E) -> PyErr {
+    PyValueError::new_err(
+        "not a tensorpool.Buffer: only buffers from this allocator can be deallocated; nothing was freed",
+    )
+}
+
+/// A Python object (dict, list, ...) from JSON text.
+pub(crate) fn json_to_py<'py>(py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyAny>> {
+    py.import("json")?
+        .call_method1("loads", (PyString::new(py, text),))
+}
