@@ -91,14 +91,19 @@ struct HowToReplay {
     /// Timed repetitions per allocator; the median is reported.
     #[arg(long, default_value_t = 5)]
     reps: usize,
+    /// Run tensorpool in debug mode (guard bytes, poisoning, leak checks), to find
+    /// bugs or to measure what debug mode costs.
+    #[arg(long)]
+    debug: bool,
 }
 
 impl HowToReplay {
     fn options(self, samples: usize) -> Result<Options, String> {
-        let config = match &self.config {
+        let mut config = match &self.config {
             Some(p) => Config::from_file(p).map_err(|e| e.to_string())?,
             None => Config::default(),
         };
+        config.debug |= self.debug;
         Ok(Options {
             reps: self.reps,
             touch: !self.no_touch,

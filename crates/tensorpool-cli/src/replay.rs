@@ -342,6 +342,9 @@ fn run_worker(
     if let Some(config) = &options.config_path {
         cmd.arg("--config").arg(config);
     }
+    if options.config.debug {
+        cmd.arg("--debug");
+    }
     cmd.arg(source.label());
     let output = cmd
         .output()

@@ -207,6 +207,28 @@ fn replay_without_a_trace_runs_the_embedded_workload() {
 }
 
 #[test]
+fn replay_in_debug_mode_gives_the_same_figures_and_no_report() {
+    let trace = fixture("sk_mlp.csv.gz");
+    let plain = quick_replay(&[&trace, "--json"]);
+    let debug = quick_replay(&[&trace, "--json", "--debug"]);
+    assert!(debug.status.success(), "{}", text(&debug.stderr));
+    let rows = |out: &Output| -> serde_json::Value { serde_json::from_slice(&out.stdout).unwrap() };
+    let (plain, debug_rows) = (rows(&plain), rows(&debug));
+    for key in ["events", "allocations", "peak_live_bytes", "leaked_blocks"] {
+        assert_eq!(plain[0][key], debug_rows[0][key], "{key}");
+    }
+    let tp = &debug_rows[0]["allocators"][0];
+    assert_eq!(tp["name"], "tensorpool");
+    assert!(tp["error"].is_null(), "{tp}");
+    // The trace's blocks are all freed by the replay: no overrun, no leak reported.
+    let stderr = text(&debug.stderr);
+    assert!(
+        !stderr.contains("overrun") && !stderr.contains("leak:"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn plots_are_written_as_svg_or_html() {
     for ext in ["svg", "html"] {
         let path = scratch(&format!("timeline.{ext}"));

@@ -251,6 +251,23 @@ impl PyMemoryManager {
         Ok(stats)
     }
 
+    /// In debug mode (`MemoryManager(debug=True)`), the blocks live now as a dict
+    /// (`count`, `bytes`, `largest`, `sites`): what dropping the manager would report.
+    /// None outside debug mode.
+    fn leaks<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        self.mm
+            .leaks()
+            .map(|r| json_to_py(py, &serde_json::to_string(&r).expect("reports serialize")))
+            .transpose()
+    }
+
+    /// In debug mode, the overruns of guard bytes found so far, as dicts (`addr`,
+    /// `size`, `tier`, `offset`, `site`).
+    fn guard_violations<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let v = self.mm.guard_violations();
+        json_to_py(py, &serde_json::to_string(&v).expect("reports serialize"))
+    }
+
     /// The statistics as a table for people (like `torch.cuda.memory_summary()`).
     fn summary(&self) -> String {
         self.mm.summary()

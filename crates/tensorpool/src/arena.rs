@@ -61,6 +61,7 @@
 //! what makes allocation take about a nanosecond. Use one arena per thread (the
 //! manager hands out as many as needed).
 
+use crate::debug::{self, GuardViolation, LeakReport, GUARD};
 use crate::error::{Error, OomCause, OutOfMemory, Result};
 use crate::fixed_pool::zero_sized;
 use crate::limits::{round_up, validate, MAX_ALIGN};
@@ -106,6 +107,42 @@ pub struct Arena {
     id: u64,
     generation: Cell<u64>,
     upstream: Arc<dyn Upstream>,
+    /// Debug mode's records, if on.
+    debug: Option<Box<ArenaDebug>>,
+}
+
+/// Debug mode's records: live allocations in order (address, size), and overruns.
+#[derive(Debug, Default)]
+struct ArenaDebug {
+    live: RefCell<Vec<(NonNull<u8>, usize)>>,
+    violations: RefCell<Vec<GuardViolation>>,
+}
+
+impl ArenaDebug {
+    /// Releases the allocations after the first `keep`: checks their guards, poisons
+    /// them.
+    fn release(&self, keep: usize) {
+        let mut live = self.live.borrow_mut();
+        let keep = keep.min(live.len());
+        for (ptr, size) in live.drain(keep..) {
+            // SAFETY: a live allocation of `size + GUARD` bytes, released now: nothing
+            // references it any more (the borrow checker or the caller of `allocate`
+            // guarantees it, as for any reset or rewind).
+            if let Some(offset) = unsafe { debug::check(ptr, size) } {
+                let violation = GuardViolation {
+                    addr: ptr.as_ptr() as usize,
+                    size,
+                    tier: Tier::Arena,
+                    offset,
+                    site: None,
+                };
+                eprintln!("tensorpool: {violation}");
+                self.violations.borrow_mut().push(violation);
+            }
+            // SAFETY: as above.
+            unsafe { debug::poison(ptr, size) };
+        }
+    }
 }
 
 // SAFETY: an Arena owns all of its state (the chunks are regions it took from
@@ -121,6 +158,8 @@ pub struct Checkpoint {
     generation: u64,
     chunk: usize,
     used: usize,
+    /// Live allocations recorded by debug mode (0 outside it).
+    records: usize,
 }
 
 /// Builder for an [`Arena`] with non-default settings.
@@ -130,6 +169,7 @@ pub struct ArenaBuilder {
     max_chunk: usize,
     capacity: Option<usize>,
     upstream: Option<Arc<dyn Upstream>>,
+    debug: bool,
 }
 
 /// Statistics of an arena.
@@ -183,6 +223,14 @@ impl ArenaBuilder {
         self
     }
 
+    /// Debug mode (see [`debug`](crate::debug)): guard bytes after every allocation,
+    /// checked and the memory poisoned when a reset, rewind, scope end or drop releases
+    /// it; dropping the arena with allocations not released by a reset reports them.
+    pub fn debug(mut self, on: bool) -> Self {
+        self.debug = on;
+        self
+    }
+
     /// The arena, or an error naming the setting that cannot apply.
     pub fn build(self) -> Result<Arena> {
         if self.first_chunk == 0 || self.max_chunk < self.first_chunk {
@@ -213,6 +261,7 @@ impl ArenaBuilder {
             id: NEXT_ARENA_ID.fetch_add(1, Ordering::Relaxed),
             generation: Cell::new(0),
             upstream: self.upstream.unwrap_or_else(default_upstream),
+            debug: self.debug.then(Box::default),
         })
     }
 }
@@ -252,6 +301,7 @@ impl Arena {
             max_chunk: DEFAULT_MAX_CHUNK,
             capacity: None,
             upstream: None,
+            debug: false,
         }
     }
 
@@ -273,10 +323,48 @@ impl Arena {
     #[inline]
     fn bump_or_grow(&self, size: usize, align: usize) -> Result<NonNull<u8>> {
         debug_assert!(size > 0 && align.is_power_of_two());
+        if let Some(debug) = &self.debug {
+            return self.bump_guarded(debug, size, align);
+        }
         match self.try_bump(size, align) {
             Some(p) => Ok(p),
             None => self.allocate_slow(size, align),
         }
+    }
+
+    /// Debug mode's allocation: `size` bytes and a guard, recorded.
+    #[cold]
+    fn bump_guarded(&self, debug: &ArenaDebug, size: usize, align: usize) -> Result<NonNull<u8>> {
+        let padded = size.checked_add(GUARD).ok_or(Error::SizeTooLarge {
+            size,
+            max: crate::MAX_ALLOCATION_SIZE,
+        })?;
+        let ptr = match self.try_bump(padded, align) {
+            Some(p) => p,
+            None => self.allocate_slow(padded, align)?,
+        };
+        // SAFETY: fresh arena memory of `padded` bytes.
+        unsafe { debug::arm(ptr, size, true) };
+        debug.live.borrow_mut().push((ptr, size));
+        Ok(ptr)
+    }
+
+    /// In debug mode, the overruns of guard bytes found so far.
+    pub fn guard_violations(&self) -> Vec<GuardViolation> {
+        self.debug
+            .as_ref()
+            .map_or_else(Vec::new, |d| d.violations.borrow().clone())
+    }
+
+    /// In debug mode, the allocations not yet released by a reset, rewind or scope:
+    /// what dropping the arena would report. `None` outside debug mode.
+    pub fn leaks(&self) -> Option<LeakReport> {
+        self.debug.as_ref().map(|d| {
+            debug::leak_report(
+                "arena",
+                d.live.borrow().iter().map(|&(_, size)| (size, None)),
+            )
+        })
     }
 
     #[inline(always)]
@@ -421,6 +509,7 @@ impl Arena {
             generation: self.generation.get(),
             chunk,
             used,
+            records: self.debug.as_ref().map_or(0, |d| d.live.borrow().len()),
         }
     }
 
@@ -449,6 +538,9 @@ impl Arena {
     /// Moves the bump pointer back to `checkpoint`, which is at or before the current
     /// position. Callers guarantee that nothing allocated after it is still borrowed.
     fn rewind_to(&self, checkpoint: Checkpoint) {
+        if let Some(debug) = &self.debug {
+            debug.release(checkpoint.records);
+        }
         self.note_peak();
         let chunks = self.chunks.borrow();
         if let Some(chunk) = chunks.get(checkpoint.chunk) {
@@ -458,6 +550,9 @@ impl Arena {
 
     /// Releases everything. Chunks are kept (warm) for what comes next.
     pub fn reset(&mut self) {
+        if let Some(debug) = &self.debug {
+            debug.release(0);
+        }
         self.note_peak();
         self.generation.set(self.generation.get() + 1);
         self.requested.set(0);
@@ -617,6 +712,13 @@ impl Arena {
 
 impl Drop for Arena {
     fn drop(&mut self) {
+        if let Some(debug) = &self.debug {
+            let report = self.leaks().expect("debug mode");
+            if report.count > 0 {
+                eprintln!("tensorpool: {report}");
+            }
+            debug.release(0);
+        }
         for region in self.chunks.get_mut().drain(..) {
             // SAFETY: every chunk came from this upstream with its length and page
             // alignment; the arena is going away, and every allocation borrowed it.
@@ -775,7 +877,19 @@ unsafe impl Allocator for Arena {
         // must lie in the current chunk: the end of one chunk can be the start of
         // another, so equality with the bump pointer alone does not prove it.
         let addr = ptr.as_ptr().addr();
-        if ptr.as_ptr() == self.cur.get() && addr < self.high.get() && layout.size() > 0 {
+        let last = ptr.as_ptr() == self.cur.get() && addr < self.high.get() && layout.size() > 0;
+        if let Some(debug) = &self.debug {
+            // Debug mode: the last allocation and its guard go back, checked.
+            let records = debug.live.borrow().len();
+            let recorded_last = debug.live.borrow().last().map(|&(p, _)| p) == Some(ptr);
+            if last && recorded_last {
+                debug.release(records - 1);
+                self.cur
+                    .set(ptr.as_ptr().wrapping_add(layout.size() + GUARD));
+            }
+            return;
+        }
+        if last {
             self.cur.set(ptr.as_ptr().wrapping_add(layout.size()));
         }
     }

@@ -167,6 +167,11 @@ pub struct Config {
     /// Advise transparent huge pages on regions of 2 MiB and more. Unset: wherever the
     /// upstream can (mmap); `true` with the heap upstream is an error.
     pub huge_pages: Option<bool>,
+    /// Debug mode: guard bytes after every block checked on free, fresh blocks
+    /// filled with 0xCD and freed ones poisoned with 0xDD, live blocks tracked so that
+    /// dropping the manager reports leaks (see [`debug`](crate::debug)). Thread caches
+    /// are off and each allocation takes a lock: for finding bugs, not for speed.
+    pub debug: bool,
 }
 
 impl Default for Config {
@@ -195,6 +200,7 @@ impl Default for Config {
                 UpstreamKind::Heap
             },
             huge_pages: None,
+            debug: false,
         }
     }
 }
@@ -256,6 +262,8 @@ setters! {
     upstream: UpstreamKind => upstream;
     /// See [`Config::huge_pages`].
     huge_pages: bool => Some(huge_pages);
+    /// See [`Config::debug`].
+    debug: bool => debug;
 }
 
 impl ConfigBuilder {

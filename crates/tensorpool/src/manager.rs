@@ -49,6 +49,7 @@ use crate::address_map::AddressMap;
 use crate::arena::Arena;
 use crate::best_fit::BestFit;
 use crate::config::{Config, UpstreamKind};
+use crate::debug::{self, GuardViolation, LeakReport, Record, Tracker, GUARD};
 use crate::error::{Error, OomCause, PointerError, Result};
 use crate::fixed_pool::{zero_sized, FixedSizePool};
 use crate::huge::HugeCache;
@@ -88,6 +89,8 @@ struct Inner {
     metered: Arc<MeteredUpstream>,
     owners: Arc<RwLock<AddressMap<Owner>>>,
     counters: Counters,
+    /// Debug mode's records of live blocks and overruns.
+    debug: Option<Tracker>,
 }
 
 /// Which part of the manager owns a region.
@@ -260,6 +263,17 @@ unsafe impl Upstream for ArenaUpstream {
     }
 }
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(tracker) = &self.debug {
+            let report = tracker.leaks("manager");
+            if report.count > 0 {
+                eprintln!("tensorpool: {report}");
+            }
+        }
+    }
+}
+
 impl fmt::Debug for Inner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryManager")
@@ -352,7 +366,8 @@ impl MemoryManager {
             .build()?;
         let huge = HugeCache::with_upstream(config.huge_cache_limit, registrar(Owner::Huge));
         let counters = Counters::default();
-        let cached = config.thread_cache_bytes > 0 && explicit.is_empty();
+        let cached = config.thread_cache_bytes > 0 && explicit.is_empty() && !config.debug;
+        let debug = config.debug.then(Tracker::default);
         let cache_bytes = if cached { config.thread_cache_bytes } else { 0 };
         let small = SmallTier::new(classes, class_pools, cache_bytes, counters.totals.clone());
         Ok(MemoryManager {
@@ -366,6 +381,7 @@ impl MemoryManager {
                 metered,
                 owners,
                 counters,
+                debug,
             }),
         })
     }
@@ -451,10 +467,26 @@ impl MemoryManager {
         Ok(new)
     }
 
+    /// In debug mode, the blocks live now (count, bytes, largest, allocation sites):
+    /// what dropping the manager would report. `None` outside debug mode.
+    pub fn leaks(&self) -> Option<LeakReport> {
+        self.inner.debug.as_ref().map(|t| t.leaks("manager"))
+    }
+
+    /// In debug mode, the overruns of guard bytes found so far (also printed when
+    /// found). Empty outside debug mode.
+    pub fn guard_violations(&self) -> Vec<GuardViolation> {
+        self.inner
+            .debug
+            .as_ref()
+            .map_or_else(Vec::new, Tracker::violations)
+    }
+
     /// An arena whose chunks come from this manager (and count in its stats).
     pub fn arena(&self) -> Arena {
         Arena::builder()
             .first_chunk_size(self.inner.config.arena_chunk_size)
+            .debug(self.inner.config.debug)
             .upstream(Arc::new(ArenaUpstream {
                 manager: self.inner.clone(),
             }))
@@ -466,6 +498,7 @@ impl MemoryManager {
     pub fn arena_with_capacity(&self, bytes: usize) -> Result<Arena> {
         Arena::builder()
             .capacity(bytes)
+            .debug(self.inner.config.debug)
             .upstream(Arc::new(ArenaUpstream {
                 manager: self.inner.clone(),
             }))
@@ -581,6 +614,41 @@ impl Inner {
     }
 
     fn allocate(&self, size: usize, align: usize, raw: bool) -> Result<NonNull<u8>> {
+        let Some(tracker) = &self.debug else {
+            return self.allocate_block(size, align, raw);
+        };
+        validate(size, align)?;
+        let padded = size.checked_add(GUARD).ok_or(Error::SizeTooLarge {
+            size,
+            max: crate::MAX_ALLOCATION_SIZE,
+        })?;
+        let ptr = self.allocate_block(padded, align, raw)?;
+        // SAFETY: a fresh block of `padded` bytes.
+        unsafe { debug::arm(ptr, size, true) };
+        let tier = self.tier_at(ptr.as_ptr().addr());
+        tracker.insert(
+            ptr.as_ptr().addr(),
+            Record {
+                size,
+                tier,
+                raw,
+                site: debug::site(),
+            },
+        );
+        Ok(ptr)
+    }
+
+    /// The tier of the region holding `addr` (a live block's).
+    fn tier_at(&self, addr: usize) -> Tier {
+        match self.owners.read().find(addr).map(|(_, _, &o)| o) {
+            Some(Owner::Explicit(_)) => Tier::Pool,
+            Some(Owner::Class(_)) => Tier::Small,
+            Some(Owner::Huge) => Tier::Huge,
+            Some(Owner::Large) | None => Tier::Large,
+        }
+    }
+
+    fn allocate_block(&self, size: usize, align: usize, raw: bool) -> Result<NonNull<u8>> {
         validate(size, align)?;
         let align = align.max(self.config.alignment);
         match self.try_allocate(size, align, raw) {
@@ -673,6 +741,21 @@ impl Inner {
     }
 
     fn raw_size(&self, addr: usize) -> Result<usize> {
+        if let Some(tracker) = &self.debug {
+            if let Some(size) = tracker.raw_size(addr) {
+                return Ok(size);
+            }
+            // Not a live raw block: the tiers say why.
+            self.raw_block_size(addr)?;
+            return Err(Error::InvalidPointer {
+                addr,
+                reason: PointerError::NotLive,
+            });
+        }
+        self.raw_block_size(addr)
+    }
+
+    fn raw_block_size(&self, addr: usize) -> Result<usize> {
         let owner = self.owners.read().find(addr).map(|(_, _, &owner)| owner);
         match owner {
             None => Err(Error::InvalidPointer {
@@ -687,6 +770,23 @@ impl Inner {
     }
 
     fn free_raw(&self, addr: usize) -> Result<()> {
+        if let Some(record) = self.debug.as_ref().and_then(|t| t.take(addr, true)) {
+            let ptr = NonNull::new(addr as *mut u8).expect("live blocks are not null");
+            // SAFETY: `addr` was a live raw block of `size + GUARD` bytes, and taking its
+            // record made this call the only one to free it.
+            unsafe {
+                self.debug
+                    .as_ref()
+                    .expect("taken above")
+                    .check_and_poison(ptr, &record)
+            };
+        }
+        // Without a record in debug mode, the block is not a live raw one: the checks
+        // below say why.
+        self.free_raw_block(addr)
+    }
+
+    fn free_raw_block(&self, addr: usize) -> Result<()> {
         let owner = self.owners.read().find(addr).map(|(_, _, &owner)| owner);
         let owner = owner.ok_or(Error::InvalidPointer {
             addr,
@@ -714,6 +814,22 @@ impl Inner {
 
     /// Frees a typed block allocated with this size and alignment.
     fn free_typed(&self, ptr: NonNull<u8>, size: usize, align: usize) -> Result<()> {
+        let Some(tracker) = &self.debug else {
+            return self.free_typed_block(ptr, size, align);
+        };
+        let record = tracker
+            .take(ptr.as_ptr().addr(), false)
+            .ok_or(Error::InvalidPointer {
+                addr: ptr.as_ptr().addr(),
+                reason: PointerError::NotLive,
+            })?;
+        debug_assert_eq!(record.size, size, "a typed block freed with another size");
+        // SAFETY: a live typed block of `size + GUARD` bytes, whose record this call took.
+        unsafe { tracker.check_and_poison(ptr, &record) };
+        self.free_typed_block(ptr, size + GUARD, align)
+    }
+
+    fn free_typed_block(&self, ptr: NonNull<u8>, size: usize, align: usize) -> Result<()> {
         let addr = ptr.as_ptr().addr();
         if !self.explicit.is_empty() {
             // With explicit pools, the same layout may be served by a pool or a tier.
@@ -884,6 +1000,10 @@ impl Inner {
             fragmentation: fragmentation(largest, cached),
             arena_bytes: c.arena_bytes.load(Relaxed),
             memory_limit: self.config.memory_limit,
+            num_guard_violations: self
+                .debug
+                .as_ref()
+                .map_or(0, |t| t.violations().len() as u64),
             tiers,
             classes,
             threads,

@@ -262,6 +262,8 @@ pub struct Stats {
     pub arena_bytes: usize,
     /// The limit on reserved bytes, if any.
     pub memory_limit: Option<usize>,
+    /// Overruns of guard bytes found in debug mode (always 0 outside it).
+    pub num_guard_violations: u64,
     /// Per tier.
     pub tiers: Vec<TierStats>,
     /// Per explicit pool, then per size class that has been used.

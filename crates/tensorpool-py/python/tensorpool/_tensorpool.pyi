@@ -68,6 +68,10 @@ class MemoryManager:
         ``deferred_arena_scopes``, ``deferred_arena_bytes``, ``handler_invalid_frees``."""
     def summary(self) -> str:
         """The statistics as a table for people."""
+    def leaks(self) -> Optional[dict[str, Any]]:
+        """In debug mode, the live blocks (count, bytes, largest, sites); else None."""
+    def guard_violations(self) -> list[dict[str, Any]]:
+        """In debug mode, the overruns of guard bytes found so far."""
     def snapshot(self) -> dict[str, Any]:
         """Every segment and block with its state."""
     def trim(self) -> int:
