@@ -6,12 +6,13 @@
 #   loom models of the thread-cache hand-off
 #   the unsafe core under Miri (a fast subset, see README "Testing"), and the
 #   multi-threaded stress test under Miri's data-race detector
+#   every Rust test again under AddressSanitizer
 #   the Python package: built with maturin into .venv (pinned requirements), pytest,
 #   then NumPy's own test_multiarray.py with tensorpool as NumPy's allocator
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*"; }
+step() { printf '\n==> [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -26,18 +27,23 @@ step "loom: the thread-cache hand-off, every interleaving up to 3 preemptions"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
     cargo test --release --locked -p tensorpool --lib -- loom_models
 
-step "Miri: the unsafe core (strict provenance, Stacked Borrows) and the threads (data races)"
 if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
-    printf '\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n'
-    printf '!!! NO NIGHTLY TOOLCHAIN: the Miri checks of the unsafe core DID NOT RUN !!!\n'
-    printf '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\n'
+    printf '\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n'
+    printf '!!! NO NIGHTLY TOOLCHAIN: Miri and AddressSanitizer DID NOT RUN (see README) !!!\n'
+    printf '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\n'
 else
+    step "Miri: the unsafe core (strict provenance, Stacked Borrows) and the threads (data races)"
     if ! cargo +nightly miri --version >/dev/null 2>&1; then
         rustup component add --toolchain nightly miri rust-src
     fi
     MIRIFLAGS="-Zmiri-strict-provenance" cargo +nightly miri test -p tensorpool --lib --locked -- \
-        arena:: fixed_pool:: best_fit:: huge:: upstream:: manager:: tensor:: thread_cache::
+        arena:: fixed_pool:: best_fit:: huge:: upstream:: manager:: tensor:: thread_cache:: debug::
     cargo +nightly miri test -p tensorpool --test threads --locked
+
+    step "AddressSanitizer: every Rust test of the library and the command"
+    RUSTFLAGS="-Zsanitizer=address" RUSTDOCFLAGS="-Zsanitizer=address" CARGO_TARGET_DIR=target/asan \
+        cargo +nightly test --locked --workspace --exclude tensorpool-py --all-features \
+        --target x86_64-unknown-linux-gnu
 fi
 
 step "Python: the tensorpool package (maturin, abi3) and its tests (pytest)"

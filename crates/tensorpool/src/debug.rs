@@ -256,3 +256,49 @@ pub(crate) fn leak_report(
             .collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Arena, Config, MemoryManager, UpstreamKind};
+    use allocator_api2::alloc::Allocator;
+    use std::alloc::Layout;
+
+    /// The debug paths over the heap upstream, so that Miri checks every access they
+    /// make (guards written, read and poisoned; records taken once).
+    #[test]
+    fn guards_poison_and_records_on_every_path() {
+        let config = Config::builder()
+            .upstream(UpstreamKind::Heap)
+            .debug(true)
+            .small_threshold(1024)
+            .huge_threshold(1 << 20)
+            .build()
+            .unwrap();
+        let mm = MemoryManager::new(config).unwrap();
+        for size in [10, 5000, 2 << 20] {
+            let p = mm.allocate_raw(size, 8).unwrap();
+            // SAFETY: one byte past the block: the guard, which debug mode owns.
+            unsafe { p.as_ptr().add(size).write(0) };
+            mm.free_raw(p.as_ptr()).unwrap();
+            assert!(mm.free_raw(p.as_ptr()).is_err());
+        }
+        assert_eq!(mm.guard_violations().len(), 3);
+        let layout = Layout::from_size_align(100, 8).unwrap();
+        let t = mm.allocate(layout).unwrap().cast::<u8>();
+        assert_eq!(mm.leaks().unwrap().count, 1);
+        // SAFETY: allocated above with `layout`.
+        unsafe { mm.deallocate(t, layout) };
+        assert_eq!(mm.leaks().unwrap().count, 0);
+        let mut arena = Arena::builder()
+            .upstream(Arc::new(crate::upstream::HeapUpstream))
+            .debug(true)
+            .build()
+            .unwrap();
+        let a = arena.allocate(24, 8).unwrap();
+        // SAFETY: the arena allocation's guard.
+        unsafe { a.as_ptr().add(24).write(1) };
+        arena.reset();
+        assert_eq!(arena.guard_violations()[0].size, 24);
+    }
+}

@@ -431,7 +431,7 @@ impl MemoryManager {
     /// inside a block, owned by a typed handle) returns [`Error::InvalidPointer`]
     /// and changes nothing.
     pub fn free_raw(&self, ptr: *mut u8) -> Result<()> {
-        self.inner.free_raw(ptr.addr())
+        self.inner.free_raw(ptr)
     }
 
     /// The size requested for the live raw block at `ptr`, with the same checks as
@@ -463,7 +463,7 @@ impl MemoryManager {
         // by our caller's contract nobody frees it meanwhile) and `new` a fresh block of
         // `new_size` bytes; distinct live blocks never overlap.
         unsafe { std::ptr::copy_nonoverlapping(ptr, new.as_ptr(), old.min(new_size)) };
-        inner.free_raw(ptr.addr())?;
+        inner.free_raw(ptr)?;
         Ok(new)
     }
 
@@ -769,9 +769,10 @@ impl Inner {
         }
     }
 
-    fn free_raw(&self, addr: usize) -> Result<()> {
+    fn free_raw(&self, ptr: *mut u8) -> Result<()> {
+        let addr = ptr.addr();
         if let Some(record) = self.debug.as_ref().and_then(|t| t.take(addr, true)) {
-            let ptr = NonNull::new(addr as *mut u8).expect("live blocks are not null");
+            let ptr = NonNull::new(ptr).expect("live blocks are not null");
             // SAFETY: `addr` was a live raw block of `size + GUARD` bytes, and taking its
             // record made this call the only one to free it.
             unsafe {
