@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs each cargo-fuzz target for a bounded time (default 60 s each):
+#
+#   ./scripts/fuzz.sh [SECONDS] [TARGET ...]
+#
+# Targets (fuzz/fuzz_targets): manager_ops (the manager under arbitrary operation
+# sequences and configurations, invariants checked after each step), strategies (the
+# pool, best fit and arena on their own), trace_parsers (every trace format, gzip,
+# and config files on arbitrary bytes). Needs the nightly toolchain; installs the
+# pinned cargo-fuzz if it is missing. Corpora grow in fuzz/corpus/<target> (not
+# committed); a crash is saved in fuzz/artifacts/<target> and becomes a regression
+# test (crates/tensorpool/tests/fuzz_regressions.rs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CARGO_FUZZ_VERSION=0.13.1
+SECONDS_EACH=${1:-60}
+shift || true
+TARGETS=("$@")
+if [ ${#TARGETS[@]} -eq 0 ]; then
+    TARGETS=(manager_ops strategies trace_parsers)
+fi
+
+if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+    echo "cargo-fuzz needs the nightly toolchain (rustup toolchain install nightly)" >&2
+    exit 1
+fi
+if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
+    cargo install --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION"
+fi
+
+for target in "${TARGETS[@]}"; do
+    printf '\n==> fuzzing %s for %s s\n' "$target" "$SECONDS_EACH"
+    mkdir -p "fuzz/corpus/$target"
+    cargo +nightly fuzz run --fuzz-dir fuzz "$target" "fuzz/corpus/$target" -- \
+        -max_total_time="$SECONDS_EACH" -rss_limit_mb=4096 -print_final_stats=1 2>&1 |
+        grep -E "^(#[0-9]+.*(DONE|INITED|REDUCE|NEW)|stat::|==[0-9]+==|SUMMARY|thread .* panicked|Done)" |
+        tail -n 12
+done
