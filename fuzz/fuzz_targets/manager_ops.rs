@@ -254,9 +254,11 @@ impl Model {
                     Ok(moved) => {
                         let kept = b.size.min(new_size);
                         let seed = b.seed;
-                        for i in checked(kept) {
+                        // The bytes the old block had written that fit the new one.
+                        for at in checked(b.size).filter(|&at| at < kept) {
                             // SAFETY: the new block holds at least `kept` bytes.
-                            assert_eq!(unsafe { moved.as_ptr().add(i).read() }, byte(seed, i));
+                            let read = unsafe { moved.as_ptr().add(at).read() };
+                            assert_eq!(read, byte(seed, at), "realloc lost byte {at}");
                         }
                         fill(moved, new_size, seed);
                         let b = &mut self.live[i];

@@ -117,11 +117,14 @@ fuzz_target!(|input: Input| match input {
         }
     }
     Input::BestFit { expandable, max_split, ops } => {
-        let fit = BestFit::builder()
+        // Settings that cannot apply are refused with an error naming them.
+        let Ok(fit) = BestFit::builder()
             .expandable(expandable)
             .max_split_size(max_split.map(|k| (k as usize) << 10))
             .build()
-            .unwrap();
+        else {
+            return;
+        };
         let mut live = Vec::new();
         for (n, op) in ops.into_iter().take(200).enumerate() {
             match op {

@@ -448,6 +448,9 @@ impl BestFit {
         size: usize,
         align: usize,
     ) -> Result<u32> {
+        // The bytes to commit at the top of a segment, or `None` when its free top
+        // already holds `needed`: the split policy (`max_split_size`) refused that
+        // block, and growing it would not make it acceptable.
         let growth = |st: &State, id: u32| {
             let seg = segment(st, id);
             let tail = match seg.last {
@@ -455,17 +458,20 @@ impl BestFit {
                 last if st.blocks[last as usize].free => st.blocks[last as usize].size,
                 _ => 0,
             };
-            round_up(needed - tail, self.commit_granularity)
+            needed
+                .checked_sub(tail)
+                .filter(|&g| g > 0)
+                .map(|g| round_up(g, self.commit_granularity))
         };
         let target = st.growing.filter(|&id| {
             let seg = segment(st, id);
-            seg.committed + growth(st, id) <= seg.region.len()
+            growth(st, id).is_some_and(|g| seg.committed + g <= seg.region.len())
         });
         let seg_id = match target {
             Some(id) => id,
             None => self.reserve(st, space, needed, size, align)?,
         };
-        let delta = growth(st, seg_id);
+        let delta = growth(st, seg_id).expect("a segment without a free top grows");
         let seg = segment(st, seg_id);
         let (region, committed, last) = (seg.region, seg.committed, seg.last);
         // SAFETY: `[committed, committed + delta)` lies inside the reservation (checked
@@ -1175,6 +1181,35 @@ mod tests {
         assert_eq!(seg.blocks[0].size, 1024);
         assert_eq!(seg.blocks.iter().map(|b| b.size).sum::<usize>(), seg.size);
         bf.deallocate(a).unwrap();
+    }
+
+    /// Found by the `strategies` fuzz target: with expandable segments and
+    /// `max_split_size`, a small request refused the large free top of the growing
+    /// segment (the split policy), and growing that segment computed `needed - top`
+    /// with the top larger than `needed`: an overflow (a panic in debug builds, a
+    /// wrapped size in release ones). Now the request gets a new reservation.
+    #[test]
+    fn a_refused_free_top_does_not_overflow_the_growth() {
+        let space = Arc::new(crate::testing::CheckedSpace::default());
+        let bf = BestFit::builder()
+            .upstream(space.clone())
+            .reservation_size(8 << 20)
+            .max_split_size(Some(3 << 20))
+            .build()
+            .unwrap();
+        let big = bf.allocate(5 << 20, 64).unwrap();
+        bf.deallocate(big).unwrap(); // the free top: 5 MiB, never split for small requests
+        let small = bf.allocate(100 << 10, 64).unwrap();
+        let start = big.as_ptr() as usize;
+        let at = small.as_ptr() as usize;
+        assert!(at >= start + (5 << 20) || at + (100 << 10) <= start);
+        // The big free block still serves a big request.
+        let again = bf.allocate(4 << 20, 64).unwrap();
+        assert_eq!(again, big);
+        bf.deallocate(small).unwrap();
+        bf.deallocate(again).unwrap();
+        bf.trim();
+        assert_eq!(bf.stats().usage.reserved_bytes, 0);
     }
 
     #[test]
