@@ -1176,7 +1176,11 @@ mod tests {
         let layout = Layout::from_size_align(1000, 8).unwrap();
         let typed = mm.try_allocate(layout).unwrap();
         let before = mm.stats();
-        for bad in [raw.wrapping_add(8), typed.as_ptr(), 0x1000 as *mut u8] {
+        for bad in [
+            raw.wrapping_add(8),
+            typed.as_ptr(),
+            std::ptr::without_provenance_mut(0x1000),
+        ] {
             assert!(matches!(
                 mm.raw_size(bad),
                 Err(Error::InvalidPointer { .. })

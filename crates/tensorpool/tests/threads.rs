@@ -14,7 +14,7 @@ const THREADS: usize = 8;
 
 /// Steps per thread: many natively, few under Miri (which checks for data races and
 /// runs about a thousand times slower).
-const STEPS: usize = if cfg!(miri) { 100 } else { 20_000 };
+const STEPS: usize = if cfg!(miri) { 60 } else { 20_000 };
 
 /// Natively the default upstream (mmap); under Miri, which has no mmap, the heap.
 fn config() -> tensorpool::ConfigBuilder {
