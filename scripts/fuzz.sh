@@ -29,11 +29,19 @@ if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
     cargo install --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION"
 fi
 
+status=0
+mkdir -p fuzz/logs
 for target in "${TARGETS[@]}"; do
-    printf '\n==> fuzzing %s for %s s\n' "$target" "$SECONDS_EACH"
+    printf '\n==> fuzzing %s for %s s (log: fuzz/logs/%s.log)\n' "$target" "$SECONDS_EACH" "$target"
     mkdir -p "fuzz/corpus/$target"
-    cargo +nightly fuzz run --fuzz-dir fuzz "$target" "fuzz/corpus/$target" -- \
-        -max_total_time="$SECONDS_EACH" -rss_limit_mb=4096 -print_final_stats=1 2>&1 |
-        grep -E "^(#[0-9]+.*(DONE|INITED|REDUCE|NEW)|stat::|==[0-9]+==|SUMMARY|thread .* panicked|Done)" |
-        tail -n 12
+    if cargo +nightly fuzz run --fuzz-dir fuzz "$target" "fuzz/corpus/$target" -- \
+        -max_total_time="$SECONDS_EACH" -rss_limit_mb=4096 -print_final_stats=1 \
+        >"fuzz/logs/$target.log" 2>&1; then
+        grep -E "^#[0-9]+ +DONE|^stat::(number_of_executed_units|new_units_added)" "fuzz/logs/$target.log"
+    else
+        status=1
+        tail -n 60 "fuzz/logs/$target.log"
+        echo "!!! $target found a failure: the input is in fuzz/artifacts/$target" >&2
+    fi
 done
+exit $status
