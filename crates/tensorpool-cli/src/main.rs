@@ -89,7 +89,7 @@ struct HowToReplay {
     #[arg(long)]
     no_touch: bool,
     /// Timed repetitions per allocator; the median is reported.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = at_least_one)]
     reps: usize,
     /// Run tensorpool in debug mode (guard bytes, poisoning, leak checks), to find
     /// bugs or to measure what debug mode costs.
@@ -111,6 +111,15 @@ impl HowToReplay {
             config_path: self.config,
             samples,
         })
+    }
+}
+
+/// A count of at least 1, for `--reps`.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
     }
 }
 

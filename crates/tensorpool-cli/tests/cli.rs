@@ -328,6 +328,19 @@ fn malformed_inputs_are_refused_with_file_location_and_reason() {
             );
         }
     }
+    for (args, why) in [
+        (&["replay", "--reps", "0"][..], "must be at least 1"),
+        (&["replay", "--reps", "x"][..], "invalid digit"),
+        (&["replay", "--no-such-flag"][..], "unexpected argument"),
+    ] {
+        let out = tensorpool(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            text(&out.stderr).contains(why),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
     let out = tensorpool(&["replay", "--quiet", "/nonexistent/trace.csv"]);
     assert!(text(&out.stderr).contains("cannot read"));
     let bad_config = scratch("bad.toml");

@@ -316,28 +316,9 @@ impl FixedSizePool {
     /// the same checks as [`free_block`](Self::free_block), changing nothing.
     pub(crate) fn block_requested(&self, addr: usize, raw: bool) -> Result<usize> {
         let st = self.state.lock();
-        let invalid = |reason| Error::InvalidPointer { addr, reason };
-        let id = self
-            .find_chunk(&st, addr)
-            .ok_or(invalid(PointerError::Foreign))?;
-        let chunk = st.chunks[id as usize]
-            .as_ref()
-            .expect("mapped chunk exists");
-        let offset = addr - chunk.region.start();
-        let slot = offset / self.stride;
-        if slot >= chunk.slots as usize || !bit(&chunk.live, slot as u32) {
-            return Err(invalid(PointerError::NotLive));
-        }
-        if offset % self.stride != 0 {
-            return Err(invalid(PointerError::Interior {
-                block: chunk.region.start() + slot * self.stride,
-                offset: offset % self.stride,
-            }));
-        }
-        if bit(&chunk.raw, slot as u32) != raw {
-            return Err(invalid(PointerError::NotRaw));
-        }
-        Ok(chunk.requested[slot] as usize)
+        let (id, slot) = self.live_slot(&st, addr, raw)?;
+        let chunk = st.chunks[id as usize].as_ref().expect("checked");
+        Ok(chunk.requested[slot as usize] as usize)
     }
 
     /// Moves up to `n` typed blocks to `out` under one lock, for a thread cache.
@@ -411,30 +392,37 @@ impl FixedSizePool {
         Ok((chunk.region.at(slot as usize * self.stride), hit))
     }
 
-    /// Marks the live slot at `addr` free after checking it; returns its requested size.
-    fn release_slot(&self, st: &mut PoolState, addr: usize, raw: bool) -> Result<usize> {
+    /// The chunk and slot of the live block at `addr`, whose raw flag must be `raw`,
+    /// or why `addr` is not one.
+    fn live_slot(&self, st: &PoolState, addr: usize, raw: bool) -> Result<(u32, u32)> {
         let invalid = |reason| Error::InvalidPointer { addr, reason };
         let id = self
             .find_chunk(st, addr)
             .ok_or(invalid(PointerError::Foreign))?;
         let chunk = st.chunks[id as usize]
-            .as_mut()
+            .as_ref()
             .expect("mapped chunk exists");
         let offset = addr - chunk.region.start();
         let slot = offset / self.stride;
         if slot >= chunk.slots as usize || !bit(&chunk.live, slot as u32) {
             return Err(invalid(PointerError::NotLive));
         }
-        let slot = slot as u32;
         if offset % self.stride != 0 {
             return Err(invalid(PointerError::Interior {
-                block: chunk.region.start() + slot as usize * self.stride,
+                block: chunk.region.start() + slot * self.stride,
                 offset: offset % self.stride,
             }));
         }
-        if bit(&chunk.raw, slot) != raw {
+        if bit(&chunk.raw, slot as u32) != raw {
             return Err(invalid(PointerError::NotRaw));
         }
+        Ok((id, slot as u32))
+    }
+
+    /// Marks the live slot at `addr` free after checking it; returns its requested size.
+    fn release_slot(&self, st: &mut PoolState, addr: usize, raw: bool) -> Result<usize> {
+        let (id, slot) = self.live_slot(st, addr, raw)?;
+        let chunk = st.chunks[id as usize].as_mut().expect("checked");
         set_bit(&mut chunk.live, slot, false);
         chunk.free.push(slot);
         chunk.live_count -= 1;
