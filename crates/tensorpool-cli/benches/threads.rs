@@ -10,7 +10,8 @@
 //! Thread counts from `TENSORPOOL_BENCH_THREADS` (default `1,2`: this machine has two
 //! cores). `python3 scripts/bench_table.py` prints the ratios.
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion};
 use std::time::Duration;
 use tensorpool::Config;
 use tensorpool_cli::peers::{Kind, Subject};
@@ -24,12 +25,19 @@ fn thread_counts() -> Vec<usize> {
         .unwrap_or_else(|| vec![1, 2])
 }
 
-fn local(c: &mut Criterion) {
-    let mut group = c.benchmark_group("local");
+/// A benchmark group with the settings both thread benchmarks use: threads make
+/// samples noisy, so fewer and longer ones.
+fn group<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallTime> {
+    let mut group = c.benchmark_group(name);
     group
         .sample_size(20)
         .measurement_time(Duration::from_secs(2))
         .warm_up_time(Duration::from_millis(500));
+    group
+}
+
+fn local(c: &mut Criterion) {
+    let mut group = group(c, "local");
     for kind in Kind::ALL {
         let subject = Subject::new(kind, &Config::default()).unwrap();
         for threads in thread_counts() {
@@ -44,11 +52,7 @@ fn local(c: &mut Criterion) {
 }
 
 fn producer_consumer(c: &mut Criterion) {
-    let mut group = c.benchmark_group("producer-consumer");
-    group
-        .sample_size(20)
-        .measurement_time(Duration::from_secs(2))
-        .warm_up_time(Duration::from_millis(500));
+    let mut group = group(c, "producer-consumer");
     for kind in Kind::ALL {
         let subject = Subject::new(kind, &Config::default()).unwrap();
         group.bench_function(kind.name(), |b| {

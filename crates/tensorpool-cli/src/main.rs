@@ -114,6 +114,21 @@ impl HowToReplay {
     }
 }
 
+/// Prints `report` as pretty JSON with `--json`, else as the text `table` makes.
+fn print_report<T: serde::Serialize>(
+    json: bool,
+    report: &T,
+    table: impl FnOnce() -> String,
+) -> Result<(), String> {
+    if json {
+        let text = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
+        println!("{text}");
+    } else {
+        print!("{}", table());
+    }
+    Ok(())
+}
+
 /// A count of at least 1, for `--reps`.
 fn at_least_one(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
@@ -158,14 +173,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 bar.inc(1);
             })?;
             bar.finish_and_clear();
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&reports).map_err(|e| e.to_string())?
-                );
-            } else {
-                print!("{}", replay::table(&reports));
-            }
+            print_report(json, &reports, || replay::table(&reports))?;
             if let Some(path) = plot {
                 let text = match path.extension().and_then(|e| e.to_str()) {
                     Some("svg") => plot::svg(&reports),
@@ -212,14 +220,7 @@ fn run(cli: Cli) -> Result<(), String> {
             bar.set_message(format!("planning {}", source.label()));
             let report = plan::plan(&source.label(), &loaded, &config_out, &plan_out)?;
             bar.finish_and_clear();
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
-                );
-            } else {
-                print!("{}", plan::text(&report));
-            }
+            print_report(json, &report, || plan::text(&report))?;
             Ok(())
         }
         Command::Bench {

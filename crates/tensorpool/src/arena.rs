@@ -128,19 +128,9 @@ impl ArenaDebug {
             // SAFETY: a live allocation of `size + GUARD` bytes, released now: nothing
             // references it any more (the borrow checker or the caller of `allocate`
             // guarantees it, as for any reset or rewind).
-            if let Some(offset) = unsafe { debug::check(ptr, size) } {
-                let violation = GuardViolation {
-                    addr: ptr.as_ptr() as usize,
-                    size,
-                    tier: Tier::Arena,
-                    offset,
-                    site: None,
-                };
-                eprintln!("tensorpool: {violation}");
+            if let Some(violation) = unsafe { debug::release(ptr, size, Tier::Arena, None) } {
                 self.violations.borrow_mut().push(violation);
             }
-            // SAFETY: as above.
-            unsafe { debug::poison(ptr, size) };
         }
     }
 }

@@ -145,25 +145,38 @@ pub(crate) unsafe fn arm(ptr: NonNull<u8>, size: usize, fresh: bool) {
     }
 }
 
-/// The offset of the first changed guard byte after a block of `size` bytes at `ptr`.
+/// Releases a block of `size` bytes at `ptr`: checks its guard, prints an overrun,
+/// and fills the block and its guard with the poison. Returns the overrun, if any.
 ///
 /// # Safety
 ///
-/// `ptr` is valid for reads of `size + GUARD` bytes.
-pub(crate) unsafe fn check(ptr: NonNull<u8>, size: usize) -> Option<usize> {
-    // SAFETY: by the caller's contract.
+/// `ptr` is valid for reads and writes of `size + GUARD` bytes, and nobody uses them
+/// any more.
+pub(crate) unsafe fn release(
+    ptr: NonNull<u8>,
+    size: usize,
+    tier: Tier,
+    site: Option<&Backtrace>,
+) -> Option<GuardViolation> {
+    // SAFETY: by the caller's contract, the guard is readable.
     let guard = unsafe { std::slice::from_raw_parts(ptr.as_ptr().add(size), GUARD) };
-    guard.iter().position(|&b| b != GUARD_BYTE)
-}
-
-/// Fills a freed block (and its guard) with the poison.
-///
-/// # Safety
-///
-/// `ptr` is valid for writes of `size + GUARD` bytes, and nobody uses them.
-pub(crate) unsafe fn poison(ptr: NonNull<u8>, size: usize) {
-    // SAFETY: by the caller's contract.
+    let violation = guard
+        .iter()
+        .position(|&b| b != GUARD_BYTE)
+        .map(|offset| GuardViolation {
+            addr: ptr.as_ptr() as usize,
+            size,
+            tier,
+            offset,
+            site: site.map(Backtrace::to_string),
+        });
+    if let Some(v) = &violation {
+        eprintln!("tensorpool: {v}");
+    }
+    // SAFETY: by the caller's contract; nobody uses the block any more (the slice
+    // above is no longer used).
     unsafe { ptr.as_ptr().write_bytes(POISON_BYTE, size + GUARD) };
+    violation
 }
 
 /// A live block as debug mode records it.
@@ -205,26 +218,18 @@ impl Tracker {
             .map(|r| r.size)
     }
 
-    /// Checks the guard of a block being freed; reports and keeps an overrun.
+    /// Checks the guard of a block being freed and poisons it; reports and keeps an
+    /// overrun.
     ///
     /// # Safety
     ///
-    /// `ptr` is a live block of `record.size + GUARD` bytes.
+    /// `ptr` is a live block of `record.size + GUARD` bytes, being freed.
     pub(crate) unsafe fn check_and_poison(&self, ptr: NonNull<u8>, record: &Record) {
         // SAFETY: by the caller's contract.
-        if let Some(offset) = unsafe { check(ptr, record.size) } {
-            let violation = GuardViolation {
-                addr: ptr.as_ptr() as usize,
-                size: record.size,
-                tier: record.tier,
-                offset,
-                site: record.site.as_ref().map(|bt| bt.to_string()),
-            };
-            eprintln!("tensorpool: {violation}");
+        let overrun = unsafe { release(ptr, record.size, record.tier, record.site.as_deref()) };
+        if let Some(violation) = overrun {
             self.violations.lock().push(violation);
         }
-        // SAFETY: by the caller's contract; the block is being freed.
-        unsafe { poison(ptr, record.size) };
     }
 
     pub(crate) fn violations(&self) -> Vec<GuardViolation> {

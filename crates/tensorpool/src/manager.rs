@@ -771,16 +771,13 @@ impl Inner {
 
     fn free_raw(&self, ptr: *mut u8) -> Result<()> {
         let addr = ptr.addr();
-        if let Some(record) = self.debug.as_ref().and_then(|t| t.take(addr, true)) {
-            let ptr = NonNull::new(ptr).expect("live blocks are not null");
-            // SAFETY: `addr` was a live raw block of `size + GUARD` bytes, and taking its
-            // record made this call the only one to free it.
-            unsafe {
-                self.debug
-                    .as_ref()
-                    .expect("taken above")
-                    .check_and_poison(ptr, &record)
-            };
+        if let Some(tracker) = &self.debug {
+            if let Some(record) = tracker.take(addr, true) {
+                let ptr = NonNull::new(ptr).expect("live blocks are not null");
+                // SAFETY: `addr` was a live raw block of `size + GUARD` bytes, and taking
+                // its record made this call the only one to free it.
+                unsafe { tracker.check_and_poison(ptr, &record) };
+            }
         }
         // Without a record in debug mode, the block is not a live raw one: the checks
         // below say why.
