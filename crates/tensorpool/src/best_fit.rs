@@ -144,6 +144,29 @@ struct State {
     /// The expandable segment that grows when nothing fits.
     growing: Option<u32>,
     usage: Usage,
+    /// Bytes of page runs held by the slab engine (not in `usage`'s allocated bytes).
+    page_bytes: usize,
+}
+
+/// Who holds a live block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A typed owner (the `Allocator` trait, a tensor, an arena chunk).
+    Typed,
+    /// The raw API.
+    Raw,
+    /// The slab engine, which carves the pages into its own blocks.
+    Pages,
+}
+
+impl Kind {
+    fn of(raw: bool) -> Kind {
+        if raw {
+            Kind::Raw
+        } else {
+            Kind::Typed
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -155,7 +178,7 @@ struct Block {
     prev: u32,
     next: u32,
     free: bool,
-    raw: bool,
+    kind: Kind,
 }
 
 #[derive(Debug)]
@@ -168,10 +191,13 @@ struct Segment {
     first: u32,
     last: u32,
     live_blocks: u32,
+    /// Offset below which memory was handed out since it was committed; above it
+    /// the pages are as the upstream gave them (zero, if it gives zeroed memory).
+    dirty: usize,
 }
 
 impl BestFitBuilder {
-    /// Rounding of block sizes, a power of two from 64 to 2 MiB (default 512).
+    /// Rounding of block sizes, a power of two from 64 to 2 MiB (default 512 B).
     pub fn granularity(mut self, bytes: usize) -> Self {
         self.granularity = bytes;
         self
@@ -333,7 +359,7 @@ impl BestFit {
     }
 
     /// Serves `size` bytes at `align`; returns the block, its full size, and whether
-    /// it was served from cached memory.
+    /// its bytes are known to be zero (pages fresh from a zeroing upstream).
     pub(crate) fn alloc_block(
         &self,
         size: usize,
@@ -349,9 +375,55 @@ impl BestFit {
             Some(id) => (id, true),
             None => (self.grow(&mut st, needed, size, align)?, false),
         };
-        let (ptr, block_size) = self.carve(&mut st, id, rounded, size, align, raw);
+        let (ptr, block_size, zero) = self.carve(&mut st, id, rounded, size, align, Kind::of(raw));
         st.usage.on_alloc(block_size, size, hit);
-        Ok((ptr, block_size, hit))
+        Ok((ptr, block_size, zero))
+    }
+
+    /// A run of `bytes` pages (a multiple of the page size) for the slab engine, and
+    /// whether it is known zero; `None` when it would need more memory from upstream.
+    pub(crate) fn alloc_pages(&self, bytes: usize) -> Option<(NonNull<u8>, bool)> {
+        let page = crate::slab::page_map::PAGE;
+        let needed = bytes + page.saturating_sub(self.granularity);
+        let mut st = self.state.lock();
+        let id = self.best_fit(&st, needed, bytes)?;
+        Some(self.carve_pages(&mut st, id, bytes))
+    }
+
+    /// [`alloc_pages`](Self::alloc_pages), taking more memory from upstream if needed.
+    pub(crate) fn alloc_pages_growing(&self, bytes: usize) -> Result<(NonNull<u8>, bool)> {
+        let page = crate::slab::page_map::PAGE;
+        let needed = bytes + page.saturating_sub(self.granularity);
+        let mut st = self.state.lock();
+        let id = match self.best_fit(&st, needed, bytes) {
+            Some(id) => id,
+            None => self.grow(&mut st, needed, bytes, page)?,
+        };
+        Ok(self.carve_pages(&mut st, id, bytes))
+    }
+
+    fn carve_pages(&self, st: &mut State, id: u32, bytes: usize) -> (NonNull<u8>, bool) {
+        let page = crate::slab::page_map::PAGE;
+        let (ptr, size, zero) = self.carve(st, id, bytes, bytes, page, Kind::Pages);
+        debug_assert_eq!(
+            size, bytes,
+            "page runs are exact multiples of the granularity"
+        );
+        st.page_bytes += size;
+        (ptr, zero)
+    }
+
+    /// Gives back a run of pages from [`alloc_pages`](Self::alloc_pages).
+    ///
+    /// # Safety
+    ///
+    /// `ptr` and `bytes` are those of a live page run of this tier, whose memory
+    /// nobody uses any more.
+    pub(crate) unsafe fn free_pages(&self, ptr: NonNull<u8>, bytes: usize) {
+        let mut st = self.state.lock();
+        let freed = self.release(&mut st, ptr.as_ptr().addr(), Kind::Pages);
+        debug_assert_eq!(freed.map(|f| f.0), Ok(bytes), "not a live page run");
+        st.page_bytes -= bytes;
     }
 
     /// The free block to use for a request needing `needed` bytes (`rounded` without
@@ -386,10 +458,14 @@ impl BestFit {
         };
         let mut bytes = preferred;
         let mut attempt = self.upstream.allocate(bytes, HUGE_PAGE_SIZE);
-        if matches!(attempt, Err(UpstreamError::LimitReached { .. })) && preferred > exact {
-            // Under a limit, a segment of just the request may still fit.
-            bytes = exact;
-            attempt = self.upstream.allocate(bytes, HUGE_PAGE_SIZE);
+        // Under a limit, a segment of just the request (in 2 MiB, then in pages)
+        // may still fit.
+        let tight = round_up(needed, crate::upstream::page_size());
+        for smaller in [exact, tight] {
+            if matches!(attempt, Err(UpstreamError::LimitReached { .. })) && bytes > smaller {
+                bytes = smaller;
+                attempt = self.upstream.allocate(bytes, HUGE_PAGE_SIZE);
+            }
         }
         let ptr = match attempt {
             Ok(ptr) => ptr,
@@ -413,7 +489,7 @@ impl BestFit {
                 prev: NONE,
                 next: NONE,
                 free: true,
-                raw: false,
+                kind: Kind::Typed,
             },
         );
         st.segments[seg_id as usize] = Some(Segment {
@@ -423,6 +499,7 @@ impl BestFit {
             first: block,
             last: block,
             live_blocks: 0,
+            dirty: 0,
         });
         st.segment_map.insert(region.start(), bytes, seg_id);
         st.free.insert((bytes, region.start(), block));
@@ -496,7 +573,7 @@ impl BestFit {
                     prev: last,
                     next: NONE,
                     free: true,
-                    raw: false,
+                    kind: Kind::Typed,
                 },
             );
             if last == NONE {
@@ -542,6 +619,7 @@ impl BestFit {
             first: NONE,
             last: NONE,
             live_blocks: 0,
+            dirty: 0,
         });
         st.segment_map.insert(region.start(), bytes, seg_id);
         st.growing = Some(seg_id);
@@ -549,7 +627,8 @@ impl BestFit {
     }
 
     /// Allocates from free block `id`: splits off an alignment head and an unneeded
-    /// tail as free blocks. Returns the pointer and the size of the allocated block.
+    /// tail as free blocks. Returns the pointer, the size of the allocated block and
+    /// whether its bytes are known to be zero.
     fn carve(
         &self,
         st: &mut State,
@@ -557,8 +636,8 @@ impl BestFit {
         rounded: usize,
         requested: usize,
         align: usize,
-        raw: bool,
-    ) -> (NonNull<u8>, usize) {
+        kind: Kind,
+    ) -> (NonNull<u8>, usize, bool) {
         let b = st.blocks[id as usize];
         let region = segment(st, b.segment).region;
         take_free(st, id);
@@ -580,12 +659,16 @@ impl BestFit {
         }
         let block = &mut st.blocks[id as usize];
         block.free = false;
-        block.raw = raw;
+        block.kind = kind;
         block.requested = requested;
         let (offset, size, seg) = (block.offset, block.size, block.segment);
-        segment_mut(st, seg).live_blocks += 1;
+        let zeroing = self.upstream.zeroed();
+        let segment = segment_mut(st, seg);
+        segment.live_blocks += 1;
+        let zero = zeroing && offset >= segment.dirty;
+        segment.dirty = segment.dirty.max(offset + size);
         st.live.insert(region.start() + offset, id);
-        (region.at(offset), size)
+        (region.at(offset), size, zero)
     }
 
     /// The block size and requested size of the live block at `addr`, whose raw flag
@@ -600,7 +683,7 @@ impl BestFit {
             });
         };
         let b = st.blocks[id as usize];
-        if b.raw != raw {
+        if b.kind != Kind::of(raw) {
             return Err(Error::InvalidPointer {
                 addr,
                 reason: PointerError::NotRaw,
@@ -613,7 +696,14 @@ impl BestFit {
     /// and requested size.
     pub(crate) fn free_block(&self, addr: usize, raw: bool) -> Result<(usize, usize)> {
         let mut st = self.state.lock();
-        let st = &mut *st;
+        let (size, requested) = self.release(&mut st, addr, Kind::of(raw))?;
+        st.usage.on_free(size, requested);
+        Ok((size, requested))
+    }
+
+    /// Frees the live block at `addr` held by `kind`, merging it with its free
+    /// neighbours; returns its block size and requested size.
+    fn release(&self, st: &mut State, addr: usize, kind: Kind) -> Result<(usize, usize)> {
         let Some(&id) = st.live.get(&addr) else {
             return Err(Error::InvalidPointer {
                 addr,
@@ -621,7 +711,7 @@ impl BestFit {
             });
         };
         let b = st.blocks[id as usize];
-        if b.raw != raw {
+        if b.kind != kind {
             return Err(Error::InvalidPointer {
                 addr,
                 reason: PointerError::NotRaw,
@@ -645,7 +735,6 @@ impl BestFit {
             id = prev;
         }
         put_free(st, id, base);
-        st.usage.on_free(b.size, b.requested);
         Ok((b.size, b.requested))
     }
 
@@ -721,7 +810,9 @@ impl BestFit {
                 unsafe { space.decommit(region.at(keep), committed - keep) };
                 st.usage.on_release(committed - keep);
                 released = committed - keep;
-                segment_mut(st, seg_id).committed = keep;
+                let segment = segment_mut(st, seg_id);
+                segment.committed = keep;
+                segment.dirty = segment.dirty.min(keep);
             }
         }
         if segment(st, seg_id).committed == 0 {
@@ -770,10 +861,10 @@ impl BestFit {
                     address: seg.region.start() + b.offset,
                     size: b.size,
                     requested: b.requested,
-                    state: if b.free {
-                        BlockState::Free
-                    } else {
-                        BlockState::live(b.raw)
+                    state: match (b.free, b.kind) {
+                        (true, _) => BlockState::Free,
+                        (false, Kind::Pages) => BlockState::Slab,
+                        (false, kind) => BlockState::live(kind == Kind::Raw),
                     },
                 });
                 id = b.next;
@@ -785,7 +876,7 @@ impl BestFit {
                 block_size: None,
                 allocated_bytes: blocks
                     .iter()
-                    .filter(|b| b.state != BlockState::Free)
+                    .filter(|b| matches!(b.state, BlockState::Allocated | BlockState::AllocatedRaw))
                     .map(|b| b.size)
                     .sum(),
                 free_blocks: 0,

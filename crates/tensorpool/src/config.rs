@@ -36,6 +36,10 @@ use crate::upstream::HUGE_PAGE_SIZE;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+/// The largest `medium_threshold`: each thread's heap keeps a cache entry per page
+/// count of large block up to it.
+pub const MAX_MEDIUM_THRESHOLD: usize = 16 << 20;
+
 /// Where the manager takes memory from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -111,18 +115,25 @@ pub struct Config {
     pub min_block_size: usize,
     /// Size classes per doubling (default 8: at most 12.5% rounding waste).
     pub classes_per_doubling: usize,
-    /// Requests up to this size go to the size-class pools; a power of two, or 0 for
-    /// no size classes.
+    /// Requests up to this size are slots of size-class slabs; a power of two, or 0
+    /// for no size classes.
     #[serde(with = "serde_size")]
     pub small_threshold: usize,
+    /// Requests above `small_threshold` and up to this size are large blocks that
+    /// threads own and cache: each a run of pages of its own, freed and reused
+    /// without the best-fit tier's lock (at most 16 MiB; 0 for none).
+    #[serde(with = "serde_size")]
+    pub medium_threshold: usize,
     /// Requests above this size get dedicated, size-cached segments; those between
-    /// the two thresholds go to the best-fit tier.
+    /// `medium_threshold` and it are served by the best-fit tier under its lock.
     #[serde(with = "serde_size")]
     pub huge_threshold: usize,
-    /// The largest chunk a size-class pool takes from upstream at once.
+    /// The largest slab: a run of pages carved into slots of one size class or
+    /// explicit pool. A class's slabs grow from a page to this as it is used.
     #[serde(with = "serde_size")]
     pub pool_chunk_size: usize,
-    /// Rounding of best-fit block sizes.
+    /// Rounding of best-fit block sizes (a power of two from the alignment to a
+    /// page: slabs and cached large blocks are runs of whole pages of the same tier).
     #[serde(with = "serde_size")]
     pub large_granularity: usize,
     /// Least size of a new best-fit segment (when segments are not expandable).
@@ -149,9 +160,9 @@ pub struct Config {
     /// memory and retries, then reports out of memory (no limit by default).
     #[serde(with = "serde_opt_size")]
     pub memory_limit: Option<usize>,
-    /// Most bytes each thread keeps cached per size class (0: no thread caches).
-    /// Thread caches serve typed allocations (the `Allocator` trait, tensors) without
-    /// a lock; they are off when the config names explicit pools.
+    /// Most bytes of empty slabs and free large blocks each thread keeps for its next
+    /// allocations (beyond it, they go back to the best-fit tier; 0: none is kept).
+    /// A thread also gives them back when the best-fit tier would otherwise grow.
     #[serde(with = "serde_size")]
     pub thread_cache_bytes: usize,
     /// Explicit pools, tried smallest first before the tiers. In a file, either a
@@ -169,8 +180,8 @@ pub struct Config {
     pub huge_pages: Option<bool>,
     /// Debug mode: guard bytes after every block checked on free, fresh blocks
     /// filled with 0xCD and freed ones poisoned with 0xDD, live blocks tracked so that
-    /// dropping the manager reports leaks (see [`debug`](crate::debug)). Thread caches
-    /// are off and each allocation takes a lock: for finding bugs, not for speed.
+    /// dropping the manager reports leaks (see [`debug`](crate::debug)). Each
+    /// allocation and free takes a lock for its record: for finding bugs, not speed.
     pub debug: bool,
 }
 
@@ -180,10 +191,13 @@ impl Default for Config {
             alignment: 64,
             min_block_size: 64,
             classes_per_doubling: 8,
-            small_threshold: 16 << 10,
+            small_threshold: 32 << 10,
+            medium_threshold: 1 << 20,
             huge_threshold: 1 << 30,
             pool_chunk_size: 256 << 10,
-            large_granularity: 512,
+            // A page: slabs and cached large blocks are runs of whole pages of the
+            // best-fit tier, and its own blocks then tile with them.
+            large_granularity: crate::slab::page_map::PAGE,
             segment_size: 2 << 20,
             expandable_segments: None,
             commit_granularity: 64 << 10,
@@ -191,7 +205,7 @@ impl Default for Config {
             max_oversize_waste: 20 << 20,
             huge_cache_limit: None,
             memory_limit: None,
-            thread_cache_bytes: 64 << 10,
+            thread_cache_bytes: 32 << 20,
             pools: Vec::new(),
             arena_chunk_size: 64 << 10,
             upstream: if cfg!(all(unix, not(miri))) {
@@ -234,6 +248,8 @@ setters! {
     classes_per_doubling: usize => classes_per_doubling;
     /// See [`Config::small_threshold`].
     small_threshold: usize => small_threshold;
+    /// See [`Config::medium_threshold`].
+    medium_threshold: usize => medium_threshold;
     /// See [`Config::huge_threshold`].
     huge_threshold: usize => huge_threshold;
     /// See [`Config::pool_chunk_size`].
@@ -333,13 +349,28 @@ impl Config {
         size("pool_chunk_size", self.pool_chunk_size)?;
         size("segment_size", self.segment_size)?;
         size("arena_chunk_size", self.arena_chunk_size)?;
+        let page = crate::slab::page_map::PAGE;
         if !self.large_granularity.is_power_of_two()
-            || !(self.alignment.max(64)..=HUGE_PAGE_SIZE).contains(&self.large_granularity)
+            || !(self.alignment.max(64)..=page).contains(&self.large_granularity)
         {
             return bad(format!(
                 "large_granularity must be a power of two from the alignment (at least 64) to \
-                 2 MiB, got {}",
+                 a page ({page} B: slabs are runs of pages of the best-fit tier), got {}",
                 self.large_granularity
+            ));
+        }
+        if self.medium_threshold > MAX_MEDIUM_THRESHOLD {
+            return bad(format!(
+                "medium_threshold must be at most {} (0 for no cached large blocks), got {}",
+                format_bytes(MAX_MEDIUM_THRESHOLD),
+                format_bytes(self.medium_threshold)
+            ));
+        }
+        if self.medium_threshold > self.huge_threshold {
+            return bad(format!(
+                "medium_threshold ({}) must not be above huge_threshold ({})",
+                format_bytes(self.medium_threshold),
+                format_bytes(self.huge_threshold)
             ));
         }
         if let Some(max_split) = self.max_split_size {

@@ -173,11 +173,6 @@ impl FixedSizePoolBuilder {
         self
     }
 
-    pub(crate) fn tier(mut self, tier: Tier) -> Self {
-        self.tier = tier;
-        self
-    }
-
     /// The pool, or an error naming the setting that cannot apply.
     pub fn build(self) -> Result<FixedSizePool> {
         validate(self.block_size, self.align)?;
@@ -310,53 +305,6 @@ impl FixedSizePool {
         let requested = self.release_slot(&mut st, addr, raw)?;
         st.usage.on_free(self.stride, requested);
         Ok(requested)
-    }
-
-    /// The requested size of the live block at `addr`, whose raw flag must be `raw`;
-    /// the same checks as [`free_block`](Self::free_block), changing nothing.
-    pub(crate) fn block_requested(&self, addr: usize, raw: bool) -> Result<usize> {
-        let st = self.state.lock();
-        let (id, slot) = self.live_slot(&st, addr, raw)?;
-        let chunk = st.chunks[id as usize].as_ref().expect("checked");
-        Ok(chunk.requested[slot as usize] as usize)
-    }
-
-    /// Moves up to `n` typed blocks to `out` under one lock, for a thread cache.
-    /// Fails only if not even one block can be had. The blocks count as allocated
-    /// in the pool's usage (they are out of the pool) but not as allocations.
-    pub(crate) fn take_batch(&self, n: usize, out: &mut Vec<NonNull<u8>>) -> Result<usize> {
-        let mut st = self.state.lock();
-        let mut hit = true;
-        let mut taken = 0;
-        while taken < n {
-            match self.take_slot(&mut st, 0, false) {
-                Ok((ptr, slot_hit)) => {
-                    hit &= slot_hit;
-                    out.push(ptr);
-                    taken += 1;
-                }
-                Err(e) if taken == 0 => return Err(e),
-                Err(_) => break,
-            }
-        }
-        st.usage.on_transfer_out(taken * self.stride, taken, hit);
-        Ok(taken)
-    }
-
-    /// Takes back typed blocks from a thread cache under one lock, emptying `blocks`.
-    pub(crate) fn return_batch(&self, blocks: &mut Vec<NonNull<u8>>) {
-        let mut st = self.state.lock();
-        let n = blocks.len();
-        let mut requested = 0;
-        for ptr in blocks.drain(..) {
-            let returned = self.release_slot(&mut st, ptr.as_ptr().addr(), false);
-            debug_assert!(
-                returned.is_ok(),
-                "a cached block was not live: {returned:?}"
-            );
-            requested += returned.unwrap_or(0);
-        }
-        st.usage.on_transfer_in(n * self.stride, n, requested);
     }
 
     /// Marks a free slot live and returns it, growing the pool if none is free.
@@ -567,42 +515,26 @@ impl FixedSizePool {
     /// Every chunk with its live blocks.
     pub fn snapshot(&self) -> Snapshot {
         let mut segments = Vec::new();
-        self.snapshot_into(&mut segments, &Default::default());
+        self.snapshot_into(&mut segments);
         Snapshot { segments }
     }
 
-    /// Appends a snapshot of every chunk; blocks whose address is in `thread_cached`
-    /// are listed as cached by a thread rather than allocated.
-    pub(crate) fn snapshot_into(
-        &self,
-        out: &mut Vec<SegmentSnapshot>,
-        thread_cached: &rustc_hash::FxHashSet<usize>,
-    ) {
+    /// Appends a snapshot of every chunk.
+    fn snapshot_into(&self, out: &mut Vec<SegmentSnapshot>) {
         let st = self.state.lock();
         let mut chunks: Vec<&Chunk> = st.chunks.iter().flatten().collect();
         chunks.sort_by_key(|c| c.region.start());
         for chunk in chunks {
             let blocks: Vec<BlockSnapshot> = (0..chunk.slots)
                 .filter(|&i| bit(&chunk.live, i))
-                .map(|i| {
-                    let address = chunk.region.start() + i as usize * self.stride;
-                    let state = if thread_cached.contains(&address) {
-                        BlockState::ThreadCached
-                    } else {
-                        BlockState::live(bit(&chunk.raw, i))
-                    };
-                    BlockSnapshot {
-                        address,
-                        size: self.stride,
-                        requested: chunk.requested[i as usize] as usize,
-                        state,
-                    }
+                .map(|i| BlockSnapshot {
+                    address: chunk.region.start() + i as usize * self.stride,
+                    size: self.stride,
+                    requested: chunk.requested[i as usize] as usize,
+                    state: BlockState::live(bit(&chunk.raw, i)),
                 })
                 .collect();
-            let allocated = blocks
-                .iter()
-                .filter(|b| b.state != BlockState::ThreadCached)
-                .count();
+            let allocated = blocks.len();
             out.push(SegmentSnapshot {
                 tier: self.tier,
                 address: chunk.region.start(),

@@ -3,8 +3,12 @@
 //! - explicit pools named in the [`Config`] are tried first, smallest fitting first,
 //!   and when all are full the request falls through to the tiers (it never gives
 //!   up at the first full pool);
-//! - sizes up to `small_threshold` go to a [`FixedSizePool`] per size class;
-//! - sizes up to `huge_threshold` go to the coalescing [`BestFit`] tier;
+//! - sizes up to `small_threshold` are slots of size-class slabs, and sizes up to
+//!   `medium_threshold` large blocks of their own pages, both owned by the calling
+//!   thread's heap in the [small-block engine](crate::slab): no lock, frees checked
+//!   in O(1) from the address;
+//! - sizes up to `huge_threshold` go to the coalescing [`BestFit`] tier, which also
+//!   gives the engine its pages;
 //! - larger ones get dedicated segments from the [`HugeCache`], cached by size.
 //!
 //! All memory comes through one [`MeteredUpstream`], which counts reserved bytes and
@@ -12,15 +16,16 @@
 //! returns cached memory to upstream ([`trim`](MemoryManager::trim)) and retries once
 //! before reporting an [`OutOfMemory`](crate::OutOfMemory) that describes its state.
 //!
-//! Memory is handed out three ways:
+//! Memory is handed out three ways, which this crate calls *typed* and *raw*:
 //!
-//! - through allocator-api2's [`Allocator`] (`Vec<f32, &MemoryManager>`, hashbrown)
-//!   and the owning [`Tensor`](crate::Tensor) handle, which route frees by layout;
-//! - through the raw API for foreign callers ([`allocate_raw`](MemoryManager::allocate_raw)
-//!   and the safe [`free_raw`](MemoryManager::free_raw)), which finds the owner of an
-//!   address in a side map of regions, never reading the memory, and refuses anything
-//!   that is not a live raw block;
-//! - as [`Arena`]s whose chunks come from the manager.
+//! - **typed**: through allocator-api2's [`Allocator`] (`Vec<f32, &MemoryManager>`,
+//!   hashbrown) and the owning [`Tensor`](crate::Tensor) handle, whose frees come with
+//!   the layout of the allocation;
+//! - **raw**: through [`allocate_raw`](MemoryManager::allocate_raw) and the safe
+//!   [`free_raw`](MemoryManager::free_raw), for foreign callers (NumPy, C) that free
+//!   with the address alone; the manager finds the block from the address, never
+//!   reading the memory, and refuses anything that is not a live raw block;
+//! - as [`Arena`]s whose chunks are typed blocks of the manager.
 //!
 //! A `MemoryManager` is a cheap handle: clones share one manager, which lives until
 //! the last handle, tensor and arena are gone.
@@ -51,13 +56,13 @@ use crate::best_fit::BestFit;
 use crate::config::{Config, UpstreamKind};
 use crate::debug::{self, GuardViolation, LeakReport, Record, Tracker, GUARD};
 use crate::error::{Error, OomCause, PointerError, Result};
-use crate::fixed_pool::{zero_sized, FixedSizePool};
+use crate::fixed_pool::zero_sized;
 use crate::huge::HugeCache;
 use crate::limits::{validate, MAX_ALIGN};
 use crate::size_class::SizeClasses;
+use crate::slab::{Engine, EngineStats};
 use crate::snapshot::Snapshot;
-use crate::stats::{fragmentation, ClassStats, Stats, Tier, TierStats, Usage};
-use crate::thread_cache::{cached_blocks_current, drain_current, with_cache, SmallTier, Totals};
+use crate::stats::{fragmentation, ClassStats, Stats, Tier, TierStats, Totals, Usage};
 #[cfg(all(unix, not(miri)))]
 use crate::upstream::MmapUpstream;
 use crate::upstream::{AddressSpace, HeapUpstream, MeteredUpstream, Upstream, UpstreamError};
@@ -77,27 +82,24 @@ pub struct MemoryManager {
 
 struct Inner {
     config: Config,
-    /// Size-class depots and the thread caches in front of them.
-    small: Arc<SmallTier>,
-    /// Typed small allocations go through thread caches (on unless the config
-    /// disables them or names explicit pools, whose blocks share sizes with classes).
-    cached: bool,
-    /// Explicit pools, by increasing block size.
-    explicit: Box<[FixedSizePool]>,
-    large: BestFit,
+    /// Slabs of size classes and explicit pools, and cached large blocks; it holds
+    /// the best-fit tier, which gives it pages.
+    engine: Arc<Engine>,
+    /// Whether the config names explicit pools: then a block's layout does not say
+    /// where it is, and frees look it up.
+    pools: bool,
     huge: HugeCache,
     metered: Arc<MeteredUpstream>,
+    /// Regions of the best-fit and huge tiers, for frees the engine does not hold.
     owners: Arc<RwLock<AddressMap<Owner>>>,
     counters: Counters,
     /// Debug mode's records of live blocks and overruns.
     debug: Option<Tracker>,
 }
 
-/// Which part of the manager owns a region.
+/// Which tier owns a region (the engine finds its own blocks in its page map).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Owner {
-    Class(u32),
-    Explicit(u32),
     Large,
     Huge,
 }
@@ -105,14 +107,19 @@ enum Owner {
 /// Where a request goes when no explicit pool takes it.
 #[derive(Debug, Clone, Copy)]
 enum Route {
+    /// A size class of the engine.
     Class(usize),
+    /// A cached large block of the engine, of this many pages.
+    Span(usize),
+    /// The best-fit tier, under its lock.
     Large,
     Huge,
 }
 
 #[derive(Debug, Default)]
 struct Counters {
-    /// Bytes users hold, shared with the thread caches.
+    /// Bytes users hold: the locked tiers add each block, the engine's heaps publish
+    /// theirs at slow paths.
     totals: Arc<Totals>,
     retries: AtomicU64,
     ooms: AtomicU64,
@@ -131,8 +138,8 @@ impl Counters {
     }
 }
 
-/// Puts every region a part of the manager takes into the owner map, so that a raw
-/// pointer can be traced back to the part that must free it.
+/// Puts every region a tier takes into the owner map, so that a raw pointer can be
+/// traced back to the tier that must free it.
 #[derive(Debug)]
 struct Registrar {
     upstream: Arc<MeteredUpstream>,
@@ -162,6 +169,10 @@ unsafe impl Upstream for Registrar {
 
     fn name(&self) -> &str {
         self.upstream.name()
+    }
+
+    fn zeroed(&self) -> bool {
+        self.upstream.zeroed()
     }
 
     fn address_space(&self) -> Option<&dyn AddressSpace> {
@@ -234,7 +245,7 @@ unsafe impl Upstream for ArenaUpstream {
         align: usize,
     ) -> std::result::Result<NonNull<u8>, UpstreamError> {
         match self.manager.allocate(size, align, false) {
-            Ok(ptr) => {
+            Ok((ptr, _)) => {
                 self.manager.counters.arena_bytes.fetch_add(size, Relaxed);
                 Ok(ptr)
             }
@@ -326,34 +337,6 @@ impl MemoryManager {
                 owner,
             })
         };
-        let class_pools: Vec<FixedSizePool> = match &classes {
-            Some(classes) => (0..classes.len())
-                .map(|c| {
-                    FixedSizePool::builder(classes.size_of(c))
-                        .alignment(classes.align_of(c))
-                        .max_chunk_size(config.pool_chunk_size)
-                        .tier(Tier::Small)
-                        .upstream(registrar(Owner::Class(c as u32)))
-                        .build()
-                })
-                .collect::<Result<Vec<_>>>()?,
-            None => Vec::new(),
-        };
-        let mut specs = config.pools.clone();
-        specs.sort_by_key(|p| p.block_size);
-        let explicit = specs
-            .iter()
-            .enumerate()
-            .map(|(i, spec)| {
-                FixedSizePool::builder(spec.block_size)
-                    .alignment(config.alignment)
-                    .capacity(spec.capacity)
-                    .max_chunk_size(spec.block_size.saturating_mul(spec.capacity))
-                    .tier(Tier::Pool)
-                    .upstream(registrar(Owner::Explicit(i as u32)))
-                    .build()
-            })
-            .collect::<Result<Vec<_>>>()?;
         let large = BestFit::builder()
             .granularity(config.large_granularity)
             .segment_size(config.segment_size)
@@ -366,17 +349,28 @@ impl MemoryManager {
             .build()?;
         let huge = HugeCache::with_upstream(config.huge_cache_limit, registrar(Owner::Huge));
         let counters = Counters::default();
-        let cached = config.thread_cache_bytes > 0 && explicit.is_empty() && !config.debug;
+        let mut pools: Vec<(usize, usize)> = config
+            .pools
+            .iter()
+            .map(|p| (p.block_size, p.capacity))
+            .collect();
+        pools.sort_unstable();
+        let engine = Engine::new(
+            classes,
+            &pools,
+            config.alignment,
+            config.medium_threshold,
+            config.pool_chunk_size,
+            config.thread_cache_bytes,
+            large,
+            counters.totals.clone(),
+        );
         let debug = config.debug.then(Tracker::default);
-        let cache_bytes = if cached { config.thread_cache_bytes } else { 0 };
-        let small = SmallTier::new(classes, class_pools, cache_bytes, counters.totals.clone());
         Ok(MemoryManager {
             inner: Arc::new(Inner {
+                pools: !config.pools.is_empty(),
                 config,
-                small: Arc::new(small),
-                cached,
-                explicit: explicit.into_boxed_slice(),
-                large,
+                engine,
                 huge,
                 metered,
                 owners,
@@ -398,38 +392,49 @@ impl MemoryManager {
 
     /// The size classes of the small tier, if it has any.
     pub fn size_classes(&self) -> Option<&SizeClasses> {
-        self.inner.small.classes()
+        self.inner.engine.size_classes()
     }
 
-    /// Gives the calling thread's cached blocks back to the shared depots. Threads
-    /// do this when they exit; a worker thread that goes idle for long can call it.
+    /// Collects the frees other threads made into the calling thread's slabs, and
+    /// gives the thread's empty slabs and cached large blocks back to the best-fit
+    /// tier. Threads do this when they exit; a worker thread that goes idle for long
+    /// can call it (`trim()` does it for every thread).
     pub fn flush_thread_cache(&self) {
-        drain_current(&self.inner.small);
+        self.inner.engine.flush_current();
     }
 
     /// `size` bytes aligned to `align` (a power of two up to a page; the configured
     /// alignment at least), for a foreign caller: NumPy, C, a tensor library.
     ///
     /// Give it back with [`free_raw`](Self::free_raw).
+    #[inline]
     pub fn allocate_raw(&self, size: usize, align: usize) -> Result<NonNull<u8>> {
-        self.inner.allocate(size, align, true)
+        self.inner.allocate(size, align, true).map(|(p, _)| p)
     }
 
-    /// The same as [`allocate_raw`](Self::allocate_raw), with the memory zeroed.
+    /// The same as [`allocate_raw`](Self::allocate_raw), with the memory zeroed
+    /// (without writing it when the block's pages are fresh from the system).
     pub fn allocate_raw_zeroed(&self, size: usize, align: usize) -> Result<NonNull<u8>> {
-        let ptr = self.inner.allocate(size, align, true)?;
-        // SAFETY: the block is `size` bytes, fresh, and exclusively ours.
-        unsafe { ptr.as_ptr().write_bytes(0, size) };
+        let (ptr, zero) = self.inner.allocate(size, align, true)?;
+        if !zero {
+            // SAFETY: the block is `size` bytes, fresh, and exclusively ours.
+            unsafe { ptr.as_ptr().write_bytes(0, size) };
+        }
         Ok(ptr)
     }
 
     /// Frees a block from [`allocate_raw`](Self::allocate_raw).
     ///
-    /// Safe for any address: the owner of the address is looked up in side tables
-    /// (O(log regions), then O(1) within the region), the memory is never read, and
-    /// an address that is not a live raw block (never allocated, already freed,
-    /// inside a block, owned by a typed handle) returns [`Error::InvalidPointer`]
-    /// and changes nothing.
+    /// Safe for any address: the block is found from the address in side tables
+    /// (for slab blocks, the engine's page map: O(1), no lock), the memory is never
+    /// read, and an address that is not a live raw block (never allocated, already
+    /// freed, inside a block, owned by a typed handle) returns
+    /// [`Error::InvalidPointer`] and changes nothing. A free of a block another
+    /// thread's slab holds is posted to that thread and checked at once as far as
+    /// it can be; what only the owner can tell (the block was freed and handed out
+    /// again meanwhile) it checks when it collects the post, and counts a refusal
+    /// then in `stats().num_invalid_frees` instead of returning it.
+    #[inline]
     pub fn free_raw(&self, ptr: *mut u8) -> Result<()> {
         self.inner.free_raw(ptr)
     }
@@ -458,7 +463,7 @@ impl MemoryManager {
     ) -> Result<NonNull<u8>> {
         let inner = &*self.inner;
         let old = inner.raw_size(ptr.addr())?;
-        let new = inner.allocate(new_size, align, true)?;
+        let (new, _) = inner.allocate(new_size, align, true)?;
         // SAFETY: `ptr` is a live raw block of at least `old` bytes (checked above, and
         // by our caller's contract nobody frees it meanwhile) and `new` a fresh block of
         // `new_size` bytes; distinct live blocks never overlap.
@@ -505,8 +510,10 @@ impl MemoryManager {
             .build()
     }
 
-    /// Returns all cached memory that can go back to upstream: empty pool chunks,
-    /// free best-fit segments, cached huge segments. Returns the bytes released.
+    /// Returns all cached memory that can go back to upstream, of every thread:
+    /// frees other threads posted are collected, empty slabs and cached large blocks
+    /// go back to the best-fit tier, whose free segments and free tops go back to
+    /// upstream, with cached huge segments. Returns the bytes released to upstream.
     pub fn trim(&self) -> usize {
         self.inner.trim()
     }
@@ -524,7 +531,13 @@ impl MemoryManager {
         self.inner.metered.reserved_bytes()
     }
 
-    /// The statistics: totals, per tier, per size class.
+    /// The statistics: totals, per tier, per size class, per thread.
+    ///
+    /// They are exact: frees that other threads posted to a thread's slabs are
+    /// collected first (every thread's heap is stopped between two of its
+    /// operations for a moment). Where the system has no `membarrier` (not Linux,
+    /// or a kernel before 4.14), a running thread's heap is not stopped, and the
+    /// blocks other threads freed into it count as allocated until it collects them.
     pub fn stats(&self) -> Stats {
         self.inner.stats()
     }
@@ -538,19 +551,18 @@ impl MemoryManager {
     pub fn snapshot(&self) -> Snapshot {
         let inner = &*self.inner;
         let mut segments = Vec::new();
-        let cached = cached_blocks_current(&inner.small);
-        for pool in inner.explicit.iter().chain(inner.small.pools.iter()) {
-            pool.snapshot_into(&mut segments, &cached);
-        }
-        inner.large.snapshot_into(&mut segments);
+        inner.engine.snapshot_into(&mut segments);
+        inner.engine.large.snapshot_into(&mut segments);
         inner.huge.snapshot_into(&mut segments);
         Snapshot { segments }
     }
 
-    /// Allocates for a typed owner (what [`Allocator::allocate`] does past the thread
-    /// cache).
+    /// Allocates for a typed owner (what [`Allocator::allocate`] does past its fast
+    /// path).
     pub(crate) fn allocate_typed(&self, layout: Layout) -> Result<NonNull<u8>> {
-        self.inner.allocate(layout.size(), layout.align(), false)
+        self.inner
+            .allocate(layout.size(), layout.align(), false)
+            .map(|(p, _)| p)
     }
 
     /// A block for `layout` (not zero-sized), as [`Allocator::allocate`] gives, with
@@ -561,17 +573,26 @@ impl MemoryManager {
         if layout.size() == 0 {
             return Err(Error::ZeroSize);
         }
-        match self.inner.allocate_cached(layout.size(), layout.align()) {
-            Some(ptr) => Ok(ptr),
+        match self.inner.allocate_fast(layout.size(), layout.align()) {
+            Some((ptr, _)) => Ok(ptr),
             None => self.allocate_typed(layout),
         }
     }
 
-    /// [`try_allocate`](Self::try_allocate), zeroed.
+    /// [`try_allocate`](Self::try_allocate), zeroed (without writing the memory
+    /// when its pages are fresh from the system).
     pub fn try_allocate_zeroed(&self, layout: Layout) -> Result<NonNull<u8>> {
-        let ptr = self.try_allocate(layout)?;
-        // SAFETY: the block is `layout.size()` bytes, fresh, and exclusively ours.
-        unsafe { ptr.as_ptr().write_bytes(0, layout.size()) };
+        if layout.size() == 0 {
+            return Err(Error::ZeroSize);
+        }
+        let (ptr, zero) = match self.inner.allocate_fast(layout.size(), layout.align()) {
+            Some(served) => served,
+            None => self.inner.allocate(layout.size(), layout.align(), false)?,
+        };
+        if !zero {
+            // SAFETY: the block is `layout.size()` bytes, fresh, and exclusively ours.
+            unsafe { ptr.as_ptr().write_bytes(0, layout.size()) };
+        }
         Ok(ptr)
     }
 }
@@ -579,41 +600,32 @@ impl MemoryManager {
 impl Inner {
     #[inline]
     fn route(&self, size: usize, align: usize) -> Route {
-        match self.small.class_for(size, align) {
-            Some(class) => Route::Class(class),
+        if let Some(class) = self.engine.class_for(size, align) {
+            return Route::Class(class);
+        }
+        match self.engine.span_for(size, align) {
+            Some(pages) => Route::Span(pages),
             None if size <= self.config.huge_threshold => Route::Large,
             None => Route::Huge,
         }
     }
 
-    /// The hot path of typed small allocations: a block from the calling thread's
-    /// magazine, or `None` for the full path. Returns a bare pointer so that nothing
-    /// larger than a register crosses the call.
+    /// The hot path of typed small allocations: a slot of the calling thread's
+    /// current slab of the class, with no lock and no atomic read-modify-write.
+    /// `None` sends the request down the full path (debug mode, explicit pools, a
+    /// size or alignment no class serves, no memory: the full path retries).
     #[inline]
-    fn allocate_cached(&self, size: usize, align: usize) -> Option<NonNull<u8>> {
-        if !self.cached || align > MAX_ALIGN {
+    fn allocate_fast(&self, size: usize, align: usize) -> Option<(NonNull<u8>, bool)> {
+        if self.pools || self.debug.is_some() || align > MAX_ALIGN {
             return None;
         }
-        let small = &self.small;
-        let class = small.class_for(size, align.max(self.config.alignment))?;
-        with_cache(small, |cache| cache.try_allocate(small, class, size)).flatten()
+        let class = self
+            .engine
+            .class_for(size, align.max(self.config.alignment))?;
+        self.engine.allocate(class, size, false).ok()
     }
 
-    /// The hot path of typed small frees: into the calling thread's magazine. Returns
-    /// the pointer back when the full path must take it.
-    #[inline]
-    fn free_cached(&self, ptr: NonNull<u8>, size: usize, align: usize) -> Option<NonNull<u8>> {
-        if !self.cached {
-            return Some(ptr);
-        }
-        let small = &self.small;
-        let Some(class) = small.class_for(size, align.max(self.config.alignment)) else {
-            return Some(ptr);
-        };
-        with_cache(small, |cache| cache.try_free(small, class, ptr, size)).unwrap_or(Some(ptr))
-    }
-
-    fn allocate(&self, size: usize, align: usize, raw: bool) -> Result<NonNull<u8>> {
+    fn allocate(&self, size: usize, align: usize, raw: bool) -> Result<(NonNull<u8>, bool)> {
         let Some(tracker) = &self.debug else {
             return self.allocate_block(size, align, raw);
         };
@@ -622,7 +634,7 @@ impl Inner {
             size,
             max: crate::MAX_ALLOCATION_SIZE,
         })?;
-        let ptr = self.allocate_block(padded, align, raw)?;
+        let (ptr, _) = self.allocate_block(padded, align, raw)?;
         // SAFETY: a fresh block of `padded` bytes.
         unsafe { debug::arm(ptr, size, true) };
         let tier = self.tier_at(ptr.as_ptr().addr());
@@ -635,20 +647,22 @@ impl Inner {
                 site: debug::site(),
             },
         );
-        Ok(ptr)
+        // Debug mode fills fresh blocks: they are never zero.
+        Ok((ptr, false))
     }
 
-    /// The tier of the region holding `addr` (a live block's).
+    /// The tier of the block at `addr` (a live block's).
     fn tier_at(&self, addr: usize) -> Tier {
+        if let Some(tier) = self.engine.tier_of(addr) {
+            return tier;
+        }
         match self.owners.read().find(addr).map(|(_, _, &o)| o) {
-            Some(Owner::Explicit(_)) => Tier::Pool,
-            Some(Owner::Class(_)) => Tier::Small,
             Some(Owner::Huge) => Tier::Huge,
             Some(Owner::Large) | None => Tier::Large,
         }
     }
 
-    fn allocate_block(&self, size: usize, align: usize, raw: bool) -> Result<NonNull<u8>> {
+    fn allocate_block(&self, size: usize, align: usize, raw: bool) -> Result<(NonNull<u8>, bool)> {
         validate(size, align)?;
         let align = align.max(self.config.alignment);
         match self.try_allocate(size, align, raw) {
@@ -663,45 +677,34 @@ impl Inner {
         }
     }
 
-    fn try_allocate(&self, size: usize, align: usize, raw: bool) -> Result<NonNull<u8>> {
-        for pool in self.explicit.iter() {
-            if pool.block_size() < size || pool.alignment() < align {
+    fn try_allocate(&self, size: usize, align: usize, raw: bool) -> Result<(NonNull<u8>, bool)> {
+        let engine = &self.engine;
+        for class in engine.first_pool..engine.classes.len() {
+            let pool = &engine.classes[class];
+            if pool.block_size < size || pool.align < align {
                 continue;
             }
-            match pool.alloc_block(size, raw) {
-                Ok((ptr, _)) => {
-                    self.counters.on_alloc(pool.stride(), size);
-                    return Ok(ptr);
-                }
+            match engine.allocate(class, size, raw) {
+                Ok(served) => return Ok(served),
                 // Full: try the next pool, then the tiers.
                 Err(Error::OutOfMemory(_)) => continue,
                 Err(e) => return Err(e),
             }
         }
-        let (ptr, block) = match self.route(size, align) {
-            Route::Class(c) => {
-                if !raw && self.cached {
-                    let small = &self.small;
-                    if let Some(served) = with_cache(small, |cache| cache.allocate(small, c, size))
-                    {
-                        // Counted by the thread cache.
-                        return served;
-                    }
-                }
-                let pool = &self.small.pools[c];
-                (pool.alloc_block(size, raw)?.0, pool.stride())
-            }
+        match self.route(size, align) {
+            Route::Class(class) => engine.allocate(class, size, raw),
+            Route::Span(pages) => engine.allocate_span(pages, size, raw),
             Route::Large => {
-                let (ptr, block, _) = self.large.alloc_block(size, align, raw)?;
-                (ptr, block)
+                let (ptr, block, zero) = engine.large.alloc_block(size, align, raw)?;
+                self.counters.on_alloc(block, size);
+                Ok((ptr, zero))
             }
             Route::Huge => {
-                let (ptr, block, _) = self.huge.alloc_block(size, align, raw)?;
-                (ptr, block)
+                let (ptr, block, hit) = self.huge.alloc_block(size, align, raw)?;
+                self.counters.on_alloc(block, size);
+                Ok((ptr, !hit && self.metered.zeroed()))
             }
-        };
-        self.counters.on_alloc(block, size);
-        Ok(ptr)
+        }
     }
 
     /// Replaces a tier's view in an out-of-memory report with the request and the
@@ -709,16 +712,17 @@ impl Inner {
     fn widen(&self, e: Error, size: usize, align: usize) -> Error {
         match e {
             Error::OutOfMemory(mut report) => {
-                // A tier may have failed while taking a batch for a thread cache.
+                // A tier may have failed while taking pages for a slab.
                 report.requested = size;
                 report.align = align;
                 self.counters.ooms.fetch_add(1, Relaxed);
-                let allocated = self.current_totals().0;
+                let engine = self.engine.stats();
+                let allocated = self.current_totals_with(&engine).0;
                 let reserved = self.metered.reserved_bytes();
                 report.allocated_bytes = allocated;
                 report.reserved_bytes = reserved;
                 report.cached_bytes = reserved.saturating_sub(allocated);
-                report.largest_free_block = self.largest_free_block();
+                report.largest_free_block = self.largest_free_block(&engine);
                 report.limit = self.config.memory_limit;
                 Error::OutOfMemory(report)
             }
@@ -726,17 +730,22 @@ impl Inner {
         }
     }
 
-    fn largest_free_block(&self) -> usize {
-        let pools = self
-            .explicit
+    /// The largest block servable from cached memory without going upstream: the
+    /// largest free block of the best-fit tier, a cached huge segment, or a class
+    /// with free slots. The one rule for `stats()` and the out-of-memory report.
+    fn largest_free_block(&self, engine: &EngineStats) -> usize {
+        let classes = self
+            .engine
+            .classes
             .iter()
-            .chain(self.small.pools.iter())
-            .filter(|p| p.stats().free_blocks > 0)
-            .map(|p| p.block_size())
+            .zip(&engine.classes)
+            .filter(|(_, f)| f.slots > f.live)
+            .map(|(c, _)| c.block_size)
             .max()
             .unwrap_or(0);
-        pools
-            .max(self.large.largest_free_block())
+        classes
+            .max(engine.largest_cached_span)
+            .max(self.engine.large.largest_free_block())
             .max(self.huge.largest_cached())
     }
 
@@ -756,19 +765,19 @@ impl Inner {
     }
 
     fn raw_block_size(&self, addr: usize) -> Result<usize> {
+        let invalid = |reason| Error::InvalidPointer { addr, reason };
+        if let Some(found) = self.engine.raw_size(addr) {
+            return found.map_err(invalid);
+        }
         let owner = self.owners.read().find(addr).map(|(_, _, &owner)| owner);
         match owner {
-            None => Err(Error::InvalidPointer {
-                addr,
-                reason: PointerError::Foreign,
-            }),
-            Some(Owner::Class(c)) => self.small.pools[c as usize].block_requested(addr, true),
-            Some(Owner::Explicit(i)) => self.explicit[i as usize].block_requested(addr, true),
-            Some(Owner::Large) => Ok(self.large.block_sizes(addr, true)?.1),
+            None => Err(invalid(PointerError::Foreign)),
+            Some(Owner::Large) => Ok(self.engine.large.block_sizes(addr, true)?.1),
             Some(Owner::Huge) => Ok(self.huge.block_sizes(addr, true)?.1),
         }
     }
 
+    #[inline]
     fn free_raw(&self, ptr: *mut u8) -> Result<()> {
         let addr = ptr.addr();
         if let Some(tracker) = &self.debug {
@@ -781,30 +790,22 @@ impl Inner {
         }
         // Without a record in debug mode, the block is not a live raw one: the checks
         // below say why.
-        self.free_raw_block(addr)
+        self.free_block(addr, true, 0, None)
     }
 
-    fn free_raw_block(&self, addr: usize) -> Result<()> {
+    /// Frees the block at `addr` held raw or typed; `size` and `class` are a typed
+    /// holder's size and the class its layout maps to.
+    #[inline]
+    fn free_block(&self, addr: usize, raw: bool, size: usize, class: Option<usize>) -> Result<()> {
+        let invalid = |reason| Error::InvalidPointer { addr, reason };
+        if let Some(done) = self.engine.free(addr, raw, size, class) {
+            return done.map_err(invalid);
+        }
         let owner = self.owners.read().find(addr).map(|(_, _, &owner)| owner);
-        let owner = owner.ok_or(Error::InvalidPointer {
-            addr,
-            reason: PointerError::Foreign,
-        })?;
-        self.free_owned(owner, addr, true)
-    }
-
-    fn free_owned(&self, owner: Owner, addr: usize, raw: bool) -> Result<()> {
         let (block, requested) = match owner {
-            Owner::Class(c) => {
-                let pool = &self.small.pools[c as usize];
-                (pool.stride(), pool.free_block(addr, raw)?)
-            }
-            Owner::Explicit(i) => {
-                let pool = &self.explicit[i as usize];
-                (pool.stride(), pool.free_block(addr, raw)?)
-            }
-            Owner::Large => self.large.free_block(addr, raw)?,
-            Owner::Huge => self.huge.free_block(addr, raw)?,
+            None => return Err(invalid(PointerError::Foreign)),
+            Some(Owner::Large) => self.engine.large.free_block(addr, raw)?,
+            Some(Owner::Huge) => self.huge.free_block(addr, raw)?,
         };
         self.counters.on_free(block, requested);
         Ok(())
@@ -827,124 +828,107 @@ impl Inner {
         self.free_typed_block(ptr, size + GUARD, align)
     }
 
+    #[inline]
     fn free_typed_block(&self, ptr: NonNull<u8>, size: usize, align: usize) -> Result<()> {
-        let addr = ptr.as_ptr().addr();
-        if !self.explicit.is_empty() {
-            // With explicit pools, the same layout may be served by a pool or a tier.
-            let owner = self.owners.read().find(addr).map(|(_, _, &o)| o);
-            let owner = owner.ok_or(Error::InvalidPointer {
-                addr,
-                reason: PointerError::Foreign,
-            })?;
-            return self.free_owned(owner, addr, false);
-        }
-        let owner = match self.route(size, align.max(self.config.alignment)) {
-            Route::Class(c) if self.cached => {
-                let small = &self.small;
-                if with_cache(small, |cache| cache.free(small, c, ptr, size)).is_some() {
-                    return Ok(());
-                }
-                // No cache on this thread now (it is exiting): straight to the depot,
-                // counting the size the caller gives, as the cache would have.
-                let pool = &small.pools[c];
-                pool.free_block(addr, false)?;
-                self.counters.on_free(pool.stride(), size);
-                return Ok(());
-            }
-            Route::Class(c) => Owner::Class(c as u32),
-            Route::Large => Owner::Large,
-            Route::Huge => Owner::Huge,
+        let class = match self.pools {
+            // With explicit pools, a layout may be served by a pool or a class.
+            true => None,
+            false if align > MAX_ALIGN => None,
+            false => self
+                .engine
+                .class_for(size, align.max(self.config.alignment)),
         };
-        self.free_owned(owner, addr, false)
+        self.free_block(ptr.as_ptr().addr(), false, size, class)
     }
 
     /// (allocated, requested) bytes held by users now: the shared totals plus what
-    /// thread caches have not published yet.
+    /// heaps have not published yet.
     fn current_totals(&self) -> (usize, usize) {
+        self.current_totals_with(&self.engine.stats())
+    }
+
+    fn current_totals_with(&self, engine: &EngineStats) -> (usize, usize) {
         let (allocated, requested) = self.counters.totals.current();
-        let (_, pending_allocated, pending_requested, _) = self.small.thread_stats();
         (
-            allocated.wrapping_add(pending_allocated).max(0) as usize,
-            requested.wrapping_add(pending_requested).max(0) as usize,
+            allocated.wrapping_add(engine.pending.0).max(0) as usize,
+            requested.wrapping_add(engine.pending.1).max(0) as usize,
         )
     }
 
     fn trim(&self) -> usize {
-        // This thread's cache goes back now; other threads' at their next operation.
-        self.small.request_drain();
-        drain_current(&self.small);
-        self.explicit
-            .iter()
-            .chain(self.small.pools.iter())
-            .map(FixedSizePool::trim)
-            .sum::<usize>()
-            + self.large.trim()
-            + self.huge.trim()
+        self.engine.trim();
+        self.engine.large.trim() + self.huge.trim()
     }
 
     fn stats(&self) -> Stats {
-        let (threads, pending_allocated, pending_requested, cached_per_class) =
-            self.small.thread_stats();
-        let (cache_allocs, cache_frees) = self.small.cache_counts();
+        let engine = self.engine.stats();
+        let e = &self.engine;
         let mut classes = Vec::new();
         let mut tiers = Vec::new();
-        let mut largest_pool_block = 0;
-        for (tier, pools) in [
-            (Tier::Pool, &self.explicit),
-            (Tier::Small, &self.small.pools),
+        let mut slab_bytes = 0usize;
+        for (tier, range) in [
+            (Tier::Pool, e.first_pool..e.classes.len()),
+            (Tier::Small, 0..e.first_pool),
         ] {
-            if pools.is_empty() {
+            if range.is_empty() {
                 continue;
             }
             let mut usage = Usage::default();
             let mut largest = 0;
-            for (class, pool) in pools.iter().enumerate() {
-                let s = pool.stats();
-                // The depot counts blocks in thread caches as out; users do not hold them.
-                let cached = if tier == Tier::Small {
-                    cached_per_class[class]
-                } else {
-                    0
-                };
-                let held = s.usage.allocated_blocks - cached;
-                let mut class_usage = s.usage;
-                class_usage.allocated_blocks = held;
-                class_usage.allocated_bytes = held * pool.stride();
-                usage.accumulate(&class_usage);
-                if s.free_blocks > 0 || cached > 0 {
-                    largest = largest.max(s.block_size);
+            for class in range {
+                let (c, f) = (&e.classes[class], &engine.classes[class]);
+                let live = f.live as usize;
+                usage.allocated_bytes += live * c.stride;
+                usage.allocated_blocks += live;
+                usage.reserved_bytes += f.slab_bytes as usize;
+                usage.num_allocs += f.allocs;
+                usage.num_frees += f.frees;
+                usage.misses += f.misses;
+                usage.num_upstream_allocs += f.misses;
+                if f.slots > f.live {
+                    largest = largest.max(c.block_size);
                 }
-                if s.usage.num_allocs > 0 || s.chunks > 0 {
+                if f.allocs > 0 || f.slabs > 0 {
                     classes.push(ClassStats {
-                        block_size: s.block_size,
-                        allocated_blocks: held,
-                        thread_cached_blocks: cached,
-                        free_blocks: s.free_blocks,
-                        chunks: s.chunks,
-                        reserved_bytes: s.usage.reserved_bytes,
-                        peak_reserved_bytes: s.usage.peak_reserved_bytes,
-                        depot_allocs: s.usage.num_allocs,
-                        depot_hits: s.usage.hits,
-                        depot_misses: s.usage.misses,
+                        block_size: c.block_size,
+                        allocated_blocks: live,
+                        free_blocks: (f.slots - f.live) as usize,
+                        slabs: f.slabs as usize,
+                        reserved_bytes: f.slab_bytes as usize,
+                        num_allocs: f.allocs,
+                        num_frees: f.frees,
+                        remote_frees: f.remote_frees,
                     });
                 }
             }
-            if tier == Tier::Small {
-                usage.num_allocs += cache_allocs;
-                usage.num_frees += cache_frees;
-                usage.hits += cache_allocs;
-            }
-            largest_pool_block = largest_pool_block.max(largest);
+            usage.hits = usage.num_allocs - usage.misses.min(usage.num_allocs);
+            usage.requested_bytes = engine.requested[crate::slab::heap::tier_index(tier)] as usize;
+            usage.peak_allocated_bytes = usage.allocated_bytes;
+            usage.peak_reserved_bytes = usage.reserved_bytes;
+            slab_bytes += usage.reserved_bytes;
             tiers.push(TierStats {
                 tier,
                 usage,
                 largest_free_block: largest,
             });
         }
-        let large = self.large.stats();
+        let large = e.large.stats();
+        let spans = &engine.spans;
+        let mut large_usage = large.usage;
+        large_usage.allocated_bytes += spans.live_bytes as usize;
+        large_usage.requested_bytes += engine.requested[2] as usize;
+        large_usage.allocated_blocks += spans.live as usize;
+        large_usage.num_allocs += spans.allocs;
+        large_usage.num_frees += spans.frees;
+        large_usage.hits += spans.allocs - spans.spans.min(spans.allocs);
+        // The best-fit tier's reserved bytes include the slabs' pages.
+        large_usage.reserved_bytes = large_usage.reserved_bytes.saturating_sub(slab_bytes);
+        large_usage.peak_allocated_bytes = large_usage
+            .peak_allocated_bytes
+            .max(large_usage.allocated_bytes);
         tiers.push(TierStats {
             tier: Tier::Large,
-            usage: large.usage,
+            usage: large_usage,
             largest_free_block: large.largest_free_block,
         });
         let huge = self.huge.stats();
@@ -953,30 +937,17 @@ impl Inner {
             usage: huge.usage,
             largest_free_block: huge.largest_cached,
         });
-        let c = &self.counters;
-        let (allocated, requested) = c.totals.current();
-        let allocated = allocated.wrapping_add(pending_allocated).max(0) as usize;
-        let requested = requested.wrapping_add(pending_requested).max(0) as usize;
-        // Requested bytes of the small tier are what the other tiers do not hold.
-        let elsewhere: usize = tiers
-            .iter()
-            .filter(|t| t.tier != Tier::Small)
-            .map(|t| t.usage.requested_bytes)
-            .sum();
-        if let Some(small) = tiers.iter_mut().find(|t| t.tier == Tier::Small) {
-            small.usage.requested_bytes = requested.saturating_sub(elsewhere);
-        }
         let mut total = Usage::default();
         for t in &tiers {
             total.accumulate(&t.usage);
         }
+        let c = &self.counters;
+        let (allocated, requested) = self.current_totals_with(&engine);
         c.totals.note_peaks(allocated, requested);
         let (peak_allocated, peak_requested) = c.totals.peaks();
         let reserved = self.metered.reserved_bytes();
         let cached = reserved.saturating_sub(allocated);
-        let largest = largest_pool_block
-            .max(large.largest_free_block)
-            .max(huge.largest_cached);
+        let largest = self.largest_free_block(&engine);
         Stats {
             allocated_bytes: allocated,
             peak_allocated_bytes: peak_allocated,
@@ -985,13 +956,14 @@ impl Inner {
             reserved_bytes: reserved,
             peak_reserved_bytes: self.metered.peak_reserved_bytes(),
             cached_bytes: cached,
-            thread_cached_bytes: threads.iter().map(|t| t.cached_bytes).sum(),
+            thread_cached_bytes: engine.cached_bytes,
             internal_waste_bytes: allocated.saturating_sub(requested),
             allocated_blocks: total.allocated_blocks,
             num_allocs: total.num_allocs,
             num_frees: total.num_frees,
             num_alloc_retries: c.retries.load(Relaxed),
             num_ooms: c.ooms.load(Relaxed),
+            num_invalid_frees: engine.late_refusals,
             num_upstream_allocs: self.metered.num_allocs(),
             num_upstream_frees: self.metered.num_frees(),
             largest_free_block: largest,
@@ -1004,7 +976,7 @@ impl Inner {
                 .map_or(0, |t| t.violations().len() as u64),
             tiers,
             classes,
-            threads,
+            threads: engine.threads,
         }
     }
 }
@@ -1018,8 +990,8 @@ unsafe impl Allocator for MemoryManager {
         if layout.size() == 0 {
             return Ok(zero_sized(layout.align()));
         }
-        let ptr = match self.inner.allocate_cached(layout.size(), layout.align()) {
-            Some(ptr) => ptr,
+        let ptr = match self.inner.allocate_fast(layout.size(), layout.align()) {
+            Some((ptr, _)) => ptr,
             None => self.allocate_typed(layout).map_err(|_| AllocError)?,
         };
         Ok(NonNull::slice_from_raw_parts(ptr, layout.size()))
@@ -1030,9 +1002,6 @@ unsafe impl Allocator for MemoryManager {
         if layout.size() == 0 {
             return;
         }
-        let Some(ptr) = self.inner.free_cached(ptr, layout.size(), layout.align()) else {
-            return;
-        };
         let freed = self.inner.free_typed(ptr, layout.size(), layout.align());
         debug_assert!(
             freed.is_ok(),
@@ -1074,7 +1043,8 @@ mod tests {
             (1, 1, 1)
         );
         assert_eq!(s.requested_bytes, 100 + 100_000 + (9 << 20));
-        assert_eq!(s.allocated_bytes, 128 + 100_352 + (10 << 20));
+        // The large block is rounded to whole pages (a cached block of the engine).
+        assert_eq!(s.allocated_bytes, 128 + 102_400 + (10 << 20));
         assert_eq!(s.classes.len(), 1);
         assert_eq!(
             s.classes[0].block_size, 128,
@@ -1226,9 +1196,10 @@ mod tests {
     fn free_raw_refuses_every_bad_pointer() {
         let mm = manager(heap_config());
         let small = mm.allocate_raw(64, 64).unwrap();
-        let large = mm.allocate_raw(1 << 20, 64).unwrap();
+        // The typed block first, so that the pages past the large block stay free.
         let v: allocator_api2::vec::Vec<u8, &MemoryManager> =
             allocator_api2::vec::Vec::with_capacity_in(1000, &mm);
+        let large = mm.allocate_raw(1 << 20, 64).unwrap();
         let before = mm.stats();
         let reason = |p: *mut u8| match mm.free_raw(p) {
             Err(Error::InvalidPointer { reason, .. }) => reason,
@@ -1544,7 +1515,7 @@ mod tests {
                     let snap = mm.snapshot();
                     let blocks: std::collections::HashMap<usize, (usize, BlockState)> = snap.segments.iter()
                         .flat_map(|seg| seg.blocks.iter())
-                        .filter(|b| !matches!(b.state, BlockState::Free | BlockState::ThreadCached))
+                        .filter(|b| !matches!(b.state, BlockState::Free | BlockState::Slab))
                         .map(|b| (b.address, (b.size, b.state)))
                         .collect();
                     prop_assert_eq!(blocks.len(), live.len());

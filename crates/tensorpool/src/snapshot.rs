@@ -72,10 +72,9 @@ pub enum BlockState {
     AllocatedRaw,
     /// Free and cached for reuse.
     Free,
-    /// Free in the calling thread's cache: out of its depot, held by no user. (Blocks
-    /// in other threads' caches cannot be told from allocated ones without stopping
-    /// those threads; `Stats::thread_cached_bytes` counts them all.)
-    ThreadCached,
+    /// Pages of the best-fit tier that the small-block engine holds as a slab (or a
+    /// cached large block); the slab's own blocks are listed in a segment of its own.
+    Slab,
 }
 
 impl BlockState {

@@ -25,9 +25,76 @@
 //! ```
 
 use crate::bytes::format_bytes;
-pub use crate::thread_cache::ThreadCacheStats;
 use serde::Serialize;
 use std::fmt::{self, Write as _};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+/// Running totals of the bytes users hold, with their peaks, shared by every tier.
+///
+/// The tiers that serve blocks under a lock add each allocation and free here; the
+/// threads' heaps publish what they handed out at their slow paths (a new slab, a
+/// collection), which is where peaks of small blocks are recorded: a peak may miss a
+/// spike smaller than a slab per thread and class. Deltas may arrive out of order
+/// across threads (a free published before the allocation it undoes), so the
+/// counters are wrapping signed numbers and a peak is recorded only when the total
+/// is non-negative.
+#[derive(Debug, Default)]
+pub(crate) struct Totals {
+    allocated: AtomicUsize,
+    requested: AtomicUsize,
+    peak_allocated: AtomicUsize,
+    peak_requested: AtomicUsize,
+}
+
+impl Totals {
+    /// Adds signed deltas of allocated and requested bytes.
+    pub(crate) fn add(&self, allocated: isize, requested: isize) {
+        Self::add_one(&self.allocated, &self.peak_allocated, allocated);
+        Self::add_one(&self.requested, &self.peak_requested, requested);
+    }
+
+    fn add_one(total: &AtomicUsize, peak: &AtomicUsize, delta: isize) {
+        if delta == 0 {
+            return;
+        }
+        let now = total
+            .fetch_add(delta as usize, Relaxed)
+            .wrapping_add(delta as usize);
+        // Only a rise can set a new peak, and most rises do not: read before the
+        // read-modify-write (each costs ~12 ns here).
+        if delta > 0 && (now as isize) >= 0 && now > peak.load(Relaxed) {
+            peak.fetch_max(now, Relaxed);
+        }
+    }
+
+    /// Current (allocated, requested), not counting what heaps have not published.
+    pub(crate) fn current(&self) -> (isize, isize) {
+        (
+            self.allocated.load(Relaxed) as isize,
+            self.requested.load(Relaxed) as isize,
+        )
+    }
+
+    /// The peaks (allocated, requested).
+    pub(crate) fn peaks(&self) -> (usize, usize) {
+        (
+            self.peak_allocated.load(Relaxed),
+            self.peak_requested.load(Relaxed),
+        )
+    }
+
+    /// Records `allocated` and `requested` as peaks if they are higher.
+    pub(crate) fn note_peaks(&self, allocated: usize, requested: usize) {
+        self.peak_allocated.fetch_max(allocated, Relaxed);
+        self.peak_requested.fetch_max(requested, Relaxed);
+    }
+
+    /// Starts new peaks from the given current values.
+    pub(crate) fn reset_peaks(&self, allocated: usize, requested: usize) {
+        self.peak_allocated.store(allocated, Relaxed);
+        self.peak_requested.store(requested, Relaxed);
+    }
+}
 
 /// The tiers of the manager; also names the strategy in a standalone error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -121,30 +188,6 @@ impl Usage {
         self.num_frees += 1;
     }
 
-    /// Records `blocks` blocks of `bytes` in all moved out to a thread cache: out of
-    /// the pool, so allocated from its point of view, but not allocations.
-    #[inline]
-    pub(crate) fn on_transfer_out(&mut self, bytes: usize, blocks: usize, hit: bool) {
-        self.allocated_bytes += bytes;
-        self.peak_allocated_bytes = self.peak_allocated_bytes.max(self.allocated_bytes);
-        self.allocated_blocks += blocks;
-        if hit {
-            self.hits += 1;
-        } else {
-            self.misses += 1;
-        }
-    }
-
-    /// Records blocks moved back from a thread cache, with the requested bytes the
-    /// depot had recorded for them.
-    #[inline]
-    pub(crate) fn on_transfer_in(&mut self, bytes: usize, blocks: usize, requested: usize) {
-        self.allocated_bytes -= bytes;
-        self.allocated_blocks -= blocks;
-        // Blocks the depot served directly and a cache took back.
-        self.requested_bytes -= requested;
-    }
-
     /// Records a region taken from upstream.
     pub(crate) fn on_reserve(&mut self, bytes: usize) {
         self.reserved_bytes += bytes;
@@ -193,30 +236,45 @@ pub struct TierStats {
     pub largest_free_block: usize,
 }
 
-/// Counters of one size class (or one explicit pool).
+/// Counters of one size class (or one explicit pool), over every thread's slabs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ClassStats {
-    /// Block size of the class.
+    /// Block size of the class (for an explicit pool, as configured).
     pub block_size: usize,
     /// Blocks held by users.
     pub allocated_blocks: usize,
-    /// Free blocks in threads' caches.
-    pub thread_cached_blocks: usize,
-    /// Free slots in the depot's chunks.
+    /// Free slots in the class's slabs.
     pub free_blocks: usize,
-    /// Chunks taken from upstream.
-    pub chunks: usize,
-    /// Bytes in those chunks.
+    /// Slabs of the class held by threads' heaps.
+    pub slabs: usize,
+    /// Bytes of those slabs.
     pub reserved_bytes: usize,
-    /// The most `reserved_bytes` seen.
-    pub peak_reserved_bytes: usize,
-    /// Allocations served by the depot itself (raw ones, and typed ones when no
-    /// thread cache could); thread caches take blocks from it in batches.
-    pub depot_allocs: u64,
-    /// Depot allocations and batches served from existing chunks.
-    pub depot_hits: u64,
-    /// Depot allocations and batches that took a new chunk.
-    pub depot_misses: u64,
+    /// Allocations served.
+    pub num_allocs: u64,
+    /// Frees.
+    pub num_frees: u64,
+    /// The frees among them made by a thread other than the one whose slab held the
+    /// block (posted, then collected by the owner).
+    pub remote_frees: u64,
+}
+
+/// Statistics of one thread's heap: the slabs and cached large blocks it owns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ThreadCacheStats {
+    /// The thread's name, or its id.
+    pub thread: String,
+    /// Bytes of its empty slabs and cached free large blocks: memory kept warm for
+    /// its next allocations, given back by `trim()` or when the best-fit tier needs
+    /// it.
+    pub cached_bytes: usize,
+    /// Allocations it served from its slabs.
+    pub num_allocs: u64,
+    /// Frees of blocks of its slabs (its own and collected remote ones).
+    pub num_frees: u64,
+    /// Frees made by other threads into its slabs, collected.
+    pub remote_frees: u64,
+    /// Slabs and large blocks its heap holds.
+    pub slabs: usize,
 }
 
 /// The manager's statistics: totals, then per tier and per size class.
@@ -236,7 +294,8 @@ pub struct Stats {
     pub peak_reserved_bytes: usize,
     /// `reserved_bytes - allocated_bytes`: free memory kept for reuse.
     pub cached_bytes: usize,
-    /// The part of `cached_bytes` in threads' caches.
+    /// The part of `cached_bytes` in threads' heaps: empty slabs and free large
+    /// blocks kept for the thread's next allocations.
     pub thread_cached_bytes: usize,
     /// `allocated_bytes - requested_bytes`: lost to rounding.
     pub internal_waste_bytes: usize,
@@ -250,6 +309,11 @@ pub struct Stats {
     pub num_alloc_retries: u64,
     /// Allocations refused for lack of memory (PyTorch: `num_ooms`).
     pub num_ooms: u64,
+    /// Frees refused after they returned: frees from a thread other than the
+    /// block's owner that raced with the owner (the block was freed twice, or freed
+    /// and handed out again), refused when the owner collected them. (A free refused
+    /// with an error changes nothing, not even this count.)
+    pub num_invalid_frees: u64,
     /// Regions taken from upstream.
     pub num_upstream_allocs: u64,
     /// Regions given back to upstream.
@@ -268,7 +332,7 @@ pub struct Stats {
     pub tiers: Vec<TierStats>,
     /// Per explicit pool, then per size class that has been used.
     pub classes: Vec<ClassStats>,
-    /// Per thread with a cache.
+    /// Per thread with a heap.
     pub threads: Vec<ThreadCacheStats>,
 }
 
@@ -341,12 +405,19 @@ impl Stats {
         let _ = writeln!(out, " {:<28} {:>18}", "memory limit", limit);
         let _ = writeln!(
             out,
-            " allocs {}  frees {}  live blocks {}  retries {}  OOMs {}  upstream allocs {} frees {}",
+            " {:<28} {:>18}",
+            "cached by threads",
+            b(self.thread_cached_bytes)
+        );
+        let _ = writeln!(
+            out,
+            " allocs {}  frees {}  live blocks {}  retries {}  OOMs {}  invalid frees {}  upstream allocs {} frees {}",
             self.num_allocs,
             self.num_frees,
             self.allocated_blocks,
             self.num_alloc_retries,
             self.num_ooms,
+            self.num_invalid_frees,
             self.num_upstream_allocs,
             self.num_upstream_frees
         );
@@ -374,27 +445,20 @@ impl Stats {
             let _ = writeln!(out, "{rule}");
             let _ = writeln!(
                 out,
-                " {:<12} {:>9} {:>9} {:>9} {:>11} {:>10} {:>8} {:>7}",
-                "class", "live", "cached", "free", "reserved", "depot ops", "hit %", "chunks"
+                " {:<12} {:>9} {:>9} {:>7} {:>11} {:>11} {:>10}",
+                "class", "live", "free", "slabs", "reserved", "allocs", "remote"
             );
             for c in &self.classes {
-                let ops = c.depot_hits + c.depot_misses;
-                let hits = if ops == 0 {
-                    "-".to_string()
-                } else {
-                    format!("{:.1}", 100.0 * c.depot_hits as f64 / ops as f64)
-                };
                 let _ = writeln!(
                     out,
-                    " {:<12} {:>9} {:>9} {:>9} {:>11} {:>10} {:>8} {:>7}",
+                    " {:<12} {:>9} {:>9} {:>7} {:>11} {:>11} {:>10}",
                     b(c.block_size),
                     c.allocated_blocks,
-                    c.thread_cached_blocks,
                     c.free_blocks,
+                    c.slabs,
                     b(c.reserved_bytes),
-                    ops,
-                    hits,
-                    c.chunks
+                    c.num_allocs,
+                    c.remote_frees
                 );
             }
         }
@@ -402,19 +466,19 @@ impl Stats {
             let _ = writeln!(out, "{rule}");
             let _ = writeln!(
                 out,
-                " {:<30} {:>11} {:>11} {:>11} {:>8} {:>8}",
-                "thread cache", "cached", "allocs", "frees", "refills", "flushes"
+                " {:<30} {:>11} {:>11} {:>11} {:>9} {:>6}",
+                "thread heap", "cached", "allocs", "frees", "remote", "slabs"
             );
             for t in &self.threads {
                 let _ = writeln!(
                     out,
-                    " {:<30} {:>11} {:>11} {:>11} {:>8} {:>8}",
+                    " {:<30} {:>11} {:>11} {:>11} {:>9} {:>6}",
                     t.thread,
                     b(t.cached_bytes),
                     t.num_allocs,
                     t.num_frees,
-                    t.refills,
-                    t.flushes
+                    t.remote_frees,
+                    t.slabs
                 );
             }
         }

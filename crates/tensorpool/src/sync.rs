@@ -2,12 +2,22 @@
 //!
 //! Natively these are parking_lot's mutex and the standard atomics; built with
 //! `RUSTFLAGS="--cfg loom"` they are loom's, so that loom can explore every
-//! interleaving of the thread-cache hand-off (see `thread_cache`).
+//! interleaving of the small-block engine's hand-offs (see `slab`).
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+pub(crate) use loom::sync::atomic::{
+    fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+};
 #[cfg(not(loom))]
-pub(crate) use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+pub(crate) use std::sync::atomic::{
+    fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+};
+
+/// The guard of a [`Mutex`].
+#[cfg(not(loom))]
+pub(crate) type MutexGuard<'a, T> = parking_lot::MutexGuard<'a, T>;
+#[cfg(loom)]
+pub(crate) type MutexGuard<'a, T> = loom::sync::MutexGuard<'a, T>;
 
 /// A mutex whose `lock` returns the guard directly, over either implementation.
 #[derive(Debug, Default)]
@@ -45,4 +55,14 @@ impl<T> Mutex<T> {
     pub(crate) fn get_mut(&mut self) -> &mut T {
         self.0.get_mut().expect("a model thread panicked")
     }
+}
+
+/// Lets other threads run while this one waits for a condition another thread will
+/// make true (loom must be told, or it would explore the spin for ever).
+#[inline]
+pub(crate) fn spin_wait() {
+    #[cfg(loom)]
+    loom::thread::yield_now();
+    #[cfg(not(loom))]
+    std::thread::yield_now();
 }

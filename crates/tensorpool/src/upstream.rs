@@ -164,6 +164,13 @@ pub unsafe trait Upstream: Send + Sync + fmt::Debug {
     /// A short name for reports.
     fn name(&self) -> &str;
 
+    /// Whether fresh regions (and fresh commits of address space) are zero-filled,
+    /// as anonymous mappings are: then a block carved from memory never handed out
+    /// before needs no zeroing (`calloc`, `zeros`).
+    fn zeroed(&self) -> bool {
+        false
+    }
+
     /// The source's address-space interface, if it can reserve address space and
     /// back it with memory piece by piece (mmap can; the global heap cannot).
     fn address_space(&self) -> Option<&dyn AddressSpace> {
@@ -361,6 +368,10 @@ unsafe impl Upstream for MmapUpstream {
         "mmap"
     }
 
+    fn zeroed(&self) -> bool {
+        true
+    }
+
     fn address_space(&self) -> Option<&dyn AddressSpace> {
         Some(self)
     }
@@ -548,6 +559,10 @@ unsafe impl Upstream for MeteredUpstream {
 
     fn name(&self) -> &str {
         self.inner.name()
+    }
+
+    fn zeroed(&self) -> bool {
+        self.inner.zeroed()
     }
 
     fn address_space(&self) -> Option<&dyn AddressSpace> {

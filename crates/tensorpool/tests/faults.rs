@@ -194,9 +194,28 @@ struct Seen {
     calls: usize,
 }
 
+/// How long a workload runs: steps, and how often it trims (0: never).
+#[derive(Debug, Clone, Copy)]
+struct Workload {
+    steps: usize,
+    trim_every: usize,
+}
+
+/// Over the heap, which gives the best-fit tier whole 2 MiB segments that the
+/// engine's slabs share, memory goes back now and then so that the workload takes
+/// it again from upstream; the mmap upstream commits in small steps anyway.
+const HEAP_WORKLOAD: Workload = Workload {
+    steps: 250,
+    trim_every: 8,
+};
+const MMAP_WORKLOAD: Workload = Workload {
+    steps: 120,
+    trim_every: 0,
+};
+
 /// Runs a workload over an upstream that fails calls `k..k + count`; checks every
 /// failure and everything after it.
-fn run(inner: Arc<dyn Upstream>, k: usize, count: usize, seed: u64) -> Seen {
+fn run(inner: Arc<dyn Upstream>, k: usize, count: usize, seed: u64, work: Workload) -> Seen {
     let failing = Arc::new(Failing::new(inner, k, count));
     let config = Config::builder()
         .huge_threshold(2 << 20)
@@ -208,7 +227,7 @@ fn run(inner: Arc<dyn Upstream>, k: usize, count: usize, seed: u64) -> Seen {
     let mut rng = Rng(seed);
     let mut live: Vec<Live> = Vec::new();
     let mut failed = 0;
-    for step in 0..120 {
+    for step in 0..work.steps {
         let size = size(&mut rng);
         let raw = rng.below(2) == 0;
         match allocate(&mm, size, raw) {
@@ -247,6 +266,9 @@ fn run(inner: Arc<dyn Upstream>, k: usize, count: usize, seed: u64) -> Seen {
         if !live.is_empty() && rng.below(3) == 0 {
             let i = rng.below(live.len());
             free(&mm, live.swap_remove(i));
+        }
+        if work.trim_every > 0 && step % work.trim_every == work.trim_every - 1 {
+            mm.trim();
         }
     }
     // Memory is back: the requests that failed now succeed.
@@ -287,13 +309,13 @@ fn run(inner: Arc<dyn Upstream>, k: usize, count: usize, seed: u64) -> Seen {
 
 #[test]
 fn each_single_upstream_failure_is_survived() {
-    let calls = run(Arc::new(HeapUpstream), usize::MAX, 0, 0x5EED).calls;
+    let calls = run(Arc::new(HeapUpstream), usize::MAX, 0, 0x5EED, HEAP_WORKLOAD).calls;
     assert!(
         calls > 30,
         "the workload reaches upstream often ({calls} calls)"
     );
     for k in 0..calls {
-        let seen = run(Arc::new(HeapUpstream), k, 1, 0x5EED);
+        let seen = run(Arc::new(HeapUpstream), k, 1, 0x5EED, HEAP_WORKLOAD);
         // A single failure is absorbed: the manager releases cached memory and
         // retries (or an arena chunk fails, which its caller sees).
         assert_eq!(seen.injected, 1, "call {k} was made and failed");
@@ -305,7 +327,13 @@ fn each_single_upstream_failure_is_survived() {
 fn runs_of_failures_then_recovery_are_survived() {
     let mut failed = 0;
     for (k, count) in [(0, 5), (3, 50), (10, 1000), (25, 7)] {
-        let seen = run(Arc::new(HeapUpstream), k, count, 0xFA11 + k as u64);
+        let seen = run(
+            Arc::new(HeapUpstream),
+            k,
+            count,
+            0xFA11 + k as u64,
+            HEAP_WORKLOAD,
+        );
         assert!(seen.injected >= count.min(5));
         failed += seen.failed;
     }
@@ -317,17 +345,17 @@ fn runs_of_failures_then_recovery_are_survived() {
 fn failures_of_reservations_and_commits_are_survived() {
     // The mmap upstream: expandable segments reserve and commit, and those calls fail too.
     let mmap = || Arc::new(tensorpool::upstream::MmapUpstream::new(false));
-    let calls = run(mmap(), usize::MAX, 0, 7).calls;
+    let calls = run(mmap(), usize::MAX, 0, 7, MMAP_WORKLOAD).calls;
     assert!(
         calls > 30,
         "the workload reaches upstream often ({calls} calls)"
     );
     for k in 0..calls {
-        assert_eq!(run(mmap(), k, 1, 7).injected, 1);
+        assert_eq!(run(mmap(), k, 1, 7, MMAP_WORKLOAD).injected, 1);
     }
     let mut failed = 0;
     for (k, count) in [(2, 20), (15, 500)] {
-        failed += run(mmap(), k, count, 99).failed;
+        failed += run(mmap(), k, count, 99, MMAP_WORKLOAD).failed;
     }
     assert!(failed > 10, "the failures reached the callers ({failed})");
 }

@@ -1,0 +1,735 @@
+//! The small-block engine: thread-owned slabs, frees validated in O(1) from the
+//! address alone, and no shared lock on any steady path.
+//!
+//! Blocks up to `small_threshold` are slots of *slabs*: runs of pages carved into
+//! slots of one size class (or of one explicit pool). Large blocks up to
+//! `medium_threshold` are *spans*: slabs of one slot, a page-rounded block. Both
+//! come from the best-fit tier's pages and belong to the heap of one thread:
+//!
+//! - the owner allocates and frees with plain loads and stores: a bitmap per slab,
+//!   lowest free slot first; a span is cached in its heap when freed and reused for
+//!   the next block of its size;
+//! - another thread's free costs one compare-and-swap on the slab's post word (and,
+//!   for the first post since the owner last looked, a swap and a push onto the
+//!   owner's inbox); the owner collects posts when it runs out of free slots;
+//! - any address finds its slab through the [page map](page_map) in three loads,
+//!   the slot by one multiplication, and the slot's live and raw bits refuse a
+//!   foreign, interior, already freed or typed pointer (see [`slab`] for how frees
+//!   from other threads are checked, at once or when collected).
+//!
+//! Heaps are per thread and per engine (see [`thread`]): an exited thread's heap is
+//! adopted whole by the next new thread, and `trim()` reaches every heap, also those
+//! of threads that sleep, through an asymmetric handshake (`membarrier`).
+//!
+//! ```
+//! use tensorpool::{Config, MemoryManager};
+//!
+//! let mm = MemoryManager::new(Config::default())?;
+//! let p = mm.allocate_raw(256, 64)?; // a slot of the 256 B class in this thread's slab
+//! assert!(mm.free_raw(p.as_ptr().wrapping_add(8)).is_err()); // interior: refused
+//! let q = p.as_ptr() as usize;
+//! std::thread::scope(|s| {
+//!     // Another thread's free of it is posted to this thread's heap.
+//!     s.spawn(|| mm.free_raw(q as *mut u8)).join().unwrap()
+//! })?;
+//! assert!(mm.free_raw(p.as_ptr()).is_err()); // already freed
+//! assert_eq!(mm.stats().allocated_bytes, 0);
+//! # Ok::<(), tensorpool::Error>(())
+//! ```
+
+pub(crate) mod heap;
+pub(crate) mod page_map;
+#[allow(clippy::module_inception)]
+pub(crate) mod slab;
+pub(crate) mod thread;
+
+#[cfg(all(test, loom))]
+mod loom_models;
+
+use crate::best_fit::BestFit;
+use crate::error::{PointerError, Result};
+use crate::limits::round_up;
+use crate::size_class::SizeClasses;
+use crate::snapshot::{BlockSnapshot, BlockState, SegmentSnapshot};
+use crate::stats::{Tier, Totals};
+use crate::sync::Mutex;
+use heap::{Heap, MAX_SLOTS};
+use page_map::{PageMap, PAGE};
+use slab::{Posted, Slab};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use thread::{current_heap, with_heap, Stopped};
+
+/// The class number of spans (slabs of one large block).
+pub(crate) const SPAN_CLASS: u32 = u32::MAX;
+
+/// Late refusals printed on standard error per engine; later ones are only counted.
+const LATE_REPORTS: u32 = 8;
+
+pub(crate) fn round_to_page(bytes: usize) -> usize {
+    round_up(bytes, PAGE)
+}
+
+/// Slots an explicit pool may still put in slabs.
+#[derive(Debug)]
+pub(crate) struct Capacity {
+    pub(crate) total: usize,
+    remaining: AtomicUsize,
+}
+
+impl Capacity {
+    /// Takes up to `slots`; returns how many were granted.
+    pub(crate) fn take(&self, slots: u32) -> u32 {
+        let mut granted = 0;
+        let _ = self.remaining.fetch_update(Relaxed, Relaxed, |left| {
+            granted = left.min(slots as usize);
+            Some(left - granted)
+        });
+        granted as u32
+    }
+
+    pub(crate) fn give(&self, slots: u32) {
+        self.remaining.fetch_add(slots as usize, Relaxed);
+    }
+}
+
+/// A class of slots: a size class, or an explicit pool.
+#[derive(Debug)]
+pub(crate) struct Class {
+    /// Distance between slots.
+    pub(crate) stride: usize,
+    /// The size served (a pool's block size as configured).
+    pub(crate) block_size: usize,
+    /// Least alignment of every slot.
+    pub(crate) align: usize,
+    pub(crate) tier: Tier,
+    /// A pool's capacity.
+    pub(crate) capacity: Option<Capacity>,
+}
+
+impl Class {
+    /// Slots and bytes of a new slab, given `held` bytes of this class's slabs in
+    /// the heap already: as large as what it holds (doubling), from a page to
+    /// `max_slab` (but always one slot), with a tail of at most 1/16 unused.
+    pub(crate) fn slab_layout(&self, held: usize, max_slab: usize) -> (u32, usize) {
+        let stride = self.stride;
+        let target = held.clamp(PAGE, max_slab.max(PAGE));
+        let mut n = (target / stride).clamp(1, MAX_SLOTS as usize);
+        loop {
+            let bytes = round_to_page(n * stride);
+            if (bytes - n * stride) * 16 <= bytes || n >= MAX_SLOTS as usize {
+                let n = (bytes / stride).min(MAX_SLOTS as usize);
+                return (n as u32, bytes);
+            }
+            n += 1;
+        }
+    }
+}
+
+/// A heap's standing in the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    /// A thread holds it.
+    Bound,
+    /// Its thread exited; the next new thread adopts it.
+    Abandoned,
+    /// Abandoned, and a trim or a snapshot works on it now.
+    Claimed,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    heaps: Vec<(Box<Heap>, Standing)>,
+}
+
+/// The small-block engine of one manager.
+pub(crate) struct Engine {
+    /// Unique for the process, never 0.
+    pub(crate) id: u64,
+    /// Size classes first, then explicit pools.
+    pub(crate) classes: Box<[Class]>,
+    size_classes: Option<SizeClasses>,
+    /// Where the explicit pools start in `classes`.
+    pub(crate) first_pool: usize,
+    pub(crate) map: PageMap,
+    /// Where pages come from: the best-fit tier.
+    pub(crate) large: BestFit,
+    /// Most pages of a span.
+    span_pages: usize,
+    /// Most bytes of empty slabs and cached blocks a heap keeps.
+    pub(crate) cache_limit: usize,
+    /// Most bytes of one slab.
+    pub(crate) max_slab: usize,
+    /// Least alignment of every block.
+    pub(crate) alignment: usize,
+    /// The manager's totals, where heaps publish their bytes at slow paths.
+    pub(crate) totals: Arc<Totals>,
+    registry: Mutex<Registry>,
+    /// The heap of threads that cannot use their own, under its lock.
+    shared: Box<Heap>,
+    shared_lock: Mutex<()>,
+    /// Serializes trims, statistics and snapshots, which stop heaps.
+    stop_lock: Mutex<()>,
+    late_reports: AtomicU32,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("id", &self.id)
+            .field("classes", &self.classes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+static NEXT_ENGINE: AtomicU64 = AtomicU64::new(1);
+
+/// What the statistics need from the engine.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct EngineStats {
+    /// Per class: live blocks, free slots in slabs, slabs, slab bytes, allocations,
+    /// frees, frees collected from other threads.
+    pub(crate) classes: Vec<ClassFigures>,
+    /// Cached large blocks.
+    pub(crate) spans: SpanFigures,
+    /// Requested bytes of live blocks, per tier (small, pool, large).
+    pub(crate) requested: [u64; 3],
+    /// Bytes of empty slabs and cached blocks, in all heaps.
+    pub(crate) cached_bytes: usize,
+    /// The largest cached free large block of any heap.
+    pub(crate) largest_cached_span: usize,
+    pub(crate) late_refusals: u64,
+    pub(crate) threads: Vec<crate::stats::ThreadCacheStats>,
+    /// Allocated and requested bytes not yet published to the totals.
+    pub(crate) pending: (isize, isize),
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct ClassFigures {
+    pub(crate) live: u64,
+    pub(crate) slots: u64,
+    pub(crate) slabs: u64,
+    pub(crate) slab_bytes: u64,
+    pub(crate) allocs: u64,
+    pub(crate) frees: u64,
+    pub(crate) remote_frees: u64,
+    pub(crate) misses: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct SpanFigures {
+    pub(crate) live: u64,
+    pub(crate) live_bytes: u64,
+    pub(crate) spans: u64,
+    pub(crate) bytes: u64,
+    pub(crate) allocs: u64,
+    pub(crate) frees: u64,
+    pub(crate) remote_frees: u64,
+}
+
+impl Engine {
+    /// An engine for `size_classes` (if any) and explicit `pools` (block size,
+    /// capacity), taking pages from `large`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        size_classes: Option<SizeClasses>,
+        pools: &[(usize, usize)],
+        alignment: usize,
+        medium_threshold: usize,
+        max_slab: usize,
+        cache_limit: usize,
+        large: BestFit,
+        totals: Arc<Totals>,
+    ) -> Arc<Engine> {
+        let mut classes: Vec<Class> = match &size_classes {
+            Some(sc) => (0..sc.len())
+                .map(|c| Class {
+                    stride: sc.size_of(c),
+                    block_size: sc.size_of(c),
+                    align: sc.align_of(c),
+                    tier: Tier::Small,
+                    capacity: None,
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        let first_pool = classes.len();
+        for &(block_size, capacity) in pools {
+            classes.push(Class {
+                stride: round_up(block_size, alignment),
+                block_size,
+                align: alignment,
+                tier: Tier::Pool,
+                capacity: Some(Capacity {
+                    total: capacity,
+                    remaining: AtomicUsize::new(capacity),
+                }),
+            });
+        }
+        let span_pages = medium_threshold / PAGE;
+        let n = classes.len();
+        Arc::new(Engine {
+            id: NEXT_ENGINE.fetch_add(1, Relaxed),
+            classes: classes.into_boxed_slice(),
+            size_classes,
+            first_pool,
+            map: PageMap::new(),
+            large,
+            span_pages,
+            cache_limit,
+            max_slab,
+            alignment,
+            totals,
+            registry: Mutex::new(Registry::default()),
+            shared: Heap::new(n, span_pages),
+            shared_lock: Mutex::new(()),
+            stop_lock: Mutex::new(()),
+            late_reports: AtomicU32::new(0),
+        })
+    }
+
+    /// The size classes, if any.
+    pub(crate) fn size_classes(&self) -> Option<&SizeClasses> {
+        self.size_classes.as_ref()
+    }
+
+    /// The size class serving `size` bytes at `align`.
+    #[inline]
+    pub(crate) fn class_for(&self, size: usize, align: usize) -> Option<usize> {
+        self.size_classes.as_ref()?.class_for(size, align)
+    }
+
+    /// The pages of a span for `size` bytes at `align`, if spans serve it.
+    #[inline]
+    pub(crate) fn span_for(&self, size: usize, align: usize) -> Option<usize> {
+        let pages = size.div_ceil(PAGE);
+        (pages <= self.span_pages && align <= PAGE).then_some(pages)
+    }
+
+    /// Runs `f` on the calling thread's heap, or on the shared heap when the thread
+    /// cannot use its own.
+    #[inline]
+    fn with_owned<R>(self: &Arc<Self>, f: impl Fn(&heap::Owned<'_>) -> R) -> R {
+        // SAFETY: `with_heap` runs the closure inside an operation of the calling
+        // thread's heap, which holds it.
+        if let Some(r) = with_heap(self, |heap| f(&unsafe { heap.owned() })) {
+            return r;
+        }
+        let _lock = self.shared_lock.lock();
+        // SAFETY: the shared heap is held by whoever holds its lock.
+        f(&unsafe { self.shared.owned() })
+    }
+
+    /// A block of class `class` for `size` bytes, and whether it is known zero.
+    #[inline]
+    pub(crate) fn allocate(
+        self: &Arc<Self>,
+        class: usize,
+        size: usize,
+        raw: bool,
+    ) -> Result<(NonNull<u8>, bool)> {
+        self.with_owned(|owned| owned.allocate(self, class, size, raw))
+    }
+
+    /// A large block of `pages` pages for `size` bytes, and whether it is known zero.
+    pub(crate) fn allocate_span(
+        self: &Arc<Self>,
+        pages: usize,
+        size: usize,
+        raw: bool,
+    ) -> Result<(NonNull<u8>, bool)> {
+        self.with_owned(|owned| owned.allocate_span(self, pages, size, raw))
+    }
+
+    /// Frees the block at `addr`; `None` if no slab holds `addr` (another tier may).
+    /// `size` is a typed holder's size; `class` the class its layout maps to, which
+    /// lets the owner skip the page map when the block is in the class's current
+    /// slab.
+    #[inline]
+    pub(crate) fn free(
+        self: &Arc<Self>,
+        addr: usize,
+        raw: bool,
+        size: usize,
+        class: Option<usize>,
+    ) -> Option<std::result::Result<(), PointerError>> {
+        if let Some(class) = class {
+            // SAFETY: as in `with_owned`.
+            let fast = with_heap(self, |heap| {
+                let owned = unsafe { heap.owned() };
+                let slab = owned.current_holding(class, addr)?;
+                Some(owned.free(self, slab, addr, raw, size))
+            });
+            if let Some(Some(done)) = fast {
+                return Some(done);
+            }
+        }
+        let slab = self.map.get(addr);
+        if slab.is_null() {
+            return None;
+        }
+        // SAFETY: records live as long as the engine.
+        let slab = unsafe { &*slab };
+        // SAFETY: as in `with_owned`.
+        let owned = with_heap(self, |heap| {
+            std::ptr::eq(slab.heap(), heap)
+                .then(|| unsafe { heap.owned() }.free(self, slab, addr, raw, size))
+        });
+        Some(match owned {
+            Some(Some(done)) => done,
+            _ => self.post(slab, addr, raw),
+        })
+    }
+
+    /// A free by a thread that does not own the slab.
+    fn post(&self, slab: &Slab, addr: usize, raw: bool) -> std::result::Result<(), PointerError> {
+        match slab.post(addr, raw) {
+            Ok(Posted::Posted) => Ok(()),
+            Ok(Posted::PostedFirst) => {
+                // SAFETY: heaps live as long as the engine, and a record's heap never
+                // changes.
+                let heap = unsafe { &*slab.heap() };
+                slab.push_to(&heap.inbox);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The requested size of the live raw block at `addr`; `None` if no slab holds
+    /// `addr`.
+    pub(crate) fn raw_size(&self, addr: usize) -> Option<std::result::Result<usize, PointerError>> {
+        let slab = self.map.get(addr);
+        if slab.is_null() {
+            return None;
+        }
+        // SAFETY: records live as long as the engine.
+        let slab = unsafe { &*slab };
+        Some(
+            slab.slot_of(addr)
+                .and_then(|slot| slab.check_owned(slot, true)),
+        )
+    }
+
+    /// The tier of the block at `addr`, if a slab holds it.
+    pub(crate) fn tier_of(&self, addr: usize) -> Option<Tier> {
+        let slab = self.map.get(addr);
+        if slab.is_null() {
+            return None;
+        }
+        // SAFETY: records live as long as the engine.
+        let class = unsafe { &*slab }.class();
+        Some(if class == SPAN_CLASS {
+            Tier::Large
+        } else {
+            self.classes[class as usize].tier
+        })
+    }
+
+    /// Counts and reports frees refused after they had returned.
+    pub(crate) fn report_late_refusal(&self, n: u32) {
+        if self.late_reports.fetch_add(1, Relaxed) < LATE_REPORTS {
+            eprintln!(
+                "tensorpool: {n} free(s) from another thread were refused when collected \
+                 (the block was freed twice, or not live with the kind freed); nothing \
+                 was changed. Later refusals are only counted (stats: num_invalid_frees)."
+            );
+        }
+    }
+
+    // ---- heaps -----------------------------------------------------------------
+
+    /// A heap for the calling thread: one an exited thread left, or a new one.
+    pub(crate) fn adopt(&self) -> *const Heap {
+        let name = {
+            let t = std::thread::current();
+            t.name()
+                .map_or_else(|| format!("{:?}", t.id()), str::to_string)
+        };
+        let mut reg = self.registry.lock();
+        let heap = match reg
+            .heaps
+            .iter_mut()
+            .rev()
+            .find(|(_, s)| *s == Standing::Abandoned)
+        {
+            Some((heap, standing)) => {
+                *standing = Standing::Bound;
+                &**heap as *const Heap
+            }
+            None => {
+                let heap = Heap::new(self.classes.len(), self.span_pages);
+                let ptr = &*heap as *const Heap;
+                reg.heaps.push((heap, Standing::Bound));
+                ptr
+            }
+        };
+        // SAFETY: registered heaps live as long as the engine.
+        *unsafe { &*heap }.thread.lock() = name;
+        heap
+    }
+
+    /// The calling thread, exiting, leaves `heap` (its own) to the engine.
+    pub(crate) fn abandon(&self, heap: &Heap) {
+        if heap.enter() {
+            // SAFETY: the calling thread holds its heap inside this operation.
+            let owned = unsafe { heap.owned() };
+            owned.flush(self);
+            owned.publish(self);
+            heap.leave();
+        }
+        let mut reg = self.registry.lock();
+        if let Some((_, standing)) = reg.heaps.iter_mut().find(|(h, _)| std::ptr::eq(&**h, heap)) {
+            *standing = Standing::Abandoned;
+        }
+    }
+
+    /// Runs `f` on every heap, each held for the call: the caller's own (inside an
+    /// operation), the shared one (under its lock), abandoned ones (claimed), and
+    /// the other threads' (stopped, where `membarrier` allows). Returns the sum.
+    fn on_every_heap(self: &Arc<Self>, f: impl Fn(&heap::Owned<'_>) -> usize) -> usize {
+        let _serial = self.stop_lock.lock();
+        let mut total = 0;
+        let mine = current_heap(self);
+        if !mine.is_null() {
+            // SAFETY: the calling thread's heap, which lives as long as the engine.
+            let heap = unsafe { &*mine };
+            if heap.enter() {
+                // SAFETY: inside an operation of the calling thread's own heap.
+                total += f(&unsafe { heap.owned() });
+                heap.leave();
+            }
+        }
+        {
+            let _lock = self.shared_lock.lock();
+            // SAFETY: the shared heap is held by whoever holds its lock.
+            total += f(&unsafe { self.shared.owned() });
+        }
+        let (claimed, bound): (Vec<*const Heap>, Vec<*const Heap>) = {
+            let mut reg = self.registry.lock();
+            let mut claimed = Vec::new();
+            let mut bound = Vec::new();
+            for (heap, standing) in reg.heaps.iter_mut() {
+                let ptr = &**heap as *const Heap;
+                if ptr == mine {
+                    continue;
+                }
+                match standing {
+                    Standing::Abandoned => {
+                        *standing = Standing::Claimed;
+                        claimed.push(ptr);
+                    }
+                    Standing::Bound => bound.push(ptr),
+                    Standing::Claimed => {}
+                }
+            }
+            (claimed, bound)
+        };
+        for &heap in &claimed {
+            // SAFETY: a claimed heap has no thread and no other claimant.
+            total += f(&unsafe { (*heap).owned() });
+        }
+        {
+            let mut reg = self.registry.lock();
+            for (heap, standing) in reg.heaps.iter_mut() {
+                if claimed.contains(&(&**heap as *const Heap)) {
+                    *standing = Standing::Abandoned;
+                }
+            }
+        }
+        // SAFETY: registered heaps live as long as the engine.
+        let bound: Vec<&Heap> = bound.into_iter().map(|h| unsafe { &*h }).collect();
+        let stopped = Stopped::all(&bound);
+        for heap in stopped.heaps() {
+            // SAFETY: the heap is stopped: its owner waits until `stopped` drops.
+            total += f(&unsafe { heap.owned() });
+        }
+        total
+    }
+
+    /// Collects every pending free and gives every empty slab and cached block back
+    /// to the best-fit tier; returns the bytes given back.
+    pub(crate) fn trim(self: &Arc<Self>) -> usize {
+        self.on_every_heap(|owned| {
+            let released = owned.flush(self);
+            owned.publish(self);
+            released
+        })
+    }
+
+    /// The calling thread's heap: collects and gives back what it holds free.
+    pub(crate) fn flush_current(self: &Arc<Self>) {
+        let mine = current_heap(self);
+        if mine.is_null() {
+            return;
+        }
+        // SAFETY: the calling thread's heap, which lives as long as the engine.
+        let heap = unsafe { &*mine };
+        if heap.enter() {
+            // SAFETY: inside an operation of the calling thread's own heap.
+            let owned = unsafe { heap.owned() };
+            owned.flush(self);
+            owned.publish(self);
+            heap.leave();
+        }
+    }
+
+    /// The figures of every heap, after collecting the frees other threads posted.
+    pub(crate) fn stats(self: &Arc<Self>) -> EngineStats {
+        let largest = std::cell::Cell::new(0);
+        self.on_every_heap(|owned| {
+            owned.collect_all(self);
+            largest.set(largest.get().max(owned.largest_cached_span()));
+            0
+        });
+        let mut s = EngineStats {
+            classes: vec![ClassFigures::default(); self.classes.len()],
+            largest_cached_span: largest.get(),
+            ..EngineStats::default()
+        };
+        let reg = self.registry.lock();
+        let heaps = reg
+            .heaps
+            .iter()
+            .map(|(h, standing)| (&**h, *standing == Standing::Bound))
+            .chain([(&*self.shared, false)]);
+        for (heap, bound) in heaps {
+            let c = &heap.counts;
+            let mut thread = crate::stats::ThreadCacheStats {
+                thread: heap.thread.lock().clone(),
+                cached_bytes: c.cached_bytes.get() as usize,
+                num_allocs: c.span_allocs.get(),
+                num_frees: c.span_frees.get(),
+                remote_frees: c.span_remote_frees.get(),
+                slabs: c.spans.get() as usize,
+            };
+            for (class, (figures, counts)) in s.classes.iter_mut().zip(c.classes.iter()).enumerate()
+            {
+                let (allocs, frees) = (counts.allocs.get(), counts.frees.get());
+                figures.allocs += allocs;
+                figures.frees += frees;
+                figures.live += allocs.wrapping_sub(frees);
+                figures.slabs += counts.slabs.get();
+                figures.slab_bytes += counts.slab_bytes.get();
+                figures.slots += counts.slots.get();
+                figures.remote_frees += counts.remote_frees.get();
+                figures.misses += counts.misses.get();
+                let _ = class;
+                thread.num_allocs += allocs;
+                thread.num_frees += frees;
+                thread.remote_frees += counts.remote_frees.get();
+                thread.slabs += counts.slabs.get() as usize;
+            }
+            let sp = &mut s.spans;
+            sp.allocs += c.span_allocs.get();
+            sp.frees += c.span_frees.get();
+            sp.live += c.span_allocs.get().wrapping_sub(c.span_frees.get());
+            sp.live_bytes += c.span_live_bytes.get();
+            sp.spans += c.spans.get();
+            sp.bytes += c.span_bytes.get();
+            sp.remote_frees += c.span_remote_frees.get();
+            for (total, r) in s.requested.iter_mut().zip(c.requested.iter()) {
+                *total = total.wrapping_add(r.get());
+            }
+            s.cached_bytes += c.cached_bytes.get() as usize;
+            s.late_refusals += c.late_refusals.get();
+            let (allocated, requested) = heap::net(heap, self);
+            let unpublished =
+                |now: usize, published: u64| now.wrapping_sub(published as usize) as isize;
+            s.pending.0 = s
+                .pending
+                .0
+                .wrapping_add(unpublished(allocated, c.published_allocated.get()));
+            s.pending.1 = s
+                .pending
+                .1
+                .wrapping_add(unpublished(requested, c.published_requested.get()));
+            if bound {
+                s.threads.push(thread);
+            }
+        }
+        s
+    }
+
+    /// Appends a snapshot of every slab (segments of their tier) to `out`.
+    pub(crate) fn snapshot_into(self: &Arc<Self>, out: &mut Vec<SegmentSnapshot>) {
+        let segments = std::cell::RefCell::new(Vec::new());
+        self.on_every_heap(|owned| {
+            owned.collect_all(self);
+            let mut segments = segments.borrow_mut();
+            for slab in owned.slabs() {
+                let (address, size, _) = owned.extent(slab);
+                let class = slab.class();
+                let (tier, block_size) = if class == SPAN_CLASS {
+                    (Tier::Large, None)
+                } else {
+                    let c = &self.classes[class as usize];
+                    (c.tier, Some(c.stride))
+                };
+                let stride = slab.stride();
+                let blocks: Vec<BlockSnapshot> = slab
+                    .live_slots()
+                    .map(|(slot, raw)| BlockSnapshot {
+                        address: address + slot as usize * stride,
+                        size: stride,
+                        requested: slab.requested(slot),
+                        state: BlockState::live(raw),
+                    })
+                    .collect();
+                let live = blocks.len();
+                segments.push(SegmentSnapshot {
+                    tier,
+                    address,
+                    size,
+                    block_size,
+                    allocated_bytes: live * stride,
+                    free_blocks: slab.slots() as usize - live,
+                    blocks,
+                });
+            }
+            0
+        });
+        let mut segments = segments.into_inner();
+        segments.sort_by_key(|s| s.address);
+        out.extend(segments);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn class(stride: usize) -> Class {
+        Class {
+            stride,
+            block_size: stride,
+            align: 64,
+            tier: Tier::Small,
+            capacity: None,
+        }
+    }
+
+    #[test]
+    fn slabs_grow_with_demand_and_waste_little() {
+        // A first slab is a page (or one slot of a larger class), then as large as
+        // what the class holds, up to the largest slab.
+        assert_eq!(class(64).slab_layout(0, 256 << 10), (64, 4096));
+        assert_eq!(class(64).slab_layout(4096, 256 << 10), (64, 4096));
+        assert_eq!(class(64).slab_layout(8192, 256 << 10), (128, 8192));
+        assert_eq!(class(64).slab_layout(1 << 30, 256 << 10), (4096, 256 << 10));
+        assert_eq!(class(32 << 10).slab_layout(0, 256 << 10), (1, 32 << 10));
+        // A class that does not divide a page takes enough slots to waste < 1/16.
+        for stride in [72, 104, 4608, 5120, 7168, 18 << 10, 28 << 10] {
+            for held in [0, 64 << 10, 1 << 20] {
+                let (slots, bytes) = class(stride).slab_layout(held, 256 << 10);
+                assert_eq!(bytes % PAGE, 0);
+                assert!(slots as usize * stride <= bytes);
+                assert!(
+                    (bytes - slots as usize * stride) * 16 <= bytes,
+                    "{stride} {held}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,630 @@
+//! A slab: a run of pages carved into slots of one size, and the record that says,
+//! beside the memory, which slots are free.
+//!
+//! A record has two sides:
+//!
+//! - **the owner's**: the thread whose heap holds the slab allocates and frees its
+//!   slots with plain loads and stores (relaxed atomics, so that others may read):
+//!   a bitmap of free slots (lowest first, so the warmest, lowest slots come back
+//!   first and slabs empty from the top), a bitmap of raw slots, the size requested
+//!   for each raw slot, and the bookkeeping in [`Own`] that only the owner touches;
+//! - **everyone's**: a thread that frees a slot of a slab it does not own *posts* the
+//!   free: one compare-and-swap sets the slot's bit in a post word, and the first
+//!   post since the owner last looked puts the slab in the owner's inbox. The owner
+//!   collects posts when it runs out of free slots, and at trim, flush and exit.
+//!
+//! # Generations
+//!
+//! Records are never freed while their engine lives; a record given back is reused
+//! for another slab. Every use of a record is a *generation* (even; odd while the
+//! record holds no slab), published with the geometry like a seqlock, and stored in
+//! the top half of every post word. A thread that read the page map just before the
+//! slab was given back reads a generation that no longer matches, and its post fails:
+//! a free that races with the slab's end is refused, never applied to whatever the
+//! pages hold next. A valid free cannot race that way: its block is live for the
+//! whole call, and a slab with a live block is never given back.
+//!
+//! # What a remote free checks, and when
+//!
+//! At once: that the address lies in a slab (else `Foreign`), starts a slot (else
+//! `Interior`), and that the slot looks live, with the raw flag asked (else `NotLive`
+//! or `NotRaw`), and that no free of it is pending (else `NotLive`). The last three
+//! read the owner's bitmaps, which may change under the reader; a refusal is then
+//! still right at the moment of the read. What the reader could not see (the owner
+//! freed the slot and took it again in between) is settled by the owner: when it
+//! hands out a slot it looks for a pending post and throws it away (a post from
+//! before the slot was live again), and when it collects it checks the slot is live
+//! with the kind posted. Such a late refusal is counted and reported, and changes
+//! nothing.
+//!
+//! ```text
+//! post word:  generation (32 bits) | slot 15: raw, typed | ... | slot 0: raw, typed
+//! ```
+
+use super::heap::Heap;
+use super::page_map::PAGE;
+use crate::error::PointerError;
+use crate::sync::{
+    fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize,
+    Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst},
+};
+use std::cell::UnsafeCell;
+use std::ptr::NonNull;
+
+/// Slots per post word.
+const POSTS_PER_WORD: usize = 16;
+const POST_BITS: u64 = 0xFFFF_FFFF;
+
+/// Where a slab is in its heap's structures (owner-only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Place {
+    /// The record holds no slab: it waits in its heap's pool of records.
+    Spare,
+    /// The class allocates from it.
+    Current,
+    /// It has free slots and waits on its class's list of partial slabs.
+    Partial,
+    /// Every slot is live.
+    Full,
+    /// No slot is live; it waits on its class's list of empty slabs (for a large
+    /// block, in its heap's cache of free blocks of its size).
+    Empty,
+}
+
+/// The owner's side of a record: touched only by the thread that holds the heap
+/// (or by one that stopped it, see `thread`).
+#[derive(Debug)]
+pub(crate) struct Own {
+    /// The first slot, with the provenance of the pages.
+    pub(crate) base: *mut u8,
+    /// Bytes of pages.
+    pub(crate) bytes: usize,
+    /// The first word of the free bitmap that may have a free slot.
+    pub(crate) cursor: u32,
+    /// Live slots.
+    pub(crate) live: u32,
+    /// Slots handed out at least once since the slab was made.
+    pub(crate) high: u32,
+    /// The pages were zero when the slab was made (fresh from the operating system).
+    pub(crate) fresh: bool,
+    pub(crate) place: Place,
+    /// Links of the list the slab is on (partial, empty, a block cache, the spares).
+    pub(crate) prev: *const Slab,
+    pub(crate) next: *const Slab,
+}
+
+/// The record of a slab. See the module docs.
+pub(crate) struct Slab {
+    gen: AtomicU32,
+    base: AtomicUsize,
+    stride: AtomicUsize,
+    slots: AtomicU32,
+    class: AtomicU32,
+    /// `2^64 / stride`, rounded up: a slot index is one multiplication away.
+    magic: AtomicU64,
+    /// The heap that owns this record, for its whole life.
+    heap: *const Heap,
+    /// Most slots the record can describe.
+    capacity: u32,
+    /// 1 = free. Bits beyond `slots` are 0.
+    free: Box<[AtomicU64]>,
+    /// 1 = the slot was handed out through the raw API.
+    raw: Box<[AtomicU64]>,
+    /// The size asked for each live slot.
+    requested: Box<[AtomicU32]>,
+    posts: Box<[AtomicU64]>,
+    in_inbox: AtomicBool,
+    inbox_next: AtomicPtr<Slab>,
+    own: UnsafeCell<Own>,
+}
+
+// SAFETY: every field another thread may touch is atomic; `own` is touched only by the
+// thread that holds the owning heap (the heap's handshake hands it over with
+// release/acquire ordering), and `heap` is an immutable address.
+unsafe impl Send for Slab {}
+// SAFETY: as above.
+unsafe impl Sync for Slab {}
+
+impl std::fmt::Debug for Slab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slab")
+            .field("gen", &self.gen.load(Relaxed))
+            .field("base", &format_args!("{:#x}", self.base.load(Relaxed)))
+            .field("stride", &self.stride.load(Relaxed))
+            .field("slots", &self.slots.load(Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A slot index from an offset: `offset / stride`, exact for offsets below 2^32.
+#[inline]
+pub(crate) fn divide(offset: usize, magic: u64) -> usize {
+    ((offset as u128 * magic as u128) >> 64) as usize
+}
+
+/// The multiplier [`divide`] uses for `stride`.
+pub(crate) fn magic_for(stride: usize) -> u64 {
+    debug_assert!(stride > 0 && stride < 1 << 32);
+    (u64::MAX / stride as u64).wrapping_add(1)
+}
+
+fn atomics<T>(n: usize, f: impl Fn() -> T) -> Box<[T]> {
+    (0..n).map(|_| f()).collect()
+}
+
+/// How a remote free went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Posted {
+    /// The free is posted; the slab was already in its owner's inbox.
+    Posted,
+    /// The free is posted, and this call must put the slab in its owner's inbox.
+    PostedFirst,
+}
+
+/// What collecting a slab's posts found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Collected {
+    /// Slots freed.
+    pub(crate) slots: u32,
+    /// Requested bytes of those slots.
+    pub(crate) requested: usize,
+    /// Posts refused now: frees of slots that were not live with the kind posted.
+    pub(crate) refused: u32,
+}
+
+impl Slab {
+    /// A spare record owned by `heap`, for slabs of up to `capacity` slots.
+    pub(crate) fn new(heap: *const Heap, capacity: u32) -> Slab {
+        let words = (capacity as usize).div_ceil(64);
+        let posts = (capacity as usize).div_ceil(POSTS_PER_WORD);
+        Slab {
+            gen: AtomicU32::new(1),
+            base: AtomicUsize::new(0),
+            stride: AtomicUsize::new(PAGE),
+            slots: AtomicU32::new(0),
+            class: AtomicU32::new(0),
+            magic: AtomicU64::new(magic_for(PAGE)),
+            heap,
+            capacity,
+            free: atomics(words, || AtomicU64::new(0)),
+            raw: atomics(words, || AtomicU64::new(0)),
+            requested: atomics(capacity as usize, || AtomicU32::new(0)),
+            posts: atomics(posts, || AtomicU64::new(1 << 32)),
+            in_inbox: AtomicBool::new(false),
+            inbox_next: AtomicPtr::new(std::ptr::null_mut()),
+            own: UnsafeCell::new(Own {
+                base: std::ptr::null_mut(),
+                bytes: 0,
+                cursor: 0,
+                live: 0,
+                high: 0,
+                fresh: false,
+                place: Place::Spare,
+                prev: std::ptr::null(),
+                next: std::ptr::null(),
+            }),
+        }
+    }
+
+    /// The owner's side.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the owning heap (it is its thread between the heap's `enter`
+    /// and `leave`, or it stopped the heap), and no other reference from `own` is live.
+    #[inline]
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn own(&self) -> &mut Own {
+        // SAFETY: by the caller's contract, nobody else touches `own` now.
+        unsafe { &mut *self.own.get() }
+    }
+
+    /// The heap that owns the record.
+    #[inline]
+    pub(crate) fn heap(&self) -> *const Heap {
+        self.heap
+    }
+
+    pub(crate) fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// The class of the slab (owner's view, or a reader's that holds a live slot).
+    #[inline]
+    pub(crate) fn class(&self) -> u32 {
+        self.class.load(Relaxed)
+    }
+
+    #[inline]
+    pub(crate) fn stride(&self) -> usize {
+        self.stride.load(Relaxed)
+    }
+
+    #[inline]
+    pub(crate) fn slots(&self) -> u32 {
+        self.slots.load(Relaxed)
+    }
+
+    /// Whether the record holds a slab now.
+    pub(crate) fn is_live(&self) -> bool {
+        self.gen.load(Acquire) & 1 == 0
+    }
+
+    /// Makes the record describe a new slab of `slots` slots of `stride` bytes over
+    /// `bytes` bytes at `base`, all free, for class `class`.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the owning heap, the record is spare, and `[base, base +
+    /// bytes)` is memory the heap owns, with `slots * stride <= bytes`.
+    pub(crate) unsafe fn init(
+        &self,
+        base: NonNull<u8>,
+        bytes: usize,
+        stride: usize,
+        slots: u32,
+        class: u32,
+        fresh: bool,
+    ) {
+        debug_assert!(slots >= 1 && slots <= self.capacity);
+        debug_assert!(slots as usize * stride <= bytes);
+        let dead = self.gen.load(Relaxed);
+        debug_assert!(dead & 1 == 1, "init of a record in use");
+        // Readers that saw the old geometry and now see any of the new must see the
+        // generation change (seqlock): the odd generation is ordered before it.
+        fence(Release);
+        let gen = dead.wrapping_add(1);
+        self.base.store(base.as_ptr().addr(), Relaxed);
+        self.stride.store(stride, Relaxed);
+        self.slots.store(slots, Relaxed);
+        self.class.store(class, Relaxed);
+        self.magic.store(magic_for(stride), Relaxed);
+        let full_words = slots as usize / 64;
+        for (i, w) in self.free.iter().enumerate() {
+            let bits = match i.cmp(&full_words) {
+                std::cmp::Ordering::Less => u64::MAX,
+                std::cmp::Ordering::Equal => (1u64 << (slots % 64)) - 1,
+                std::cmp::Ordering::Greater => 0,
+            };
+            w.store(bits, Relaxed);
+        }
+        for w in self.raw.iter() {
+            w.store(0, Relaxed);
+        }
+        for w in self.posts.iter() {
+            w.store((gen as u64) << 32, Relaxed);
+        }
+        // SAFETY: by the caller's contract.
+        let own = unsafe { self.own() };
+        own.base = base.as_ptr();
+        own.bytes = bytes;
+        own.cursor = 0;
+        own.live = 0;
+        own.high = 0;
+        own.fresh = fresh;
+        self.gen.store(gen, Release);
+    }
+
+    /// Ends the slab: no post can land any more. Returns the posts that were still
+    /// pending (frees of slots of an empty slab: refused).
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the owning heap and the slab has no live slot.
+    pub(crate) unsafe fn retire(&self) -> u32 {
+        let gen = self.gen.load(Relaxed);
+        debug_assert!(gen & 1 == 0);
+        let dead = gen.wrapping_add(1);
+        let mut refused = 0;
+        for w in self.posts.iter() {
+            refused += (w.swap((dead as u64) << 32, AcqRel) & POST_BITS).count_ones();
+        }
+        self.gen.store(dead, Release);
+        refused
+    }
+
+    // ---- the owner's allocation and free ---------------------------------------
+
+    /// Takes the lowest free slot, or `None` when none is left.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the owning heap and passes this record's `own`.
+    #[inline]
+    pub(crate) unsafe fn take_slot(&self, own: &mut Own) -> Option<u32> {
+        let words = &self.free;
+        while (own.cursor as usize) < words.len() {
+            let word = &words[own.cursor as usize];
+            let bits = word.load(Relaxed);
+            if bits != 0 {
+                word.store(bits & (bits - 1), Relaxed);
+                return Some(own.cursor * 64 + bits.trailing_zeros());
+            }
+            own.cursor += 1;
+        }
+        None
+    }
+
+    /// Marks `slot`, just taken, live for a raw or typed holder; returns whether its
+    /// bytes are known to be zero, and the number of stale posts it threw away.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the owning heap and passes this record's `own`; `slot` was
+    /// just returned by [`take_slot`](Self::take_slot).
+    #[inline]
+    pub(crate) unsafe fn hand_out(
+        &self,
+        own: &mut Own,
+        slot: u32,
+        raw: bool,
+        requested: usize,
+    ) -> (bool, u32) {
+        if raw {
+            let w = &self.raw[(slot / 64) as usize];
+            w.store(w.load(Relaxed) | 1 << (slot % 64), Relaxed);
+        }
+        self.requested[slot as usize].store(requested as u32, Relaxed);
+        own.live += 1;
+        let zero = own.fresh && slot >= own.high;
+        if slot >= own.high {
+            own.high = slot + 1;
+        }
+        // A post that reached this slot before now was made while it was free: it is
+        // stale (a double free that raced with the owner), and goes.
+        let word = &self.posts[slot as usize / POSTS_PER_WORD];
+        let shift = 2 * (slot as usize % POSTS_PER_WORD);
+        let stale = (word.load(Relaxed) >> shift) & 3;
+        if stale != 0 {
+            let before = word.fetch_and(!(3 << shift), AcqRel);
+            return (zero, ((before >> shift) & 3).count_ones());
+        }
+        (zero, 0)
+    }
+
+    /// The address of `slot`, with the pages' provenance.
+    #[inline]
+    pub(crate) fn slot_ptr(&self, own: &Own, slot: u32) -> NonNull<u8> {
+        let offset = slot as usize * self.stride.load(Relaxed);
+        debug_assert!(offset < own.bytes);
+        // SAFETY: `offset < bytes`, inside the slab's pages, which are not null.
+        unsafe { NonNull::new_unchecked(own.base.add(offset)) }
+    }
+
+    /// The slot `addr` starts, or why it starts none (owner's view: exact).
+    #[inline]
+    pub(crate) fn slot_of(&self, addr: usize) -> Result<u32, PointerError> {
+        let base = self.base.load(Relaxed);
+        let stride = self.stride.load(Relaxed);
+        let offset = addr.wrapping_sub(base);
+        if offset >= self.slots.load(Relaxed) as usize * stride {
+            return Err(PointerError::NotLive);
+        }
+        let slot = divide(offset, self.magic.load(Relaxed));
+        let within = offset - slot * stride;
+        if within != 0 {
+            return Err(PointerError::Interior {
+                block: base + slot * stride,
+                offset: within,
+            });
+        }
+        Ok(slot as u32)
+    }
+
+    /// Whether `slot` is live, and with which raw flag.
+    #[inline]
+    fn state(&self, slot: u32) -> Option<bool> {
+        let (w, b) = ((slot / 64) as usize, slot % 64);
+        if self.free[w].load(Relaxed) >> b & 1 != 0 {
+            return None;
+        }
+        Some(self.raw[w].load(Relaxed) >> b & 1 != 0)
+    }
+
+    /// The owner checks a free of live `slot` with raw flag `raw`: the size that
+    /// was requested for it, or why the free is refused.
+    #[inline]
+    pub(crate) fn check_owned(&self, slot: u32, raw: bool) -> Result<usize, PointerError> {
+        match self.state(slot) {
+            None => return Err(PointerError::NotLive),
+            Some(r) if r != raw => return Err(PointerError::NotRaw),
+            Some(_) => {}
+        }
+        // A free of it posted by another thread came first.
+        let word = self.posts[slot as usize / POSTS_PER_WORD].load(Relaxed);
+        if (word >> (2 * (slot as usize % POSTS_PER_WORD))) & 3 != 0 {
+            return Err(PointerError::NotLive);
+        }
+        Ok(self.requested[slot as usize].load(Relaxed) as usize)
+    }
+
+    /// The requested size of live `slot` (checked by the caller).
+    pub(crate) fn requested(&self, slot: u32) -> usize {
+        self.requested[slot as usize].load(Relaxed) as usize
+    }
+
+    /// Frees live `slot` (checked by the caller).
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the owning heap and passes this record's `own`.
+    #[inline]
+    pub(crate) unsafe fn release(&self, own: &mut Own, slot: u32) {
+        let (w, b) = ((slot / 64) as usize, slot % 64);
+        let raw = &self.raw[w];
+        let bits = raw.load(Relaxed);
+        if bits >> b & 1 != 0 {
+            raw.store(bits & !(1 << b), Relaxed);
+        }
+        let free = &self.free[w];
+        free.store(free.load(Relaxed) | 1 << b, Relaxed);
+        if (w as u32) < own.cursor {
+            own.cursor = w as u32;
+        }
+        own.live -= 1;
+    }
+
+    // ---- remote frees ----------------------------------------------------------
+
+    /// Posts a free of `addr` by a thread that does not own the slab; see the module
+    /// docs for what is checked. One compare-and-swap, and for the first post since
+    /// the owner last collected, one swap (then the caller pushes the slab onto the
+    /// owner's inbox).
+    pub(crate) fn post(&self, addr: usize, raw: bool) -> Result<Posted, PointerError> {
+        let gen = self.gen.load(Acquire);
+        if gen & 1 != 0 {
+            return Err(PointerError::NotLive);
+        }
+        let slot = self.slot_of(addr);
+        // The geometry read must belong to generation `gen` (seqlock).
+        fence(Acquire);
+        if self.gen.load(Relaxed) != gen {
+            return Err(PointerError::NotLive);
+        }
+        let slot = slot?;
+        match self.state(slot) {
+            None => return Err(PointerError::NotLive),
+            Some(r) if r != raw => return Err(PointerError::NotRaw),
+            Some(_) => {}
+        }
+        let word = &self.posts[slot as usize / POSTS_PER_WORD];
+        let shift = 2 * (slot as usize % POSTS_PER_WORD);
+        let mine = (1 + raw as u64) << shift;
+        let mut current = word.load(Relaxed);
+        loop {
+            if (current >> 32) as u32 != gen || (current >> shift) & 3 != 0 {
+                // The slab ended since (the block cannot have been live for this
+                // whole call), or a free of this slot is already pending.
+                return Err(PointerError::NotLive);
+            }
+            match word.compare_exchange_weak(current, current | mine, SeqCst, Relaxed) {
+                Ok(_) => break,
+                Err(seen) => current = seen,
+            }
+        }
+        loom_sc_fence();
+        if self.in_inbox.load(SeqCst) || self.in_inbox.swap(true, AcqRel) {
+            return Ok(Posted::Posted);
+        }
+        Ok(Posted::PostedFirst)
+    }
+
+    /// Pushes this slab onto the inbox of the heap that owns it (after a first post).
+    pub(crate) fn push_to(&self, inbox: &AtomicPtr<Slab>) {
+        let me = (self as *const Slab).cast_mut();
+        let mut head = inbox.load(Relaxed);
+        loop {
+            self.inbox_next.store(head, Relaxed);
+            match inbox.compare_exchange_weak(head, me, Release, Relaxed) {
+                Ok(_) => return,
+                Err(seen) => head = seen,
+            }
+        }
+    }
+
+    /// The next slab in an inbox list taken by its owner; read before
+    /// [`leave_inbox`](Self::leave_inbox).
+    pub(crate) fn inbox_next(&self) -> *const Slab {
+        self.inbox_next.load(Relaxed)
+    }
+
+    /// Marks the slab out of its owner's inbox, before its posts are collected, so
+    /// that a post after the collection puts it back.
+    pub(crate) fn leave_inbox(&self) {
+        self.in_inbox.store(false, SeqCst);
+        loom_sc_fence();
+    }
+
+    /// Frees the slots posted so far (owner). Call after
+    /// [`leave_inbox`](Self::leave_inbox), or on a stopped heap.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the owning heap and passes this record's `own`.
+    pub(crate) unsafe fn collect(&self, own: &mut Own) -> Collected {
+        let mut done = Collected::default();
+        if self.gen.load(Relaxed) & 1 != 0 {
+            return done;
+        }
+        let slots = self.slots.load(Relaxed) as usize;
+        for (w, word) in self.posts[..slots.div_ceil(POSTS_PER_WORD)]
+            .iter()
+            .enumerate()
+        {
+            if word.load(SeqCst) & POST_BITS == 0 {
+                continue;
+            }
+            let mut bits = word.fetch_and(!POST_BITS, AcqRel) & POST_BITS;
+            while bits != 0 {
+                let pair = bits.trailing_zeros() & !1;
+                let kinds = (bits >> pair) & 3;
+                bits &= !(3 << pair);
+                let slot = (w * POSTS_PER_WORD) as u32 + pair / 2;
+                match self.state(slot) {
+                    Some(raw) if kinds & (1 << raw as u32) != 0 => {
+                        done.requested += self.requested(slot);
+                        // SAFETY: by the caller's contract.
+                        unsafe { self.release(own, slot) };
+                        done.slots += 1;
+                        done.refused += kinds.count_ones() - 1;
+                    }
+                    _ => done.refused += kinds.count_ones(),
+                }
+            }
+        }
+        done
+    }
+
+    /// Posts pending now (for statistics; racy by nature).
+    pub(crate) fn pending_posts(&self) -> u32 {
+        let slots = self.slots.load(Relaxed) as usize;
+        self.posts[..slots.div_ceil(POSTS_PER_WORD).min(self.posts.len())]
+            .iter()
+            .map(|w| (w.load(Relaxed) & POST_BITS).count_ones())
+            .sum()
+    }
+
+    /// Live slots as `(slot, raw)` (owner's view), for snapshots.
+    pub(crate) fn live_slots(&self) -> impl Iterator<Item = (u32, bool)> + '_ {
+        (0..self.slots.load(Relaxed)).filter_map(|s| self.state(s).map(|raw| (s, raw)))
+    }
+}
+
+/// Under loom, the sequentially consistent fence that stands for the total order of
+/// the `SeqCst` accesses around it (loom models SeqCst fences, not SeqCst accesses).
+#[inline(always)]
+fn loom_sc_fence() {
+    #[cfg(loom)]
+    fence(SeqCst);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn division_by_magic_is_exact() {
+        let strides = (8..=4096).chain((4096..=(1 << 20)).step_by(4096)).chain([
+            72,
+            104,
+            4608,
+            36_864,
+            1 << 20,
+            3 << 20,
+        ]);
+        for stride in strides {
+            let magic = magic_for(stride);
+            let span = (4096 * stride).min(1 << 32);
+            for offset in (0..span)
+                .step_by(stride.max(97))
+                .flat_map(|o| [o, o + stride - 1])
+            {
+                assert_eq!(
+                    divide(offset, magic),
+                    offset / stride,
+                    "{offset} / {stride}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! Which thread holds which heap, and how another thread may stop one for a moment.
+//!
+//! # Binding
+//!
+//! A thread's first allocation from an engine takes a heap from the engine (one that
+//! an exited thread left, or a new one) and keeps it in a thread-local list, the
+//! most recent first, so the hot path is one comparison of the engine's id. At
+//! exit, a thread-local destructor collects what other threads freed into its
+//! slabs, gives its empty slabs back and leaves the heap to the engine, where the
+//! next new thread adopts it, slabs and all. A thread that outlives its engine finds
+//! it gone (a weak reference) and forgets the heap without touching it.
+//!
+//! While the thread-local list is being destroyed, or when an allocation happens
+//! inside another (a reentrant call), the engine's shared heap serves, under a lock.
+//!
+//! # Stopping a heap
+//!
+//! `trim()`, statistics and snapshots need every heap's state, also that of a thread
+//! that sleeps with free memory in its slabs. The owner's operations take no lock
+//! (that would cost a read-modify-write each, about 12 ns here), so the handshake is
+//! asymmetric, as in userspace RCU and folly's hazard pointers:
+//!
+//! ```text
+//! owner, per operation                  stopper
+//!   active = 1                            lock the heap's stopper mutex
+//!   compiler fence                        signal = 1
+//!   if signal != 0: wait for the mutex    membarrier(PRIVATE_EXPEDITED)
+//!   ... the operation ...                 wait until active == 0
+//!   active = 0 (release)                  ... work on the heap ...
+//!                                         signal = 0 (release); unlock
+//! ```
+//!
+//! `membarrier` makes every running thread of the process execute a full memory
+//! barrier, so that the owner's `active = 1; load signal` is ordered as if it had a
+//! fence of its own: either the stopper sees `active == 1` and waits for the
+//! operation to end, or the owner sees the signal and waits for the stopper. Where
+//! `membarrier` is missing (not Linux, or a kernel before 4.14), running heaps are
+//! not stopped and drain what they hold at their next slow path; under loom and Miri
+//! the owner executes the fence itself, and the models check the protocol with it.
+
+use super::heap::Heap;
+use super::Engine;
+use crate::sync::{
+    spin_wait,
+    Ordering::{Acquire, Relaxed, Release},
+};
+use std::cell::{Cell, RefCell};
+use std::sync::{Arc, Weak};
+
+/// The fence on the owner's side of the handshake.
+#[inline(always)]
+fn owner_fence() {
+    #[cfg(any(loom, miri))]
+    crate::sync::fence(crate::sync::Ordering::SeqCst);
+    #[cfg(not(any(loom, miri)))]
+    std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+}
+
+/// The fence on the stopper's side: `membarrier`, or `false` if none is available.
+fn stopper_fence() -> bool {
+    #[cfg(any(loom, miri))]
+    {
+        crate::sync::fence(crate::sync::Ordering::SeqCst);
+        true
+    }
+    #[cfg(all(target_os = "linux", not(any(loom, miri))))]
+    {
+        membarrier::expedited()
+    }
+    #[cfg(all(not(target_os = "linux"), not(any(loom, miri))))]
+    {
+        false
+    }
+}
+
+#[cfg(all(target_os = "linux", not(any(loom, miri))))]
+mod membarrier {
+    use std::sync::OnceLock;
+
+    const QUERY: libc::c_int = 0;
+    const PRIVATE_EXPEDITED: libc::c_int = 1 << 3;
+    const REGISTER_PRIVATE_EXPEDITED: libc::c_int = 1 << 4;
+
+    fn call(cmd: libc::c_int) -> libc::c_long {
+        // SAFETY: membarrier takes a command and flags and touches no memory of ours.
+        unsafe {
+            libc::syscall(
+                libc::SYS_membarrier,
+                cmd,
+                0 as libc::c_uint,
+                0 as libc::c_int,
+            )
+        }
+    }
+
+    /// Whether the process may use expedited private barriers (registered once).
+    fn available() -> bool {
+        static AVAILABLE: OnceLock<bool> = OnceLock::new();
+        *AVAILABLE.get_or_init(|| {
+            let supported = call(QUERY);
+            supported >= 0
+                && supported & PRIVATE_EXPEDITED as libc::c_long != 0
+                && call(REGISTER_PRIVATE_EXPEDITED) == 0
+        })
+    }
+
+    /// A memory barrier on every running thread of the process.
+    pub(super) fn expedited() -> bool {
+        available() && call(PRIVATE_EXPEDITED) == 0
+    }
+}
+
+impl Heap {
+    /// Starts an operation of the owner; `false` if one is running already (a
+    /// reentrant call: the caller uses the shared heap).
+    #[inline]
+    pub(crate) fn enter(&self) -> bool {
+        let h = &self.handshake;
+        if h.active.load(Relaxed) != 0 {
+            return false;
+        }
+        h.active.store(1, Relaxed);
+        owner_fence();
+        if h.signal.load(Acquire) != 0 {
+            self.yield_to_stopper();
+        }
+        true
+    }
+
+    /// Ends an operation of the owner.
+    #[inline]
+    pub(crate) fn leave(&self) {
+        self.handshake.active.store(0, Release);
+    }
+
+    #[cold]
+    fn yield_to_stopper(&self) {
+        let h = &self.handshake;
+        loop {
+            h.active.store(0, Release);
+            // The stopper holds the mutex while it works.
+            drop(h.stopper.lock());
+            h.active.store(1, Relaxed);
+            owner_fence();
+            if h.signal.load(Acquire) == 0 {
+                return;
+            }
+        }
+    }
+}
+
+/// Heaps stopped for the caller: their owners wait until this is dropped.
+pub(crate) struct Stopped<'a> {
+    heaps: Vec<(&'a Heap, crate::sync::MutexGuard<'a, ()>)>,
+}
+
+impl<'a> Stopped<'a> {
+    /// Stops every heap of `heaps` that is not the caller's own (it must not be in
+    /// an operation of any of them). Without `membarrier`, stops none and returns
+    /// an empty set.
+    pub(crate) fn all(heaps: &[&'a Heap]) -> Stopped<'a> {
+        let mut stopped = Vec::with_capacity(heaps.len());
+        for &heap in heaps {
+            let guard = heap.handshake.stopper.lock();
+            heap.handshake.signal.store(1, Relaxed);
+            stopped.push((heap, guard));
+        }
+        if !stopper_fence() {
+            for (heap, _) in &stopped {
+                heap.handshake.signal.store(0, Release);
+            }
+            return Stopped { heaps: Vec::new() };
+        }
+        for (heap, _) in &stopped {
+            while heap.handshake.active.load(Acquire) != 0 {
+                spin_wait();
+            }
+        }
+        Stopped { heaps: stopped }
+    }
+
+    /// The stopped heaps.
+    pub(crate) fn heaps(&self) -> impl Iterator<Item = &'a Heap> + '_ {
+        self.heaps.iter().map(|(h, _)| *h)
+    }
+}
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        for (heap, guard) in self.heaps.drain(..) {
+            heap.handshake.signal.store(0, Release);
+            drop(guard);
+        }
+    }
+}
+
+/// One heap a thread holds.
+struct Bound {
+    engine: u64,
+    heap: *const Heap,
+    owner: Weak<Engine>,
+}
+
+/// The heaps of the calling thread, the most recently used first.
+struct ThreadHeaps {
+    last_engine: Cell<u64>,
+    last_heap: Cell<*const Heap>,
+    all: RefCell<Vec<Bound>>,
+}
+
+impl Drop for ThreadHeaps {
+    fn drop(&mut self) {
+        self.last_engine.set(0);
+        for bound in self.all.get_mut().drain(..) {
+            if let Some(engine) = bound.owner.upgrade() {
+                // SAFETY: the engine lives, so does the heap it gave this thread.
+                engine.abandon(unsafe { &*bound.heap });
+            }
+            // Otherwise the engine is gone with its heaps: forget the pointer.
+        }
+    }
+}
+
+#[cfg(not(loom))]
+std::thread_local! {
+    static HEAPS: ThreadHeaps = const {
+        ThreadHeaps {
+            last_engine: Cell::new(0),
+            last_heap: Cell::new(std::ptr::null()),
+            all: RefCell::new(Vec::new()),
+        }
+    };
+}
+#[cfg(loom)]
+loom::thread_local! {
+    static HEAPS: ThreadHeaps = ThreadHeaps {
+        last_engine: Cell::new(0),
+        last_heap: Cell::new(std::ptr::null()),
+        all: RefCell::new(Vec::new()),
+    };
+}
+
+/// Runs `f` on the calling thread's heap of `engine`, inside an operation; `None`
+/// when the thread cannot use its heap now (thread-local destruction, reentrancy).
+#[inline]
+pub(crate) fn with_heap<R>(engine: &Arc<Engine>, f: impl FnOnce(&Heap) -> R) -> Option<R> {
+    HEAPS
+        .try_with(|t| {
+            let heap = if t.last_engine.get() == engine.id {
+                t.last_heap.get()
+            } else {
+                bind(t, engine)?
+            };
+            // SAFETY: heaps live as long as their engine, which the caller holds.
+            let heap = unsafe { &*heap };
+            if !heap.enter() {
+                return None;
+            }
+            struct Leave<'h>(&'h Heap);
+            impl Drop for Leave<'_> {
+                fn drop(&mut self) {
+                    self.0.leave();
+                }
+            }
+            let _leave = Leave(heap);
+            Some(f(heap))
+        })
+        .ok()
+        .flatten()
+}
+
+/// The calling thread's heap of `engine`, if it has one (no new binding).
+pub(crate) fn current_heap(engine: &Engine) -> *const Heap {
+    HEAPS
+        .try_with(|t| {
+            if t.last_engine.get() == engine.id {
+                return Some(t.last_heap.get());
+            }
+            let all = t.all.try_borrow().ok()?;
+            all.iter().find(|b| b.engine == engine.id).map(|b| b.heap)
+        })
+        .ok()
+        .flatten()
+        .unwrap_or(std::ptr::null())
+}
+
+#[cold]
+fn bind(t: &ThreadHeaps, engine: &Arc<Engine>) -> Option<*const Heap> {
+    let mut all = t.all.try_borrow_mut().ok()?;
+    let heap = match all.iter().position(|b| b.engine == engine.id) {
+        Some(i) => all[i].heap,
+        None => {
+            // Forget heaps of engines that are gone, then take one from this engine.
+            all.retain(|b| b.owner.strong_count() > 0);
+            let heap = engine.adopt();
+            all.push(Bound {
+                engine: engine.id,
+                heap,
+                owner: Arc::downgrade(engine),
+            });
+            heap
+        }
+    };
+    t.last_engine.set(engine.id);
+    t.last_heap.set(heap);
+    Some(heap)
+}
