@@ -81,6 +81,9 @@ pub struct MemoryManager {
 }
 
 struct Inner {
+    /// Whether the hot paths may serve: not in debug mode (which records every
+    /// block) nor with explicit pools (which are tried first).
+    fast: bool,
     config: Config,
     /// Slabs of size classes and explicit pools, and cached large blocks; it holds
     /// the best-fit tier, which gives it pages.
@@ -368,6 +371,7 @@ impl MemoryManager {
         let debug = config.debug.then(Tracker::default);
         Ok(MemoryManager {
             inner: Arc::new(Inner {
+                fast: config.pools.is_empty() && !config.debug,
                 pools: !config.pools.is_empty(),
                 config,
                 engine,
@@ -409,6 +413,9 @@ impl MemoryManager {
     /// Give it back with [`free_raw`](Self::free_raw).
     #[inline]
     pub fn allocate_raw(&self, size: usize, align: usize) -> Result<NonNull<u8>> {
+        if let Some(ptr) = self.inner.allocate_hot(size, align, true) {
+            return Ok(ptr);
+        }
         self.inner.allocate(size, align, true).map(|(p, _)| p)
     }
 
@@ -436,7 +443,11 @@ impl MemoryManager {
     /// then in `stats().num_invalid_frees` instead of returning it.
     #[inline]
     pub fn free_raw(&self, ptr: *mut u8) -> Result<()> {
-        self.inner.free_raw(ptr)
+        let inner = &*self.inner;
+        if inner.fast && inner.engine.try_free(ptr, true, 0, None) {
+            return Ok(());
+        }
+        inner.free_raw(ptr)
     }
 
     /// The size requested for the live raw block at `ptr`, with the same checks as
@@ -557,6 +568,22 @@ impl MemoryManager {
         Snapshot { segments }
     }
 
+    #[cold]
+    #[inline(never)]
+    fn allocate_cold(&self, layout: Layout) -> std::result::Result<NonNull<u8>, AllocError> {
+        self.allocate_typed(layout).map_err(|_| AllocError)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn deallocate_cold(&self, ptr: NonNull<u8>, layout: Layout) {
+        let freed = self.inner.free_typed(ptr, layout.size(), layout.align());
+        debug_assert!(
+            freed.is_ok(),
+            "Allocator::deallocate broke its contract: {freed:?}"
+        );
+    }
+
     /// Allocates for a typed owner (what [`Allocator::allocate`] does past its fast
     /// path).
     pub(crate) fn allocate_typed(&self, layout: Layout) -> Result<NonNull<u8>> {
@@ -573,8 +600,11 @@ impl MemoryManager {
         if layout.size() == 0 {
             return Err(Error::ZeroSize);
         }
-        match self.inner.allocate_fast(layout.size(), layout.align()) {
-            Some((ptr, _)) => Ok(ptr),
+        match self
+            .inner
+            .allocate_hot(layout.size(), layout.align(), false)
+        {
+            Some(ptr) => Ok(ptr),
             None => self.allocate_typed(layout),
         }
     }
@@ -585,10 +615,7 @@ impl MemoryManager {
         if layout.size() == 0 {
             return Err(Error::ZeroSize);
         }
-        let (ptr, zero) = match self.inner.allocate_fast(layout.size(), layout.align()) {
-            Some(served) => served,
-            None => self.inner.allocate(layout.size(), layout.align(), false)?,
-        };
+        let (ptr, zero) = self.inner.allocate(layout.size(), layout.align(), false)?;
         if !zero {
             // SAFETY: the block is `layout.size()` bytes, fresh, and exclusively ours.
             unsafe { ptr.as_ptr().write_bytes(0, layout.size()) };
@@ -610,19 +637,33 @@ impl Inner {
         }
     }
 
-    /// The hot path of typed small allocations: a slot of the calling thread's
-    /// current slab of the class, with no lock and no atomic read-modify-write.
-    /// `None` sends the request down the full path (debug mode, explicit pools, a
-    /// size or alignment no class serves, no memory: the full path retries).
-    #[inline]
-    fn allocate_fast(&self, size: usize, align: usize) -> Option<(NonNull<u8>, bool)> {
-        if self.pools || self.debug.is_some() || align > MAX_ALIGN {
+    /// The hot path of small allocations: a slot of the calling thread's current
+    /// slab of the class, with no lock and no atomic read-modify-write. `None` sends
+    /// the request down the full path (debug mode, explicit pools, a size or
+    /// alignment no class serves, a slab to change).
+    #[inline(always)]
+    fn allocate_hot(&self, size: usize, align: usize, raw: bool) -> Option<NonNull<u8>> {
+        // One comparison for a size of 0 and one beyond any limit (whose rounding
+        // would overflow): both go to the full path, which says why.
+        if !self.fast || align > MAX_ALIGN || size.wrapping_sub(1) >= crate::MAX_ALLOCATION_SIZE {
             return None;
         }
         let class = self
             .engine
             .class_for(size, align.max(self.config.alignment))?;
-        self.engine.allocate(class, size, false).ok()
+        self.engine.try_allocate(class, size, raw)
+    }
+
+    /// The hot path of typed frees: `true` if the block was freed.
+    #[inline(always)]
+    fn free_typed_hot(&self, ptr: NonNull<u8>, size: usize, align: usize) -> bool {
+        if !self.fast || align > MAX_ALIGN {
+            return false;
+        }
+        let class = self
+            .engine
+            .class_for(size, align.max(self.config.alignment));
+        self.engine.try_free(ptr.as_ptr(), false, size, class)
     }
 
     fn allocate(&self, size: usize, align: usize, raw: bool) -> Result<(NonNull<u8>, bool)> {
@@ -873,36 +914,35 @@ impl Inner {
             if range.is_empty() {
                 continue;
             }
-            let mut usage = Usage::default();
+            let counts = &engine.tiers[crate::slab::heap::tier_index(tier)];
+            let mut usage = Usage {
+                allocated_bytes: counts.bytes as usize,
+                requested_bytes: counts.requested as usize,
+                num_allocs: counts.allocs,
+                num_frees: counts.frees,
+                ..Usage::default()
+            };
             let mut largest = 0;
             for class in range {
                 let (c, f) = (&e.classes[class], &engine.classes[class]);
-                let live = f.live as usize;
-                usage.allocated_bytes += live * c.stride;
-                usage.allocated_blocks += live;
+                usage.allocated_blocks += f.live as usize;
                 usage.reserved_bytes += f.slab_bytes as usize;
-                usage.num_allocs += f.allocs;
-                usage.num_frees += f.frees;
                 usage.misses += f.misses;
-                usage.num_upstream_allocs += f.misses;
                 if f.slots > f.live {
                     largest = largest.max(c.block_size);
                 }
-                if f.allocs > 0 || f.slabs > 0 {
+                if f.slabs > 0 || f.live > 0 {
                     classes.push(ClassStats {
                         block_size: c.block_size,
-                        allocated_blocks: live,
+                        allocated_blocks: f.live as usize,
                         free_blocks: (f.slots - f.live) as usize,
                         slabs: f.slabs as usize,
                         reserved_bytes: f.slab_bytes as usize,
-                        num_allocs: f.allocs,
-                        num_frees: f.frees,
-                        remote_frees: f.remote_frees,
                     });
                 }
             }
+            usage.num_upstream_allocs = usage.misses;
             usage.hits = usage.num_allocs - usage.misses.min(usage.num_allocs);
-            usage.requested_bytes = engine.requested[crate::slab::heap::tier_index(tier)] as usize;
             usage.peak_allocated_bytes = usage.allocated_bytes;
             usage.peak_reserved_bytes = usage.reserved_bytes;
             slab_bytes += usage.reserved_bytes;
@@ -913,14 +953,15 @@ impl Inner {
             });
         }
         let large = e.large.stats();
-        let spans = &engine.spans;
+        let spans = &engine.tiers[crate::slab::heap::LARGE];
         let mut large_usage = large.usage;
-        large_usage.allocated_bytes += spans.live_bytes as usize;
-        large_usage.requested_bytes += engine.requested[2] as usize;
-        large_usage.allocated_blocks += spans.live as usize;
+        large_usage.allocated_bytes += spans.bytes as usize;
+        large_usage.requested_bytes += spans.requested as usize;
+        large_usage.allocated_blocks += (spans.allocs - spans.frees) as usize;
         large_usage.num_allocs += spans.allocs;
         large_usage.num_frees += spans.frees;
-        large_usage.hits += spans.allocs - spans.spans.min(spans.allocs);
+        large_usage.hits += spans.allocs - engine.span_misses.min(spans.allocs);
+        large_usage.misses += engine.span_misses;
         // The best-fit tier's reserved bytes include the slabs' pages.
         large_usage.reserved_bytes = large_usage.reserved_bytes.saturating_sub(slab_bytes);
         large_usage.peak_allocated_bytes = large_usage
@@ -929,7 +970,7 @@ impl Inner {
         tiers.push(TierStats {
             tier: Tier::Large,
             usage: large_usage,
-            largest_free_block: large.largest_free_block,
+            largest_free_block: large.largest_free_block.max(engine.largest_cached_span),
         });
         let huge = self.huge.stats();
         tiers.push(TierStats {
@@ -985,28 +1026,31 @@ impl Inner {
 // requested size and alignment; they stay valid until deallocated or until the last
 // handle to the manager is dropped, and every `&MemoryManager` or clone keeps it.
 unsafe impl Allocator for MemoryManager {
-    #[inline]
+    #[inline(always)]
     fn allocate(&self, layout: Layout) -> std::result::Result<NonNull<[u8]>, AllocError> {
         if layout.size() == 0 {
             return Ok(zero_sized(layout.align()));
         }
-        let ptr = match self.inner.allocate_fast(layout.size(), layout.align()) {
-            Some((ptr, _)) => ptr,
-            None => self.allocate_typed(layout).map_err(|_| AllocError)?,
+        let ptr = match self
+            .inner
+            .allocate_hot(layout.size(), layout.align(), false)
+        {
+            Some(ptr) => ptr,
+            None => self.allocate_cold(layout)?,
         };
         Ok(NonNull::slice_from_raw_parts(ptr, layout.size()))
     }
 
-    #[inline]
+    #[inline(always)]
     unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
-        if layout.size() == 0 {
+        if layout.size() == 0
+            || self
+                .inner
+                .free_typed_hot(ptr, layout.size(), layout.align())
+        {
             return;
         }
-        let freed = self.inner.free_typed(ptr, layout.size(), layout.align());
-        debug_assert!(
-            freed.is_ok(),
-            "Allocator::deallocate broke its contract: {freed:?}"
-        );
+        self.deallocate_cold(ptr, layout);
     }
 }
 

@@ -249,13 +249,6 @@ pub struct ClassStats {
     pub slabs: usize,
     /// Bytes of those slabs.
     pub reserved_bytes: usize,
-    /// Allocations served.
-    pub num_allocs: u64,
-    /// Frees.
-    pub num_frees: u64,
-    /// The frees among them made by a thread other than the one whose slab held the
-    /// block (posted, then collected by the owner).
-    pub remote_frees: u64,
 }
 
 /// Statistics of one thread's heap: the slabs and cached large blocks it owns.
@@ -445,20 +438,18 @@ impl Stats {
             let _ = writeln!(out, "{rule}");
             let _ = writeln!(
                 out,
-                " {:<12} {:>9} {:>9} {:>7} {:>11} {:>11} {:>10}",
-                "class", "live", "free", "slabs", "reserved", "allocs", "remote"
+                " {:<12} {:>11} {:>11} {:>9} {:>11}",
+                "class", "live", "free", "slabs", "reserved"
             );
             for c in &self.classes {
                 let _ = writeln!(
                     out,
-                    " {:<12} {:>9} {:>9} {:>7} {:>11} {:>11} {:>10}",
+                    " {:<12} {:>11} {:>11} {:>9} {:>11}",
                     b(c.block_size),
                     c.allocated_blocks,
                     c.free_blocks,
                     c.slabs,
                     b(c.reserved_bytes),
-                    c.num_allocs,
-                    c.remote_frees
                 );
             }
         }

@@ -5,20 +5,25 @@
 //!
 //! Everything here runs on the owner's side: through an [`Owned`] token, which only
 //! the thread that holds the heap can make (see `thread`), so the state needs no
-//! lock and the hot paths no atomic read-modify-write.
+//! lock and the hot paths no atomic read-modify-write. An allocation or a free of a
+//! block of the current slab touches five cache lines: the thread-local slot, the
+//! heap's hot line (handshake and counters), the class's state, the slab record's
+//! first line and the line of the slot's group.
 //!
 //! Memory follows use. A new slab for a class is as large as what the heap holds of
 //! the class (doubling from a page up to `pool_chunk_size`). A slab that empties
 //! stays with the heap, ready for the next allocation of its class, until the heap
 //! needs pages the best-fit tier cannot give without growing, or holds more than
-//! `thread_cache_bytes` of empty slabs: then it gives its empty slabs back (to the
-//! best-fit tier, where any size can use the pages), before anything grows.
+//! `thread_cache_bytes` of empty slabs and free large blocks: then it gives its empty
+//! slabs back (to the best-fit tier, where any size can use the pages), before
+//! anything grows.
 
+use super::page_map::PAGE;
 use super::slab::{Own, Place, Slab};
 use super::{Class, Engine, SPAN_CLASS};
 use crate::error::{Error, OomCause, OutOfMemory, PointerError, Result};
 use crate::stats::{Tier, Usage};
-use crate::sync::{AtomicPtr, AtomicU32, Mutex};
+use crate::sync::{AtomicPtr, AtomicU32, Mutex, Ordering::Acquire, Ordering::Release};
 use std::cell::UnsafeCell;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -29,87 +34,120 @@ pub(crate) const RECORD_TIERS: [u32; 4] = [1, 64, 512, MAX_SLOTS];
 /// Most slots of one slab.
 pub(crate) const MAX_SLOTS: u32 = 4096;
 
+/// The tiers the engine serves, as indexes of [`Hot::tiers`].
+pub(crate) const SMALL: usize = 0;
+pub(crate) const POOL: usize = 1;
+pub(crate) const LARGE: usize = 2;
+
+/// The index of `tier` in [`Hot::tiers`].
+pub(crate) fn tier_index(tier: Tier) -> usize {
+    match tier {
+        Tier::Small => SMALL,
+        Tier::Pool => POOL,
+        _ => LARGE,
+    }
+}
+
 /// A counter that only its heap's owner writes (a load and a store, no
 /// read-modify-write), and anyone reads.
 #[derive(Debug, Default)]
 pub(crate) struct Count(AtomicU64);
 
 impl Count {
-    #[inline]
+    #[inline(always)]
     pub(crate) fn add(&self, n: u64) {
         self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn sub(&self, n: u64) {
         self.0.store(self.0.load(Relaxed).wrapping_sub(n), Relaxed);
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn get(&self) -> u64 {
         self.0.load(Relaxed)
     }
 
-    #[inline]
     pub(crate) fn set(&self, n: u64) {
         self.0.store(n, Relaxed);
     }
 }
 
-/// Per class: blocks handed out and taken back (owner frees and collected posts).
+/// What a heap counts of one tier's blocks.
 #[derive(Debug, Default)]
-pub(crate) struct ClassCounts {
+pub(crate) struct TierCounts {
+    /// Blocks handed out, and taken back (by the owner, or collected from other
+    /// threads' posts).
     pub(crate) allocs: Count,
     pub(crate) frees: Count,
-    /// Slabs held, their bytes and their slots.
+    /// Bytes of live blocks, as rounded (wrapping: the owner's view).
+    pub(crate) bytes: Count,
+    /// Bytes requested for live blocks. A typed block freed by another thread is
+    /// counted off by that thread (it knows the layout), a raw one by the owner
+    /// when it collects the free; so per heap this wraps, and only the sum over
+    /// heaps is the requested total.
+    pub(crate) requested: Count,
+}
+
+/// The heap's hot cache line: the handshake and the counters of the tiers.
+#[derive(Debug, Default)]
+#[repr(C, align(64))]
+pub(crate) struct Hot {
+    /// 1 while the owner runs an operation.
+    pub(crate) active: AtomicU32,
+    /// Non-zero while a stopper wants the heap.
+    pub(crate) signal: AtomicU32,
+    pub(crate) tiers: [TierCounts; 3],
+}
+
+/// Per class, what changes only on slow paths.
+#[derive(Debug, Default)]
+pub(crate) struct ClassCounts {
+    /// Slabs held, and their bytes.
     pub(crate) slabs: Count,
     pub(crate) slab_bytes: Count,
-    pub(crate) slots: Count,
-    /// Frees other threads posted, collected here.
-    pub(crate) remote_frees: Count,
-    /// Allocations that had to make a new slab.
+    /// Slabs made (allocations that had to take pages).
     pub(crate) misses: Count,
 }
 
-/// What a heap counts; read by `stats()` while the owner runs.
+/// What a heap counts beside the hot line; read by `stats()` while the owner runs.
 #[derive(Debug, Default)]
 pub(crate) struct Counts {
     pub(crate) classes: Box<[ClassCounts]>,
-    /// Cached large blocks: handed out, taken back, remote frees collected, blocks
-    /// held (live or cached) and their bytes, live bytes.
-    pub(crate) span_allocs: Count,
-    pub(crate) span_frees: Count,
-    pub(crate) span_remote_frees: Count,
+    /// Cached large blocks held (live or cached) and their bytes; blocks made.
     pub(crate) spans: Count,
     pub(crate) span_bytes: Count,
-    pub(crate) span_live_bytes: Count,
-    /// Requested bytes of live blocks, per tier: small, pool, large.
-    pub(crate) requested: [Count; 3],
-    /// Bytes of empty slabs and cached large blocks.
+    pub(crate) span_misses: Count,
+    /// Bytes of empty slabs (not current) and cached large blocks.
     pub(crate) cached_bytes: Count,
+    /// Frees other threads posted, collected here.
+    pub(crate) remote_frees: Count,
     /// Frees refused when collected, or found stale when a slot was handed out.
     pub(crate) late_refusals: Count,
-    /// Slabs and blocks taken from the best-fit tier, and given back.
-    pub(crate) pages_taken: Count,
-    pub(crate) pages_given: Count,
     /// Allocated and requested bytes as last added to the manager's totals.
     pub(crate) published_allocated: Count,
     pub(crate) published_requested: Count,
 }
 
-/// Index into [`Counts::requested`].
-pub(crate) fn tier_index(tier: Tier) -> usize {
-    match tier {
-        Tier::Small => 0,
-        Tier::Pool => 1,
-        _ => 2,
-    }
-}
+/// Typed frees of the current slab a class keeps before they reach its bitmap.
+const HOT: usize = 32;
 
 /// The owner's state of one class.
 #[derive(Debug)]
 pub(crate) struct ClassState {
+    /// Blocks of the current slab freed by typed holders and not yet marked free in
+    /// its bitmap: the next allocations of the class take them back first, with no
+    /// division or bitmap (the pairs a hot loop makes). They count as freed in the
+    /// counters and still as live in the slab, until [`Owned::drain_hot`] releases
+    /// them (before the slab stops being current, and before any trim, statistics,
+    /// snapshot or exit looks at the slab).
+    hot: [*mut u8; HOT],
+    hot_len: usize,
     pub(crate) current: *const Slab,
+    /// The current slab's pages: the typed free's test that a block is in it.
+    base: usize,
+    bytes: usize,
     partial: *const Slab,
     empty: *const Slab,
     /// Bytes of this class's slabs held (for the size of the next slab).
@@ -127,31 +165,25 @@ pub(crate) struct State {
     /// Every record of this heap, boxed: other threads hold their addresses, which
     /// must not move when the list grows.
     #[allow(clippy::vec_box)]
-    pub(crate) records: Vec<Box<Slab>>,
-    /// Bytes of empty slabs and cached blocks.
+    records: Vec<Box<Slab>>,
+    /// Bytes of empty slabs (not current) and cached blocks.
     cached: usize,
 }
 
-/// The handshake of a heap with threads that stop it (see `thread`).
-#[derive(Debug, Default)]
-pub(crate) struct Handshake {
-    /// 1 while the owner runs an operation.
-    pub(crate) active: AtomicU32,
-    /// Non-zero while a stopper wants the heap.
-    pub(crate) signal: AtomicU32,
-    /// Held by a stopper while it works on the heap.
-    pub(crate) stopper: Mutex<()>,
-}
-
 /// One thread's heap in one engine.
+#[repr(C)]
 pub(crate) struct Heap {
-    pub(crate) handshake: Handshake,
+    pub(crate) hot: Hot,
+    state: UnsafeCell<State>,
+    /// Held by a stopper while it works on the heap (see `thread`).
+    pub(crate) stopper: Mutex<()>,
     /// Slabs that other threads posted frees to since the owner last looked.
     pub(crate) inbox: AtomicPtr<Slab>,
+    /// Every record of this heap, newest first, linked through `Slab::all_next`.
+    records: AtomicPtr<Slab>,
     pub(crate) counts: Counts,
     /// The name of the thread that holds it now, for statistics.
     pub(crate) thread: parking_lot::Mutex<String>,
-    state: UnsafeCell<State>,
 }
 
 // SAFETY: `state` is touched only through an `Owned` token, which exists only for the
@@ -174,17 +206,15 @@ impl Heap {
     /// `span_pages` pages.
     pub(crate) fn new(classes: usize, span_pages: usize) -> Box<Heap> {
         Box::new(Heap {
-            handshake: Handshake::default(),
-            inbox: AtomicPtr::new(std::ptr::null_mut()),
-            counts: Counts {
-                classes: (0..classes).map(|_| ClassCounts::default()).collect(),
-                ..Counts::default()
-            },
-            thread: parking_lot::Mutex::new(String::new()),
+            hot: Hot::default(),
             state: UnsafeCell::new(State {
                 classes: (0..classes)
                     .map(|_| ClassState {
+                        hot: [std::ptr::null_mut(); HOT],
+                        hot_len: 0,
                         current: std::ptr::null(),
+                        base: 0,
+                        bytes: 0,
                         partial: std::ptr::null(),
                         empty: std::ptr::null(),
                         held: 0,
@@ -195,6 +225,14 @@ impl Heap {
                 records: Vec::new(),
                 cached: 0,
             }),
+            stopper: Mutex::new(()),
+            inbox: AtomicPtr::new(std::ptr::null_mut()),
+            records: AtomicPtr::new(std::ptr::null_mut()),
+            counts: Counts {
+                classes: (0..classes).map(|_| ClassCounts::default()).collect(),
+                ..Counts::default()
+            },
+            thread: parking_lot::Mutex::new(String::new()),
         })
     }
 
@@ -205,9 +243,35 @@ impl Heap {
     /// The caller holds the heap (see `thread`): it is the heap's thread inside an
     /// operation, or it stopped the heap, or it holds the lock of a heap shared by
     /// lock; and it makes no second token while this one lives.
-    #[inline]
+    #[inline(always)]
     pub(crate) unsafe fn owned(&self) -> Owned<'_> {
         Owned { heap: self }
+    }
+
+    /// Every record of this heap, live or spare (readable while the owner runs).
+    pub(crate) fn records(&self) -> impl Iterator<Item = &Slab> + '_ {
+        let mut next = self.records.load(Acquire).cast_const();
+        std::iter::from_fn(move || {
+            // SAFETY: records live as long as their heap, and are published with
+            // release ordering after they are made.
+            let slab = unsafe { next.as_ref()? };
+            next = slab.all_next.load(Acquire).cast_const();
+            Some(slab)
+        })
+    }
+
+    /// Allocated and requested bytes of this heap's live blocks, from its counters
+    /// (wrapping: read while the owner runs, they may be a moment apart).
+    pub(crate) fn net(&self) -> (usize, usize) {
+        self.hot
+            .tiers
+            .iter()
+            .fold((0usize, 0usize), |(bytes, requested), t| {
+                (
+                    bytes.wrapping_add(t.bytes.get() as usize),
+                    requested.wrapping_add(t.requested.get() as usize),
+                )
+            })
     }
 }
 
@@ -234,7 +298,7 @@ mod list {
         *head = slab;
     }
 
-    pub(super) unsafe fn remove(head: &mut *const Slab, _slab: &Slab, own: &mut Own) {
+    pub(super) unsafe fn remove(head: &mut *const Slab, own: &mut Own) {
         // SAFETY: list members belong to the caller's heap.
         unsafe {
             if own.prev.is_null() {
@@ -252,7 +316,7 @@ mod list {
 }
 
 impl Owned<'_> {
-    #[inline]
+    #[inline(always)]
     #[allow(clippy::mut_from_ref)]
     fn state(&self) -> &mut State {
         // SAFETY: an `Owned` token proves the caller holds the heap, and the engine
@@ -261,7 +325,7 @@ impl Owned<'_> {
     }
 
     /// Everything of a slab of this heap.
-    #[inline]
+    #[inline(always)]
     #[allow(clippy::mut_from_ref)]
     fn own<'s>(&self, slab: &'s Slab) -> &'s mut Own {
         debug_assert_eq!(slab.heap(), self.heap as *const Heap);
@@ -269,10 +333,184 @@ impl Owned<'_> {
         unsafe { slab.own() }
     }
 
+    #[inline(always)]
+    fn tier(&self, index: usize) -> &TierCounts {
+        debug_assert!(index < 3);
+        // SAFETY: tier indexes are SMALL, POOL or LARGE, all below 3.
+        unsafe { self.heap.hot.tiers.get_unchecked(index) }
+    }
+
     // ---- allocation ------------------------------------------------------------
 
+    /// A block of class `class` for `size` bytes from the current slab, and whether
+    /// it is known zero; `None` when the current slab has no free slot (then
+    /// [`allocate`](Self::allocate) takes the slow path). The hot path: plain loads
+    /// and stores.
+    #[inline(always)]
+    pub(crate) fn allocate_fast(
+        &self,
+        eng: &Engine,
+        class: usize,
+        size: usize,
+        raw: bool,
+    ) -> Option<(NonNull<u8>, bool)> {
+        // A hot block was handed out before: its bytes are not known to be zero.
+        self.try_allocate(eng, class, size, raw)
+            .map(|ptr| (ptr, false))
+    }
+
+    /// The hot path of an allocation: a block of class `class` from the current
+    /// slab, or `None` (nothing changed).
+    #[inline(always)]
+    pub(crate) fn try_allocate(
+        &self,
+        eng: &Engine,
+        class: usize,
+        size: usize,
+        raw: bool,
+    ) -> Option<NonNull<u8>> {
+        debug_assert!(class < eng.classes.len());
+        // SAFETY: classes come from the engine's size classes or pools, whose count
+        // is the length of both arrays.
+        let (state, geometry) = unsafe {
+            (
+                self.state().classes.get_unchecked_mut(class),
+                eng.classes.get_unchecked(class),
+            )
+        };
+        if state.hot_len > 0 {
+            state.hot_len -= 1;
+            // SAFETY: `hot_len` entries are set, and a set entry is a live block of
+            // the current slab, marked live in its bitmap.
+            let ptr = unsafe { *state.hot.get_unchecked(state.hot_len) };
+            if raw {
+                // SAFETY: a current slab is a live slab of this heap.
+                let slab = unsafe { &*state.current };
+                let slot = crate::slab::slab::divide(ptr.addr() - state.base, slab.magic());
+                slab.mark_raw(slot as u32, size);
+            }
+            let tier = self.tier(geometry.tier_index);
+            tier.allocs.add(1);
+            tier.bytes.add(geometry.stride as u64);
+            tier.requested.add(size as u64);
+            // SAFETY: blocks are never null.
+            return Some(unsafe { NonNull::new_unchecked(ptr) });
+        }
+        // SAFETY: a current slab is a live slab of this heap.
+        let slab = unsafe { state.current.as_ref() }?;
+        let own = self.own(slab);
+        // SAFETY: this heap owns the slab.
+        let slot = unsafe { slab.take_slot(own) }?;
+        Some(self.hand_out(eng, slab, own, slot, geometry, size, raw).0)
+    }
+
+    /// The hot path of a free of a block of this heap's `slab`: frees it if it is a
+    /// live slot with raw flag `raw` and returns `true`; otherwise changes nothing
+    /// (the slow path says why).
+    #[inline(always)]
+    pub(crate) fn try_free(
+        &self,
+        eng: &Engine,
+        slab: &Slab,
+        addr: usize,
+        raw: bool,
+        size: usize,
+    ) -> bool {
+        let Ok(slot) = slab.slot_of(addr) else {
+            return false;
+        };
+        if !slab.may_free(slot, raw) {
+            return false;
+        }
+        let requested = if raw { slab.requested(slot) } else { size };
+        let own = self.own(slab);
+        let class = slab.class();
+        if class == SPAN_CLASS {
+            return self.free(eng, slab, addr, raw, size).is_ok();
+        }
+        // SAFETY: this heap owns the slab; the slot was checked live.
+        unsafe { slab.release(own, slot) };
+        // SAFETY: as in `try_allocate`: a slab's class indexes the engine's classes.
+        let geometry = unsafe { eng.classes.get_unchecked(class as usize) };
+        let tier = self.tier(geometry.tier_index);
+        tier.frees.add(1);
+        tier.bytes.sub(geometry.stride as u64);
+        tier.requested.sub(requested as u64);
+        if own.place != Place::Current {
+            self.settle(eng, slab, own, class as usize);
+        }
+        true
+    }
+
+    /// The hot path of a typed free of a block of `class` (the layout's): if the
+    /// block is in the class's current slab, frees it and returns `true`. The
+    /// `Allocator` contract vouches for the block (checked in debug builds); a raw
+    /// free of it that another thread posted meanwhile is refused when collected.
+    #[inline(always)]
+    pub(crate) fn try_free_typed(
+        &self,
+        eng: &Engine,
+        class: usize,
+        ptr: *mut u8,
+        size: usize,
+    ) -> bool {
+        // SAFETY: as in `try_allocate`.
+        let cls = unsafe { self.state().classes.get_unchecked_mut(class) };
+        let offset = ptr.addr().wrapping_sub(cls.base);
+        if offset >= cls.bytes {
+            return false;
+        }
+        // SAFETY: a class with a non-empty extent has a current slab of this heap.
+        let slab = unsafe { &*cls.current };
+        debug_assert!(
+            slab.slot_of(ptr.addr())
+                .is_ok_and(|slot| slab.may_free(slot, false)),
+            "not a live typed block"
+        );
+        if cls.hot_len < HOT {
+            // SAFETY: `hot_len < HOT`.
+            unsafe { *cls.hot.get_unchecked_mut(cls.hot_len) = ptr };
+            cls.hot_len += 1;
+        } else {
+            let slot = crate::slab::slab::divide(offset, slab.magic());
+            // SAFETY: this heap owns the slab; the caller's contract makes the slot
+            // live.
+            unsafe { slab.release(self.own(slab), slot as u32) };
+        }
+        // SAFETY: as in `try_allocate`.
+        let geometry = unsafe { eng.classes.get_unchecked(class) };
+        let tier = self.tier(geometry.tier_index);
+        tier.frees.add(1);
+        tier.bytes.sub(geometry.stride as u64);
+        tier.requested.sub(size as u64);
+        true
+    }
+
+    /// Marks the blocks of `class`'s hot stack free in the current slab's bitmap.
+    pub(crate) fn drain_hot(&self, class: usize) {
+        let cls = &mut self.state().classes[class];
+        if cls.hot_len == 0 {
+            return;
+        }
+        // SAFETY: a class with hot blocks has a current slab of this heap.
+        let slab = unsafe { &*cls.current };
+        let own = self.own(slab);
+        for &ptr in &cls.hot[..cls.hot_len] {
+            let slot = crate::slab::slab::divide(ptr.addr() - cls.base, slab.magic());
+            // SAFETY: a hot block is a live slot of the current slab.
+            unsafe { slab.release(own, slot as u32) };
+        }
+        cls.hot_len = 0;
+    }
+
+    /// [`drain_hot`](Self::drain_hot) for every class.
+    pub(crate) fn drain_all_hot(&self) {
+        for class in 0..self.state().classes.len() {
+            self.drain_hot(class);
+        }
+    }
+
     /// A block of class `class` for `size` bytes; and whether it is known zero.
-    #[inline]
     pub(crate) fn allocate(
         &self,
         eng: &Engine,
@@ -280,20 +518,13 @@ impl Owned<'_> {
         size: usize,
         raw: bool,
     ) -> Result<(NonNull<u8>, bool)> {
-        let current = self.state().classes[class].current;
-        if !current.is_null() {
-            // SAFETY: a current slab is a live slab of this heap.
-            let slab = unsafe { &*current };
-            let own = self.own(slab);
-            // SAFETY: this heap owns the slab.
-            if let Some(slot) = unsafe { slab.take_slot(own) } {
-                return Ok(self.hand_out(eng, slab, own, slot, class, size, raw));
-            }
+        match self.allocate_fast(eng, class, size, raw) {
+            Some(served) => Ok(served),
+            None => self.allocate_slow(eng, class, size, raw),
         }
-        self.allocate_slow(eng, class, size, raw)
     }
 
-    #[inline]
+    #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn hand_out(
         &self,
@@ -301,21 +532,19 @@ impl Owned<'_> {
         slab: &Slab,
         own: &mut Own,
         slot: u32,
-        class: usize,
+        class: &Class,
         size: usize,
         raw: bool,
     ) -> (NonNull<u8>, bool) {
-        if own.live == 0 {
-            self.uncache(own.bytes);
-        }
         // SAFETY: this heap owns the slab, and `slot` was just taken.
         let (zero, stale) = unsafe { slab.hand_out(own, slot, raw, size) };
         if stale != 0 {
             self.refused_late(eng, stale);
         }
-        let counts = &self.heap.counts;
-        counts.classes[class].allocs.add(1);
-        counts.requested[tier_index(eng.classes[class].tier)].add(size as u64);
+        let tier = self.tier(class.tier_index);
+        tier.allocs.add(1);
+        tier.bytes.add(class.stride as u64);
+        tier.requested.add(size as u64);
         (slab.slot_ptr(own, slot), zero)
     }
 
@@ -337,7 +566,8 @@ impl Owned<'_> {
                 let own = self.own(slab);
                 // SAFETY: this heap owns the slab.
                 if let Some(slot) = unsafe { slab.take_slot(own) } {
-                    let served = self.hand_out(eng, slab, own, slot, class, size, raw);
+                    let served =
+                        self.hand_out(eng, slab, own, slot, &eng.classes[class], size, raw);
                     // A slow path: where peaks are recorded.
                     self.publish(eng);
                     return Ok(served);
@@ -345,6 +575,7 @@ impl Owned<'_> {
                 // Full: it leaves the class's hands until a free brings it back.
                 own.place = Place::Full;
                 cls.current = std::ptr::null();
+                cls.bytes = 0;
             }
             let next = if !cls.partial.is_null() {
                 cls.partial
@@ -360,14 +591,43 @@ impl Owned<'_> {
             // SAFETY: as above.
             unsafe {
                 match own.place {
-                    Place::Partial => list::remove(&mut cls.partial, slab, own),
-                    Place::Empty => list::remove(&mut cls.empty, slab, own),
+                    Place::Partial => list::remove(&mut cls.partial, own),
+                    Place::Empty => {
+                        list::remove(&mut cls.empty, own);
+                        self.uncache(own.bytes);
+                    }
                     _ => {}
                 }
             }
+            // A current slab is not counted as cached, even when it is empty.
             own.place = Place::Current;
             cls.current = next;
+            cls.base = own.base.addr();
+            cls.bytes = own.bytes;
         }
+    }
+
+    /// A large block of `pages` pages for `size` bytes from this heap's cache, and
+    /// whether it is known zero; `None` when the cache has none of that size.
+    #[inline(always)]
+    pub(crate) fn allocate_span_fast(
+        &self,
+        eng: &Engine,
+        pages: usize,
+        size: usize,
+        raw: bool,
+    ) -> Option<(NonNull<u8>, bool)> {
+        let head = self.state().spans[pages];
+        if head.is_null() {
+            return None;
+        }
+        // SAFETY: cached spans are live slabs of this heap.
+        let slab = unsafe { &*head };
+        let own = self.own(slab);
+        self.state().spans[pages] = own.next;
+        own.next = std::ptr::null();
+        self.uncache(own.bytes);
+        Some(self.hand_out_span(eng, slab, own, size, raw))
     }
 
     /// A large block of `pages` pages for `size` bytes, from this heap's cache or a
@@ -379,49 +639,50 @@ impl Owned<'_> {
         size: usize,
         raw: bool,
     ) -> Result<(NonNull<u8>, bool)> {
-        let mut head = self.state().spans[pages];
-        if head.is_null() && !self.heap.inbox.load(Relaxed).is_null() {
-            self.collect_inbox(eng);
-            head = self.state().spans[pages];
+        if let Some(served) = self.allocate_span_fast(eng, pages, size, raw) {
+            return Ok(served);
         }
-        let fresh = head.is_null();
-        let slab = if fresh {
-            // SAFETY: a new span is a live slab of this heap.
-            unsafe { &*self.new_span(eng, pages)? }
-        } else {
-            // SAFETY: cached spans are live slabs of this heap.
-            let slab = unsafe { &*head };
-            let own = self.own(slab);
-            self.state().spans[pages] = own.next;
-            own.next = std::ptr::null();
-            slab
-        };
-        let own = self.own(slab);
+        self.collect_inbox(eng);
+        if let Some(served) = self.allocate_span_fast(eng, pages, size, raw) {
+            return Ok(served);
+        }
+        // SAFETY: a new span is a live slab of this heap.
+        let slab = unsafe { &*self.new_span(eng, pages)? };
+        let served = self.hand_out_span(eng, slab, self.own(slab), size, raw);
+        // A slow path: where peaks are recorded.
+        self.publish(eng);
+        Ok(served)
+    }
+
+    #[inline(always)]
+    fn hand_out_span(
+        &self,
+        eng: &Engine,
+        slab: &Slab,
+        own: &mut Own,
+        size: usize,
+        raw: bool,
+    ) -> (NonNull<u8>, bool) {
         own.place = Place::Full;
         // SAFETY: this heap owns the slab.
         let slot = unsafe { slab.take_slot(own) }.expect("a cached block is free");
-        self.uncache(own.bytes);
         // SAFETY: as above; `slot` was just taken.
         let (zero, stale) = unsafe { slab.hand_out(own, slot, raw, size) };
         if stale != 0 {
             self.refused_late(eng, stale);
         }
-        let counts = &self.heap.counts;
-        counts.span_allocs.add(1);
-        counts.span_live_bytes.add(own.bytes as u64);
-        counts.requested[2].add(size as u64);
-        if fresh {
-            // A slow path: where peaks are recorded.
-            self.publish(eng);
-        }
-        Ok((slab.slot_ptr(own, slot), zero))
+        let tier = self.tier(LARGE);
+        tier.allocs.add(1);
+        tier.bytes.add(own.bytes as u64);
+        tier.requested.add(size as u64);
+        (slab.slot_ptr(own, slot), zero)
     }
 
     // ---- frees -----------------------------------------------------------------
 
-    /// Frees the block at `addr` of `slab`, a slab of this heap; `size` is the
-    /// typed holder's size (ignored for raw frees, whose size the slab knows).
-    #[inline]
+    /// Frees the block at `addr` of `slab`, a slab of this heap; `size` is a typed
+    /// holder's size (raw frees take the size the slab recorded).
+    #[inline(always)]
     pub(crate) fn free(
         &self,
         eng: &Engine,
@@ -431,40 +692,50 @@ impl Owned<'_> {
         size: usize,
     ) -> std::result::Result<(), PointerError> {
         let slot = slab.slot_of(addr)?;
-        let requested = slab.check_owned(slot, raw)?;
-        debug_assert!(
-            raw || requested == size,
-            "a typed block freed with another size"
-        );
-        let size = requested;
+        let recorded = slab.check_owned(slot, raw)?;
+        let requested = if raw { recorded } else { size };
         let own = self.own(slab);
         // SAFETY: this heap owns the slab; the slot was checked live.
         unsafe { slab.release(own, slot) };
         let class = slab.class();
-        let counts = &self.heap.counts;
         if class == SPAN_CLASS {
-            counts.span_frees.add(1);
-            counts.span_live_bytes.sub(own.bytes as u64);
-            counts.requested[2].sub(size as u64);
+            let tier = self.tier(LARGE);
+            tier.frees.add(1);
+            tier.bytes.sub(own.bytes as u64);
+            tier.requested.sub(requested as u64);
             self.cache_span(eng, slab, own);
             return Ok(());
         }
         let class = class as usize;
-        counts.classes[class].frees.add(1);
-        counts.requested[tier_index(eng.classes[class].tier)].sub(size as u64);
-        if own.place != Place::Current || own.live == 0 {
+        let geometry = &eng.classes[class];
+        let tier = self.tier(geometry.tier_index);
+        tier.frees.add(1);
+        tier.bytes.sub(geometry.stride as u64);
+        tier.requested.sub(requested as u64);
+        if own.place != Place::Current {
             self.settle(eng, slab, own, class);
         }
         Ok(())
     }
 
-    /// Puts a slab whose live count just dropped where it belongs now: a full slab
-    /// joins its class's partial list, one with nothing live its empty list (a
-    /// current one stays current), and empty slabs count as cached.
+    /// Counts off the requested bytes of a typed block this thread freed into
+    /// another thread's slab (the owner counts the rest when it collects the post).
+    pub(crate) fn posted_typed(&self, eng: &Engine, slab: &Slab, size: usize) {
+        let class = slab.class();
+        let tier = match class {
+            SPAN_CLASS => LARGE,
+            class => eng.classes[class as usize].tier_index,
+        };
+        self.tier(tier).requested.sub(size as u64);
+    }
+
+    /// Puts a slab that is not current and whose live count just dropped where it
+    /// belongs now: a full slab joins its class's partial list, one with nothing
+    /// live its empty list, where it counts as cached.
     #[cold]
     fn settle(&self, eng: &Engine, slab: &Slab, own: &mut Own, class: usize) {
         let cls = &mut self.state().classes[class];
-        let empty = own.live == 0;
+        let empty = slab.live() == 0;
         // SAFETY: list members belong to this heap.
         unsafe {
             match (own.place, empty) {
@@ -477,11 +748,11 @@ impl Owned<'_> {
                     own.place = Place::Empty;
                 }
                 (Place::Partial, true) => {
-                    list::remove(&mut cls.partial, slab, own);
+                    list::remove(&mut cls.partial, own);
                     list::push(&mut cls.empty, slab, own);
                     own.place = Place::Empty;
                 }
-                _ => {}
+                _ => return,
             }
         }
         if empty {
@@ -491,7 +762,7 @@ impl Owned<'_> {
 
     /// A large block of this heap went free: into the cache of its size.
     fn cache_span(&self, eng: &Engine, slab: &Slab, own: &mut Own) {
-        let pages = own.bytes / super::page_map::PAGE;
+        let pages = own.bytes / PAGE;
         let st = self.state();
         own.next = st.spans[pages];
         own.prev = std::ptr::null();
@@ -509,7 +780,7 @@ impl Owned<'_> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn uncache(&self, bytes: usize) {
         self.state().cached -= bytes;
         self.heap.counts.cached_bytes.sub(bytes as u64);
@@ -532,7 +803,7 @@ impl Owned<'_> {
         let mut next = self
             .heap
             .inbox
-            .swap(std::ptr::null_mut(), crate::sync::Ordering::Acquire)
+            .swap(std::ptr::null_mut(), Acquire)
             .cast_const();
         while !next.is_null() {
             // SAFETY: only records of this heap are pushed onto its inbox, and
@@ -556,22 +827,24 @@ impl Owned<'_> {
         if done.slots == 0 {
             return;
         }
-        let counts = &self.heap.counts;
+        self.heap.counts.remote_frees.add(done.slots as u64);
         let class = slab.class();
         if class == SPAN_CLASS {
-            counts.span_frees.add(1);
-            counts.span_remote_frees.add(1);
-            counts.span_live_bytes.sub(own.bytes as u64);
-            counts.requested[2].sub(done.requested as u64);
+            let tier = self.tier(LARGE);
+            tier.frees.add(1);
+            tier.bytes.sub(own.bytes as u64);
+            tier.requested.sub(done.raw_requested as u64);
             self.cache_span(eng, slab, own);
             return;
         }
         let class = class as usize;
-        let c = &counts.classes[class];
-        c.frees.add(done.slots as u64);
-        c.remote_frees.add(done.slots as u64);
-        counts.requested[tier_index(eng.classes[class].tier)].sub(done.requested as u64);
-        if own.place != Place::Current || own.live == 0 {
+        let geometry = &eng.classes[class];
+        let tier = self.tier(geometry.tier_index);
+        tier.frees.add(done.slots as u64);
+        tier.bytes
+            .sub((done.slots as usize * geometry.stride) as u64);
+        tier.requested.sub(done.raw_requested as u64);
+        if own.place != Place::Current {
             self.settle(eng, slab, own, class);
         }
     }
@@ -579,18 +852,19 @@ impl Owned<'_> {
     /// Collects the posts of every slab (when the inbox cannot be trusted to be
     /// complete: at trim, flush and exit, a post may still be on its way to it).
     pub(crate) fn collect_all(&self, eng: &Engine) {
+        self.drain_all_hot();
         self.collect_inbox(eng);
-        let slabs: Vec<*const Slab> = self
-            .state()
-            .records
-            .iter()
-            .filter(|r| r.is_live() && r.pending_posts() > 0)
-            .map(|r| &**r as *const Slab)
+        let pending: Vec<*const Slab> = self
+            .heap
+            .records()
+            .filter(|r| r.is_live() && r.has_posts())
+            .map(|r| r as *const Slab)
             .collect();
-        for slab in slabs {
+        for slab in pending {
             // SAFETY: records of this heap live as long as it does.
             self.collect_slab(eng, unsafe { &*slab });
         }
+        self.publish(eng);
     }
 
     // ---- slabs -----------------------------------------------------------------
@@ -612,10 +886,16 @@ impl Owned<'_> {
         }
         st.records
             .push(Box::new(Slab::new(self.heap, RECORD_TIERS[tier])));
-        let slab: &Slab = st.records.last().expect("just pushed");
+        let slab: *const Slab = &**st.records.last().expect("just pushed");
         // SAFETY: records are boxed and never freed before the heap: the reference
         // stays valid while the token's heap lives.
-        unsafe { &*(slab as *const Slab) }
+        let slab = unsafe { &*slab };
+        slab.all_next
+            .store(self.heap.records.load(Relaxed), Relaxed);
+        self.heap
+            .records
+            .store((slab as *const Slab).cast_mut(), Release);
+        slab
     }
 
     /// Pages for a slab: from the best-fit tier's free memory, else after giving
@@ -641,7 +921,7 @@ impl Owned<'_> {
             .map_err(|e| retier(e, tier, requested))
     }
 
-    /// A new slab for `class`, registered and empty.
+    /// A new slab for `class`, registered, empty and current.
     fn new_slab(&self, eng: &Engine, class: usize) -> Result<*const Slab> {
         let geometry: &Class = &eng.classes[class];
         let held = self.state().classes[class].held;
@@ -670,23 +950,18 @@ impl Owned<'_> {
         // SAFETY: this heap owns the spare record and the pages just taken.
         unsafe { slab.init(base, bytes, geometry.stride, slots, class as u32, fresh) };
         eng.map.set(base.as_ptr().addr(), bytes, slab);
-        // The caller makes it current; empty (so cached) until it hands out a slot.
         self.own(slab).place = Place::Current;
         self.state().classes[class].held += bytes;
-        let counts = &self.heap.counts;
-        counts.classes[class].slabs.add(1);
-        counts.classes[class].slab_bytes.add(bytes as u64);
-        counts.classes[class].slots.add(slots as u64);
-        counts.classes[class].misses.add(1);
-        counts.pages_taken.add(1);
-        self.state().cached += bytes;
-        counts.cached_bytes.add(bytes as u64);
+        let counts = &self.heap.counts.classes[class];
+        counts.slabs.add(1);
+        counts.slab_bytes.add(bytes as u64);
+        counts.misses.add(1);
         Ok(slab)
     }
 
     /// A new span of `pages` pages for one large block.
     fn new_span(&self, eng: &Engine, pages: usize) -> Result<*const Slab> {
-        let bytes = pages * super::page_map::PAGE;
+        let bytes = pages * PAGE;
         let (base, fresh) = self.take_pages(eng, bytes, None, Tier::Large, bytes)?;
         let slab = self.spare(1);
         // SAFETY: this heap owns the spare record and the pages just taken.
@@ -695,16 +970,14 @@ impl Owned<'_> {
         let counts = &self.heap.counts;
         counts.spans.add(1);
         counts.span_bytes.add(bytes as u64);
-        counts.pages_taken.add(1);
-        self.state().cached += bytes;
-        counts.cached_bytes.add(bytes as u64);
+        counts.span_misses.add(1);
         Ok(slab)
     }
 
     /// Gives an empty slab back to the best-fit tier.
     fn destroy(&self, eng: &Engine, slab: &Slab) {
         let own = self.own(slab);
-        debug_assert_eq!(own.live, 0);
+        debug_assert_eq!(slab.live(), 0);
         // SAFETY: this heap owns the slab, which has no live slot.
         let stale = unsafe { slab.retire() };
         if stale != 0 {
@@ -722,13 +995,13 @@ impl Owned<'_> {
             self.state().classes[class].held -= bytes;
             counts.classes[class].slabs.sub(1);
             counts.classes[class].slab_bytes.sub(bytes as u64);
-            counts.classes[class].slots.sub(slab.slots() as u64);
             if let Some(capacity) = &eng.classes[class].capacity {
                 capacity.give(slab.slots());
             }
         }
-        self.uncache(bytes);
-        counts.pages_given.add(1);
+        if own.place == Place::Empty {
+            self.uncache(bytes);
+        }
         // SAFETY: the pages were taken from the best-fit tier for this slab and no
         // slot in them is live; the page map no longer points at them.
         unsafe { eng.large.free_pages(NonNull::new_unchecked(base), bytes) };
@@ -745,6 +1018,7 @@ impl Owned<'_> {
     /// Gives every empty slab and cached block back, but the empty slabs of class
     /// `keep`; returns the bytes given back.
     pub(crate) fn release_empty(&self, eng: &Engine, keep: Option<usize>) -> usize {
+        self.drain_all_hot();
         let mut released = 0;
         for class in 0..self.state().classes.len() {
             if Some(class) == keep {
@@ -760,7 +1034,7 @@ impl Owned<'_> {
                 let slab = unsafe { &*head };
                 let own = self.own(slab);
                 // SAFETY: as above.
-                unsafe { list::remove(&mut cls.empty, slab, own) };
+                unsafe { list::remove(&mut cls.empty, own) };
                 released += own.bytes;
                 self.destroy(eng, slab);
             }
@@ -768,8 +1042,9 @@ impl Owned<'_> {
             if !cls.current.is_null() {
                 // SAFETY: a current slab is a live slab of this heap.
                 let slab = unsafe { &*cls.current };
-                if self.own(slab).live == 0 {
+                if slab.live() == 0 {
                     cls.current = std::ptr::null();
+                    cls.bytes = 0;
                     released += self.own(slab).bytes;
                     self.destroy(eng, slab);
                 }
@@ -800,7 +1075,7 @@ impl Owned<'_> {
     }
 
     /// The current slab of `class`, if it holds `addr`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn current_holding(&self, class: usize, addr: usize) -> Option<&Slab> {
         let current = self.state().classes[class].current;
         if current.is_null() {
@@ -813,10 +1088,10 @@ impl Owned<'_> {
     }
 
     /// Adds what this heap handed out since it last published to the manager's
-    /// totals, where peaks are recorded (slow paths only: it reads every class).
+    /// totals, where peaks are recorded (at slow paths).
     pub(crate) fn publish(&self, eng: &Engine) {
         let counts = &self.heap.counts;
-        let (allocated, requested) = net(self.heap, eng);
+        let (allocated, requested) = self.heap.net();
         let da = allocated.wrapping_sub(counts.published_allocated.get() as usize) as isize;
         let dr = requested.wrapping_sub(counts.published_requested.get() as usize) as isize;
         if da != 0 || dr != 0 {
@@ -826,13 +1101,27 @@ impl Owned<'_> {
         }
     }
 
+    /// Bytes of the current slabs that hold no live block (kept for their class's
+    /// next allocation, and not counted in `cached_bytes` on the hot path).
+    pub(crate) fn empty_current_bytes(&self) -> usize {
+        self.state()
+            .classes
+            .iter()
+            .filter(|c| !c.current.is_null())
+            // SAFETY: current slabs are live slabs of this heap.
+            .map(|c| unsafe { &*c.current })
+            .filter(|slab| slab.live() == 0)
+            .map(|slab| self.own(slab).bytes)
+            .sum()
+    }
+
     /// Bytes of the largest cached free large block.
     pub(crate) fn largest_cached_span(&self) -> usize {
         let spans = &self.state().spans;
         (0..spans.len())
             .rev()
             .find(|&pages| !spans[pages].is_null())
-            .map_or(0, |pages| pages * super::page_map::PAGE)
+            .map_or(0, |pages| pages * PAGE)
     }
 
     /// Every live slab of this heap.
@@ -844,27 +1133,11 @@ impl Owned<'_> {
             .filter(|r| r.is_live())
     }
 
-    /// The bytes and the live flag of slab `slab` (for snapshots).
-    pub(crate) fn extent(&self, slab: &Slab) -> (usize, usize, bool) {
+    /// The address and bytes of slab `slab` (for snapshots).
+    pub(crate) fn extent(&self, slab: &Slab) -> (usize, usize) {
         let own = self.own(slab);
-        (own.base.addr(), own.bytes, own.place != Place::Empty)
+        (own.base.addr(), own.bytes)
     }
-}
-
-/// Allocated and requested bytes of `heap`'s live blocks, from its counters
-/// (wrapping: read while the owner runs, they may be a moment apart).
-pub(crate) fn net(heap: &Heap, eng: &Engine) -> (usize, usize) {
-    let c = &heap.counts;
-    let mut allocated = c.span_live_bytes.get() as usize;
-    for (class, counts) in eng.classes.iter().zip(c.classes.iter()) {
-        let live = counts.allocs.get().wrapping_sub(counts.frees.get()) as usize;
-        allocated = allocated.wrapping_add(live.wrapping_mul(class.stride));
-    }
-    let requested = c
-        .requested
-        .iter()
-        .fold(0usize, |sum, r| sum.wrapping_add(r.get() as usize));
-    (allocated, requested)
 }
 
 /// The report of a full explicit pool.

@@ -59,10 +59,13 @@ use slab::{Posted, Slab};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
-use thread::{current_heap, with_heap, Stopped};
+use thread::{current_heap, enter, enter_bound, with_heap, Stopped};
 
 /// The class number of spans (slabs of one large block).
 pub(crate) const SPAN_CLASS: u32 = u32::MAX;
+
+/// Sizes up to this find their class in a table (4 KiB of it).
+const TABLE_LIMIT: usize = 32 << 10;
 
 /// Late refusals printed on standard error per engine; later ones are only counted.
 const LATE_REPORTS: u32 = 8;
@@ -104,6 +107,8 @@ pub(crate) struct Class {
     /// Least alignment of every slot.
     pub(crate) align: usize,
     pub(crate) tier: Tier,
+    /// The tier's index in a heap's counters.
+    pub(crate) tier_index: usize,
     /// A pool's capacity.
     pub(crate) capacity: Option<Capacity>,
 }
@@ -150,6 +155,9 @@ pub(crate) struct Engine {
     /// Size classes first, then explicit pools.
     pub(crate) classes: Box<[Class]>,
     size_classes: Option<SizeClasses>,
+    /// The class of every size up to [`TABLE_LIMIT`] (or the threshold), in steps of
+    /// 8 bytes (the least class spacing): `class_table[(size - 1) / 8]`.
+    class_table: Box<[u8]>,
     /// Where the explicit pools start in `classes`.
     pub(crate) first_pool: usize,
     pub(crate) map: PageMap,
@@ -188,13 +196,15 @@ static NEXT_ENGINE: AtomicU64 = AtomicU64::new(1);
 /// What the statistics need from the engine.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct EngineStats {
-    /// Per class: live blocks, free slots in slabs, slabs, slab bytes, allocations,
-    /// frees, frees collected from other threads.
+    /// Per class: live blocks, slots, slabs and their bytes, slabs made.
     pub(crate) classes: Vec<ClassFigures>,
-    /// Cached large blocks.
-    pub(crate) spans: SpanFigures,
-    /// Requested bytes of live blocks, per tier (small, pool, large).
-    pub(crate) requested: [u64; 3],
+    /// Per tier the engine serves (small, pool, large): allocations, frees, live
+    /// bytes and requested bytes.
+    pub(crate) tiers: [TierFigures; 3],
+    /// Cached large blocks: held (live or cached), their bytes, made.
+    pub(crate) spans: u64,
+    pub(crate) span_bytes: u64,
+    pub(crate) span_misses: u64,
     /// Bytes of empty slabs and cached blocks, in all heaps.
     pub(crate) cached_bytes: usize,
     /// The largest cached free large block of any heap.
@@ -211,21 +221,15 @@ pub(crate) struct ClassFigures {
     pub(crate) slots: u64,
     pub(crate) slabs: u64,
     pub(crate) slab_bytes: u64,
-    pub(crate) allocs: u64,
-    pub(crate) frees: u64,
-    pub(crate) remote_frees: u64,
     pub(crate) misses: u64,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct SpanFigures {
-    pub(crate) live: u64,
-    pub(crate) live_bytes: u64,
-    pub(crate) spans: u64,
-    pub(crate) bytes: u64,
+pub(crate) struct TierFigures {
     pub(crate) allocs: u64,
     pub(crate) frees: u64,
-    pub(crate) remote_frees: u64,
+    pub(crate) bytes: u64,
+    pub(crate) requested: u64,
 }
 
 impl Engine {
@@ -249,6 +253,7 @@ impl Engine {
                     block_size: sc.size_of(c),
                     align: sc.align_of(c),
                     tier: Tier::Small,
+                    tier_index: heap::SMALL,
                     capacity: None,
                 })
                 .collect(),
@@ -261,6 +266,7 @@ impl Engine {
                 block_size,
                 align: alignment,
                 tier: Tier::Pool,
+                tier_index: heap::POOL,
                 capacity: Some(Capacity {
                     total: capacity,
                     remaining: AtomicUsize::new(capacity),
@@ -269,10 +275,17 @@ impl Engine {
         }
         let span_pages = medium_threshold / PAGE;
         let n = classes.len();
+        let class_table = match &size_classes {
+            Some(sc) if sc.len() <= 256 => (1..=sc.max_size().min(TABLE_LIMIT) / 8)
+                .map(|eighths| sc.class_for(eighths * 8, 8).expect("below the threshold") as u8)
+                .collect(),
+            _ => Box::default(),
+        };
         Arc::new(Engine {
             id: NEXT_ENGINE.fetch_add(1, Relaxed),
             classes: classes.into_boxed_slice(),
             size_classes,
+            class_table,
             first_pool,
             map: PageMap::new(),
             large,
@@ -294,9 +307,14 @@ impl Engine {
         self.size_classes.as_ref()
     }
 
-    /// The size class serving `size` bytes at `align`.
-    #[inline]
+    /// The size class serving `size` bytes at `align`: a table lookup for sizes up
+    /// to [`TABLE_LIMIT`], the arithmetic of [`SizeClasses::class_for`] above.
+    #[inline(always)]
     pub(crate) fn class_for(&self, size: usize, align: usize) -> Option<usize> {
+        let rounded = round_up(size, align);
+        if let Some(&class) = self.class_table.get(rounded.wrapping_sub(1) >> 3) {
+            return Some(class as usize);
+        }
         self.size_classes.as_ref()?.class_for(size, align)
     }
 
@@ -321,9 +339,69 @@ impl Engine {
         f(&unsafe { self.shared.owned() })
     }
 
+    /// The hot path: a block of class `class` from the calling thread's current
+    /// slab, or `None` (then [`allocate`](Self::allocate)).
+    #[inline(always)]
+    pub(crate) fn try_allocate(
+        self: &Arc<Self>,
+        class: usize,
+        size: usize,
+        raw: bool,
+    ) -> Option<NonNull<u8>> {
+        enter(self)?.owned().try_allocate(self, class, size, raw)
+    }
+
+    /// The hot path of a free: `true` if `addr` was a live block of the calling
+    /// thread's slabs, now free; `false` if the slow path ([`free`](Self::free))
+    /// must look (another thread's slab, another tier, a bad pointer): nothing
+    /// changed. `class`, for a typed free, lets the current slab skip the page map.
+    #[inline(always)]
+    pub(crate) fn try_free(
+        self: &Arc<Self>,
+        ptr: *mut u8,
+        raw: bool,
+        size: usize,
+        class: Option<usize>,
+    ) -> bool {
+        let addr = ptr.addr();
+        let Some(entered) = enter_bound(self) else {
+            return false;
+        };
+        let owned = entered.owned();
+        if let Some(class) = class {
+            if owned.try_free_typed(self, class, ptr, size) {
+                return true;
+            }
+        }
+        // SAFETY: records live as long as the engine.
+        let Some(slab) = (unsafe { self.map.get(addr).as_ref() }) else {
+            return false;
+        };
+        std::ptr::eq(slab.heap(), entered.heap) && owned.try_free(self, slab, addr, raw, size)
+    }
+
     /// A block of class `class` for `size` bytes, and whether it is known zero.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn allocate(
+        self: &Arc<Self>,
+        class: usize,
+        size: usize,
+        raw: bool,
+    ) -> Result<(NonNull<u8>, bool)> {
+        // SAFETY: `with_heap` runs the closure inside an operation of the calling
+        // thread's heap, which holds it.
+        let fast = with_heap(self, |heap| {
+            unsafe { heap.owned() }.allocate_fast(self, class, size, raw)
+        });
+        match fast {
+            Some(Some(served)) => Ok(served),
+            _ => self.allocate_slow(class, size, raw),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn allocate_slow(
         self: &Arc<Self>,
         class: usize,
         size: usize,
@@ -333,7 +411,26 @@ impl Engine {
     }
 
     /// A large block of `pages` pages for `size` bytes, and whether it is known zero.
+    #[inline(always)]
     pub(crate) fn allocate_span(
+        self: &Arc<Self>,
+        pages: usize,
+        size: usize,
+        raw: bool,
+    ) -> Result<(NonNull<u8>, bool)> {
+        // SAFETY: as in `allocate`.
+        let fast = with_heap(self, |heap| {
+            unsafe { heap.owned() }.allocate_span_fast(self, pages, size, raw)
+        });
+        match fast {
+            Some(Some(served)) => Ok(served),
+            _ => self.allocate_span_slow(pages, size, raw),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn allocate_span_slow(
         self: &Arc<Self>,
         pages: usize,
         size: usize,
@@ -346,7 +443,7 @@ impl Engine {
     /// `size` is a typed holder's size; `class` the class its layout maps to, which
     /// lets the owner skip the page map when the block is in the class's current
     /// slab.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn free(
         self: &Arc<Self>,
         addr: usize,
@@ -354,32 +451,69 @@ impl Engine {
         size: usize,
         class: Option<usize>,
     ) -> Option<std::result::Result<(), PointerError>> {
-        if let Some(class) = class {
-            // SAFETY: as in `with_owned`.
-            let fast = with_heap(self, |heap| {
-                let owned = unsafe { heap.owned() };
-                let slab = owned.current_holding(class, addr)?;
-                Some(owned.free(self, slab, addr, raw, size))
-            });
-            if let Some(Some(done)) = fast {
-                return Some(done);
-            }
+        /// What the calling thread's heap made of the free.
+        enum Seen {
+            Done(std::result::Result<(), PointerError>),
+            NotInASlab,
         }
+        if class.is_none() && self.map.get(addr).is_null() {
+            // Not in a slab: another tier's, or foreign (and no heap is made for it).
+            return None;
+        }
+        let seen = with_heap(self, |heap| {
+            // SAFETY: `with_heap` runs the closure inside an operation of the calling
+            // thread's heap, which holds it.
+            let owned = unsafe { heap.owned() };
+            let slab = match class.and_then(|c| owned.current_holding(c, addr)) {
+                Some(slab) => slab,
+                None => {
+                    let slab = self.map.get(addr);
+                    if slab.is_null() {
+                        return Seen::NotInASlab;
+                    }
+                    // SAFETY: records live as long as the engine.
+                    let slab = unsafe { &*slab };
+                    if !std::ptr::eq(slab.heap(), heap) {
+                        let posted = self.post(slab, addr, raw);
+                        if posted.is_ok() && !raw {
+                            owned.posted_typed(self, slab, size);
+                        }
+                        return Seen::Done(posted);
+                    }
+                    slab
+                }
+            };
+            Seen::Done(owned.free(self, slab, addr, raw, size))
+        });
+        match seen {
+            Some(Seen::Done(done)) => Some(done),
+            Some(Seen::NotInASlab) => None,
+            None => self.free_without_heap(addr, raw, size),
+        }
+    }
+
+    /// A free on a thread that cannot use its heap now: posted like a remote one,
+    /// counted on the shared heap.
+    #[cold]
+    fn free_without_heap(
+        &self,
+        addr: usize,
+        raw: bool,
+        size: usize,
+    ) -> Option<std::result::Result<(), PointerError>> {
         let slab = self.map.get(addr);
         if slab.is_null() {
             return None;
         }
         // SAFETY: records live as long as the engine.
         let slab = unsafe { &*slab };
-        // SAFETY: as in `with_owned`.
-        let owned = with_heap(self, |heap| {
-            std::ptr::eq(slab.heap(), heap)
-                .then(|| unsafe { heap.owned() }.free(self, slab, addr, raw, size))
-        });
-        Some(match owned {
-            Some(Some(done)) => done,
-            _ => self.post(slab, addr, raw),
-        })
+        let posted = self.post(slab, addr, raw);
+        if posted.is_ok() && !raw {
+            let _lock = self.shared_lock.lock();
+            // SAFETY: the shared heap is held by whoever holds its lock.
+            unsafe { self.shared.owned() }.posted_typed(self, slab, size);
+        }
+        Some(posted)
     }
 
     /// A free by a thread that does not own the slab.
@@ -578,14 +712,15 @@ impl Engine {
     /// The figures of every heap, after collecting the frees other threads posted.
     pub(crate) fn stats(self: &Arc<Self>) -> EngineStats {
         let largest = std::cell::Cell::new(0);
-        self.on_every_heap(|owned| {
+        let empty_current = self.on_every_heap(|owned| {
             owned.collect_all(self);
             largest.set(largest.get().max(owned.largest_cached_span()));
-            0
+            owned.empty_current_bytes()
         });
         let mut s = EngineStats {
             classes: vec![ClassFigures::default(); self.classes.len()],
             largest_cached_span: largest.get(),
+            cached_bytes: empty_current,
             ..EngineStats::default()
         };
         let reg = self.registry.lock();
@@ -599,42 +734,39 @@ impl Engine {
             let mut thread = crate::stats::ThreadCacheStats {
                 thread: heap.thread.lock().clone(),
                 cached_bytes: c.cached_bytes.get() as usize,
-                num_allocs: c.span_allocs.get(),
-                num_frees: c.span_frees.get(),
-                remote_frees: c.span_remote_frees.get(),
+                num_allocs: 0,
+                num_frees: 0,
+                remote_frees: c.remote_frees.get(),
                 slabs: c.spans.get() as usize,
             };
-            for (class, (figures, counts)) in s.classes.iter_mut().zip(c.classes.iter()).enumerate()
-            {
-                let (allocs, frees) = (counts.allocs.get(), counts.frees.get());
-                figures.allocs += allocs;
-                figures.frees += frees;
-                figures.live += allocs.wrapping_sub(frees);
+            for (figures, counts) in s.tiers.iter_mut().zip(heap.hot.tiers.iter()) {
+                figures.allocs += counts.allocs.get();
+                figures.frees += counts.frees.get();
+                figures.bytes = figures.bytes.wrapping_add(counts.bytes.get());
+                figures.requested = figures.requested.wrapping_add(counts.requested.get());
+                thread.num_allocs += counts.allocs.get();
+                thread.num_frees += counts.frees.get();
+            }
+            for (figures, counts) in s.classes.iter_mut().zip(c.classes.iter()) {
                 figures.slabs += counts.slabs.get();
                 figures.slab_bytes += counts.slab_bytes.get();
-                figures.slots += counts.slots.get();
-                figures.remote_frees += counts.remote_frees.get();
                 figures.misses += counts.misses.get();
-                let _ = class;
-                thread.num_allocs += allocs;
-                thread.num_frees += frees;
-                thread.remote_frees += counts.remote_frees.get();
                 thread.slabs += counts.slabs.get() as usize;
             }
-            let sp = &mut s.spans;
-            sp.allocs += c.span_allocs.get();
-            sp.frees += c.span_frees.get();
-            sp.live += c.span_allocs.get().wrapping_sub(c.span_frees.get());
-            sp.live_bytes += c.span_live_bytes.get();
-            sp.spans += c.spans.get();
-            sp.bytes += c.span_bytes.get();
-            sp.remote_frees += c.span_remote_frees.get();
-            for (total, r) in s.requested.iter_mut().zip(c.requested.iter()) {
-                *total = total.wrapping_add(r.get());
+            for slab in heap.records().filter(|r| r.is_live()) {
+                let class = slab.class();
+                if class != SPAN_CLASS {
+                    let figures = &mut s.classes[class as usize];
+                    figures.live += slab.live() as u64;
+                    figures.slots += slab.slots() as u64;
+                }
             }
+            s.spans += c.spans.get();
+            s.span_bytes += c.span_bytes.get();
+            s.span_misses += c.span_misses.get();
             s.cached_bytes += c.cached_bytes.get() as usize;
             s.late_refusals += c.late_refusals.get();
-            let (allocated, requested) = heap::net(heap, self);
+            let (allocated, requested) = heap.net();
             let unpublished =
                 |now: usize, published: u64| now.wrapping_sub(published as usize) as isize;
             s.pending.0 = s
@@ -659,7 +791,7 @@ impl Engine {
             owned.collect_all(self);
             let mut segments = segments.borrow_mut();
             for slab in owned.slabs() {
-                let (address, size, _) = owned.extent(slab);
+                let (address, size) = owned.extent(slab);
                 let class = slab.class();
                 let (tier, block_size) = if class == SPAN_CLASS {
                     (Tier::Large, None)
@@ -673,7 +805,8 @@ impl Engine {
                     .map(|(slot, raw)| BlockSnapshot {
                         address: address + slot as usize * stride,
                         size: stride,
-                        requested: slab.requested(slot),
+                        // Only raw slots record the size asked.
+                        requested: if raw { slab.requested(slot) } else { stride },
                         state: BlockState::live(raw),
                     })
                     .collect();
@@ -706,7 +839,39 @@ mod tests {
             block_size: stride,
             align: 64,
             tier: Tier::Small,
+            tier_index: heap::SMALL,
             capacity: None,
+        }
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "exhaustive arithmetic, no unsafe code")]
+    fn the_class_table_agrees_with_the_arithmetic() {
+        for (min, max, per) in [(64, 32 << 10, 8), (8, 1 << 20, 1), (64, 4096, 4)] {
+            let sc = SizeClasses::new(min, max, per).unwrap();
+            let large = BestFit::builder()
+                .upstream(Arc::new(crate::upstream::HeapUpstream))
+                .build()
+                .unwrap();
+            let eng = Engine::new(
+                Some(sc.clone()),
+                &[],
+                8,
+                0,
+                1 << 18,
+                0,
+                large,
+                Default::default(),
+            );
+            for align in [8, 16, 64, 256, 4096] {
+                for size in 1..=max + 100 {
+                    assert_eq!(
+                        eng.class_for(size, align),
+                        sc.class_for(size, align),
+                        "{size} {align}"
+                    );
+                }
+            }
         }
     }
 

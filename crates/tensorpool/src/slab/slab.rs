@@ -4,10 +4,12 @@
 //! A record has two sides:
 //!
 //! - **the owner's**: the thread whose heap holds the slab allocates and frees its
-//!   slots with plain loads and stores (relaxed atomics, so that others may read):
-//!   a bitmap of free slots (lowest first, so the warmest, lowest slots come back
-//!   first and slabs empty from the top), a bitmap of raw slots, the size requested
-//!   for each raw slot, and the bookkeeping in [`Own`] that only the owner touches;
+//!   slots with plain loads and stores (relaxed atomics, so that others may read).
+//!   Slots come in *groups* of 64, one cache line each: a bitmap of free slots
+//!   (taken lowest first, so the warmest, lowest slots come back first and slabs
+//!   empty from the top), a bitmap of slots handed out raw, and the group's post
+//!   words. Beside them, the size requested for each raw slot, and the bookkeeping
+//!   in [`Own`] that only the owner touches.
 //! - **everyone's**: a thread that frees a slot of a slab it does not own *posts* the
 //!   free: one compare-and-swap sets the slot's bit in a post word, and the first
 //!   post since the owner last looked puts the slab in the owner's inbox. The owner
@@ -38,7 +40,8 @@
 //! nothing.
 //!
 //! ```text
-//! post word:  generation (32 bits) | slot 15: raw, typed | ... | slot 0: raw, typed
+//! group (64 slots, one cache line): free bits | raw bits | 4 post words
+//! post word: generation (32 bits) | slot 15: raw, typed | ... | slot 0: raw, typed
 //! ```
 
 use super::heap::Heap;
@@ -51,9 +54,20 @@ use crate::sync::{
 use std::cell::UnsafeCell;
 use std::ptr::NonNull;
 
-/// Slots per post word.
+/// Slots per group, and per post word.
+const GROUP: usize = 64;
 const POSTS_PER_WORD: usize = 16;
 const POST_BITS: u64 = 0xFFFF_FFFF;
+
+/// 64 slots: which are free, which are raw, and the frees posted to them.
+#[repr(C, align(64))]
+struct Group {
+    /// 1 = free. Bits beyond the slab's slots are 0.
+    free: AtomicU64,
+    /// 1 = handed out through the raw API.
+    raw: AtomicU64,
+    posts: [AtomicU64; GROUP / POSTS_PER_WORD],
+}
 
 /// Where a slab is in its heap's structures (owner-only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,50 +91,51 @@ pub(crate) enum Place {
 pub(crate) struct Own {
     /// The first slot, with the provenance of the pages.
     pub(crate) base: *mut u8,
-    /// Bytes of pages.
-    pub(crate) bytes: usize,
-    /// The first word of the free bitmap that may have a free slot.
+    /// The first group that may have a free slot.
     pub(crate) cursor: u32,
-    /// Live slots.
-    pub(crate) live: u32,
     /// Slots handed out at least once since the slab was made.
     pub(crate) high: u32,
     /// The pages were zero when the slab was made (fresh from the operating system).
     pub(crate) fresh: bool,
     pub(crate) place: Place,
+    /// Bytes of pages.
+    pub(crate) bytes: usize,
     /// Links of the list the slab is on (partial, empty, a block cache, the spares).
     pub(crate) prev: *const Slab,
     pub(crate) next: *const Slab,
 }
 
-/// The record of a slab. See the module docs.
+/// The record of a slab. See the module docs. The fields the hot paths read come
+/// first, in one cache line.
+#[repr(C)]
 pub(crate) struct Slab {
-    gen: AtomicU32,
     base: AtomicUsize,
     stride: AtomicUsize,
-    slots: AtomicU32,
-    class: AtomicU32,
     /// `2^64 / stride`, rounded up: a slot index is one multiplication away.
     magic: AtomicU64,
+    /// `capacity / 64` groups (rounded up), fixed for the record's life.
+    groups: Box<[Group]>,
+    slots: AtomicU32,
+    class: AtomicU32,
+    gen: AtomicU32,
+    /// Live slots (written by the owner, read by statistics).
+    live: AtomicU32,
+    own: UnsafeCell<Own>,
     /// The heap that owns this record, for its whole life.
     heap: *const Heap,
     /// Most slots the record can describe.
     capacity: u32,
-    /// 1 = free. Bits beyond `slots` are 0.
-    free: Box<[AtomicU64]>,
-    /// 1 = the slot was handed out through the raw API.
-    raw: Box<[AtomicU64]>,
-    /// The size asked for each live slot.
+    /// The size asked for each live raw slot.
     requested: Box<[AtomicU32]>,
-    posts: Box<[AtomicU64]>,
     in_inbox: AtomicBool,
     inbox_next: AtomicPtr<Slab>,
-    own: UnsafeCell<Own>,
+    /// The next record of the same heap (a list statistics walk without a lock).
+    pub(crate) all_next: AtomicPtr<Slab>,
 }
 
-// SAFETY: every field another thread may touch is atomic; `own` is touched only by the
-// thread that holds the owning heap (the heap's handshake hands it over with
-// release/acquire ordering), and `heap` is an immutable address.
+// SAFETY: every field another thread may touch is atomic or immutable; `own` is
+// touched only by the thread that holds the owning heap (the heap's handshake hands
+// it over with release/acquire ordering); `heap` is an address that never changes.
 unsafe impl Send for Slab {}
 // SAFETY: as above.
 unsafe impl Sync for Slab {}
@@ -137,19 +152,15 @@ impl std::fmt::Debug for Slab {
 }
 
 /// A slot index from an offset: `offset / stride`, exact for offsets below 2^32.
-#[inline]
+#[inline(always)]
 pub(crate) fn divide(offset: usize, magic: u64) -> usize {
     ((offset as u128 * magic as u128) >> 64) as usize
 }
 
-/// The multiplier [`divide`] uses for `stride`.
+/// The multiplier [`divide`] uses for `stride` (at least 2).
 pub(crate) fn magic_for(stride: usize) -> u64 {
-    debug_assert!(stride > 0 && stride < 1 << 32);
+    debug_assert!(stride > 1 && stride < 1 << 32);
     (u64::MAX / stride as u64).wrapping_add(1)
-}
-
-fn atomics<T>(n: usize, f: impl Fn() -> T) -> Box<[T]> {
-    (0..n).map(|_| f()).collect()
 }
 
 /// How a remote free went.
@@ -166,8 +177,9 @@ pub(crate) enum Posted {
 pub(crate) struct Collected {
     /// Slots freed.
     pub(crate) slots: u32,
-    /// Requested bytes of those slots.
-    pub(crate) requested: usize,
+    /// Requested bytes of the raw slots among them (the threads that posted typed
+    /// frees counted theirs).
+    pub(crate) raw_requested: usize,
     /// Posts refused now: frees of slots that were not live with the kind posted.
     pub(crate) refused: u32,
 }
@@ -175,35 +187,51 @@ pub(crate) struct Collected {
 impl Slab {
     /// A spare record owned by `heap`, for slabs of up to `capacity` slots.
     pub(crate) fn new(heap: *const Heap, capacity: u32) -> Slab {
-        let words = (capacity as usize).div_ceil(64);
-        let posts = (capacity as usize).div_ceil(POSTS_PER_WORD);
+        let groups = (0..(capacity as usize).div_ceil(GROUP))
+            .map(|_| Group {
+                free: AtomicU64::new(0),
+                raw: AtomicU64::new(0),
+                posts: std::array::from_fn(|_| AtomicU64::new(1 << 32)),
+            })
+            .collect();
         Slab {
-            gen: AtomicU32::new(1),
             base: AtomicUsize::new(0),
             stride: AtomicUsize::new(PAGE),
+            magic: AtomicU64::new(magic_for(PAGE)),
+            groups,
             slots: AtomicU32::new(0),
             class: AtomicU32::new(0),
-            magic: AtomicU64::new(magic_for(PAGE)),
-            heap,
-            capacity,
-            free: atomics(words, || AtomicU64::new(0)),
-            raw: atomics(words, || AtomicU64::new(0)),
-            requested: atomics(capacity as usize, || AtomicU32::new(0)),
-            posts: atomics(posts, || AtomicU64::new(1 << 32)),
-            in_inbox: AtomicBool::new(false),
-            inbox_next: AtomicPtr::new(std::ptr::null_mut()),
+            gen: AtomicU32::new(1),
+            live: AtomicU32::new(0),
             own: UnsafeCell::new(Own {
                 base: std::ptr::null_mut(),
-                bytes: 0,
                 cursor: 0,
-                live: 0,
                 high: 0,
                 fresh: false,
                 place: Place::Spare,
+                bytes: 0,
                 prev: std::ptr::null(),
                 next: std::ptr::null(),
             }),
+            heap,
+            capacity,
+            requested: (0..capacity).map(|_| AtomicU32::new(0)).collect(),
+            in_inbox: AtomicBool::new(false),
+            inbox_next: AtomicPtr::new(std::ptr::null_mut()),
+            all_next: AtomicPtr::new(std::ptr::null_mut()),
         }
+    }
+
+    #[inline(always)]
+    fn group(&self, slot: u32) -> &Group {
+        debug_assert!(slot < self.capacity);
+        // SAFETY: every caller passes a slot below the slab's slot count, which is at
+        // most the capacity, and the record has `capacity / 64` groups, rounded up.
+        unsafe { self.groups.get_unchecked(slot as usize / GROUP) }
+    }
+
+    fn groups(&self) -> &[Group] {
+        &self.groups[..(self.slots.load(Relaxed) as usize).div_ceil(GROUP)]
     }
 
     /// The owner's side.
@@ -212,7 +240,7 @@ impl Slab {
     ///
     /// The caller holds the owning heap (it is its thread between the heap's `enter`
     /// and `leave`, or it stopped the heap), and no other reference from `own` is live.
-    #[inline]
+    #[inline(always)]
     #[allow(clippy::mut_from_ref)]
     pub(crate) unsafe fn own(&self) -> &mut Own {
         // SAFETY: by the caller's contract, nobody else touches `own` now.
@@ -220,7 +248,7 @@ impl Slab {
     }
 
     /// The heap that owns the record.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn heap(&self) -> *const Heap {
         self.heap
     }
@@ -230,19 +258,31 @@ impl Slab {
     }
 
     /// The class of the slab (owner's view, or a reader's that holds a live slot).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn class(&self) -> u32 {
         self.class.load(Relaxed)
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn stride(&self) -> usize {
         self.stride.load(Relaxed)
     }
 
-    #[inline]
+    /// The multiplier that divides an offset by the stride.
+    #[inline(always)]
+    pub(crate) fn magic(&self) -> u64 {
+        self.magic.load(Relaxed)
+    }
+
+    #[inline(always)]
     pub(crate) fn slots(&self) -> u32 {
         self.slots.load(Relaxed)
+    }
+
+    /// Live slots now.
+    #[inline(always)]
+    pub(crate) fn live(&self) -> u32 {
+        self.live.load(Relaxed)
     }
 
     /// Whether the record holds a slab now.
@@ -279,27 +319,25 @@ impl Slab {
         self.slots.store(slots, Relaxed);
         self.class.store(class, Relaxed);
         self.magic.store(magic_for(stride), Relaxed);
-        let full_words = slots as usize / 64;
-        for (i, w) in self.free.iter().enumerate() {
-            let bits = match i.cmp(&full_words) {
+        self.live.store(0, Relaxed);
+        let full_groups = slots as usize / GROUP;
+        for (i, g) in self.groups.iter().enumerate() {
+            let bits = match i.cmp(&full_groups) {
                 std::cmp::Ordering::Less => u64::MAX,
-                std::cmp::Ordering::Equal => (1u64 << (slots % 64)) - 1,
+                std::cmp::Ordering::Equal => (1u64 << (slots as usize % GROUP)) - 1,
                 std::cmp::Ordering::Greater => 0,
             };
-            w.store(bits, Relaxed);
-        }
-        for w in self.raw.iter() {
-            w.store(0, Relaxed);
-        }
-        for w in self.posts.iter() {
-            w.store((gen as u64) << 32, Relaxed);
+            g.free.store(bits, Relaxed);
+            g.raw.store(0, Relaxed);
+            for w in &g.posts {
+                w.store((gen as u64) << 32, Relaxed);
+            }
         }
         // SAFETY: by the caller's contract.
         let own = unsafe { self.own() };
         own.base = base.as_ptr();
         own.bytes = bytes;
         own.cursor = 0;
-        own.live = 0;
         own.high = 0;
         own.fresh = fresh;
         self.gen.store(gen, Release);
@@ -316,8 +354,10 @@ impl Slab {
         debug_assert!(gen & 1 == 0);
         let dead = gen.wrapping_add(1);
         let mut refused = 0;
-        for w in self.posts.iter() {
-            refused += (w.swap((dead as u64) << 32, AcqRel) & POST_BITS).count_ones();
+        for g in self.groups() {
+            for w in &g.posts {
+                refused += (w.swap((dead as u64) << 32, AcqRel) & POST_BITS).count_ones();
+            }
         }
         self.gen.store(dead, Release);
         refused
@@ -330,15 +370,15 @@ impl Slab {
     /// # Safety
     ///
     /// The caller holds the owning heap and passes this record's `own`.
-    #[inline]
+    #[inline(always)]
     pub(crate) unsafe fn take_slot(&self, own: &mut Own) -> Option<u32> {
-        let words = &self.free;
-        while (own.cursor as usize) < words.len() {
-            let word = &words[own.cursor as usize];
-            let bits = word.load(Relaxed);
+        let groups = (self.slots.load(Relaxed) as usize).div_ceil(GROUP) as u32;
+        while own.cursor < groups {
+            let free = &self.group(own.cursor * GROUP as u32).free;
+            let bits = free.load(Relaxed);
             if bits != 0 {
-                word.store(bits & (bits - 1), Relaxed);
-                return Some(own.cursor * 64 + bits.trailing_zeros());
+                free.store(bits & (bits - 1), Relaxed);
+                return Some(own.cursor * GROUP as u32 + bits.trailing_zeros());
             }
             own.cursor += 1;
         }
@@ -352,7 +392,7 @@ impl Slab {
     ///
     /// The caller holds the owning heap and passes this record's `own`; `slot` was
     /// just returned by [`take_slot`](Self::take_slot).
-    #[inline]
+    #[inline(always)]
     pub(crate) unsafe fn hand_out(
         &self,
         own: &mut Own,
@@ -360,30 +400,40 @@ impl Slab {
         raw: bool,
         requested: usize,
     ) -> (bool, u32) {
+        let g = self.group(slot);
         if raw {
-            let w = &self.raw[(slot / 64) as usize];
-            w.store(w.load(Relaxed) | 1 << (slot % 64), Relaxed);
+            g.raw
+                .store(g.raw.load(Relaxed) | 1 << (slot as usize % GROUP), Relaxed);
+            self.requested[slot as usize].store(requested as u32, Relaxed);
         }
-        self.requested[slot as usize].store(requested as u32, Relaxed);
-        own.live += 1;
+        self.live.store(self.live.load(Relaxed) + 1, Relaxed);
         let zero = own.fresh && slot >= own.high;
         if slot >= own.high {
             own.high = slot + 1;
         }
         // A post that reached this slot before now was made while it was free: it is
         // stale (a double free that raced with the owner), and goes.
-        let word = &self.posts[slot as usize / POSTS_PER_WORD];
+        let word = &g.posts[slot as usize % GROUP / POSTS_PER_WORD];
         let shift = 2 * (slot as usize % POSTS_PER_WORD);
-        let stale = (word.load(Relaxed) >> shift) & 3;
-        if stale != 0 {
+        if (word.load(Relaxed) >> shift) & 3 != 0 {
             let before = word.fetch_and(!(3 << shift), AcqRel);
             return (zero, ((before >> shift) & 3).count_ones());
         }
         (zero, 0)
     }
 
+    /// Marks live `slot` raw, requested for `requested` bytes (a block of the hot
+    /// stack handed out raw).
+    #[inline(always)]
+    pub(crate) fn mark_raw(&self, slot: u32, requested: usize) {
+        let g = self.group(slot);
+        g.raw
+            .store(g.raw.load(Relaxed) | 1 << (slot as usize % GROUP), Relaxed);
+        self.requested[slot as usize].store(requested as u32, Relaxed);
+    }
+
     /// The address of `slot`, with the pages' provenance.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn slot_ptr(&self, own: &Own, slot: u32) -> NonNull<u8> {
         let offset = slot as usize * self.stride.load(Relaxed);
         debug_assert!(offset < own.bytes);
@@ -391,8 +441,8 @@ impl Slab {
         unsafe { NonNull::new_unchecked(own.base.add(offset)) }
     }
 
-    /// The slot `addr` starts, or why it starts none (owner's view: exact).
-    #[inline]
+    /// The slot `addr` starts, or why it starts none.
+    #[inline(always)]
     pub(crate) fn slot_of(&self, addr: usize) -> Result<u32, PointerError> {
         let base = self.base.load(Relaxed);
         let stride = self.stride.load(Relaxed);
@@ -412,18 +462,31 @@ impl Slab {
     }
 
     /// Whether `slot` is live, and with which raw flag.
-    #[inline]
+    #[inline(always)]
     fn state(&self, slot: u32) -> Option<bool> {
-        let (w, b) = ((slot / 64) as usize, slot % 64);
-        if self.free[w].load(Relaxed) >> b & 1 != 0 {
+        let g = self.group(slot);
+        let bit = slot as usize % GROUP;
+        if g.free.load(Relaxed) >> bit & 1 != 0 {
             return None;
         }
-        Some(self.raw[w].load(Relaxed) >> b & 1 != 0)
+        Some(g.raw.load(Relaxed) >> bit & 1 != 0)
     }
 
-    /// The owner checks a free of live `slot` with raw flag `raw`: the size that
-    /// was requested for it, or why the free is refused.
-    #[inline]
+    /// Whether the owner may free `slot` held with raw flag `raw`: live with that
+    /// flag, and no free of it posted by another thread.
+    #[inline(always)]
+    pub(crate) fn may_free(&self, slot: u32, raw: bool) -> bool {
+        let g = self.group(slot);
+        let bit = slot as usize % GROUP;
+        let word = g.posts[bit / POSTS_PER_WORD].load(Relaxed);
+        (g.free.load(Relaxed) >> bit & 1) == 0
+            && (g.raw.load(Relaxed) >> bit & 1 != 0) == raw
+            && (word >> (2 * (bit % POSTS_PER_WORD))) & 3 == 0
+    }
+
+    /// The owner checks a free of `slot` with raw flag `raw`; for a raw slot, the
+    /// size that was requested for it.
+    #[inline(always)]
     pub(crate) fn check_owned(&self, slot: u32, raw: bool) -> Result<usize, PointerError> {
         match self.state(slot) {
             None => return Err(PointerError::NotLive),
@@ -431,14 +494,15 @@ impl Slab {
             Some(_) => {}
         }
         // A free of it posted by another thread came first.
-        let word = self.posts[slot as usize / POSTS_PER_WORD].load(Relaxed);
+        let word = self.group(slot).posts[slot as usize % GROUP / POSTS_PER_WORD].load(Relaxed);
         if (word >> (2 * (slot as usize % POSTS_PER_WORD))) & 3 != 0 {
             return Err(PointerError::NotLive);
         }
-        Ok(self.requested[slot as usize].load(Relaxed) as usize)
+        Ok(if raw { self.requested(slot) } else { 0 })
     }
 
-    /// The requested size of live `slot` (checked by the caller).
+    /// The requested size of live raw `slot`.
+    #[inline(always)]
     pub(crate) fn requested(&self, slot: u32) -> usize {
         self.requested[slot as usize].load(Relaxed) as usize
     }
@@ -448,20 +512,20 @@ impl Slab {
     /// # Safety
     ///
     /// The caller holds the owning heap and passes this record's `own`.
-    #[inline]
+    #[inline(always)]
     pub(crate) unsafe fn release(&self, own: &mut Own, slot: u32) {
-        let (w, b) = ((slot / 64) as usize, slot % 64);
-        let raw = &self.raw[w];
-        let bits = raw.load(Relaxed);
-        if bits >> b & 1 != 0 {
-            raw.store(bits & !(1 << b), Relaxed);
+        let g = self.group(slot);
+        let bit = 1u64 << (slot as usize % GROUP);
+        let raw = g.raw.load(Relaxed);
+        if raw & bit != 0 {
+            g.raw.store(raw & !bit, Relaxed);
         }
-        let free = &self.free[w];
-        free.store(free.load(Relaxed) | 1 << b, Relaxed);
-        if (w as u32) < own.cursor {
-            own.cursor = w as u32;
+        g.free.store(g.free.load(Relaxed) | bit, Relaxed);
+        let group = slot / GROUP as u32;
+        if group < own.cursor {
+            own.cursor = group;
         }
-        own.live -= 1;
+        self.live.store(self.live.load(Relaxed) - 1, Relaxed);
     }
 
     // ---- remote frees ----------------------------------------------------------
@@ -469,7 +533,7 @@ impl Slab {
     /// Posts a free of `addr` by a thread that does not own the slab; see the module
     /// docs for what is checked. One compare-and-swap, and for the first post since
     /// the owner last collected, one swap (then the caller pushes the slab onto the
-    /// owner's inbox).
+    /// owner's inbox). Returns the slot's stride and class with the outcome.
     pub(crate) fn post(&self, addr: usize, raw: bool) -> Result<Posted, PointerError> {
         let gen = self.gen.load(Acquire);
         if gen & 1 != 0 {
@@ -487,7 +551,7 @@ impl Slab {
             Some(r) if r != raw => return Err(PointerError::NotRaw),
             Some(_) => {}
         }
-        let word = &self.posts[slot as usize / POSTS_PER_WORD];
+        let word = &self.group(slot).posts[slot as usize % GROUP / POSTS_PER_WORD];
         let shift = 2 * (slot as usize % POSTS_PER_WORD);
         let mine = (1 + raw as u64) << shift;
         let mut current = word.load(Relaxed);
@@ -546,45 +610,44 @@ impl Slab {
         if self.gen.load(Relaxed) & 1 != 0 {
             return done;
         }
-        let slots = self.slots.load(Relaxed) as usize;
-        for (w, word) in self.posts[..slots.div_ceil(POSTS_PER_WORD)]
-            .iter()
-            .enumerate()
-        {
-            if word.load(SeqCst) & POST_BITS == 0 {
-                continue;
-            }
-            let mut bits = word.fetch_and(!POST_BITS, AcqRel) & POST_BITS;
-            while bits != 0 {
-                let pair = bits.trailing_zeros() & !1;
-                let kinds = (bits >> pair) & 3;
-                bits &= !(3 << pair);
-                let slot = (w * POSTS_PER_WORD) as u32 + pair / 2;
-                match self.state(slot) {
-                    Some(raw) if kinds & (1 << raw as u32) != 0 => {
-                        done.requested += self.requested(slot);
-                        // SAFETY: by the caller's contract.
-                        unsafe { self.release(own, slot) };
-                        done.slots += 1;
-                        done.refused += kinds.count_ones() - 1;
+        for (g, group) in self.groups().iter().enumerate() {
+            for (w, word) in group.posts.iter().enumerate() {
+                if word.load(SeqCst) & POST_BITS == 0 {
+                    continue;
+                }
+                let mut bits = word.fetch_and(!POST_BITS, AcqRel) & POST_BITS;
+                while bits != 0 {
+                    let pair = bits.trailing_zeros() & !1;
+                    let kinds = (bits >> pair) & 3;
+                    bits &= !(3 << pair);
+                    let slot = (g * GROUP + w * POSTS_PER_WORD) as u32 + pair / 2;
+                    match self.state(slot) {
+                        Some(raw) if kinds & (1 << raw as u32) != 0 => {
+                            if raw {
+                                done.raw_requested += self.requested(slot);
+                            }
+                            // SAFETY: by the caller's contract.
+                            unsafe { self.release(own, slot) };
+                            done.slots += 1;
+                            done.refused += kinds.count_ones() - 1;
+                        }
+                        _ => done.refused += kinds.count_ones(),
                     }
-                    _ => done.refused += kinds.count_ones(),
                 }
             }
         }
         done
     }
 
-    /// Posts pending now (for statistics; racy by nature).
-    pub(crate) fn pending_posts(&self) -> u32 {
-        let slots = self.slots.load(Relaxed) as usize;
-        self.posts[..slots.div_ceil(POSTS_PER_WORD).min(self.posts.len())]
+    /// Whether posts are pending now (racy by nature: for deciding to collect).
+    pub(crate) fn has_posts(&self) -> bool {
+        self.groups()
             .iter()
-            .map(|w| (w.load(Relaxed) & POST_BITS).count_ones())
-            .sum()
+            .flat_map(|g| g.posts.iter())
+            .any(|w| w.load(Relaxed) & POST_BITS != 0)
     }
 
-    /// Live slots as `(slot, raw)` (owner's view), for snapshots.
+    /// Live slots as `(slot, raw)`, for snapshots.
     pub(crate) fn live_slots(&self) -> impl Iterator<Item = (u32, bool)> + '_ {
         (0..self.slots.load(Relaxed)).filter_map(|s| self.state(s).map(|raw| (s, raw)))
     }
@@ -626,5 +689,11 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_group_is_one_cache_line() {
+        assert_eq!(std::mem::size_of::<Group>(), 64);
+        assert_eq!(std::mem::align_of::<Group>(), 64);
     }
 }

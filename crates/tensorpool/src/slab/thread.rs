@@ -113,9 +113,9 @@ mod membarrier {
 impl Heap {
     /// Starts an operation of the owner; `false` if one is running already (a
     /// reentrant call: the caller uses the shared heap).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn enter(&self) -> bool {
-        let h = &self.handshake;
+        let h = &self.hot;
         if h.active.load(Relaxed) != 0 {
             return false;
         }
@@ -128,18 +128,18 @@ impl Heap {
     }
 
     /// Ends an operation of the owner.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn leave(&self) {
-        self.handshake.active.store(0, Release);
+        self.hot.active.store(0, Release);
     }
 
     #[cold]
     fn yield_to_stopper(&self) {
-        let h = &self.handshake;
+        let h = &self.hot;
         loop {
             h.active.store(0, Release);
             // The stopper holds the mutex while it works.
-            drop(h.stopper.lock());
+            drop(self.stopper.lock());
             h.active.store(1, Relaxed);
             owner_fence();
             if h.signal.load(Acquire) == 0 {
@@ -161,18 +161,18 @@ impl<'a> Stopped<'a> {
     pub(crate) fn all(heaps: &[&'a Heap]) -> Stopped<'a> {
         let mut stopped = Vec::with_capacity(heaps.len());
         for &heap in heaps {
-            let guard = heap.handshake.stopper.lock();
-            heap.handshake.signal.store(1, Relaxed);
+            let guard = heap.stopper.lock();
+            heap.hot.signal.store(1, Relaxed);
             stopped.push((heap, guard));
         }
         if !stopper_fence() {
             for (heap, _) in &stopped {
-                heap.handshake.signal.store(0, Release);
+                heap.hot.signal.store(0, Release);
             }
             return Stopped { heaps: Vec::new() };
         }
         for (heap, _) in &stopped {
-            while heap.handshake.active.load(Acquire) != 0 {
+            while heap.hot.active.load(Acquire) != 0 {
                 spin_wait();
             }
         }
@@ -188,7 +188,7 @@ impl<'a> Stopped<'a> {
 impl Drop for Stopped<'_> {
     fn drop(&mut self) {
         for (heap, guard) in self.heaps.drain(..) {
-            heap.handshake.signal.store(0, Release);
+            heap.hot.signal.store(0, Release);
             drop(guard);
         }
     }
@@ -240,33 +240,79 @@ loom::thread_local! {
     };
 }
 
+/// The calling thread's heap of `engine`, inside an operation that lasts as long as
+/// the returned guard; `None` when the thread cannot use its heap now (thread-local
+/// destruction, reentrancy).
+#[inline(always)]
+pub(crate) fn enter(engine: &Arc<Engine>) -> Option<Entered<'_>> {
+    // A closure this small lets `try_with` inline: the hot path stays in the caller.
+    let t: *const ThreadHeaps = HEAPS.try_with(|t| t as *const ThreadHeaps).ok()?;
+    // SAFETY: the calling thread's own thread-local, which lives until the thread
+    // exits: not before this call returns (`try_with` refused once it is destroyed).
+    let t = unsafe { &*t };
+    let heap = if t.last_engine.get() == engine.id {
+        t.last_heap.get()
+    } else {
+        bind(t, engine)?
+    };
+    // SAFETY: heaps live as long as their engine, which the caller holds.
+    let heap = unsafe { &*heap };
+    heap.enter().then_some(Entered { heap })
+}
+
+/// [`enter`] if the calling thread already has a heap of `engine` (a free from a
+/// thread without one cannot be into its own slab, and makes none).
+#[inline(always)]
+pub(crate) fn enter_bound(engine: &Arc<Engine>) -> Option<Entered<'_>> {
+    let t: *const ThreadHeaps = HEAPS.try_with(|t| t as *const ThreadHeaps).ok()?;
+    // SAFETY: as in `enter`.
+    let t = unsafe { &*t };
+    let heap = if t.last_engine.get() == engine.id {
+        t.last_heap.get()
+    } else {
+        let known = t
+            .all
+            .try_borrow()
+            .ok()?
+            .iter()
+            .any(|b| b.engine == engine.id);
+        if !known {
+            return None;
+        }
+        bind(t, engine)?
+    };
+    // SAFETY: heaps live as long as their engine, which the caller holds.
+    let heap = unsafe { &*heap };
+    heap.enter().then_some(Entered { heap })
+}
+
+/// An operation of the calling thread on its heap: ends when dropped.
+pub(crate) struct Entered<'h> {
+    pub(crate) heap: &'h Heap,
+}
+
+impl Entered<'_> {
+    /// The owner's token for the heap.
+    #[inline(always)]
+    pub(crate) fn owned(&self) -> super::heap::Owned<'_> {
+        // SAFETY: the calling thread holds its heap inside this operation.
+        unsafe { self.heap.owned() }
+    }
+}
+
+impl Drop for Entered<'_> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        self.heap.leave();
+    }
+}
+
 /// Runs `f` on the calling thread's heap of `engine`, inside an operation; `None`
-/// when the thread cannot use its heap now (thread-local destruction, reentrancy).
-#[inline]
+/// when the thread cannot use its heap now.
+#[inline(always)]
 pub(crate) fn with_heap<R>(engine: &Arc<Engine>, f: impl FnOnce(&Heap) -> R) -> Option<R> {
-    HEAPS
-        .try_with(|t| {
-            let heap = if t.last_engine.get() == engine.id {
-                t.last_heap.get()
-            } else {
-                bind(t, engine)?
-            };
-            // SAFETY: heaps live as long as their engine, which the caller holds.
-            let heap = unsafe { &*heap };
-            if !heap.enter() {
-                return None;
-            }
-            struct Leave<'h>(&'h Heap);
-            impl Drop for Leave<'_> {
-                fn drop(&mut self) {
-                    self.0.leave();
-                }
-            }
-            let _leave = Leave(heap);
-            Some(f(heap))
-        })
-        .ok()
-        .flatten()
+    let entered = enter(engine)?;
+    Some(f(entered.heap))
 }
 
 /// The calling thread's heap of `engine`, if it has one (no new binding).
