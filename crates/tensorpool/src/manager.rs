@@ -648,10 +648,14 @@ impl Inner {
         if !self.fast || align > MAX_ALIGN || size.wrapping_sub(1) >= crate::MAX_ALLOCATION_SIZE {
             return None;
         }
-        let class = self
-            .engine
-            .class_for(size, align.max(self.config.alignment))?;
-        self.engine.try_allocate(class, size, raw)
+        let align = align.max(self.config.alignment);
+        match self.engine.class_for(size, align) {
+            Some(class) => self.engine.try_allocate(class, size, raw),
+            None => {
+                let pages = self.engine.span_for(size, align)?;
+                self.engine.try_allocate_span(pages, size, raw)
+            }
+        }
     }
 
     /// The hot path of typed frees: `true` if the block was freed.

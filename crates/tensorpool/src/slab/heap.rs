@@ -168,6 +168,11 @@ pub(crate) struct State {
     records: Vec<Box<Slab>>,
     /// Bytes of empty slabs (not current) and cached blocks.
     cached: usize,
+    /// The slab of the last free that had to look in the page map, and its pages:
+    /// the next free of a block near it skips the map.
+    last: *const Slab,
+    last_base: usize,
+    last_bytes: usize,
 }
 
 /// One thread's heap in one engine.
@@ -224,6 +229,9 @@ impl Heap {
                 spare: [std::ptr::null(); RECORD_TIERS.len()],
                 records: Vec::new(),
                 cached: 0,
+                last: std::ptr::null(),
+                last_base: 0,
+                last_bytes: 0,
             }),
             stopper: Mutex::new(()),
             inbox: AtomicPtr::new(std::ptr::null_mut()),
@@ -426,7 +434,14 @@ impl Owned<'_> {
         let own = self.own(slab);
         let class = slab.class();
         if class == SPAN_CLASS {
-            return self.free(eng, slab, addr, raw, size).is_ok();
+            // SAFETY: this heap owns the slab; the slot was checked live.
+            unsafe { slab.release(own, slot) };
+            let tier = self.tier(LARGE);
+            tier.frees.add(1);
+            tier.bytes.sub(own.bytes as u64);
+            tier.requested.sub(requested as u64);
+            self.cache_span(eng, slab, own);
+            return true;
         }
         // SAFETY: this heap owns the slab; the slot was checked live.
         unsafe { slab.release(own, slot) };
@@ -484,6 +499,28 @@ impl Owned<'_> {
         tier.bytes.sub(geometry.stride as u64);
         tier.requested.sub(size as u64);
         true
+    }
+
+    /// The slab of the last free that looked in the page map, if it holds `addr`.
+    #[inline(always)]
+    pub(crate) fn last_holding(&self, addr: usize) -> Option<&Slab> {
+        let st = self.state();
+        if addr.wrapping_sub(st.last_base) < st.last_bytes {
+            // SAFETY: `last` is a slab of this heap (forgotten when it is given back).
+            Some(unsafe { &*st.last })
+        } else {
+            None
+        }
+    }
+
+    /// Remembers `slab`, of this heap, for [`last_holding`](Self::last_holding).
+    #[inline(always)]
+    pub(crate) fn remember(&self, slab: &Slab) {
+        let own = self.own(slab);
+        let st = self.state();
+        st.last = slab;
+        st.last_base = own.base.addr();
+        st.last_bytes = own.bytes;
     }
 
     /// Marks the blocks of `class`'s hot stack free in the current slab's bitmap.
@@ -985,6 +1022,11 @@ impl Owned<'_> {
         }
         let (base, bytes) = (own.base, own.bytes);
         eng.map.set(base.addr(), bytes, std::ptr::null());
+        let st = self.state();
+        if std::ptr::eq(st.last, slab) {
+            st.last = std::ptr::null();
+            st.last_bytes = 0;
+        }
         let class = slab.class();
         let counts = &self.heap.counts;
         if class == SPAN_CLASS {

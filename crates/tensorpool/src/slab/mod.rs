@@ -351,6 +351,20 @@ impl Engine {
         enter(self)?.owned().try_allocate(self, class, size, raw)
     }
 
+    /// The hot path of a large block: one of `pages` pages from the calling thread's
+    /// cache, or `None` (then [`allocate_span`](Self::allocate_span)).
+    #[inline(always)]
+    pub(crate) fn try_allocate_span(
+        self: &Arc<Self>,
+        pages: usize,
+        size: usize,
+        raw: bool,
+    ) -> Option<NonNull<u8>> {
+        let entered = enter(self)?;
+        let served = entered.owned().allocate_span_fast(self, pages, size, raw);
+        served.map(|(ptr, _)| ptr)
+    }
+
     /// The hot path of a free: `true` if `addr` was a live block of the calling
     /// thread's slabs, now free; `false` if the slow path ([`free`](Self::free))
     /// must look (another thread's slab, another tier, a bad pointer): nothing
@@ -373,11 +387,18 @@ impl Engine {
                 return true;
             }
         }
+        if let Some(slab) = owned.last_holding(addr) {
+            return owned.try_free(self, slab, addr, raw, size);
+        }
         // SAFETY: records live as long as the engine.
         let Some(slab) = (unsafe { self.map.get(addr).as_ref() }) else {
             return false;
         };
-        std::ptr::eq(slab.heap(), entered.heap) && owned.try_free(self, slab, addr, raw, size)
+        if !std::ptr::eq(slab.heap(), entered.heap) {
+            return false;
+        }
+        owned.remember(slab);
+        owned.try_free(self, slab, addr, raw, size)
     }
 
     /// A block of class `class` for `size` bytes, and whether it is known zero.
