@@ -1,9 +1,8 @@
-//! Threads: tensorpool's manager (its per-thread caches) against the system allocator,
+//! Threads: tensorpool's manager (its thread-owned slabs) against the system allocator,
 //! mimalloc and jemalloc, in one process (workloads in `src/workloads.rs`):
 //!
-//! - `local/<allocator>/<threads>`: each thread allocates and frees its own blocks
-//!   (64 B to 4 KiB, a ring of 16 live blocks per thread); time per round, each
-//!   thread doing one allocate + free per round.
+//! - `local/<allocator>/<threads>`: each thread allocates 64 blocks of mixed sizes
+//!   (64 B to 16 KiB) and frees them; time per round of 64 pairs per thread.
 //! - `producer-consumer/<allocator>`: one thread allocates, another frees what it
 //!   receives; time per block.
 //!

@@ -32,6 +32,18 @@ impl Effort {
     pub const SMOKE: Effort = Effort { runs: 1, scale: 0 };
 }
 
+/// Block sizes of the pair benchmarks (64 B to 256 KiB: the issue's range).
+pub const PAIR_SIZES: [usize; 7] = [64, 256, 1024, 4096, 16 << 10, 64 << 10, 256 << 10];
+/// Sizes of the raw (sizeless free) pairs.
+pub const RAW_SIZES: [usize; 5] = [64, 256, 1024, 4096, 64 << 10];
+/// Sizes of the large touched blocks, in MiB.
+pub const LARGE_MIB: [usize; 4] = [1, 4, 16, 64];
+
+/// The number of steps [`run`] reports to its progress callback.
+pub fn steps(threads: &[usize]) -> usize {
+    2 * PAIR_SIZES.len() + RAW_SIZES.len() + 1 + LARGE_MIB.len() + threads.len() + 1
+}
+
 /// The median time per unit of work: `run(units)` is timed `effort.runs` times.
 fn median_per_unit(effort: Effort, units: u64, mut run: impl FnMut(u64) -> Duration) -> f64 {
     // The smoke run does a hundredth of the quick one.
@@ -58,50 +70,101 @@ fn ns(v: f64) -> String {
     }
 }
 
-/// Runs every microbenchmark and returns the report. `progress` is told each step.
+fn size(bytes: usize) -> String {
+    match bytes {
+        b if b >= 1 << 20 => format!("{} MiB", b >> 20),
+        b if b >= 1 << 10 => format!("{} KiB", b >> 10),
+        b => format!("{b} B"),
+    }
+}
+
+const PEERS: &str = "system | mimalloc | jemalloc";
+const HEADER_RATIOS: &str = "/ system | / mimalloc | / jemalloc";
+
+fn header(out: &mut String, first: &str) {
+    let _ = writeln!(out, "| {first} | tensorpool | {PEERS} | {HEADER_RATIOS} |");
+    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+}
+
+/// Runs every microbenchmark and returns the report. `progress` is told each of the
+/// [`steps`] steps.
 pub fn run(effort: Effort, threads: &[usize], mut progress: impl FnMut(&str)) -> String {
     let subjects: Vec<Subject> = Kind::ALL
         .iter()
         .map(|&k| Subject::new(k, &Config::default()).expect("the default config is valid"))
         .collect();
+    let scale = effort.scale.max(1);
     let mut out = String::new();
-    let peers = "system | mimalloc | jemalloc";
 
     let _ = writeln!(
         out,
         "Allocate + free, hot, 64-byte aligned (time per pair; ratios: tensorpool / peer)\n"
     );
+    header(&mut out, "size");
+    for bytes in PAIR_SIZES {
+        progress(&format!("pairs of {}", size(bytes)));
+        let layout = Layout::from_size_align(bytes, 64).expect("valid sizes");
+        let t: Vec<f64> = subjects
+            .iter()
+            .map(|s| median_per_unit(effort, 200_000 * scale, |n| workloads::pairs(s, layout, n)))
+            .collect();
+        row(&mut out, &size(bytes), &t);
+    }
+
     let _ = writeln!(
         out,
-        "| size | tensorpool | {peers} | / system | / mimalloc | / jemalloc |"
+        "\nAllocate {} blocks, then free them, 64-byte aligned (time per pair)\n",
+        workloads::HELD
     );
-    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for size in [64usize, 256, 1024, 4096, 16384, 65536] {
-        progress(&format!("pairs of {size} B"));
-        let layout = Layout::from_size_align(size, 64).expect("valid sizes");
+    header(&mut out, "size");
+    for bytes in PAIR_SIZES {
+        progress(&format!(
+            "{} held blocks of {}",
+            workloads::HELD,
+            size(bytes)
+        ));
+        let layout = Layout::from_size_align(bytes, 64).expect("valid sizes");
+        let per_round = workloads::HELD as f64;
         let t: Vec<f64> = subjects
             .iter()
             .map(|s| {
-                median_per_unit(effort, 200_000 * effort.scale.max(1), |n| {
-                    workloads::pairs(s, layout, n)
+                median_per_unit(effort, 4_000 * scale, |n| workloads::held(s, layout, n))
+                    / per_round
+            })
+            .collect();
+        row(&mut out, &size(bytes), &t);
+    }
+
+    let _ = writeln!(
+        out,
+        "\nSizeless frees: tensorpool's allocate_raw + free_raw (64-byte aligned, every free \
+         checked) against each peer's malloc + free (time per pair)\n"
+    );
+    header(&mut out, "size");
+    for bytes in RAW_SIZES {
+        progress(&format!("raw pairs of {}", size(bytes)));
+        let t: Vec<f64> = subjects
+            .iter()
+            .map(|s| {
+                median_per_unit(effort, 200_000 * scale, |n| {
+                    workloads::raw_pairs(s, bytes, n)
                 })
             })
             .collect();
-        row(&mut out, &format!("{size} B"), &t);
+        row(&mut out, &size(bytes), &t);
     }
 
     progress("arena");
-    let layout = Layout::from_size_align(64, 8).expect("a valid layout");
     let mut arena = Arena::new();
     let mut bump = bumpalo::Bump::new();
     let round = workloads::ARENA_ROUND as f64;
-    let tp = median_per_unit(effort, 200 * effort.scale.max(1), |n| {
-        workloads::arena(&mut arena, layout, n)
-    }) / round;
-    let bp = median_per_unit(effort, 200 * effort.scale.max(1), |n| {
-        workloads::bumpalo(&mut bump, layout, n)
-    }) / round;
-    let _ = writeln!(out, "\nArena allocations of 64 B (time per allocation)\n");
+    let tp = median_per_unit(effort, 200 * scale, |n| workloads::arena(&mut arena, n)) / round;
+    let bp = median_per_unit(effort, 200 * scale, |n| workloads::bumpalo(&mut bump, n)) / round;
+    let _ = writeln!(
+        out,
+        "\nArena allocations of 16 B to 4 KiB through `Allocator` on `&Arena`, against \
+         bumpalo's alloc_layout (time per allocation)\n"
+    );
     let _ = writeln!(
         out,
         "| tensorpool | bumpalo | tensorpool / bumpalo |\n|---:|---:|---:|"
@@ -112,14 +175,10 @@ pub fn run(effort: Effort, threads: &[usize], mut progress: impl FnMut(&str)) ->
         out,
         "\nLarge blocks: allocate, write every page, free (time per round)\n"
     );
-    let _ = writeln!(
-        out,
-        "| size | tensorpool | {peers} | / system | / mimalloc | / jemalloc |"
-    );
-    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for mib in [1usize, 4, 16, 64] {
+    header(&mut out, "size");
+    for mib in LARGE_MIB {
         progress(&format!("large blocks of {mib} MiB"));
-        let rounds = (256 / mib as u64).max(2) * effort.scale.max(1);
+        let rounds = (256 / mib as u64).max(2) * scale;
         let t: Vec<f64> = subjects
             .iter()
             .map(|s| median_per_unit(effort, rounds, |n| workloads::large(s, mib << 20, n)))
@@ -127,34 +186,37 @@ pub fn run(effort: Effort, threads: &[usize], mut progress: impl FnMut(&str)) ->
         row(&mut out, &format!("{mib} MiB"), &t);
     }
 
-    let _ = writeln!(out, "\nThreads allocating and freeing their own blocks (time per round of one pair per thread)\n");
     let _ = writeln!(
         out,
-        "| threads | tensorpool | {peers} | / system | / mimalloc | / jemalloc |"
+        "\nThreads, each allocating {} blocks of mixed sizes (64 B to 16 KiB) and then \
+         freeing them (millions of pairs per second, all threads)\n",
+        workloads::HELD
     );
-    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "| threads | tensorpool | {PEERS} |");
+    let _ = writeln!(out, "|---:|---:|---:|---:|---:|");
     let mut per_count = Vec::new();
     for &n in threads {
         progress(&format!("{n} threads"));
-        let t: Vec<f64> = subjects
+        let rounds = 2_000 * scale;
+        let pairs = (n as u64 * rounds * workloads::HELD as u64) as f64;
+        let rates: Vec<f64> = subjects
             .iter()
             .map(|s| {
-                median_per_unit(effort, 200_000 * effort.scale.max(1), |r| {
-                    workloads::local(s, n, r)
-                })
+                let per_round =
+                    median_per_unit(effort, rounds, |r| workloads::local(s, n, r)) * rounds as f64;
+                pairs / per_round * 1e3
             })
             .collect();
-        row(&mut out, &n.to_string(), &t);
-        per_count.push((n, t));
+        let cells: Vec<String> = rates.iter().map(|r| format!("{r:.1} M/s")).collect();
+        let _ = writeln!(out, "| {n} | {} |", cells.join(" | "));
+        per_count.push((n, rates));
     }
-    if let [(n1, t1), rest @ ..] = per_count.as_slice() {
-        for (n, t) in rest {
+    if let [(n1, r1), rest @ ..] = per_count.as_slice() {
+        for (n, r) in rest {
             let scaling: Vec<String> = Kind::ALL
                 .iter()
-                .zip(t1.iter().zip(t))
-                .map(|(k, (&a, &b))| {
-                    format!("{} {:.2}x", k.name(), (*n as f64 / *n1 as f64) * a / b)
-                })
+                .zip(r1.iter().zip(r))
+                .map(|(k, (&a, &b))| format!("{} {:.2}x", k.name(), b / a))
                 .collect();
             let _ = writeln!(
                 out,
@@ -163,24 +225,22 @@ pub fn run(effort: Effort, threads: &[usize], mut progress: impl FnMut(&str)) ->
             );
         }
     }
+
     progress("producer/consumer");
     let t: Vec<f64> = subjects
         .iter()
         .map(|s| {
-            median_per_unit(effort, 100_000 * effort.scale.max(1), |b| {
+            median_per_unit(effort, 100_000 * scale, |b| {
                 workloads::producer_consumer(s, b)
             })
         })
         .collect();
     let _ = writeln!(
         out,
-        "\nProducer/consumer: one thread allocates, another frees (time per block)\n"
+        "\nProducer/consumer: one thread allocates, another frees every block (time per \
+         block)\n"
     );
-    let _ = writeln!(
-        out,
-        "| | tensorpool | {peers} | / system | / mimalloc | / jemalloc |"
-    );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    header(&mut out, "");
     row(&mut out, "blocks", &t);
     out
 }

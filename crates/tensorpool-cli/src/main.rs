@@ -233,7 +233,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 (_, true) => bench::Effort::SMOKE,
                 _ => bench::Effort::QUICK,
             };
-            let bar = progress(cli.quiet, 13 + threads.len());
+            let bar = progress(cli.quiet, bench::steps(&threads));
             let report = bench::run(effort, &threads, |step| {
                 bar.set_message(step.to_string());
                 bar.inc(1);

@@ -112,6 +112,41 @@ impl Subject {
         }
     }
 
+    /// `size` bytes (non-zero) through the allocator's sizeless interface: the raw
+    /// API for tensorpool (64-byte aligned), `malloc` for the others; `None` when
+    /// memory ran out.
+    #[inline]
+    pub fn alloc_raw(&self, size: usize) -> Option<NonNull<u8>> {
+        // SAFETY: the C allocators take any size and return null on failure.
+        let ptr = unsafe {
+            match self {
+                Subject::Tensorpool(mm) => return mm.allocate_raw(size, 64).ok(),
+                Subject::Global(Kind::System, _) => libc::malloc(size),
+                Subject::Global(Kind::Mimalloc, _) => libmimalloc_sys::mi_malloc(size),
+                Subject::Global(_, _) => tikv_jemalloc_sys::malloc(size),
+            }
+        };
+        NonNull::new(ptr.cast())
+    }
+
+    /// Frees a block from [`alloc_raw`](Self::alloc_raw) with its address alone.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` came from `self.alloc_raw` and has not been freed.
+    #[inline]
+    pub unsafe fn free_raw(&self, ptr: NonNull<u8>) {
+        // SAFETY: as the caller promises.
+        unsafe {
+            match self {
+                Subject::Tensorpool(mm) => mm.free_raw(ptr.as_ptr()).expect("a live raw block"),
+                Subject::Global(Kind::System, _) => libc::free(ptr.as_ptr().cast()),
+                Subject::Global(Kind::Mimalloc, _) => libmimalloc_sys::mi_free(ptr.as_ptr().cast()),
+                Subject::Global(_, _) => tikv_jemalloc_sys::free(ptr.as_ptr().cast()),
+            }
+        }
+    }
+
     /// Bytes the allocator holds from the operating system now.
     pub fn reserved_bytes(&self) -> usize {
         match self {

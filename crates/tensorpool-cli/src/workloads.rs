@@ -10,15 +10,16 @@ use std::sync::{mpsc, Arc, Barrier};
 use std::time::{Duration, Instant};
 use tensorpool::{Arena, FixedSizePool};
 
-const PAGE: usize = 4096;
-
 /// Writes one byte in every page of a block, as a tensor's first use does.
 pub fn touch(ptr: NonNull<u8>, size: usize) {
-    for offset in (0..size).step_by(PAGE) {
+    for offset in (0..size).step_by(tensorpool::upstream::page_size()) {
         // SAFETY: `offset < size`, inside the caller's block.
         unsafe { ptr.as_ptr().add(offset).write_volatile(1) };
     }
 }
+
+/// Blocks held at once by the workloads that hold blocks.
+pub const HELD: usize = 64;
 
 /// `rounds` allocate + free pairs of `layout`, hot.
 pub fn pairs(subject: &Subject, layout: Layout, rounds: u64) -> Duration {
@@ -29,6 +30,39 @@ pub fn pairs(subject: &Subject, layout: Layout, rounds: u64) -> Duration {
             .expect("memory for a benchmark");
         // SAFETY: allocated just above with `layout`.
         unsafe { subject.free(black_box(p), layout) };
+    }
+    start.elapsed()
+}
+
+/// `rounds` rounds of: allocate [`HELD`] blocks of `layout`, then free them (first
+/// allocated, first freed). One round is `HELD` pairs.
+pub fn held(subject: &Subject, layout: Layout, rounds: u64) -> Duration {
+    let mut blocks = [NonNull::<u8>::dangling(); HELD];
+    let start = Instant::now();
+    for _ in 0..rounds {
+        for b in blocks.iter_mut() {
+            *b = subject
+                .alloc(black_box(layout))
+                .expect("memory for a benchmark");
+        }
+        for &b in blocks.iter() {
+            // SAFETY: allocated above with `layout`, freed once.
+            unsafe { subject.free(black_box(b), layout) };
+        }
+    }
+    start.elapsed()
+}
+
+/// `rounds` pairs through the sizeless interface (`allocate_raw` + `free_raw`,
+/// `malloc` + `free`) of `size` bytes.
+pub fn raw_pairs(subject: &Subject, size: usize, rounds: u64) -> Duration {
+    let start = Instant::now();
+    for _ in 0..rounds {
+        let p = subject
+            .alloc_raw(black_box(size))
+            .expect("memory for a benchmark");
+        // SAFETY: allocated just above, freed once.
+        unsafe { subject.free_raw(black_box(p)) };
     }
     start.elapsed()
 }
@@ -46,14 +80,20 @@ pub fn pool_pairs(pool: &FixedSizePool, rounds: u64) -> Duration {
 /// Allocations per arena round.
 pub const ARENA_ROUND: u64 = 1000;
 
-/// `rounds` rounds of [`ARENA_ROUND`] allocations of `layout` from tensorpool's arena,
-/// then a reset.
-pub fn arena(arena: &mut Arena, layout: Layout, rounds: u64) -> Duration {
+/// The sizes of an arena round: 16 B to 4 KiB, cycling.
+fn arena_layout(i: u64) -> Layout {
+    const SIZES: [usize; 9] = [16, 32, 64, 128, 256, 512, 1024, 2048, 4096];
+    Layout::from_size_align(SIZES[i as usize % SIZES.len()], 8).expect("valid sizes")
+}
+
+/// `rounds` rounds of [`ARENA_ROUND`] allocations of 16 B to 4 KiB from tensorpool's
+/// arena through the `Allocator` trait on `&Arena`, then a reset.
+pub fn arena(arena: &mut Arena, rounds: u64) -> Duration {
     let start = Instant::now();
     for _ in 0..rounds {
-        for _ in 0..ARENA_ROUND {
+        for i in 0..ARENA_ROUND {
             black_box(
-                allocator_api2::alloc::Allocator::allocate(&*arena, black_box(layout))
+                allocator_api2::alloc::Allocator::allocate(&*arena, black_box(arena_layout(i)))
                     .expect("memory for a benchmark"),
             );
         }
@@ -62,12 +102,12 @@ pub fn arena(arena: &mut Arena, layout: Layout, rounds: u64) -> Duration {
     start.elapsed()
 }
 
-/// The same with bumpalo.
-pub fn bumpalo(bump: &mut bumpalo::Bump, layout: Layout, rounds: u64) -> Duration {
+/// The same with bumpalo's `alloc_layout`.
+pub fn bumpalo(bump: &mut bumpalo::Bump, rounds: u64) -> Duration {
     let start = Instant::now();
     for _ in 0..rounds {
-        for _ in 0..ARENA_ROUND {
-            black_box(bump.alloc_layout(black_box(layout)));
+        for i in 0..ARENA_ROUND {
+            black_box(bump.alloc_layout(black_box(arena_layout(i))));
         }
         bump.reset();
     }
@@ -97,72 +137,95 @@ pub fn warm_touch(buffer: &mut [u8], size: usize, rounds: u64) -> Duration {
     start.elapsed()
 }
 
-/// The sizes of the thread workloads: 64 B to 4 KiB.
-fn layout(i: usize) -> Layout {
-    const SIZES: [usize; 8] = [64, 128, 256, 512, 1024, 2048, 3072, 4096];
+/// The sizes of the thread workloads: 64 B to 16 KiB, mixed.
+fn mixed_layout(i: usize) -> Layout {
+    const SIZES: [usize; 12] = [
+        64, 96, 128, 256, 384, 512, 1024, 2048, 3072, 4096, 8192, 16384,
+    ];
     Layout::from_size_align(SIZES[i % SIZES.len()], 64).expect("valid sizes")
 }
 
-/// `threads` threads each doing `rounds` allocate + free of their own blocks (a ring of
-/// 16 live blocks each, one byte written per block); the wall time of all.
+/// `threads` threads each doing `rounds` rounds of: allocate [`HELD`] blocks of
+/// mixed sizes (64 B to 16 KiB, one byte written in each), then free them. The wall
+/// time of all, from a common start; throughput is `threads * rounds * HELD` pairs
+/// over it.
 pub fn local(subject: &Subject, threads: usize, rounds: u64) -> Duration {
     let start = Arc::new(Barrier::new(threads + 1));
     let workers: Vec<_> = (0..threads)
         .map(|t| {
             let (subject, start) = (subject.clone(), start.clone());
             std::thread::spawn(move || {
-                const RING: usize = 16;
-                let mut ring: [Option<(NonNull<u8>, Layout)>; RING] = [None; RING];
+                let mut held = [(NonNull::<u8>::dangling(), mixed_layout(0)); HELD];
+                // Warm up outside the timed part: the thread's first slabs or pages.
+                run_local(&subject, &mut held, t, 4);
                 start.wait();
-                for i in 0..rounds as usize {
-                    let slot = &mut ring[i % RING];
-                    if let Some((ptr, layout)) = slot.take() {
-                        // SAFETY: allocated below with this layout, freed once.
-                        unsafe { subject.free(ptr, layout) };
-                    }
-                    let layout = layout(i * 7 + t);
-                    let ptr = subject.alloc(layout).expect("memory for a benchmark");
-                    // SAFETY: a fresh block of at least one byte.
-                    unsafe { ptr.as_ptr().write_volatile(i as u8) };
-                    *slot = Some((ptr, layout));
-                }
-                for (ptr, layout) in ring.into_iter().flatten() {
-                    // SAFETY: allocated above with this layout, freed once.
-                    unsafe { subject.free(ptr, layout) };
-                }
+                let began = Instant::now();
+                run_local(&subject, &mut held, t, rounds);
+                (began, Instant::now())
             })
         })
         .collect();
     start.wait();
-    let began = Instant::now();
-    for w in workers {
-        w.join().expect("a benchmark thread panicked");
-    }
-    began.elapsed()
+    let spans: Vec<(Instant, Instant)> = workers
+        .into_iter()
+        .map(|w| w.join().expect("a benchmark thread panicked"))
+        .collect();
+    // From the first thread's start to the last one's end, on the threads' own
+    // clocks (the main thread may run late).
+    let first = spans
+        .iter()
+        .map(|s| s.0)
+        .min()
+        .expect("at least one thread");
+    let last = spans
+        .iter()
+        .map(|s| s.1)
+        .max()
+        .expect("at least one thread");
+    last - first
 }
 
-/// One thread allocates `blocks` blocks, another frees them (batches of 64 through a
-/// channel); the wall time.
+fn run_local(subject: &Subject, held: &mut [(NonNull<u8>, Layout); HELD], t: usize, rounds: u64) {
+    for round in 0..rounds as usize {
+        for (i, slot) in held.iter_mut().enumerate() {
+            let layout = mixed_layout(i * 7 + round + t);
+            let ptr = subject.alloc(layout).expect("memory for a benchmark");
+            // SAFETY: a fresh block of at least one byte.
+            unsafe { ptr.as_ptr().write_volatile(i as u8) };
+            *slot = (ptr, layout);
+        }
+        for &(ptr, layout) in held.iter() {
+            // SAFETY: allocated above with this layout, freed once.
+            unsafe { subject.free(ptr, layout) };
+        }
+    }
+}
+
+/// One thread allocates `blocks` blocks (mixed sizes, 64 B to 4 KiB), another frees
+/// them (batches of [`HELD`] through a channel); the wall time.
 pub fn producer_consumer(subject: &Subject, blocks: u64) -> Duration {
     struct Batch(Vec<(NonNull<u8>, Layout)>);
     // SAFETY: a batch owns its blocks; sending it moves that ownership.
     unsafe impl Send for Batch {}
-    const BATCH: usize = 64;
     let (tx, rx) = mpsc::sync_channel::<Batch>(16);
+    let (recycle, spare) = mpsc::channel::<Batch>();
     let start = Arc::new(Barrier::new(3));
     let producer = {
         let (subject, start) = (subject.clone(), start.clone());
         std::thread::spawn(move || {
             start.wait();
-            let mut batch = Vec::with_capacity(BATCH);
+            let mut batch = Vec::with_capacity(HELD);
             for i in 0..blocks as usize {
-                let layout = layout(i);
+                let layout = mixed_layout(i % 10);
                 let ptr = subject.alloc(layout).expect("memory for a benchmark");
                 // SAFETY: a fresh block of at least one byte.
                 unsafe { ptr.as_ptr().write_volatile(1) };
                 batch.push((ptr, layout));
-                if batch.len() == BATCH {
-                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                if batch.len() == HELD {
+                    let next = spare
+                        .try_recv()
+                        .map_or_else(|_| Vec::with_capacity(HELD), |b| b.0);
+                    let full = std::mem::replace(&mut batch, next);
                     tx.send(Batch(full)).expect("the consumer is alive");
                 }
             }
@@ -173,11 +236,12 @@ pub fn producer_consumer(subject: &Subject, blocks: u64) -> Duration {
         let (subject, start) = (subject.clone(), start.clone());
         std::thread::spawn(move || {
             start.wait();
-            for batch in rx {
-                for (ptr, layout) in batch.0 {
+            for mut batch in rx {
+                for (ptr, layout) in batch.0.drain(..) {
                     // SAFETY: allocated by the producer with this layout, freed once.
                     unsafe { subject.free(ptr, layout) };
                 }
+                let _ = recycle.send(batch);
             }
         })
     };

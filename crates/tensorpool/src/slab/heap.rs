@@ -34,6 +34,9 @@ pub(crate) const RECORD_TIERS: [u32; 4] = [1, 64, 512, MAX_SLOTS];
 /// Most slots of one slab.
 pub(crate) const MAX_SLOTS: u32 = 4096;
 
+/// Growth of a heap's live bytes that makes it publish them to the manager's totals.
+pub(crate) const PUBLISH_STEP: usize = 64 << 10;
+
 /// The tiers the engine serves, as indexes of [`Hot::tiers`].
 pub(crate) const SMALL: usize = 0;
 pub(crate) const POOL: usize = 1;
@@ -1130,8 +1133,21 @@ impl Owned<'_> {
     }
 
     /// Adds what this heap handed out since it last published to the manager's
-    /// totals, where peaks are recorded (at slow paths).
+    /// totals, where peaks are recorded, when it grew by [`PUBLISH_STEP`] since (so a
+    /// peak is known within a step per thread; `stats()` adds what is unpublished).
+    /// Slow paths only: two shared read-modify-writes, which threads would fight
+    /// over if every slab switch made them.
     pub(crate) fn publish(&self, eng: &Engine) {
+        let counts = &self.heap.counts;
+        let (allocated, _) = self.heap.net();
+        let grown = allocated.wrapping_sub(counts.published_allocated.get() as usize) as isize;
+        if grown >= PUBLISH_STEP as isize {
+            self.publish_now(eng);
+        }
+    }
+
+    /// Adds everything unpublished to the manager's totals.
+    pub(crate) fn publish_now(&self, eng: &Engine) {
         let counts = &self.heap.counts;
         let (allocated, requested) = self.heap.net();
         let da = allocated.wrapping_sub(counts.published_allocated.get() as usize) as isize;

@@ -631,7 +631,7 @@ impl Engine {
             // SAFETY: the calling thread holds its heap inside this operation.
             let owned = unsafe { heap.owned() };
             owned.flush(self);
-            owned.publish(self);
+            owned.publish_now(self);
             heap.leave();
         }
         let mut reg = self.registry.lock();
@@ -708,7 +708,7 @@ impl Engine {
     pub(crate) fn trim(self: &Arc<Self>) -> usize {
         self.on_every_heap(|owned| {
             let released = owned.flush(self);
-            owned.publish(self);
+            owned.publish_now(self);
             released
         })
     }
@@ -725,7 +725,7 @@ impl Engine {
             // SAFETY: inside an operation of the calling thread's own heap.
             let owned = unsafe { heap.owned() };
             owned.flush(self);
-            owned.publish(self);
+            owned.publish_now(self);
             heap.leave();
         }
     }
