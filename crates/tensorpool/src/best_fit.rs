@@ -94,6 +94,8 @@ pub struct BestFit {
     max_oversize_waste: usize,
     tier: Tier,
     upstream: Arc<dyn Upstream>,
+    /// Whether the upstream gives zeroed memory (asked once).
+    zeroing: bool,
     state: Mutex<State>,
 }
 
@@ -290,6 +292,7 @@ impl BestFitBuilder {
                 )));
             }
         }
+        let upstream = self.upstream.unwrap_or_else(default_upstream);
         Ok(BestFit {
             granularity: self.granularity,
             segment_size: round_up(self.segment_size, HUGE_PAGE_SIZE),
@@ -299,7 +302,8 @@ impl BestFitBuilder {
             max_split_size: self.max_split_size,
             max_oversize_waste: self.max_oversize_waste,
             tier: self.tier,
-            upstream: self.upstream.unwrap_or_else(default_upstream),
+            zeroing: upstream.zeroed(),
+            upstream,
             state: Mutex::new(State::default()),
         })
     }
@@ -378,6 +382,24 @@ impl BestFit {
         let (ptr, block_size, zero) = self.carve(&mut st, id, rounded, size, align, Kind::of(raw));
         st.usage.on_alloc(block_size, size, hit);
         Ok((ptr, block_size, zero))
+    }
+
+    /// [`alloc_block`](Self::alloc_block) from free blocks only: `None` when it would
+    /// need more memory from upstream.
+    pub(crate) fn alloc_block_cached(
+        &self,
+        size: usize,
+        align: usize,
+        raw: bool,
+    ) -> Option<(NonNull<u8>, usize, bool)> {
+        validate(size, align).ok()?;
+        let rounded = self.rounded_size(size);
+        let needed = rounded + align.saturating_sub(self.granularity);
+        let mut st = self.state.lock();
+        let id = self.best_fit(&st, needed, rounded)?;
+        let (ptr, block_size, zero) = self.carve(&mut st, id, rounded, size, align, Kind::of(raw));
+        st.usage.on_alloc(block_size, size, true);
+        Some((ptr, block_size, zero))
     }
 
     /// A run of `bytes` pages (a multiple of the page size) for the slab engine, and
@@ -662,7 +684,7 @@ impl BestFit {
         block.kind = kind;
         block.requested = requested;
         let (offset, size, seg) = (block.offset, block.size, block.segment);
-        let zeroing = self.upstream.zeroed();
+        let zeroing = self.zeroing;
         let segment = segment_mut(st, seg);
         segment.live_blocks += 1;
         let zero = zeroing && offset >= segment.dirty;

@@ -740,11 +740,25 @@ impl Inner {
             Route::Class(class) => engine.allocate(class, size, raw),
             Route::Span(pages) => engine.allocate_span(pages, size, raw),
             Route::Large => {
-                let (ptr, block, zero) = engine.large.alloc_block(size, align, raw)?;
+                engine.publish_current();
+                // The tier grows only after the calling thread gave back what it
+                // keeps cached (as a new slab does): memory follows use.
+                let served = match engine.large.alloc_block_cached(size, align, raw) {
+                    Some(served) => served,
+                    None if engine.release_current() > 0 => {
+                        match engine.large.alloc_block_cached(size, align, raw) {
+                            Some(served) => served,
+                            None => engine.large.alloc_block(size, align, raw)?,
+                        }
+                    }
+                    None => engine.large.alloc_block(size, align, raw)?,
+                };
+                let (ptr, block, zero) = served;
                 self.counters.on_alloc(block, size);
                 Ok((ptr, zero))
             }
             Route::Huge => {
+                engine.publish_current();
                 let (ptr, block, hit) = self.huge.alloc_block(size, align, raw)?;
                 self.counters.on_alloc(block, size);
                 Ok((ptr, !hit && self.metered.zeroed()))

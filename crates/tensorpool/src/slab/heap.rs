@@ -34,7 +34,12 @@ pub(crate) const RECORD_TIERS: [u32; 4] = [1, 64, 512, MAX_SLOTS];
 /// Most slots of one slab.
 pub(crate) const MAX_SLOTS: u32 = 4096;
 
-/// Growth of a heap's live bytes that makes it publish them to the manager's totals.
+/// A heap keeps at most 1/`CACHE_SHARE` of its live bytes in empty slabs and free
+/// large blocks, and at least [`CACHE_FLOOR`].
+const CACHE_SHARE: usize = 4;
+const CACHE_FLOOR: usize = 256 << 10;
+
+/// A change of a heap's live bytes that makes it publish them to the manager's totals.
 pub(crate) const PUBLISH_STEP: usize = 64 << 10;
 
 /// The tiers the engine serves, as indexes of [`Hot::tiers`].
@@ -157,12 +162,64 @@ pub(crate) struct ClassState {
     held: usize,
 }
 
+/// A heap's free large blocks: a stack per page count (linked through `Own::next`),
+/// and a bitmap of the counts that have one, for the largest in a few steps.
+#[derive(Debug)]
+struct SpanCache {
+    heads: Box<[*const Slab]>,
+    sizes: Box<[u64]>,
+}
+
+impl SpanCache {
+    fn new(most_pages: usize) -> SpanCache {
+        SpanCache {
+            heads: vec![std::ptr::null(); most_pages + 1].into_boxed_slice(),
+            sizes: vec![0; (most_pages + 1).div_ceil(64)].into_boxed_slice(),
+        }
+    }
+
+    /// # Safety
+    ///
+    /// `slab` is a slab of the caller's heap, held, on no list.
+    unsafe fn push(&mut self, pages: usize, slab: &Slab) {
+        // SAFETY: by the caller's contract.
+        let own = unsafe { slab.own() };
+        own.prev = std::ptr::null();
+        own.next = self.heads[pages];
+        self.heads[pages] = slab;
+        self.sizes[pages / 64] |= 1 << (pages % 64);
+    }
+
+    /// # Safety
+    ///
+    /// The caller holds the heap whose slabs the cache holds.
+    #[inline(always)]
+    unsafe fn pop(&mut self, pages: usize) -> Option<&Slab> {
+        // SAFETY: cached slabs are live slabs of the caller's heap.
+        let slab = unsafe { self.heads[pages].as_ref() }?;
+        // SAFETY: as above.
+        let own = unsafe { slab.own() };
+        self.heads[pages] = own.next;
+        own.next = std::ptr::null();
+        if self.heads[pages].is_null() {
+            self.sizes[pages / 64] &= !(1 << (pages % 64));
+        }
+        Some(slab)
+    }
+
+    /// The largest page count with a cached block.
+    fn largest(&self) -> Option<usize> {
+        let (word, bits) = self.sizes.iter().enumerate().rev().find(|(_, &b)| b != 0)?;
+        Some(word * 64 + 63 - bits.leading_zeros() as usize)
+    }
+}
+
 /// The owner's state.
 #[derive(Debug)]
 pub(crate) struct State {
     pub(crate) classes: Box<[ClassState]>,
-    /// Free large blocks by pages, each a stack linked through `Own::next`.
-    spans: Box<[*const Slab]>,
+    /// Free large blocks by pages.
+    spans: SpanCache,
     /// Spare records by capacity tier, linked through `Own::next`.
     spare: [*const Slab; RECORD_TIERS.len()],
     /// Every record of this heap, boxed: other threads hold their addresses, which
@@ -171,6 +228,8 @@ pub(crate) struct State {
     records: Vec<Box<Slab>>,
     /// Bytes of empty slabs (not current) and cached blocks.
     cached: usize,
+    /// The most bytes this heap held live (when it looked: at its cache's changes).
+    high_live: usize,
     /// The slab of the last free that had to look in the page map, and its pages:
     /// the next free of a block near it skips the map.
     last: *const Slab,
@@ -228,10 +287,11 @@ impl Heap {
                         held: 0,
                     })
                     .collect(),
-                spans: vec![std::ptr::null(); span_pages + 1].into_boxed_slice(),
+                spans: SpanCache::new(span_pages),
                 spare: [std::ptr::null(); RECORD_TIERS.len()],
                 records: Vec::new(),
                 cached: 0,
+                high_live: 0,
                 last: std::ptr::null(),
                 last_base: 0,
                 last_bytes: 0,
@@ -657,15 +717,9 @@ impl Owned<'_> {
         size: usize,
         raw: bool,
     ) -> Option<(NonNull<u8>, bool)> {
-        let head = self.state().spans[pages];
-        if head.is_null() {
-            return None;
-        }
-        // SAFETY: cached spans are live slabs of this heap.
-        let slab = unsafe { &*head };
+        // SAFETY: the cache holds slabs of this heap.
+        let slab = unsafe { self.state().spans.pop(pages) }?;
         let own = self.own(slab);
-        self.state().spans[pages] = own.next;
-        own.next = std::ptr::null();
         self.uncache(own.bytes);
         Some(self.hand_out_span(eng, slab, own, size, raw))
     }
@@ -802,12 +856,9 @@ impl Owned<'_> {
 
     /// A large block of this heap went free: into the cache of its size.
     fn cache_span(&self, eng: &Engine, slab: &Slab, own: &mut Own) {
-        let pages = own.bytes / PAGE;
-        let st = self.state();
-        own.next = st.spans[pages];
-        own.prev = std::ptr::null();
         own.place = Place::Empty;
-        st.spans[pages] = slab;
+        // SAFETY: a slab of this heap, on no list.
+        unsafe { self.state().spans.push(own.bytes / PAGE, slab) };
         self.cache(eng, own.bytes);
     }
 
@@ -815,9 +866,50 @@ impl Owned<'_> {
         let st = self.state();
         st.cached += bytes;
         self.heap.counts.cached_bytes.add(bytes as u64);
-        if st.cached > eng.cache_limit {
-            self.release_empty(eng, None);
+        let budget = eng.cache_limit.min(self.cache_budget());
+        if st.cached > budget {
+            self.release_down_to(eng, budget / 2);
         }
+    }
+
+    /// Gives cached large blocks (largest first), then empty slabs, back until the
+    /// heap keeps at most `target` bytes of them.
+    fn release_down_to(&self, eng: &Engine, target: usize) {
+        while self.state().cached > target {
+            let Some(pages) = self.state().spans.largest() else {
+                break;
+            };
+            // SAFETY: the cache holds slabs of this heap.
+            let slab = unsafe { self.state().spans.pop(pages) }.expect("a cached size");
+            self.destroy(eng, slab);
+        }
+        for class in 0..self.state().classes.len() {
+            if self.state().cached <= target {
+                return;
+            }
+            while self.state().cached > target {
+                let cls = &mut self.state().classes[class];
+                let head = cls.empty;
+                if head.is_null() {
+                    break;
+                }
+                // SAFETY: list members are live slabs of this heap.
+                let slab = unsafe { &*head };
+                // SAFETY: as above.
+                unsafe { list::remove(&mut cls.empty, self.own(slab)) };
+                self.destroy(eng, slab);
+            }
+        }
+    }
+
+    /// What the heap may keep in empty slabs and free large blocks now: a share of
+    /// what it holds live (so that kept blocks, which stand in the way of other
+    /// sizes' placement, stay a small part of the reserve), and at least a floor.
+    fn cache_budget(&self) -> usize {
+        let (live, _) = self.heap.net();
+        let st = self.state();
+        st.high_live = st.high_live.max(live);
+        (st.high_live / CACHE_SHARE).max(CACHE_FLOOR)
     }
 
     #[inline(always)]
@@ -1006,7 +1098,9 @@ impl Owned<'_> {
         let slab = self.spare(1);
         // SAFETY: this heap owns the spare record and the pages just taken.
         unsafe { slab.init(base, bytes, bytes, 1, SPAN_CLASS, fresh) };
-        eng.map.set(base.as_ptr().addr(), bytes, slab);
+        // One block: the map needs only its first page (an address inside it is not
+        // a block start; the best-fit tier, which holds the pages, says so).
+        eng.map.set(base.as_ptr().addr(), PAGE, slab);
         let counts = &self.heap.counts;
         counts.spans.add(1);
         counts.span_bytes.add(bytes as u64);
@@ -1024,7 +1118,12 @@ impl Owned<'_> {
             self.refused_late(eng, stale);
         }
         let (base, bytes) = (own.base, own.bytes);
-        eng.map.set(base.addr(), bytes, std::ptr::null());
+        let mapped = if slab.class() == SPAN_CLASS {
+            PAGE
+        } else {
+            bytes
+        };
+        eng.map.set(base.addr(), mapped, std::ptr::null());
         let st = self.state();
         if std::ptr::eq(st.last, slab) {
             st.last = std::ptr::null();
@@ -1095,20 +1194,11 @@ impl Owned<'_> {
                 }
             }
         }
-        for pages in 0..self.state().spans.len() {
-            loop {
-                let head = self.state().spans[pages];
-                if head.is_null() {
-                    break;
-                }
-                // SAFETY: cached spans are live slabs of this heap.
-                let slab = unsafe { &*head };
-                let own = self.own(slab);
-                self.state().spans[pages] = own.next;
-                own.next = std::ptr::null();
-                released += own.bytes;
-                self.destroy(eng, slab);
-            }
+        while let Some(pages) = self.state().spans.largest() {
+            // SAFETY: the cache holds slabs of this heap.
+            let slab = unsafe { self.state().spans.pop(pages) }.expect("a cached size");
+            released += self.own(slab).bytes;
+            self.destroy(eng, slab);
         }
         released
     }
@@ -1133,15 +1223,15 @@ impl Owned<'_> {
     }
 
     /// Adds what this heap handed out since it last published to the manager's
-    /// totals, where peaks are recorded, when it grew by [`PUBLISH_STEP`] since (so a
-    /// peak is known within a step per thread; `stats()` adds what is unpublished).
+    /// totals, where peaks are recorded, when it changed by [`PUBLISH_STEP`] since (so
+    /// a peak is known within a step per thread; `stats()` adds what is unpublished).
     /// Slow paths only: two shared read-modify-writes, which threads would fight
     /// over if every slab switch made them.
     pub(crate) fn publish(&self, eng: &Engine) {
         let counts = &self.heap.counts;
         let (allocated, _) = self.heap.net();
-        let grown = allocated.wrapping_sub(counts.published_allocated.get() as usize) as isize;
-        if grown >= PUBLISH_STEP as isize {
+        let change = allocated.wrapping_sub(counts.published_allocated.get() as usize) as isize;
+        if change.unsigned_abs() >= PUBLISH_STEP {
             self.publish_now(eng);
         }
     }
@@ -1175,11 +1265,7 @@ impl Owned<'_> {
 
     /// Bytes of the largest cached free large block.
     pub(crate) fn largest_cached_span(&self) -> usize {
-        let spans = &self.state().spans;
-        (0..spans.len())
-            .rev()
-            .find(|&pages| !spans[pages].is_null())
-            .map_or(0, |pages| pages * PAGE)
+        self.state().spans.largest().map_or(0, |pages| pages * PAGE)
     }
 
     /// Every live slab of this heap.

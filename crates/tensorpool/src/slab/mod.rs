@@ -713,6 +713,24 @@ impl Engine {
         })
     }
 
+    /// Publishes the calling thread's heap's bytes to the totals if they changed by a
+    /// step: before the locked tiers add a block, so that a peak counts this heap as
+    /// it is, not as it was.
+    pub(crate) fn publish_current(self: &Arc<Self>) {
+        if let Some(entered) = enter_bound(self) {
+            entered.owned().publish(self);
+        }
+    }
+
+    /// Gives the calling thread's empty slabs and cached large blocks back to the
+    /// best-fit tier (before it grows for a block of its own); returns the bytes.
+    pub(crate) fn release_current(self: &Arc<Self>) -> usize {
+        match enter_bound(self) {
+            Some(entered) => entered.owned().release_empty(self, None),
+            None => 0,
+        }
+    }
+
     /// The calling thread's heap: collects and gives back what it holds free.
     pub(crate) fn flush_current(self: &Arc<Self>) {
         let mine = current_heap(self);

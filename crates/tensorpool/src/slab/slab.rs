@@ -230,8 +230,15 @@ impl Slab {
         unsafe { self.groups.get_unchecked(slot as usize / GROUP) }
     }
 
-    fn groups(&self) -> &[Group] {
-        &self.groups[..(self.slots.load(Relaxed) as usize).div_ceil(GROUP)]
+    /// The post words of the slab's slots, with the first slot each covers.
+    fn post_words(&self) -> impl Iterator<Item = (u32, &AtomicU64)> + '_ {
+        let words = (self.slots.load(Relaxed) as usize).div_ceil(POSTS_PER_WORD);
+        self.groups
+            .iter()
+            .flat_map(|g| g.posts.iter())
+            .take(words)
+            .enumerate()
+            .map(|(w, word)| ((w * POSTS_PER_WORD) as u32, word))
     }
 
     /// The owner's side.
@@ -329,9 +336,9 @@ impl Slab {
             };
             g.free.store(bits, Relaxed);
             g.raw.store(0, Relaxed);
-            for w in &g.posts {
-                w.store((gen as u64) << 32, Relaxed);
-            }
+        }
+        for (_, w) in self.post_words() {
+            w.store((gen as u64) << 32, Relaxed);
         }
         // SAFETY: by the caller's contract.
         let own = unsafe { self.own() };
@@ -354,10 +361,9 @@ impl Slab {
         debug_assert!(gen & 1 == 0);
         let dead = gen.wrapping_add(1);
         let mut refused = 0;
-        for g in self.groups() {
-            for w in &g.posts {
-                refused += (w.swap((dead as u64) << 32, AcqRel) & POST_BITS).count_ones();
-            }
+        // The words of this generation's slots: those of others never carry it.
+        for (_, w) in self.post_words() {
+            refused += (w.swap((dead as u64) << 32, AcqRel) & POST_BITS).count_ones();
         }
         self.gen.store(dead, Release);
         refused
@@ -610,29 +616,27 @@ impl Slab {
         if self.gen.load(Relaxed) & 1 != 0 {
             return done;
         }
-        for (g, group) in self.groups().iter().enumerate() {
-            for (w, word) in group.posts.iter().enumerate() {
-                if word.load(SeqCst) & POST_BITS == 0 {
-                    continue;
-                }
-                let mut bits = word.fetch_and(!POST_BITS, AcqRel) & POST_BITS;
-                while bits != 0 {
-                    let pair = bits.trailing_zeros() & !1;
-                    let kinds = (bits >> pair) & 3;
-                    bits &= !(3 << pair);
-                    let slot = (g * GROUP + w * POSTS_PER_WORD) as u32 + pair / 2;
-                    match self.state(slot) {
-                        Some(raw) if kinds & (1 << raw as u32) != 0 => {
-                            if raw {
-                                done.raw_requested += self.requested(slot);
-                            }
-                            // SAFETY: by the caller's contract.
-                            unsafe { self.release(own, slot) };
-                            done.slots += 1;
-                            done.refused += kinds.count_ones() - 1;
+        for (first, word) in self.post_words() {
+            if word.load(SeqCst) & POST_BITS == 0 {
+                continue;
+            }
+            let mut bits = word.fetch_and(!POST_BITS, AcqRel) & POST_BITS;
+            while bits != 0 {
+                let pair = bits.trailing_zeros() & !1;
+                let kinds = (bits >> pair) & 3;
+                bits &= !(3 << pair);
+                let slot = first + pair / 2;
+                match self.state(slot) {
+                    Some(raw) if kinds & (1 << raw as u32) != 0 => {
+                        if raw {
+                            done.raw_requested += self.requested(slot);
                         }
-                        _ => done.refused += kinds.count_ones(),
+                        // SAFETY: by the caller's contract.
+                        unsafe { self.release(own, slot) };
+                        done.slots += 1;
+                        done.refused += kinds.count_ones() - 1;
                     }
+                    _ => done.refused += kinds.count_ones(),
                 }
             }
         }
@@ -641,10 +645,8 @@ impl Slab {
 
     /// Whether posts are pending now (racy by nature: for deciding to collect).
     pub(crate) fn has_posts(&self) -> bool {
-        self.groups()
-            .iter()
-            .flat_map(|g| g.posts.iter())
-            .any(|w| w.load(Relaxed) & POST_BITS != 0)
+        self.post_words()
+            .any(|(_, w)| w.load(Relaxed) & POST_BITS != 0)
     }
 
     /// Live slots as `(slot, raw)`, for snapshots.
