@@ -46,7 +46,7 @@ else
     (
         set -e
         MIRIFLAGS="-Zmiri-strict-provenance" cargo +nightly miri test -p tensorpool --lib --locked -- \
-            arena:: fixed_pool:: best_fit:: huge:: upstream:: manager:: tensor:: thread_cache:: debug::
+            arena:: fixed_pool:: best_fit:: huge:: upstream:: manager:: tensor:: slab:: debug::
         cargo +nightly miri test -p tensorpool --test threads --locked
     ) >"$MIRI_LOG" 2>&1 &
     MIRI_PID=$!

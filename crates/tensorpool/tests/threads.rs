@@ -250,3 +250,71 @@ fn a_thread_may_outlive_its_manager() {
     tx.send(()).unwrap();
     worker.join().unwrap();
 }
+
+/// Every raw block is freed by two or three threads at once (its allocator among
+/// them half the time). Each block is freed exactly once: every accepted free took
+/// effect, or was refused when its slab's owner collected it (and counted); the
+/// books balance exactly and the memory all goes back.
+#[test]
+fn racing_double_frees_take_effect_once_and_the_books_balance() {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    const RACERS: usize = 3;
+    let blocks_per_thread = if cfg!(miri) { 20 } else { 20_000 };
+    let mm = Arc::new(MemoryManager::new(config().build().unwrap()).unwrap());
+    let accepted = Arc::new(AtomicU64::new(0));
+    // Racer i frees what the allocators send it; the allocators free half of them too.
+    let (senders, receivers): (Vec<_>, Vec<_>) =
+        (0..RACERS).map(|_| mpsc::channel::<usize>()).unzip();
+    let racers: Vec<_> = receivers
+        .into_iter()
+        .map(|rx| {
+            let (mm, accepted) = (mm.clone(), accepted.clone());
+            std::thread::spawn(move || {
+                for addr in rx {
+                    if mm.free_raw(std::ptr::without_provenance_mut(addr)).is_ok() {
+                        accepted.fetch_add(1, Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    let allocators: Vec<_> = (0..2)
+        .map(|t| {
+            let (mm, accepted, senders) = (mm.clone(), accepted.clone(), senders.clone());
+            std::thread::spawn(move || {
+                let mut rng = Rng(0xD0B1E + t);
+                for i in 0..blocks_per_thread {
+                    let most = if rng.below(8) == 0 { 200_000 } else { 4096 };
+                    let size = 1 + rng.below(most);
+                    let p = mm.allocate_raw(size, 64).unwrap().as_ptr();
+                    let first = rng.below(RACERS);
+                    senders[first].send(p.addr()).unwrap();
+                    senders[(first + 1) % RACERS].send(p.addr()).unwrap();
+                    if i % 2 == 0 && mm.free_raw(p).is_ok() {
+                        accepted.fetch_add(1, Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    drop(senders);
+    for t in allocators {
+        t.join().unwrap();
+    }
+    for t in racers {
+        t.join().unwrap();
+    }
+    let s = mm.stats();
+    let blocks = 2 * blocks_per_thread as u64;
+    assert_eq!(s.num_allocs, blocks);
+    assert_eq!(
+        accepted.load(Relaxed) - s.num_invalid_frees,
+        blocks,
+        "a free took effect twice, or not at all: {}",
+        s.summary()
+    );
+    assert_eq!((s.allocated_bytes, s.requested_bytes), (0, 0), "{}", s.summary());
+    assert_eq!(s.num_frees, s.num_allocs);
+    mm.trim();
+    assert_eq!(mm.stats().reserved_bytes, 0);
+}
