@@ -413,9 +413,15 @@ impl MemoryManager {
     /// Give it back with [`free_raw`](Self::free_raw).
     #[inline]
     pub fn allocate_raw(&self, size: usize, align: usize) -> Result<NonNull<u8>> {
-        if let Some(ptr) = self.inner.allocate_hot(size, align, true) {
-            return Ok(ptr);
+        match self.inner.allocate_hot(size, align, true) {
+            Some(ptr) => Ok(ptr),
+            None => self.allocate_raw_cold(size, align),
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn allocate_raw_cold(&self, size: usize, align: usize) -> Result<NonNull<u8>> {
         self.inner.allocate(size, align, true).map(|(p, _)| p)
     }
 
@@ -836,7 +842,8 @@ impl Inner {
         }
     }
 
-    #[inline]
+    #[cold]
+    #[inline(never)]
     fn free_raw(&self, ptr: *mut u8) -> Result<()> {
         let addr = ptr.addr();
         if let Some(tracker) = &self.debug {

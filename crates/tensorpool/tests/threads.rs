@@ -313,7 +313,12 @@ fn racing_double_frees_take_effect_once_and_the_books_balance() {
         "a free took effect twice, or not at all: {}",
         s.summary()
     );
-    assert_eq!((s.allocated_bytes, s.requested_bytes), (0, 0), "{}", s.summary());
+    assert_eq!(
+        (s.allocated_bytes, s.requested_bytes),
+        (0, 0),
+        "{}",
+        s.summary()
+    );
     assert_eq!(s.num_frees, s.num_allocs);
     mm.trim();
     assert_eq!(mm.stats().reserved_bytes, 0);

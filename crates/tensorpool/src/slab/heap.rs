@@ -143,15 +143,13 @@ const HOT: usize = 32;
 
 /// The owner's state of one class.
 #[derive(Debug)]
+#[repr(C)]
 pub(crate) struct ClassState {
-    /// Blocks of the current slab freed by typed holders and not yet marked free in
-    /// its bitmap: the next allocations of the class take them back first, with no
-    /// division or bitmap (the pairs a hot loop makes). They count as freed in the
-    /// counters and still as live in the slab, until [`Owned::drain_hot`] releases
-    /// them (before the slab stops being current, and before any trim, statistics,
-    /// snapshot or exit looks at the slab).
-    hot: [*mut u8; HOT],
     hot_len: usize,
+    /// The class's stride and tier index, copied here so that the hot paths read
+    /// this line and not the engine's class table.
+    stride: usize,
+    tier: usize,
     pub(crate) current: *const Slab,
     /// The current slab's pages: the typed free's test that a block is in it.
     base: usize,
@@ -160,6 +158,13 @@ pub(crate) struct ClassState {
     empty: *const Slab,
     /// Bytes of this class's slabs held (for the size of the next slab).
     held: usize,
+    /// Blocks of the current slab freed by typed holders and not yet marked free in
+    /// its bitmap: the next allocations of the class take them back first, with no
+    /// division or bitmap (the pairs a hot loop makes). They count as freed in the
+    /// counters and still as live in the slab, until [`Owned::drain_hot`] releases
+    /// them (before the slab stops being current, and before any trim, statistics,
+    /// snapshot or exit looks at the slab).
+    hot: [*mut u8; HOT],
 }
 
 /// A heap's free large blocks: a stack per page count (linked through `Own::next`),
@@ -178,12 +183,8 @@ impl SpanCache {
         }
     }
 
-    /// # Safety
-    ///
-    /// `slab` is a slab of the caller's heap, held, on no list.
-    unsafe fn push(&mut self, pages: usize, slab: &Slab) {
-        // SAFETY: by the caller's contract.
-        let own = unsafe { slab.own() };
+    /// Caches `slab` (of the caller's heap, on no list), whose owner's side is `own`.
+    fn push(&mut self, pages: usize, slab: &Slab, own: &mut Own) {
         own.prev = std::ptr::null();
         own.next = self.heads[pages];
         self.heads[pages] = slab;
@@ -260,6 +261,47 @@ unsafe impl Send for Heap {}
 // SAFETY: as above.
 unsafe impl Sync for Heap {}
 
+/// Owns a heap at a fixed address. Records, threads and stoppers reach the heap
+/// through raw pointers while its owner moves between lists; a `Box` would claim
+/// unique access to the heap each time it moved, so the heap is kept behind a plain
+/// pointer and only ever shared.
+pub(crate) struct HeapBox(NonNull<Heap>);
+
+impl HeapBox {
+    fn new(heap: Heap) -> Self {
+        HeapBox(NonNull::from(Box::leak(Box::new(heap))))
+    }
+}
+
+impl std::ops::Deref for HeapBox {
+    type Target = Heap;
+
+    fn deref(&self) -> &Heap {
+        // SAFETY: the pointer came from `Box::leak` and is freed only in `drop`.
+        unsafe { self.0.as_ref() }
+    }
+}
+
+impl Drop for HeapBox {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from `Box::leak`; the engine drops its heaps only
+        // when no thread, record or stopper can reach them any more.
+        drop(unsafe { Box::from_raw(self.0.as_ptr()) });
+    }
+}
+
+impl std::fmt::Debug for HeapBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+// SAFETY: a `HeapBox` is a `Box<Heap>` that only hands out shared references, and
+// `Heap` is `Send + Sync`.
+unsafe impl Send for HeapBox {}
+// SAFETY: as above.
+unsafe impl Sync for HeapBox {}
+
 impl std::fmt::Debug for Heap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Heap")
@@ -269,16 +311,19 @@ impl std::fmt::Debug for Heap {
 }
 
 impl Heap {
-    /// A heap for an engine with `classes` classes and large blocks of up to
-    /// `span_pages` pages.
-    pub(crate) fn new(classes: usize, span_pages: usize) -> Box<Heap> {
-        Box::new(Heap {
+    /// A heap for an engine with `classes` and large blocks of up to `span_pages`
+    /// pages.
+    pub(crate) fn boxed(classes: &[Class], span_pages: usize) -> HeapBox {
+        HeapBox::new(Heap {
             hot: Hot::default(),
             state: UnsafeCell::new(State {
-                classes: (0..classes)
-                    .map(|_| ClassState {
+                classes: classes
+                    .iter()
+                    .map(|class| ClassState {
                         hot: [std::ptr::null_mut(); HOT],
                         hot_len: 0,
+                        stride: class.stride,
+                        tier: class.tier_index,
                         current: std::ptr::null(),
                         base: 0,
                         bytes: 0,
@@ -300,7 +345,7 @@ impl Heap {
             inbox: AtomicPtr::new(std::ptr::null_mut()),
             records: AtomicPtr::new(std::ptr::null_mut()),
             counts: Counts {
-                classes: (0..classes).map(|_| ClassCounts::default()).collect(),
+                classes: classes.iter().map(|_| ClassCounts::default()).collect(),
                 ..Counts::default()
             },
             thread: parking_lot::Mutex::new(String::new()),
@@ -390,8 +435,9 @@ impl Owned<'_> {
     #[inline(always)]
     #[allow(clippy::mut_from_ref)]
     fn state(&self) -> &mut State {
-        // SAFETY: an `Owned` token proves the caller holds the heap, and the engine
-        // never keeps two references from one token alive at once.
+        // SAFETY: an `Owned` token proves the caller holds the heap. Callers keep
+        // each reference short: none is used after another call of `state()` (one
+        // per statement, or held across calls that do not reach `state()`).
         unsafe { &mut *self.heap.state.get() }
     }
 
@@ -443,12 +489,7 @@ impl Owned<'_> {
         debug_assert!(class < eng.classes.len());
         // SAFETY: classes come from the engine's size classes or pools, whose count
         // is the length of both arrays.
-        let (state, geometry) = unsafe {
-            (
-                self.state().classes.get_unchecked_mut(class),
-                eng.classes.get_unchecked(class),
-            )
-        };
+        let state = unsafe { self.state().classes.get_unchecked_mut(class) };
         if state.hot_len > 0 {
             state.hot_len -= 1;
             // SAFETY: `hot_len` entries are set, and a set entry is a live block of
@@ -460,19 +501,23 @@ impl Owned<'_> {
                 let slot = crate::slab::slab::divide(ptr.addr() - state.base, slab.magic());
                 slab.mark_raw(slot as u32, size);
             }
-            let tier = self.tier(geometry.tier_index);
+            let tier = self.tier(state.tier);
             tier.allocs.add(1);
-            tier.bytes.add(geometry.stride as u64);
+            tier.bytes.add(state.stride as u64);
             tier.requested.add(size as u64);
             // SAFETY: blocks are never null.
             return Some(unsafe { NonNull::new_unchecked(ptr) });
         }
         // SAFETY: a current slab is a live slab of this heap.
         let slab = unsafe { state.current.as_ref() }?;
+        let (tier, stride) = (state.tier, state.stride);
         let own = self.own(slab);
         // SAFETY: this heap owns the slab.
         let slot = unsafe { slab.take_slot(own) }?;
-        Some(self.hand_out(eng, slab, own, slot, geometry, size, raw).0)
+        Some(
+            self.hand_out(eng, slab, own, slot, (tier, stride), size, raw)
+                .0,
+        )
     }
 
     /// The hot path of a free of a block of this heap's `slab`: frees it if it is a
@@ -503,7 +548,7 @@ impl Owned<'_> {
             tier.frees.add(1);
             tier.bytes.sub(own.bytes as u64);
             tier.requested.sub(requested as u64);
-            self.cache_span(eng, slab, own);
+            self.cache_span(eng, slab);
             return true;
         }
         // SAFETY: this heap owns the slab; the slot was checked live.
@@ -515,7 +560,7 @@ impl Owned<'_> {
         tier.bytes.sub(geometry.stride as u64);
         tier.requested.sub(requested as u64);
         if own.place != Place::Current {
-            self.settle(eng, slab, own, class as usize);
+            self.settle(eng, slab, class as usize);
         }
         true
     }
@@ -525,13 +570,7 @@ impl Owned<'_> {
     /// `Allocator` contract vouches for the block (checked in debug builds); a raw
     /// free of it that another thread posted meanwhile is refused when collected.
     #[inline(always)]
-    pub(crate) fn try_free_typed(
-        &self,
-        eng: &Engine,
-        class: usize,
-        ptr: *mut u8,
-        size: usize,
-    ) -> bool {
+    pub(crate) fn try_free_typed(&self, class: usize, ptr: *mut u8, size: usize) -> bool {
         // SAFETY: as in `try_allocate`.
         let cls = unsafe { self.state().classes.get_unchecked_mut(class) };
         let offset = ptr.addr().wrapping_sub(cls.base);
@@ -555,11 +594,9 @@ impl Owned<'_> {
             // live.
             unsafe { slab.release(self.own(slab), slot as u32) };
         }
-        // SAFETY: as in `try_allocate`.
-        let geometry = unsafe { eng.classes.get_unchecked(class) };
-        let tier = self.tier(geometry.tier_index);
+        let tier = self.tier(cls.tier);
         tier.frees.add(1);
-        tier.bytes.sub(geometry.stride as u64);
+        tier.bytes.sub(cls.stride as u64);
         tier.requested.sub(size as u64);
         true
     }
@@ -632,7 +669,7 @@ impl Owned<'_> {
         slab: &Slab,
         own: &mut Own,
         slot: u32,
-        class: &Class,
+        (tier, stride): (usize, usize),
         size: usize,
         raw: bool,
     ) -> (NonNull<u8>, bool) {
@@ -641,9 +678,9 @@ impl Owned<'_> {
         if stale != 0 {
             self.refused_late(eng, stale);
         }
-        let tier = self.tier(class.tier_index);
+        let tier = self.tier(tier);
         tier.allocs.add(1);
-        tier.bytes.add(class.stride as u64);
+        tier.bytes.add(stride as u64);
         tier.requested.add(size as u64);
         (slab.slot_ptr(own, slot), zero)
     }
@@ -667,7 +704,7 @@ impl Owned<'_> {
                 // SAFETY: this heap owns the slab.
                 if let Some(slot) = unsafe { slab.take_slot(own) } {
                     let served =
-                        self.hand_out(eng, slab, own, slot, &eng.classes[class], size, raw);
+                        self.hand_out(eng, slab, own, slot, (cls.tier, cls.stride), size, raw);
                     // A slow path: where peaks are recorded.
                     self.publish(eng);
                     return Ok(served);
@@ -687,23 +724,24 @@ impl Owned<'_> {
             // SAFETY: list members and new slabs are live slabs of this heap.
             let slab = unsafe { &*next };
             let own = self.own(slab);
+            let was_empty = own.place == Place::Empty;
             let cls = &mut self.state().classes[class];
             // SAFETY: as above.
             unsafe {
                 match own.place {
                     Place::Partial => list::remove(&mut cls.partial, own),
-                    Place::Empty => {
-                        list::remove(&mut cls.empty, own);
-                        self.uncache(own.bytes);
-                    }
+                    Place::Empty => list::remove(&mut cls.empty, own),
                     _ => {}
                 }
             }
-            // A current slab is not counted as cached, even when it is empty.
             own.place = Place::Current;
             cls.current = next;
             cls.base = own.base.addr();
             cls.bytes = own.bytes;
+            // A current slab is not counted as cached, even when it is empty.
+            if was_empty {
+                self.uncache(own.bytes);
+            }
         }
     }
 
@@ -797,7 +835,7 @@ impl Owned<'_> {
             tier.frees.add(1);
             tier.bytes.sub(own.bytes as u64);
             tier.requested.sub(requested as u64);
-            self.cache_span(eng, slab, own);
+            self.cache_span(eng, slab);
             return Ok(());
         }
         let class = class as usize;
@@ -807,7 +845,7 @@ impl Owned<'_> {
         tier.bytes.sub(geometry.stride as u64);
         tier.requested.sub(requested as u64);
         if own.place != Place::Current {
-            self.settle(eng, slab, own, class);
+            self.settle(eng, slab, class);
         }
         Ok(())
     }
@@ -827,7 +865,11 @@ impl Owned<'_> {
     /// belongs now: a full slab joins its class's partial list, one with nothing
     /// live its empty list, where it counts as cached.
     #[cold]
-    fn settle(&self, eng: &Engine, slab: &Slab, own: &mut Own, class: usize) {
+    ///
+    /// It takes the slab's owner side itself (no `&mut Own` argument): caching may
+    /// give this very slab back, which takes its owner side again.
+    fn settle(&self, eng: &Engine, slab: &Slab, class: usize) {
+        let own = self.own(slab);
         let cls = &mut self.state().classes[class];
         let empty = slab.live() == 0;
         // SAFETY: list members belong to this heap.
@@ -850,24 +892,26 @@ impl Owned<'_> {
             }
         }
         if empty {
-            self.cache(eng, own.bytes);
+            let bytes = own.bytes;
+            self.cache(eng, bytes);
         }
     }
 
-    /// A large block of this heap went free: into the cache of its size.
-    fn cache_span(&self, eng: &Engine, slab: &Slab, own: &mut Own) {
+    /// A large block of this heap went free: into the cache of its size. (No
+    /// `&mut Own` argument, as for `settle`.)
+    fn cache_span(&self, eng: &Engine, slab: &Slab) {
+        let own = self.own(slab);
         own.place = Place::Empty;
-        // SAFETY: a slab of this heap, on no list.
-        unsafe { self.state().spans.push(own.bytes / PAGE, slab) };
-        self.cache(eng, own.bytes);
+        let bytes = own.bytes;
+        self.state().spans.push(bytes / PAGE, slab, own);
+        self.cache(eng, bytes);
     }
 
     fn cache(&self, eng: &Engine, bytes: usize) {
-        let st = self.state();
-        st.cached += bytes;
+        self.state().cached += bytes;
         self.heap.counts.cached_bytes.add(bytes as u64);
         let budget = eng.cache_limit.min(self.cache_budget());
-        if st.cached > budget {
+        if self.state().cached > budget {
             self.release_down_to(eng, budget / 2);
         }
     }
@@ -966,7 +1010,7 @@ impl Owned<'_> {
             tier.frees.add(1);
             tier.bytes.sub(own.bytes as u64);
             tier.requested.sub(done.raw_requested as u64);
-            self.cache_span(eng, slab, own);
+            self.cache_span(eng, slab);
             return;
         }
         let class = class as usize;
@@ -977,7 +1021,7 @@ impl Owned<'_> {
             .sub((done.slots as usize * geometry.stride) as u64);
         tier.requested.sub(done.raw_requested as u64);
         if own.place != Place::Current {
-            self.settle(eng, slab, own, class);
+            self.settle(eng, slab, class);
         }
     }
 

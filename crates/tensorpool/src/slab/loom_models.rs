@@ -156,7 +156,11 @@ fn an_owner_free_racing_a_remote_free_takes_effect_once() {
         // and the owner's free of it is refused.
         let accepted = mine as u64 + theirs as u64 + last as u64;
         let late = settled(&eng);
-        assert_eq!(accepted - late, 2, "mine {mine} theirs {theirs} last {last} late {late}");
+        assert_eq!(
+            accepted - late,
+            2,
+            "mine {mine} theirs {theirs} last {last} late {late}"
+        );
     });
 }
 

@@ -53,7 +53,7 @@ use crate::size_class::SizeClasses;
 use crate::snapshot::{BlockSnapshot, BlockState, SegmentSnapshot};
 use crate::stats::{Tier, Totals};
 use crate::sync::Mutex;
-use heap::{Heap, MAX_SLOTS};
+use heap::{Heap, HeapBox, MAX_SLOTS};
 use page_map::{PageMap, PAGE};
 use slab::{Posted, Slab};
 use std::ptr::NonNull;
@@ -145,7 +145,7 @@ enum Standing {
 
 #[derive(Debug, Default)]
 struct Registry {
-    heaps: Vec<(Box<Heap>, Standing)>,
+    heaps: Vec<(HeapBox, Standing)>,
 }
 
 /// The small-block engine of one manager.
@@ -175,7 +175,7 @@ pub(crate) struct Engine {
     pub(crate) totals: Arc<Totals>,
     registry: Mutex<Registry>,
     /// The heap of threads that cannot use their own, under its lock.
-    shared: Box<Heap>,
+    shared: HeapBox,
     shared_lock: Mutex<()>,
     /// Serializes trims, statistics and snapshots, which stop heaps.
     stop_lock: Mutex<()>,
@@ -274,7 +274,7 @@ impl Engine {
             });
         }
         let span_pages = medium_threshold / PAGE;
-        let n = classes.len();
+        let shared = Heap::boxed(&classes, span_pages);
         let class_table = match &size_classes {
             Some(sc) if sc.len() <= 256 => (1..=sc.max_size().min(TABLE_LIMIT) / 8)
                 .map(|eighths| sc.class_for(eighths * 8, 8).expect("below the threshold") as u8)
@@ -295,7 +295,7 @@ impl Engine {
             alignment,
             totals,
             registry: Mutex::new(Registry::default()),
-            shared: Heap::new(n, span_pages),
+            shared,
             shared_lock: Mutex::new(()),
             stop_lock: Mutex::new(()),
             late_reports: AtomicU32::new(0),
@@ -383,7 +383,7 @@ impl Engine {
         };
         let owned = entered.owned();
         if let Some(class) = class {
-            if owned.try_free_typed(self, class, ptr, size) {
+            if owned.try_free_typed(class, ptr, size) {
                 return true;
             }
         }
@@ -614,7 +614,7 @@ impl Engine {
                 &**heap as *const Heap
             }
             None => {
-                let heap = Heap::new(self.classes.len(), self.span_pages);
+                let heap = Heap::boxed(&self.classes, self.span_pages);
                 let ptr = &*heap as *const Heap;
                 reg.heaps.push((heap, Standing::Bound));
                 ptr

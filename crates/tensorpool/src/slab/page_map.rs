@@ -4,9 +4,10 @@
 //! A sizeless free (`free_raw`, NumPy's `free`, C's `free`) gets nothing but an
 //! address. The engine finds the slab of that address here: a radix tree over the
 //! 47-bit user address space with one entry per 4 KiB page, three levels of 2048,
-//! 4096 and 4096 entries. Nodes are made on first use (zeroed, so every entry starts
-//! null) and never freed before the map, so a reader that races with a writer reads
-//! either the old or the new entry, both valid pointers or null.
+//! 4096 and 4096 entries. Nodes are made on first use and never freed before the
+//! map, so a reader that races with a writer reads either the old or the new entry,
+//! both valid pointers or null. Until then an entry points at a static empty node
+//! (all null below it), so a lookup is three loads without a null check.
 //!
 //! Entries are written by the owner of a slab when it takes or gives back the pages
 //! (a slow path) and read by anyone (`Acquire`, pairing with the owner's `Release`).
@@ -20,7 +21,6 @@
 //! ```
 
 use super::slab::Slab;
-use std::alloc::Layout;
 use std::sync::atomic::{
     AtomicPtr,
     Ordering::{AcqRel, Acquire, Release},
@@ -42,17 +42,70 @@ const TOP_LEN: usize = 1 << TOP_BITS;
 /// AArch64 with 4-level page tables: never ours.
 pub(crate) const ADDRESS_LIMIT: usize = 1 << (PAGE_SHIFT + LEAF_BITS + MID_BITS + TOP_BITS);
 
+#[repr(transparent)]
 struct Leaf {
     slabs: [AtomicPtr<Slab>; LEAF_LEN],
 }
 
+#[repr(transparent)]
 struct Mid {
     leaves: [AtomicPtr<Leaf>; MID_LEN],
 }
 
+/// The leaf of every middle entry without one of its own: all null. Readers go
+/// through it without a branch; writers replace it (never write into it).
+static EMPTY_LEAF: Leaf = Leaf {
+    slabs: [const { AtomicPtr::new(std::ptr::null_mut()) }; LEAF_LEN],
+};
+
+/// The middle node of every top entry without one of its own: all [`EMPTY_LEAF`].
+static EMPTY_MID: Mid = Mid {
+    leaves: [const { AtomicPtr::new((&raw const EMPTY_LEAF).cast_mut()) }; MID_LEN],
+};
+
+/// A node that stands for "no entries below": what a fresh slot points to.
+trait Node: Sized + 'static {
+    fn empty() -> *mut Self;
+    /// A new node, with every entry empty.
+    fn new_boxed() -> Box<Self>;
+}
+
+impl Node for Leaf {
+    fn empty() -> *mut Self {
+        (&raw const EMPTY_LEAF).cast_mut()
+    }
+
+    fn new_boxed() -> Box<Self> {
+        let slabs: Box<[AtomicPtr<Slab>; LEAF_LEN]> = (0..LEAF_LEN)
+            .map(|_| AtomicPtr::new(std::ptr::null_mut()))
+            .collect::<Box<[_]>>()
+            .try_into()
+            .expect("LEAF_LEN entries");
+        // SAFETY: `Leaf` is `repr(transparent)` over an array of this type and
+        // length: the same layout as the boxed array.
+        unsafe { Box::from_raw(Box::into_raw(slabs).cast::<Leaf>()) }
+    }
+}
+
+impl Node for Mid {
+    fn empty() -> *mut Self {
+        (&raw const EMPTY_MID).cast_mut()
+    }
+
+    fn new_boxed() -> Box<Self> {
+        let leaves: Box<[AtomicPtr<Leaf>; MID_LEN]> = (0..MID_LEN)
+            .map(|_| AtomicPtr::new(Leaf::empty()))
+            .collect::<Box<[_]>>()
+            .try_into()
+            .expect("MID_LEN entries");
+        // SAFETY: as for `Leaf`.
+        unsafe { Box::from_raw(Box::into_raw(leaves).cast::<Mid>()) }
+    }
+}
+
 /// Address → slab, lock-free for readers.
 pub(crate) struct PageMap {
-    top: Box<[AtomicPtr<Mid>]>,
+    top: Box<[AtomicPtr<Mid>; TOP_LEN]>,
 }
 
 impl std::fmt::Debug for PageMap {
@@ -61,34 +114,23 @@ impl std::fmt::Debug for PageMap {
     }
 }
 
-/// A zeroed node: every entry a null pointer.
-fn zeroed_node<T>() -> *mut T {
-    let layout = Layout::new::<T>();
-    // SAFETY: the node types have a non-zero size.
-    let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<T>();
-    if ptr.is_null() {
-        std::alloc::handle_alloc_error(layout);
-    }
-    ptr
-}
-
-/// The child at `slot`, made (zeroed) if there is none yet.
-fn child<T>(slot: &AtomicPtr<T>) -> &T {
+/// The child at `slot`, made if it is still the empty node.
+fn child<T: Node>(slot: &AtomicPtr<T>) -> &T {
     let mut node = slot.load(Acquire);
-    if node.is_null() {
-        let fresh = zeroed_node::<T>();
-        node = match slot.compare_exchange(std::ptr::null_mut(), fresh, AcqRel, Acquire) {
+    if node == T::empty() {
+        let fresh = Box::into_raw(T::new_boxed());
+        node = match slot.compare_exchange(T::empty(), fresh, AcqRel, Acquire) {
             Ok(_) => fresh,
             Err(winner) => {
-                // SAFETY: `fresh` came from `zeroed_node` with this type's layout and
-                // was never shared: another writer installed its node first.
-                unsafe { std::alloc::dealloc(fresh.cast(), Layout::new::<T>()) };
+                // SAFETY: `fresh` came from `Box::into_raw` and was never shared:
+                // another writer installed its node first.
+                drop(unsafe { Box::from_raw(fresh) });
                 winner
             }
         };
     }
     // SAFETY: nodes are installed once, never replaced, and freed only when the map
-    // is dropped, which needs `&mut self`; all-zero bytes are valid atomic pointers.
+    // is dropped, which needs `&mut self` (the empty nodes are statics).
     unsafe { &*node }
 }
 
@@ -96,11 +138,14 @@ impl PageMap {
     pub(crate) fn new() -> Self {
         PageMap {
             top: (0..TOP_LEN)
-                .map(|_| AtomicPtr::new(std::ptr::null_mut()))
-                .collect(),
+                .map(|_| AtomicPtr::new(Mid::empty()))
+                .collect::<Box<[_]>>()
+                .try_into()
+                .expect("TOP_LEN entries"),
         }
     }
 
+    #[inline(always)]
     fn split(addr: usize) -> (usize, usize, usize) {
         let page = addr >> PAGE_SHIFT;
         (
@@ -110,22 +155,18 @@ impl PageMap {
         )
     }
 
-    /// The slab holding `addr`, or null: three dependent loads.
-    #[inline]
+    /// The slab holding `addr`, or null: three dependent loads, no other branch
+    /// than the address limit (missing nodes are the shared empty ones).
+    #[inline(always)]
     pub(crate) fn get(&self, addr: usize) -> *const Slab {
         if addr >= ADDRESS_LIMIT {
             return std::ptr::null();
         }
         let (t, m, l) = Self::split(addr);
-        let mid = self.top[t].load(Acquire);
-        if mid.is_null() {
-            return std::ptr::null();
-        }
-        // SAFETY: installed nodes stay valid until the map is dropped.
+        let mid = self.top[t & (TOP_LEN - 1)].load(Acquire);
+        // SAFETY: entries point to installed nodes, valid until the map is dropped,
+        // or to the static empty ones.
         let leaf = unsafe { &*mid }.leaves[m].load(Acquire);
-        if leaf.is_null() {
-            return std::ptr::null();
-        }
         // SAFETY: as above.
         unsafe { &*leaf }.slabs[l].load(Acquire)
     }
@@ -152,19 +193,19 @@ impl Drop for PageMap {
     fn drop(&mut self) {
         for mid in self.top.iter_mut() {
             let mid = *mid.get_mut();
-            if mid.is_null() {
+            if mid == Mid::empty() {
                 continue;
             }
-            // SAFETY: `mid` was made by `zeroed_node::<Mid>` and is freed once, here;
+            // SAFETY: `mid` is not the static empty node, so it came from
+            // `Box::into_raw` in `child` and is freed once, here, with its leaves;
             // `&mut self` proves no reader is left.
-            unsafe {
-                for leaf in (*mid).leaves.iter_mut() {
-                    let leaf = *leaf.get_mut();
-                    if !leaf.is_null() {
-                        std::alloc::dealloc(leaf.cast(), Layout::new::<Leaf>());
-                    }
+            let mut mid = unsafe { Box::from_raw(mid) };
+            for leaf in mid.leaves.iter_mut() {
+                let leaf = *leaf.get_mut();
+                if leaf != Leaf::empty() {
+                    // SAFETY: as above, for a leaf.
+                    drop(unsafe { Box::from_raw(leaf) });
                 }
-                std::alloc::dealloc(mid.cast(), Layout::new::<Mid>());
             }
         }
     }

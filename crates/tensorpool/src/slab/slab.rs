@@ -410,7 +410,7 @@ impl Slab {
         if raw {
             g.raw
                 .store(g.raw.load(Relaxed) | 1 << (slot as usize % GROUP), Relaxed);
-            self.requested[slot as usize].store(requested as u32, Relaxed);
+            self.requested_of(slot).store(requested as u32, Relaxed);
         }
         self.live.store(self.live.load(Relaxed) + 1, Relaxed);
         let zero = own.fresh && slot >= own.high;
@@ -435,7 +435,7 @@ impl Slab {
         let g = self.group(slot);
         g.raw
             .store(g.raw.load(Relaxed) | 1 << (slot as usize % GROUP), Relaxed);
-        self.requested[slot as usize].store(requested as u32, Relaxed);
+        self.requested_of(slot).store(requested as u32, Relaxed);
     }
 
     /// The address of `slot`, with the pages' provenance.
@@ -507,10 +507,18 @@ impl Slab {
         Ok(if raw { self.requested(slot) } else { 0 })
     }
 
+    /// The cell of `slot`'s requested size.
+    #[inline(always)]
+    fn requested_of(&self, slot: u32) -> &AtomicU32 {
+        debug_assert!(slot < self.slots.load(Relaxed));
+        // SAFETY: slots are below `slots`, at most the capacity, the array's length.
+        unsafe { self.requested.get_unchecked(slot as usize) }
+    }
+
     /// The requested size of live raw `slot`.
     #[inline(always)]
     pub(crate) fn requested(&self, slot: u32) -> usize {
-        self.requested[slot as usize].load(Relaxed) as usize
+        self.requested_of(slot).load(Relaxed) as usize
     }
 
     /// Frees live `slot` (checked by the caller).

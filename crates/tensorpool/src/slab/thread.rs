@@ -201,16 +201,25 @@ struct Bound {
     owner: Weak<Engine>,
 }
 
-/// The heaps of the calling thread, the most recently used first.
+/// The heap the calling thread used last, and its engine's id (0: none). A
+/// thread-local without a destructor, so that reading it is a plain load (no check
+/// that it is initialised or destroyed): the hot paths read only this.
+struct LastHeap {
+    engine: Cell<u64>,
+    heap: Cell<*const Heap>,
+}
+
+/// Every heap of the calling thread. Its destructor gives them back when the thread
+/// exits.
 struct ThreadHeaps {
-    last_engine: Cell<u64>,
-    last_heap: Cell<*const Heap>,
     all: RefCell<Vec<Bound>>,
 }
 
 impl Drop for ThreadHeaps {
     fn drop(&mut self) {
-        self.last_engine.set(0);
+        // From here on the thread's operations take the shared heap (`bind` finds
+        // this thread-local destroyed).
+        let _ = LAST.try_with(|last| last.engine.set(0));
         for bound in self.all.get_mut().drain(..) {
             if let Some(engine) = bound.owner.upgrade() {
                 // SAFETY: the engine lives, so does the heap it gave this thread.
@@ -223,21 +232,36 @@ impl Drop for ThreadHeaps {
 
 #[cfg(not(loom))]
 std::thread_local! {
+    static LAST: LastHeap = const {
+        LastHeap {
+            engine: Cell::new(0),
+            heap: Cell::new(std::ptr::null()),
+        }
+    };
     static HEAPS: ThreadHeaps = const {
         ThreadHeaps {
-            last_engine: Cell::new(0),
-            last_heap: Cell::new(std::ptr::null()),
             all: RefCell::new(Vec::new()),
         }
     };
 }
 #[cfg(loom)]
 loom::thread_local! {
+    static LAST: LastHeap = LastHeap {
+        engine: Cell::new(0),
+        heap: Cell::new(std::ptr::null()),
+    };
     static HEAPS: ThreadHeaps = ThreadHeaps {
-        last_engine: Cell::new(0),
-        last_heap: Cell::new(std::ptr::null()),
         all: RefCell::new(Vec::new()),
     };
+}
+
+/// The heap the calling thread used last, if it is one of `engine`'s.
+#[inline(always)]
+fn last_heap(engine: &Engine) -> Option<*const Heap> {
+    let (id, heap) = LAST
+        .try_with(|last| (last.engine.get(), last.heap.get()))
+        .ok()?;
+    (id == engine.id).then_some(heap)
 }
 
 /// The calling thread's heap of `engine`, inside an operation that lasts as long as
@@ -245,15 +269,9 @@ loom::thread_local! {
 /// destruction, reentrancy).
 #[inline(always)]
 pub(crate) fn enter(engine: &Arc<Engine>) -> Option<Entered<'_>> {
-    // A closure this small lets `try_with` inline: the hot path stays in the caller.
-    let t: *const ThreadHeaps = HEAPS.try_with(|t| t as *const ThreadHeaps).ok()?;
-    // SAFETY: the calling thread's own thread-local, which lives until the thread
-    // exits: not before this call returns (`try_with` refused once it is destroyed).
-    let t = unsafe { &*t };
-    let heap = if t.last_engine.get() == engine.id {
-        t.last_heap.get()
-    } else {
-        bind(t, engine)?
+    let heap = match last_heap(engine) {
+        Some(heap) => heap,
+        None => bind(engine)?,
     };
     // SAFETY: heaps live as long as their engine, which the caller holds.
     let heap = unsafe { &*heap };
@@ -264,22 +282,21 @@ pub(crate) fn enter(engine: &Arc<Engine>) -> Option<Entered<'_>> {
 /// thread without one cannot be into its own slab, and makes none).
 #[inline(always)]
 pub(crate) fn enter_bound(engine: &Arc<Engine>) -> Option<Entered<'_>> {
-    let t: *const ThreadHeaps = HEAPS.try_with(|t| t as *const ThreadHeaps).ok()?;
-    // SAFETY: as in `enter`.
-    let t = unsafe { &*t };
-    let heap = if t.last_engine.get() == engine.id {
-        t.last_heap.get()
-    } else {
-        let known = t
-            .all
-            .try_borrow()
-            .ok()?
-            .iter()
-            .any(|b| b.engine == engine.id);
-        if !known {
-            return None;
+    let heap = match last_heap(engine) {
+        Some(heap) => heap,
+        None => {
+            let known = HEAPS
+                .try_with(|t| {
+                    t.all
+                        .try_borrow()
+                        .is_ok_and(|all| all.iter().any(|b| b.engine == engine.id))
+                })
+                .unwrap_or(false);
+            if !known {
+                return None;
+            }
+            bind(engine)?
         }
-        bind(t, engine)?
     };
     // SAFETY: heaps live as long as their engine, which the caller holds.
     let heap = unsafe { &*heap };
@@ -317,11 +334,11 @@ pub(crate) fn with_heap<R>(engine: &Arc<Engine>, f: impl FnOnce(&Heap) -> R) -> 
 
 /// The calling thread's heap of `engine`, if it has one (no new binding).
 pub(crate) fn current_heap(engine: &Engine) -> *const Heap {
+    if let Some(heap) = last_heap(engine) {
+        return heap;
+    }
     HEAPS
         .try_with(|t| {
-            if t.last_engine.get() == engine.id {
-                return Some(t.last_heap.get());
-            }
             let all = t.all.try_borrow().ok()?;
             all.iter().find(|b| b.engine == engine.id).map(|b| b.heap)
         })
@@ -331,23 +348,31 @@ pub(crate) fn current_heap(engine: &Engine) -> *const Heap {
 }
 
 #[cold]
-fn bind(t: &ThreadHeaps, engine: &Arc<Engine>) -> Option<*const Heap> {
-    let mut all = t.all.try_borrow_mut().ok()?;
-    let heap = match all.iter().position(|b| b.engine == engine.id) {
-        Some(i) => all[i].heap,
-        None => {
-            // Forget heaps of engines that are gone, then take one from this engine.
-            all.retain(|b| b.owner.strong_count() > 0);
-            let heap = engine.adopt();
-            all.push(Bound {
-                engine: engine.id,
-                heap,
-                owner: Arc::downgrade(engine),
-            });
-            heap
-        }
-    };
-    t.last_engine.set(engine.id);
-    t.last_heap.set(heap);
+fn bind(engine: &Arc<Engine>) -> Option<*const Heap> {
+    let heap = HEAPS
+        .try_with(|t| {
+            let mut all = t.all.try_borrow_mut().ok()?;
+            Some(match all.iter().position(|b| b.engine == engine.id) {
+                Some(i) => all[i].heap,
+                None => {
+                    // Forget heaps of engines that are gone, then take one from this
+                    // engine.
+                    all.retain(|b| b.owner.strong_count() > 0);
+                    let heap = engine.adopt();
+                    all.push(Bound {
+                        engine: engine.id,
+                        heap,
+                        owner: Arc::downgrade(engine),
+                    });
+                    heap
+                }
+            })
+        })
+        .ok()??;
+    LAST.try_with(|last| {
+        last.engine.set(engine.id);
+        last.heap.set(heap);
+    })
+    .ok()?;
     Some(heap)
 }
