@@ -16,7 +16,7 @@
 //! arrays are alive defers its release to the last of them (`mm.stats()` counts
 //! deferred scopes).
 
-use crate::array::{ArraySpec, Block, BlockOwner, ARRAY_ALIGN};
+use crate::array::{ArraySpec, Block, ARRAY_ALIGN};
 use crate::buffer::{Buffer, Owner};
 use crate::manager::{json_to_py, ManagerState};
 use crate::to_py;
@@ -145,7 +145,7 @@ impl PyArena {
             // SAFETY: fresh arena memory of `nbytes` bytes that nothing else uses.
             unsafe { ptr.as_ptr().write_bytes(0, spec.nbytes) };
         }
-        spec.wrap(ptr, Block::new(ptr, BlockOwner::Arena(core)))
+        spec.wrap_in_block(ptr, Block::new(core))
     }
 }
 

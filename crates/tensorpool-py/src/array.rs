@@ -1,22 +1,26 @@
 //! NumPy arrays over tensorpool memory, without copying.
 //!
-//! An array made here has a hidden base object, a [`Block`], that owns its memory:
-//! NumPy keeps the base alive as long as the array or any view of it lives, and when
-//! the last one goes the block goes back to its allocator (a manager's pools, or an
-//! arena's count of live arrays). The block also keeps the allocator alive, so arrays
-//! outlive the `MemoryManager` or `Arena` object that made them.
+//! A manager's array owns its data the way NumPy's own arrays do: the array has
+//! `OWNDATA` set and holds the manager's NEP 49 handler, so when it dies NumPy frees
+//! the data through that handler (a checked raw free), and the handler keeps the
+//! manager alive as long as any array of it lives. No other object is made per
+//! array, so `mm.empty` costs what `np.empty` costs plus the allocator's own path.
+//!
+//! An arena's array has a hidden base object instead, a [`Block`], that counts the
+//! arena's live arrays: NumPy keeps the base alive as long as the array or any view
+//! of it lives, and when the last one goes the count drops, and the block keeps the
+//! arena alive, so arrays outlive the `Arena` object that made them.
 
 use crate::arena::ArenaCore;
-use allocator_api2::alloc::Allocator;
 use numpy::npyffi::{self, npy_intp, NpyTypes, NPY_ARRAY_CARRAY, NPY_ARRAY_FARRAY, PY_ARRAY_API};
 use numpy::{PyArrayDescr, PyArrayDescrMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyInt;
-use std::alloc::Layout;
+use std::ffi::{c_char, c_int, c_void};
 use std::ptr::NonNull;
 use std::sync::Arc;
-use tensorpool::MemoryManager;
 
 /// Alignment of array data: a cache line, an AVX-512 vector (NumPy's own is 16).
 pub(crate) const ARRAY_ALIGN: usize = 64;
@@ -24,53 +28,53 @@ pub(crate) const ARRAY_ALIGN: usize = 64;
 /// NumPy's limit on dimensions (NPY_MAXDIMS in NumPy 2).
 const MAX_DIMS: usize = 64;
 
-/// What owns the memory of an array.
-pub(crate) enum BlockOwner {
-    /// A typed block of a manager.
-    Manager(MemoryManager, Layout),
-    /// Memory of an arena, which counts its live arrays.
-    Arena(Arc<ArenaCore>),
+/// `NPY_ARRAY_OWNDATA`: the array frees its data through its `mem_handler`.
+const NPY_ARRAY_OWNDATA: c_int = 0x0004;
+
+/// NumPy's `PyArrayObject_fields` (numpy/ndarraytypes.h) as laid out since NumPy
+/// 1.22 (C-API feature version 0x0f, which making a handler checks): the struct
+/// behind every ndarray, up to `mem_handler`, the handler its data is freed with.
+#[repr(C)]
+struct ArrayFields {
+    ob_base: ffi::PyObject,
+    data: *mut c_char,
+    nd: c_int,
+    dimensions: *mut npy_intp,
+    strides: *mut npy_intp,
+    base: *mut ffi::PyObject,
+    descr: *mut c_void,
+    flags: c_int,
+    weakreflist: *mut ffi::PyObject,
+    buffer_info: *mut c_void,
+    mem_handler: *mut ffi::PyObject,
 }
 
-/// The hidden base object of arrays from tensorpool: gives the block back when NumPy
-/// lets go of it.
+/// The hidden base object of an arena's arrays: counts the array out of the arena
+/// when NumPy lets go of it.
 #[pyclass(module = "tensorpool", frozen)]
 pub struct Block {
-    addr: usize,
-    owner: BlockOwner,
+    core: Arc<ArenaCore>,
 }
 
 impl Drop for Block {
     fn drop(&mut self) {
-        match &self.owner {
-            BlockOwner::Manager(mm, layout) => {
-                let ptr = NonNull::new(self.addr as *mut u8).expect("blocks are never null");
-                // SAFETY: the block came from this manager with `layout` (see
-                // `Block::new`), and the last array over it is gone.
-                unsafe { mm.deallocate(ptr, *layout) }
-            }
-            BlockOwner::Arena(core) => core.array_released(),
-        }
+        self.core.array_released();
     }
 }
 
 impl Block {
-    /// Takes ownership of `ptr`, a live block of `owner` (for a manager, allocated with
-    /// the layout it names).
-    pub(crate) fn new(ptr: NonNull<u8>, owner: BlockOwner) -> Block {
-        if let BlockOwner::Arena(core) = &owner {
-            core.array_added();
-        }
-        Block {
-            addr: ptr.as_ptr() as usize,
-            owner,
-        }
+    /// Counts a new array into `core`'s arena.
+    pub(crate) fn new(core: Arc<ArenaCore>) -> Block {
+        core.array_added();
+        Block { core }
     }
 }
 
 /// A request for an array: its dimensions, element type and size.
 pub(crate) struct ArraySpec<'py> {
-    dims: Vec<npy_intp>,
+    /// The extents, `ndim` of them (on the stack: no allocation per array).
+    dims: [npy_intp; MAX_DIMS],
+    ndim: usize,
     descr: Bound<'py, PyArrayDescr>,
     fortran: bool,
     /// Bytes of data, at least 1 (NumPy's own allocator does the same).
@@ -95,24 +99,29 @@ impl<'py> ArraySpec<'py> {
                 )))
             }
         };
-        let mut dims = Vec::new();
+        let mut dims = [0 as npy_intp; MAX_DIMS];
+        let mut ndim = 0;
+        let mut push = |d: isize| {
+            if ndim == MAX_DIMS {
+                return Err(PyValueError::new_err(format!(
+                    "an array has at most {MAX_DIMS} dimensions"
+                )));
+            }
+            dims[ndim] = d;
+            ndim += 1;
+            Ok(())
+        };
         if shape.is_instance_of::<PyInt>() {
-            dims.push(shape.extract::<isize>()?);
+            push(shape.extract::<isize>()?)?;
         } else {
             for d in shape
                 .try_iter()
                 .map_err(|_| PyTypeError::new_err("shape must be an int or a sequence of ints"))?
             {
-                dims.push(d?.extract::<isize>().map_err(|_| {
+                push(d?.extract::<isize>().map_err(|_| {
                     PyTypeError::new_err("shape must be an int or a sequence of ints")
-                })?);
+                })?)?;
             }
-        }
-        if dims.len() > MAX_DIMS {
-            return Err(PyValueError::new_err(format!(
-                "an array has at most {MAX_DIMS} dimensions, not {}",
-                dims.len()
-            )));
         }
         let descr = match dtype {
             None => numpy::dtype::<f64>(py),
@@ -135,7 +144,7 @@ impl<'py> ArraySpec<'py> {
             )));
         }
         let mut count: usize = 1;
-        for &d in &dims {
+        for &d in &dims[..ndim] {
             if d < 0 {
                 return Err(PyValueError::new_err("negative dimensions are not allowed"));
             }
@@ -147,18 +156,16 @@ impl<'py> ArraySpec<'py> {
         }
         Ok(ArraySpec {
             dims,
+            ndim,
             descr,
             fortran,
             nbytes: nbytes.max(1),
         })
     }
 
-    /// The array over `block`'s memory, which must hold `self.nbytes` bytes. The block
-    /// becomes the array's base and owns the memory from now on.
-    pub(crate) fn wrap(mut self, ptr: NonNull<u8>, block: Block) -> PyResult<Bound<'py, PyAny>> {
+    /// An array over `nbytes` at `ptr`, not owning them.
+    fn new_array(&mut self, ptr: NonNull<u8>) -> PyResult<Bound<'py, PyAny>> {
         let py = self.descr.py();
-        // The block owns the memory from here on, also if the array cannot be made.
-        let block = Bound::new(py, block)?;
         let flags = if self.fortran {
             NPY_ARRAY_FARRAY
         } else {
@@ -166,16 +173,16 @@ impl<'py> ArraySpec<'py> {
         };
         // SAFETY: the type object is NumPy's ndarray; `descr` is a valid descriptor
         // whose reference NewFromDescr steals (hence `into_ptr`); `dims` holds
-        // `dims.len()` (<= 64) non-negative extents; strides are NULL so NumPy
+        // `ndim` (<= 64) non-negative extents; strides are NULL so NumPy
         // computes them for the order in `flags`; `ptr` points to `nbytes` live,
-        // writable bytes aligned to 64 that stay valid while `block` lives, and the
-        // array holds `block` as its base (set below) before it can be used.
+        // writable bytes aligned to 64, which the caller keeps valid as long as the
+        // array lives.
         let array = unsafe {
             PY_ARRAY_API.PyArray_NewFromDescr(
                 py,
                 npyffi::get_type_object(py, NpyTypes::PyArray_Type),
                 self.descr.clone().into_ptr().cast(),
-                self.dims.len() as i32,
+                self.ndim as i32,
                 self.dims.as_mut_ptr(),
                 std::ptr::null_mut(),
                 ptr.as_ptr().cast(),
@@ -186,8 +193,45 @@ impl<'py> ArraySpec<'py> {
         if array.is_null() {
             return Err(PyErr::fetch(py));
         }
-        // SAFETY: `array` is a new reference we own, so taking it is sound.
-        let array = unsafe { Bound::from_owned_ptr(py, array) };
+        // SAFETY: `array` is a new reference we own.
+        Ok(unsafe { Bound::from_owned_ptr(py, array) })
+    }
+
+    /// The array over `ptr`, a raw block of at least `self.nbytes` bytes that
+    /// `handler` (a NEP 49 handler capsule) frees: the array owns the block from
+    /// now on, and NumPy frees it through `handler` when the array dies. If no array
+    /// can be made, the block is handed back in the error.
+    pub(crate) fn wrap_owned(
+        mut self,
+        ptr: NonNull<u8>,
+        handler: &Bound<'py, PyAny>,
+    ) -> Result<Bound<'py, PyAny>, (PyErr, NonNull<u8>)> {
+        let array = self.new_array(ptr).map_err(|e| (e, ptr))?;
+        // SAFETY: `array` is a fresh ndarray (an `ArrayFields` since NumPy 1.22, as
+        // checked when the handler was made) that nobody else has seen: it does not
+        // own its data, so its `mem_handler` is NULL. Setting OWNDATA and a handler
+        // reference (which the array's deallocation releases) makes NumPy free
+        // `ptr` through `handler`, as for an array it allocated with it.
+        unsafe {
+            let fields = array.as_ptr().cast::<ArrayFields>();
+            debug_assert!((*fields).mem_handler.is_null());
+            (*fields).mem_handler = handler.clone().into_ptr();
+            (*fields).flags |= NPY_ARRAY_OWNDATA;
+        }
+        Ok(array)
+    }
+
+    /// The array over `ptr`, memory of `block`'s arena holding `self.nbytes` bytes;
+    /// the block becomes the array's base.
+    pub(crate) fn wrap_in_block(
+        mut self,
+        ptr: NonNull<u8>,
+        block: Block,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = self.descr.py();
+        // The block counts the array from here on, also if the array cannot be made.
+        let block = Bound::new(py, block)?;
+        let array = self.new_array(ptr)?;
         // SAFETY: `array` is a fresh ndarray with no base; SetBaseObject steals the
         // reference to `block` that `into_ptr` gives up, even when it fails.
         let rc = unsafe {

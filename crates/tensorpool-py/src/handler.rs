@@ -268,6 +268,12 @@ pub(crate) fn free_as_numpy(
     free_checked(&ctx, addr);
 }
 
+/// Checks that this NumPy has data-memory handlers (and arrays with a
+/// `mem_handler`): C-API feature version 0x0f, NumPy 1.22, or later.
+pub(crate) fn check_numpy(py: Python<'_>) -> PyResult<()> {
+    api_table(py).map(|_| ())
+}
+
 /// NumPy's C-API table, from the `_ARRAY_API` capsule, after checking that this NumPy
 /// has handlers (C-API feature version 0x0f, NumPy 1.22, or later).
 fn api_table(py: Python<'_>) -> PyResult<*const *const c_void> {

@@ -6,7 +6,7 @@
 //! keep the manager alive.
 
 use crate::arena::PyArena;
-use crate::array::{ArraySpec, Block, BlockOwner, ARRAY_ALIGN};
+use crate::array::{ArraySpec, ARRAY_ALIGN};
 use crate::buffer::{Buffer, Owner};
 use crate::handler;
 use crate::to_py;
@@ -92,6 +92,8 @@ impl PyMemoryManager {
         Ok((block.map_err(to_py)?, layout))
     }
 
+    /// An array that owns a raw block of this manager, freed through the manager's
+    /// handler when NumPy lets go of it (as `np.empty`'s data is freed).
     fn array<'py>(
         &self,
         shape: &Bound<'py, PyAny>,
@@ -99,10 +101,33 @@ impl PyMemoryManager {
         order: &str,
         zeroed: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let py = shape.py();
+        let handler = self.handler_bound(py)?;
         let spec = ArraySpec::parse(shape, dtype, order)?;
-        let (ptr, layout) = self.allocate_block(spec.nbytes, zeroed)?;
-        let block = Block::new(ptr, BlockOwner::Manager(self.mm.clone(), layout));
-        spec.wrap(ptr, block)
+        let block = if zeroed {
+            self.mm.allocate_raw_zeroed(spec.nbytes, ARRAY_ALIGN)
+        } else {
+            self.mm.allocate_raw(spec.nbytes, ARRAY_ALIGN)
+        };
+        let ptr = block.map_err(to_py)?;
+        spec.wrap_owned(ptr, handler).map_err(|(e, ptr)| {
+            self.mm
+                .free_raw(ptr.as_ptr())
+                .expect("the block was just allocated raw");
+            e
+        })
+    }
+
+    /// The NEP 49 handler over this manager, made on first use (after checking that
+    /// this NumPy has handlers).
+    fn handler_bound<'py>(&self, py: Python<'py>) -> PyResult<&Bound<'py, PyAny>> {
+        self.handler
+            .get_or_try_init(py, || {
+                handler::check_numpy(py)?;
+                handler::new_capsule(py, self.mm.clone(), self.state.clone(), None)
+                    .map(Bound::unbind)
+            })
+            .map(|h| h.bind(py))
     }
 }
 
@@ -291,8 +316,9 @@ impl PyMemoryManager {
         self.mm.reset_peak_stats()
     }
 
-    /// Gives the calling thread's cached blocks back to the shared pools (threads do
-    /// this when they exit).
+    /// Collects the frees other threads made into the calling thread's slabs and
+    /// gives the thread's empty slabs and cached large blocks back to the best-fit
+    /// tier (threads do this when they exit; `trim()` does it for every thread).
     fn flush_thread_cache(&self) {
         self.mm.flush_thread_cache()
     }
@@ -307,12 +333,7 @@ impl PyMemoryManager {
 
     /// The NEP 49 handler capsule over this manager (`install` and `use` set it).
     fn handler(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        self.handler
-            .get_or_try_init(py, || {
-                handler::new_capsule(py, self.mm.clone(), self.state.clone(), None)
-                    .map(Bound::unbind)
-            })
-            .map(|h| h.clone_ref(py))
+        self.handler_bound(py).map(|h| h.clone().unbind())
     }
 
     /// A NEP 49 handler capsule over this manager that records every allocation and

@@ -427,7 +427,19 @@ impl MemoryManager {
 
     /// The same as [`allocate_raw`](Self::allocate_raw), with the memory zeroed
     /// (without writing it when the block's pages are fresh from the system).
+    #[inline]
     pub fn allocate_raw_zeroed(&self, size: usize, align: usize) -> Result<NonNull<u8>> {
+        if let Some(ptr) = self.inner.allocate_hot(size, align, true) {
+            // SAFETY: a fresh block of at least `size` bytes, exclusively ours.
+            unsafe { ptr.as_ptr().write_bytes(0, size) };
+            return Ok(ptr);
+        }
+        self.allocate_raw_zeroed_cold(size, align)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn allocate_raw_zeroed_cold(&self, size: usize, align: usize) -> Result<NonNull<u8>> {
         let (ptr, zero) = self.inner.allocate(size, align, true)?;
         if !zero {
             // SAFETY: the block is `size` bytes, fresh, and exclusively ours.

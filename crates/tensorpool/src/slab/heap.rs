@@ -231,11 +231,26 @@ pub(crate) struct State {
     cached: usize,
     /// The most bytes this heap held live (when it looked: at its cache's changes).
     high_live: usize,
-    /// The slab of the last free that had to look in the page map, and its pages:
-    /// the next free of a block near it skips the map.
-    last: *const Slab,
-    last_base: usize,
-    last_bytes: usize,
+    /// The slabs of the last two frees that had to look in the page map, newest
+    /// first: the next frees of blocks in them skip the map (sizeless frees tend to
+    /// alternate between two sizes, as NumPy's temporaries and results do).
+    recent: [Recent; 2],
+}
+
+/// A slab of this heap and its pages, for [`Owned::last_holding`].
+#[derive(Debug, Clone, Copy)]
+struct Recent {
+    slab: *const Slab,
+    base: usize,
+    bytes: usize,
+}
+
+impl Recent {
+    const NONE: Recent = Recent {
+        slab: std::ptr::null(),
+        base: 0,
+        bytes: 0,
+    };
 }
 
 /// One thread's heap in one engine.
@@ -337,9 +352,7 @@ impl Heap {
                 records: Vec::new(),
                 cached: 0,
                 high_live: 0,
-                last: std::ptr::null(),
-                last_base: 0,
-                last_bytes: 0,
+                recent: [Recent::NONE; 2],
             }),
             stopper: Mutex::new(()),
             inbox: AtomicPtr::new(std::ptr::null_mut()),
@@ -553,11 +566,11 @@ impl Owned<'_> {
         }
         // SAFETY: this heap owns the slab; the slot was checked live.
         unsafe { slab.release(own, slot) };
-        // SAFETY: as in `try_allocate`: a slab's class indexes the engine's classes.
-        let geometry = unsafe { eng.classes.get_unchecked(class as usize) };
-        let tier = self.tier(geometry.tier_index);
+        // SAFETY: as in `try_allocate`: a slab's class indexes the heap's classes.
+        let cls = unsafe { self.state().classes.get_unchecked(class as usize) };
+        let tier = self.tier(cls.tier);
         tier.frees.add(1);
-        tier.bytes.sub(geometry.stride as u64);
+        tier.bytes.sub(cls.stride as u64);
         tier.requested.sub(requested as u64);
         if own.place != Place::Current {
             self.settle(eng, slab, class as usize);
@@ -601,16 +614,18 @@ impl Owned<'_> {
         true
     }
 
-    /// The slab of the last free that looked in the page map, if it holds `addr`.
+    /// One of the slabs of the last frees that looked in the page map, if it holds
+    /// `addr`.
     #[inline(always)]
     pub(crate) fn last_holding(&self, addr: usize) -> Option<&Slab> {
         let st = self.state();
-        if addr.wrapping_sub(st.last_base) < st.last_bytes {
-            // SAFETY: `last` is a slab of this heap (forgotten when it is given back).
-            Some(unsafe { &*st.last })
-        } else {
-            None
-        }
+        let hit = st
+            .recent
+            .iter()
+            .find(|r| addr.wrapping_sub(r.base) < r.bytes)?;
+        // SAFETY: remembered slabs are slabs of this heap, forgotten when they are
+        // given back.
+        Some(unsafe { &*hit.slab })
     }
 
     /// Remembers `slab`, of this heap, for [`last_holding`](Self::last_holding).
@@ -618,9 +633,12 @@ impl Owned<'_> {
     pub(crate) fn remember(&self, slab: &Slab) {
         let own = self.own(slab);
         let st = self.state();
-        st.last = slab;
-        st.last_base = own.base.addr();
-        st.last_bytes = own.bytes;
+        st.recent[1] = st.recent[0];
+        st.recent[0] = Recent {
+            slab,
+            base: own.base.addr(),
+            bytes: own.bytes,
+        };
     }
 
     /// Marks the blocks of `class`'s hot stack free in the current slab's bitmap.
@@ -1168,10 +1186,10 @@ impl Owned<'_> {
             bytes
         };
         eng.map.set(base.addr(), mapped, std::ptr::null());
-        let st = self.state();
-        if std::ptr::eq(st.last, slab) {
-            st.last = std::ptr::null();
-            st.last_bytes = 0;
+        for recent in &mut self.state().recent {
+            if std::ptr::eq(recent.slab, slab) {
+                *recent = Recent::NONE;
+            }
         }
         let class = slab.class();
         let counts = &self.heap.counts;
