@@ -27,6 +27,8 @@ pub(crate) const ARRAY_ALIGN: usize = 64;
 
 /// NumPy's limit on dimensions (NPY_MAXDIMS in NumPy 2).
 const MAX_DIMS: usize = 64;
+/// Extents kept in place in an [`ArraySpec`]; beyond, they go to the heap.
+const INLINE_DIMS: usize = 8;
 
 /// `NPY_ARRAY_OWNDATA`: the array frees its data through its `mem_handler`.
 const NPY_ARRAY_OWNDATA: c_int = 0x0004;
@@ -72,8 +74,11 @@ impl Block {
 
 /// A request for an array: its dimensions, element type and size.
 pub(crate) struct ArraySpec<'py> {
-    /// The extents, `ndim` of them (on the stack: no allocation per array).
-    dims: [npy_intp; MAX_DIMS],
+    /// The extents, `ndim` of them: the first [`INLINE_DIMS`] in place (no
+    /// allocation, and little to zero or move per array), all of them in `more`
+    /// when there are more.
+    dims: [npy_intp; INLINE_DIMS],
+    more: Vec<npy_intp>,
     ndim: usize,
     descr: Bound<'py, PyArrayDescr>,
     fortran: bool,
@@ -99,7 +104,8 @@ impl<'py> ArraySpec<'py> {
                 )))
             }
         };
-        let mut dims = [0 as npy_intp; MAX_DIMS];
+        let mut dims = [0 as npy_intp; INLINE_DIMS];
+        let mut more = Vec::new();
         let mut ndim = 0;
         let mut push = |d: isize| {
             if ndim == MAX_DIMS {
@@ -107,7 +113,14 @@ impl<'py> ArraySpec<'py> {
                     "an array has at most {MAX_DIMS} dimensions"
                 )));
             }
-            dims[ndim] = d;
+            if ndim < INLINE_DIMS {
+                dims[ndim] = d;
+            } else {
+                if ndim == INLINE_DIMS {
+                    more.extend_from_slice(&dims);
+                }
+                more.push(d);
+            }
             ndim += 1;
             Ok(())
         };
@@ -144,7 +157,12 @@ impl<'py> ArraySpec<'py> {
             )));
         }
         let mut count: usize = 1;
-        for &d in &dims[..ndim] {
+        let extents = if ndim > INLINE_DIMS {
+            &more[..]
+        } else {
+            &dims[..ndim]
+        };
+        for &d in extents {
             if d < 0 {
                 return Err(PyValueError::new_err("negative dimensions are not allowed"));
             }
@@ -156,6 +174,7 @@ impl<'py> ArraySpec<'py> {
         }
         Ok(ArraySpec {
             dims,
+            more,
             ndim,
             descr,
             fortran,
@@ -183,7 +202,11 @@ impl<'py> ArraySpec<'py> {
                 npyffi::get_type_object(py, NpyTypes::PyArray_Type),
                 self.descr.clone().into_ptr().cast(),
                 self.ndim as i32,
-                self.dims.as_mut_ptr(),
+                if self.ndim > INLINE_DIMS {
+                    self.more.as_mut_ptr()
+                } else {
+                    self.dims.as_mut_ptr()
+                },
                 std::ptr::null_mut(),
                 ptr.as_ptr().cast(),
                 flags,

@@ -76,11 +76,8 @@ impl Node for Leaf {
     }
 
     fn new_boxed() -> Box<Self> {
-        let slabs: Box<[AtomicPtr<Slab>; LEAF_LEN]> = (0..LEAF_LEN)
-            .map(|_| AtomicPtr::new(std::ptr::null_mut()))
-            .collect::<Box<[_]>>()
-            .try_into()
-            .expect("LEAF_LEN entries");
+        // SAFETY: a null `AtomicPtr` is all zero bits.
+        let slabs = unsafe { Box::<[AtomicPtr<Slab>; LEAF_LEN]>::new_zeroed().assume_init() };
         // SAFETY: `Leaf` is `repr(transparent)` over an array of this type and
         // length: the same layout as the boxed array.
         unsafe { Box::from_raw(Box::into_raw(slabs).cast::<Leaf>()) }
@@ -93,14 +90,25 @@ impl Node for Mid {
     }
 
     fn new_boxed() -> Box<Self> {
-        let leaves: Box<[AtomicPtr<Leaf>; MID_LEN]> = (0..MID_LEN)
-            .map(|_| AtomicPtr::new(Leaf::empty()))
-            .collect::<Box<[_]>>()
-            .try_into()
-            .expect("MID_LEN entries");
+        let leaves = filled::<Leaf, MID_LEN>(Leaf::empty());
         // SAFETY: as for `Leaf`.
         unsafe { Box::from_raw(Box::into_raw(leaves).cast::<Mid>()) }
     }
+}
+
+/// `N` entries, each `value`, written in place: no array on the stack (they are 16
+/// and 32 KiB), no iterator (whose per-element retags make a node cost seconds
+/// under Miri).
+fn filled<T, const N: usize>(value: *mut T) -> Box<[AtomicPtr<T>; N]> {
+    let mut node = Box::<[AtomicPtr<T>; N]>::new_uninit();
+    let first = node.as_mut_ptr().cast::<AtomicPtr<T>>();
+    for i in 0..N {
+        // SAFETY: `i < N`: inside the allocation of `N` entries, which nothing else
+        // references yet.
+        unsafe { first.add(i).write(AtomicPtr::new(value)) };
+    }
+    // SAFETY: every one of the `N` entries was written above.
+    unsafe { node.assume_init() }
 }
 
 /// Address → slab, lock-free for readers.
@@ -137,11 +145,7 @@ fn child<T: Node>(slot: &AtomicPtr<T>) -> &T {
 impl PageMap {
     pub(crate) fn new() -> Self {
         PageMap {
-            top: (0..TOP_LEN)
-                .map(|_| AtomicPtr::new(Mid::empty()))
-                .collect::<Box<[_]>>()
-                .try_into()
-                .expect("TOP_LEN entries"),
+            top: filled::<Mid, TOP_LEN>(Mid::empty()),
         }
     }
 
