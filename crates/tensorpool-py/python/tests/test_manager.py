@@ -94,6 +94,13 @@ def test_bad_shapes_and_dtypes_are_rejected(mm):
     with pytest.raises(ValueError, match="at most 64 dimensions"):
         mm.empty((1,) * 65)
     assert mm.empty((1,) * 64).ndim == 64
+    # Up to 8 extents are kept in place, more on the heap: both keep every extent.
+    for shape in [(3, 1, 2, 1, 2, 1, 1, 2), (3, 1, 2, 1, 2, 1, 1, 2, 5), (2,) * 12]:
+        a = mm.zeros(shape, dtype=np.int8, order="F")
+        assert a.shape == shape and a.flags.f_contiguous and not a.any()
+        assert a.size == int(np.prod(shape))
+    with pytest.raises(ValueError, match="negative dimensions"):
+        mm.empty((1,) * 9 + (-1,))
     with pytest.raises(TypeError, match="shape"):
         mm.empty("abc")
     with pytest.raises(TypeError, match="shape"):
