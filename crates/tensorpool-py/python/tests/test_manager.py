@@ -99,6 +99,7 @@ def test_bad_shapes_and_dtypes_are_rejected(mm):
         a = mm.zeros(shape, dtype=np.int8, order="F")
         assert a.shape == shape and a.flags.f_contiguous and not a.any()
         assert a.size == int(np.prod(shape))
+        del a
     with pytest.raises(ValueError, match="negative dimensions"):
         mm.empty((1,) * 9 + (-1,))
     with pytest.raises(TypeError, match="shape"):
