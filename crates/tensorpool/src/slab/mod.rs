@@ -74,6 +74,24 @@ pub(crate) fn round_to_page(bytes: usize) -> usize {
     round_up(bytes, PAGE)
 }
 
+/// The class of every size up to [`TABLE_LIMIT`] (and the classes' largest) in steps
+/// of 8 bytes, the least class spacing: entry `i` is the smallest class of at least
+/// `8 * (i + 1)` bytes. Filled a class at a time (a memset each), not a lookup per
+/// entry.
+fn class_table(sc: &SizeClasses) -> Box<[u8]> {
+    let len = sc.max_size().min(TABLE_LIMIT) / 8;
+    let mut table = vec![0u8; len].into_boxed_slice();
+    let mut start = 0;
+    for class in 0..sc.len() {
+        let end = (sc.size_of(class) / 8).min(len);
+        if end > start {
+            table[start..end].fill(class as u8);
+            start = end;
+        }
+    }
+    table
+}
+
 /// Slots an explicit pool may still put in slabs.
 #[derive(Debug)]
 pub(crate) struct Capacity {
@@ -276,9 +294,7 @@ impl Engine {
         let span_pages = medium_threshold / PAGE;
         let shared = Heap::boxed(&classes, span_pages);
         let class_table = match &size_classes {
-            Some(sc) if sc.len() <= 256 => (1..=sc.max_size().min(TABLE_LIMIT) / 8)
-                .map(|eighths| sc.class_for(eighths * 8, 8).expect("below the threshold") as u8)
-                .collect(),
+            Some(sc) if sc.len() <= 256 => class_table(sc),
             _ => Box::default(),
         };
         Arc::new(Engine {

@@ -21,6 +21,7 @@
 //! ```
 
 use super::slab::Slab;
+use crate::sync::Mutex;
 use std::sync::atomic::{
     AtomicPtr,
     Ordering::{AcqRel, Acquire, Release},
@@ -42,12 +43,10 @@ const TOP_LEN: usize = 1 << TOP_BITS;
 /// AArch64 with 4-level page tables: never ours.
 pub(crate) const ADDRESS_LIMIT: usize = 1 << (PAGE_SHIFT + LEAF_BITS + MID_BITS + TOP_BITS);
 
-#[repr(transparent)]
 struct Leaf {
     slabs: [AtomicPtr<Slab>; LEAF_LEN],
 }
 
-#[repr(transparent)]
 struct Mid {
     leaves: [AtomicPtr<Leaf>; MID_LEN],
 }
@@ -59,15 +58,21 @@ static EMPTY_LEAF: Leaf = Leaf {
 };
 
 /// The middle node of every top entry without one of its own: all [`EMPTY_LEAF`].
+/// Also what a new middle node starts as (a copy).
 static EMPTY_MID: Mid = Mid {
     leaves: [const { AtomicPtr::new((&raw const EMPTY_LEAF).cast_mut()) }; MID_LEN],
 };
+
+/// What a new map's top starts as (a copy): every entry [`EMPTY_MID`].
+static EMPTY_TOP: [AtomicPtr<Mid>; TOP_LEN] =
+    [const { AtomicPtr::new((&raw const EMPTY_MID).cast_mut()) }; TOP_LEN];
 
 /// A node that stands for "no entries below": what a fresh slot points to.
 trait Node: Sized + 'static {
     fn empty() -> *mut Self;
     /// A new node, with every entry empty.
     fn new_boxed() -> Box<Self>;
+    fn installed(node: *mut Self) -> Installed;
 }
 
 impl Node for Leaf {
@@ -76,11 +81,17 @@ impl Node for Leaf {
     }
 
     fn new_boxed() -> Box<Self> {
-        // SAFETY: a null `AtomicPtr` is all zero bits.
-        let slabs = unsafe { Box::<[AtomicPtr<Slab>; LEAF_LEN]>::new_zeroed().assume_init() };
-        // SAFETY: `Leaf` is `repr(transparent)` over an array of this type and
-        // length: the same layout as the boxed array.
-        unsafe { Box::from_raw(Box::into_raw(slabs).cast::<Leaf>()) }
+        let mut leaf = Box::<Leaf>::new_uninit();
+        // SAFETY: the write zeroes the whole fresh allocation, and a null
+        // `AtomicPtr` is all zero bits: a `Leaf` with every entry null.
+        unsafe {
+            leaf.as_mut_ptr().write_bytes(0, 1);
+            leaf.assume_init()
+        }
+    }
+
+    fn installed(node: *mut Self) -> Installed {
+        Installed::Leaf(node)
     }
 }
 
@@ -90,31 +101,45 @@ impl Node for Mid {
     }
 
     fn new_boxed() -> Box<Self> {
-        let leaves = filled::<Leaf, MID_LEN>(Leaf::empty());
-        // SAFETY: as for `Leaf`.
-        unsafe { Box::from_raw(Box::into_raw(leaves).cast::<Mid>()) }
+        copy_of(&EMPTY_MID)
+    }
+
+    fn installed(node: *mut Self) -> Installed {
+        Installed::Mid(node)
     }
 }
 
-/// `N` entries, each `value`, written in place: no array on the stack (they are 16
-/// and 32 KiB), no iterator (whose per-element retags make a node cost seconds
-/// under Miri).
-fn filled<T, const N: usize>(value: *mut T) -> Box<[AtomicPtr<T>; N]> {
-    let mut node = Box::<[AtomicPtr<T>; N]>::new_uninit();
-    let first = node.as_mut_ptr().cast::<AtomicPtr<T>>();
-    for i in 0..N {
-        // SAFETY: `i < N`: inside the allocation of `N` entries, which nothing else
-        // references yet.
-        unsafe { first.add(i).write(AtomicPtr::new(value)) };
+/// A boxed copy of a static node, in one memcpy (an entry at a time would cost
+/// seconds per node under Miri).
+fn copy_of<T>(node: &'static T) -> Box<T> {
+    let mut fresh = Box::<T>::new_uninit();
+    // SAFETY: the statics copied are never written (writers replace entries that
+    // point to them, never entries in them), so reading their bytes races with
+    // nothing; an `AtomicPtr` is plain bytes with provenance, which the copy keeps,
+    // and the copy initialises every byte of `fresh`.
+    unsafe {
+        std::ptr::copy_nonoverlapping(std::ptr::from_ref(node), fresh.as_mut_ptr(), 1);
+        fresh.assume_init()
     }
-    // SAFETY: every one of the `N` entries was written above.
-    unsafe { node.assume_init() }
 }
 
 /// Address → slab, lock-free for readers.
 pub(crate) struct PageMap {
     top: Box<[AtomicPtr<Mid>; TOP_LEN]>,
+    /// Every node installed, to free when the map goes (a writer's slow path).
+    installed: Mutex<Vec<Installed>>,
 }
+
+/// A node of the map, made by `Box::into_raw` and installed in an entry.
+enum Installed {
+    Mid(*mut Mid),
+    Leaf(*mut Leaf),
+}
+
+// SAFETY: an `Installed` is the map's ownership of a node that any thread may read
+// through the entries (nodes hold atomics only); it is freed once, in the map's
+// `drop`, on whichever thread drops the map.
+unsafe impl Send for Installed {}
 
 impl std::fmt::Debug for PageMap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -122,13 +147,17 @@ impl std::fmt::Debug for PageMap {
     }
 }
 
-/// The child at `slot`, made if it is still the empty node.
-fn child<T: Node>(slot: &AtomicPtr<T>) -> &T {
+/// The child at `slot`, made (and recorded in `installed`) if it is still the
+/// empty node.
+fn child<'a, T: Node>(slot: &'a AtomicPtr<T>, installed: &Mutex<Vec<Installed>>) -> &'a T {
     let mut node = slot.load(Acquire);
     if node == T::empty() {
         let fresh = Box::into_raw(T::new_boxed());
         node = match slot.compare_exchange(T::empty(), fresh, AcqRel, Acquire) {
-            Ok(_) => fresh,
+            Ok(_) => {
+                installed.lock().push(T::installed(fresh));
+                fresh
+            }
             Err(winner) => {
                 // SAFETY: `fresh` came from `Box::into_raw` and was never shared:
                 // another writer installed its node first.
@@ -145,7 +174,8 @@ fn child<T: Node>(slot: &AtomicPtr<T>) -> &T {
 impl PageMap {
     pub(crate) fn new() -> Self {
         PageMap {
-            top: filled::<Mid, TOP_LEN>(Mid::empty()),
+            top: copy_of(&EMPTY_TOP),
+            installed: Mutex::new(Vec::new()),
         }
     }
 
@@ -169,10 +199,11 @@ impl PageMap {
         let (t, m, l) = Self::split(addr);
         let mid = self.top[t & (TOP_LEN - 1)].load(Acquire);
         // SAFETY: entries point to installed nodes, valid until the map is dropped,
-        // or to the static empty ones.
-        let leaf = unsafe { &*mid }.leaves[m].load(Acquire);
+        // or to the static empty ones. The entry is reached by a place projection,
+        // so only it is borrowed, not the whole node (which Miri would retag).
+        let leaf = unsafe { (*mid).leaves[m].load(Acquire) };
         // SAFETY: as above.
-        unsafe { &*leaf }.slabs[l].load(Acquire)
+        unsafe { (*leaf).slabs[l].load(Acquire) }
     }
 
     /// Points every page of `[start, start + len)` at `slab` (null to clear). `start`
@@ -182,7 +213,8 @@ impl PageMap {
         let mut addr = start;
         while addr < start + len {
             let (t, m, l) = Self::split(addr);
-            let leaf = child(&child(&self.top[t]).leaves[m]);
+            let mid = child(&self.top[t], &self.installed);
+            let leaf = child(&mid.leaves[m], &self.installed);
             // The rest of this leaf, or of the range, whichever ends first.
             let n = (LEAF_LEN - l).min((start + len - addr) >> PAGE_SHIFT);
             for entry in &leaf.slabs[l..l + n] {
@@ -195,21 +227,12 @@ impl PageMap {
 
 impl Drop for PageMap {
     fn drop(&mut self) {
-        for mid in self.top.iter_mut() {
-            let mid = *mid.get_mut();
-            if mid == Mid::empty() {
-                continue;
-            }
-            // SAFETY: `mid` is not the static empty node, so it came from
-            // `Box::into_raw` in `child` and is freed once, here, with its leaves;
-            // `&mut self` proves no reader is left.
-            let mut mid = unsafe { Box::from_raw(mid) };
-            for leaf in mid.leaves.iter_mut() {
-                let leaf = *leaf.get_mut();
-                if leaf != Leaf::empty() {
-                    // SAFETY: as above, for a leaf.
-                    drop(unsafe { Box::from_raw(leaf) });
-                }
+        for node in self.installed.get_mut().drain(..) {
+            // SAFETY: each installed node came from `Box::into_raw` in `child` and is
+            // recorded once; `&mut self` proves no reader is left.
+            match node {
+                Installed::Mid(mid) => drop(unsafe { Box::from_raw(mid) }),
+                Installed::Leaf(leaf) => drop(unsafe { Box::from_raw(leaf) }),
             }
         }
     }

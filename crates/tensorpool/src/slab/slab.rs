@@ -676,6 +676,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg_attr(miri, ignore = "exhaustive arithmetic, no unsafe code")]
     fn division_by_magic_is_exact() {
         let strides = (8..=4096).chain((4096..=(1 << 20)).step_by(4096)).chain([
             72,
