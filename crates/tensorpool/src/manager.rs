@@ -1178,11 +1178,13 @@ mod tests {
         let mm = manager(
             heap_config()
                 .small_threshold(4096)
+                .medium_threshold(huge / 2)
                 .huge_threshold(huge)
                 .expandable_segments(false),
         );
-        // Sizes in the small, large and huge tiers, grown and shrunk across them.
-        let sizes = [100usize, 3000, huge / 2, huge + 4096, 50, 1];
+        // Sizes in the small, medium (spans), large (best fit) and huge tiers, grown
+        // and shrunk across them.
+        let sizes = [100usize, 3000, huge / 2, huge / 4 * 3, huge + 4096, 50, 1];
         let mut ptr = mm.allocate_raw(sizes[0], 8).unwrap().as_ptr();
         let fill = |p: *mut u8, n: usize| {
             // SAFETY: `p` is a live raw block of at least `n` bytes.
