@@ -3,7 +3,8 @@
 #
 #   formatting and lints (rustfmt, clippy -D warnings)
 #   the Rust tests: unit, property (proptest), integration, doc tests, all features
-#   loom models of the thread-cache hand-off
+#   loom models of the small-block engine's hand-offs (remote frees, collection,
+#   adoption of an exited thread's heap, the trim handshake)
 #   the unsafe core under Miri (a fast subset, see README "Testing"), and the
 #   multi-threaded stress test under Miri's data-race detector (in the background)
 #   every test of the library again under AddressSanitizer
@@ -24,7 +25,7 @@ cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 step "cargo test (all features)"
 cargo test --workspace --all-features --locked
 
-step "loom: the thread-cache hand-off, every interleaving up to 3 preemptions"
+step "loom: the small-block engine's hand-offs, every interleaving up to 3 preemptions"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
     cargo test --release --locked -p tensorpool --lib -- loom_models
 
@@ -43,11 +44,13 @@ else
         rustup component add --toolchain nightly miri rust-src
     fi
     mkdir -p target
+    # Bounded, so that a test gone slow under Miri fails here, naming itself in the
+    # log, instead of running CI out of time (about 5 minutes is usual).
     (
         set -e
-        MIRIFLAGS="-Zmiri-strict-provenance" cargo +nightly miri test -p tensorpool --lib --locked -- \
+        MIRIFLAGS="-Zmiri-strict-provenance" timeout 1200 cargo +nightly miri test -p tensorpool --lib --locked -- \
             arena:: fixed_pool:: best_fit:: huge:: upstream:: manager:: tensor:: slab:: debug::
-        cargo +nightly miri test -p tensorpool --test threads --locked
+        timeout 900 cargo +nightly miri test -p tensorpool --test threads --locked
     ) >"$MIRI_LOG" 2>&1 &
     MIRI_PID=$!
 
