@@ -3,7 +3,8 @@
 
     python3 scripts/tables.py            # builds the command in release mode first
 
-The replay table covers the real program traces (pages touched, 5 repetitions); the
+The replay table covers the real program traces, those recorded here (traces/recorded)
+included (pages touched, 5 repetitions); the
 plan table covers the static interval traces, with MiniMalloc's instances apart.
 """
 import glob
@@ -33,6 +34,7 @@ def size(n):
 
 def replay_table():
     traces = ["traces/transformer_train.csv.gz", "traces/sk_mlp.csv.gz", "traces/torch_profiler_mlp.json"]
+    traces += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "traces" / "recorded").glob("*.csv.gz"))
     reports = run("replay", "--json", *traces)
     print("| trace | events | peak live | allocator | ns/event | peak reserved | efficiency | page faults / run | tensorpool time ÷ | tensorpool memory ÷ |")
     print("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|")

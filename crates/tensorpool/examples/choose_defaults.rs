@@ -2,7 +2,8 @@
 //! justifies the defaults of `Config` (memory efficiency = peak reserved / peak live).
 //!
 //! ```text
-//! cargo run --release -p tensorpool --example choose_defaults -- traces/*.csv.gz traces/intervals/*.csv.gz
+//! cargo run --release -p tensorpool --example choose_defaults -- \
+//!     traces/*.csv.gz traces/recorded/*.csv.gz traces/intervals/*.csv.gz
 //! ```
 //!
 //! Pages are not touched: efficiency depends only on addresses, and the strategies
@@ -22,79 +23,74 @@ struct Variant {
 const KIB: usize = 1 << 10;
 const MIB: usize = 1 << 20;
 
+/// The defaults, and each setting of the small-block engine moved one way or the
+/// other from them, one at a time.
 fn variants() -> Vec<Variant> {
     vec![
         Variant {
-            name: "pools only",
+            name: "default: ≤32K slabs, ≤1M spans, cache ≤32M, slabs ≤256K",
+            config: Config::builder,
+        },
+        Variant {
+            name: "best fit only",
             config: || {
                 Config::builder()
-                    .small_threshold(1 << 31)
+                    .small_threshold(0)
+                    .medium_threshold(0)
                     .huge_threshold(1 << 46)
             },
         },
         Variant {
-            name: "best fit only",
-            config: || Config::builder().small_threshold(0).huge_threshold(1 << 46),
-        },
-        Variant {
-            name: "≤1K",
-            config: || Config::builder().small_threshold(KIB),
-        },
-        Variant {
-            name: "≤4K",
+            name: "slabs ≤4K",
             config: || Config::builder().small_threshold(4 * KIB),
         },
         Variant {
-            name: "≤64K",
+            name: "slabs ≤16K",
+            config: || Config::builder().small_threshold(16 * KIB),
+        },
+        Variant {
+            name: "slabs ≤64K",
             config: || Config::builder().small_threshold(64 * KIB),
         },
         Variant {
-            name: "≤256K",
-            config: || Config::builder().small_threshold(256 * KIB),
+            name: "no spans",
+            config: || Config::builder().medium_threshold(0),
         },
         Variant {
-            name: "≤16K, 4/doubling",
-            config: || {
-                Config::builder()
-                    .small_threshold(16 * KIB)
-                    .classes_per_doubling(4)
-            },
+            name: "spans ≤256K",
+            config: || Config::builder().medium_threshold(256 * KIB),
         },
         Variant {
-            name: "≤16K, 2M commits",
-            config: || {
-                Config::builder()
-                    .small_threshold(16 * KIB)
-                    .commit_granularity(2 * MIB)
-            },
+            name: "spans ≤4M",
+            config: || Config::builder().medium_threshold(4 * MIB),
         },
         Variant {
-            name: "≤16K, 2M segments",
-            config: || {
-                Config::builder()
-                    .small_threshold(16 * KIB)
-                    .expandable_segments(false)
-            },
+            name: "no thread cache",
+            config: || Config::builder().thread_cache_bytes(0),
         },
         Variant {
-            name: "≤16K, huge >64M",
-            config: || {
-                Config::builder()
-                    .small_threshold(16 * KIB)
-                    .huge_threshold(64 * MIB)
-            },
+            name: "cache ≤1M",
+            config: || Config::builder().thread_cache_bytes(MIB),
         },
         Variant {
-            name: "≤16K, huge >256M",
-            config: || {
-                Config::builder()
-                    .small_threshold(16 * KIB)
-                    .huge_threshold(256 * MIB)
-            },
+            name: "slabs ≤64K pages",
+            config: || Config::builder().pool_chunk_size(64 * KIB),
         },
         Variant {
-            name: "default: ≤16K, 8/doubling, 64K commits, huge >1G",
-            config: Config::builder,
+            name: "slabs ≤1M pages",
+            config: || Config::builder().pool_chunk_size(MIB),
+        },
+        Variant {
+            name: "4/doubling",
+            config: || Config::builder().classes_per_doubling(4),
+        },
+        Variant {
+            name: "2M commits",
+            config: || Config::builder().commit_granularity(2 * MIB),
+        },
+        Variant {
+            name: "huge >64M",
+            config: || Config::builder().huge_threshold(64 * MIB),
         },
     ]
 }
@@ -127,7 +123,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!();
     println!("|---|---:|{}", "---:|".repeat(variants.len()));
-    // The worst case over the DL traces, and apart from it over MiniMalloc's
+    // The worst case over the real traces, and apart from it over MiniMalloc's
     // adversarial instances (1 MiB each, built to defeat online allocators).
     let mut worst = [vec![0f64; variants.len()], vec![0f64; variants.len()]];
     let mut times = vec![0f64; variants.len()];
@@ -153,7 +149,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         println!();
     }
-    for (group, label) in worst.iter().zip(["worst, DL traces", "worst, MiniMalloc"]) {
+    for (group, label) in worst.iter().zip(["worst, real traces", "worst, MiniMalloc"]) {
         print!("| **{label}** | |");
         for w in group {
             print!(" **{w:.3}** |");
