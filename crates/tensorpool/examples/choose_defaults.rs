@@ -149,7 +149,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         println!();
     }
-    for (group, label) in worst.iter().zip(["worst, real traces", "worst, MiniMalloc"]) {
+    for (group, label) in worst
+        .iter()
+        .zip(["worst, real traces", "worst, MiniMalloc"])
+    {
         print!("| **{label}** | |");
         for w in group {
             print!(" **{w:.3}** |");
