@@ -503,7 +503,21 @@ impl Owned<'_> {
         // SAFETY: classes come from the engine's size classes or pools, whose count
         // is the length of both arrays.
         let state = unsafe { self.state().classes.get_unchecked_mut(class) };
-        if state.hot_len > 0 {
+        if state.hot_len == 0 {
+            // SAFETY: a current slab is a live slab of this heap.
+            let slab = unsafe { state.current.as_ref() }?;
+            let own = self.own(slab);
+            if !self.refill_hot(eng, state, slab, own) {
+                let (tier, stride) = (state.tier, state.stride);
+                // SAFETY: this heap owns the slab.
+                let slot = unsafe { slab.take_slot(own) }?;
+                return Some(
+                    self.hand_out(eng, slab, own, slot, (tier, stride), size, raw)
+                        .0,
+                );
+            }
+        }
+        {
             state.hot_len -= 1;
             // SAFETY: `hot_len` entries are set, and a set entry is a live block of
             // the current slab, marked live in its bitmap.
@@ -519,18 +533,35 @@ impl Owned<'_> {
             tier.bytes.add(state.stride as u64);
             tier.requested.add(size as u64);
             // SAFETY: blocks are never null.
-            return Some(unsafe { NonNull::new_unchecked(ptr) });
+            Some(unsafe { NonNull::new_unchecked(ptr) })
         }
-        // SAFETY: a current slab is a live slab of this heap.
-        let slab = unsafe { state.current.as_ref() }?;
-        let (tier, stride) = (state.tier, state.stride);
-        let own = self.own(slab);
+    }
+
+    /// Fills the empty hot stack of `state`'s class from the current `slab`'s bitmap
+    /// in one go (slots handed out before, see [`Slab::take_used`]), the lowest slot
+    /// on top; `false` if there are none (the next free slots are fresh, or the slab
+    /// is full). Past the hot stack's 32 blocks, a program that holds many blocks
+    /// of a class then takes them a stack at a time, not a bitmap search each.
+    #[inline(never)]
+    fn refill_hot(&self, eng: &Engine, state: &mut ClassState, slab: &Slab, own: &mut Own) -> bool {
+        debug_assert_eq!(state.hot_len, 0);
         // SAFETY: this heap owns the slab.
-        let slot = unsafe { slab.take_slot(own) }?;
-        Some(
-            self.hand_out(eng, slab, own, slot, (tier, stride), size, raw)
-                .0,
-        )
+        let Some((group, mut taken, stale)) = (unsafe { slab.take_used(own, HOT as u32) }) else {
+            return false;
+        };
+        if stale != 0 {
+            self.refused_late(eng, stale);
+        }
+        let n = taken.count_ones() as usize;
+        let mut i = n;
+        while taken != 0 {
+            let bit = taken.trailing_zeros();
+            taken &= taken - 1;
+            i -= 1;
+            state.hot[i] = slab.slot_ptr(own, group * 64 + bit).as_ptr();
+        }
+        state.hot_len = n;
+        true
     }
 
     /// The hot path of a free of a block of this heap's `slab`: frees it if it is a

@@ -931,6 +931,54 @@ mod tests {
     }
 
     #[test]
+    fn blocks_held_past_the_hot_stack_come_back_lowest_first() {
+        // 100 typed blocks of one class: more than the hot stack holds, so frees go
+        // to the bitmap too and allocations refill the stack from it.
+        let mm = crate::MemoryManager::new(
+            crate::Config::builder()
+                .upstream(crate::UpstreamKind::Heap)
+                .build()
+                .unwrap(),
+        )
+        .unwrap();
+        let layout = std::alloc::Layout::from_size_align(64, 64).unwrap();
+        let take = |n: usize| -> Vec<NonNull<u8>> {
+            (0..n)
+                .map(|_| {
+                    allocator_api2::alloc::Allocator::allocate(&mm, layout)
+                        .unwrap()
+                        .cast()
+                })
+                .collect()
+        };
+        let first = take(100);
+        for &p in &first {
+            // SAFETY: allocated above with `layout`, freed once.
+            unsafe { allocator_api2::alloc::Allocator::deallocate(&mm, p, layout) };
+        }
+        let mut again = take(100);
+        let mut addrs: Vec<usize> = again.iter().map(|p| p.as_ptr().addr()).collect();
+        addrs.sort_unstable();
+        addrs.dedup();
+        // 100 distinct blocks, aligned, the lowest of the first slab among them.
+        assert_eq!(addrs.len(), 100);
+        assert!(addrs.iter().all(|a| a % 64 == 0));
+        let lowest = first.iter().map(|p| p.as_ptr().addr()).min().unwrap();
+        assert_eq!(addrs[0], lowest);
+        assert_eq!(mm.stats().allocated_blocks, 100);
+        for p in again.drain(..) {
+            // SAFETY: as above.
+            unsafe { allocator_api2::alloc::Allocator::deallocate(&mm, p, layout) };
+        }
+        let s = mm.stats();
+        assert_eq!((s.allocated_blocks, s.allocated_bytes), (0, 0));
+        // A raw block taken from a refilled stack is checked as raw.
+        let r = mm.allocate_raw(64, 64).unwrap();
+        assert!(mm.free_raw(r.as_ptr()).is_ok());
+        assert!(mm.free_raw(r.as_ptr()).is_err());
+    }
+
+    #[test]
     fn slabs_grow_with_demand_and_waste_little() {
         // A first slab is a page (or one slot of a larger class), then as large as
         // what the class holds, up to the largest slab.

@@ -163,6 +163,17 @@ pub(crate) fn magic_for(stride: usize) -> u64 {
     (u64::MAX / stride as u64).wrapping_add(1)
 }
 
+/// The 16 bits of `bits` each moved to the low bit of a 2-bit field (bit `i` to bit
+/// `2i`): a mask of slots to a mask of their fields in a post word.
+#[inline]
+fn spread(bits: u32) -> u64 {
+    let mut x = bits as u64 & 0xFFFF;
+    x = (x | x << 8) & 0x00FF_00FF;
+    x = (x | x << 4) & 0x0F0F_0F0F;
+    x = (x | x << 2) & 0x3333_3333;
+    (x | x << 1) & 0x5555_5555
+}
+
 /// How a remote free went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Posted {
@@ -387,6 +398,56 @@ impl Slab {
                 return Some(own.cursor * GROUP as u32 + bits.trailing_zeros());
             }
             own.cursor += 1;
+        }
+        None
+    }
+
+    /// Takes, in one go, up to `max` free slots of the first group that has any,
+    /// lowest first, among the slots handed out before (below `own.high`: their bytes
+    /// are not known to be zero, so nothing is lost by not saying which are). Returns
+    /// the group, the mask of slots taken (now live, for the owner's hot stack), and
+    /// the stale posts thrown away, as [`hand_out`](Self::hand_out) does for one;
+    /// `None` if the first free slots were never handed out (the caller takes those
+    /// one at a time, knowing them zero) or there are none.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the owning heap and passes this record's `own`.
+    pub(crate) unsafe fn take_used(&self, own: &mut Own, max: u32) -> Option<(u32, u64, u32)> {
+        debug_assert!((1..=GROUP as u32).contains(&max));
+        let groups = (self.slots.load(Relaxed) as usize).div_ceil(GROUP) as u32;
+        while own.cursor < groups {
+            let first = own.cursor * GROUP as u32;
+            let g = self.group(first);
+            let bits = g.free.load(Relaxed);
+            if bits == 0 {
+                own.cursor += 1;
+                continue;
+            }
+            let used = match own.high.saturating_sub(first) {
+                n if n >= GROUP as u32 => u64::MAX,
+                n => (1u64 << n) - 1,
+            };
+            let mut take = bits & used;
+            // Slots at or above `high` are fresh, and so are all those after them.
+            if take == 0 {
+                return None;
+            }
+            while take.count_ones() > max {
+                take &= !(1u64 << (63 - take.leading_zeros()));
+            }
+            g.free.store(bits & !take, Relaxed);
+            self.live
+                .store(self.live.load(Relaxed) + take.count_ones(), Relaxed);
+            let mut stale = 0;
+            for (w, word) in g.posts.iter().enumerate() {
+                let mine = spread(((take >> (w * POSTS_PER_WORD)) & 0xFFFF) as u32) * 3;
+                if mine != 0 && word.load(Relaxed) & mine != 0 {
+                    let before = word.fetch_and(!mine, AcqRel);
+                    stale += (before & mine).count_ones();
+                }
+            }
+            return Some((own.cursor, take, stale));
         }
         None
     }
@@ -706,5 +767,14 @@ mod tests {
     fn a_group_is_one_cache_line() {
         assert_eq!(std::mem::size_of::<Group>(), 64);
         assert_eq!(std::mem::align_of::<Group>(), 64);
+    }
+
+    #[test]
+    fn spread_puts_each_slot_on_its_post_field() {
+        for slot in 0..16 {
+            assert_eq!(spread(1 << slot), 1 << (2 * slot));
+        }
+        assert_eq!(spread(0xFFFF) * 3, 0xFFFF_FFFF);
+        assert_eq!(spread(0b1010), 0b0100_0100);
     }
 }
