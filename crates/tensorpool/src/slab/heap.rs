@@ -146,6 +146,12 @@ const HOT: usize = 32;
 #[repr(C)]
 pub(crate) struct ClassState {
     hot_len: usize,
+    /// About how many slots of the current slab are free in its bitmap after being
+    /// used (frees into the bitmap add one, takes from it subtract): with two or
+    /// more, an empty hot stack refills a group at a time ([`Owned::refill_hot`]);
+    /// with fewer (a raw allocate + free pair) a refill would take one slot, and the
+    /// single path is cheaper.
+    released: usize,
     /// The class's stride and tier index, copied here so that the hot paths read
     /// this line and not the engine's class table.
     stride: usize,
@@ -158,12 +164,14 @@ pub(crate) struct ClassState {
     empty: *const Slab,
     /// Bytes of this class's slabs held (for the size of the next slab).
     held: usize,
-    /// Blocks of the current slab freed by typed holders and not yet marked free in
-    /// its bitmap: the next allocations of the class take them back first, with no
-    /// division or bitmap (the pairs a hot loop makes). They count as freed in the
-    /// counters and still as live in the slab, until [`Owned::drain_hot`] releases
-    /// them (before the slab stops being current, and before any trim, statistics,
-    /// snapshot or exit looks at the slab).
+    /// Free blocks of the current slab not marked free in its bitmap: those typed
+    /// holders freed, and reused slots taken from the bitmap a group at a time
+    /// ([`Owned::refill_hot`]). The next allocations of the class take them first,
+    /// with no division or bitmap (the pairs a hot loop makes, and the blocks a
+    /// program holds many at a time). They count as freed in the counters and still
+    /// as live in the slab, until [`Owned::drain_hot`] releases them (before the slab
+    /// stops being current, and before any trim, statistics, snapshot or exit looks
+    /// at the slab).
     hot: [*mut u8; HOT],
 }
 
@@ -337,6 +345,7 @@ impl Heap {
                     .map(|class| ClassState {
                         hot: [std::ptr::null_mut(); HOT],
                         hot_len: 0,
+                        released: 0,
                         stride: class.stride,
                         tier: class.tier_index,
                         current: std::ptr::null(),
@@ -507,10 +516,11 @@ impl Owned<'_> {
             // SAFETY: a current slab is a live slab of this heap.
             let slab = unsafe { state.current.as_ref() }?;
             let own = self.own(slab);
-            if !self.refill_hot(eng, state, slab, own) {
+            if state.released < 2 || !self.refill_hot(eng, state, slab, own) {
                 let (tier, stride) = (state.tier, state.stride);
                 // SAFETY: this heap owns the slab.
                 let slot = unsafe { slab.take_slot(own) }?;
+                state.released = state.released.saturating_sub(1);
                 return Some(
                     self.hand_out(eng, slab, own, slot, (tier, stride), size, raw)
                         .0,
@@ -553,6 +563,7 @@ impl Owned<'_> {
             self.refused_late(eng, stale);
         }
         let n = taken.count_ones() as usize;
+        state.released = state.released.saturating_sub(n);
         let mut i = n;
         while taken != 0 {
             let bit = taken.trailing_zeros();
@@ -598,13 +609,15 @@ impl Owned<'_> {
         // SAFETY: this heap owns the slab; the slot was checked live.
         unsafe { slab.release(own, slot) };
         // SAFETY: as in `try_allocate`: a slab's class indexes the heap's classes.
-        let cls = unsafe { self.state().classes.get_unchecked(class as usize) };
+        let cls = unsafe { self.state().classes.get_unchecked_mut(class as usize) };
         let tier = self.tier(cls.tier);
         tier.frees.add(1);
         tier.bytes.sub(cls.stride as u64);
         tier.requested.sub(requested as u64);
         if own.place != Place::Current {
             self.settle(eng, slab, class as usize);
+        } else {
+            cls.released += 1;
         }
         true
     }
@@ -637,6 +650,7 @@ impl Owned<'_> {
             // SAFETY: this heap owns the slab; the caller's contract makes the slot
             // live.
             unsafe { slab.release(self.own(slab), slot as u32) };
+            cls.released += 1;
         }
         let tier = self.tier(cls.tier);
         tier.frees.add(1);
@@ -785,6 +799,7 @@ impl Owned<'_> {
             }
             own.place = Place::Current;
             cls.current = next;
+            cls.released = 0;
             cls.base = own.base.addr();
             cls.bytes = own.bytes;
             // A current slab is not counted as cached, even when it is empty.
