@@ -25,57 +25,66 @@ def fmt(ns):
     return f"{ns / 1e6:.2f} ms" if ns >= 1e6 else f"{ns / 1e3:.1f} µs" if ns >= 1e3 else f"{ns:.1f} ns"
 
 
-SIZES = [64, 256, 1024, 4096, 16384, 65536, 262144]
+def sizes(*parts):
+    """The sizes measured under `parts` (criterion's directories: the benches' own list)."""
+    return sorted(int(p.name) for p in ROOT.joinpath(*parts).iterdir() if p.name.isdigit())
+
+
+def per_element(*parts):
+    """Time per element of a benchmark that declared a throughput in elements (a round
+    of pairs), or per iteration."""
+    meta = json.loads(ROOT.joinpath(*parts, "new", "benchmark.json").read_text())
+    return estimate(*parts) / ((meta.get("throughput") or {}).get("Elements") or 1)
 
 
 def size_name(size):
     return f"{size >> 10} KiB" if size >= 1024 else f"{size} B"
 
 
+PEERS = ["system", "mimalloc", "jemalloc"]
+
+
+def peer_rows(group, suffix, sizes_, extra=None, best=True):
+    """One row per size: tensorpool's time, the peers', and the ratios to mimalloc and
+    (with `best`) to the best peer; `extra(size)` adds a column after tensorpool's."""
+    for size in sizes_:
+        tp = per_element(group, f"tensorpool{suffix}", str(size))
+        times = {p: per_element(group, f"{p}{suffix}", str(size)) for p in PEERS}
+        cells = [size_name(size), fmt(tp)] + ([fmt(extra(size))] if extra else [])
+        cells += [fmt(times[p]) for p in PEERS] + [f"{tp / times['mimalloc']:.2f}x"]
+        if best:
+            cells.append(f"{tp / min(times.values()):.2f}x")
+        print("| " + " | ".join(cells) + " |")
+
+
 def main():
-    peers = ["system", "mimalloc", "jemalloc"]
+    pair_sizes = sizes("pairs", "tensorpool")
     print("Allocate + free through `&MemoryManager` (allocator-api2), one thread, hot, 64-byte aligned (time per pair):\n")
     print("| size | tensorpool | FixedSizePool | system | mimalloc | jemalloc | tensorpool / mimalloc (target ≤ 1.0, goal 0.5) | tensorpool / best peer |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for size in SIZES:
-        tp = estimate("pairs", "tensorpool", str(size))
-        pool = estimate("pairs", "fixed-pool", str(size))
-        times = {p: estimate("pairs", p, str(size)) for p in peers}
-        print(f"| {size_name(size)} | {fmt(tp)} | {fmt(pool)} | "
-              + " | ".join(fmt(times[p]) for p in peers)
-              + f" | {tp / times['mimalloc']:.2f}x | {tp / min(times.values()):.2f}x |")
+    peer_rows("pairs", "", pair_sizes, extra=lambda size: per_element("pairs", "fixed-pool", str(size)))
     print("\nThe same with 64 blocks held: allocate 64, then free them in the same order (time per pair):\n")
     print("| size | tensorpool | system | mimalloc | jemalloc | tensorpool / mimalloc (target ≤ 1.0) | tensorpool / best peer |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
-    for size in SIZES:
-        tp = estimate("pairs", "tensorpool-held", str(size)) / 64
-        times = {p: estimate("pairs", f"{p}-held", str(size)) / 64 for p in peers}
-        print(f"| {size_name(size)} | {fmt(tp)} | "
-              + " | ".join(fmt(times[p]) for p in peers)
-              + f" | {tp / times['mimalloc']:.2f}x | {tp / min(times.values()):.2f}x |")
+    peer_rows("pairs", "-held", sizes("pairs", "tensorpool-held"))
     print("\nSizeless frees: `allocate_raw` + `free_raw` (every free checked) against each peer's `malloc` + `free` (time per pair):\n")
     print("| size | tensorpool | system | mimalloc | jemalloc | tensorpool / mimalloc (target ≤ 1.5) |")
     print("|---:|---:|---:|---:|---:|---:|")
-    for size in [64, 256, 1024, 4096, 65536]:
-        tp = estimate("raw", "tensorpool", str(size))
-        times = {p: estimate("raw", p, str(size)) for p in peers}
-        print(f"| {size_name(size)} | {fmt(tp)} | "
-              + " | ".join(fmt(times[p]) for p in peers)
-              + f" | {tp / times['mimalloc']:.2f}x |")
+    peer_rows("raw", "", sizes("raw", "tensorpool"), best=False)
     print("\nArena: 1000 allocations of 16 B to 4 KiB through `Allocator` on `&Arena`, then a reset, against bumpalo's `alloc_layout` (time per allocation):\n")
     print("| tensorpool Arena | bumpalo | ratio (target ≤ 1.2) |")
     print("|---:|---:|---:|")
-    tp, bump = estimate("arena", "tensorpool") / 1000, estimate("arena", "bumpalo") / 1000
+    tp, bump = per_element("arena", "tensorpool"), per_element("arena", "bumpalo")
     print(f"| {fmt(tp)} | {fmt(bump)} | {tp / bump:.2f}x |")
     print("\nLarge blocks: allocate, write one byte per page, free (time per round):\n")
     print("| size | warm touch | tensorpool | system | mimalloc | jemalloc | tensorpool / warm (target ≤ 1.2) | system / tensorpool (target ≥ 50 at 64 MiB) |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for mib in [1, 4, 16, 64]:
+    for mib in sizes("large", "tensorpool"):
         warm = estimate("large", "warm-touch", str(mib))
         tp = estimate("large", "tensorpool", str(mib))
-        times = {p: estimate("large", p, str(mib)) for p in peers}
+        times = {p: estimate("large", p, str(mib)) for p in PEERS}
         print(f"| {mib} MiB | {fmt(warm)} | {fmt(tp)} | "
-              + " | ".join(fmt(times[p]) for p in peers)
+              + " | ".join(fmt(times[p]) for p in PEERS)
               + f" | {tp / warm:.2f}x | {times['system'] / tp:.0f}x |")
 
 
