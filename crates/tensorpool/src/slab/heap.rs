@@ -527,24 +527,22 @@ impl Owned<'_> {
                 );
             }
         }
-        {
-            state.hot_len -= 1;
-            // SAFETY: `hot_len` entries are set, and a set entry is a live block of
-            // the current slab, marked live in its bitmap.
-            let ptr = unsafe { *state.hot.get_unchecked(state.hot_len) };
-            if raw {
-                // SAFETY: a current slab is a live slab of this heap.
-                let slab = unsafe { &*state.current };
-                let slot = crate::slab::slab::divide(ptr.addr() - state.base, slab.magic());
-                slab.mark_raw(slot as u32, size);
-            }
-            let tier = self.tier(state.tier);
-            tier.allocs.add(1);
-            tier.bytes.add(state.stride as u64);
-            tier.requested.add(size as u64);
-            // SAFETY: blocks are never null.
-            Some(unsafe { NonNull::new_unchecked(ptr) })
+        state.hot_len -= 1;
+        // SAFETY: `hot_len` entries are set, and a set entry is a live block of the
+        // current slab, marked live in its bitmap.
+        let ptr = unsafe { *state.hot.get_unchecked(state.hot_len) };
+        if raw {
+            // SAFETY: a current slab is a live slab of this heap.
+            let slab = unsafe { &*state.current };
+            let slot = crate::slab::slab::divide(ptr.addr() - state.base, slab.magic());
+            slab.mark_raw(slot as u32, size);
         }
+        let tier = self.tier(state.tier);
+        tier.allocs.add(1);
+        tier.bytes.add(state.stride as u64);
+        tier.requested.add(size as u64);
+        // SAFETY: blocks are never null.
+        Some(unsafe { NonNull::new_unchecked(ptr) })
     }
 
     /// Fills the empty hot stack of `state`'s class from the current `slab`'s bitmap
@@ -556,7 +554,7 @@ impl Owned<'_> {
     fn refill_hot(&self, eng: &Engine, state: &mut ClassState, slab: &Slab, own: &mut Own) -> bool {
         debug_assert_eq!(state.hot_len, 0);
         // SAFETY: this heap owns the slab.
-        let Some((group, mut taken, stale)) = (unsafe { slab.take_used(own, HOT as u32) }) else {
+        let Some((first, mut taken, stale)) = (unsafe { slab.take_used(own, HOT as u32) }) else {
             return false;
         };
         if stale != 0 {
@@ -569,7 +567,7 @@ impl Owned<'_> {
             let bit = taken.trailing_zeros();
             taken &= taken - 1;
             i -= 1;
-            state.hot[i] = slab.slot_ptr(own, group * 64 + bit).as_ptr();
+            state.hot[i] = slab.slot_ptr(own, first + bit).as_ptr();
         }
         state.hot_len = n;
         true

@@ -408,7 +408,8 @@ impl Slab {
     /// the group, the mask of slots taken (now live, for the owner's hot stack), and
     /// the stale posts thrown away, as [`hand_out`](Self::hand_out) does for one;
     /// `None` if the first free slots were never handed out (the caller takes those
-    /// one at a time, knowing them zero) or there are none.
+    /// one at a time, knowing them zero) or there are none. The group is given as its
+    /// first slot: slot `first + i` for bit `i` of the mask.
     ///
     /// # Safety
     ///
@@ -447,7 +448,7 @@ impl Slab {
                     stale += (before & mine).count_ones();
                 }
             }
-            return Some((own.cursor, take, stale));
+            return Some((first, take, stale));
         }
         None
     }
