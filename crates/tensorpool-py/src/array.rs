@@ -72,14 +72,54 @@ impl Block {
     }
 }
 
+/// An array's extents: up to [`INLINE_DIMS`] in place (no allocation, and little to
+/// zero or move per array), all of them on the heap when there are more.
+struct Extents {
+    inline: [npy_intp; INLINE_DIMS],
+    more: Vec<npy_intp>,
+    len: usize,
+}
+
+impl Extents {
+    fn new() -> Self {
+        Extents {
+            inline: [0; INLINE_DIMS],
+            more: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// Appends `d`, or says why an array cannot have it.
+    fn push(&mut self, d: npy_intp) -> PyResult<()> {
+        if self.len == MAX_DIMS {
+            return Err(PyValueError::new_err(format!(
+                "an array has at most {MAX_DIMS} dimensions"
+            )));
+        }
+        if self.len < INLINE_DIMS {
+            self.inline[self.len] = d;
+        } else {
+            if self.len == INLINE_DIMS {
+                self.more.extend_from_slice(&self.inline);
+            }
+            self.more.push(d);
+        }
+        self.len += 1;
+        Ok(())
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [npy_intp] {
+        if self.len > INLINE_DIMS {
+            &mut self.more
+        } else {
+            &mut self.inline[..self.len]
+        }
+    }
+}
+
 /// A request for an array: its dimensions, element type and size.
 pub(crate) struct ArraySpec<'py> {
-    /// The extents, `ndim` of them: the first [`INLINE_DIMS`] in place (no
-    /// allocation, and little to zero or move per array), all of them in `more`
-    /// when there are more.
-    dims: [npy_intp; INLINE_DIMS],
-    more: Vec<npy_intp>,
-    ndim: usize,
+    dims: Extents,
     descr: Bound<'py, PyArrayDescr>,
     fortran: bool,
     /// Bytes of data, at least 1 (NumPy's own allocator does the same).
@@ -104,34 +144,15 @@ impl<'py> ArraySpec<'py> {
                 )))
             }
         };
-        let mut dims = [0 as npy_intp; INLINE_DIMS];
-        let mut more = Vec::new();
-        let mut ndim = 0;
-        let mut push = |d: isize| {
-            if ndim == MAX_DIMS {
-                return Err(PyValueError::new_err(format!(
-                    "an array has at most {MAX_DIMS} dimensions"
-                )));
-            }
-            if ndim < INLINE_DIMS {
-                dims[ndim] = d;
-            } else {
-                if ndim == INLINE_DIMS {
-                    more.extend_from_slice(&dims);
-                }
-                more.push(d);
-            }
-            ndim += 1;
-            Ok(())
-        };
+        let mut dims = Extents::new();
         if shape.is_instance_of::<PyInt>() {
-            push(shape.extract::<isize>()?)?;
+            dims.push(shape.extract::<isize>()?)?;
         } else {
             for d in shape
                 .try_iter()
                 .map_err(|_| PyTypeError::new_err("shape must be an int or a sequence of ints"))?
             {
-                push(d?.extract::<isize>().map_err(|_| {
+                dims.push(d?.extract::<isize>().map_err(|_| {
                     PyTypeError::new_err("shape must be an int or a sequence of ints")
                 })?)?;
             }
@@ -157,12 +178,7 @@ impl<'py> ArraySpec<'py> {
             )));
         }
         let mut count: usize = 1;
-        let extents = if ndim > INLINE_DIMS {
-            &more[..]
-        } else {
-            &dims[..ndim]
-        };
-        for &d in extents {
+        for &d in dims.as_mut_slice().iter() {
             if d < 0 {
                 return Err(PyValueError::new_err("negative dimensions are not allowed"));
             }
@@ -174,8 +190,6 @@ impl<'py> ArraySpec<'py> {
         }
         Ok(ArraySpec {
             dims,
-            more,
-            ndim,
             descr,
             fortran,
             nbytes: nbytes.max(1),
@@ -190,9 +204,10 @@ impl<'py> ArraySpec<'py> {
         } else {
             NPY_ARRAY_CARRAY
         };
+        let dims = self.dims.as_mut_slice();
         // SAFETY: the type object is NumPy's ndarray; `descr` is a valid descriptor
-        // whose reference NewFromDescr steals (hence `into_ptr`); `dims` holds
-        // `ndim` (<= 64) non-negative extents; strides are NULL so NumPy
+        // whose reference NewFromDescr steals (hence `into_ptr`); `dims` is a slice
+        // of at most 64 non-negative extents; strides are NULL so NumPy
         // computes them for the order in `flags`; `ptr` points to `nbytes` live,
         // writable bytes aligned to 64, which the caller keeps valid as long as the
         // array lives.
@@ -201,12 +216,8 @@ impl<'py> ArraySpec<'py> {
                 py,
                 npyffi::get_type_object(py, NpyTypes::PyArray_Type),
                 self.descr.clone().into_ptr().cast(),
-                self.ndim as i32,
-                if self.ndim > INLINE_DIMS {
-                    self.more.as_mut_ptr()
-                } else {
-                    self.dims.as_mut_ptr()
-                },
+                dims.len() as i32,
+                dims.as_mut_ptr(),
                 std::ptr::null_mut(),
                 ptr.as_ptr().cast(),
                 flags,
