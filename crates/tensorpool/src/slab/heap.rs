@@ -698,6 +698,7 @@ impl Owned<'_> {
             // SAFETY: a hot block is a live slot of the current slab.
             unsafe { slab.release(own, slot as u32) };
         }
+        cls.released += cls.hot_len;
         cls.hot_len = 0;
     }
 
