@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every test of the project, in the order that fails fastest. `.ci/run` calls this.
 #
-#   formatting and lints (rustfmt, clippy -D warnings)
+#   formatting and lints (rustfmt, clippy -D warnings), docs without warnings
 #   the Rust tests: unit, property (proptest), integration, doc tests, all features
 #   loom models of the small-block engine's hand-offs (remote frees, collection,
 #   adoption of an exited thread's heap, the trim handshake)
@@ -21,6 +21,11 @@ cargo fmt --all -- --check
 
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+
+step "cargo doc: no warnings (broken links included)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --all-features -p tensorpool --lib
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked -p tensorpool-cli --lib
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked -p tensorpool-py --document-private-items
 
 step "cargo test (all features)"
 cargo test --workspace --all-features --locked

@@ -75,8 +75,9 @@ pub struct Options {
     pub reps: usize,
     /// Write every page of every block on allocation.
     pub touch: bool,
-    /// tensorpool's configuration, and the file it came from.
+    /// tensorpool's configuration.
     pub config: Config,
+    /// The file the configuration came from (none: the defaults).
     pub config_path: Option<PathBuf>,
     /// Points of the timeline.
     pub samples: usize,
@@ -122,6 +123,7 @@ pub struct AllocatorReport {
     pub tensorpool_memory_ratio: f64,
     /// Why the replay failed, if it did.
     pub error: Option<String>,
+    /// The timeline of the first run (see [`Measurement::timeline`]), for plots.
     #[serde(skip)]
     pub timeline: Vec<[u64; 3]>,
 }

@@ -12,10 +12,14 @@
 //! - [`handler`]: the NEP 49 data-memory handler that makes tensorpool NumPy's
 //!   allocator.
 //!
-//! Memory handed to Python is owned by a Python object (a `Buffer`, or the hidden
-//! base object of an array) that gives it back when the last reference goes, so
-//! Python code never sees freed memory. The unsafe code is where raw memory meets
+//! Memory handed to Python is owned by a Python object (a `Buffer`, or the array
+//! itself, which owns its data through the manager's handler) that gives it back
+//! when the last reference goes, so Python code never sees freed memory. The unsafe code is where raw memory meets
 //! NumPy's C API; each block says why it is sound.
+// These docs are for the extension's maintainers (its items are private: Python
+// sees the classes): build them with `cargo doc -p tensorpool-py
+// --document-private-items`, where the links resolve.
+#![allow(rustdoc::private_intra_doc_links)]
 
 use pyo3::create_exception;
 use pyo3::exceptions::{PyMemoryError, PyValueError};

@@ -28,11 +28,11 @@
 //! # Ok::<(), tensorpool::Error>(())
 //! ```
 
-use crate::bytes::{format_bytes, serde_opt_size, serde_size};
 use crate::error::{Error, Result};
 use crate::limits::{validate, MAX_ALIGN};
-use crate::size_class::SizeClasses;
+use crate::tiers::size_class::SizeClasses;
 use crate::upstream::HUGE_PAGE_SIZE;
+use crate::util::bytes::{format_bytes, serde_opt_size, serde_size};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -90,7 +90,7 @@ fn pools_from_list_or_table<'de, D: serde::Deserializer<'de>>(
         ) -> Result<Self::Value, A::Error> {
             let mut pools = Vec::new();
             while let Some((size, capacity)) = map.next_entry::<String, usize>()? {
-                let block_size = crate::bytes::parse_bytes(&size)
+                let block_size = crate::util::bytes::parse_bytes(&size)
                     .map_err(|e| serde::de::Error::custom(format!("in pools: {e}")))?;
                 pools.push(PoolSpec {
                     block_size,
@@ -180,7 +180,7 @@ pub struct Config {
     pub huge_pages: Option<bool>,
     /// Debug mode: guard bytes after every block checked on free, fresh blocks
     /// filled with 0xCD and freed ones poisoned with 0xDD, live blocks tracked so that
-    /// dropping the manager reports leaks (see [`debug`](crate::debug)). Each
+    /// dropping the manager reports leaks (see [`debug`](crate::observe::debug)). Each
     /// allocation and free takes a lock for its record: for finding bugs, not speed.
     pub debug: bool,
 }
@@ -197,7 +197,7 @@ impl Default for Config {
             pool_chunk_size: 256 << 10,
             // A page: slabs and cached large blocks are runs of whole pages of the
             // best-fit tier, and its own blocks then tile with them.
-            large_granularity: crate::slab::page_map::PAGE,
+            large_granularity: crate::tiers::slab::page_map::PAGE,
             segment_size: 2 << 20,
             expandable_segments: None,
             commit_granularity: 64 << 10,
@@ -349,7 +349,7 @@ impl Config {
         size("pool_chunk_size", self.pool_chunk_size)?;
         size("segment_size", self.segment_size)?;
         size("arena_chunk_size", self.arena_chunk_size)?;
-        let page = crate::slab::page_map::PAGE;
+        let page = crate::tiers::slab::page_map::PAGE;
         if !self.large_granularity.is_power_of_two()
             || !(self.alignment.max(64)..=page).contains(&self.large_granularity)
         {

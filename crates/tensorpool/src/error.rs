@@ -17,9 +17,8 @@
 //! # Ok::<(), tensorpool::Error>(())
 //! ```
 
-use crate::bytes::format_bytes;
-use crate::stats::{Tier, Usage};
-use crate::upstream::UpstreamError;
+use crate::observe::stats::{Tier, Usage};
+use crate::util::bytes::format_bytes;
 use std::fmt;
 
 /// Result of a tensorpool operation.
@@ -78,7 +77,7 @@ pub enum Error {
     #[error("malformed trace at {at}: {reason}")]
     MalformedTrace {
         /// Where in the file.
-        at: crate::trace::Location,
+        at: Location,
         /// What is wrong.
         reason: String,
     },
@@ -273,6 +272,73 @@ impl fmt::Display for OutOfMemory {
                 "Free tensors you no longer need, call trim() to return cached memory, or raise \
                  the limit (Config::memory_limit).",
             ),
+        }
+    }
+}
+
+/// Why an upstream source refused a region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamError {
+    /// The source itself has no memory left (the OS refused the mapping).
+    OutOfMemory {
+        /// Bytes asked for.
+        size: usize,
+    },
+    /// Handing out the region would exceed a limit on reserved bytes.
+    LimitReached {
+        /// Bytes asked for.
+        size: usize,
+        /// Bytes reserved before the request.
+        reserved: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+impl fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            UpstreamError::OutOfMemory { size } => {
+                write!(
+                    f,
+                    "the upstream source could not provide {}",
+                    format_bytes(size)
+                )
+            }
+            UpstreamError::LimitReached {
+                size,
+                reserved,
+                limit,
+            } => write!(
+                f,
+                "{} more would exceed the limit of {} ({} reserved)",
+                format_bytes(size),
+                format_bytes(limit),
+                format_bytes(reserved)
+            ),
+        }
+    }
+}
+
+/// Where in a trace file a problem is.
+#[cfg(feature = "trace")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Location {
+    /// A 1-based line of a text file.
+    Line(usize),
+    /// The index of an event in a JSON trace's `traceEvents`.
+    Event(usize),
+    /// The file as a whole (an empty file, a damaged gzip stream).
+    File,
+}
+
+#[cfg(feature = "trace")]
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Line(n) => write!(f, "line {n}"),
+            Location::Event(n) => write!(f, "event {n}"),
+            Location::File => f.write_str("the file"),
         }
     }
 }

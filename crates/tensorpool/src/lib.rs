@@ -15,6 +15,25 @@
 //!   O(1) from the address, counts everything ([`Stats`]), and explains itself when
 //!   memory runs out ([`OutOfMemory`]).
 //!
+//! # Layers
+//!
+//! The source tree is the architecture. Each layer uses only the layers above it in
+//! this list, never one below (the public paths are flat: `tensorpool::slab`,
+//! `tensorpool::stats`, ... are re-exports of the modules named here):
+//!
+//! | layer | modules | what it is |
+//! | --- | --- | --- |
+//! | 1 `util` | [`bytes`], [`address_map`], `sync` | arithmetic and data structures that know nothing of allocation |
+//! | 2 `observe` | [`stats`], [`snapshot`], [`debug`] | the vocabulary of reports: counters, tiers, snapshots, guards and leaks |
+//! | 3 errors | [`error`], [`limits`] | every refusal, and the one check of a request's size and alignment |
+//! | 4 sources | [`upstream`] | where regions come from: heap, `mmap` (with reserved address space), metered |
+//! | 5 traces | `trace` (feature `trace`) | reading, writing and recording allocation traces |
+//! | 6 `tiers` | [`size_class`], [`slab`], [`fixed_pool`], [`best_fit`], [`huge`], [`arena`] | the strategies, each usable on its own |
+//! | 7 front | [`config`], [`manager`], [`tensor`] | settings and their validation, the routing [`MemoryManager`], typed tensors |
+//!
+//! `docs/ARCHITECTURE.md` in the repository walks the allocation and free paths
+//! through these layers with the real function names, and keeps the glossary.
+//!
 //! Metadata lives outside the managed memory: the allocator never reads or writes a
 //! block it hands out, which is why a free of any address can be checked and refused
 //! safely, and why the same strategies can manage device memory through another
@@ -51,29 +70,23 @@
 //! let json = serde_json::to_string(&mm.snapshot())?; // every segment and block
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
-#![warn(missing_docs)]
-#![deny(unsafe_op_in_unsafe_fn)]
 
-pub mod address_map;
-pub mod arena;
-pub mod best_fit;
-pub mod bytes;
-pub mod config;
-pub mod debug;
+// The layers, lowest first: each uses only those above it in this list (see the
+// crate docs' "Layers").
+mod util;
+pub use util::{address_map, bytes};
+mod observe;
+pub use observe::{debug, snapshot, stats};
 pub mod error;
-pub mod fixed_pool;
-pub mod huge;
 pub mod limits;
-pub mod manager;
-pub mod size_class;
-pub mod slab;
-pub mod snapshot;
-pub mod stats;
-mod sync;
-pub mod tensor;
+mod tiers;
 #[cfg(feature = "trace")]
 pub mod trace;
 pub mod upstream;
+pub use tiers::{arena, best_fit, fixed_pool, huge, size_class, slab};
+pub mod config;
+pub mod manager;
+pub mod tensor;
 
 #[cfg(test)]
 mod testing;

@@ -3,7 +3,7 @@
 //! Each row is a buffer live over the half-open interval `[lower, upper)` of steps. A
 //! fifth `offset` column (IREE's planned offsets) is accepted and checked as a number.
 //! As a replay: every buffer is allocated at `lower` and freed at `upper`, frees
-//! first within a step. [`write`] writes a plan in the same format, offsets included.
+//! first within a step. [`write`](fn@write) writes a plan in the same format, offsets included.
 
 use super::fields::{decimal, split, trim_cr};
 use super::{malformed, Event, Format, LineParser, Location, Trace};
@@ -92,7 +92,7 @@ impl LineParser for Parser {
     }
 }
 
-/// A buffer with its planned offset, as written by [`write`].
+/// A buffer with its planned offset, as written by [`write`](fn@write).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Placed {
     /// Buffer id.

@@ -79,26 +79,7 @@ pub enum Format {
     ChromeJson,
 }
 
-/// Where in a trace file a problem is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Location {
-    /// A 1-based line of a text file.
-    Line(usize),
-    /// The index of an event in a JSON trace's `traceEvents`.
-    Event(usize),
-    /// The file as a whole (an empty file, a damaged gzip stream).
-    File,
-}
-
-impl std::fmt::Display for Location {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Location::Line(n) => write!(f, "line {n}"),
-            Location::Event(n) => write!(f, "event {n}"),
-            Location::File => f.write_str("the file"),
-        }
-    }
-}
+pub use crate::error::Location;
 
 /// A buffer's lifetime: allocated before event `lower`, freed before event `upper`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -22,8 +22,8 @@ use super::page_map::PAGE;
 use super::slab::{Own, Place, Slab};
 use super::{Class, Engine, SPAN_CLASS};
 use crate::error::{Error, OomCause, OutOfMemory, PointerError, Result};
-use crate::stats::{Tier, Usage};
-use crate::sync::{AtomicPtr, AtomicU32, Mutex, Ordering::Acquire, Ordering::Release};
+use crate::observe::stats::{Tier, Usage};
+use crate::util::sync::{AtomicPtr, AtomicU32, Mutex, Ordering::Acquire, Ordering::Release};
 use std::cell::UnsafeCell;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -534,7 +534,7 @@ impl Owned<'_> {
         if raw {
             // SAFETY: a current slab is a live slab of this heap.
             let slab = unsafe { &*state.current };
-            let slot = crate::slab::slab::divide(ptr.addr() - state.base, slab.magic());
+            let slot = crate::tiers::slab::slab::divide(ptr.addr() - state.base, slab.magic());
             slab.mark_raw(slot as u32, size);
         }
         let tier = self.tier(state.tier);
@@ -644,7 +644,7 @@ impl Owned<'_> {
             unsafe { *cls.hot.get_unchecked_mut(cls.hot_len) = ptr };
             cls.hot_len += 1;
         } else {
-            let slot = crate::slab::slab::divide(offset, slab.magic());
+            let slot = crate::tiers::slab::slab::divide(offset, slab.magic());
             // SAFETY: this heap owns the slab; the caller's contract makes the slot
             // live.
             unsafe { slab.release(self.own(slab), slot as u32) };
@@ -694,7 +694,7 @@ impl Owned<'_> {
         let slab = unsafe { &*cls.current };
         let own = self.own(slab);
         for &ptr in &cls.hot[..cls.hot_len] {
-            let slot = crate::slab::slab::divide(ptr.addr() - cls.base, slab.magic());
+            let slot = crate::tiers::slab::slab::divide(ptr.addr() - cls.base, slab.magic());
             // SAFETY: a hot block is a live slot of the current slab.
             unsafe { slab.release(own, slot as u32) };
         }

@@ -24,9 +24,9 @@
 //! # Ok::<(), tensorpool::Error>(())
 //! ```
 
-use crate::bytes::format_bytes;
 use crate::error::{Error, Result};
 use crate::limits::{round_up, MAX_ALIGN};
+use crate::util::bytes::format_bytes;
 use std::fmt;
 
 /// Index of a size class in its table.

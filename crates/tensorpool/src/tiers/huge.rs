@@ -25,12 +25,12 @@
 //! # Ok::<(), tensorpool::Error>(())
 //! ```
 
-use crate::address_map::AddressMap;
 use crate::error::{Error, OutOfMemory, PointerError, Result};
 use crate::limits::{round_up, validate};
-use crate::snapshot::{BlockSnapshot, BlockState, SegmentSnapshot, Snapshot};
-use crate::stats::{Tier, Usage};
+use crate::observe::snapshot::{BlockSnapshot, BlockState, SegmentSnapshot, Snapshot};
+use crate::observe::stats::{Tier, Usage};
 use crate::upstream::{default_upstream, Region, Upstream, HUGE_PAGE_SIZE};
+use crate::util::address_map::AddressMap;
 use parking_lot::Mutex;
 use serde::Serialize;
 use std::collections::BTreeMap;

@@ -40,7 +40,7 @@
 
 use super::heap::Heap;
 use super::Engine;
-use crate::sync::{
+use crate::util::sync::{
     spin_wait,
     Ordering::{Acquire, Relaxed, Release},
 };
@@ -51,7 +51,7 @@ use std::sync::{Arc, Weak};
 #[inline(always)]
 fn owner_fence() {
     #[cfg(any(loom, miri))]
-    crate::sync::fence(crate::sync::Ordering::SeqCst);
+    crate::util::sync::fence(crate::util::sync::Ordering::SeqCst);
     #[cfg(not(any(loom, miri)))]
     std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
 }
@@ -60,7 +60,7 @@ fn owner_fence() {
 fn stopper_fence() -> bool {
     #[cfg(any(loom, miri))]
     {
-        crate::sync::fence(crate::sync::Ordering::SeqCst);
+        crate::util::sync::fence(crate::util::sync::Ordering::SeqCst);
         true
     }
     #[cfg(all(target_os = "linux", not(any(loom, miri))))]
@@ -151,7 +151,7 @@ impl Heap {
 
 /// Heaps stopped for the caller: their owners wait until this is dropped.
 pub(crate) struct Stopped<'a> {
-    heaps: Vec<(&'a Heap, crate::sync::MutexGuard<'a, ()>)>,
+    heaps: Vec<(&'a Heap, crate::util::sync::MutexGuard<'a, ()>)>,
 }
 
 impl<'a> Stopped<'a> {

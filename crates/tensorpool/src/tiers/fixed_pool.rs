@@ -35,10 +35,10 @@
 
 use crate::error::{Error, OomCause, OutOfMemory, PointerError, Result};
 use crate::limits::{round_up, validate};
-use crate::snapshot::{BlockSnapshot, BlockState, SegmentSnapshot, Snapshot};
-use crate::stats::{Tier, Usage};
-use crate::sync::Mutex;
+use crate::observe::snapshot::{BlockSnapshot, BlockState, SegmentSnapshot, Snapshot};
+use crate::observe::stats::{Tier, Usage};
 use crate::upstream::{default_upstream, page_size, Region, Upstream};
+use crate::util::sync::Mutex;
 use allocator_api2::alloc::{AllocError, Allocator};
 use rustc_hash::FxHashMap;
 use serde::Serialize;

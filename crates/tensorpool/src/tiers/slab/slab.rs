@@ -47,7 +47,7 @@
 use super::heap::Heap;
 use super::page_map::PAGE;
 use crate::error::PointerError;
-use crate::sync::{
+use crate::util::sync::{
     fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize,
     Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst},
 };

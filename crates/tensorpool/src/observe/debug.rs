@@ -1,7 +1,7 @@
 //! Debug mode: poisoned frees, guard bytes, leak reports.
 //!
 //! With [`Config::debug`](crate::Config::debug) set (or an arena built with
-//! [`ArenaBuilder::debug`](crate::arena::ArenaBuilder::debug)), every block gets
+//! [`ArenaBuilder::debug`](crate::tiers::arena::ArenaBuilder::debug)), every block gets
 //! [`GUARD`] bytes of [`GUARD_BYTE`] after it, checked when the block is freed (for
 //! arenas: when a reset, rewind, scope end or drop releases it); fresh blocks are
 //! filled with [`FRESH_BYTE`] and freed ones with [`POISON_BYTE`], so that a read of
@@ -35,8 +35,8 @@
 //! # Ok::<(), tensorpool::Error>(())
 //! ```
 
-use crate::bytes::format_bytes;
-use crate::stats::Tier;
+use crate::observe::stats::Tier;
+use crate::util::bytes::format_bytes;
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 use serde::Serialize;

@@ -12,12 +12,12 @@
 //! - another thread's free costs one compare-and-swap on the slab's post word (and,
 //!   for the first post since the owner last looked, a swap and a push onto the
 //!   owner's inbox); the owner collects posts when it runs out of free slots;
-//! - any address finds its slab through the [page map](page_map) in three loads,
+//! - any address finds its slab through the page map (`page_map`) in three loads,
 //!   the slot by one multiplication, and the slot's live and raw bits refuse a
-//!   foreign, interior, already freed or typed pointer (see [`slab`] for how frees
+//!   foreign, interior, already freed or typed pointer (see the `slab` module for how frees
 //!   from other threads are checked, at once or when collected).
 //!
-//! Heaps are per thread and per engine (see [`thread`]): an exited thread's heap is
+//! Heaps are per thread and per engine (see the `thread` module): an exited thread's heap is
 //! adopted whole by the next new thread, and `trim()` reaches every heap, also those
 //! of threads that sleep, through an asymmetric handshake (`membarrier`).
 //!
@@ -46,13 +46,13 @@ pub(crate) mod thread;
 #[cfg(all(test, loom))]
 mod loom_models;
 
-use crate::best_fit::BestFit;
 use crate::error::{PointerError, Result};
 use crate::limits::round_up;
-use crate::size_class::SizeClasses;
-use crate::snapshot::{BlockSnapshot, BlockState, SegmentSnapshot};
-use crate::stats::{Tier, Totals};
-use crate::sync::Mutex;
+use crate::observe::snapshot::{BlockSnapshot, BlockState, SegmentSnapshot};
+use crate::observe::stats::{Tier, Totals};
+use crate::tiers::best_fit::BestFit;
+use crate::tiers::size_class::SizeClasses;
+use crate::util::sync::Mutex;
 use heap::{Heap, HeapBox, MAX_SLOTS};
 use page_map::{PageMap, PAGE};
 use slab::{Posted, Slab};
@@ -228,7 +228,7 @@ pub(crate) struct EngineStats {
     /// The largest cached free large block of any heap.
     pub(crate) largest_cached_span: usize,
     pub(crate) late_refusals: u64,
-    pub(crate) threads: Vec<crate::stats::ThreadCacheStats>,
+    pub(crate) threads: Vec<crate::observe::stats::ThreadCacheStats>,
     /// Allocated and requested bytes not yet published to the totals.
     pub(crate) pending: (isize, isize),
 }
@@ -425,9 +425,9 @@ impl Engine {
         size: usize,
         raw: bool,
     ) -> Result<(NonNull<u8>, bool)> {
-        // SAFETY: `with_heap` runs the closure inside an operation of the calling
-        // thread's heap, which holds it.
         let fast = with_heap(self, |heap| {
+            // SAFETY: `with_heap` runs the closure inside an operation of the calling
+            // thread's heap, which holds it.
             unsafe { heap.owned() }.allocate_fast(self, class, size, raw)
         });
         match fast {
@@ -455,8 +455,8 @@ impl Engine {
         size: usize,
         raw: bool,
     ) -> Result<(NonNull<u8>, bool)> {
-        // SAFETY: as in `allocate`.
         let fast = with_heap(self, |heap| {
+            // SAFETY: as in `allocate`.
             unsafe { heap.owned() }.allocate_span_fast(self, pages, size, raw)
         });
         match fast {
@@ -786,7 +786,7 @@ impl Engine {
             .chain([(&*self.shared, false)]);
         for (heap, bound) in heaps {
             let c = &heap.counts;
-            let mut thread = crate::stats::ThreadCacheStats {
+            let mut thread = crate::observe::stats::ThreadCacheStats {
                 thread: heap.thread.lock().clone(),
                 cached_bytes: c.cached_bytes.get() as usize,
                 num_allocs: 0,

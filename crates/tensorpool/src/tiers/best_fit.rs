@@ -45,15 +45,15 @@
 //! # Ok::<(), tensorpool::Error>(())
 //! ```
 
-use crate::address_map::AddressMap;
 use crate::error::{Error, OutOfMemory, PointerError, Result};
-use crate::fixed_pool::zero_sized;
 use crate::limits::{round_up, validate};
-use crate::snapshot::{BlockSnapshot, BlockState, SegmentSnapshot, Snapshot};
-use crate::stats::{fragmentation, Tier, Usage};
+use crate::observe::snapshot::{BlockSnapshot, BlockState, SegmentSnapshot, Snapshot};
+use crate::observe::stats::{fragmentation, Tier, Usage};
+use crate::tiers::fixed_pool::zero_sized;
 use crate::upstream::{
     default_upstream, AddressSpace, Region, Upstream, UpstreamError, HUGE_PAGE_SIZE,
 };
+use crate::util::address_map::AddressMap;
 use allocator_api2::alloc::{AllocError, Allocator};
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
@@ -405,7 +405,7 @@ impl BestFit {
     /// A run of `bytes` pages (a multiple of the page size) for the slab engine, and
     /// whether it is known zero; `None` when it would need more memory from upstream.
     pub(crate) fn alloc_pages(&self, bytes: usize) -> Option<(NonNull<u8>, bool)> {
-        let page = crate::slab::page_map::PAGE;
+        let page = crate::tiers::slab::page_map::PAGE;
         let needed = bytes + page.saturating_sub(self.granularity);
         let mut st = self.state.lock();
         let id = self.best_fit(&st, needed, bytes)?;
@@ -414,7 +414,7 @@ impl BestFit {
 
     /// [`alloc_pages`](Self::alloc_pages), taking more memory from upstream if needed.
     pub(crate) fn alloc_pages_growing(&self, bytes: usize) -> Result<(NonNull<u8>, bool)> {
-        let page = crate::slab::page_map::PAGE;
+        let page = crate::tiers::slab::page_map::PAGE;
         let needed = bytes + page.saturating_sub(self.granularity);
         let mut st = self.state.lock();
         let id = match self.best_fit(&st, needed, bytes) {
@@ -425,7 +425,7 @@ impl BestFit {
     }
 
     fn carve_pages(&self, st: &mut State, id: u32, bytes: usize) -> (NonNull<u8>, bool) {
-        let page = crate::slab::page_map::PAGE;
+        let page = crate::tiers::slab::page_map::PAGE;
         let (ptr, size, zero) = self.carve(st, id, bytes, bytes, page, Kind::Pages);
         debug_assert_eq!(
             size, bytes,

@@ -24,7 +24,7 @@
 //! # Ok::<(), tensorpool::Error>(())
 //! ```
 
-use crate::bytes::format_bytes;
+use crate::util::bytes::format_bytes;
 use serde::Serialize;
 use std::fmt::{self, Write as _};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};

@@ -19,7 +19,7 @@
 //! # Ok::<(), tensorpool::Error>(())
 //! ```
 
-use crate::stats::Tier;
+use crate::observe::stats::Tier;
 use serde::Serialize;
 
 /// All segments of an allocator.

@@ -5,7 +5,7 @@
 //!   up at the first full pool);
 //! - sizes up to `small_threshold` are slots of size-class slabs, and sizes up to
 //!   `medium_threshold` large blocks of their own pages, both owned by the calling
-//!   thread's heap in the [small-block engine](crate::slab): no lock, frees checked
+//!   thread's heap in the [small-block engine](crate::tiers::slab): no lock, frees checked
 //!   in O(1) from the address;
 //! - sizes up to `huge_threshold` go to the coalescing [`BestFit`] tier, which also
 //!   gives the engine its pages;
@@ -50,22 +50,22 @@
 //! # Ok::<(), tensorpool::Error>(())
 //! ```
 
-use crate::address_map::AddressMap;
-use crate::arena::Arena;
-use crate::best_fit::BestFit;
 use crate::config::{Config, UpstreamKind};
-use crate::debug::{self, GuardViolation, LeakReport, Record, Tracker, GUARD};
 use crate::error::{Error, OomCause, PointerError, Result};
-use crate::fixed_pool::zero_sized;
-use crate::huge::HugeCache;
 use crate::limits::{validate, MAX_ALIGN};
-use crate::size_class::SizeClasses;
-use crate::slab::{Engine, EngineStats};
-use crate::snapshot::Snapshot;
-use crate::stats::{fragmentation, ClassStats, Stats, Tier, TierStats, Totals, Usage};
+use crate::observe::debug::{self, GuardViolation, LeakReport, Record, Tracker, GUARD};
+use crate::observe::snapshot::Snapshot;
+use crate::observe::stats::{fragmentation, ClassStats, Stats, Tier, TierStats, Totals, Usage};
+use crate::tiers::arena::Arena;
+use crate::tiers::best_fit::BestFit;
+use crate::tiers::fixed_pool::zero_sized;
+use crate::tiers::huge::HugeCache;
+use crate::tiers::size_class::SizeClasses;
+use crate::tiers::slab::{Engine, EngineStats};
 #[cfg(all(unix, not(miri)))]
 use crate::upstream::MmapUpstream;
 use crate::upstream::{AddressSpace, HeapUpstream, MeteredUpstream, Upstream, UpstreamError};
+use crate::util::address_map::AddressMap;
 use allocator_api2::alloc::{AllocError, Allocator};
 use parking_lot::RwLock;
 use std::alloc::Layout;
@@ -951,7 +951,7 @@ impl Inner {
             if range.is_empty() {
                 continue;
             }
-            let counts = &engine.tiers[crate::slab::heap::tier_index(tier)];
+            let counts = &engine.tiers[crate::tiers::slab::heap::tier_index(tier)];
             let mut usage = Usage {
                 allocated_bytes: counts.bytes as usize,
                 requested_bytes: counts.requested as usize,
@@ -990,7 +990,7 @@ impl Inner {
             });
         }
         let large = e.large.stats();
-        let spans = &engine.tiers[crate::slab::heap::LARGE];
+        let spans = &engine.tiers[crate::tiers::slab::heap::LARGE];
         let mut large_usage = large.usage;
         large_usage.allocated_bytes += spans.bytes as usize;
         large_usage.requested_bytes += spans.requested as usize;
@@ -1358,7 +1358,9 @@ mod tests {
                 .segments
                 .iter()
                 .flat_map(|s| s.blocks.clone())
-                .find(|b| b.size >= 4 * n && b.state == crate::snapshot::BlockState::Allocated)
+                .find(|b| {
+                    b.size >= 4 * n && b.state == crate::observe::snapshot::BlockState::Allocated
+                })
                 .unwrap();
             assert!(matches!(
                 mm.free_raw(std::ptr::without_provenance_mut(chunk.address)),
@@ -1443,7 +1445,7 @@ mod tests {
     mod model {
         use super::*;
         use crate::limits::round_up;
-        use crate::snapshot::BlockState;
+        use crate::observe::snapshot::BlockState;
         use crate::testing::{check, fill, ops_len, proptest_config, LiveSet};
         use crate::upstream::HUGE_PAGE_SIZE;
         use proptest::prelude::*;

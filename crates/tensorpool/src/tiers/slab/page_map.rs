@@ -21,7 +21,7 @@
 //! ```
 
 use super::slab::Slab;
-use crate::sync::Mutex;
+use crate::util::sync::Mutex;
 use std::sync::atomic::{
     AtomicPtr,
     Ordering::{AcqRel, Acquire, Release},
@@ -228,10 +228,12 @@ impl PageMap {
 impl Drop for PageMap {
     fn drop(&mut self) {
         for node in self.installed.get_mut().drain(..) {
-            // SAFETY: each installed node came from `Box::into_raw` in `child` and is
-            // recorded once; `&mut self` proves no reader is left.
+            // Each installed node came from `Box::into_raw` in `child` and is recorded
+            // once; `&mut self` proves no reader is left.
             match node {
+                // SAFETY: as said above, for a middle node.
                 Installed::Mid(mid) => drop(unsafe { Box::from_raw(mid) }),
+                // SAFETY: as said above, for a leaf.
                 Installed::Leaf(leaf) => drop(unsafe { Box::from_raw(leaf) }),
             }
         }

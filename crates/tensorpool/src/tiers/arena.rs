@@ -61,12 +61,12 @@
 //! what makes allocation take about a nanosecond. Use one arena per thread (the
 //! manager hands out as many as needed).
 
-use crate::debug::{self, GuardViolation, LeakReport, GUARD};
 use crate::error::{Error, OomCause, OutOfMemory, Result};
-use crate::fixed_pool::zero_sized;
 use crate::limits::{round_up, validate, MAX_ALIGN};
-use crate::snapshot::{BlockSnapshot, BlockState, SegmentSnapshot, Snapshot};
-use crate::stats::{Tier, Usage};
+use crate::observe::debug::{self, GuardViolation, LeakReport, GUARD};
+use crate::observe::snapshot::{BlockSnapshot, BlockState, SegmentSnapshot, Snapshot};
+use crate::observe::stats::{Tier, Usage};
+use crate::tiers::fixed_pool::zero_sized;
 use crate::upstream::{default_upstream, page_size, Region, Upstream};
 use allocator_api2::alloc::{AllocError, Allocator};
 use bytemuck::Zeroable;
@@ -213,7 +213,7 @@ impl ArenaBuilder {
         self
     }
 
-    /// Debug mode (see [`debug`](crate::debug)): guard bytes after every allocation,
+    /// Debug mode (see [`debug`](crate::observe::debug)): guard bytes after every allocation,
     /// checked and the memory poisoned when a reset, rewind, scope end or drop releases
     /// it; dropping the arena with allocations not released by a reset reports them.
     pub fn debug(mut self, on: bool) -> Self {

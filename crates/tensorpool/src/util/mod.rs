@@ -1,0 +1,8 @@
+//! The bottom layer: arithmetic and data structures that know nothing of allocation
+//! strategies (byte counts and their formatting, an ordered map of address ranges,
+//! and the synchronisation primitives that loom can swap out). Nothing here uses
+//! another module of the crate.
+
+pub mod address_map;
+pub mod bytes;
+pub(crate) mod sync;
