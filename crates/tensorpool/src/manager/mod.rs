@@ -1342,6 +1342,32 @@ mod tests {
     }
 
     #[test]
+    fn the_oom_report_and_stats_agree_on_the_largest_free_block() {
+        let mm = manager(heap_config().memory_limit(16 << 20));
+        // Free memory in several tiers: slots of a class, a large block's pages.
+        let small: Vec<_> = (0..64).map(|_| mm.allocate_raw(256, 64).unwrap()).collect();
+        for p in small.iter().step_by(2) {
+            mm.free_raw(p.as_ptr()).unwrap();
+        }
+        let large = mm.allocate_raw(2 << 20, 64).unwrap();
+        let held = mm.allocate_raw(5 << 20, 64).unwrap();
+        mm.free_raw(large.as_ptr()).unwrap();
+        let err = mm.allocate_raw(14 << 20, 64).unwrap_err();
+        let Error::OutOfMemory(report) = &err else {
+            panic!("{err:?}")
+        };
+        let stats = mm.stats();
+        // The freed large block's pages stay cached (the retry could not help).
+        assert!(report.largest_free_block >= 1 << 20, "{report:?}");
+        assert_eq!(report.largest_free_block, stats.largest_free_block);
+        assert_eq!(report.cached_bytes, stats.cached_bytes);
+        mm.free_raw(held.as_ptr()).unwrap();
+        for p in small.iter().skip(1).step_by(2) {
+            mm.free_raw(p.as_ptr()).unwrap();
+        }
+    }
+
+    #[test]
     fn arenas_take_chunks_from_the_manager() {
         let mm = manager(heap_config());
         {
