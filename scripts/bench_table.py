@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Prints the README's benchmark tables from criterion's results (target/criterion).
+"""Prints the benchmark tables of docs/BENCHMARKS.md from criterion's results (target/criterion).
 
 Run `cargo bench -p tensorpool-cli --bench allocators --bench threads` first. Times are criterion's
 estimates (the slope of its linear fit, as it prints them); ratios compare

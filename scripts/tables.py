@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Prints the README's replay and plan tables, running the `tensorpool` command.
+"""Prints the replay and plan tables of docs/BENCHMARKS.md, running the `tensorpool` command.
 
     python3 scripts/tables.py            # builds the command in release mode first
 

@@ -5,7 +5,7 @@
 #   the Rust tests: unit, property (proptest), integration, doc tests, all features
 #   loom models of the small-block engine's hand-offs (remote frees, collection,
 #   adoption of an exited thread's heap, the trim handshake)
-#   the unsafe core under Miri (a fast subset, see README "Testing"), and the
+#   the unsafe core under Miri (a fast subset, see docs/TESTING.md), and the
 #   multi-threaded stress test under Miri's data-race detector (in the background)
 #   every test of the library again under AddressSanitizer
 #   the Python package: built with maturin into .venv (pinned requirements), pytest,
@@ -41,7 +41,7 @@ MIRI_PID=
 trap 'if [ -n "$MIRI_PID" ]; then kill "$MIRI_PID" 2>/dev/null || true; fi' EXIT
 if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
     printf '\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n'
-    printf '!!! NO NIGHTLY TOOLCHAIN: Miri and AddressSanitizer DID NOT RUN (see README) !!!\n'
+    printf '!!! NO NIGHTLY TOOLCHAIN: Miri and AddressSanitizer DID NOT RUN (see docs/TESTING.md) !!!\n'
     printf '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\n'
 else
     step "Miri (in the background, log in $MIRI_LOG): the unsafe core and the threads"

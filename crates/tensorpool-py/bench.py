@@ -13,7 +13,7 @@ Measures, alternating the two sides so that both see the same machine:
   - the NumPy MLP training loop of `tensorpool.workloads` with and without `install()`.
 Prints a Markdown table with the best time of each side and the median of the
 per-round ratios tensorpool / NumPy (below 1: tensorpool is faster), with the targets
-of the small-block engine's issue (see the README's "Python" benchmarks).
+of the small-block engine's issue (see the "Python" benchmarks in docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations

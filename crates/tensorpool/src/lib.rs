@@ -104,3 +104,8 @@ pub use snapshot::{BlockState, Snapshot};
 pub use stats::ThreadCacheStats;
 pub use stats::{Stats, Tier, Usage};
 pub use tensor::Tensor;
+
+/// The README's Rust examples, compiled and run with the doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

@@ -14,7 +14,7 @@
 //! [`MemoryManager::guard_violations`](crate::MemoryManager::guard_violations).
 //!
 //! Debug mode turns the thread caches off and takes a lock per allocation and free
-//! for its records: it is for finding bugs, not for speed (the README measures it).
+//! for its records: it is for finding bugs, not for speed (docs/BENCHMARKS.md measures it).
 //!
 //! ```
 //! use tensorpool::{Config, MemoryManager};

@@ -5,7 +5,7 @@
 //! the smallest free block that fits, ties broken by the lowest address, and splits
 //! off what it does not need; a free merges the block with free neighbours. This
 //! keeps memory warm and, on real tensor traces, reserves within a few percent of the
-//! peak of live bytes (see the README's replay table).
+//! peak of live bytes (see the replay table in docs/BENCHMARKS.md).
 //!
 //! How the tier grows depends on the upstream. Where it can reserve address space
 //! and commit memory into it piece by piece (mmap), the tier uses *expandable
