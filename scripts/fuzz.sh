@@ -8,8 +8,10 @@
 # pool, best fit and arena on their own), trace_parsers (every trace format, gzip,
 # and config files on arbitrary bytes). Needs the nightly toolchain; installs the
 # pinned cargo-fuzz if it is missing. Corpora grow in fuzz/corpus/<target> (not
-# committed); a crash is saved in fuzz/artifacts/<target> and becomes a regression
-# test (crates/tensorpool/tests/fuzz_regressions.rs).
+# committed); a crash is saved in fuzz/artifacts/<target>. Replay it with
+# `cargo +nightly fuzz run <target> fuzz/artifacts/<target>/<file>`, and make the
+# fix's regression test a unit test beside the code it fixes (the operations
+# inlined, as every test of a bad input in crates/tensorpool/src does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
