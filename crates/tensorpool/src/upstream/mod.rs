@@ -29,7 +29,6 @@
 
 use std::fmt;
 use std::ptr::NonNull;
-
 use std::sync::Arc;
 
 /// A region of memory taken from an upstream: where it starts and how long it is.
