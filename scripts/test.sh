@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Every test of the project, in the order that fails fastest. `.ci/run` calls this.
 #
-#   formatting and lints (rustfmt, clippy -D warnings), docs without warnings
+#   formatting and lints (rustfmt, clippy -D warnings), docs without warnings,
+#   the Markdown's links
 #   the Rust tests: unit, property (proptest), integration, doc tests, all features
 #   loom models of the small-block engine's hand-offs (remote frees, collection,
 #   adoption of an exited thread's heap, the trim handshake)
 #   the unsafe core under Miri (a fast subset, see docs/TESTING.md), and the
 #   multi-threaded stress test under Miri's data-race detector (in the background)
-#   every test of the library again under AddressSanitizer
+#   the library's unit, property and integration tests again under AddressSanitizer
 #   the Python package: built with maturin into .venv (pinned requirements), pytest,
 #   then NumPy's own tests (test_multiarray.py, the memory-heavy classes) with
 #   tensorpool as NumPy's allocator
@@ -26,6 +27,9 @@ step "cargo doc: no warnings (broken links included)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --all-features -p tensorpool --lib
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked -p tensorpool-cli --lib
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked -p tensorpool-py --document-private-items
+
+step "Markdown: every relative link and #anchor resolves"
+python3 scripts/check_links.py
 
 step "cargo test (all features)"
 cargo test --workspace --all-features --locked
@@ -59,9 +63,11 @@ else
     ) >"$MIRI_LOG" 2>&1 &
     MIRI_PID=$!
 
-    step "AddressSanitizer: every test of the library (unit, property, integration, doc)"
-    RUSTFLAGS="-Zsanitizer=address" RUSTDOCFLAGS="-Zsanitizer=address" CARGO_TARGET_DIR=target/asan \
-        cargo +nightly test --locked -p tensorpool --all-features --target x86_64-unknown-linux-gnu
+    # The doc tests are left out here: each is its own binary to build with the
+    # sanitizer (minutes on 2 cores), they use only the public API, and they ran above.
+    step "AddressSanitizer: the library's unit, property and integration tests"
+    RUSTFLAGS="-Zsanitizer=address" CARGO_TARGET_DIR=target/asan \
+        cargo +nightly test --locked -p tensorpool --all-features --lib --tests --target x86_64-unknown-linux-gnu
 fi
 
 step "Python: the tensorpool package (maturin, abi3) and its tests (pytest)"
