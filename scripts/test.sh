@@ -23,6 +23,10 @@ cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
+step "the fuzz targets build (their own workspace; scripts/fuzz.sh runs them)"
+cargo check --locked --manifest-path fuzz/Cargo.toml
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
+
 step "cargo doc: no warnings (broken links included)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --all-features -p tensorpool --lib
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked -p tensorpool-cli --lib

@@ -14,6 +14,7 @@ use libfuzzer_sys::fuzz_target;
 use std::alloc::Layout;
 use std::ptr::NonNull;
 use tensorpool::{Arena, Config, Error, MemoryManager, UpstreamKind};
+use tensorpool_testkit::{pattern, Coverage};
 
 #[derive(Arbitrary, Debug, Clone)]
 struct FuzzConfig {
@@ -29,13 +30,34 @@ struct FuzzConfig {
 
 #[derive(Arbitrary, Debug)]
 enum Op {
-    Allocate { tier: u8, size: u32, align_log: u8, raw: bool, zeroed: bool },
-    Free { index: u16 },
-    FreeRaw { target: u8, index: u16, offset: u32 },
-    Reallocate { index: u16, tier: u8, size: u32 },
-    ArenaAllocate { size: u16, align_log: u8 },
+    Allocate {
+        tier: u8,
+        size: u32,
+        align_log: u8,
+        raw: bool,
+        zeroed: bool,
+    },
+    Free {
+        index: u16,
+    },
+    FreeRaw {
+        target: u8,
+        index: u16,
+        offset: u32,
+    },
+    Reallocate {
+        index: u16,
+        tier: u8,
+        size: u32,
+    },
+    ArenaAllocate {
+        size: u16,
+        align_log: u8,
+    },
     ArenaReset,
-    ArenaScope { sizes: Vec<u16> },
+    ArenaScope {
+        sizes: Vec<u16>,
+    },
     Trim,
     FlushThreadCache,
     Reconfigure(FuzzConfig),
@@ -77,27 +99,22 @@ fn size_for(tier: u8, size: u32) -> usize {
     1 + size as usize % max
 }
 
-fn byte(seed: u8, i: usize) -> u8 {
-    seed.wrapping_add((i % 251) as u8)
-}
-
 /// The bytes of a block that are checked: all of a small one, both ends of a large one.
-fn checked(size: usize) -> impl Iterator<Item = usize> {
-    let head = size.min(512);
-    let tail = size.saturating_sub(512).max(head);
-    (0..head).chain(tail..size)
-}
+const CHECKED: Coverage = Coverage::Sampled {
+    ends: 512,
+    stride: usize::MAX,
+};
 
 fn fill(ptr: NonNull<u8>, size: usize, seed: u8) {
-    for i in checked(size) {
-        // SAFETY: a live block of `size` bytes owned by this model.
-        unsafe { ptr.as_ptr().add(i).write(byte(seed, i)) };
-    }
+    // SAFETY: a live block of `size` bytes owned by this model.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr(), size) };
+    pattern::fill(bytes, seed.into(), CHECKED);
 }
 
 fn intact(ptr: NonNull<u8>, size: usize, seed: u8) -> bool {
     // SAFETY: a live block of `size` bytes owned by this model.
-    checked(size).all(|i| unsafe { ptr.as_ptr().add(i).read() } == byte(seed, i))
+    let bytes = unsafe { std::slice::from_raw_parts(ptr.as_ptr(), size) };
+    pattern::first_difference(bytes, seed.into(), CHECKED).is_none()
 }
 
 fn layout(b: &Live) -> Layout {
@@ -121,7 +138,11 @@ impl Model {
             .live
             .iter()
             .map(|b| (b.ptr.as_ptr() as usize, b.size))
-            .chain(self.arena_live.iter().map(|&(p, s, _)| (p.as_ptr() as usize, s)))
+            .chain(
+                self.arena_live
+                    .iter()
+                    .map(|&(p, s, _)| (p.as_ptr() as usize, s)),
+            )
             .collect();
         spans.sort_unstable();
         for w in spans.windows(2) {
@@ -135,7 +156,10 @@ impl Model {
             assert!(intact(p, s, seed), "an arena block changed");
         }
         let stats = self.mm.stats();
-        assert_eq!(stats.allocated_blocks, self.live.len() + self.arena_chunks());
+        assert_eq!(
+            stats.allocated_blocks,
+            self.live.len() + self.arena_chunks()
+        );
         assert!(stats.reserved_bytes >= stats.allocated_bytes);
         assert_eq!(stats.num_guard_violations, 0);
     }
@@ -159,7 +183,11 @@ impl Model {
         let stats = self.mm.stats();
         assert_eq!((stats.allocated_blocks, stats.allocated_bytes), (0, 0));
         self.mm.trim();
-        assert_eq!(self.mm.stats().reserved_bytes, 0, "everything goes back after trim");
+        assert_eq!(
+            self.mm.stats().reserved_bytes,
+            0,
+            "everything goes back after trim"
+        );
         if let Some(leaks) = self.mm.leaks() {
             assert_eq!(leaks.count, 0);
         }
@@ -168,13 +196,21 @@ impl Model {
     fn step(&mut self, op: Op) {
         self.seed = self.seed.wrapping_add(1);
         match op {
-            Op::Allocate { tier, size, align_log, raw, zeroed } => {
+            Op::Allocate {
+                tier,
+                size,
+                align_log,
+                raw,
+                zeroed,
+            } => {
                 let size = size_for(tier, size);
                 let align = 1usize << (align_log % 13);
                 let result = match (raw, zeroed) {
                     (true, false) => self.mm.allocate_raw(size, align),
                     (true, true) => self.mm.allocate_raw_zeroed(size, align),
-                    (false, false) => self.mm.try_allocate(Layout::from_size_align(size, align).unwrap()),
+                    (false, false) => self
+                        .mm
+                        .try_allocate(Layout::from_size_align(size, align).unwrap()),
                     (false, true) => self
                         .mm
                         .try_allocate_zeroed(Layout::from_size_align(size, align).unwrap()),
@@ -187,7 +223,13 @@ impl Model {
                             assert!(bytes.iter().all(|&b| b == 0), "zeroed memory is not zero");
                         }
                         fill(ptr, size, self.seed);
-                        self.live.push(Live { ptr, size, align, raw, seed: self.seed });
+                        self.live.push(Live {
+                            ptr,
+                            size,
+                            align,
+                            raw,
+                            seed: self.seed,
+                        });
                     }
                     Err(Error::OutOfMemory(_)) => {}
                     Err(e) => panic!("unexpected error: {e}"),
@@ -207,7 +249,11 @@ impl Model {
                 }
                 self.freed.push(b.ptr.as_ptr() as usize);
             }
-            Op::FreeRaw { target, index, offset } => {
+            Op::FreeRaw {
+                target,
+                index,
+                offset,
+            } => {
                 let before = self.mm.stats();
                 let addr = match target % 4 {
                     // inside a live block (or its start, when the offset is 0)
@@ -238,13 +284,20 @@ impl Model {
                         assert_eq!(before.allocated_blocks, after.allocated_blocks);
                         assert_eq!(before.requested_bytes, after.requested_bytes);
                     }
-                    (result, expected) => panic!("free_raw({addr:#x}) gave {result:?}, live raw: {expected:?}"),
+                    (result, expected) => {
+                        panic!("free_raw({addr:#x}) gave {result:?}, live raw: {expected:?}")
+                    }
                 }
             }
             Op::Reallocate { index, tier, size } => {
-                let Some(i) = self.live.iter().enumerate().filter(|(_, b)| b.raw).map(|(i, _)| i).nth(
-                    index as usize % self.live.iter().filter(|b| b.raw).count().max(1),
-                ) else {
+                let Some(i) = self
+                    .live
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, b)| b.raw)
+                    .map(|(i, _)| i)
+                    .nth(index as usize % self.live.iter().filter(|b| b.raw).count().max(1))
+                else {
                     return;
                 };
                 let new_size = size_for(tier, size);
@@ -255,10 +308,14 @@ impl Model {
                         let kept = b.size.min(new_size);
                         let seed = b.seed;
                         // The bytes the old block had written that fit the new one.
-                        for at in checked(b.size).filter(|&at| at < kept) {
+                        for at in CHECKED.indices(b.size).filter(|&at| at < kept) {
                             // SAFETY: the new block holds at least `kept` bytes.
                             let read = unsafe { moved.as_ptr().add(at).read() };
-                            assert_eq!(read, byte(seed, at), "realloc lost byte {at}");
+                            assert_eq!(
+                                read,
+                                pattern::byte(seed.into(), at),
+                                "realloc lost byte {at}"
+                            );
                         }
                         fill(moved, new_size, seed);
                         let b = &mut self.live[i];

@@ -10,12 +10,24 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use std::ptr::NonNull;
 use tensorpool::{Arena, BestFit, Error, FixedSizePool};
+use tensorpool_testkit::{pattern, Coverage};
 
 #[derive(Arbitrary, Debug)]
 enum Input {
-    Pool { block: u16, capacity: Option<u8>, ops: Vec<PoolOp> },
-    BestFit { expandable: bool, max_split: Option<u16>, ops: Vec<FitOp> },
-    Arena { capacity: Option<u16>, ops: Vec<ArenaOp> },
+    Pool {
+        block: u16,
+        capacity: Option<u8>,
+        ops: Vec<PoolOp>,
+    },
+    BestFit {
+        expandable: bool,
+        max_split: Option<u16>,
+        ops: Vec<FitOp>,
+    },
+    Arena {
+        capacity: Option<u16>,
+        ops: Vec<ArenaOp>,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -43,24 +55,31 @@ enum ArenaOp {
     Scope(Vec<u16>),
 }
 
-fn byte(seed: usize, i: usize) -> u8 {
-    (seed.wrapping_mul(31).wrapping_add(i % 251)) as u8
+/// The first, middle and last byte: enough to see a block handed out twice.
+fn checked(size: usize) -> Coverage {
+    Coverage::Sampled {
+        ends: 1,
+        stride: (size / 2).max(1),
+    }
 }
 
 fn fill(p: NonNull<u8>, size: usize, seed: usize) {
-    for i in [0, size / 2, size - 1] {
-        // SAFETY: a live block of `size` bytes owned by the model.
-        unsafe { p.as_ptr().add(i).write(byte(seed, i)) };
-    }
+    // SAFETY: a live block of `size` bytes owned by the model.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(p.as_ptr(), size) };
+    pattern::fill(bytes, seed as u64, checked(size));
 }
 
 fn intact(p: NonNull<u8>, size: usize, seed: usize) -> bool {
     // SAFETY: as above.
-    [0, size / 2, size - 1].iter().all(|&i| unsafe { p.as_ptr().add(i).read() } == byte(seed, i))
+    let bytes = unsafe { std::slice::from_raw_parts(p.as_ptr(), size) };
+    pattern::first_difference(bytes, seed as u64, checked(size)).is_none()
 }
 
 fn no_overlap(blocks: &[(NonNull<u8>, usize, usize)]) {
-    let mut spans: Vec<_> = blocks.iter().map(|&(p, s, _)| (p.as_ptr() as usize, s)).collect();
+    let mut spans: Vec<_> = blocks
+        .iter()
+        .map(|&(p, s, _)| (p.as_ptr() as usize, s))
+        .collect();
     spans.sort_unstable();
     for w in spans.windows(2) {
         assert!(w[0].0 + w[0].1 <= w[1].0, "blocks overlap: {w:?}");
@@ -78,7 +97,11 @@ fn bad_pointer(live: &[(NonNull<u8>, usize, usize)], i: u16, off: usize) -> *mut
 }
 
 fuzz_target!(|input: Input| match input {
-    Input::Pool { block, capacity, ops } => {
+    Input::Pool {
+        block,
+        capacity,
+        ops,
+    } => {
         let block = 1 + block as usize;
         let pool = match capacity {
             Some(c) => FixedSizePool::with_capacity(block, 1 + c as usize),
@@ -116,7 +139,11 @@ fuzz_target!(|input: Input| match input {
             no_overlap(&live);
         }
     }
-    Input::BestFit { expandable, max_split, ops } => {
+    Input::BestFit {
+        expandable,
+        max_split,
+        ops,
+    } => {
         // Settings that cannot apply are refused with an error naming them.
         let Ok(fit) = BestFit::builder()
             .expandable(expandable)
@@ -195,7 +222,10 @@ fuzz_target!(|input: Input| match input {
                     arena.reset();
                     live.clear();
                     for (cp, _) in checkpoints.drain(..) {
-                        assert!(arena.rewind(cp).is_err(), "a checkpoint from before a reset");
+                        assert!(
+                            arena.rewind(cp).is_err(),
+                            "a checkpoint from before a reset"
+                        );
                     }
                 }
                 ArenaOp::Scope(sizes) => {

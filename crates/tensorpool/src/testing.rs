@@ -2,6 +2,7 @@
 
 use proptest::test_runner::Config as ProptestConfig;
 use std::collections::BTreeMap;
+use tensorpool_testkit::{pattern, Coverage};
 
 /// Property-test settings: many cases natively, a handful under Miri (which runs
 /// code about a thousand times slower), and no failure files under Miri's isolation.
@@ -59,42 +60,38 @@ impl LiveSet {
 /// The bytes of a block the unit tests write: both ends (where overlaps show first)
 /// and one byte per page, which keeps large blocks cheap under Miri. The integration
 /// test `tests/patterns.rs` writes every byte.
-fn sampled(len: usize) -> impl Iterator<Item = usize> {
-    let ends = (0..len.min(64)).chain(len.saturating_sub(64).max(64)..len);
-    ends.chain((64..len.saturating_sub(64)).step_by(4096))
-}
+const SAMPLED: Coverage = Coverage::Sampled {
+    ends: 64,
+    stride: 4096,
+};
 
-/// Writes a pattern derived from `seed` into sampled bytes of `len` at `ptr`.
+/// Writes the shared test pattern of `seed` into sampled bytes of `len` at `ptr`.
 ///
 /// # Safety
 ///
-/// `ptr` is valid for writes of `len` bytes.
+/// `ptr` is valid for writes of `len` bytes, and nothing else refers to them.
 pub(crate) unsafe fn fill(ptr: *mut u8, len: usize, seed: u64) {
-    for i in sampled(len) {
-        // SAFETY: `i < len`, within the caller's block.
-        unsafe { ptr.add(i).write(pattern(seed, i)) };
-    }
+    // SAFETY: the caller's block, `len` bytes, not referred to elsewhere.
+    pattern::fill(
+        unsafe { std::slice::from_raw_parts_mut(ptr, len) },
+        seed,
+        SAMPLED,
+    );
 }
 
 /// Checks the pattern written by [`fill`].
 ///
 /// # Safety
 ///
-/// `ptr` is valid for reads of `len` bytes.
+/// `ptr` is valid for reads of `len` bytes, and nothing writes them meanwhile.
+#[track_caller]
 pub(crate) unsafe fn check(ptr: *const u8, len: usize, seed: u64) {
-    for i in sampled(len) {
-        // SAFETY: `i < len`, within the caller's block.
-        let got = unsafe { ptr.add(i).read() };
-        assert_eq!(
-            got,
-            pattern(seed, i),
-            "byte {i} of block {seed} was overwritten"
-        );
-    }
-}
-
-fn pattern(seed: u64, i: usize) -> u8 {
-    (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8 ^ (i as u8).wrapping_mul(31)
+    // SAFETY: the caller's block, `len` bytes, not written meanwhile.
+    pattern::assert_intact(
+        unsafe { std::slice::from_raw_parts(ptr, len) },
+        seed,
+        SAMPLED,
+    );
 }
 
 /// A heap-backed upstream with an address space that checks the contract: commits

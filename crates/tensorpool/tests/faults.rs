@@ -5,16 +5,14 @@
 //! error, every live block keeps its contents, the statistics stay balanced, and the
 //! same request succeeds once memory is available again.
 
-mod common;
-
 use allocator_api2::alloc::Allocator;
-use common::Rng;
 use std::alloc::Layout;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use tensorpool::upstream::{AddressSpace, HeapUpstream, Upstream, UpstreamError};
 use tensorpool::{Config, Error, MemoryManager};
+use tensorpool_testkit::{pattern, Coverage, Rng};
 
 /// Fails the calls numbered `fail_from..fail_until` (allocations, reservations and
 /// commits counted together); passes everything else to `inner`.
@@ -130,25 +128,16 @@ struct Live {
     seed: u8,
 }
 
-fn pattern(seed: u8, i: usize) -> u8 {
-    seed.wrapping_add((i % 251) as u8)
-}
-
 fn write(block: &Live) {
     // SAFETY: a live block of `size` bytes that only this test uses.
     let bytes = unsafe { std::slice::from_raw_parts_mut(block.ptr.as_ptr(), block.size) };
-    for (i, b) in bytes.iter_mut().enumerate() {
-        *b = pattern(block.seed, i);
-    }
+    pattern::fill(bytes, block.seed.into(), Coverage::EVERY);
 }
 
 fn intact(block: &Live) -> bool {
     // SAFETY: as above.
     let bytes = unsafe { std::slice::from_raw_parts(block.ptr.as_ptr(), block.size) };
-    bytes
-        .iter()
-        .enumerate()
-        .all(|(i, &b)| b == pattern(block.seed, i))
+    pattern::first_difference(bytes, block.seed.into(), Coverage::EVERY).is_none()
 }
 
 fn layout(size: usize) -> Layout {

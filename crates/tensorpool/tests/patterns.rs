@@ -7,8 +7,7 @@ use std::alloc::Layout;
 use std::ptr::NonNull;
 use tensorpool::{Arena, BestFit, Config, FixedSizePool, MemoryManager};
 
-mod common;
-use common::Rng;
+use tensorpool_testkit::{pattern, Coverage, Rng};
 
 /// Sizes spread over every tier: mostly small, some large, a few huge.
 fn size(rng: &mut Rng) -> usize {
@@ -27,26 +26,15 @@ struct Block {
 
 impl Block {
     fn fill(&self) {
-        // SAFETY: the block is live and `size` bytes long.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.size) }
-            .iter_mut()
-            .enumerate()
-            .for_each(|(i, b)| *b = self.seed ^ (i as u8));
+        // SAFETY: the block is live, `size` bytes long, and only this test uses it.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.size) };
+        pattern::fill(bytes, self.seed.into(), Coverage::EVERY);
     }
 
     fn check(&self) {
         // SAFETY: the block is live and `size` bytes long.
         let bytes = unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.size) };
-        if let Some(i) = bytes
-            .iter()
-            .enumerate()
-            .position(|(i, &b)| b != self.seed ^ (i as u8))
-        {
-            panic!(
-                "byte {i} of the {}-byte block at {:p} was overwritten",
-                self.size, self.ptr
-            );
-        }
+        pattern::assert_intact(bytes, self.seed.into(), Coverage::EVERY);
     }
 }
 

@@ -26,8 +26,13 @@ fn config() -> tensorpool::ConfigBuilder {
     }
 }
 
-mod common;
-use common::Rng;
+use tensorpool_testkit::{pattern, Coverage, Rng};
+
+/// Both ends and every 512th byte: enough to see overlaps, cheap for big blocks.
+const SAMPLED: Coverage = Coverage::Sampled {
+    ends: 64,
+    stride: 512,
+};
 
 /// A block and how to free it. Raw pointers are `Send` through this wrapper: the
 /// block is owned by whoever holds the `Block`.
@@ -67,38 +72,16 @@ impl Block {
         block
     }
 
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: the block is live, `size` bytes, and owned by this handle.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.size) }
-    }
-
     fn fill(&mut self) {
-        let seed = self.seed;
         // SAFETY: the block is live, `size` bytes, and owned by this handle.
         let bytes = unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.size) };
-        // Both ends and every 512th byte: enough to see overlaps, cheap for big blocks.
-        let n = bytes.len();
-        for i in (0..n.min(64))
-            .chain(n.saturating_sub(64)..n)
-            .chain((0..n).step_by(512))
-        {
-            bytes[i] = seed ^ i as u8;
-        }
+        pattern::fill(bytes, self.seed.into(), SAMPLED);
     }
 
     fn check(&self) {
-        let bytes = self.bytes();
-        let n = bytes.len();
-        for i in (0..n.min(64))
-            .chain(n.saturating_sub(64)..n)
-            .chain((0..n).step_by(512))
-        {
-            assert_eq!(
-                bytes[i],
-                self.seed ^ i as u8,
-                "byte {i} of a {n}-byte block changed"
-            );
-        }
+        // SAFETY: the block is live, `size` bytes, and owned by this handle.
+        let bytes = unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.size) };
+        pattern::assert_intact(bytes, self.seed.into(), SAMPLED);
     }
 
     fn free(self, mm: &MemoryManager) {
