@@ -58,7 +58,7 @@ use crate::observe::snapshot::Snapshot;
 use crate::observe::stats::{fragmentation, ClassStats, Stats, Tier, TierStats, Totals, Usage};
 use crate::tiers::arena::Arena;
 use crate::tiers::best_fit::BestFit;
-use crate::tiers::fixed_pool::zero_sized;
+use crate::tiers::contract::{zero_sized, BlockTier};
 use crate::tiers::huge::HugeCache;
 use crate::tiers::size_class::SizeClasses;
 use crate::tiers::slab::{Engine, EngineStats};
@@ -247,7 +247,7 @@ unsafe impl Upstream for ArenaUpstream {
         size: usize,
         align: usize,
     ) -> std::result::Result<NonNull<u8>, UpstreamError> {
-        match self.manager.allocate(size, align, false) {
+        match self.manager.serve(size, align, false) {
             Ok((ptr, _)) => {
                 self.manager.counters.arena_bytes.fetch_add(size, Relaxed);
                 Ok(ptr)
@@ -265,7 +265,7 @@ unsafe impl Upstream for ArenaUpstream {
 
     unsafe fn deallocate(&self, ptr: NonNull<u8>, size: usize, align: usize) {
         self.manager.counters.arena_bytes.fetch_sub(size, Relaxed);
-        let freed = self.manager.free_typed(ptr, size, align);
+        let freed = self.manager.reclaim_typed(ptr, size, align);
         debug_assert!(
             freed.is_ok(),
             "an arena chunk was not a live block: {freed:?}"
@@ -413,7 +413,7 @@ impl MemoryManager {
     /// Give it back with [`free_raw`](Self::free_raw).
     #[inline]
     pub fn allocate_raw(&self, size: usize, align: usize) -> Result<NonNull<u8>> {
-        match self.inner.allocate_hot(size, align, true) {
+        match self.inner.serve_hot(size, align, true) {
             Some(ptr) => Ok(ptr),
             None => self.allocate_raw_cold(size, align),
         }
@@ -422,14 +422,14 @@ impl MemoryManager {
     #[cold]
     #[inline(never)]
     fn allocate_raw_cold(&self, size: usize, align: usize) -> Result<NonNull<u8>> {
-        self.inner.allocate(size, align, true).map(|(p, _)| p)
+        self.inner.serve(size, align, true).map(|(p, _)| p)
     }
 
     /// The same as [`allocate_raw`](Self::allocate_raw), with the memory zeroed
     /// (without writing it when the block's pages are fresh from the system).
     #[inline]
     pub fn allocate_raw_zeroed(&self, size: usize, align: usize) -> Result<NonNull<u8>> {
-        if let Some(ptr) = self.inner.allocate_hot(size, align, true) {
+        if let Some(ptr) = self.inner.serve_hot(size, align, true) {
             // SAFETY: a fresh block of at least `size` bytes, exclusively ours.
             unsafe { ptr.as_ptr().write_bytes(0, size) };
             return Ok(ptr);
@@ -440,7 +440,7 @@ impl MemoryManager {
     #[cold]
     #[inline(never)]
     fn allocate_raw_zeroed_cold(&self, size: usize, align: usize) -> Result<NonNull<u8>> {
-        let (ptr, zero) = self.inner.allocate(size, align, true)?;
+        let (ptr, zero) = self.inner.serve(size, align, true)?;
         if !zero {
             // SAFETY: the block is `size` bytes, fresh, and exclusively ours.
             unsafe { ptr.as_ptr().write_bytes(0, size) };
@@ -462,10 +462,10 @@ impl MemoryManager {
     #[inline]
     pub fn free_raw(&self, ptr: *mut u8) -> Result<()> {
         let inner = &*self.inner;
-        if inner.fast && inner.engine.try_free(ptr, true, 0, None) {
+        if inner.fast && inner.engine.release_hot(ptr, true, 0, None) {
             return Ok(());
         }
-        inner.free_raw(ptr)
+        inner.reclaim_raw(ptr)
     }
 
     /// The size requested for the live raw block at `ptr`, with the same checks as
@@ -492,12 +492,12 @@ impl MemoryManager {
     ) -> Result<NonNull<u8>> {
         let inner = &*self.inner;
         let old = inner.raw_size(ptr.addr())?;
-        let (new, _) = inner.allocate(new_size, align, true)?;
+        let (new, _) = inner.serve(new_size, align, true)?;
         // SAFETY: `ptr` is a live raw block of at least `old` bytes (checked above, and
         // by our caller's contract nobody frees it meanwhile) and `new` a fresh block of
         // `new_size` bytes; distinct live blocks never overlap.
         unsafe { std::ptr::copy_nonoverlapping(ptr, new.as_ptr(), old.min(new_size)) };
-        inner.free_raw(ptr)?;
+        inner.reclaim_raw(ptr)?;
         Ok(new)
     }
 
@@ -581,8 +581,9 @@ impl MemoryManager {
         let inner = &*self.inner;
         let mut segments = Vec::new();
         inner.engine.snapshot_into(&mut segments);
-        inner.engine.large.snapshot_into(&mut segments);
-        inner.huge.snapshot_into(&mut segments);
+        for tier in inner.locked_tiers() {
+            tier.snapshot_into(&mut segments);
+        }
         Snapshot { segments }
     }
 
@@ -595,7 +596,7 @@ impl MemoryManager {
     #[cold]
     #[inline(never)]
     fn deallocate_cold(&self, ptr: NonNull<u8>, layout: Layout) {
-        let freed = self.inner.free_typed(ptr, layout.size(), layout.align());
+        let freed = self.inner.reclaim_typed(ptr, layout.size(), layout.align());
         debug_assert!(
             freed.is_ok(),
             "Allocator::deallocate broke its contract: {freed:?}"
@@ -606,7 +607,7 @@ impl MemoryManager {
     /// path).
     pub(crate) fn allocate_typed(&self, layout: Layout) -> Result<NonNull<u8>> {
         self.inner
-            .allocate(layout.size(), layout.align(), false)
+            .serve(layout.size(), layout.align(), false)
             .map(|(p, _)| p)
     }
 
@@ -618,10 +619,7 @@ impl MemoryManager {
         if layout.size() == 0 {
             return Err(Error::ZeroSize);
         }
-        match self
-            .inner
-            .allocate_hot(layout.size(), layout.align(), false)
-        {
+        match self.inner.serve_hot(layout.size(), layout.align(), false) {
             Some(ptr) => Ok(ptr),
             None => self.allocate_typed(layout),
         }
@@ -633,7 +631,7 @@ impl MemoryManager {
         if layout.size() == 0 {
             return Err(Error::ZeroSize);
         }
-        let (ptr, zero) = self.inner.allocate(layout.size(), layout.align(), false)?;
+        let (ptr, zero) = self.inner.serve(layout.size(), layout.align(), false)?;
         if !zero {
             // SAFETY: the block is `layout.size()` bytes, fresh, and exclusively ours.
             unsafe { ptr.as_ptr().write_bytes(0, layout.size()) };
@@ -660,7 +658,7 @@ impl Inner {
     /// the request down the full path (debug mode, explicit pools, a size or
     /// alignment no class serves, a slab to change).
     #[inline(always)]
-    fn allocate_hot(&self, size: usize, align: usize, raw: bool) -> Option<NonNull<u8>> {
+    fn serve_hot(&self, size: usize, align: usize, raw: bool) -> Option<NonNull<u8>> {
         // One comparison for a size of 0 and one beyond any limit (whose rounding
         // would overflow): both go to the full path, which says why.
         if !self.fast || align > MAX_ALIGN || size.wrapping_sub(1) >= crate::MAX_ALLOCATION_SIZE {
@@ -668,36 +666,36 @@ impl Inner {
         }
         let align = align.max(self.config.alignment);
         match self.engine.class_for(size, align) {
-            Some(class) => self.engine.try_allocate(class, size, raw),
+            Some(class) => self.engine.grant_hot(class, size, raw),
             None => {
                 let pages = self.engine.span_for(size, align)?;
-                self.engine.try_allocate_span(pages, size, raw)
+                self.engine.grant_span_hot(pages, size, raw)
             }
         }
     }
 
     /// The hot path of typed frees: `true` if the block was freed.
     #[inline(always)]
-    fn free_typed_hot(&self, ptr: NonNull<u8>, size: usize, align: usize) -> bool {
+    fn reclaim_typed_hot(&self, ptr: NonNull<u8>, size: usize, align: usize) -> bool {
         if !self.fast || align > MAX_ALIGN {
             return false;
         }
         let class = self
             .engine
             .class_for(size, align.max(self.config.alignment));
-        self.engine.try_free(ptr.as_ptr(), false, size, class)
+        self.engine.release_hot(ptr.as_ptr(), false, size, class)
     }
 
-    fn allocate(&self, size: usize, align: usize, raw: bool) -> Result<(NonNull<u8>, bool)> {
+    fn serve(&self, size: usize, align: usize, raw: bool) -> Result<(NonNull<u8>, bool)> {
         let Some(tracker) = &self.debug else {
-            return self.allocate_block(size, align, raw);
+            return self.serve_retrying(size, align, raw);
         };
         validate(size, align)?;
         let padded = size.checked_add(GUARD).ok_or(Error::SizeTooLarge {
             size,
             max: crate::MAX_ALLOCATION_SIZE,
         })?;
-        let (ptr, _) = self.allocate_block(padded, align, raw)?;
+        let (ptr, _) = self.serve_retrying(padded, align, raw)?;
         // SAFETY: a fresh block of `padded` bytes.
         unsafe { debug::arm(ptr, size, true) };
         let tier = self.tier_at(ptr.as_ptr().addr());
@@ -719,35 +717,52 @@ impl Inner {
         if let Some(tier) = self.engine.tier_of(addr) {
             return tier;
         }
-        match self.owners.read().find(addr).map(|(_, _, &o)| o) {
-            Some(Owner::Huge) => Tier::Huge,
-            Some(Owner::Large) | None => Tier::Large,
+        self.owner_at(addr)
+            .map_or(Tier::Large, |owner| self.locked_tier(owner).tier())
+    }
+
+    /// The locked tier whose region holds `addr`, from the owners map (the engine's
+    /// blocks are not in it: its page map finds them).
+    fn owner_at(&self, addr: usize) -> Option<Owner> {
+        self.owners.read().find(addr).map(|(_, _, &owner)| owner)
+    }
+
+    /// The tier an owner names: the manager speaks to it through the contract alone.
+    fn locked_tier(&self, owner: Owner) -> &dyn BlockTier {
+        match owner {
+            Owner::Large => &self.engine.large,
+            Owner::Huge => &self.huge,
         }
     }
 
-    fn allocate_block(&self, size: usize, align: usize, raw: bool) -> Result<(NonNull<u8>, bool)> {
+    /// Every locked tier, for what the manager asks of them all.
+    fn locked_tiers(&self) -> [&dyn BlockTier; 2] {
+        [&self.engine.large, &self.huge]
+    }
+
+    fn serve_retrying(&self, size: usize, align: usize, raw: bool) -> Result<(NonNull<u8>, bool)> {
         validate(size, align)?;
         let align = align.max(self.config.alignment);
-        match self.try_allocate(size, align, raw) {
+        match self.serve_once(size, align, raw) {
             Err(Error::OutOfMemory(_)) => {
                 // Give cached memory back and try once more, as PyTorch does.
                 self.counters.retries.fetch_add(1, Relaxed);
                 self.trim();
-                self.try_allocate(size, align, raw)
+                self.serve_once(size, align, raw)
                     .map_err(|e| self.widen(e, size, align))
             }
             other => other,
         }
     }
 
-    fn try_allocate(&self, size: usize, align: usize, raw: bool) -> Result<(NonNull<u8>, bool)> {
+    fn serve_once(&self, size: usize, align: usize, raw: bool) -> Result<(NonNull<u8>, bool)> {
         let engine = &self.engine;
         for class in engine.first_pool..engine.classes.len() {
             let pool = &engine.classes[class];
             if pool.block_size < size || pool.align < align {
                 continue;
             }
-            match engine.allocate(class, size, raw) {
+            match engine.grant(class, size, raw) {
                 Ok(served) => return Ok(served),
                 // Full: try the next pool, then the tiers.
                 Err(Error::OutOfMemory(_)) => continue,
@@ -755,31 +770,30 @@ impl Inner {
             }
         }
         match self.route(size, align) {
-            Route::Class(class) => engine.allocate(class, size, raw),
-            Route::Span(pages) => engine.allocate_span(pages, size, raw),
+            Route::Class(class) => engine.grant(class, size, raw),
+            Route::Span(pages) => engine.grant_span(pages, size, raw),
             Route::Large => {
                 engine.publish_current();
                 // The tier grows only after the calling thread gave back what it
                 // keeps cached (as a new slab does): memory follows use.
-                let served = match engine.large.alloc_block_cached(size, align, raw) {
-                    Some(served) => served,
+                let grant = match engine.large.grant_cached(size, align, raw) {
+                    Some(grant) => grant,
                     None if engine.release_current() > 0 => {
-                        match engine.large.alloc_block_cached(size, align, raw) {
-                            Some(served) => served,
-                            None => engine.large.alloc_block(size, align, raw)?,
+                        match engine.large.grant_cached(size, align, raw) {
+                            Some(grant) => grant,
+                            None => engine.large.grant(size, align, raw)?,
                         }
                     }
-                    None => engine.large.alloc_block(size, align, raw)?,
+                    None => engine.large.grant(size, align, raw)?,
                 };
-                let (ptr, block, zero) = served;
-                self.counters.on_alloc(block, size);
-                Ok((ptr, zero))
+                self.counters.on_alloc(grant.block_size, size);
+                Ok((grant.ptr, grant.zeroed))
             }
             Route::Huge => {
                 engine.publish_current();
-                let (ptr, block, hit) = self.huge.alloc_block(size, align, raw)?;
-                self.counters.on_alloc(block, size);
-                Ok((ptr, !hit && self.metered.zeroed()))
+                let grant = self.huge.grant(size, align, raw)?;
+                self.counters.on_alloc(grant.block_size, size);
+                Ok((grant.ptr, grant.zeroed))
             }
         }
     }
@@ -820,10 +834,10 @@ impl Inner {
             .map(|(c, _)| c.block_size)
             .max()
             .unwrap_or(0);
-        classes
-            .max(engine.largest_cached_span)
-            .max(self.engine.large.largest_free_block())
-            .max(self.huge.largest_cached())
+        self.locked_tiers()
+            .iter()
+            .map(|tier| tier.largest_free_block())
+            .fold(classes.max(engine.largest_cached_span), usize::max)
     }
 
     fn raw_size(&self, addr: usize) -> Result<usize> {
@@ -846,17 +860,15 @@ impl Inner {
         if let Some(found) = self.engine.raw_size(addr) {
             return found.map_err(invalid);
         }
-        let owner = self.owners.read().find(addr).map(|(_, _, &owner)| owner);
-        match owner {
+        match self.owner_at(addr) {
             None => Err(invalid(PointerError::Foreign)),
-            Some(Owner::Large) => Ok(self.engine.large.block_sizes(addr, true)?.1),
-            Some(Owner::Huge) => Ok(self.huge.block_sizes(addr, true)?.1),
+            Some(owner) => Ok(self.locked_tier(owner).sizes(addr, true)?.requested),
         }
     }
 
     #[cold]
     #[inline(never)]
-    fn free_raw(&self, ptr: *mut u8) -> Result<()> {
+    fn reclaim_raw(&self, ptr: *mut u8) -> Result<()> {
         let addr = ptr.addr();
         if let Some(tracker) = &self.debug {
             if let Some(record) = tracker.take(addr, true) {
@@ -868,31 +880,29 @@ impl Inner {
         }
         // Without a record in debug mode, the block is not a live raw one: the checks
         // below say why.
-        self.free_block(addr, true, 0, None)
+        self.reclaim(addr, true, 0, None)
     }
 
     /// Frees the block at `addr` held raw or typed; `size` and `class` are a typed
     /// holder's size and the class its layout maps to.
     #[inline]
-    fn free_block(&self, addr: usize, raw: bool, size: usize, class: Option<usize>) -> Result<()> {
+    fn reclaim(&self, addr: usize, raw: bool, size: usize, class: Option<usize>) -> Result<()> {
         let invalid = |reason| Error::InvalidPointer { addr, reason };
-        if let Some(done) = self.engine.free(addr, raw, size, class) {
+        if let Some(done) = self.engine.release(addr, raw, size, class) {
             return done.map_err(invalid);
         }
-        let owner = self.owners.read().find(addr).map(|(_, _, &owner)| owner);
-        let (block, requested) = match owner {
-            None => return Err(invalid(PointerError::Foreign)),
-            Some(Owner::Large) => self.engine.large.free_block(addr, raw)?,
-            Some(Owner::Huge) => self.huge.free_block(addr, raw)?,
+        let Some(owner) = self.owner_at(addr) else {
+            return Err(invalid(PointerError::Foreign));
         };
-        self.counters.on_free(block, requested);
+        let freed = self.locked_tier(owner).release(addr, raw)?;
+        self.counters.on_free(freed.block_size, freed.requested);
         Ok(())
     }
 
     /// Frees a typed block allocated with this size and alignment.
-    fn free_typed(&self, ptr: NonNull<u8>, size: usize, align: usize) -> Result<()> {
+    fn reclaim_typed(&self, ptr: NonNull<u8>, size: usize, align: usize) -> Result<()> {
         let Some(tracker) = &self.debug else {
-            return self.free_typed_block(ptr, size, align);
+            return self.reclaim_typed_block(ptr, size, align);
         };
         let record = tracker
             .take(ptr.as_ptr().addr(), false)
@@ -903,11 +913,11 @@ impl Inner {
         debug_assert_eq!(record.size, size, "a typed block freed with another size");
         // SAFETY: a live typed block of `size + GUARD` bytes, whose record this call took.
         unsafe { tracker.check_and_poison(ptr, &record) };
-        self.free_typed_block(ptr, size + GUARD, align)
+        self.reclaim_typed_block(ptr, size + GUARD, align)
     }
 
     #[inline]
-    fn free_typed_block(&self, ptr: NonNull<u8>, size: usize, align: usize) -> Result<()> {
+    fn reclaim_typed_block(&self, ptr: NonNull<u8>, size: usize, align: usize) -> Result<()> {
         let class = match self.pools {
             // With explicit pools, a layout may be served by a pool or a class.
             true => None,
@@ -916,7 +926,7 @@ impl Inner {
                 .engine
                 .class_for(size, align.max(self.config.alignment)),
         };
-        self.free_block(ptr.as_ptr().addr(), false, size, class)
+        self.reclaim(ptr.as_ptr().addr(), false, size, class)
     }
 
     /// (allocated, requested) bytes held by users now: the shared totals plus what
@@ -935,7 +945,7 @@ impl Inner {
 
     fn trim(&self) -> usize {
         self.engine.trim();
-        self.engine.large.trim() + self.huge.trim()
+        self.locked_tiers().iter().map(|tier| tier.trim()).sum()
     }
 
     fn stats(&self) -> Stats {
@@ -1068,10 +1078,7 @@ unsafe impl Allocator for MemoryManager {
         if layout.size() == 0 {
             return Ok(zero_sized(layout.align()));
         }
-        let ptr = match self
-            .inner
-            .allocate_hot(layout.size(), layout.align(), false)
-        {
+        let ptr = match self.inner.serve_hot(layout.size(), layout.align(), false) {
             Some(ptr) => ptr,
             None => self.allocate_cold(layout)?,
         };
@@ -1083,7 +1090,7 @@ unsafe impl Allocator for MemoryManager {
         if layout.size() == 0
             || self
                 .inner
-                .free_typed_hot(ptr, layout.size(), layout.align())
+                .reclaim_typed_hot(ptr, layout.size(), layout.align())
         {
             return;
         }

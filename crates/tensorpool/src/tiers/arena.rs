@@ -66,7 +66,7 @@ use crate::limits::{round_up, validate, MAX_ALIGN};
 use crate::observe::debug::{self, GuardViolation, LeakReport, GUARD};
 use crate::observe::snapshot::{BlockSnapshot, BlockState, SegmentSnapshot, Snapshot};
 use crate::observe::stats::{Tier, Usage};
-use crate::tiers::fixed_pool::zero_sized;
+use crate::tiers::contract::zero_sized;
 use crate::upstream::{default_upstream, page_size, Region, Upstream};
 use allocator_api2::alloc::{AllocError, Allocator};
 use bytemuck::Zeroable;

@@ -49,7 +49,7 @@ use crate::error::{Error, OutOfMemory, PointerError, Result};
 use crate::limits::{round_up, validate};
 use crate::observe::snapshot::{BlockSnapshot, BlockState, SegmentSnapshot, Snapshot};
 use crate::observe::stats::{fragmentation, Tier, Usage};
-use crate::tiers::fixed_pool::zero_sized;
+use crate::tiers::contract::{self, BlockSizes, BlockTier, Grant};
 use crate::upstream::{
     default_upstream, AddressSpace, Region, Upstream, UpstreamError, HUGE_PAGE_SIZE,
 };
@@ -346,7 +346,7 @@ impl BestFit {
     /// `size` bytes aligned to `align` (a power of two up to a page), for raw use:
     /// give it back with [`deallocate`](Self::deallocate).
     pub fn allocate(&self, size: usize, align: usize) -> Result<NonNull<u8>> {
-        self.alloc_block(size, align, true).map(|(p, _, _)| p)
+        self.grant(size, align, true).map(|g| g.ptr)
     }
 
     /// Returns a block from [`allocate`](Self::allocate).
@@ -354,7 +354,7 @@ impl BestFit {
     /// Safe whatever the pointer: an address that is not a live raw block is refused
     /// with [`Error::InvalidPointer`] and nothing changes.
     pub fn deallocate(&self, ptr: NonNull<u8>) -> Result<()> {
-        self.free_block(ptr.as_ptr().addr(), true).map(|_| ())
+        self.release(ptr.as_ptr().addr(), true).map(|_| ())
     }
 
     /// The rounded size a request of `size` bytes occupies when it splits a block.
@@ -362,44 +362,23 @@ impl BestFit {
         round_up(size, self.granularity)
     }
 
-    /// Serves `size` bytes at `align`; returns the block, its full size, and whether
-    /// its bytes are known to be zero (pages fresh from a zeroing upstream).
-    pub(crate) fn alloc_block(
-        &self,
-        size: usize,
-        align: usize,
-        raw: bool,
-    ) -> Result<(NonNull<u8>, usize, bool)> {
-        validate(size, align)?;
-        let rounded = self.rounded_size(size);
-        // With a larger alignment, a block this much bigger always holds an aligned start.
-        let needed = rounded + align.saturating_sub(self.granularity);
-        let mut st = self.state.lock();
-        let (id, hit) = match self.best_fit(&st, needed, rounded) {
-            Some(id) => (id, true),
-            None => (self.grow(&mut st, needed, size, align)?, false),
-        };
-        let (ptr, block_size, zero) = self.carve(&mut st, id, rounded, size, align, Kind::of(raw));
-        st.usage.on_alloc(block_size, size, hit);
-        Ok((ptr, block_size, zero))
-    }
-
-    /// [`alloc_block`](Self::alloc_block) from free blocks only: `None` when it would
-    /// need more memory from upstream.
-    pub(crate) fn alloc_block_cached(
-        &self,
-        size: usize,
-        align: usize,
-        raw: bool,
-    ) -> Option<(NonNull<u8>, usize, bool)> {
+    /// [`grant`](BlockTier::grant) from free blocks only: `None` when it would need
+    /// more memory from upstream.
+    pub(crate) fn grant_cached(&self, size: usize, align: usize, raw: bool) -> Option<Grant> {
         validate(size, align).ok()?;
         let rounded = self.rounded_size(size);
         let needed = rounded + align.saturating_sub(self.granularity);
         let mut st = self.state.lock();
         let id = self.best_fit(&st, needed, rounded)?;
-        let (ptr, block_size, zero) = self.carve(&mut st, id, rounded, size, align, Kind::of(raw));
+        let (ptr, block_size, zeroed) =
+            self.carve(&mut st, id, rounded, size, align, Kind::of(raw));
         st.usage.on_alloc(block_size, size, true);
-        Some((ptr, block_size, zero))
+        Some(Grant {
+            ptr,
+            block_size,
+            zeroed,
+            hit: true,
+        })
     }
 
     /// A run of `bytes` pages (a multiple of the page size) for the slab engine, and
@@ -443,7 +422,7 @@ impl BestFit {
     /// nobody uses any more.
     pub(crate) unsafe fn free_pages(&self, ptr: NonNull<u8>, bytes: usize) {
         let mut st = self.state.lock();
-        let freed = self.release(&mut st, ptr.as_ptr().addr(), Kind::Pages);
+        let freed = self.free_and_merge(&mut st, ptr.as_ptr().addr(), Kind::Pages);
         debug_assert_eq!(freed.map(|f| f.0), Ok(bytes), "not a live page run");
         st.page_bytes -= bytes;
     }
@@ -693,39 +672,9 @@ impl BestFit {
         (region.at(offset), size, zero)
     }
 
-    /// The block size and requested size of the live block at `addr`, whose raw flag
-    /// must be `raw`; the same checks as [`free_block`](Self::free_block), changing
-    /// nothing.
-    pub(crate) fn block_sizes(&self, addr: usize, raw: bool) -> Result<(usize, usize)> {
-        let st = self.state.lock();
-        let Some(&id) = st.live.get(&addr) else {
-            return Err(Error::InvalidPointer {
-                addr,
-                reason: classify(&st, addr),
-            });
-        };
-        let b = st.blocks[id as usize];
-        if b.kind != Kind::of(raw) {
-            return Err(Error::InvalidPointer {
-                addr,
-                reason: PointerError::NotRaw,
-            });
-        }
-        Ok((b.size, b.requested))
-    }
-
-    /// Frees the live block at `addr` whose raw flag is `raw`; returns its block size
-    /// and requested size.
-    pub(crate) fn free_block(&self, addr: usize, raw: bool) -> Result<(usize, usize)> {
-        let mut st = self.state.lock();
-        let (size, requested) = self.release(&mut st, addr, Kind::of(raw))?;
-        st.usage.on_free(size, requested);
-        Ok((size, requested))
-    }
-
     /// Frees the live block at `addr` held by `kind`, merging it with its free
     /// neighbours; returns its block size and requested size.
-    fn release(&self, st: &mut State, addr: usize, kind: Kind) -> Result<(usize, usize)> {
+    fn free_and_merge(&self, st: &mut State, addr: usize, kind: Kind) -> Result<(usize, usize)> {
         let Some(&id) = st.live.get(&addr) else {
             return Err(Error::InvalidPointer {
                 addr,
@@ -866,45 +815,7 @@ impl BestFit {
 
     /// Every segment with every block.
     pub fn snapshot(&self) -> Snapshot {
-        let mut segments = Vec::new();
-        self.snapshot_into(&mut segments);
-        Snapshot { segments }
-    }
-
-    pub(crate) fn snapshot_into(&self, out: &mut Vec<SegmentSnapshot>) {
-        let st = self.state.lock();
-        for (_, _, &seg_id) in st.segment_map.iter() {
-            let seg = segment(&st, seg_id);
-            let mut blocks = Vec::new();
-            let mut id = seg.first;
-            while id != NONE {
-                let b = st.blocks[id as usize];
-                blocks.push(BlockSnapshot {
-                    address: seg.region.start() + b.offset,
-                    size: b.size,
-                    requested: b.requested,
-                    state: match (b.free, b.kind) {
-                        (true, _) => BlockState::Free,
-                        (false, Kind::Pages) => BlockState::Slab,
-                        (false, kind) => BlockState::live(kind == Kind::Raw),
-                    },
-                });
-                id = b.next;
-            }
-            out.push(SegmentSnapshot {
-                tier: self.tier,
-                address: seg.region.start(),
-                size: seg.committed,
-                block_size: None,
-                allocated_bytes: blocks
-                    .iter()
-                    .filter(|b| matches!(b.state, BlockState::Allocated | BlockState::AllocatedRaw))
-                    .map(|b| b.size)
-                    .sum(),
-                free_blocks: 0,
-                blocks,
-            });
-        }
+        contract::snapshot_of(self)
     }
 
     /// Checks the invariants of the block chains (for tests): blocks tile each
@@ -1095,26 +1006,119 @@ impl Drop for BestFit {
 // SAFETY: blocks are disjoint parts of segments owned by the allocator, at least
 // `layout.size()` long and aligned as asked, valid until freed or until the
 // allocator is dropped, which the borrow of `&self` prevents.
+impl BlockTier for BestFit {
+    fn tier(&self) -> Tier {
+        self.tier
+    }
+
+    fn grant(&self, size: usize, align: usize, raw: bool) -> Result<Grant> {
+        validate(size, align)?;
+        let rounded = self.rounded_size(size);
+        // With a larger alignment, a block this much bigger always holds an aligned start.
+        let needed = rounded + align.saturating_sub(self.granularity);
+        let mut st = self.state.lock();
+        let (id, hit) = match self.best_fit(&st, needed, rounded) {
+            Some(id) => (id, true),
+            None => (self.grow(&mut st, needed, size, align)?, false),
+        };
+        let (ptr, block_size, zeroed) =
+            self.carve(&mut st, id, rounded, size, align, Kind::of(raw));
+        st.usage.on_alloc(block_size, size, hit);
+        Ok(Grant {
+            ptr,
+            block_size,
+            zeroed,
+            hit,
+        })
+    }
+
+    fn sizes(&self, addr: usize, raw: bool) -> Result<BlockSizes> {
+        let st = self.state.lock();
+        let Some(&id) = st.live.get(&addr) else {
+            return Err(Error::InvalidPointer {
+                addr,
+                reason: classify(&st, addr),
+            });
+        };
+        let b = st.blocks[id as usize];
+        if b.kind != Kind::of(raw) {
+            return Err(Error::InvalidPointer {
+                addr,
+                reason: PointerError::NotRaw,
+            });
+        }
+        Ok(BlockSizes {
+            block_size: b.size,
+            requested: b.requested,
+        })
+    }
+
+    fn release(&self, addr: usize, raw: bool) -> Result<BlockSizes> {
+        let mut st = self.state.lock();
+        let (block_size, requested) = self.free_and_merge(&mut st, addr, Kind::of(raw))?;
+        st.usage.on_free(block_size, requested);
+        Ok(BlockSizes {
+            block_size,
+            requested,
+        })
+    }
+
+    fn trim(&self) -> usize {
+        BestFit::trim(self)
+    }
+
+    fn largest_free_block(&self) -> usize {
+        BestFit::largest_free_block(self)
+    }
+
+    fn snapshot_into(&self, out: &mut Vec<SegmentSnapshot>) {
+        let st = self.state.lock();
+        for (_, _, &seg_id) in st.segment_map.iter() {
+            let seg = segment(&st, seg_id);
+            let mut blocks = Vec::new();
+            let mut id = seg.first;
+            while id != NONE {
+                let b = st.blocks[id as usize];
+                blocks.push(BlockSnapshot {
+                    address: seg.region.start() + b.offset,
+                    size: b.size,
+                    requested: b.requested,
+                    state: match (b.free, b.kind) {
+                        (true, _) => BlockState::Free,
+                        (false, Kind::Pages) => BlockState::Slab,
+                        (false, kind) => BlockState::live(kind == Kind::Raw),
+                    },
+                });
+                id = b.next;
+            }
+            out.push(SegmentSnapshot {
+                tier: self.tier,
+                address: seg.region.start(),
+                size: seg.committed,
+                block_size: None,
+                allocated_bytes: blocks
+                    .iter()
+                    .filter(|b| matches!(b.state, BlockState::Allocated | BlockState::AllocatedRaw))
+                    .map(|b| b.size)
+                    .sum(),
+                free_blocks: 0,
+                blocks,
+            });
+        }
+    }
+}
+
+// SAFETY: blocks are disjoint parts of segments owned by the allocator, at least
+// `layout.size()` long and aligned as asked, valid until freed or until the
+// allocator is dropped, which the borrow of `&self` prevents.
 unsafe impl Allocator for BestFit {
     fn allocate(&self, layout: Layout) -> std::result::Result<NonNull<[u8]>, AllocError> {
-        if layout.size() == 0 {
-            return Ok(zero_sized(layout.align()));
-        }
-        let (ptr, _, _) = self
-            .alloc_block(layout.size(), layout.align(), false)
-            .map_err(|_| AllocError)?;
-        Ok(NonNull::slice_from_raw_parts(ptr, layout.size()))
+        contract::allocate_typed(self, layout)
     }
 
     unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
-        if layout.size() == 0 {
-            return;
-        }
-        let freed = self.free_block(ptr.as_ptr().addr(), false);
-        debug_assert!(
-            freed.is_ok(),
-            "Allocator::deallocate broke its contract: {freed:?}"
-        );
+        // SAFETY: the caller keeps `Allocator::deallocate`'s contract, which is the helper's.
+        unsafe { contract::deallocate_typed(self, ptr, layout) }
     }
 }
 

@@ -37,6 +37,7 @@ use crate::error::{Error, OomCause, OutOfMemory, PointerError, Result};
 use crate::limits::{round_up, validate};
 use crate::observe::snapshot::{BlockSnapshot, BlockState, SegmentSnapshot, Snapshot};
 use crate::observe::stats::{Tier, Usage};
+use crate::tiers::contract::{self, BlockSizes, BlockTier, Grant};
 use crate::upstream::{default_upstream, page_size, Region, Upstream};
 use crate::util::sync::Mutex;
 use allocator_api2::alloc::{AllocError, Allocator};
@@ -269,7 +270,7 @@ impl FixedSizePool {
     ///
     /// The block belongs to the caller until passed to [`deallocate`](Self::deallocate).
     pub fn allocate(&self) -> Result<NonNull<u8>> {
-        self.alloc_block(self.block_size, true).map(|(p, _)| p)
+        self.grant(self.block_size, self.align, true).map(|g| g.ptr)
     }
 
     /// Returns a block from [`allocate`](Self::allocate).
@@ -279,32 +280,13 @@ impl FixedSizePool {
     /// `Allocator` trait) is refused with [`Error::InvalidPointer`] and nothing
     /// changes. The pool never reads or writes the block's memory.
     pub fn deallocate(&self, ptr: NonNull<u8>) -> Result<()> {
-        self.free_block(ptr.as_ptr().addr(), true).map(|_| ())
+        self.release(ptr.as_ptr().addr(), true).map(|_| ())
     }
 
     /// True if `addr` lies in one of this pool's chunks.
     pub fn owns(&self, addr: usize) -> bool {
         let st = self.state.lock();
         self.find_chunk(&st, addr).is_some()
-    }
-
-    /// Serves a block for a request of `requested` bytes; also says whether it was a
-    /// hit (no chunk had to be taken from upstream).
-    pub(crate) fn alloc_block(&self, requested: usize, raw: bool) -> Result<(NonNull<u8>, bool)> {
-        debug_assert!(requested <= self.block_size);
-        let mut st = self.state.lock();
-        let (ptr, hit) = self.take_slot(&mut st, requested, raw)?;
-        st.usage.on_alloc(self.stride, requested, hit);
-        Ok((ptr, hit))
-    }
-
-    /// Frees the live block at `addr`, whose raw flag must be `raw`; returns the
-    /// size that was requested for it.
-    pub(crate) fn free_block(&self, addr: usize, raw: bool) -> Result<usize> {
-        let mut st = self.state.lock();
-        let requested = self.release_slot(&mut st, addr, raw)?;
-        st.usage.on_free(self.stride, requested);
-        Ok(requested)
     }
 
     /// Marks a free slot live and returns it, growing the pool if none is free.
@@ -514,9 +496,92 @@ impl FixedSizePool {
 
     /// Every chunk with its live blocks.
     pub fn snapshot(&self) -> Snapshot {
-        let mut segments = Vec::new();
-        self.snapshot_into(&mut segments);
-        Snapshot { segments }
+        contract::snapshot_of(self)
+    }
+}
+
+impl Drop for FixedSizePool {
+    fn drop(&mut self) {
+        let st = self.state.get_mut();
+        for chunk in st.chunks.drain(..).flatten() {
+            // SAFETY: each chunk's region came from this upstream with its size and
+            // the granule alignment; the pool is going away, so nothing allocates
+            // from it again. Borrowers through `Allocator` hold `&self`, so none is
+            // left; raw pointers still held become dangling, as after `free`.
+            unsafe {
+                self.upstream.deallocate(
+                    chunk.region.ptr(),
+                    chunk.region.len(),
+                    1 << self.granule_shift,
+                )
+            };
+        }
+    }
+}
+
+impl BlockTier for FixedSizePool {
+    fn tier(&self) -> Tier {
+        self.tier
+    }
+
+    fn grant(&self, size: usize, align: usize, raw: bool) -> Result<Grant> {
+        validate(size, align)?;
+        if size > self.block_size {
+            return Err(Error::SizeTooLarge {
+                size,
+                max: self.block_size,
+            });
+        }
+        if align > self.align {
+            return Err(Error::AlignmentTooLarge {
+                align,
+                max: self.align,
+            });
+        }
+        let mut st = self.state.lock();
+        let (ptr, hit) = self.take_slot(&mut st, size, raw)?;
+        st.usage.on_alloc(self.stride, size, hit);
+        Ok(Grant {
+            ptr,
+            block_size: self.stride,
+            // Slots are reused without clearing; fresh chunks are not tracked.
+            zeroed: false,
+            hit,
+        })
+    }
+
+    fn sizes(&self, addr: usize, raw: bool) -> Result<BlockSizes> {
+        let st = self.state.lock();
+        let (id, slot) = self.live_slot(&st, addr, raw)?;
+        let chunk = st.chunks[id as usize].as_ref().expect("checked");
+        Ok(BlockSizes {
+            block_size: self.stride,
+            requested: chunk.requested[slot as usize] as usize,
+        })
+    }
+
+    fn release(&self, addr: usize, raw: bool) -> Result<BlockSizes> {
+        let mut st = self.state.lock();
+        let requested = self.release_slot(&mut st, addr, raw)?;
+        st.usage.on_free(self.stride, requested);
+        Ok(BlockSizes {
+            block_size: self.stride,
+            requested,
+        })
+    }
+
+    fn trim(&self) -> usize {
+        FixedSizePool::trim(self)
+    }
+
+    fn largest_free_block(&self) -> usize {
+        let st = self.state.lock();
+        let free = st.chunks.iter().flatten().any(|c| c.free_slots() > 0);
+        if free {
+            self.block_size
+        } else {
+            0
+        }
     }
 
     /// Appends a snapshot of every chunk.
@@ -548,58 +613,18 @@ impl FixedSizePool {
     }
 }
 
-impl Drop for FixedSizePool {
-    fn drop(&mut self) {
-        let st = self.state.get_mut();
-        for chunk in st.chunks.drain(..).flatten() {
-            // SAFETY: each chunk's region came from this upstream with its size and
-            // the granule alignment; the pool is going away, so nothing allocates
-            // from it again. Borrowers through `Allocator` hold `&self`, so none is
-            // left; raw pointers still held become dangling, as after `free`.
-            unsafe {
-                self.upstream.deallocate(
-                    chunk.region.ptr(),
-                    chunk.region.len(),
-                    1 << self.granule_shift,
-                )
-            };
-        }
-    }
-}
-
-/// A pointer for a zero-sized allocation: aligned, non-null, never dereferenced.
-pub(crate) fn zero_sized(align: usize) -> NonNull<[u8]> {
-    let ptr = NonNull::new(std::ptr::without_provenance_mut::<u8>(align))
-        .expect("alignments are non-zero");
-    NonNull::slice_from_raw_parts(ptr, 0)
-}
-
 // SAFETY: blocks are distinct slots of chunks owned by the pool, `stride >= size`
-// bytes long and aligned to `align >= layout.align()`; a block stays valid until it
-// is deallocated or the pool is dropped, which needs the borrow of `&self` to end.
+// bytes long and aligned to `align >= layout.align()` (larger layouts are refused);
+// a block stays valid until it is deallocated or the pool is dropped, which needs the
+// borrow of `&self` to end.
 unsafe impl Allocator for FixedSizePool {
     fn allocate(&self, layout: Layout) -> std::result::Result<NonNull<[u8]>, AllocError> {
-        if layout.size() == 0 {
-            return Ok(zero_sized(layout.align()));
-        }
-        if layout.size() > self.block_size || layout.align() > self.align {
-            return Err(AllocError);
-        }
-        let (ptr, _) = self
-            .alloc_block(layout.size(), false)
-            .map_err(|_| AllocError)?;
-        Ok(NonNull::slice_from_raw_parts(ptr, layout.size()))
+        contract::allocate_typed(self, layout)
     }
 
     unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
-        if layout.size() == 0 {
-            return;
-        }
-        let freed = self.free_block(ptr.as_ptr().addr(), false);
-        debug_assert!(
-            freed.is_ok(),
-            "Allocator::deallocate broke its contract: {freed:?}"
-        );
+        // SAFETY: the caller keeps `Allocator::deallocate`'s contract, which is the helper's.
+        unsafe { contract::deallocate_typed(self, ptr, layout) }
     }
 }
 
@@ -610,6 +635,53 @@ mod tests {
 
     fn heap_pool(block: usize) -> FixedSizePoolBuilder {
         FixedSizePool::builder(block).upstream(Arc::new(HeapUpstream))
+    }
+
+    #[test]
+    fn the_tier_contract_grants_sizes_and_releases() {
+        let pool = heap_pool(100).alignment(64).capacity(2).build().unwrap();
+        assert_eq!(pool.largest_free_block(), 0, "nothing held yet");
+        assert!(matches!(
+            pool.grant(101, 8, false),
+            Err(Error::SizeTooLarge {
+                size: 101,
+                max: 100
+            })
+        ));
+        assert!(matches!(
+            pool.grant(10, 128, false),
+            Err(Error::AlignmentTooLarge {
+                align: 128,
+                max: 64
+            })
+        ));
+        let g = pool.grant(40, 64, false).unwrap();
+        assert_eq!((g.block_size, g.hit), (pool.stride(), false));
+        assert_eq!(g.ptr.as_ptr().addr() % 64, 0);
+        let addr = g.ptr.as_ptr().addr();
+        let held = BlockSizes {
+            block_size: pool.stride(),
+            requested: 40,
+        };
+        assert_eq!(pool.sizes(addr, false).unwrap(), held);
+        assert_eq!(
+            pool.sizes(addr, true).unwrap_err(),
+            Error::InvalidPointer {
+                addr,
+                reason: PointerError::NotRaw
+            }
+        );
+        assert_eq!(pool.largest_free_block(), 100, "a second slot is free");
+        let h = pool.grant(100, 1, true).unwrap();
+        assert!(h.hit);
+        assert_eq!(pool.largest_free_block(), 0, "full");
+        assert_eq!(pool.release(addr, false).unwrap(), held);
+        assert!(
+            pool.release(addr, false).is_err(),
+            "a double free is refused"
+        );
+        pool.release(h.ptr.as_ptr().addr(), true).unwrap();
+        assert!(BlockTier::trim(&pool) > 0);
     }
 
     #[test]

@@ -29,6 +29,7 @@ use crate::error::{Error, OutOfMemory, PointerError, Result};
 use crate::limits::{round_up, validate};
 use crate::observe::snapshot::{BlockSnapshot, BlockState, SegmentSnapshot, Snapshot};
 use crate::observe::stats::{Tier, Usage};
+use crate::tiers::contract::{self, BlockSizes, BlockTier, Grant};
 use crate::upstream::{default_upstream, Region, Upstream, HUGE_PAGE_SIZE};
 use crate::util::address_map::AddressMap;
 use parking_lot::Mutex;
@@ -100,90 +101,17 @@ impl HugeCache {
 
     /// A block of `size` bytes at `align` for raw use.
     pub fn allocate(&self, size: usize, align: usize) -> Result<NonNull<u8>> {
-        self.alloc_block(size, align, true).map(|(p, _, _)| p)
+        self.grant(size, align, true).map(|g| g.ptr)
     }
 
     /// Returns a block from [`allocate`](Self::allocate); refuses, changing nothing,
     /// an address that is not a live raw block.
     pub fn deallocate(&self, ptr: NonNull<u8>) -> Result<()> {
-        self.free_block(ptr.as_ptr().addr(), true).map(|_| ())
+        self.release(ptr.as_ptr().addr(), true).map(|_| ())
     }
 
-    /// Serves `size` bytes; returns the block, its segment size and whether it was
-    /// served from the cache.
-    pub(crate) fn alloc_block(
-        &self,
-        size: usize,
-        align: usize,
-        raw: bool,
-    ) -> Result<(NonNull<u8>, usize, bool)> {
-        validate(size, align)?;
-        let rounded = Self::rounded_size(size);
-        let mut st = self.state.lock();
-        let cached = st
-            .cached
-            .range((rounded, 0)..)
-            .next()
-            .filter(|&(&(seg, _), _)| seg - rounded <= rounded / 8)
-            .map(|(&key, &region)| (key, region));
-        let (region, hit) = match cached {
-            Some((key, region)) => {
-                st.cached.remove(&key);
-                st.cached_bytes -= region.len();
-                (region, true)
-            }
-            None => {
-                // A miss means the cached sizes do not match what the program needs
-                // now: trade cached segments for the new one, largest first, so that
-                // reserved memory follows live memory instead of the past peak. The
-                // system calls run without the lock, so other threads go on meanwhile.
-                let stale = self.take_cached(&mut st, rounded);
-                drop(st);
-                self.unmap(stale);
-                let mapped = self.upstream.allocate(rounded, HUGE_PAGE_SIZE);
-                st = self.state.lock();
-                match mapped {
-                    Ok(ptr) => {
-                        st.usage.on_reserve(rounded);
-                        (Region::new(ptr, rounded), false)
-                    }
-                    Err(refusal) => {
-                        st.usage.num_ooms += 1;
-                        let largest = st.cached.last_key_value().map_or(0, |(k, _)| k.0);
-                        let report = OutOfMemory::from_upstream(
-                            size,
-                            align,
-                            Tier::Huge,
-                            refusal,
-                            &st.usage,
-                            largest,
-                        );
-                        return Err(report.into_error());
-                    }
-                }
-            }
-        };
-        let entry = Entry {
-            region,
-            live: true,
-            raw,
-            requested: size,
-        };
-        if hit {
-            *st.segments
-                .find_mut(region.start())
-                .expect("cached segments are mapped") = entry;
-        } else {
-            st.segments.insert(region.start(), region.len(), entry);
-        }
-        st.usage.on_alloc(region.len(), size, hit);
-        Ok((region.ptr(), region.len(), hit))
-    }
-
-    /// The segment size and requested size of the live block at `addr` with raw flag
-    /// `raw`; the same checks as [`free_block`](Self::free_block), changing nothing.
-    pub(crate) fn block_sizes(&self, addr: usize, raw: bool) -> Result<(usize, usize)> {
-        let st = self.state.lock();
+    /// The live block at `addr` held as `raw`, or why there is none.
+    fn live_entry(st: &State, addr: usize, raw: bool) -> Result<Entry> {
         let invalid = |reason| Error::InvalidPointer { addr, reason };
         match st.segments.find(addr) {
             None => Err(invalid(PointerError::Foreign)),
@@ -193,50 +121,8 @@ impl HugeCache {
                 offset: addr - start,
             })),
             Some((_, _, e)) if e.raw != raw => Err(invalid(PointerError::NotRaw)),
-            Some((_, _, e)) => Ok((e.region.len(), e.requested)),
+            Some((_, _, e)) => Ok(*e),
         }
-    }
-
-    /// Frees the live block at `addr` with raw flag `raw`; returns its segment size
-    /// and requested size.
-    pub(crate) fn free_block(&self, addr: usize, raw: bool) -> Result<(usize, usize)> {
-        let mut st = self.state.lock();
-        let invalid = |reason| Error::InvalidPointer { addr, reason };
-        let entry = match st.segments.find(addr) {
-            None => return Err(invalid(PointerError::Foreign)),
-            Some((_, _, e)) if !e.live => return Err(invalid(PointerError::NotLive)),
-            Some((start, _, _)) if start != addr => {
-                return Err(invalid(PointerError::Interior {
-                    block: start,
-                    offset: addr - start,
-                }))
-            }
-            Some((_, _, e)) if e.raw != raw => return Err(invalid(PointerError::NotRaw)),
-            Some((_, _, e)) => *e,
-        };
-        let region = entry.region;
-        st.usage.on_free(region.len(), entry.requested);
-        let fits = self
-            .max_cached
-            .is_none_or(|max| st.cached_bytes + region.len() <= max);
-        if fits {
-            let slot = st.segments.find_mut(addr).expect("found above");
-            slot.live = false;
-            slot.requested = 0;
-            st.cached.insert((region.len(), addr), region);
-            st.cached_bytes += region.len();
-        } else {
-            st.segments.remove(addr);
-            st.usage.on_release(region.len());
-            drop(st);
-            // SAFETY: the region came from this upstream with this size and 2 MiB
-            // alignment, and its block was just freed.
-            unsafe {
-                self.upstream
-                    .deallocate(region.ptr(), region.len(), HUGE_PAGE_SIZE)
-            };
-        }
-        Ok((entry.region.len(), entry.requested))
     }
 
     /// Takes cached segments out of the cache, largest first, until `bytes` are taken
@@ -302,12 +188,133 @@ impl HugeCache {
 
     /// Every segment, live or cached.
     pub fn snapshot(&self) -> Snapshot {
-        let mut segments = Vec::new();
-        self.snapshot_into(&mut segments);
-        Snapshot { segments }
+        contract::snapshot_of(self)
+    }
+}
+
+impl BlockTier for HugeCache {
+    fn tier(&self) -> Tier {
+        Tier::Huge
     }
 
-    pub(crate) fn snapshot_into(&self, out: &mut Vec<SegmentSnapshot>) {
+    fn grant(&self, size: usize, align: usize, raw: bool) -> Result<Grant> {
+        validate(size, align)?;
+        let rounded = Self::rounded_size(size);
+        let mut st = self.state.lock();
+        let cached = st
+            .cached
+            .range((rounded, 0)..)
+            .next()
+            .filter(|&(&(seg, _), _)| seg - rounded <= rounded / 8)
+            .map(|(&key, &region)| (key, region));
+        let (region, hit) = match cached {
+            Some((key, region)) => {
+                st.cached.remove(&key);
+                st.cached_bytes -= region.len();
+                (region, true)
+            }
+            None => {
+                // A miss means the cached sizes do not match what the program needs
+                // now: trade cached segments for the new one, largest first, so that
+                // reserved memory follows live memory instead of the past peak. The
+                // system calls run without the lock, so other threads go on meanwhile.
+                let stale = self.take_cached(&mut st, rounded);
+                drop(st);
+                self.unmap(stale);
+                let mapped = self.upstream.allocate(rounded, HUGE_PAGE_SIZE);
+                st = self.state.lock();
+                match mapped {
+                    Ok(ptr) => {
+                        st.usage.on_reserve(rounded);
+                        (Region::new(ptr, rounded), false)
+                    }
+                    Err(refusal) => {
+                        st.usage.num_ooms += 1;
+                        let largest = st.cached.last_key_value().map_or(0, |(k, _)| k.0);
+                        let report = OutOfMemory::from_upstream(
+                            size,
+                            align,
+                            Tier::Huge,
+                            refusal,
+                            &st.usage,
+                            largest,
+                        );
+                        return Err(report.into_error());
+                    }
+                }
+            }
+        };
+        let entry = Entry {
+            region,
+            live: true,
+            raw,
+            requested: size,
+        };
+        if hit {
+            *st.segments
+                .find_mut(region.start())
+                .expect("cached segments are mapped") = entry;
+        } else {
+            st.segments.insert(region.start(), region.len(), entry);
+        }
+        st.usage.on_alloc(region.len(), size, hit);
+        Ok(Grant {
+            ptr: region.ptr(),
+            block_size: region.len(),
+            // A cached segment held someone's data; a fresh one is as upstream gives it.
+            zeroed: !hit && self.upstream.zeroed(),
+            hit,
+        })
+    }
+
+    fn sizes(&self, addr: usize, raw: bool) -> Result<BlockSizes> {
+        let entry = Self::live_entry(&self.state.lock(), addr, raw)?;
+        Ok(BlockSizes {
+            block_size: entry.region.len(),
+            requested: entry.requested,
+        })
+    }
+
+    fn release(&self, addr: usize, raw: bool) -> Result<BlockSizes> {
+        let mut st = self.state.lock();
+        let entry = Self::live_entry(&st, addr, raw)?;
+        let region = entry.region;
+        st.usage.on_free(region.len(), entry.requested);
+        let fits = self
+            .max_cached
+            .is_none_or(|max| st.cached_bytes + region.len() <= max);
+        if fits {
+            let slot = st.segments.find_mut(addr).expect("found above");
+            slot.live = false;
+            slot.requested = 0;
+            st.cached.insert((region.len(), addr), region);
+            st.cached_bytes += region.len();
+        } else {
+            st.segments.remove(addr);
+            st.usage.on_release(region.len());
+            drop(st);
+            // SAFETY: the region came from this upstream with this size and 2 MiB
+            // alignment, and its block was just freed.
+            unsafe {
+                self.upstream
+                    .deallocate(region.ptr(), region.len(), HUGE_PAGE_SIZE)
+            };
+        }
+        Ok(BlockSizes {
+            block_size: entry.region.len(),
+            requested: entry.requested,
+        })
+    }
+
+    fn trim(&self) -> usize {
+        HugeCache::trim(self)
+    }
+
+    fn largest_free_block(&self) -> usize {
+        self.largest_cached()
+    }
+
+    fn snapshot_into(&self, out: &mut Vec<SegmentSnapshot>) {
         let st = self.state.lock();
         for (start, len, e) in st.segments.iter() {
             let state = if e.live {
@@ -403,7 +410,7 @@ mod tests {
     fn invalid_frees_change_nothing() {
         let c = heap(None);
         let a = c.allocate(4 << 20, 64).unwrap();
-        let reason = |addr: usize| match c.free_block(addr, true) {
+        let reason = |addr: usize| match c.release(addr, true) {
             Err(Error::InvalidPointer { reason, .. }) => reason,
             other => panic!("{other:?}"),
         };
@@ -417,7 +424,7 @@ mod tests {
         );
         assert_eq!(reason(base + (4 << 20)), PointerError::Foreign);
         assert_eq!(
-            c.free_block(base, false).unwrap_err(),
+            c.release(base, false).unwrap_err(),
             Error::InvalidPointer {
                 addr: base,
                 reason: PointerError::NotRaw
@@ -504,7 +511,7 @@ mod tests {
                         Op::BadFree(i, off) if !live.is_empty() => {
                             let before = cache.stats();
                             let p = live[i % live.len()].0;
-                            prop_assert!(cache.free_block(p.as_ptr() as usize + off, true).is_err());
+                            prop_assert!(cache.release(p.as_ptr() as usize + off, true).is_err());
                             prop_assert_eq!(cache.stats(), before);
                         }
                         Op::Trim => {

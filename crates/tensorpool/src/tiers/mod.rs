@@ -3,6 +3,7 @@
 //!
 //! | module | serves | how |
 //! | --- | --- | --- |
+//! | [`contract`] | the locked tiers' common contract | `BlockTier`: grant, sizes, release, trim, snapshot |
 //! | [`size_class`] | the size classes' arithmetic | geometric classes, a table below 1 KiB |
 //! | [`slab`] | small and medium blocks (the manager's engine) | thread-owned slabs, page map, spans |
 //! | [`fixed_pool`] | one block size, standalone | free list in side metadata |
@@ -18,6 +19,7 @@
 
 pub mod arena;
 pub mod best_fit;
+pub(crate) mod contract;
 pub mod fixed_pool;
 pub mod huge;
 pub mod size_class;

@@ -486,7 +486,7 @@ impl Owned<'_> {
     /// [`allocate`](Self::allocate) takes the slow path). The hot path: plain loads
     /// and stores.
     #[inline(always)]
-    pub(crate) fn allocate_fast(
+    pub(crate) fn grant_fast(
         &self,
         eng: &Engine,
         class: usize,
@@ -494,14 +494,14 @@ impl Owned<'_> {
         raw: bool,
     ) -> Option<(NonNull<u8>, bool)> {
         // A hot block was handed out before: its bytes are not known to be zero.
-        self.try_allocate(eng, class, size, raw)
+        self.grant_hot(eng, class, size, raw)
             .map(|ptr| (ptr, false))
     }
 
     /// The hot path of an allocation: a block of class `class` from the current
     /// slab, or `None` (nothing changed).
     #[inline(always)]
-    pub(crate) fn try_allocate(
+    pub(crate) fn grant_hot(
         &self,
         eng: &Engine,
         class: usize,
@@ -577,7 +577,7 @@ impl Owned<'_> {
     /// live slot with raw flag `raw` and returns `true`; otherwise changes nothing
     /// (the slow path says why).
     #[inline(always)]
-    pub(crate) fn try_free(
+    pub(crate) fn release_hot(
         &self,
         eng: &Engine,
         slab: &Slab,
@@ -606,7 +606,7 @@ impl Owned<'_> {
         }
         // SAFETY: this heap owns the slab; the slot was checked live.
         unsafe { slab.release(own, slot) };
-        // SAFETY: as in `try_allocate`: a slab's class indexes the heap's classes.
+        // SAFETY: as in `grant_hot`: a slab's class indexes the heap's classes.
         let cls = unsafe { self.state().classes.get_unchecked_mut(class as usize) };
         let tier = self.tier(cls.tier);
         tier.frees.add(1);
@@ -625,8 +625,8 @@ impl Owned<'_> {
     /// `Allocator` contract vouches for the block (checked in debug builds); a raw
     /// free of it that another thread posted meanwhile is refused when collected.
     #[inline(always)]
-    pub(crate) fn try_free_typed(&self, class: usize, ptr: *mut u8, size: usize) -> bool {
-        // SAFETY: as in `try_allocate`.
+    pub(crate) fn release_typed_hot(&self, class: usize, ptr: *mut u8, size: usize) -> bool {
+        // SAFETY: as in `grant_hot`.
         let cls = unsafe { self.state().classes.get_unchecked_mut(class) };
         let offset = ptr.addr().wrapping_sub(cls.base);
         if offset >= cls.bytes {
@@ -710,16 +710,16 @@ impl Owned<'_> {
     }
 
     /// A block of class `class` for `size` bytes; and whether it is known zero.
-    pub(crate) fn allocate(
+    pub(crate) fn grant(
         &self,
         eng: &Engine,
         class: usize,
         size: usize,
         raw: bool,
     ) -> Result<(NonNull<u8>, bool)> {
-        match self.allocate_fast(eng, class, size, raw) {
+        match self.grant_fast(eng, class, size, raw) {
             Some(served) => Ok(served),
-            None => self.allocate_slow(eng, class, size, raw),
+            None => self.grant_slow(eng, class, size, raw),
         }
     }
 
@@ -748,7 +748,7 @@ impl Owned<'_> {
     }
 
     #[cold]
-    fn allocate_slow(
+    fn grant_slow(
         &self,
         eng: &Engine,
         class: usize,
@@ -811,7 +811,7 @@ impl Owned<'_> {
     /// A large block of `pages` pages for `size` bytes from this heap's cache, and
     /// whether it is known zero; `None` when the cache has none of that size.
     #[inline(always)]
-    pub(crate) fn allocate_span_fast(
+    pub(crate) fn grant_span_fast(
         &self,
         eng: &Engine,
         pages: usize,
@@ -827,18 +827,18 @@ impl Owned<'_> {
 
     /// A large block of `pages` pages for `size` bytes, from this heap's cache or a
     /// new span; and whether it is known zero.
-    pub(crate) fn allocate_span(
+    pub(crate) fn grant_span(
         &self,
         eng: &Engine,
         pages: usize,
         size: usize,
         raw: bool,
     ) -> Result<(NonNull<u8>, bool)> {
-        if let Some(served) = self.allocate_span_fast(eng, pages, size, raw) {
+        if let Some(served) = self.grant_span_fast(eng, pages, size, raw) {
             return Ok(served);
         }
         self.collect_inbox(eng);
-        if let Some(served) = self.allocate_span_fast(eng, pages, size, raw) {
+        if let Some(served) = self.grant_span_fast(eng, pages, size, raw) {
             return Ok(served);
         }
         // SAFETY: a new span is a live slab of this heap.
@@ -878,7 +878,7 @@ impl Owned<'_> {
     /// Frees the block at `addr` of `slab`, a slab of this heap; `size` is a typed
     /// holder's size (raw frees take the size the slab recorded).
     #[inline(always)]
-    pub(crate) fn free(
+    pub(crate) fn release(
         &self,
         eng: &Engine,
         slab: &Slab,

@@ -45,13 +45,13 @@ fn model(f: impl Fn() + Sync + Send + 'static) {
 struct Addr(usize);
 
 fn alloc(eng: &Arc<Engine>, raw: bool) -> Addr {
-    let (ptr, _) = eng.allocate(0, 64, raw).expect("memory for the model");
+    let (ptr, _) = eng.grant(0, 64, raw).expect("memory for the model");
     Addr(ptr.as_ptr().addr())
 }
 
 fn free(eng: &Arc<Engine>, a: Addr, raw: bool) -> bool {
     let ptr = std::ptr::without_provenance_mut::<u8>(a.0);
-    eng.free(ptr.addr(), raw, 64, None)
+    eng.release(ptr.addr(), raw, 64, None)
         .expect("a slab address")
         .is_ok()
 }
@@ -225,7 +225,7 @@ fn a_typed_free_into_a_stopped_heap_is_kept() {
             let eng = eng.clone();
             loom::thread::spawn(move || {
                 let ptr = std::ptr::without_provenance_mut::<u8>(a.0);
-                assert!(eng.free(ptr.addr(), false, 64, None).unwrap().is_ok());
+                assert!(eng.release(ptr.addr(), false, 64, None).unwrap().is_ok());
             })
         };
         // Statistics stop every heap and collect: the post is counted once.

@@ -358,26 +358,26 @@ impl Engine {
     /// The hot path: a block of class `class` from the calling thread's current
     /// slab, or `None` (then [`allocate`](Self::allocate)).
     #[inline(always)]
-    pub(crate) fn try_allocate(
+    pub(crate) fn grant_hot(
         self: &Arc<Self>,
         class: usize,
         size: usize,
         raw: bool,
     ) -> Option<NonNull<u8>> {
-        enter(self)?.owned().try_allocate(self, class, size, raw)
+        enter(self)?.owned().grant_hot(self, class, size, raw)
     }
 
     /// The hot path of a large block: one of `pages` pages from the calling thread's
-    /// cache, or `None` (then [`allocate_span`](Self::allocate_span)).
+    /// cache, or `None` (then [`grant_span`](Self::grant_span)).
     #[inline(always)]
-    pub(crate) fn try_allocate_span(
+    pub(crate) fn grant_span_hot(
         self: &Arc<Self>,
         pages: usize,
         size: usize,
         raw: bool,
     ) -> Option<NonNull<u8>> {
         let entered = enter(self)?;
-        let served = entered.owned().allocate_span_fast(self, pages, size, raw);
+        let served = entered.owned().grant_span_fast(self, pages, size, raw);
         served.map(|(ptr, _)| ptr)
     }
 
@@ -386,7 +386,7 @@ impl Engine {
     /// must look (another thread's slab, another tier, a bad pointer): nothing
     /// changed. `class`, for a typed free, lets the current slab skip the page map.
     #[inline(always)]
-    pub(crate) fn try_free(
+    pub(crate) fn release_hot(
         self: &Arc<Self>,
         ptr: *mut u8,
         raw: bool,
@@ -399,12 +399,12 @@ impl Engine {
         };
         let owned = entered.owned();
         if let Some(class) = class {
-            if owned.try_free_typed(class, ptr, size) {
+            if owned.release_typed_hot(class, ptr, size) {
                 return true;
             }
         }
         if let Some(slab) = owned.last_holding(addr) {
-            return owned.try_free(self, slab, addr, raw, size);
+            return owned.release_hot(self, slab, addr, raw, size);
         }
         // SAFETY: records live as long as the engine.
         let Some(slab) = (unsafe { self.map.get(addr).as_ref() }) else {
@@ -414,12 +414,12 @@ impl Engine {
             return false;
         }
         owned.remember(slab);
-        owned.try_free(self, slab, addr, raw, size)
+        owned.release_hot(self, slab, addr, raw, size)
     }
 
     /// A block of class `class` for `size` bytes, and whether it is known zero.
     #[inline(always)]
-    pub(crate) fn allocate(
+    pub(crate) fn grant(
         self: &Arc<Self>,
         class: usize,
         size: usize,
@@ -428,28 +428,28 @@ impl Engine {
         let fast = with_heap(self, |heap| {
             // SAFETY: `with_heap` runs the closure inside an operation of the calling
             // thread's heap, which holds it.
-            unsafe { heap.owned() }.allocate_fast(self, class, size, raw)
+            unsafe { heap.owned() }.grant_fast(self, class, size, raw)
         });
         match fast {
             Some(Some(served)) => Ok(served),
-            _ => self.allocate_slow(class, size, raw),
+            _ => self.grant_slow(class, size, raw),
         }
     }
 
     #[cold]
     #[inline(never)]
-    fn allocate_slow(
+    fn grant_slow(
         self: &Arc<Self>,
         class: usize,
         size: usize,
         raw: bool,
     ) -> Result<(NonNull<u8>, bool)> {
-        self.with_owned(|owned| owned.allocate(self, class, size, raw))
+        self.with_owned(|owned| owned.grant(self, class, size, raw))
     }
 
     /// A large block of `pages` pages for `size` bytes, and whether it is known zero.
     #[inline(always)]
-    pub(crate) fn allocate_span(
+    pub(crate) fn grant_span(
         self: &Arc<Self>,
         pages: usize,
         size: usize,
@@ -457,23 +457,23 @@ impl Engine {
     ) -> Result<(NonNull<u8>, bool)> {
         let fast = with_heap(self, |heap| {
             // SAFETY: as in `allocate`.
-            unsafe { heap.owned() }.allocate_span_fast(self, pages, size, raw)
+            unsafe { heap.owned() }.grant_span_fast(self, pages, size, raw)
         });
         match fast {
             Some(Some(served)) => Ok(served),
-            _ => self.allocate_span_slow(pages, size, raw),
+            _ => self.grant_span_slow(pages, size, raw),
         }
     }
 
     #[cold]
     #[inline(never)]
-    fn allocate_span_slow(
+    fn grant_span_slow(
         self: &Arc<Self>,
         pages: usize,
         size: usize,
         raw: bool,
     ) -> Result<(NonNull<u8>, bool)> {
-        self.with_owned(|owned| owned.allocate_span(self, pages, size, raw))
+        self.with_owned(|owned| owned.grant_span(self, pages, size, raw))
     }
 
     /// Frees the block at `addr`; `None` if no slab holds `addr` (another tier may).
@@ -481,7 +481,7 @@ impl Engine {
     /// lets the owner skip the page map when the block is in the class's current
     /// slab.
     #[inline(always)]
-    pub(crate) fn free(
+    pub(crate) fn release(
         self: &Arc<Self>,
         addr: usize,
         raw: bool,
@@ -520,19 +520,19 @@ impl Engine {
                     slab
                 }
             };
-            Seen::Done(owned.free(self, slab, addr, raw, size))
+            Seen::Done(owned.release(self, slab, addr, raw, size))
         });
         match seen {
             Some(Seen::Done(done)) => Some(done),
             Some(Seen::NotInASlab) => None,
-            None => self.free_without_heap(addr, raw, size),
+            None => self.release_without_heap(addr, raw, size),
         }
     }
 
     /// A free on a thread that cannot use its heap now: posted like a remote one,
     /// counted on the shared heap.
     #[cold]
-    fn free_without_heap(
+    fn release_without_heap(
         &self,
         addr: usize,
         raw: bool,
