@@ -28,7 +28,7 @@
 //! | 3 errors | [`error`], [`limits`] | every refusal, and the one check of a request's size and alignment |
 //! | 4 sources | [`upstream`] | where regions come from: heap, `mmap` (with reserved address space), metered |
 //! | 5 traces | `trace` (feature `trace`) | reading, writing and recording allocation traces |
-//! | 6 `tiers` | [`size_class`], [`slab`], [`fixed_pool`], [`best_fit`], [`huge`], [`arena`] | the strategies, each usable on its own |
+//! | 6 `tiers` | [`size_class`], [`slab`], [`fixed_pool`], [`best_fit`], [`huge`], [`arena`] | the strategies, each usable on its own; the locked ones keep one crate-private contract (`tiers::contract::BlockTier`) |
 //! | 7 front | [`config`], [`manager`], [`tensor`] | settings and their validation, the routing [`MemoryManager`], typed tensors |
 //!
 //! `docs/ARCHITECTURE.md` in the repository walks the allocation and free paths

@@ -1,0 +1,122 @@
+//! The free path past the public handle: the hot typed free, debug checks, the engine,
+//! then the locked tier that owns the address; and the raw size queries.
+
+use super::Inner;
+use crate::error::{Error, PointerError, Result};
+use crate::limits::MAX_ALIGN;
+use crate::observe::debug::GUARD;
+use std::ptr::NonNull;
+
+impl Inner {
+    /// The hot path of typed frees: `true` if the block was freed.
+    #[inline(always)]
+    pub(super) fn reclaim_typed_hot(&self, ptr: NonNull<u8>, size: usize, align: usize) -> bool {
+        if !self.fast || align > MAX_ALIGN {
+            return false;
+        }
+        let class = self
+            .engine
+            .class_for(size, align.max(self.config.alignment));
+        self.engine.release_hot(ptr.as_ptr(), false, size, class)
+    }
+
+    pub(super) fn raw_size(&self, addr: usize) -> Result<usize> {
+        if let Some(tracker) = &self.debug {
+            if let Some(size) = tracker.raw_size(addr) {
+                return Ok(size);
+            }
+            // Not a live raw block: the tiers say why.
+            self.raw_block_size(addr)?;
+            return Err(Error::InvalidPointer {
+                addr,
+                reason: PointerError::NotLive,
+            });
+        }
+        self.raw_block_size(addr)
+    }
+
+    pub(super) fn raw_block_size(&self, addr: usize) -> Result<usize> {
+        let invalid = |reason| Error::InvalidPointer { addr, reason };
+        if let Some(found) = self.engine.raw_size(addr) {
+            return found.map_err(invalid);
+        }
+        match self.owner_at(addr) {
+            None => Err(invalid(PointerError::Foreign)),
+            Some(owner) => Ok(self.locked_tier(owner).sizes(addr, true)?.requested),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    pub(super) fn reclaim_raw(&self, ptr: *mut u8) -> Result<()> {
+        let addr = ptr.addr();
+        if let Some(tracker) = &self.debug {
+            if let Some(record) = tracker.take(addr, true) {
+                let ptr = NonNull::new(ptr).expect("live blocks are not null");
+                // SAFETY: `addr` was a live raw block of `size + GUARD` bytes, and taking
+                // its record made this call the only one to free it.
+                unsafe { tracker.check_and_poison(ptr, &record) };
+            }
+        }
+        // Without a record in debug mode, the block is not a live raw one: the checks
+        // below say why.
+        self.reclaim(addr, true, 0, None)
+    }
+
+    /// Frees the block at `addr` held raw or typed; `size` and `class` are a typed
+    /// holder's size and the class its layout maps to.
+    #[inline]
+    pub(super) fn reclaim(
+        &self,
+        addr: usize,
+        raw: bool,
+        size: usize,
+        class: Option<usize>,
+    ) -> Result<()> {
+        let invalid = |reason| Error::InvalidPointer { addr, reason };
+        if let Some(done) = self.engine.release(addr, raw, size, class) {
+            return done.map_err(invalid);
+        }
+        let Some(owner) = self.owner_at(addr) else {
+            return Err(invalid(PointerError::Foreign));
+        };
+        let freed = self.locked_tier(owner).release(addr, raw)?;
+        self.counters.on_free(freed.block_size, freed.requested);
+        Ok(())
+    }
+
+    /// Frees a typed block allocated with this size and alignment.
+    pub(super) fn reclaim_typed(&self, ptr: NonNull<u8>, size: usize, align: usize) -> Result<()> {
+        let Some(tracker) = &self.debug else {
+            return self.reclaim_typed_block(ptr, size, align);
+        };
+        let record = tracker
+            .take(ptr.as_ptr().addr(), false)
+            .ok_or(Error::InvalidPointer {
+                addr: ptr.as_ptr().addr(),
+                reason: PointerError::NotLive,
+            })?;
+        debug_assert_eq!(record.size, size, "a typed block freed with another size");
+        // SAFETY: a live typed block of `size + GUARD` bytes, whose record this call took.
+        unsafe { tracker.check_and_poison(ptr, &record) };
+        self.reclaim_typed_block(ptr, size + GUARD, align)
+    }
+
+    #[inline]
+    pub(super) fn reclaim_typed_block(
+        &self,
+        ptr: NonNull<u8>,
+        size: usize,
+        align: usize,
+    ) -> Result<()> {
+        let class = match self.pools {
+            // With explicit pools, a layout may be served by a pool or a class.
+            true => None,
+            false if align > MAX_ALIGN => None,
+            false => self
+                .engine
+                .class_for(size, align.max(self.config.alignment)),
+        };
+        self.reclaim(ptr.as_ptr().addr(), false, size, class)
+    }
+}

@@ -1,0 +1,199 @@
+//! The allocation path past the public handle: the hot path, debug guards, the retry
+//! after a trim, routing by size, and the out-of-memory report's view of the manager.
+
+use super::Inner;
+use crate::error::{Error, Result};
+use crate::limits::{validate, MAX_ALIGN};
+use crate::observe::debug::{self, Record, GUARD};
+use crate::tiers::contract::BlockTier;
+use crate::tiers::slab::EngineStats;
+use std::ptr::NonNull;
+use std::sync::atomic::Ordering::Relaxed;
+
+/// Where a request goes when no explicit pool takes it.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Route {
+    /// A size class of the engine.
+    Class(usize),
+    /// A cached large block of the engine, of this many pages.
+    Span(usize),
+    /// The best-fit tier, under its lock.
+    Large,
+    Huge,
+}
+
+impl Inner {
+    #[inline]
+    pub(super) fn route(&self, size: usize, align: usize) -> Route {
+        if let Some(class) = self.engine.class_for(size, align) {
+            return Route::Class(class);
+        }
+        match self.engine.span_for(size, align) {
+            Some(pages) => Route::Span(pages),
+            None if size <= self.config.huge_threshold => Route::Large,
+            None => Route::Huge,
+        }
+    }
+
+    /// The hot path of small allocations: a slot of the calling thread's current
+    /// slab of the class, with no lock and no atomic read-modify-write. `None` sends
+    /// the request down the full path (debug mode, explicit pools, a size or
+    /// alignment no class serves, a slab to change).
+    #[inline(always)]
+    pub(super) fn serve_hot(&self, size: usize, align: usize, raw: bool) -> Option<NonNull<u8>> {
+        // One comparison for a size of 0 and one beyond any limit (whose rounding
+        // would overflow): both go to the full path, which says why.
+        if !self.fast || align > MAX_ALIGN || size.wrapping_sub(1) >= crate::MAX_ALLOCATION_SIZE {
+            return None;
+        }
+        let align = align.max(self.config.alignment);
+        match self.engine.class_for(size, align) {
+            Some(class) => self.engine.grant_hot(class, size, raw),
+            None => {
+                let pages = self.engine.span_for(size, align)?;
+                self.engine.grant_span_hot(pages, size, raw)
+            }
+        }
+    }
+
+    pub(super) fn serve(
+        &self,
+        size: usize,
+        align: usize,
+        raw: bool,
+    ) -> Result<(NonNull<u8>, bool)> {
+        let Some(tracker) = &self.debug else {
+            return self.serve_retrying(size, align, raw);
+        };
+        validate(size, align)?;
+        let padded = size.checked_add(GUARD).ok_or(Error::SizeTooLarge {
+            size,
+            max: crate::MAX_ALLOCATION_SIZE,
+        })?;
+        let (ptr, _) = self.serve_retrying(padded, align, raw)?;
+        // SAFETY: a fresh block of `padded` bytes.
+        unsafe { debug::arm(ptr, size, true) };
+        let tier = self.tier_at(ptr.as_ptr().addr());
+        tracker.insert(
+            ptr.as_ptr().addr(),
+            Record {
+                size,
+                tier,
+                raw,
+                site: debug::site(),
+            },
+        );
+        // Debug mode fills fresh blocks: they are never zero.
+        Ok((ptr, false))
+    }
+
+    pub(super) fn serve_retrying(
+        &self,
+        size: usize,
+        align: usize,
+        raw: bool,
+    ) -> Result<(NonNull<u8>, bool)> {
+        validate(size, align)?;
+        let align = align.max(self.config.alignment);
+        match self.serve_once(size, align, raw) {
+            Err(Error::OutOfMemory(_)) => {
+                // Give cached memory back and try once more, as PyTorch does.
+                self.counters.retries.fetch_add(1, Relaxed);
+                self.trim();
+                self.serve_once(size, align, raw)
+                    .map_err(|e| self.widen(e, size, align))
+            }
+            other => other,
+        }
+    }
+
+    pub(super) fn serve_once(
+        &self,
+        size: usize,
+        align: usize,
+        raw: bool,
+    ) -> Result<(NonNull<u8>, bool)> {
+        let engine = &self.engine;
+        for class in engine.first_pool..engine.classes.len() {
+            let pool = &engine.classes[class];
+            if pool.block_size < size || pool.align < align {
+                continue;
+            }
+            match engine.grant(class, size, raw) {
+                Ok(served) => return Ok(served),
+                // Full: try the next pool, then the tiers.
+                Err(Error::OutOfMemory(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        match self.route(size, align) {
+            Route::Class(class) => engine.grant(class, size, raw),
+            Route::Span(pages) => engine.grant_span(pages, size, raw),
+            Route::Large => {
+                engine.publish_current();
+                // The tier grows only after the calling thread gave back what it
+                // keeps cached (as a new slab does): memory follows use.
+                let grant = match engine.large.grant_cached(size, align, raw) {
+                    Some(grant) => grant,
+                    None if engine.release_current() > 0 => {
+                        match engine.large.grant_cached(size, align, raw) {
+                            Some(grant) => grant,
+                            None => engine.large.grant(size, align, raw)?,
+                        }
+                    }
+                    None => engine.large.grant(size, align, raw)?,
+                };
+                self.counters.on_alloc(grant.block_size, size);
+                Ok((grant.ptr, grant.zeroed))
+            }
+            Route::Huge => {
+                engine.publish_current();
+                let grant = self.huge.grant(size, align, raw)?;
+                self.counters.on_alloc(grant.block_size, size);
+                Ok((grant.ptr, grant.zeroed))
+            }
+        }
+    }
+
+    /// Replaces a tier's view in an out-of-memory report with the request and the
+    /// manager's totals.
+    pub(super) fn widen(&self, e: Error, size: usize, align: usize) -> Error {
+        match e {
+            Error::OutOfMemory(mut report) => {
+                // A tier may have failed while taking pages for a slab.
+                report.requested = size;
+                report.align = align;
+                self.counters.ooms.fetch_add(1, Relaxed);
+                let engine = self.engine.stats();
+                let allocated = self.current_totals_with(&engine).0;
+                let reserved = self.metered.reserved_bytes();
+                report.allocated_bytes = allocated;
+                report.reserved_bytes = reserved;
+                report.cached_bytes = reserved.saturating_sub(allocated);
+                report.largest_free_block = self.largest_free_block(&engine);
+                report.limit = self.config.memory_limit;
+                Error::OutOfMemory(report)
+            }
+            other => other,
+        }
+    }
+
+    /// The largest block servable from cached memory without going upstream: the
+    /// largest free block of the best-fit tier, a cached huge segment, or a class
+    /// with free slots. The one rule for `stats()` and the out-of-memory report.
+    pub(super) fn largest_free_block(&self, engine: &EngineStats) -> usize {
+        let classes = self
+            .engine
+            .classes
+            .iter()
+            .zip(&engine.classes)
+            .filter(|(_, f)| f.slots > f.live)
+            .map(|(c, _)| c.block_size)
+            .max()
+            .unwrap_or(0);
+        self.locked_tiers()
+            .iter()
+            .map(|tier| tier.largest_free_block())
+            .fold(classes.max(engine.largest_cached_span), usize::max)
+    }
+}

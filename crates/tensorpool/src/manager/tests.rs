@@ -1,0 +1,571 @@
+//! The manager's unit and property tests.
+
+use super::*;
+use crate::config::UpstreamKind;
+use crate::error::{OomCause, PointerError};
+use allocator_api2::alloc::Allocator;
+
+fn heap_config() -> crate::config::ConfigBuilder {
+    Config::builder().upstream(UpstreamKind::Heap)
+}
+
+fn manager(builder: crate::config::ConfigBuilder) -> MemoryManager {
+    MemoryManager::new(builder.build().unwrap()).unwrap()
+}
+
+#[test]
+fn routes_by_size() {
+    let mm = manager(heap_config().small_threshold(4096).huge_threshold(8 << 20));
+    let small = mm.allocate_raw(100, 8).unwrap();
+    let large = mm.allocate_raw(100_000, 8).unwrap();
+    let huge = mm.allocate_raw(9 << 20, 8).unwrap();
+    let s = mm.stats();
+    let tier = |t| {
+        s.tiers
+            .iter()
+            .find(|x| x.tier == t)
+            .unwrap()
+            .usage
+            .allocated_blocks
+    };
+    assert_eq!(
+        (tier(Tier::Small), tier(Tier::Large), tier(Tier::Huge)),
+        (1, 1, 1)
+    );
+    assert_eq!(s.requested_bytes, 100 + 100_000 + (9 << 20));
+    // The large block is rounded to whole pages (a cached block of the engine).
+    assert_eq!(s.allocated_bytes, 128 + 102_400 + (10 << 20));
+    assert_eq!(s.classes.len(), 1);
+    assert_eq!(
+        s.classes[0].block_size, 128,
+        "64-byte alignment rounds 100 up to 128"
+    );
+    for p in [small, large, huge] {
+        assert_eq!(p.as_ptr() as usize % 64, 0);
+        mm.free_raw(p.as_ptr()).unwrap();
+    }
+    let s = mm.stats();
+    assert_eq!(
+        (s.allocated_bytes, s.requested_bytes, s.allocated_blocks),
+        (0, 0, 0)
+    );
+    assert_eq!(s.num_allocs, s.num_frees);
+    mm.trim();
+    let s = mm.stats();
+    assert_eq!(s.reserved_bytes, 0);
+    assert_eq!(s.num_upstream_allocs, s.num_upstream_frees);
+}
+
+#[test]
+fn explicit_pools_first_then_fall_through() {
+    let mm = manager(heap_config().pool(256, 2).pool(1024, 1));
+    let a = mm.allocate_raw(200, 64).unwrap();
+    let b = mm.allocate_raw(200, 64).unwrap();
+    let c = mm.allocate_raw(200, 64).unwrap(); // 256 pool full: the 1024 pool
+    let d = mm.allocate_raw(200, 64).unwrap(); // both full: the size classes
+    let s = mm.stats();
+    let pool_tier = s.tiers.iter().find(|t| t.tier == Tier::Pool).unwrap();
+    assert_eq!(pool_tier.usage.allocated_blocks, 3);
+    assert_eq!(pool_tier.usage.allocated_bytes, 256 * 2 + 1024);
+    let small = s.tiers.iter().find(|t| t.tier == Tier::Small).unwrap();
+    assert_eq!(small.usage.allocated_blocks, 1);
+    // Typed frees are routed through the owner map when explicit pools exist.
+    let layout = Layout::from_size_align(200, 8).unwrap();
+    let typed = Allocator::allocate(&mm, layout).unwrap().cast::<u8>();
+    // SAFETY: allocated above with `layout`.
+    unsafe { Allocator::deallocate(&mm, typed, layout) };
+    for p in [a, b, c, d] {
+        mm.free_raw(p.as_ptr()).unwrap();
+    }
+    assert_eq!(mm.stats().allocated_bytes, 0);
+}
+
+#[test]
+fn raw_size_and_reallocate_raw_in_every_tier() {
+    // Under Miri every byte copied is interpreted: smaller blocks, same tiers.
+    let huge = if cfg!(miri) { 64 << 10 } else { 2 << 20 };
+    let mm = manager(
+        heap_config()
+            .small_threshold(4096)
+            .medium_threshold(huge / 2)
+            .huge_threshold(huge)
+            .expandable_segments(false),
+    );
+    // Sizes in the small, medium (spans), large (best fit) and huge tiers, grown
+    // and shrunk across them.
+    let sizes = [100usize, 3000, huge / 2, huge / 4 * 3, huge + 4096, 50, 1];
+    let mut ptr = mm.allocate_raw(sizes[0], 8).unwrap().as_ptr();
+    let fill = |p: *mut u8, n: usize| {
+        // SAFETY: `p` is a live raw block of at least `n` bytes.
+        unsafe { std::slice::from_raw_parts_mut(p, n) }
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = (i % 251) as u8);
+    };
+    fill(ptr, sizes[0]);
+    for pair in sizes.windows(2) {
+        let (old, new) = (pair[0], pair[1]);
+        assert_eq!(mm.raw_size(ptr).unwrap(), old);
+        // SAFETY: no other thread uses `ptr`.
+        let moved = unsafe { mm.reallocate_raw(ptr, new, 64) }.unwrap().as_ptr();
+        assert_eq!(moved.addr() % 64, 0);
+        // SAFETY: `moved` is a live raw block of `new` bytes.
+        let kept = unsafe { std::slice::from_raw_parts(moved, old.min(new)) };
+        assert!(kept.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+        assert!(matches!(
+            mm.free_raw(ptr),
+            Err(Error::InvalidPointer {
+                reason: PointerError::NotLive | PointerError::Foreign,
+                ..
+            })
+        ));
+        fill(moved, new);
+        ptr = moved;
+    }
+    assert_eq!(mm.stats().allocated_blocks, 1);
+    assert_eq!(mm.stats().requested_bytes, 1);
+    mm.free_raw(ptr).unwrap();
+    assert_eq!(mm.stats().allocated_blocks, 0);
+}
+
+#[test]
+fn raw_size_and_reallocate_raw_refuse_bad_pointers() {
+    let mm = manager(heap_config());
+    let raw = mm.allocate_raw(1000, 8).unwrap().as_ptr();
+    let layout = Layout::from_size_align(1000, 8).unwrap();
+    let typed = mm.try_allocate(layout).unwrap();
+    let before = mm.stats();
+    for bad in [
+        raw.wrapping_add(8),
+        typed.as_ptr(),
+        std::ptr::without_provenance_mut(0x1000),
+    ] {
+        assert!(matches!(
+            mm.raw_size(bad),
+            Err(Error::InvalidPointer { .. })
+        ));
+        // SAFETY: no other thread uses these pointers.
+        let moved = unsafe { mm.reallocate_raw(bad, 10, 8) };
+        assert!(matches!(moved, Err(Error::InvalidPointer { .. })));
+    }
+    assert_eq!(mm.stats().allocated_blocks, before.allocated_blocks);
+    // A failed move (no memory) leaves the block live and intact.
+    let limited = manager(heap_config().memory_limit(1 << 20));
+    let p = limited.allocate_raw(1000, 8).unwrap().as_ptr();
+    // SAFETY: no other thread uses `p`.
+    let e = unsafe { limited.reallocate_raw(p, 4 << 20, 8) }.unwrap_err();
+    assert!(matches!(e, Error::OutOfMemory(_)));
+    assert_eq!(limited.raw_size(p).unwrap(), 1000);
+    limited.free_raw(p).unwrap();
+    // SAFETY: the typed block came from `try_allocate` with `layout`.
+    unsafe { mm.deallocate(typed, layout) };
+    mm.free_raw(raw).unwrap();
+}
+
+#[test]
+fn try_allocate_explains_failures() {
+    let mm = manager(heap_config().memory_limit(1 << 20));
+    let zero = Layout::from_size_align(0, 8).unwrap();
+    assert_eq!(mm.try_allocate(zero), Err(Error::ZeroSize));
+    let big = Layout::from_size_align(2 << 20, 8).unwrap();
+    let Err(Error::OutOfMemory(report)) = mm.try_allocate(big) else {
+        panic!("expected an out-of-memory report");
+    };
+    assert_eq!(report.requested, 2 << 20);
+    let small = Layout::from_size_align(100, 8).unwrap();
+    let p = mm.try_allocate_zeroed(small).unwrap();
+    // SAFETY: a live block of 100 bytes.
+    assert!(unsafe { std::slice::from_raw_parts(p.as_ptr(), 100) }
+        .iter()
+        .all(|&b| b == 0));
+    // SAFETY: allocated above with `small`.
+    unsafe { mm.deallocate(p, small) };
+    assert!(mm.same_manager(&mm.clone()));
+    assert!(!mm.same_manager(&manager(heap_config())));
+}
+
+#[test]
+fn free_raw_refuses_every_bad_pointer() {
+    let mm = manager(heap_config());
+    let small = mm.allocate_raw(64, 64).unwrap();
+    // The typed block first, so that the pages past the large block stay free.
+    let v: allocator_api2::vec::Vec<u8, &MemoryManager> =
+        allocator_api2::vec::Vec::with_capacity_in(1000, &mm);
+    let large = mm.allocate_raw(1 << 20, 64).unwrap();
+    let before = mm.stats();
+    let reason = |p: *mut u8| match mm.free_raw(p) {
+        Err(Error::InvalidPointer { reason, .. }) => reason,
+        other => panic!("{other:?}"),
+    };
+    let local = 0u64;
+    assert_eq!(
+        reason(&local as *const u64 as *mut u8),
+        PointerError::Foreign
+    );
+    assert_eq!(reason(std::ptr::null_mut()), PointerError::Foreign);
+    assert!(matches!(
+        reason(small.as_ptr().wrapping_add(1)),
+        PointerError::Interior { .. }
+    ));
+    assert!(matches!(
+        reason(large.as_ptr().wrapping_add(4096)),
+        PointerError::Interior { .. }
+    ));
+    assert_eq!(
+        reason(large.as_ptr().wrapping_add(1 << 20)),
+        PointerError::NotLive
+    );
+    assert_eq!(reason(v.as_ptr() as *mut u8), PointerError::NotRaw);
+    assert_eq!(mm.stats(), before);
+    mm.free_raw(small.as_ptr()).unwrap();
+    assert_eq!(reason(small.as_ptr()), PointerError::NotLive);
+    mm.free_raw(large.as_ptr()).unwrap();
+    drop(v);
+    assert_eq!(mm.stats().allocated_bytes, 0);
+}
+
+#[test]
+fn limit_releases_cache_then_reports() {
+    let mm = manager(heap_config().memory_limit(8 << 20));
+    let a = mm.allocate_raw(3 << 20, 64).unwrap();
+    mm.free_raw(a.as_ptr()).unwrap(); // 4 MiB segment cached
+    let b = mm.allocate_raw(6 << 20, 64).unwrap(); // needs the cache released
+    let s = mm.stats();
+    assert_eq!(s.num_alloc_retries, 1);
+    assert_eq!(s.reserved_bytes, 6 << 20);
+    let err = mm.allocate_raw(4 << 20, 64).unwrap_err();
+    let Error::OutOfMemory(report) = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(report.cause, OomCause::LimitReached);
+    assert_eq!(report.limit, Some(8 << 20));
+    assert_eq!(report.allocated_bytes, 6 << 20);
+    assert_eq!(report.reserved_bytes, 6 << 20);
+    assert_eq!(report.tier, Tier::Large);
+    assert!(err.to_string().contains("tried to allocate 4.00 MiB"));
+    assert_eq!(mm.stats().num_ooms, 1);
+    mm.free_raw(b.as_ptr()).unwrap();
+    // memory is available again
+    let c = mm.allocate_raw(4 << 20, 64).unwrap();
+    mm.free_raw(c.as_ptr()).unwrap();
+}
+
+#[test]
+fn the_oom_report_and_stats_agree_on_the_largest_free_block() {
+    let mm = manager(heap_config().memory_limit(16 << 20));
+    // Free memory in several tiers: slots of a class, a large block's pages.
+    let small: Vec<_> = (0..64).map(|_| mm.allocate_raw(256, 64).unwrap()).collect();
+    for p in small.iter().step_by(2) {
+        mm.free_raw(p.as_ptr()).unwrap();
+    }
+    let large = mm.allocate_raw(2 << 20, 64).unwrap();
+    let held = mm.allocate_raw(5 << 20, 64).unwrap();
+    mm.free_raw(large.as_ptr()).unwrap();
+    let err = mm.allocate_raw(14 << 20, 64).unwrap_err();
+    let Error::OutOfMemory(report) = &err else {
+        panic!("{err:?}")
+    };
+    let stats = mm.stats();
+    // The freed large block's pages stay cached (the retry could not help).
+    assert!(report.largest_free_block >= 1 << 20, "{report:?}");
+    assert_eq!(report.largest_free_block, stats.largest_free_block);
+    assert_eq!(report.cached_bytes, stats.cached_bytes);
+    mm.free_raw(held.as_ptr()).unwrap();
+    for p in small.iter().skip(1).step_by(2) {
+        mm.free_raw(p.as_ptr()).unwrap();
+    }
+}
+
+#[test]
+fn arenas_take_chunks_from_the_manager() {
+    let mm = manager(heap_config());
+    {
+        let mut arena = mm.arena();
+        let n = if cfg!(miri) { 20_000 } else { 100_000 };
+        let xs = arena.alloc_slice_fill(n, 1.5f32).unwrap();
+        assert_eq!(xs.iter().sum::<f32>(), 1.5 * n as f32);
+        let s = mm.stats();
+        assert!(s.arena_bytes >= 4 * n);
+        assert!(s.allocated_bytes >= s.arena_bytes);
+        // an arena chunk is not the raw API's to free
+        let chunk = mm
+            .snapshot()
+            .segments
+            .iter()
+            .flat_map(|s| s.blocks.clone())
+            .find(|b| b.size >= 4 * n && b.state == crate::observe::snapshot::BlockState::Allocated)
+            .unwrap();
+        assert!(matches!(
+            mm.free_raw(std::ptr::without_provenance_mut(chunk.address)),
+            Err(Error::InvalidPointer {
+                reason: PointerError::NotRaw,
+                ..
+            })
+        ));
+        arena.reset();
+    }
+    let s = mm.stats();
+    assert_eq!((s.arena_bytes, s.allocated_bytes), (0, 0));
+    let fixed = mm.arena_with_capacity(4096).unwrap();
+    assert!(fixed.allocate(5000, 8).is_err());
+}
+
+#[test]
+fn bad_requests_are_errors() {
+    let mm = manager(heap_config());
+    assert_eq!(mm.allocate_raw(0, 64), Err(Error::ZeroSize));
+    assert_eq!(
+        mm.allocate_raw(64, 3),
+        Err(Error::InvalidAlignment { align: 3 })
+    );
+    assert!(matches!(
+        mm.allocate_raw(64, 1 << 13),
+        Err(Error::AlignmentTooLarge { .. })
+    ));
+    assert!(matches!(
+        mm.allocate_raw(usize::MAX, 64),
+        Err(Error::SizeTooLarge { .. })
+    ));
+    assert_eq!(mm.stats().num_allocs, 0);
+}
+
+#[test]
+fn peaks_and_summary() {
+    let mm = manager(heap_config());
+    let a = mm.allocate_raw(1 << 20, 64).unwrap();
+    let b = mm.allocate_raw(1 << 20, 64).unwrap();
+    mm.free_raw(a.as_ptr()).unwrap();
+    let s = mm.stats();
+    assert_eq!(s.peak_allocated_bytes, 2 << 20);
+    assert_eq!(s.allocated_bytes, 1 << 20);
+    assert!(s.largest_free_block >= 1 << 20);
+    mm.reset_peak_stats();
+    assert_eq!(mm.stats().peak_allocated_bytes, 1 << 20);
+    let text = mm.summary();
+    assert!(text.contains("allocated (held by program)") && text.contains("large (best fit)"));
+    let json = serde_json::to_value(mm.stats()).unwrap();
+    for key in [
+        "allocated_bytes",
+        "requested_bytes",
+        "reserved_bytes",
+        "cached_bytes",
+        "peak_allocated_bytes",
+        "peak_reserved_bytes",
+        "num_allocs",
+        "num_frees",
+        "num_ooms",
+        "largest_free_block",
+        "fragmentation",
+        "internal_waste_bytes",
+        "tiers",
+        "classes",
+    ] {
+        assert!(json.get(key).is_some(), "missing {key}");
+    }
+    mm.free_raw(b.as_ptr()).unwrap();
+}
+
+#[test]
+fn clones_share_one_manager() {
+    let mm = manager(heap_config());
+    let other = mm.clone();
+    let p = other.allocate_raw(64, 64).unwrap();
+    drop(other);
+    assert_eq!(mm.stats().allocated_blocks, 1);
+    mm.free_raw(p.as_ptr()).unwrap();
+}
+
+mod model {
+    use super::*;
+    use crate::limits::round_up;
+    use crate::observe::snapshot::BlockState;
+    use crate::testing::{check, fill, ops_len, proptest_config, LiveSet};
+    use crate::upstream::HUGE_PAGE_SIZE;
+    use proptest::prelude::*;
+
+    const SMALL: usize = 4096;
+    const HUGE: usize = 4 << 20;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Alloc {
+            size: usize,
+            align: usize,
+            raw: bool,
+        },
+        Free(usize),
+        BadFree(usize, usize),
+        Trim,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let size = prop_oneof![
+            1usize..SMALL,
+            SMALL..300_000,
+            300_000..HUGE,
+            HUGE..(6 << 20)
+        ];
+        let align = prop_oneof![Just(1usize), Just(8), Just(64), Just(256), Just(4096)];
+        prop_oneof![
+            6 => (size, align, any::<bool>()).prop_map(|(size, align, raw)| Op::Alloc { size, align, raw }),
+            4 => any::<usize>().prop_map(Op::Free),
+            1 => (any::<usize>(), 0usize..5000).prop_map(|(i, o)| Op::BadFree(i, o)),
+            1 => Just(Op::Trim),
+        ]
+    }
+
+    struct Live {
+        ptr: NonNull<u8>,
+        size: usize,
+        align: usize,
+        raw: bool,
+        seed: u64,
+    }
+
+    fn expected_block(mm: &MemoryManager, size: usize, align: usize) -> Option<(Tier, usize)> {
+        let align = align.max(64);
+        match mm
+            .size_classes()
+            .and_then(|c| c.class_for(size, align).map(|i| c.size_of(i)))
+        {
+            Some(block) => Some((Tier::Small, block)),
+            None if size > HUGE => Some((Tier::Huge, round_up(size, HUGE_PAGE_SIZE))),
+            None => None,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(proptest_config(96))]
+
+        /// The manager against a model of live blocks, through both the raw API and
+        /// the Allocator trait, with and without explicit pools and a limit.
+        #[test]
+        fn manager_matches_model(
+            pools in any::<bool>(),
+            limit in proptest::option::of(16usize..40),
+            ops in proptest::collection::vec(op(), ops_len(100)),
+        ) {
+            let mut config = Config::builder()
+                .upstream(UpstreamKind::Heap)
+                .small_threshold(SMALL)
+                .huge_threshold(HUGE)
+                .pool_chunk_size(16 << 10);
+            if pools {
+                config = config.pool(256, 3).pool(2048, 2);
+            }
+            if let Some(mib) = limit {
+                config = config.memory_limit(mib << 20);
+            }
+            let mm = MemoryManager::new(config.build().unwrap()).unwrap();
+            let mut live: Vec<Live> = Vec::new();
+            let mut seed = 0;
+            for op in ops {
+                match op {
+                    Op::Alloc { size, align, raw } => {
+                        let before = mm.stats();
+                        let result = if raw {
+                            mm.allocate_raw(size, align)
+                        } else {
+                            mm.allocate_typed(Layout::from_size_align(size, align).unwrap())
+                        };
+                        match result {
+                            Ok(ptr) => {
+                                prop_assert_eq!(ptr.as_ptr() as usize % align.max(64), 0);
+                                seed += 1;
+                                // SAFETY: a live block of `size` bytes.
+                                unsafe { fill(ptr.as_ptr(), size, seed) };
+                                live.push(Live { ptr, size, align, raw, seed });
+                            }
+                            Err(Error::OutOfMemory(report)) => {
+                                prop_assert!(limit.is_some(), "OOM without a limit");
+                                prop_assert_eq!(report.requested, size);
+                                prop_assert!(report.reserved_bytes + size > report.limit.unwrap() - (2 << 20));
+                                let after = mm.stats();
+                                prop_assert_eq!(after.num_ooms, before.num_ooms + 1);
+                                prop_assert_eq!(after.allocated_bytes, before.allocated_bytes);
+                            }
+                            Err(e) => prop_assert!(false, "unexpected {}", e),
+                        }
+                    }
+                    Op::Free(i) if !live.is_empty() => {
+                        let l = live.swap_remove(i % live.len());
+                        // SAFETY: live, filled with `l.seed`.
+                        unsafe { check(l.ptr.as_ptr(), l.size, l.seed) };
+                        if l.raw {
+                            mm.free_raw(l.ptr.as_ptr()).unwrap();
+                            prop_assert!(mm.free_raw(l.ptr.as_ptr()).is_err(), "double free accepted");
+                        } else {
+                            let refused = matches!(
+                                mm.free_raw(l.ptr.as_ptr()),
+                                Err(Error::InvalidPointer { reason: PointerError::NotRaw, .. })
+                            );
+                            prop_assert!(refused, "free_raw took a typed block");
+                            // SAFETY: allocated through the Allocator with this layout.
+                            unsafe { Allocator::deallocate(&mm, l.ptr, Layout::from_size_align(l.size, l.align).unwrap()) };
+                        }
+                    }
+                    Op::BadFree(i, off) if !live.is_empty() => {
+                        let l = &live[i % live.len()];
+                        if off > 0 && off < l.size {
+                            let before = mm.stats();
+                            prop_assert!(mm.free_raw(l.ptr.as_ptr().wrapping_add(off)).is_err());
+                            prop_assert_eq!(mm.stats(), before);
+                        }
+                    }
+                    Op::Trim => {
+                        mm.trim();
+                    }
+                    _ => {}
+                }
+                let mut set = LiveSet::default();
+                for l in &live {
+                    set.insert(l.ptr.as_ptr() as usize, l.size);
+                }
+                let s = mm.stats();
+                prop_assert_eq!(s.allocated_blocks, live.len());
+                prop_assert_eq!(s.requested_bytes, live.iter().map(|l| l.size).sum::<usize>());
+                prop_assert!(s.reserved_bytes >= s.allocated_bytes);
+                if let Some(mib) = limit {
+                    prop_assert!(s.reserved_bytes <= mib << 20);
+                }
+                // Every live block appears in the snapshot with its state, and the
+                // snapshot's live bytes are the allocated bytes.
+                let snap = mm.snapshot();
+                let blocks: std::collections::HashMap<usize, (usize, BlockState)> = snap.segments.iter()
+                    .flat_map(|seg| seg.blocks.iter())
+                    .filter(|b| !matches!(b.state, BlockState::Free | BlockState::Slab))
+                    .map(|b| (b.address, (b.size, b.state)))
+                    .collect();
+                prop_assert_eq!(blocks.len(), live.len());
+                prop_assert_eq!(blocks.values().map(|b| b.0).sum::<usize>(), s.allocated_bytes);
+                for l in &live {
+                    let (block, state) = blocks[&(l.ptr.as_ptr() as usize)];
+                    prop_assert!(block >= l.size);
+                    prop_assert_eq!(state, BlockState::live(l.raw));
+                    if !pools {
+                        if let Some((_, expected)) = expected_block(&mm, l.size, l.align) {
+                            prop_assert_eq!(block, expected);
+                        }
+                    }
+                }
+            }
+            for l in live {
+                // SAFETY: live, filled with `l.seed`.
+                unsafe { check(l.ptr.as_ptr(), l.size, l.seed) };
+                if l.raw {
+                    mm.free_raw(l.ptr.as_ptr()).unwrap();
+                } else {
+                    // SAFETY: allocated through the Allocator with this layout.
+                    unsafe { Allocator::deallocate(&mm, l.ptr, Layout::from_size_align(l.size, l.align).unwrap()) };
+                }
+            }
+            let s = mm.stats();
+            prop_assert_eq!((s.allocated_bytes, s.requested_bytes, s.allocated_blocks), (0, 0, 0));
+            prop_assert_eq!(s.num_allocs, s.num_frees);
+            mm.trim();
+            let s = mm.stats();
+            prop_assert_eq!(s.reserved_bytes, 0);
+            prop_assert_eq!(s.num_upstream_allocs, s.num_upstream_frees);
+        }
+    }
+}
