@@ -31,7 +31,7 @@
 use crate::error::{Error, Result};
 use crate::limits::{validate, MAX_ALIGN};
 use crate::tiers::size_class::SizeClasses;
-use crate::upstream::HUGE_PAGE_SIZE;
+use crate::tiers::{arena, best_fit, fixed_pool};
 use crate::util::bytes::{format_bytes, serde_opt_size, serde_size};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -188,26 +188,26 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            alignment: 64,
+            alignment: fixed_pool::DEFAULT_ALIGN,
             min_block_size: 64,
             classes_per_doubling: 8,
             small_threshold: 32 << 10,
             medium_threshold: 1 << 20,
             huge_threshold: 1 << 30,
-            pool_chunk_size: 256 << 10,
+            pool_chunk_size: fixed_pool::DEFAULT_MAX_CHUNK,
             // A page: slabs and cached large blocks are runs of whole pages of the
             // best-fit tier, and its own blocks then tile with them.
             large_granularity: crate::tiers::slab::page_map::PAGE,
-            segment_size: 2 << 20,
+            segment_size: best_fit::DEFAULT_SEGMENT_SIZE,
             expandable_segments: None,
-            commit_granularity: 64 << 10,
+            commit_granularity: best_fit::DEFAULT_COMMIT_GRANULARITY,
             max_split_size: None,
-            max_oversize_waste: 20 << 20,
+            max_oversize_waste: best_fit::DEFAULT_MAX_OVERSIZE_WASTE,
             huge_cache_limit: None,
             memory_limit: None,
             thread_cache_bytes: 32 << 20,
             pools: Vec::new(),
-            arena_chunk_size: 64 << 10,
+            arena_chunk_size: arena::DEFAULT_FIRST_CHUNK,
             upstream: if cfg!(all(unix, not(miri))) {
                 UpstreamKind::Mmap
             } else {
@@ -347,7 +347,7 @@ impl Config {
                 .map_err(|e| Error::InvalidConfig(format!("{name} is not a valid size: {e}")))
         };
         size("pool_chunk_size", self.pool_chunk_size)?;
-        size("segment_size", self.segment_size)?;
+        best_fit::check_segment_size(self.segment_size)?;
         size("arena_chunk_size", self.arena_chunk_size)?;
         let page = crate::tiers::slab::page_map::PAGE;
         if !self.large_granularity.is_power_of_two()
@@ -373,16 +373,7 @@ impl Config {
                 format_bytes(self.huge_threshold)
             ));
         }
-        if let Some(max_split) = self.max_split_size {
-            let segment = crate::limits::round_up(self.segment_size, HUGE_PAGE_SIZE);
-            if max_split <= segment {
-                return bad(format!(
-                    "max_split_size ({}) must be larger than the segment size ({})",
-                    format_bytes(max_split),
-                    format_bytes(segment)
-                ));
-            }
-        }
+        best_fit::check_max_split_size(self.max_split_size, self.segment_size)?;
         if self.memory_limit == Some(0) {
             return bad(
                 "memory_limit must be at least 1 byte (leave it unset for no limit)".into(),
@@ -394,15 +385,7 @@ impl Config {
                     .into(),
             );
         }
-        let page = crate::upstream::page_size();
-        if !self.commit_granularity.is_power_of_two()
-            || !(page..=HUGE_PAGE_SIZE).contains(&self.commit_granularity)
-        {
-            return bad(format!(
-                "commit_granularity must be a power of two from a page ({page} B) to 2 MiB, got {}",
-                self.commit_granularity
-            ));
-        }
+        best_fit::check_commit_granularity(self.commit_granularity)?;
         if self.huge_pages == Some(true) && self.upstream == UpstreamKind::Heap {
             // Advice that cannot apply is refused rather than ignored.
             return bad(

@@ -54,6 +54,7 @@ use crate::upstream::{
     default_upstream, AddressSpace, Region, Upstream, UpstreamError, HUGE_PAGE_SIZE,
 };
 use crate::util::address_map::AddressMap;
+use crate::util::bytes::format_bytes;
 use allocator_api2::alloc::{AllocError, Allocator};
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
@@ -266,32 +267,12 @@ impl BestFitBuilder {
                 self.granularity
             )));
         }
-        let page = crate::upstream::page_size();
-        if !self.commit_granularity.is_power_of_two()
-            || !(page..=HUGE_PAGE_SIZE).contains(&self.commit_granularity)
-        {
-            return Err(Error::InvalidConfig(format!(
-                "the commit granularity must be a power of two from a page ({page} B) to 2 MiB, got {}",
-                self.commit_granularity
-            )));
-        }
+        check_commit_granularity(self.commit_granularity)?;
         validate(self.reservation, 1).map_err(|e| {
-            Error::InvalidConfig(format!("the reservation size is not a valid size: {e}"))
+            Error::InvalidConfig(format!("reservation_size is not a valid size: {e}"))
         })?;
-        validate(self.segment_size, 1).map_err(|e| {
-            Error::InvalidConfig(format!(
-                "the best-fit segment size is not a valid size: {e}"
-            ))
-        })?;
-        if let Some(max_split) = self.max_split_size {
-            if max_split <= round_up(self.segment_size, HUGE_PAGE_SIZE) {
-                return Err(Error::InvalidConfig(format!(
-                    "max_split_size ({max_split}) must be larger than the segment size ({}), \
-                     or new segments could never be split",
-                    round_up(self.segment_size, HUGE_PAGE_SIZE)
-                )));
-            }
-        }
+        check_segment_size(self.segment_size)?;
+        check_max_split_size(self.max_split_size, self.segment_size)?;
         let upstream = self.upstream.unwrap_or_else(default_upstream);
         Ok(BestFit {
             granularity: self.granularity,
@@ -306,6 +287,39 @@ impl BestFitBuilder {
             upstream,
             state: Mutex::new(State::default()),
         })
+    }
+}
+
+/// The rule for `commit_granularity`, here and in [`Config`](crate::Config): a power of
+/// two from a page to 2 MiB.
+pub(crate) fn check_commit_granularity(bytes: usize) -> Result<()> {
+    let page = crate::upstream::page_size();
+    if bytes.is_power_of_two() && (page..=HUGE_PAGE_SIZE).contains(&bytes) {
+        return Ok(());
+    }
+    Err(Error::InvalidConfig(format!(
+        "commit_granularity must be a power of two from a page ({page} B) to 2 MiB, got {bytes}"
+    )))
+}
+
+/// The rule for `segment_size`, here and in [`Config`](crate::Config): a valid size.
+pub(crate) fn check_segment_size(bytes: usize) -> Result<()> {
+    validate(bytes, 1)
+        .map_err(|e| Error::InvalidConfig(format!("segment_size is not a valid size: {e}")))
+}
+
+/// The rule for `max_split_size`, here and in [`Config`](crate::Config): above the
+/// segment size (rounded to 2 MiB), or new segments could never be split.
+pub(crate) fn check_max_split_size(max_split: Option<usize>, segment_size: usize) -> Result<()> {
+    let segment = round_up(segment_size, HUGE_PAGE_SIZE);
+    match max_split {
+        Some(max_split) if max_split <= segment => Err(Error::InvalidConfig(format!(
+            "max_split_size ({}) must be larger than the segment size ({}), or new segments \
+             could never be split",
+            format_bytes(max_split),
+            format_bytes(segment)
+        ))),
+        _ => Ok(()),
     }
 }
 

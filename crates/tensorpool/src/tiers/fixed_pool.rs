@@ -50,8 +50,11 @@ use std::sync::Arc;
 /// Default alignment of standalone pools: a cache line, and a full AVX-512 vector.
 pub const DEFAULT_ALIGN: usize = 64;
 
-/// Default largest chunk a pool takes from upstream at once.
-pub const DEFAULT_MAX_CHUNK: usize = 1 << 20;
+/// Default largest chunk a pool takes from upstream at once: also the manager's
+/// largest slab ([`Config::pool_chunk_size`](crate::Config::pool_chunk_size)), which
+/// is a chunk of the same kind. Chunks double from a page up to it, so a pool that
+/// is used little holds little, and one that is used much takes a chunk in few calls.
+pub const DEFAULT_MAX_CHUNK: usize = 256 << 10;
 
 /// Largest granule: chunks of classes above it are still found in O(1), through one
 /// hash entry per granule they span.
@@ -161,7 +164,7 @@ impl FixedSizePoolBuilder {
         self
     }
 
-    /// The largest chunk taken from upstream at once (default 1 MiB). Chunks start at
+    /// The largest chunk taken from upstream at once (default [`DEFAULT_MAX_CHUNK`], 256 KiB). Chunks start at
     /// a page and double with the pool up to this size.
     pub fn max_chunk_size(mut self, bytes: usize) -> Self {
         self.max_chunk = bytes;
