@@ -259,3 +259,19 @@ fn row(out: &mut String, label: &str, times: &[f64]) {
         ratios.join(" | ")
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_progress_bar_counts_the_steps_run() {
+        let threads = [1, 2];
+        let mut told = Vec::new();
+        let report = run(Effort::SMOKE, &threads, |step| told.push(step.to_string()));
+        assert_eq!(told.len(), steps(&threads), "steps told: {told:?}");
+        assert_eq!(told.first().map(String::as_str), Some("pairs of 64 B"));
+        assert_eq!(told.last().map(String::as_str), Some("producer/consumer"));
+        assert!(report.starts_with("Allocate + free, hot"), "{report}");
+    }
+}

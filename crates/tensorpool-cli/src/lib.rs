@@ -5,6 +5,7 @@
 //! the benchmarks in `benches/` share the workloads of [`workloads`].
 
 pub mod bench;
+pub mod error;
 pub mod peers;
 pub mod plan;
 pub mod plot;

@@ -6,6 +6,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tensorpool::Config;
+use tensorpool_cli::error::{CliError, Result};
 use tensorpool_cli::peers::Kind;
 use tensorpool_cli::replay::{self, Options, Source};
 use tensorpool_cli::{bench, plan, plot};
@@ -98,9 +99,9 @@ struct HowToReplay {
 }
 
 impl HowToReplay {
-    fn options(self, samples: usize) -> Result<Options, String> {
+    fn options(self, samples: usize) -> Result<Options> {
         let mut config = match &self.config {
-            Some(p) => Config::from_file(p).map_err(|e| e.to_string())?,
+            Some(p) => Config::from_file(p)?,
             None => Config::default(),
         };
         config.debug |= self.debug;
@@ -119,9 +120,9 @@ fn print_report<T: serde::Serialize>(
     json: bool,
     report: &T,
     table: impl FnOnce() -> String,
-) -> Result<(), String> {
+) -> Result<()> {
     if json {
-        let text = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
+        let text = serde_json::to_string_pretty(report)?;
         println!("{text}");
     } else {
         print!("{}", table());
@@ -149,7 +150,7 @@ fn progress(quiet: bool, total: usize) -> ProgressBar {
     bar
 }
 
-fn run(cli: Cli) -> Result<(), String> {
+fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Replay {
             traces,
@@ -164,7 +165,7 @@ fn run(cli: Cli) -> Result<(), String> {
             };
             // Check every trace and the config before the long work.
             for source in &sources {
-                source.load().map_err(|e| e.to_string())?;
+                source.load()?;
             }
             let options = how.options(400)?;
             let bar = progress(cli.quiet, sources.len() * Kind::ALL.len());
@@ -178,14 +179,9 @@ fn run(cli: Cli) -> Result<(), String> {
                 let text = match path.extension().and_then(|e| e.to_str()) {
                     Some("svg") => plot::svg(&reports),
                     Some("html") | Some("htm") => plot::html(&reports),
-                    _ => {
-                        return Err(format!(
-                            "{}: the plot must be a .html or .svg file",
-                            path.display()
-                        ))
-                    }
+                    _ => return Err(CliError::PlotKind(path)),
                 };
-                std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+                std::fs::write(&path, text).map_err(CliError::file(&path))?;
                 if !json {
                     println!("plot written to {}", path.display());
                 }
@@ -199,7 +195,7 @@ fn run(cli: Cli) -> Result<(), String> {
             json,
         } => {
             let source = Source::parse(&trace);
-            let loaded = source.load().map_err(|e| e.to_string())?;
+            let loaded = source.load()?;
             let stem = match &source {
                 Source::Embedded => "transformer_train".to_string(),
                 Source::File(p) => {
@@ -249,9 +245,9 @@ fn run(cli: Cli) -> Result<(), String> {
             samples,
         } => {
             let options = how.options(samples)?;
-            let trace = Source::parse(&trace).load().map_err(|e| e.to_string())?;
-            let m = replay::measure(&trace, allocator, &options).map_err(|e| e.to_string())?;
-            println!("{}", serde_json::to_string(&m).map_err(|e| e.to_string())?);
+            let trace = Source::parse(&trace).load()?;
+            let m = replay::measure(&trace, allocator, &options)?;
+            println!("{}", serde_json::to_string(&m)?);
             Ok(())
         }
     }

@@ -15,7 +15,9 @@
 //!   (`id,lower,upper,size,offset`, lifetimes in events) and verified: no two buffers
 //!   live at the same time overlap.
 
+use crate::error::{CliError, Overlap, Result};
 use crate::peers::{Kind, Subject};
+use crate::replay;
 use serde::Serialize;
 use std::alloc::Layout;
 use std::collections::BTreeMap;
@@ -85,7 +87,7 @@ pub fn greedy_by_size(lifetimes: &[Lifetime]) -> (Vec<Placement>, u64) {
 
 /// Checks that no two buffers live at the same time overlap in the plan, sweeping the
 /// events in order. Returns the first conflict.
-pub fn verify(trace: &Trace, placements: &[Placement]) -> Result<(), String> {
+pub fn verify(trace: &Trace, placements: &[Placement]) -> Result<(), Overlap> {
     let mut live: BTreeMap<u64, (u64, u32)> = BTreeMap::new(); // offset -> (end, id)
     for event in &trace.events {
         match *event {
@@ -94,12 +96,22 @@ pub fn verify(trace: &Trace, placements: &[Placement]) -> Result<(), String> {
                 let end = offset + size;
                 if let Some((&o, &(e, other))) = live.range(..=offset).next_back() {
                     if e > offset {
-                        return Err(format!("buffers {other} [{o}, {e}) and {id} [{offset}, {end}) overlap while both live"));
+                        return Err(Overlap {
+                            first: other,
+                            first_range: (o, e),
+                            second: id,
+                            second_range: (offset, end),
+                        });
                     }
                 }
                 if let Some((&o, &(e, other))) = live.range(offset..).next() {
                     if o < end {
-                        return Err(format!("buffers {id} [{offset}, {end}) and {other} [{o}, {e}) overlap while both live"));
+                        return Err(Overlap {
+                            first: id,
+                            first_range: (offset, end),
+                            second: other,
+                            second_range: (o, e),
+                        });
                     }
                 }
                 live.insert(offset, (end, id));
@@ -117,40 +129,14 @@ pub fn verify(trace: &Trace, placements: &[Placement]) -> Result<(), String> {
 
 /// The bytes tensorpool reserves at its peak when `trace` is replayed with `config`
 /// (pages untouched; the typed path, as `replay` uses).
-pub fn online_peak(trace: &Trace, config: &Config) -> Result<u64, String> {
-    let subject = Subject::new(Kind::Tensorpool, config).map_err(|e| e.to_string())?;
+pub fn online_peak(trace: &Trace, config: &Config) -> Result<u64> {
+    let subject = Subject::new(Kind::Tensorpool, config)?;
     let sizes = trace.block_sizes();
-    let layouts: Vec<Layout> = sizes
-        .iter()
-        .map(|&s| {
-            Layout::from_size_align((s as usize).max(1), 64).expect("trace sizes fit a layout")
-        })
-        .collect();
+    let layouts: Vec<Layout> = sizes.iter().copied().map(replay::layout_of).collect();
     let mut peak = 0usize;
-    let mut live = vec![None; layouts.len()];
-    for event in &trace.events {
-        match *event {
-            Event::Alloc { id, size } => {
-                let ptr = subject
-                    .alloc(layouts[id as usize])
-                    .ok_or_else(|| format!("out of memory replaying {size} bytes"))?;
-                live[id as usize] = Some(ptr);
-                peak = peak.max(subject.reserved_bytes());
-            }
-            Event::Free { id } => {
-                if let Some(ptr) = live[id as usize].take() {
-                    // SAFETY: allocated above with this layout, freed once.
-                    unsafe { subject.free(ptr, layouts[id as usize]) };
-                }
-            }
-        }
-    }
-    for (id, ptr) in live.into_iter().enumerate() {
-        if let Some(ptr) = ptr {
-            // SAFETY: allocated above with this layout, freed once.
-            unsafe { subject.free(ptr, layouts[id]) };
-        }
-    }
+    replay::run_once(trace, &sizes, &layouts, &subject, false, |_, _| {
+        peak = peak.max(subject.reserved_bytes());
+    })?;
     Ok(peak as u64)
 }
 
@@ -231,12 +217,7 @@ pub struct PlanReport {
 
 /// Plans `trace`, writing the suggested configuration to `config_out` and the offline
 /// plan to `plan_out`.
-pub fn plan(
-    label: &str,
-    trace: &Trace,
-    config_out: &Path,
-    plan_out: &Path,
-) -> Result<PlanReport, String> {
+pub fn plan(label: &str, trace: &Trace, config_out: &Path, plan_out: &Path) -> Result<PlanReport> {
     let live = trace.peak_live_bytes();
     let default_peak = online_peak(trace, &Config::default())?;
     let mut best: Option<(String, Config, u64)> = None;
@@ -246,15 +227,22 @@ pub fn plan(
             best = Some((name, config, peak));
         }
     }
-    let (suggested, config, suggested_peak) = best.ok_or("no candidate configuration")?;
+    // Every candidate may be invalid on a machine with large pages: then the default.
+    let (suggested, config, suggested_peak) = best.unwrap_or_else(|| {
+        (
+            "the default configuration".into(),
+            Config::default(),
+            default_peak,
+        )
+    });
     let text = format!(
         "# Suggested by `tensorpool plan` for {label}: {suggested}.\n# Peak reserved {suggested_peak} bytes for a live peak of {live}.\n{}",
         config.to_toml_string()
     );
-    std::fs::write(config_out, text).map_err(|e| format!("{}: {e}", config_out.display()))?;
+    std::fs::write(config_out, text).map_err(CliError::file(config_out))?;
     let lifetimes = trace.lifetimes();
     let (placements, arena) = greedy_by_size(&lifetimes);
-    verify(trace, &placements).map_err(|e| format!("the offline plan is wrong: {e}"))?;
+    verify(trace, &placements)?;
     let placed: Vec<Placed> = placements
         .iter()
         .map(|p| Placed {
@@ -265,10 +253,9 @@ pub fn plan(
             offset: p.offset,
         })
         .collect();
-    let mut file = std::io::BufWriter::new(
-        std::fs::File::create(plan_out).map_err(|e| format!("{}: {e}", plan_out.display()))?,
-    );
-    intervals::write(&mut file, &placed).map_err(|e| format!("{}: {e}", plan_out.display()))?;
+    let mut file =
+        std::io::BufWriter::new(std::fs::File::create(plan_out).map_err(CliError::file(plan_out))?);
+    intervals::write(&mut file, &placed).map_err(CliError::file(plan_out))?;
     let ratio = |bytes: u64| bytes as f64 / live.max(1) as f64;
     Ok(PlanReport {
         trace: label.to_string(),
@@ -353,6 +340,10 @@ mod tests {
                 offset: 5,
             })
             .collect();
-        assert!(verify(&trace, &bad).unwrap_err().contains("overlap"));
+        let overlap = verify(&trace, &bad).unwrap_err();
+        assert!(
+            overlap.to_string().contains("overlap while both live"),
+            "{overlap}"
+        );
     }
 }

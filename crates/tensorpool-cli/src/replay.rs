@@ -16,7 +16,9 @@
 //! The replay loop's own cost (walking the events, the pointer table) is measured with
 //! an allocator that does nothing, and reported beside the results.
 
+use crate::error::{CliError, Result};
 use crate::peers::{page_faults, Kind, Subject};
+use crate::workloads;
 use serde::{Deserialize, Serialize};
 use std::alloc::Layout;
 use std::path::{Path, PathBuf};
@@ -29,8 +31,6 @@ use tensorpool::Config;
 /// `nn.TransformerEncoder` (4 layers, d_model 256), recorded from the profiler.
 pub const EMBEDDED_NAME: &str = "embedded:transformer_train";
 const EMBEDDED: &[u8] = include_bytes!("../../../traces/transformer_train.csv.gz");
-
-const PAGE: usize = 4096;
 
 /// Where a trace comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,27 +158,20 @@ pub struct TraceReport {
 }
 
 /// The layout a block of `size` bytes is replayed with: 64-byte aligned, as tensors are.
-fn layout_of(size: u64) -> Layout {
+pub(crate) fn layout_of(size: u64) -> Layout {
     Layout::from_size_align((size as usize).max(1), 64).expect("trace sizes are below isize::MAX")
-}
-
-fn touch(ptr: NonNull<u8>, size: usize) {
-    for offset in (0..size).step_by(PAGE) {
-        // SAFETY: `offset < size`, inside a live block of `size` bytes.
-        unsafe { ptr.as_ptr().add(offset).write_volatile(1) };
-    }
 }
 
 /// Runs the whole trace once against `subject`, calling `after_alloc(event index, live
 /// bytes)` after every allocation. Returns an error if the allocator runs out.
-fn run_once(
+pub(crate) fn run_once(
     trace: &Trace,
     sizes: &[u64],
     layouts: &[Layout],
     subject: &Subject,
     touch_pages: bool,
     mut after_alloc: impl FnMut(usize, u64),
-) -> Result<(), String> {
+) -> Result<()> {
     let mut live: Vec<Option<NonNull<u8>>> = vec![None; layouts.len()];
     let mut live_bytes = 0u64;
     let mut result = Ok(());
@@ -187,11 +180,11 @@ fn run_once(
             Event::Alloc { id, size } => {
                 let layout = layouts[id as usize];
                 let Some(ptr) = subject.alloc(layout) else {
-                    result = Err(format!("out of memory at event {i} ({size} bytes)"));
+                    result = Err(CliError::OutOfMemory { event: i, size });
                     break;
                 };
                 if touch_pages {
-                    touch(ptr, layout.size());
+                    workloads::touch(ptr, layout.size());
                 }
                 live[id as usize] = Some(ptr);
                 live_bytes += size;
@@ -257,13 +250,15 @@ fn measure_here(trace: &Trace, kind: Kind, options: &Options) -> tensorpool::Res
     let subject = sampler;
     let mut reps = Vec::with_capacity(options.reps);
     let faults = page_faults();
-    let mut error = sampled.err();
+    let mut error = sampled.err().map(|e| e.to_string());
     for _ in 0..options.reps.max(1) {
         if error.is_some() {
             break;
         }
         let start = Instant::now();
-        error = run_once(trace, &sizes, &layouts, &subject, options.touch, |_, _| {}).err();
+        error = run_once(trace, &sizes, &layouts, &subject, options.touch, |_, _| {})
+            .err()
+            .map(|e| e.to_string());
         reps.push(start.elapsed().as_nanos() as f64 / trace.events.len().max(1) as f64);
     }
     let faults = (page_faults() - faults) / reps.len().max(1) as u64;
@@ -329,7 +324,7 @@ fn run_worker(
     kind: Kind,
     options: &Options,
     touch: bool,
-) -> Result<Measurement, String> {
+) -> Result<Measurement> {
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("replay-worker")
         .arg("--allocator")
@@ -348,18 +343,19 @@ fn run_worker(
         cmd.arg("--debug");
     }
     cmd.arg(source.label());
+    let failed = |why: String| CliError::Worker {
+        allocator: kind.name(),
+        why,
+    };
     let output = cmd
         .output()
-        .map_err(|e| format!("cannot start a worker: {e}"))?;
+        .map_err(|e| failed(format!("it could not start: {e}")))?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        return Err(format!(
-            "the {} worker failed: {}",
-            kind.name(),
-            stderr.trim()
-        ));
+        return Err(failed(stderr.trim().to_string()));
     }
-    serde_json::from_slice(&output.stdout).map_err(|e| format!("unreadable worker output: {e}"))
+    serde_json::from_slice(&output.stdout)
+        .map_err(|e| failed(format!("its output is not a measurement: {e}")))
 }
 
 /// Replays every source through every allocator and builds the reports. `progress`
@@ -368,12 +364,12 @@ pub fn replay_all(
     sources: &[Source],
     options: &Options,
     mut progress: impl FnMut(&str),
-) -> Result<Vec<TraceReport>, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+) -> Result<Vec<TraceReport>> {
+    let exe = std::env::current_exe().map_err(CliError::CurrentExe)?;
     let mut reports = Vec::new();
     for source in sources {
         let started = Instant::now();
-        let trace = source.load().map_err(|e| e.to_string())?;
+        let trace = source.load()?;
         let parse_seconds = started.elapsed().as_secs_f64();
         let peak_live = trace.peak_live_bytes();
         let too_big = options.touch && peak_live > physical_memory() / 10 * 6;
@@ -395,7 +391,7 @@ pub fn replay_all(
                     upstream_calls: None,
                     page_faults: 0,
                     timeline: Vec::new(),
-                    error: Some(e),
+                    error: Some(e.to_string()),
                 });
             rows.push((kind, m));
         }
