@@ -720,6 +720,17 @@ impl Drop for Arena {
     }
 }
 
+/// Room for `layout` (a `T` or an array of them) in the arena: fresh memory, or a
+/// dangling aligned pointer for a size of zero.
+fn place<T>(arena: &Arena, layout: Layout) -> Result<NonNull<T>> {
+    if layout.size() == 0 {
+        return Ok(NonNull::<T>::dangling());
+    }
+    Ok(arena
+        .bump_or_grow(layout.size(), layout.align())?
+        .cast::<T>())
+}
+
 /// Moves `value` into `arena`, returning a reference of any lifetime.
 ///
 /// # Safety
@@ -728,13 +739,7 @@ impl Drop for Arena {
 /// reset, rewound below this allocation, or dropped.
 unsafe fn alloc_value<'a, T>(arena: &Arena, value: T) -> Result<&'a mut T> {
     let layout = Layout::new::<T>();
-    let ptr = if layout.size() == 0 {
-        NonNull::<T>::dangling()
-    } else {
-        arena
-            .bump_or_grow(layout.size(), layout.align())?
-            .cast::<T>()
-    };
+    let ptr = place::<T>(arena, layout)?;
     // SAFETY: `ptr` is valid for a `T` (fresh arena memory of its layout, or dangling
     // for a zero-sized type) and nobody else refers to it; the caller bounds 'a.
     unsafe {
@@ -757,13 +762,7 @@ unsafe fn alloc_slice_with<'a, T>(
         size: usize::MAX,
         max: crate::MAX_ALLOCATION_SIZE,
     })?;
-    let ptr = if layout.size() == 0 {
-        NonNull::<T>::dangling()
-    } else {
-        arena
-            .bump_or_grow(layout.size(), layout.align())?
-            .cast::<T>()
-    };
+    let ptr = place::<T>(arena, layout)?;
     for i in 0..len {
         // SAFETY: `i < len` elements fit the allocation made for `len` of them.
         unsafe { ptr.as_ptr().add(i).write(f(i)) };

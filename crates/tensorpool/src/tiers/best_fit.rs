@@ -55,6 +55,7 @@ use crate::upstream::{
 };
 use crate::util::address_map::AddressMap;
 use crate::util::bytes::format_bytes;
+use crate::util::id_table::IdTable;
 use allocator_api2::alloc::{AllocError, Allocator};
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
@@ -134,15 +135,13 @@ pub struct BestFitStats {
 
 #[derive(Debug, Default)]
 struct State {
-    blocks: Vec<Block>,
-    vacant_blocks: Vec<u32>,
+    blocks: IdTable<Block>,
     /// Free blocks by (size, address): the first at or above a size is the best fit.
     free: BTreeSet<(usize, usize, u32)>,
     free_bytes: usize,
     /// Live blocks by start address.
     live: FxHashMap<usize, u32>,
-    segments: Vec<Option<Segment>>,
-    vacant_segments: Vec<u32>,
+    segments: IdTable<Option<Segment>>,
     segment_map: AddressMap<u32>,
     /// The expandable segment that grows when nothing fits.
     growing: Option<u32>,
@@ -487,26 +486,17 @@ impl BestFit {
             Err(refusal) => return Err(self.refused(st, refusal, size, align)),
         };
         let region = Region::new(ptr, bytes);
-        let seg_id = match st.vacant_segments.pop() {
-            Some(id) => id,
-            None => {
-                st.segments.push(None);
-                (st.segments.len() - 1) as u32
-            }
-        };
-        let block = new_block(
-            st,
-            Block {
-                segment: seg_id,
-                offset: 0,
-                size: bytes,
-                requested: 0,
-                prev: NONE,
-                next: NONE,
-                free: true,
-                kind: Kind::Typed,
-            },
-        );
+        let seg_id = st.segments.insert(None);
+        let block = st.blocks.insert(Block {
+            segment: seg_id,
+            offset: 0,
+            size: bytes,
+            requested: 0,
+            prev: NONE,
+            next: NONE,
+            free: true,
+            kind: Kind::Typed,
+        });
         st.segments[seg_id as usize] = Some(Segment {
             region,
             committed: bytes,
@@ -578,19 +568,16 @@ impl BestFit {
             st.blocks[last as usize].size += delta;
             last
         } else {
-            let id = new_block(
-                st,
-                Block {
-                    segment: seg_id,
-                    offset: committed,
-                    size: delta,
-                    requested: 0,
-                    prev: last,
-                    next: NONE,
-                    free: true,
-                    kind: Kind::Typed,
-                },
-            );
+            let id = st.blocks.insert(Block {
+                segment: seg_id,
+                offset: committed,
+                size: delta,
+                requested: 0,
+                prev: last,
+                next: NONE,
+                free: true,
+                kind: Kind::Typed,
+            });
             if last == NONE {
                 segment_mut(st, seg_id).first = id;
             } else {
@@ -620,13 +607,7 @@ impl BestFit {
             Err(refusal) => return Err(self.refused(st, refusal, size, align)),
         };
         let region = Region::new(ptr, bytes);
-        let seg_id = match st.vacant_segments.pop() {
-            Some(id) => id,
-            None => {
-                st.segments.push(None);
-                (st.segments.len() - 1) as u32
-            }
-        };
+        let seg_id = st.segments.insert(None);
         st.segments[seg_id as usize] = Some(Segment {
             region,
             committed: 0,
@@ -747,7 +728,7 @@ impl BestFit {
                 "a free segment is one block"
             );
             take_free(st, first);
-            st.vacant_blocks.push(first);
+            st.blocks.release(first);
             drop_segment(st, seg_id);
             st.usage.on_release(region.len());
             released += region.len();
@@ -785,7 +766,7 @@ impl BestFit {
                         st.blocks[prev as usize].next = NONE;
                     }
                     segment_mut(st, seg_id).last = prev;
-                    st.vacant_blocks.push(last);
+                    st.blocks.release(last);
                 } else {
                     st.blocks[last as usize].size = keep - offset;
                     put_free(st, last, region.start());
@@ -890,22 +871,9 @@ fn segment_mut(st: &mut State, id: u32) -> &mut Segment {
 fn drop_segment(st: &mut State, seg_id: u32) {
     let seg = st.segments[seg_id as usize].take().expect("a live segment");
     st.segment_map.remove(seg.region.start());
-    st.vacant_segments.push(seg_id);
+    st.segments.release(seg_id);
     if st.growing == Some(seg_id) {
         st.growing = None;
-    }
-}
-
-fn new_block(st: &mut State, block: Block) -> u32 {
-    match st.vacant_blocks.pop() {
-        Some(id) => {
-            st.blocks[id as usize] = block;
-            id
-        }
-        None => {
-            st.blocks.push(block);
-            (st.blocks.len() - 1) as u32
-        }
     }
 }
 
@@ -933,15 +901,12 @@ fn put_free(st: &mut State, id: u32, base: usize) {
 fn split(st: &mut State, id: u32, at: usize) -> u32 {
     let b = st.blocks[id as usize];
     debug_assert!(at > 0 && at < b.size);
-    let rest = new_block(
-        st,
-        Block {
-            offset: b.offset + at,
-            size: b.size - at,
-            prev: id,
-            ..b
-        },
-    );
+    let rest = st.blocks.insert(Block {
+        offset: b.offset + at,
+        size: b.size - at,
+        prev: id,
+        ..b
+    });
     if b.next == NONE {
         segment_mut(st, b.segment).last = rest;
     } else {
@@ -964,7 +929,7 @@ fn merge_next(st: &mut State, id: u32) {
     } else {
         st.blocks[n.next as usize].prev = id;
     }
-    st.vacant_blocks.push(next);
+    st.blocks.release(next);
 }
 
 /// Why `addr`, which starts no live block, cannot be freed. Walks the containing
@@ -994,7 +959,7 @@ fn classify(st: &State, addr: usize) -> PointerError {
 impl Drop for BestFit {
     fn drop(&mut self) {
         let st = self.state.get_mut();
-        for seg in st.segments.drain(..).flatten() {
+        for seg in st.segments.take_all().into_iter().flatten() {
             let region = seg.region;
             // SAFETY: every segment came from this upstream (a plain one with its size
             // and 2 MiB alignment, an expandable one from its address space with

@@ -39,6 +39,7 @@ use crate::observe::snapshot::{BlockSnapshot, BlockState, SegmentSnapshot, Snaps
 use crate::observe::stats::{Tier, Usage};
 use crate::tiers::contract::{self, BlockSizes, BlockTier, Grant};
 use crate::upstream::{default_upstream, page_size, Region, Upstream};
+use crate::util::id_table::IdTable;
 use crate::util::sync::Mutex;
 use allocator_api2::alloc::{AllocError, Allocator};
 use rustc_hash::FxHashMap;
@@ -105,8 +106,7 @@ pub struct PoolStats {
 
 #[derive(Debug, Default)]
 struct PoolState {
-    chunks: Vec<Option<Chunk>>,
-    vacant: Vec<u32>,
+    chunks: IdTable<Option<Chunk>>,
     /// Granule number (address >> granule_shift) -> chunk id.
     granules: FxHashMap<usize, u32>,
     /// Chunks with at least one free slot; allocation takes from the last.
@@ -426,16 +426,7 @@ impl FixedSizePool {
             live_count: 0,
             in_available: true,
         };
-        let id = match st.vacant.pop() {
-            Some(id) => {
-                st.chunks[id as usize] = Some(chunk);
-                id
-            }
-            None => {
-                st.chunks.push(Some(chunk));
-                (st.chunks.len() - 1) as u32
-            }
-        };
+        let id = st.chunks.insert(Some(chunk));
         let first = region.start() >> self.granule_shift;
         let last = (region.start() + bytes - 1) >> self.granule_shift;
         for g in first..=last {
@@ -468,7 +459,7 @@ impl FixedSizePool {
             for g in first..=last {
                 st.granules.remove(&g);
             }
-            st.vacant.push(id);
+            st.chunks.release(id);
             st.total_slots -= chunk.slots as usize;
             st.usage.on_release(region.len());
             released += region.len();
@@ -506,7 +497,7 @@ impl FixedSizePool {
 impl Drop for FixedSizePool {
     fn drop(&mut self) {
         let st = self.state.get_mut();
-        for chunk in st.chunks.drain(..).flatten() {
+        for chunk in st.chunks.take_all().into_iter().flatten() {
             // SAFETY: each chunk's region came from this upstream with its size and
             // the granule alignment; the pool is going away, so nothing allocates
             // from it again. Borrowers through `Allocator` hold `&self`, so none is

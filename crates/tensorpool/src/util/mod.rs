@@ -1,8 +1,9 @@
 //! The bottom layer: arithmetic and data structures that know nothing of allocation
 //! strategies (byte counts and their formatting, an ordered map of address ranges,
-//! and the synchronisation primitives that loom can swap out). Nothing here uses
+//! a table of records named by reusable ids, and the synchronisation primitives that loom can swap out). Nothing here uses
 //! another module of the crate.
 
 pub mod address_map;
 pub mod bytes;
+pub(crate) mod id_table;
 pub(crate) mod sync;
