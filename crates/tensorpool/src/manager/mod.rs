@@ -104,8 +104,12 @@ pub struct MemoryManager {
 }
 
 struct Inner {
-    /// Whether the hot paths may serve: not in debug mode (which records every
-    /// block) nor with explicit pools (which are tried first).
+    /// The largest size whose class the hot paths look up in the engine's table, at
+    /// an alignment up to `table_align`; 0 when the hot paths may not serve (debug
+    /// mode, which records every block, and explicit pools, which are tried first).
+    table_limit: usize,
+    table_align: usize,
+    /// Whether the hot paths may serve at all.
     fast: bool,
     config: Config,
     /// Slabs of size classes and explicit pools, and cached large blocks; it holds
@@ -215,9 +219,12 @@ impl MemoryManager {
             counters.totals.clone(),
         );
         let debug = config.debug.then(Tracker::default);
+        let fast = config.pools.is_empty() && !config.debug;
         Ok(MemoryManager {
             inner: Arc::new(Inner {
-                fast: config.pools.is_empty() && !config.debug,
+                table_limit: if fast { engine.table_limit() } else { 0 },
+                table_align: config.alignment,
+                fast,
                 pools: !config.pools.is_empty(),
                 config,
                 engine,

@@ -11,12 +11,14 @@ impl Inner {
     /// The hot path of typed frees: `true` if the block was freed.
     #[inline(always)]
     pub(super) fn reclaim_typed_hot(&self, ptr: NonNull<u8>, size: usize, align: usize) -> bool {
-        if !self.fast || align > MAX_ALIGN {
+        let class = if size.wrapping_sub(1) < self.table_limit && align <= self.table_align {
+            // SAFETY: `1 <= size <= table_limit`, the engine's table limit.
+            Some(unsafe { self.engine.table_class(size) })
+        } else if !self.fast || align > MAX_ALIGN {
             return false;
-        }
-        let class = self
-            .engine
-            .class_for(size, align.max(self.config.alignment));
+        } else {
+            self.engine.class_for(size, align)
+        };
         self.engine.release_hot(ptr.as_ptr(), false, size, class)
     }
 
@@ -113,9 +115,7 @@ impl Inner {
             // With explicit pools, a layout may be served by a pool or a class.
             true => None,
             false if align > MAX_ALIGN => None,
-            false => self
-                .engine
-                .class_for(size, align.max(self.config.alignment)),
+            false => self.engine.class_for(size, align),
         };
         self.reclaim(ptr.as_ptr().addr(), false, size, class)
     }

@@ -41,16 +41,29 @@ impl Inner {
     /// alignment no class serves, a slab to change).
     #[inline(always)]
     pub(super) fn serve_hot(&self, size: usize, align: usize, raw: bool) -> Option<NonNull<u8>> {
+        // One comparison for a size of 0 and one beyond the table (0 when the hot
+        // paths may not serve).
+        if size.wrapping_sub(1) < self.table_limit && align <= self.table_align {
+            // SAFETY: `1 <= size <= table_limit`, the engine's table limit.
+            let class = unsafe { self.engine.table_class(size) };
+            return self.engine.grant_hot(class, size, raw);
+        }
+        self.serve_hot_medium(size, align, raw)
+    }
+
+    /// [`serve_hot`](Self::serve_hot) past the class table: the larger classes and
+    /// spans.
+    #[inline]
+    fn serve_hot_medium(&self, size: usize, align: usize, raw: bool) -> Option<NonNull<u8>> {
         // One comparison for a size of 0 and one beyond any limit (whose rounding
         // would overflow): both go to the full path, which says why.
         if !self.fast || align > MAX_ALIGN || size.wrapping_sub(1) >= crate::MAX_ALLOCATION_SIZE {
             return None;
         }
-        let align = align.max(self.config.alignment);
         match self.engine.class_for(size, align) {
             Some(class) => self.engine.grant_hot(class, size, raw),
             None => {
-                let pages = self.engine.span_for(size, align)?;
+                let pages = self.engine.span_for(size, align.max(self.config.alignment))?;
                 self.engine.grant_span_hot(pages, size, raw)
             }
         }

@@ -6,9 +6,9 @@
 //! Everything here runs on the owner's side: through an [`Owned`] token, which only
 //! the thread that holds the heap can make (see `thread`), so the state needs no
 //! lock and the hot paths no atomic read-modify-write. An allocation or a free of a
-//! block of the current slab touches five cache lines: the thread-local slot, the
+//! block of the current slab touches six cache lines: the thread-local slot, the
 //! heap's hot line (handshake and counters), the class's state, the slab record's
-//! first line and the line of the slot's group.
+//! first line, the top of its stack of free slots and the line of the slot's group.
 //!
 //! Memory follows use. A new slab for a class is as large as what the heap holds of
 //! the class (doubling from a page up to `pool_chunk_size`). A slab that empties
@@ -138,41 +138,22 @@ pub(crate) struct Counts {
     pub(crate) published_requested: Count,
 }
 
-/// Typed frees of the current slab a class keeps before they reach its bitmap.
-const HOT: usize = 32;
-
 /// The owner's state of one class.
 #[derive(Debug)]
 #[repr(C)]
 pub(crate) struct ClassState {
-    hot_len: usize,
-    /// About how many slots of the current slab are free in its bitmap after being
-    /// used (frees into the bitmap add one, takes from it subtract): with two or
-    /// more, an empty hot stack refills a group at a time ([`Owned::refill_hot`]);
-    /// with fewer (a raw allocate + free pair) a refill would take one slot, and the
-    /// single path is cheaper.
-    released: usize,
-    /// The class's stride and tier index, copied here so that the hot paths read
-    /// this line and not the engine's class table.
-    stride: usize,
-    tier: usize,
     pub(crate) current: *const Slab,
     /// The current slab's pages: the typed free's test that a block is in it.
     base: usize,
     bytes: usize,
+    /// The class's stride and tier index, copied here so that the hot paths read
+    /// this line and not the engine's class table.
+    stride: usize,
+    tier: usize,
     partial: *const Slab,
     empty: *const Slab,
     /// Bytes of this class's slabs held (for the size of the next slab).
     held: usize,
-    /// Free blocks of the current slab not marked free in its bitmap: those typed
-    /// holders freed, and reused slots taken from the bitmap a group at a time
-    /// ([`Owned::refill_hot`]). The next allocations of the class take them first,
-    /// with no division or bitmap (the pairs a hot loop makes, and the blocks a
-    /// program holds many at a time). They count as freed in the counters and still
-    /// as live in the slab, until [`Owned::drain_hot`] releases them (before the slab
-    /// stops being current, and before any trim, statistics, snapshot or exit looks
-    /// at the slab).
-    hot: [*mut u8; HOT],
 }
 
 /// A heap's free large blocks: a stack per page count (linked through `Own::next`),
@@ -343,9 +324,6 @@ impl Heap {
                 classes: classes
                     .iter()
                     .map(|class| ClassState {
-                        hot: [std::ptr::null_mut(); HOT],
-                        hot_len: 0,
-                        released: 0,
                         stride: class.stride,
                         tier: class.tier_index,
                         current: std::ptr::null(),
@@ -481,25 +459,10 @@ impl Owned<'_> {
 
     // ---- allocation ------------------------------------------------------------
 
-    /// A block of class `class` for `size` bytes from the current slab, and whether
-    /// it is known zero; `None` when the current slab has no free slot (then
-    /// [`allocate`](Self::allocate) takes the slow path). The hot path: plain loads
-    /// and stores.
-    #[inline(always)]
-    pub(crate) fn grant_fast(
-        &self,
-        eng: &Engine,
-        class: usize,
-        size: usize,
-        raw: bool,
-    ) -> Option<(NonNull<u8>, bool)> {
-        // A hot block was handed out before: its bytes are not known to be zero.
-        self.grant_hot(eng, class, size, raw)
-            .map(|ptr| (ptr, false))
-    }
-
-    /// The hot path of an allocation: a block of class `class` from the current
-    /// slab, or `None` (nothing changed).
+    /// The hot path of an allocation: a block of class `class` for `size` bytes from
+    /// the current slab, and whether it is known zero; `None` when the current slab
+    /// has no free slot (then [`grant`](Self::grant) takes the slow path), with
+    /// nothing changed. Plain loads and stores.
     #[inline(always)]
     pub(crate) fn grant_hot(
         &self,
@@ -507,70 +470,27 @@ impl Owned<'_> {
         class: usize,
         size: usize,
         raw: bool,
-    ) -> Option<NonNull<u8>> {
+    ) -> Option<(NonNull<u8>, bool)> {
         debug_assert!(class < eng.classes.len());
         // SAFETY: classes come from the engine's size classes or pools, whose count
         // is the length of both arrays.
-        let state = unsafe { self.state().classes.get_unchecked_mut(class) };
-        if state.hot_len == 0 {
-            // SAFETY: a current slab is a live slab of this heap.
-            let slab = unsafe { state.current.as_ref() }?;
-            let own = self.own(slab);
-            if state.released < 2 || !self.refill_hot(eng, state, slab, own) {
-                let (tier, stride) = (state.tier, state.stride);
-                // SAFETY: this heap owns the slab.
-                let slot = unsafe { slab.take_slot(own) }?;
-                state.released = state.released.saturating_sub(1);
-                return Some(
-                    self.hand_out(eng, slab, own, slot, (tier, stride), size, raw)
-                        .0,
-                );
-            }
-        }
-        state.hot_len -= 1;
-        // SAFETY: `hot_len` entries are set, and a set entry is a live block of the
-        // current slab, marked live in its bitmap.
-        let ptr = unsafe { *state.hot.get_unchecked(state.hot_len) };
-        if raw {
-            // SAFETY: a current slab is a live slab of this heap.
-            let slab = unsafe { &*state.current };
-            let slot = crate::tiers::slab::slab::divide(ptr.addr() - state.base, slab.magic());
-            slab.mark_raw(slot as u32, size);
+        let state = unsafe { self.state().classes.get_unchecked(class) };
+        // SAFETY: a current slab is a live slab of this heap.
+        let slab = unsafe { state.current.as_ref() }?;
+        let own = self.own(slab);
+        // SAFETY: this heap owns the slab.
+        let (slot, zero, stale) = unsafe { slab.grant_slot(own, raw, size) }?;
+        if stale != 0 {
+            self.refused_late(eng, stale);
         }
         let tier = self.tier(state.tier);
         tier.allocs.add(1);
         tier.bytes.add(state.stride as u64);
         tier.requested.add(size as u64);
-        // SAFETY: blocks are never null.
-        Some(unsafe { NonNull::new_unchecked(ptr) })
-    }
-
-    /// Fills the empty hot stack of `state`'s class from the current `slab`'s bitmap
-    /// in one go (slots handed out before, see [`Slab::take_used`]), the lowest slot
-    /// on top; `false` if there are none (the next free slots are fresh, or the slab
-    /// is full). Past the hot stack's 32 blocks, a program that holds many blocks
-    /// of a class then takes them a stack at a time, not a bitmap search each.
-    #[inline(never)]
-    fn refill_hot(&self, eng: &Engine, state: &mut ClassState, slab: &Slab, own: &mut Own) -> bool {
-        debug_assert_eq!(state.hot_len, 0);
-        // SAFETY: this heap owns the slab.
-        let Some((first, mut taken, stale)) = (unsafe { slab.take_used(own, HOT as u32) }) else {
-            return false;
-        };
-        if stale != 0 {
-            self.refused_late(eng, stale);
-        }
-        let n = taken.count_ones() as usize;
-        state.released = state.released.saturating_sub(n);
-        let mut i = n;
-        while taken != 0 {
-            let bit = taken.trailing_zeros();
-            taken &= taken - 1;
-            i -= 1;
-            state.hot[i] = slab.slot_ptr(own, first + bit).as_ptr();
-        }
-        state.hot_len = n;
-        true
+        // SAFETY: `slot < slots`, so the offset lies inside the slab's pages, which
+        // are not null.
+        let ptr = unsafe { NonNull::new_unchecked(own.base.add(slot as usize * state.stride)) };
+        Some((ptr, zero))
     }
 
     /// The hot path of a free of a block of this heap's `slab`: frees it if it is a
@@ -614,8 +534,6 @@ impl Owned<'_> {
         tier.requested.sub(requested as u64);
         if own.place != Place::Current {
             self.settle(eng, slab, class as usize);
-        } else {
-            cls.released += 1;
         }
         true
     }
@@ -627,7 +545,7 @@ impl Owned<'_> {
     #[inline(always)]
     pub(crate) fn release_typed_hot(&self, class: usize, ptr: *mut u8, size: usize) -> bool {
         // SAFETY: as in `grant_hot`.
-        let cls = unsafe { self.state().classes.get_unchecked_mut(class) };
+        let cls = unsafe { self.state().classes.get_unchecked(class) };
         let offset = ptr.addr().wrapping_sub(cls.base);
         if offset >= cls.bytes {
             return false;
@@ -639,17 +557,9 @@ impl Owned<'_> {
                 .is_ok_and(|slot| slab.may_free(slot, false)),
             "not a live typed block"
         );
-        if cls.hot_len < HOT {
-            // SAFETY: `hot_len < HOT`.
-            unsafe { *cls.hot.get_unchecked_mut(cls.hot_len) = ptr };
-            cls.hot_len += 1;
-        } else {
-            let slot = crate::tiers::slab::slab::divide(offset, slab.magic());
-            // SAFETY: this heap owns the slab; the caller's contract makes the slot
-            // live.
-            unsafe { slab.release(self.own(slab), slot as u32) };
-            cls.released += 1;
-        }
+        let slot = crate::tiers::slab::slab::divide(offset, slab.magic());
+        // SAFETY: this heap owns the slab; the caller's contract makes the slot live.
+        unsafe { slab.release(self.own(slab), slot as u32) };
         let tier = self.tier(cls.tier);
         tier.frees.add(1);
         tier.bytes.sub(cls.stride as u64);
@@ -684,31 +594,6 @@ impl Owned<'_> {
         };
     }
 
-    /// Marks the blocks of `class`'s hot stack free in the current slab's bitmap.
-    pub(crate) fn drain_hot(&self, class: usize) {
-        let cls = &mut self.state().classes[class];
-        if cls.hot_len == 0 {
-            return;
-        }
-        // SAFETY: a class with hot blocks has a current slab of this heap.
-        let slab = unsafe { &*cls.current };
-        let own = self.own(slab);
-        for &ptr in &cls.hot[..cls.hot_len] {
-            let slot = crate::tiers::slab::slab::divide(ptr.addr() - cls.base, slab.magic());
-            // SAFETY: a hot block is a live slot of the current slab.
-            unsafe { slab.release(own, slot as u32) };
-        }
-        cls.released += cls.hot_len;
-        cls.hot_len = 0;
-    }
-
-    /// [`drain_hot`](Self::drain_hot) for every class.
-    pub(crate) fn drain_all_hot(&self) {
-        for class in 0..self.state().classes.len() {
-            self.drain_hot(class);
-        }
-    }
-
     /// A block of class `class` for `size` bytes; and whether it is known zero.
     pub(crate) fn grant(
         &self,
@@ -717,34 +602,10 @@ impl Owned<'_> {
         size: usize,
         raw: bool,
     ) -> Result<(NonNull<u8>, bool)> {
-        match self.grant_fast(eng, class, size, raw) {
+        match self.grant_hot(eng, class, size, raw) {
             Some(served) => Ok(served),
             None => self.grant_slow(eng, class, size, raw),
         }
-    }
-
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    fn hand_out(
-        &self,
-        eng: &Engine,
-        slab: &Slab,
-        own: &mut Own,
-        slot: u32,
-        (tier, stride): (usize, usize),
-        size: usize,
-        raw: bool,
-    ) -> (NonNull<u8>, bool) {
-        // SAFETY: this heap owns the slab, and `slot` was just taken.
-        let (zero, stale) = unsafe { slab.hand_out(own, slot, raw, size) };
-        if stale != 0 {
-            self.refused_late(eng, stale);
-        }
-        let tier = self.tier(tier);
-        tier.allocs.add(1);
-        tier.bytes.add(stride as u64);
-        tier.requested.add(size as u64);
-        (slab.slot_ptr(own, slot), zero)
     }
 
     #[cold]
@@ -757,20 +618,15 @@ impl Owned<'_> {
     ) -> Result<(NonNull<u8>, bool)> {
         self.collect_inbox(eng);
         loop {
-            let st = self.state();
-            let cls = &mut st.classes[class];
+            if let Some(served) = self.grant_hot(eng, class, size, raw) {
+                // A slow path: where peaks are recorded.
+                self.publish(eng);
+                return Ok(served);
+            }
+            let cls = &mut self.state().classes[class];
             if !cls.current.is_null() {
                 // SAFETY: a current slab is a live slab of this heap.
-                let slab = unsafe { &*cls.current };
-                let own = self.own(slab);
-                // SAFETY: this heap owns the slab.
-                if let Some(slot) = unsafe { slab.take_slot(own) } {
-                    let served =
-                        self.hand_out(eng, slab, own, slot, (cls.tier, cls.stride), size, raw);
-                    // A slow path: where peaks are recorded.
-                    self.publish(eng);
-                    return Ok(served);
-                }
+                let own = self.own(unsafe { &*cls.current });
                 // Full: it leaves the class's hands until a free brings it back.
                 own.place = Place::Full;
                 cls.current = std::ptr::null();
@@ -798,7 +654,6 @@ impl Owned<'_> {
             }
             own.place = Place::Current;
             cls.current = next;
-            cls.released = 0;
             cls.base = own.base.addr();
             cls.bytes = own.bytes;
             // A current slab is not counted as cached, even when it is empty.
@@ -860,9 +715,8 @@ impl Owned<'_> {
     ) -> (NonNull<u8>, bool) {
         own.place = Place::Full;
         // SAFETY: this heap owns the slab.
-        let slot = unsafe { slab.take_slot(own) }.expect("a cached block is free");
-        // SAFETY: as above; `slot` was just taken.
-        let (zero, stale) = unsafe { slab.hand_out(own, slot, raw, size) };
+        let (slot, zero, stale) =
+            unsafe { slab.grant_slot(own, raw, size) }.expect("a cached block is free");
         if stale != 0 {
             self.refused_late(eng, stale);
         }
@@ -1091,7 +945,6 @@ impl Owned<'_> {
     /// Collects the posts of every slab (when the inbox cannot be trusted to be
     /// complete: at trim, flush and exit, a post may still be on its way to it).
     pub(crate) fn collect_all(&self, eng: &Engine) {
-        self.drain_all_hot();
         self.collect_inbox(eng);
         let pending: Vec<*const Slab> = self
             .heap
@@ -1269,7 +1122,6 @@ impl Owned<'_> {
     /// Gives every empty slab and cached block back, but the empty slabs of class
     /// `keep`; returns the bytes given back.
     pub(crate) fn release_empty(&self, eng: &Engine, keep: Option<usize>) -> usize {
-        self.drain_all_hot();
         let mut released = 0;
         for class in 0..self.state().classes.len() {
             if Some(class) == keep {

@@ -6,9 +6,10 @@
 //! `medium_threshold` are *spans*: slabs of one slot, a page-rounded block. Both
 //! come from the best-fit tier's pages and belong to the heap of one thread:
 //!
-//! - the owner allocates and frees with plain loads and stores: a bitmap per slab,
-//!   lowest free slot first; a span is cached in its heap when freed and reused for
-//!   the next block of its size;
+//! - the owner allocates and frees with plain loads and stores: a stack of free
+//!   slots per slab, the last freed handed out first, and a bitmap that checks every
+//!   free; a span is cached in its heap when freed and reused for the next block of
+//!   its size;
 //! - another thread's free costs one compare-and-swap on the slab's post word (and,
 //!   for the first post since the owner last looked, a swap and a push onto the
 //!   owner's inbox); the owner collects posts when it runs out of free slots;
@@ -75,19 +76,22 @@ pub(crate) fn round_to_page(bytes: usize) -> usize {
 }
 
 /// The class of every size up to [`TABLE_LIMIT`] (and the classes' largest) in steps
-/// of 8 bytes, the least class spacing: entry `i` is the smallest class of at least
-/// `8 * (i + 1)` bytes. Filled a class at a time (a memset each), not a lookup per
-/// entry.
-fn class_table(sc: &SizeClasses) -> Box<[u8]> {
+/// of 8 bytes, the least class spacing, for blocks aligned to `alignment` (the
+/// engine's least): entry `i` is the class of `8 * (i + 1)` bytes at `alignment`, and
+/// so of every size in `(8 * i, 8 * (i + 1)]` (class sizes are multiples of 8). Filled
+/// a class at a time (a memset each), not a lookup per entry.
+fn class_table(sc: &SizeClasses, alignment: usize) -> Box<[u8]> {
     let len = sc.max_size().min(TABLE_LIMIT) / 8;
     let mut table = vec![0u8; len].into_boxed_slice();
     let mut start = 0;
-    for class in 0..sc.len() {
+    while start < len {
+        let class = sc
+            .class_for(8 * (start + 1), alignment)
+            .expect("the table stops at the largest class");
+        // Every size up to this class's size maps to it.
         let end = (sc.size_of(class) / 8).min(len);
-        if end > start {
-            table[start..end].fill(class as u8);
-            start = end;
-        }
+        table[start..end].fill(class as u8);
+        start = end;
     }
     table
 }
@@ -173,8 +177,9 @@ pub(crate) struct Engine {
     /// Size classes first, then explicit pools.
     pub(crate) classes: Box<[Class]>,
     size_classes: Option<SizeClasses>,
-    /// The class of every size up to [`TABLE_LIMIT`] (or the threshold), in steps of
-    /// 8 bytes (the least class spacing): `class_table[(size - 1) / 8]`.
+    /// The class of every size up to [`TABLE_LIMIT`] (or the threshold) at the
+    /// engine's alignment, in steps of 8 bytes (the least class spacing):
+    /// `class_table[(size - 1) / 8]` (see [`class_table`]).
     class_table: Box<[u8]>,
     /// Where the explicit pools start in `classes`.
     pub(crate) first_pool: usize,
@@ -294,7 +299,7 @@ impl Engine {
         let span_pages = medium_threshold / PAGE;
         let shared = Heap::boxed(&classes, span_pages);
         let class_table = match &size_classes {
-            Some(sc) if sc.len() <= 256 => class_table(sc),
+            Some(sc) if sc.len() <= 256 => class_table(sc, alignment),
             _ => Box::default(),
         };
         Arc::new(Engine {
@@ -327,11 +332,30 @@ impl Engine {
     /// to [`TABLE_LIMIT`], the arithmetic of [`SizeClasses::class_for`] above.
     #[inline(always)]
     pub(crate) fn class_for(&self, size: usize, align: usize) -> Option<usize> {
-        let rounded = round_up(size, align);
+        // Rounded to a larger alignment, the size lands on a class that honours it
+        // (see `SizeClasses::class_for`); the table rounds to the engine's own.
+        let rounded = round_up(size, align.max(self.alignment));
         if let Some(&class) = self.class_table.get(rounded.wrapping_sub(1) >> 3) {
             return Some(class as usize);
         }
-        self.size_classes.as_ref()?.class_for(size, align)
+        self.size_classes.as_ref()?.class_for(size, align.max(self.alignment))
+    }
+
+    /// The largest size [`table_class`](Self::table_class) serves (0 if none).
+    pub(crate) fn table_limit(&self) -> usize {
+        self.class_table.len() * 8
+    }
+
+    /// The size class of `size` bytes at the engine's alignment, from the table.
+    ///
+    /// # Safety
+    ///
+    /// `1 <= size <= self.table_limit()`.
+    #[inline(always)]
+    pub(crate) unsafe fn table_class(&self, size: usize) -> usize {
+        debug_assert!(size >= 1 && size <= self.table_limit());
+        // SAFETY: by the caller's contract, `(size - 1) / 8 < class_table.len()`.
+        usize::from(unsafe { *self.class_table.get_unchecked((size - 1) >> 3) })
     }
 
     /// The pages of a span for `size` bytes at `align`, if spans serve it.
@@ -364,7 +388,9 @@ impl Engine {
         size: usize,
         raw: bool,
     ) -> Option<NonNull<u8>> {
-        enter(self)?.owned().grant_hot(self, class, size, raw)
+        let entered = enter(self)?;
+        let served = entered.owned().grant_hot(self, class, size, raw);
+        served.map(|(ptr, _)| ptr)
     }
 
     /// The hot path of a large block: one of `pages` pages from the calling thread's
@@ -428,7 +454,7 @@ impl Engine {
         let fast = with_heap(self, |heap| {
             // SAFETY: `with_heap` runs the closure inside an operation of the calling
             // thread's heap, which holds it.
-            unsafe { heap.owned() }.grant_fast(self, class, size, raw)
+            unsafe { heap.owned() }.grant_hot(self, class, size, raw)
         });
         match fast {
             Some(Some(served)) => Ok(served),
@@ -931,9 +957,10 @@ mod tests {
     }
 
     #[test]
-    fn blocks_held_past_the_hot_stack_come_back_lowest_first() {
-        // 100 typed blocks of one class: more than the hot stack holds, so frees go
-        // to the bitmap too and allocations refill the stack from it.
+    fn freed_blocks_come_back_last_freed_first() {
+        // 100 typed blocks of one class (two slabs of 64), freed in order: the next
+        // allocations take the current slab's blocks back, the last freed first (its
+        // lines are the warmest), and 100 of them make no new slab.
         let mm = crate::MemoryManager::new(
             crate::Config::builder()
                 .upstream(crate::UpstreamKind::Heap)
@@ -951,29 +978,32 @@ mod tests {
                 })
                 .collect()
         };
+        let slabs = || mm.stats().classes.iter().map(|c| c.slabs).sum::<usize>();
         let first = take(100);
+        let made = slabs();
         for &p in &first {
             // SAFETY: allocated above with `layout`, freed once.
             unsafe { allocator_api2::alloc::Allocator::deallocate(&mm, p, layout) };
         }
         let mut again = take(100);
-        let mut addrs: Vec<usize> = again.iter().map(|p| p.as_ptr().addr()).collect();
-        addrs.sort_unstable();
-        addrs.dedup();
-        // 100 distinct blocks, aligned, the lowest of the first slab among them.
-        assert_eq!(addrs.len(), 100);
-        assert!(addrs.iter().all(|a| a % 64 == 0));
-        let lowest = first.iter().map(|p| p.as_ptr().addr()).min().unwrap();
-        assert_eq!(addrs[0], lowest);
+        let reversed: Vec<NonNull<u8>> = first[64..].iter().rev().copied().collect();
+        assert_eq!(again[..36], reversed[..]);
+        let mut distinct: Vec<usize> = again.iter().map(|p| p.as_ptr().addr()).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 100);
+        assert!(distinct.iter().all(|a| a % 64 == 0));
+        assert_eq!(slabs(), made);
         assert_eq!(mm.stats().allocated_blocks, 100);
-        for p in again.drain(..) {
+        for p in again.drain(..).rev() {
             // SAFETY: as above.
             unsafe { allocator_api2::alloc::Allocator::deallocate(&mm, p, layout) };
         }
         let s = mm.stats();
         assert_eq!((s.allocated_blocks, s.allocated_bytes), (0, 0));
-        // A raw block taken from a refilled stack is checked as raw.
+        // A raw block taken from a reused slot is checked as raw.
         let r = mm.allocate_raw(64, 64).unwrap();
+        assert!(distinct.contains(&r.as_ptr().addr()));
         assert!(mm.free_raw(r.as_ptr()).is_ok());
         assert!(mm.free_raw(r.as_ptr()).is_err());
     }

@@ -4,12 +4,13 @@
 //! A record has two sides:
 //!
 //! - **the owner's**: the thread whose heap holds the slab allocates and frees its
-//!   slots with plain loads and stores (relaxed atomics, so that others may read).
-//!   Slots come in *groups* of 64, one cache line each: a bitmap of free slots
-//!   (taken lowest first, so the warmest, lowest slots come back first and slabs
-//!   empty from the top), a bitmap of slots handed out raw, and the group's post
-//!   words. Beside them, the size requested for each raw slot, and the bookkeeping
-//!   in [`Own`] that only the owner touches.
+//!   slots with plain loads and stores (relaxed atomics where others may read). Free
+//!   slots are a stack of slot numbers beside the memory, most recently freed on top
+//!   (its lines are the warmest), above a *bump* of slots never handed out (known zero
+//!   when the pages were fresh). Slots come in *groups* of 64, one cache line each: a
+//!   bitmap of free slots and one of slots handed out raw, which every free checks,
+//!   and the group's post words. Beside them, the size requested for each raw slot,
+//!   and the bookkeeping in [`Own`] that only the owner touches.
 //! - **everyone's**: a thread that frees a slot of a slab it does not own *posts* the
 //!   free: one compare-and-swap sets the slot's bit in a post word, and the first
 //!   post since the owner last looked puts the slab in the owner's inbox. The owner
@@ -91,12 +92,12 @@ pub(crate) enum Place {
 pub(crate) struct Own {
     /// The first slot, with the provenance of the pages.
     pub(crate) base: *mut u8,
-    /// The first group that may have a free slot.
-    pub(crate) cursor: u32,
-    /// Slots handed out at least once since the slab was made.
-    pub(crate) high: u32,
-    /// The pages were zero when the slab was made (fresh from the operating system).
-    pub(crate) fresh: bool,
+    /// Free slots below the bump, the top at `Slab::top - 1`: every slot below
+    /// `Slab::fresh` is either live or here, once.
+    stack: Box<[u16]>,
+    /// The pages were zero when the slab was made (fresh from the operating system):
+    /// slots from the bump are zero.
+    pub(crate) zero: bool,
     pub(crate) place: Place,
     /// Bytes of pages.
     pub(crate) bytes: usize,
@@ -106,20 +107,24 @@ pub(crate) struct Own {
 }
 
 /// The record of a slab. See the module docs. The fields the hot paths read come
-/// first, in one cache line.
+/// first.
 #[repr(C)]
 pub(crate) struct Slab {
+    /// Entries on the owner's stack of free slots (written by the owner only; read
+    /// by statistics).
+    top: AtomicU32,
+    /// Slots handed out at least once since the slab was made: those at and above
+    /// it are free and untouched (written by the owner only).
+    fresh: AtomicU32,
+    slots: AtomicU32,
+    class: AtomicU32,
     base: AtomicUsize,
     stride: AtomicUsize,
     /// `2^64 / stride`, rounded up: a slot index is one multiplication away.
     magic: AtomicU64,
     /// `capacity / 64` groups (rounded up), fixed for the record's life.
     groups: Box<[Group]>,
-    slots: AtomicU32,
-    class: AtomicU32,
     gen: AtomicU32,
-    /// Live slots (written by the owner, read by statistics).
-    live: AtomicU32,
     own: UnsafeCell<Own>,
     /// The heap that owns this record, for its whole life.
     heap: *const Heap,
@@ -163,17 +168,6 @@ pub(crate) fn magic_for(stride: usize) -> u64 {
     (u64::MAX / stride as u64).wrapping_add(1)
 }
 
-/// The 16 bits of `bits` each moved to the low bit of a 2-bit field (bit `i` to bit
-/// `2i`): a mask of slots to a mask of their fields in a post word.
-#[inline]
-fn spread(bits: u32) -> u64 {
-    let mut x = bits as u64 & 0xFFFF;
-    x = (x | x << 8) & 0x00FF_00FF;
-    x = (x | x << 4) & 0x0F0F_0F0F;
-    x = (x | x << 2) & 0x3333_3333;
-    (x | x << 1) & 0x5555_5555
-}
-
 /// How a remote free went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Posted {
@@ -206,19 +200,19 @@ impl Slab {
             })
             .collect();
         Slab {
+            top: AtomicU32::new(0),
+            fresh: AtomicU32::new(0),
+            slots: AtomicU32::new(0),
+            class: AtomicU32::new(0),
             base: AtomicUsize::new(0),
             stride: AtomicUsize::new(PAGE),
             magic: AtomicU64::new(magic_for(PAGE)),
             groups,
-            slots: AtomicU32::new(0),
-            class: AtomicU32::new(0),
             gen: AtomicU32::new(1),
-            live: AtomicU32::new(0),
             own: UnsafeCell::new(Own {
                 base: std::ptr::null_mut(),
-                cursor: 0,
-                high: 0,
-                fresh: false,
+                stack: vec![0; capacity as usize].into_boxed_slice(),
+                zero: false,
                 place: Place::Spare,
                 bytes: 0,
                 prev: std::ptr::null(),
@@ -297,10 +291,11 @@ impl Slab {
         self.slots.load(Relaxed)
     }
 
-    /// Live slots now.
+    /// Live slots now: those handed out at least once, but for the free ones on the
+    /// owner's stack (a moment's view when read by another thread).
     #[inline(always)]
     pub(crate) fn live(&self) -> u32 {
-        self.live.load(Relaxed)
+        self.fresh.load(Relaxed).wrapping_sub(self.top.load(Relaxed))
     }
 
     /// Whether the record holds a slab now.
@@ -337,7 +332,8 @@ impl Slab {
         self.slots.store(slots, Relaxed);
         self.class.store(class, Relaxed);
         self.magic.store(magic_for(stride), Relaxed);
-        self.live.store(0, Relaxed);
+        self.top.store(0, Relaxed);
+        self.fresh.store(0, Relaxed);
         let full_groups = slots as usize / GROUP;
         for (i, g) in self.groups.iter().enumerate() {
             let bits = match i.cmp(&full_groups) {
@@ -355,9 +351,7 @@ impl Slab {
         let own = unsafe { self.own() };
         own.base = base.as_ptr();
         own.bytes = bytes;
-        own.cursor = 0;
-        own.high = 0;
-        own.fresh = fresh;
+        own.zero = fresh;
         self.gen.store(gen, Release);
     }
 
@@ -382,102 +376,40 @@ impl Slab {
 
     // ---- the owner's allocation and free ---------------------------------------
 
-    /// Takes the lowest free slot, or `None` when none is left.
+    /// Hands out a free slot, live for a raw or typed holder (`requested` bytes for
+    /// a raw one): the last one freed, else the next never handed out. Returns the
+    /// slot, whether its bytes are known to be zero, and the number of stale posts it
+    /// threw away; `None` when every slot is live.
     ///
     /// # Safety
     ///
     /// The caller holds the owning heap and passes this record's `own`.
     #[inline(always)]
-    pub(crate) unsafe fn take_slot(&self, own: &mut Own) -> Option<u32> {
-        let groups = (self.slots.load(Relaxed) as usize).div_ceil(GROUP) as u32;
-        while own.cursor < groups {
-            let free = &self.group(own.cursor * GROUP as u32).free;
-            let bits = free.load(Relaxed);
-            if bits != 0 {
-                free.store(bits & (bits - 1), Relaxed);
-                return Some(own.cursor * GROUP as u32 + bits.trailing_zeros());
-            }
-            own.cursor += 1;
-        }
-        None
-    }
-
-    /// Takes, in one go, up to `max` free slots of the first group that has any,
-    /// lowest first, among the slots handed out before (below `own.high`: their bytes
-    /// are not known to be zero, so nothing is lost by not saying which are). Returns
-    /// the group, the mask of slots taken (now live, for the owner's hot stack), and
-    /// the stale posts thrown away, as [`hand_out`](Self::hand_out) does for one;
-    /// `None` if the first free slots were never handed out (the caller takes those
-    /// one at a time, knowing them zero) or there are none. The group is given as its
-    /// first slot: slot `first + i` for bit `i` of the mask.
-    ///
-    /// # Safety
-    ///
-    /// The caller holds the owning heap and passes this record's `own`.
-    pub(crate) unsafe fn take_used(&self, own: &mut Own, max: u32) -> Option<(u32, u64, u32)> {
-        debug_assert!((1..=GROUP as u32).contains(&max));
-        let groups = (self.slots.load(Relaxed) as usize).div_ceil(GROUP) as u32;
-        while own.cursor < groups {
-            let first = own.cursor * GROUP as u32;
-            let g = self.group(first);
-            let bits = g.free.load(Relaxed);
-            if bits == 0 {
-                own.cursor += 1;
-                continue;
-            }
-            let used = match own.high.saturating_sub(first) {
-                n if n >= GROUP as u32 => u64::MAX,
-                n => (1u64 << n) - 1,
-            };
-            let mut take = bits & used;
-            // Slots at or above `high` are fresh, and so are all those after them.
-            if take == 0 {
-                return None;
-            }
-            while take.count_ones() > max {
-                take &= !(1u64 << (63 - take.leading_zeros()));
-            }
-            g.free.store(bits & !take, Relaxed);
-            self.live
-                .store(self.live.load(Relaxed) + take.count_ones(), Relaxed);
-            let mut stale = 0;
-            for (w, word) in g.posts.iter().enumerate() {
-                let mine = spread(((take >> (w * POSTS_PER_WORD)) & 0xFFFF) as u32) * 3;
-                if mine != 0 && word.load(Relaxed) & mine != 0 {
-                    let before = word.fetch_and(!mine, AcqRel);
-                    stale += (before & mine).count_ones();
-                }
-            }
-            return Some((first, take, stale));
-        }
-        None
-    }
-
-    /// Marks `slot`, just taken, live for a raw or typed holder; returns whether its
-    /// bytes are known to be zero, and the number of stale posts it threw away.
-    ///
-    /// # Safety
-    ///
-    /// The caller holds the owning heap and passes this record's `own`; `slot` was
-    /// just returned by [`take_slot`](Self::take_slot).
-    #[inline(always)]
-    pub(crate) unsafe fn hand_out(
+    pub(crate) unsafe fn grant_slot(
         &self,
         own: &mut Own,
-        slot: u32,
         raw: bool,
         requested: usize,
-    ) -> (bool, u32) {
+    ) -> Option<(u32, bool, u32)> {
+        let top = self.top.load(Relaxed);
+        let (slot, zero) = if top != 0 {
+            self.top.store(top - 1, Relaxed);
+            // SAFETY: `top <= fresh <= slots <= capacity`, the stack's length.
+            (u32::from(unsafe { *own.stack.get_unchecked(top as usize - 1) }), false)
+        } else {
+            let fresh = self.fresh.load(Relaxed);
+            if fresh >= self.slots.load(Relaxed) {
+                return None;
+            }
+            self.fresh.store(fresh + 1, Relaxed);
+            (fresh, own.zero)
+        };
         let g = self.group(slot);
+        let bit = 1u64 << (slot as usize % GROUP);
+        g.free.store(g.free.load(Relaxed) & !bit, Relaxed);
         if raw {
-            g.raw
-                .store(g.raw.load(Relaxed) | 1 << (slot as usize % GROUP), Relaxed);
+            g.raw.store(g.raw.load(Relaxed) | bit, Relaxed);
             self.requested_of(slot).store(requested as u32, Relaxed);
-        }
-        self.live.store(self.live.load(Relaxed) + 1, Relaxed);
-        let zero = own.fresh && slot >= own.high;
-        if slot >= own.high {
-            own.high = slot + 1;
         }
         // A post that reached this slot before now was made while it was free: it is
         // stale (a double free that raced with the owner), and goes.
@@ -485,19 +417,9 @@ impl Slab {
         let shift = 2 * (slot as usize % POSTS_PER_WORD);
         if (word.load(Relaxed) >> shift) & 3 != 0 {
             let before = word.fetch_and(!(3 << shift), AcqRel);
-            return (zero, ((before >> shift) & 3).count_ones());
+            return Some((slot, zero, ((before >> shift) & 3).count_ones()));
         }
-        (zero, 0)
-    }
-
-    /// Marks live `slot` raw, requested for `requested` bytes (a block of the hot
-    /// stack handed out raw).
-    #[inline(always)]
-    pub(crate) fn mark_raw(&self, slot: u32, requested: usize) {
-        let g = self.group(slot);
-        g.raw
-            .store(g.raw.load(Relaxed) | 1 << (slot as usize % GROUP), Relaxed);
-        self.requested_of(slot).store(requested as u32, Relaxed);
+        Some((slot, zero, 0))
     }
 
     /// The address of `slot`, with the pages' provenance.
@@ -583,7 +505,8 @@ impl Slab {
         self.requested_of(slot).load(Relaxed) as usize
     }
 
-    /// Frees live `slot` (checked by the caller).
+    /// Frees live `slot` (checked by the caller): free in the bitmap, on top of the
+    /// stack.
     ///
     /// # Safety
     ///
@@ -597,11 +520,12 @@ impl Slab {
             g.raw.store(raw & !bit, Relaxed);
         }
         g.free.store(g.free.load(Relaxed) | bit, Relaxed);
-        let group = slot / GROUP as u32;
-        if group < own.cursor {
-            own.cursor = group;
-        }
-        self.live.store(self.live.load(Relaxed) - 1, Relaxed);
+        let top = self.top.load(Relaxed);
+        debug_assert!(top < self.fresh.load(Relaxed), "more frees than slots used");
+        // SAFETY: a live slot is below `fresh`, and the stack holds the others below
+        // it: `top < fresh <= capacity`, the stack's length.
+        unsafe { *own.stack.get_unchecked_mut(top as usize) = slot as u16 };
+        self.top.store(top + 1, Relaxed);
     }
 
     // ---- remote frees ----------------------------------------------------------
@@ -768,14 +692,5 @@ mod tests {
     fn a_group_is_one_cache_line() {
         assert_eq!(std::mem::size_of::<Group>(), 64);
         assert_eq!(std::mem::align_of::<Group>(), 64);
-    }
-
-    #[test]
-    fn spread_puts_each_slot_on_its_post_field() {
-        for slot in 0..16 {
-            assert_eq!(spread(1 << slot), 1 << (2 * slot));
-        }
-        assert_eq!(spread(0xFFFF) * 3, 0xFFFF_FFFF);
-        assert_eq!(spread(0b1010), 0b0100_0100);
     }
 }
