@@ -42,12 +42,12 @@ const CACHE_FLOOR: usize = 256 << 10;
 /// A change of a heap's live bytes that makes it publish them to the manager's totals.
 pub(crate) const PUBLISH_STEP: usize = 64 << 10;
 
-/// The tiers the engine serves, as indexes of [`Hot::tiers`].
+/// The tiers the engine serves, as indexes of [`EngineStats::tiers`](super::EngineStats::tiers).
 pub(crate) const SMALL: usize = 0;
 pub(crate) const POOL: usize = 1;
 pub(crate) const LARGE: usize = 2;
 
-/// The index of `tier` in [`Hot::tiers`].
+/// The index of `tier` in [`EngineStats::tiers`](super::EngineStats::tiers).
 pub(crate) fn tier_index(tier: Tier) -> usize {
     match tier {
         Tier::Small => SMALL,
@@ -62,6 +62,10 @@ pub(crate) fn tier_index(tier: Tier) -> usize {
 pub(crate) struct Count(AtomicU64);
 
 impl Count {
+    pub(crate) const fn new() -> Count {
+        Count(AtomicU64::new(0))
+    }
+
     #[inline(always)]
     pub(crate) fn add(&self, n: u64) {
         self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
@@ -82,7 +86,7 @@ impl Count {
     }
 }
 
-/// What a heap counts of one tier's blocks.
+/// What a heap counts of its large blocks (spans).
 #[derive(Debug, Default)]
 pub(crate) struct TierCounts {
     /// Blocks handed out, and taken back (by the owner, or collected from other
@@ -98,7 +102,62 @@ pub(crate) struct TierCounts {
     pub(crate) requested: Count,
 }
 
-/// The heap's hot cache line: the handshake and the counters of the tiers.
+/// What a heap counts of one class's blocks, on the hot paths: one counter per
+/// allocation or free, each written by one side only. Live bytes are `(allocs -
+/// frees) * stride`; requested bytes are live bytes less the *waste*, what blocks
+/// leave unused of their slots, counted only when a block does not fill its slot
+/// (tensors' sizes are mostly multiples of the class spacing: no store at all).
+/// A typed block freed by another thread has its waste counted off by that thread
+/// (it knows the layout), a raw one by the owner when it collects the free; so per
+/// heap the waste wraps, and only the sum over heaps is exact.
+#[derive(Debug)]
+#[repr(C, align(32))]
+pub(crate) struct ClassTally {
+    pub(crate) allocs: Count,
+    pub(crate) frees: Count,
+    pub(crate) waste_in: Count,
+    pub(crate) waste_out: Count,
+}
+
+impl ClassTally {
+    const fn new() -> ClassTally {
+        ClassTally {
+            allocs: Count::new(),
+            frees: Count::new(),
+            waste_in: Count::new(),
+            waste_out: Count::new(),
+        }
+    }
+
+    /// Live bytes and requested bytes now, for slots of `stride` bytes (wrapping:
+    /// the owner's view).
+    pub(crate) fn live(&self, stride: usize) -> (u64, u64) {
+        let blocks = self.allocs.get().wrapping_sub(self.frees.get());
+        let bytes = blocks.wrapping_mul(stride as u64);
+        let waste = self.waste_in.get().wrapping_sub(self.waste_out.get());
+        (bytes, bytes.wrapping_sub(waste))
+    }
+
+    /// Counts a block handed out for `size` bytes of a slot of `stride`.
+    #[inline(always)]
+    fn granted(&self, stride: usize, size: usize) {
+        self.allocs.add(1);
+        if size != stride {
+            self.waste_in.add((stride - size) as u64);
+        }
+    }
+
+    /// Counts `blocks` blocks freed, leaving `waste` bytes of their slots unused.
+    #[inline(always)]
+    fn freed(&self, blocks: u64, waste: usize) {
+        self.frees.add(blocks);
+        if waste != 0 {
+            self.waste_out.add(waste as u64);
+        }
+    }
+}
+
+/// The heap's hot cache line: the handshake and the counters of large blocks.
 #[derive(Debug, Default)]
 #[repr(C, align(64))]
 pub(crate) struct Hot {
@@ -106,7 +165,7 @@ pub(crate) struct Hot {
     pub(crate) active: AtomicU32,
     /// Non-zero while a stopper wants the heap.
     pub(crate) signal: AtomicU32,
-    pub(crate) tiers: [TierCounts; 3],
+    pub(crate) large: TierCounts,
 }
 
 /// Per class, what changes only on slow paths.
@@ -146,10 +205,9 @@ pub(crate) struct ClassState {
     /// The current slab's pages: the typed free's test that a block is in it.
     base: usize,
     bytes: usize,
-    /// The class's stride and tier index, copied here so that the hot paths read
-    /// this line and not the engine's class table.
+    /// The class's stride, copied here so that the hot paths read this line and not
+    /// the engine's class table.
     stride: usize,
-    tier: usize,
     partial: *const Slab,
     empty: *const Slab,
     /// Bytes of this class's slabs held (for the size of the next slab).
@@ -208,6 +266,9 @@ impl SpanCache {
 #[derive(Debug)]
 pub(crate) struct State {
     pub(crate) classes: Box<[ClassState]>,
+    /// The classes this heap has made slabs for: the only ones whose counters are
+    /// not all zero ([`Owned::net`] sums them).
+    used: Vec<u32>,
     /// Free large blocks by pages.
     spans: SpanCache,
     /// Spare records by capacity tier, linked through `Own::next`.
@@ -253,6 +314,8 @@ pub(crate) struct Heap {
     pub(crate) inbox: AtomicPtr<Slab>,
     /// Every record of this heap, newest first, linked through `Slab::all_next`.
     records: AtomicPtr<Slab>,
+    /// Per class, the counters of the hot paths.
+    pub(crate) tally: Box<[ClassTally]>,
     pub(crate) counts: Counts,
     /// The name of the thread that holds it now, for statistics.
     pub(crate) thread: parking_lot::Mutex<String>,
@@ -325,7 +388,6 @@ impl Heap {
                     .iter()
                     .map(|class| ClassState {
                         stride: class.stride,
-                        tier: class.tier_index,
                         current: std::ptr::null(),
                         base: 0,
                         bytes: 0,
@@ -334,6 +396,7 @@ impl Heap {
                         held: 0,
                     })
                     .collect(),
+                used: Vec::new(),
                 spans: SpanCache::new(span_pages),
                 spare: [std::ptr::null(); RECORD_TIERS.len()],
                 records: Vec::new(),
@@ -344,6 +407,7 @@ impl Heap {
             stopper: Mutex::new(()),
             inbox: AtomicPtr::new(std::ptr::null_mut()),
             records: AtomicPtr::new(std::ptr::null_mut()),
+            tally: classes.iter().map(|_| ClassTally::new()).collect(),
             counts: Counts {
                 classes: classes.iter().map(|_| ClassCounts::default()).collect(),
                 ..Counts::default()
@@ -377,17 +441,25 @@ impl Heap {
     }
 
     /// Allocated and requested bytes of this heap's live blocks, from its counters
-    /// (wrapping: read while the owner runs, they may be a moment apart).
-    pub(crate) fn net(&self) -> (usize, usize) {
-        self.hot
-            .tiers
-            .iter()
-            .fold((0usize, 0usize), |(bytes, requested), t| {
+    /// (wrapping: read while the owner runs, they may be a moment apart), summed over
+    /// `classes` (those that may have counted anything) and the large blocks.
+    fn net_of(&self, classes: impl Iterator<Item = usize>, strides: &[usize]) -> (usize, usize) {
+        let large = &self.hot.large;
+        classes.fold(
+            (large.bytes.get() as usize, large.requested.get() as usize),
+            |(bytes, requested), class| {
+                let (b, r) = self.tally[class].live(strides[class]);
                 (
-                    bytes.wrapping_add(t.bytes.get() as usize),
-                    requested.wrapping_add(t.requested.get() as usize),
+                    bytes.wrapping_add(b as usize),
+                    requested.wrapping_add(r as usize),
                 )
-            })
+            },
+        )
+    }
+
+    /// [`net_of`](Self::net_of) every class: for readers other than the owner.
+    pub(crate) fn net(&self, eng: &Engine) -> (usize, usize) {
+        self.net_of(0..self.tally.len(), &eng.strides)
     }
 }
 
@@ -451,10 +523,19 @@ impl Owned<'_> {
     }
 
     #[inline(always)]
-    fn tier(&self, index: usize) -> &TierCounts {
-        debug_assert!(index < 3);
-        // SAFETY: tier indexes are SMALL, POOL or LARGE, all below 3.
-        unsafe { self.heap.hot.tiers.get_unchecked(index) }
+    fn tally(&self, class: usize) -> &ClassTally {
+        debug_assert!(class < self.heap.tally.len());
+        // SAFETY: classes come from the engine's size classes or pools, whose count
+        // is the length of the tally.
+        unsafe { self.heap.tally.get_unchecked(class) }
+    }
+
+    /// Allocated and requested bytes of this heap's live blocks (the owner's view:
+    /// the classes it used).
+    pub(crate) fn net(&self, eng: &Engine) -> (usize, usize) {
+        let used = &self.state().used;
+        self.heap
+            .net_of(used.iter().map(|&c| c as usize), &eng.strides)
     }
 
     // ---- allocation ------------------------------------------------------------
@@ -483,10 +564,7 @@ impl Owned<'_> {
         if stale != 0 {
             self.refused_late(eng, stale);
         }
-        let tier = self.tier(state.tier);
-        tier.allocs.add(1);
-        tier.bytes.add(state.stride as u64);
-        tier.requested.add(size as u64);
+        self.tally(class).granted(state.stride, size);
         // SAFETY: `slot < slots`, so the offset lies inside the slab's pages, which
         // are not null.
         let ptr = unsafe { NonNull::new_unchecked(own.base.add(slot as usize * state.stride)) };
@@ -517,23 +595,47 @@ impl Owned<'_> {
         if class == SPAN_CLASS {
             // SAFETY: this heap owns the slab; the slot was checked live.
             unsafe { slab.release(own, slot) };
-            let tier = self.tier(LARGE);
-            tier.frees.add(1);
-            tier.bytes.sub(own.bytes as u64);
-            tier.requested.sub(requested as u64);
+            self.span_freed(own.bytes, requested);
             self.cache_span(eng, slab);
             return true;
         }
         // SAFETY: this heap owns the slab; the slot was checked live.
         unsafe { slab.release(own, slot) };
-        // SAFETY: as in `grant_hot`: a slab's class indexes the heap's classes.
-        let cls = unsafe { self.state().classes.get_unchecked_mut(class as usize) };
-        let tier = self.tier(cls.tier);
-        tier.frees.add(1);
-        tier.bytes.sub(cls.stride as u64);
-        tier.requested.sub(requested as u64);
-        if own.place != Place::Current {
+        self.tally(class as usize)
+            .freed(1, slab.stride() - requested);
+        if own.place == Place::Full || (own.place != Place::Current && slab.live() == 0) {
             self.settle(eng, slab, class as usize);
+        }
+        true
+    }
+
+    /// The hot path of a typed free of a block of `class` in `slab`, a slab of this
+    /// heap other than the class's current one: frees it and returns `true`; `false`
+    /// (nothing changed) if `addr` does not start a slot of a slab of the class. As
+    /// for the current slab, the `Allocator` contract vouches that the slot is live
+    /// (checked in debug builds).
+    #[inline(always)]
+    pub(crate) fn release_typed(
+        &self,
+        eng: &Engine,
+        slab: &Slab,
+        class: usize,
+        addr: usize,
+        size: usize,
+    ) -> bool {
+        if slab.class() as usize != class {
+            return false;
+        }
+        let Ok(slot) = slab.slot_of(addr) else {
+            return false;
+        };
+        debug_assert!(slab.may_free(slot, false), "not a live typed block");
+        let own = self.own(slab);
+        // SAFETY: this heap owns the slab; the caller's contract makes the slot live.
+        unsafe { slab.release_typed(own, slot) };
+        self.tally(class).freed(1, slab.stride() - size);
+        if own.place == Place::Full || (own.place != Place::Current && slab.live() == 0) {
+            self.settle(eng, slab, class);
         }
         true
     }
@@ -559,11 +661,8 @@ impl Owned<'_> {
         );
         let slot = crate::tiers::slab::slab::divide(offset, slab.magic());
         // SAFETY: this heap owns the slab; the caller's contract makes the slot live.
-        unsafe { slab.release(self.own(slab), slot as u32) };
-        let tier = self.tier(cls.tier);
-        tier.frees.add(1);
-        tier.bytes.sub(cls.stride as u64);
-        tier.requested.sub(size as u64);
+        unsafe { slab.release_typed(self.own(slab), slot as u32) };
+        self.tally(class).freed(1, cls.stride - size);
         true
     }
 
@@ -616,12 +715,39 @@ impl Owned<'_> {
         size: usize,
         raw: bool,
     ) -> Result<(NonNull<u8>, bool)> {
+        if let Some(served) = self.grant_refill(eng, class, size, raw) {
+            return Ok(served);
+        }
+        let slab = self.new_slab(eng, class)?;
+        // SAFETY: a new slab is a live slab of this heap.
+        self.make_current(class, unsafe { &*slab });
+        let served = self
+            .grant_hot(eng, class, size, raw)
+            .expect("a new slab has a free slot");
+        // A slow path: where peaks are recorded.
+        self.publish(eng);
+        Ok(served)
+    }
+
+    /// The hot path's next step when the current slab of `class` has no free slot:
+    /// collect other threads' frees, then move to a slab of the class with free
+    /// slots, and take one; `None` when the heap holds none (a new slab is needed:
+    /// the full path, which may take pages).
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn grant_refill(
+        &self,
+        eng: &Engine,
+        class: usize,
+        size: usize,
+        raw: bool,
+    ) -> Option<(NonNull<u8>, bool)> {
         self.collect_inbox(eng);
         loop {
             if let Some(served) = self.grant_hot(eng, class, size, raw) {
                 // A slow path: where peaks are recorded.
                 self.publish(eng);
-                return Ok(served);
+                return Some(served);
             }
             let cls = &mut self.state().classes[class];
             if !cls.current.is_null() {
@@ -637,29 +763,33 @@ impl Owned<'_> {
             } else if !cls.empty.is_null() {
                 cls.empty
             } else {
-                self.new_slab(eng, class)?
+                return None;
             };
-            // SAFETY: list members and new slabs are live slabs of this heap.
-            let slab = unsafe { &*next };
-            let own = self.own(slab);
-            let was_empty = own.place == Place::Empty;
-            let cls = &mut self.state().classes[class];
-            // SAFETY: as above.
-            unsafe {
-                match own.place {
-                    Place::Partial => list::remove(&mut cls.partial, own),
-                    Place::Empty => list::remove(&mut cls.empty, own),
-                    _ => {}
-                }
+            // SAFETY: list members are live slabs of this heap.
+            self.make_current(class, unsafe { &*next });
+        }
+    }
+
+    /// Makes `slab`, a slab of `class` that is not current, its current slab.
+    fn make_current(&self, class: usize, slab: &Slab) {
+        let own = self.own(slab);
+        let was_empty = own.place == Place::Empty;
+        let cls = &mut self.state().classes[class];
+        // SAFETY: list members belong to this heap.
+        unsafe {
+            match own.place {
+                Place::Partial => list::remove(&mut cls.partial, own),
+                Place::Empty => list::remove(&mut cls.empty, own),
+                _ => {}
             }
-            own.place = Place::Current;
-            cls.current = next;
-            cls.base = own.base.addr();
-            cls.bytes = own.bytes;
-            // A current slab is not counted as cached, even when it is empty.
-            if was_empty {
-                self.uncache(own.bytes);
-            }
+        }
+        own.place = Place::Current;
+        cls.current = slab;
+        cls.base = own.base.addr();
+        cls.bytes = own.bytes;
+        // A current slab is not counted as cached, even when it is empty.
+        if was_empty {
+            self.uncache(own.bytes);
         }
     }
 
@@ -720,10 +850,10 @@ impl Owned<'_> {
         if stale != 0 {
             self.refused_late(eng, stale);
         }
-        let tier = self.tier(LARGE);
-        tier.allocs.add(1);
-        tier.bytes.add(own.bytes as u64);
-        tier.requested.add(size as u64);
+        let large = &self.heap.hot.large;
+        large.allocs.add(1);
+        large.bytes.add(own.bytes as u64);
+        large.requested.add(size as u64);
         (slab.slot_ptr(own, slot), zero)
     }
 
@@ -748,19 +878,12 @@ impl Owned<'_> {
         unsafe { slab.release(own, slot) };
         let class = slab.class();
         if class == SPAN_CLASS {
-            let tier = self.tier(LARGE);
-            tier.frees.add(1);
-            tier.bytes.sub(own.bytes as u64);
-            tier.requested.sub(requested as u64);
+            self.span_freed(own.bytes, requested);
             self.cache_span(eng, slab);
             return Ok(());
         }
         let class = class as usize;
-        let geometry = &eng.classes[class];
-        let tier = self.tier(geometry.tier_index);
-        tier.frees.add(1);
-        tier.bytes.sub(geometry.stride as u64);
-        tier.requested.sub(requested as u64);
+        self.tally(class).freed(1, slab.stride() - requested);
         if own.place != Place::Current {
             self.settle(eng, slab, class);
         }
@@ -769,13 +892,19 @@ impl Owned<'_> {
 
     /// Counts off the requested bytes of a typed block this thread freed into
     /// another thread's slab (the owner counts the rest when it collects the post).
-    pub(crate) fn posted_typed(&self, eng: &Engine, slab: &Slab, size: usize) {
-        let class = slab.class();
-        let tier = match class {
-            SPAN_CLASS => LARGE,
-            class => eng.classes[class as usize].tier_index,
-        };
-        self.tier(tier).requested.sub(size as u64);
+    pub(crate) fn posted_typed(&self, slab: &Slab, size: usize) {
+        match slab.class() {
+            SPAN_CLASS => self.heap.hot.large.requested.sub(size as u64),
+            class => self.tally(class as usize).freed(0, slab.stride() - size),
+        }
+    }
+
+    /// Counts a large block of `bytes` bytes, requested for `requested`, freed.
+    fn span_freed(&self, bytes: usize, requested: usize) {
+        let large = &self.heap.hot.large;
+        large.frees.add(1);
+        large.bytes.sub(bytes as u64);
+        large.requested.sub(requested as u64);
     }
 
     /// Puts a slab that is not current and whose live count just dropped where it
@@ -827,7 +956,7 @@ impl Owned<'_> {
     fn cache(&self, eng: &Engine, bytes: usize) {
         self.state().cached += bytes;
         self.heap.counts.cached_bytes.add(bytes as u64);
-        let budget = eng.cache_limit.min(self.cache_budget());
+        let budget = eng.cache_limit.min(self.cache_budget(eng));
         if self.state().cached > budget {
             self.release_down_to(eng, budget / 2);
         }
@@ -866,8 +995,8 @@ impl Owned<'_> {
     /// What the heap may keep in empty slabs and free large blocks now: a share of
     /// what it holds live (so that kept blocks, which stand in the way of other
     /// sizes' placement, stay a small part of the reserve), and at least a floor.
-    fn cache_budget(&self) -> usize {
-        let (live, _) = self.heap.net();
+    fn cache_budget(&self, eng: &Engine) -> usize {
+        let (live, _) = self.net(eng);
         let st = self.state();
         st.high_live = st.high_live.max(live);
         (st.high_live / CACHE_SHARE).max(CACHE_FLOOR)
@@ -923,20 +1052,13 @@ impl Owned<'_> {
         self.heap.counts.remote_frees.add(done.slots as u64);
         let class = slab.class();
         if class == SPAN_CLASS {
-            let tier = self.tier(LARGE);
-            tier.frees.add(1);
-            tier.bytes.sub(own.bytes as u64);
-            tier.requested.sub(done.raw_requested as u64);
+            self.span_freed(own.bytes, done.raw_requested);
             self.cache_span(eng, slab);
             return;
         }
         let class = class as usize;
-        let geometry = &eng.classes[class];
-        let tier = self.tier(geometry.tier_index);
-        tier.frees.add(done.slots as u64);
-        tier.bytes
-            .sub((done.slots as usize * geometry.stride) as u64);
-        tier.requested.sub(done.raw_requested as u64);
+        let raw_waste = done.raw_slots as usize * slab.stride() - done.raw_requested;
+        self.tally(class).freed(done.slots as u64, raw_waste);
         if own.place != Place::Current {
             self.settle(eng, slab, class);
         }
@@ -1043,7 +1165,11 @@ impl Owned<'_> {
         unsafe { slab.init(base, bytes, geometry.stride, slots, class as u32, fresh) };
         eng.map.set(base.as_ptr().addr(), bytes, slab);
         self.own(slab).place = Place::Current;
-        self.state().classes[class].held += bytes;
+        let st = self.state();
+        if st.classes[class].held == 0 && !st.used.contains(&(class as u32)) {
+            st.used.push(class as u32);
+        }
+        st.classes[class].held += bytes;
         let counts = &self.heap.counts.classes[class];
         counts.slabs.add(1);
         counts.slab_bytes.add(bytes as u64);
@@ -1188,7 +1314,7 @@ impl Owned<'_> {
     /// over if every slab switch made them.
     pub(crate) fn publish(&self, eng: &Engine) {
         let counts = &self.heap.counts;
-        let (allocated, _) = self.heap.net();
+        let (allocated, _) = self.net(eng);
         let change = allocated.wrapping_sub(counts.published_allocated.get() as usize) as isize;
         if change.unsigned_abs() >= PUBLISH_STEP {
             self.publish_now(eng);
@@ -1198,7 +1324,7 @@ impl Owned<'_> {
     /// Adds everything unpublished to the manager's totals.
     pub(crate) fn publish_now(&self, eng: &Engine) {
         let counts = &self.heap.counts;
-        let (allocated, requested) = self.heap.net();
+        let (allocated, requested) = self.net(eng);
         let da = allocated.wrapping_sub(counts.published_allocated.get() as usize) as isize;
         let dr = requested.wrapping_sub(counts.published_requested.get() as usize) as isize;
         if da != 0 || dr != 0 {
@@ -1240,6 +1366,13 @@ impl Owned<'_> {
     pub(crate) fn extent(&self, slab: &Slab) -> (usize, usize) {
         let own = self.own(slab);
         (own.base.addr(), own.bytes)
+    }
+
+    /// The live slots of `slab`, a slab of this heap, as `(slot, raw)` (for
+    /// snapshots).
+    pub(crate) fn live_slots(&self, slab: &Slab) -> Vec<(u32, bool)> {
+        // SAFETY: this heap owns the slab.
+        unsafe { slab.live_slots(self.own(slab)) }
     }
 }
 

@@ -176,6 +176,8 @@ pub(crate) struct Engine {
     pub(crate) id: u64,
     /// Size classes first, then explicit pools.
     pub(crate) classes: Box<[Class]>,
+    /// Each class's stride, for the sums over classes of a heap's counters.
+    pub(crate) strides: Box<[usize]>,
     size_classes: Option<SizeClasses>,
     /// The class of every size up to [`TABLE_LIMIT`] (or the threshold) at the
     /// engine's alignment, in steps of 8 bytes (the least class spacing):
@@ -304,6 +306,7 @@ impl Engine {
         };
         Arc::new(Engine {
             id: NEXT_ENGINE.fetch_add(1, Relaxed),
+            strides: classes.iter().map(|c| c.stride).collect(),
             classes: classes.into_boxed_slice(),
             size_classes,
             class_table,
@@ -389,8 +392,12 @@ impl Engine {
         raw: bool,
     ) -> Option<NonNull<u8>> {
         let entered = enter(self)?;
-        let served = entered.owned().grant_hot(self, class, size, raw);
-        served.map(|(ptr, _)| ptr)
+        let owned = entered.owned();
+        let served = match owned.grant_hot(self, class, size, raw) {
+            Some(served) => served,
+            None => owned.grant_refill(self, class, size, raw)?,
+        };
+        Some(served.0)
     }
 
     /// The hot path of a large block: one of `pages` pages from the calling thread's
@@ -429,18 +436,24 @@ impl Engine {
                 return true;
             }
         }
-        if let Some(slab) = owned.last_holding(addr) {
-            return owned.release_hot(self, slab, addr, raw, size);
-        }
-        // SAFETY: records live as long as the engine.
-        let Some(slab) = (unsafe { self.map.get(addr).as_ref() }) else {
-            return false;
+        let slab = match owned.last_holding(addr) {
+            Some(slab) => slab,
+            None => {
+                // SAFETY: records live as long as the engine.
+                let Some(slab) = (unsafe { self.map.get(addr).as_ref() }) else {
+                    return false;
+                };
+                if !std::ptr::eq(slab.heap(), entered.heap) {
+                    return false;
+                }
+                owned.remember(slab);
+                slab
+            }
         };
-        if !std::ptr::eq(slab.heap(), entered.heap) {
-            return false;
+        match class {
+            Some(class) => owned.release_typed(self, slab, class, addr, size),
+            None => owned.release_hot(self, slab, addr, raw, size),
         }
-        owned.remember(slab);
-        owned.release_hot(self, slab, addr, raw, size)
     }
 
     /// A block of class `class` for `size` bytes, and whether it is known zero.
@@ -539,7 +552,7 @@ impl Engine {
                     if !std::ptr::eq(slab.heap(), heap) {
                         let posted = self.post(slab, addr, raw);
                         if posted.is_ok() && !raw {
-                            owned.posted_typed(self, slab, size);
+                            owned.posted_typed(slab, size);
                         }
                         return Seen::Done(posted);
                     }
@@ -574,7 +587,7 @@ impl Engine {
         if posted.is_ok() && !raw {
             let _lock = self.shared_lock.lock();
             // SAFETY: the shared heap is held by whoever holds its lock.
-            unsafe { self.shared.owned() }.posted_typed(self, slab, size);
+            unsafe { self.shared.owned() }.posted_typed(slab, size);
         }
         Some(posted)
     }
@@ -820,14 +833,33 @@ impl Engine {
                 remote_frees: c.remote_frees.get(),
                 slabs: c.spans.get() as usize,
             };
-            for (figures, counts) in s.tiers.iter_mut().zip(heap.hot.tiers.iter()) {
-                figures.allocs += counts.allocs.get();
-                figures.frees += counts.frees.get();
-                figures.bytes = figures.bytes.wrapping_add(counts.bytes.get());
-                figures.requested = figures.requested.wrapping_add(counts.requested.get());
-                thread.num_allocs += counts.allocs.get();
-                thread.num_frees += counts.frees.get();
+            let mut add = |tier: usize, allocs: u64, frees: u64, bytes: u64, requested: u64| {
+                let figures = &mut s.tiers[tier];
+                figures.allocs += allocs;
+                figures.frees += frees;
+                figures.bytes = figures.bytes.wrapping_add(bytes);
+                figures.requested = figures.requested.wrapping_add(requested);
+                thread.num_allocs += allocs;
+                thread.num_frees += frees;
+            };
+            for (class, tally) in self.classes.iter().zip(heap.tally.iter()) {
+                let (bytes, requested) = tally.live(class.stride);
+                add(
+                    class.tier_index,
+                    tally.allocs.get(),
+                    tally.frees.get(),
+                    bytes,
+                    requested,
+                );
             }
+            let large = &heap.hot.large;
+            add(
+                heap::LARGE,
+                large.allocs.get(),
+                large.frees.get(),
+                large.bytes.get(),
+                large.requested.get(),
+            );
             for (figures, counts) in s.classes.iter_mut().zip(c.classes.iter()) {
                 figures.slabs += counts.slabs.get();
                 figures.slab_bytes += counts.slab_bytes.get();
@@ -847,7 +879,7 @@ impl Engine {
             s.span_misses += c.span_misses.get();
             s.cached_bytes += c.cached_bytes.get() as usize;
             s.late_refusals += c.late_refusals.get();
-            let (allocated, requested) = heap.net();
+            let (allocated, requested) = heap.net(self);
             let unpublished =
                 |now: usize, published: u64| now.wrapping_sub(published as usize) as isize;
             s.pending.0 = s
@@ -881,8 +913,9 @@ impl Engine {
                     (c.tier, Some(c.stride))
                 };
                 let stride = slab.stride();
-                let blocks: Vec<BlockSnapshot> = slab
-                    .live_slots()
+                let blocks: Vec<BlockSnapshot> = owned
+                    .live_slots(slab)
+                    .into_iter()
                     .map(|(slot, raw)| BlockSnapshot {
                         address: address + slot as usize * stride,
                         size: stride,

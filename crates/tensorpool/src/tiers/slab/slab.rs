@@ -57,6 +57,9 @@ use std::ptr::NonNull;
 
 /// Slots per group, and per post word.
 const GROUP: usize = 64;
+/// A stack entry's mark for a slot a typed holder freed on the owner's fast path:
+/// still live in the bitmap (slot numbers are below [`MAX_SLOTS`](super::heap::MAX_SLOTS), 4096).
+const TYPED_FREE: u16 = 1 << 15;
 const POSTS_PER_WORD: usize = 16;
 const POST_BITS: u64 = 0xFFFF_FFFF;
 
@@ -182,8 +185,9 @@ pub(crate) enum Posted {
 pub(crate) struct Collected {
     /// Slots freed.
     pub(crate) slots: u32,
-    /// Requested bytes of the raw slots among them (the threads that posted typed
-    /// frees counted theirs).
+    /// The raw slots among them, and their requested bytes (the threads that posted
+    /// typed frees counted theirs).
+    pub(crate) raw_slots: u32,
     pub(crate) raw_requested: usize,
     /// Posts refused now: frees of slots that were not live with the kind posted.
     pub(crate) refused: u32,
@@ -381,6 +385,10 @@ impl Slab {
     /// slot, whether its bytes are known to be zero, and the number of stale posts it
     /// threw away; `None` when every slot is live.
     ///
+    /// A slot a typed holder freed on the owner's fast path (see
+    /// [`release_typed`](Self::release_typed)) is still live in the bitmap: it is
+    /// handed out as it is.
+    ///
     /// # Safety
     ///
     /// The caller holds the owning heap and passes this record's `own`.
@@ -392,34 +400,53 @@ impl Slab {
         requested: usize,
     ) -> Option<(u32, bool, u32)> {
         let top = self.top.load(Relaxed);
-        let (slot, zero) = if top != 0 {
+        let (slot, zero, reused) = if top != 0 {
             self.top.store(top - 1, Relaxed);
             // SAFETY: `top <= fresh <= slots <= capacity`, the stack's length.
-            (u32::from(unsafe { *own.stack.get_unchecked(top as usize - 1) }), false)
+            let entry = unsafe { *own.stack.get_unchecked(top as usize - 1) };
+            if entry & TYPED_FREE != 0 {
+                let slot = u32::from(entry & !TYPED_FREE);
+                if raw {
+                    self.mark_raw(slot, requested);
+                }
+                return Some((slot, false, 0));
+            }
+            (u32::from(entry), false, true)
         } else {
             let fresh = self.fresh.load(Relaxed);
             if fresh >= self.slots.load(Relaxed) {
                 return None;
             }
             self.fresh.store(fresh + 1, Relaxed);
-            (fresh, own.zero)
+            (fresh, own.zero, false)
         };
         let g = self.group(slot);
         let bit = 1u64 << (slot as usize % GROUP);
         g.free.store(g.free.load(Relaxed) & !bit, Relaxed);
         if raw {
-            g.raw.store(g.raw.load(Relaxed) | bit, Relaxed);
-            self.requested_of(slot).store(requested as u32, Relaxed);
+            self.mark_raw(slot, requested);
         }
-        // A post that reached this slot before now was made while it was free: it is
-        // stale (a double free that raced with the owner), and goes.
-        let word = &g.posts[slot as usize % GROUP / POSTS_PER_WORD];
-        let shift = 2 * (slot as usize % POSTS_PER_WORD);
-        if (word.load(Relaxed) >> shift) & 3 != 0 {
-            let before = word.fetch_and(!(3 << shift), AcqRel);
-            return Some((slot, zero, ((before >> shift) & 3).count_ones()));
+        if reused {
+            // A post that reached this slot while it was free is stale (a double free
+            // that raced with the owner's), and goes. A slot never handed out has
+            // none: a post to it is refused at once.
+            let word = &g.posts[slot as usize % GROUP / POSTS_PER_WORD];
+            let shift = 2 * (slot as usize % POSTS_PER_WORD);
+            if (word.load(Relaxed) >> shift) & 3 != 0 {
+                let before = word.fetch_and(!(3 << shift), AcqRel);
+                return Some((slot, zero, ((before >> shift) & 3).count_ones()));
+            }
         }
         Some((slot, zero, 0))
+    }
+
+    /// Marks live `slot` raw, requested for `requested` bytes.
+    #[inline(always)]
+    fn mark_raw(&self, slot: u32, requested: usize) {
+        let g = self.group(slot);
+        g.raw
+            .store(g.raw.load(Relaxed) | 1 << (slot as usize % GROUP), Relaxed);
+        self.requested_of(slot).store(requested as u32, Relaxed);
     }
 
     /// The address of `slot`, with the pages' provenance.
@@ -520,11 +547,37 @@ impl Slab {
             g.raw.store(raw & !bit, Relaxed);
         }
         g.free.store(g.free.load(Relaxed) | bit, Relaxed);
+        // SAFETY: by the caller's contract.
+        unsafe { self.push(own, slot as u16) };
+    }
+
+    /// Frees live typed `slot` on the owner's fast path: on top of the stack only,
+    /// marked [`TYPED_FREE`], and still live in the bitmap until it is handed out
+    /// again (typed, as it is; raw, marked raw). The `Allocator` contract vouches for
+    /// a typed free, so nothing needs the bitmap to refuse a second one; a raw free of
+    /// the slot meanwhile is refused (it is not raw), and snapshots read the stack.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the owning heap and passes this record's `own`; the slot is
+    /// live and typed (not raw).
+    #[inline(always)]
+    pub(crate) unsafe fn release_typed(&self, own: &mut Own, slot: u32) {
+        debug_assert!(self.state(slot) == Some(false), "not a live typed slot");
+        // SAFETY: by the caller's contract.
+        unsafe { self.push(own, slot as u16 | TYPED_FREE) };
+    }
+
+    /// # Safety
+    ///
+    /// As for [`release`](Self::release).
+    #[inline(always)]
+    unsafe fn push(&self, own: &mut Own, entry: u16) {
         let top = self.top.load(Relaxed);
         debug_assert!(top < self.fresh.load(Relaxed), "more frees than slots used");
         // SAFETY: a live slot is below `fresh`, and the stack holds the others below
         // it: `top < fresh <= capacity`, the stack's length.
-        unsafe { *own.stack.get_unchecked_mut(top as usize) = slot as u16 };
+        unsafe { *own.stack.get_unchecked_mut(top as usize) = entry };
         self.top.store(top + 1, Relaxed);
     }
 
@@ -623,6 +676,7 @@ impl Slab {
                 match self.state(slot) {
                     Some(raw) if kinds & (1 << raw as u32) != 0 => {
                         if raw {
+                            done.raw_slots += 1;
                             done.raw_requested += self.requested(slot);
                         }
                         // SAFETY: by the caller's contract.
@@ -643,9 +697,24 @@ impl Slab {
             .any(|(_, w)| w.load(Relaxed) & POST_BITS != 0)
     }
 
-    /// Live slots as `(slot, raw)`, for snapshots.
-    pub(crate) fn live_slots(&self) -> impl Iterator<Item = (u32, bool)> + '_ {
-        (0..self.slots.load(Relaxed)).filter_map(|s| self.state(s).map(|raw| (s, raw)))
+    /// Live slots as `(slot, raw)`, for snapshots: those live in the bitmap, but the
+    /// typed frees still on the owner's stack.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the owning heap and passes this record's `own`.
+    pub(crate) unsafe fn live_slots(&self, own: &Own) -> Vec<(u32, bool)> {
+        let top = self.top.load(Relaxed) as usize;
+        let mut typed_free: Vec<u32> = own.stack[..top]
+            .iter()
+            .filter(|&&e| e & TYPED_FREE != 0)
+            .map(|&e| u32::from(e & !TYPED_FREE))
+            .collect();
+        typed_free.sort_unstable();
+        (0..self.slots.load(Relaxed))
+            .filter(|s| typed_free.binary_search(s).is_err())
+            .filter_map(|s| self.state(s).map(|raw| (s, raw)))
+            .collect()
     }
 }
 
