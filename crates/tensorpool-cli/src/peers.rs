@@ -64,7 +64,7 @@ pub enum Subject {
     /// tensorpool, through the `Allocator` trait (typed path, thread caches).
     Tensorpool(Arc<MemoryManager>),
     /// A `GlobalAlloc` peer.
-    Global(Kind, &'static (dyn GlobalAlloc + Sync)),
+    Global(Kind),
 }
 
 impl Subject {
@@ -72,9 +72,7 @@ impl Subject {
     pub fn new(kind: Kind, config: &Config) -> tensorpool::Result<Subject> {
         Ok(match kind {
             Kind::Tensorpool => Subject::Tensorpool(Arc::new(MemoryManager::new(config.clone())?)),
-            Kind::System => Subject::Global(kind, &System),
-            Kind::Mimalloc => Subject::Global(kind, &MIMALLOC),
-            Kind::Jemalloc => Subject::Global(kind, &JEMALLOC),
+            Kind::System | Kind::Mimalloc | Kind::Jemalloc => Subject::Global(kind),
         })
     }
 
@@ -82,68 +80,7 @@ impl Subject {
     pub fn kind(&self) -> Kind {
         match self {
             Subject::Tensorpool(_) => Kind::Tensorpool,
-            Subject::Global(kind, _) => *kind,
-        }
-    }
-
-    /// A block for `layout` (non-zero size), or `None` when memory ran out.
-    #[inline]
-    pub fn alloc(&self, layout: Layout) -> Option<NonNull<u8>> {
-        match self {
-            Subject::Tensorpool(mm) => mm.allocate(layout).ok().map(NonNull::cast),
-            // SAFETY: callers pass non-zero layouts.
-            Subject::Global(_, heap) => NonNull::new(unsafe { heap.alloc(layout) }),
-        }
-    }
-
-    /// Frees a block.
-    ///
-    /// # Safety
-    ///
-    /// `ptr` came from `self.alloc(layout)` and has not been freed.
-    #[inline]
-    pub unsafe fn free(&self, ptr: NonNull<u8>, layout: Layout) {
-        // SAFETY: as the caller promises.
-        unsafe {
-            match self {
-                Subject::Tensorpool(mm) => mm.deallocate(ptr, layout),
-                Subject::Global(_, heap) => heap.dealloc(ptr.as_ptr(), layout),
-            }
-        }
-    }
-
-    /// `size` bytes (non-zero) through the allocator's sizeless interface: the raw
-    /// API for tensorpool (64-byte aligned), `malloc` for the others; `None` when
-    /// memory ran out.
-    #[inline]
-    pub fn alloc_raw(&self, size: usize) -> Option<NonNull<u8>> {
-        // SAFETY: the C allocators take any size and return null on failure.
-        let ptr = unsafe {
-            match self {
-                Subject::Tensorpool(mm) => return mm.allocate_raw(size, 64).ok(),
-                Subject::Global(Kind::System, _) => libc::malloc(size),
-                Subject::Global(Kind::Mimalloc, _) => libmimalloc_sys::mi_malloc(size),
-                Subject::Global(_, _) => tikv_jemalloc_sys::malloc(size),
-            }
-        };
-        NonNull::new(ptr.cast())
-    }
-
-    /// Frees a block from [`alloc_raw`](Self::alloc_raw) with its address alone.
-    ///
-    /// # Safety
-    ///
-    /// `ptr` came from `self.alloc_raw` and has not been freed.
-    #[inline]
-    pub unsafe fn free_raw(&self, ptr: NonNull<u8>) {
-        // SAFETY: as the caller promises.
-        unsafe {
-            match self {
-                Subject::Tensorpool(mm) => mm.free_raw(ptr.as_ptr()).expect("a live raw block"),
-                Subject::Global(Kind::System, _) => libc::free(ptr.as_ptr().cast()),
-                Subject::Global(Kind::Mimalloc, _) => libmimalloc_sys::mi_free(ptr.as_ptr().cast()),
-                Subject::Global(_, _) => tikv_jemalloc_sys::free(ptr.as_ptr().cast()),
-            }
+            Subject::Global(kind) => *kind,
         }
     }
 
@@ -151,12 +88,12 @@ impl Subject {
     pub fn reserved_bytes(&self) -> usize {
         match self {
             Subject::Tensorpool(mm) => mm.reserved_bytes(),
-            Subject::Global(Kind::System, _) => {
+            Subject::Global(Kind::System) => {
                 // SAFETY: mallinfo2 only reads glibc's bookkeeping.
                 let info = unsafe { libc::mallinfo2() };
                 info.arena + info.hblkhd
             }
-            Subject::Global(Kind::Mimalloc, _) => {
+            Subject::Global(Kind::Mimalloc) => {
                 let mut v = [0usize; 8];
                 // SAFETY: every out-pointer points at a distinct, writable usize.
                 unsafe {
@@ -165,7 +102,7 @@ impl Subject {
                 }
                 v[5]
             }
-            Subject::Global(_, _) => {
+            Subject::Global(_) => {
                 // A refresh makes jemalloc's statistics current.
                 let _ = tikv_jemalloc_ctl::epoch::advance();
                 tikv_jemalloc_ctl::stats::mapped::read().unwrap_or(0)
@@ -180,10 +117,144 @@ impl Subject {
                 let s = mm.stats();
                 Some(s.num_upstream_allocs + s.num_upstream_frees)
             }
-            Subject::Global(..) => None,
+            Subject::Global(_) => None,
         }
     }
 }
+
+/// One allocator's entry points, called directly. Each workload is compiled once
+/// per allocator ([`with_allocator!`](crate::peers::with_allocator) picks the
+/// allocator once per run), so that no allocator pays for a dispatch per operation,
+/// nor for the registers another allocator's inlined path needs.
+pub trait Allocates: Sync {
+    /// A block for `layout` (non-zero size), or `None` when memory ran out.
+    fn alloc(&self, layout: Layout) -> Option<NonNull<u8>>;
+
+    /// Frees a block.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` came from `self.alloc(layout)` and has not been freed.
+    unsafe fn free(&self, ptr: NonNull<u8>, layout: Layout);
+
+    /// `size` bytes (non-zero) through the allocator's sizeless interface: the raw
+    /// API for tensorpool (64-byte aligned), `malloc` for the others; `None` when
+    /// memory ran out.
+    fn alloc_raw(&self, size: usize) -> Option<NonNull<u8>>;
+
+    /// Frees a block from [`alloc_raw`](Self::alloc_raw) with its address alone.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` came from `self.alloc_raw` and has not been freed.
+    unsafe fn free_raw(&self, ptr: NonNull<u8>);
+}
+
+impl Allocates for MemoryManager {
+    #[inline(always)]
+    fn alloc(&self, layout: Layout) -> Option<NonNull<u8>> {
+        self.allocate(layout).ok().map(NonNull::cast)
+    }
+
+    #[inline(always)]
+    unsafe fn free(&self, ptr: NonNull<u8>, layout: Layout) {
+        // SAFETY: as the caller promises.
+        unsafe { self.deallocate(ptr, layout) }
+    }
+
+    #[inline(always)]
+    fn alloc_raw(&self, size: usize) -> Option<NonNull<u8>> {
+        self.allocate_raw(size, 64).ok()
+    }
+
+    #[inline(always)]
+    unsafe fn free_raw(&self, ptr: NonNull<u8>) {
+        self.free_raw(ptr.as_ptr()).expect("a live raw block");
+    }
+}
+
+/// A `GlobalAlloc` peer and its C entry points, called directly.
+macro_rules! peer {
+    ($(#[$doc:meta])* $name:ident, $global:expr, $malloc:path, $free:path) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy)]
+        pub struct $name;
+
+        impl Allocates for $name {
+            #[inline(always)]
+            fn alloc(&self, layout: Layout) -> Option<NonNull<u8>> {
+                // SAFETY: callers pass non-zero layouts.
+                NonNull::new(unsafe { $global.alloc(layout) })
+            }
+
+            #[inline(always)]
+            unsafe fn free(&self, ptr: NonNull<u8>, layout: Layout) {
+                // SAFETY: as the caller promises.
+                unsafe { $global.dealloc(ptr.as_ptr(), layout) }
+            }
+
+            #[inline(always)]
+            fn alloc_raw(&self, size: usize) -> Option<NonNull<u8>> {
+                // SAFETY: the C allocators take any size and return null on failure.
+                NonNull::new(unsafe { $malloc(size) }.cast())
+            }
+
+            #[inline(always)]
+            unsafe fn free_raw(&self, ptr: NonNull<u8>) {
+                // SAFETY: as the caller promises.
+                unsafe { $free(ptr.as_ptr().cast()) }
+            }
+        }
+    };
+}
+
+peer!(
+    /// The system allocator (glibc's malloc).
+    Glibc,
+    System,
+    libc::malloc,
+    libc::free
+);
+peer!(
+    /// mimalloc.
+    Mimalloc,
+    MIMALLOC,
+    libmimalloc_sys::mi_malloc,
+    libmimalloc_sys::mi_free
+);
+peer!(
+    /// jemalloc.
+    Jemalloc,
+    JEMALLOC,
+    tikv_jemalloc_sys::malloc,
+    tikv_jemalloc_sys::free
+);
+
+/// Runs `$body` with `$a` bound to the allocator of `$subject` as its own type (an
+/// [`Allocates`]), so that the body is compiled once per allocator.
+macro_rules! with_allocator {
+    ($subject:expr, |$a:ident| $body:expr) => {
+        match $subject {
+            $crate::peers::Subject::Tensorpool(mm) => {
+                let $a: &tensorpool::MemoryManager = mm;
+                $body
+            }
+            $crate::peers::Subject::Global($crate::peers::Kind::System) => {
+                let $a = &$crate::peers::Glibc;
+                $body
+            }
+            $crate::peers::Subject::Global($crate::peers::Kind::Mimalloc) => {
+                let $a = &$crate::peers::Mimalloc;
+                $body
+            }
+            $crate::peers::Subject::Global(_) => {
+                let $a = &$crate::peers::Jemalloc;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_allocator;
 
 /// Minor page faults of this process so far.
 pub fn page_faults() -> u64 {
@@ -205,10 +276,14 @@ mod tests {
             let s = Subject::new(kind, &Config::default()).unwrap();
             assert_eq!(s.kind(), kind);
             let layout = Layout::from_size_align(4 << 20, 64).unwrap();
-            let p = s.alloc(layout).unwrap();
+            let p = with_allocator!(&s, |a| Allocates::alloc(a, layout)).unwrap();
             assert_eq!(p.as_ptr() as usize % 64, 0);
             // SAFETY: a fresh block of `layout`.
             unsafe { p.as_ptr().write_bytes(1, layout.size()) };
+            // The sizeless interface too.
+            let r = with_allocator!(&s, |a| Allocates::alloc_raw(a, 100)).unwrap();
+            // SAFETY: allocated just above, freed once.
+            unsafe { with_allocator!(&s, |a| Allocates::free_raw(a, r)) };
             // Under AddressSanitizer the system allocator is the sanitizer's, which
             // keeps no mallinfo2 figures (all zero even with 4 MiB allocated).
             if !(kind == Kind::System && mallinfo_is_empty()) {
@@ -219,7 +294,7 @@ mod tests {
                 );
             }
             // SAFETY: allocated above with `layout`.
-            unsafe { s.free(p, layout) };
+            unsafe { with_allocator!(&s, |a| Allocates::free(a, p, layout)) };
             assert_eq!(s.upstream_calls().is_some(), kind == Kind::Tensorpool);
         }
         assert!(page_faults() > 0);

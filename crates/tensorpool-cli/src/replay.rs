@@ -17,7 +17,7 @@
 //! an allocator that does nothing, and reported beside the results.
 
 use crate::error::{CliError, Result};
-use crate::peers::{page_faults, Kind, Subject};
+use crate::peers::{page_faults, with_allocator, Allocates, Kind, Subject};
 use crate::workloads;
 use serde::{Deserialize, Serialize};
 use std::alloc::Layout;
@@ -169,6 +169,24 @@ pub(crate) fn run_once(
     sizes: &[u64],
     layouts: &[Layout],
     subject: &Subject,
+    touch_pages: bool,
+    after_alloc: impl FnMut(usize, u64),
+) -> Result<()> {
+    with_allocator!(subject, |a| run_once_in(
+        trace,
+        sizes,
+        layouts,
+        a,
+        touch_pages,
+        after_alloc
+    ))
+}
+
+fn run_once_in(
+    trace: &Trace,
+    sizes: &[u64],
+    layouts: &[Layout],
+    subject: &impl Allocates,
     touch_pages: bool,
     mut after_alloc: impl FnMut(usize, u64),
 ) -> Result<()> {

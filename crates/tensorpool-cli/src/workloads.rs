@@ -2,7 +2,7 @@
 //! benchmarks in `benches/`. Each runs a given number of rounds and returns the wall
 //! time, so that a caller can time it its own way.
 
-use crate::peers::Subject;
+use crate::peers::{with_allocator, Allocates, Subject};
 use std::alloc::Layout;
 use std::hint::black_box;
 use std::ptr::NonNull;
@@ -23,13 +23,15 @@ pub const HELD: usize = 64;
 
 /// `rounds` allocate + free pairs of `layout`, hot.
 pub fn pairs(subject: &Subject, layout: Layout, rounds: u64) -> Duration {
+    with_allocator!(subject, |a| pairs_in(a, layout, rounds))
+}
+
+fn pairs_in(a: &impl Allocates, layout: Layout, rounds: u64) -> Duration {
     let start = Instant::now();
     for _ in 0..rounds {
-        let p = subject
-            .alloc(black_box(layout))
-            .expect("memory for a benchmark");
+        let p = a.alloc(black_box(layout)).expect("memory for a benchmark");
         // SAFETY: allocated just above with `layout`.
-        unsafe { subject.free(black_box(p), layout) };
+        unsafe { a.free(black_box(p), layout) };
     }
     start.elapsed()
 }
@@ -37,17 +39,19 @@ pub fn pairs(subject: &Subject, layout: Layout, rounds: u64) -> Duration {
 /// `rounds` rounds of: allocate [`HELD`] blocks of `layout`, then free them (first
 /// allocated, first freed). One round is `HELD` pairs.
 pub fn held(subject: &Subject, layout: Layout, rounds: u64) -> Duration {
+    with_allocator!(subject, |a| held_in(a, layout, rounds))
+}
+
+fn held_in(a: &impl Allocates, layout: Layout, rounds: u64) -> Duration {
     let mut blocks = [NonNull::<u8>::dangling(); HELD];
     let start = Instant::now();
     for _ in 0..rounds {
         for b in blocks.iter_mut() {
-            *b = subject
-                .alloc(black_box(layout))
-                .expect("memory for a benchmark");
+            *b = a.alloc(black_box(layout)).expect("memory for a benchmark");
         }
         for &b in blocks.iter() {
             // SAFETY: allocated above with `layout`, freed once.
-            unsafe { subject.free(black_box(b), layout) };
+            unsafe { a.free(black_box(b), layout) };
         }
     }
     start.elapsed()
@@ -56,13 +60,15 @@ pub fn held(subject: &Subject, layout: Layout, rounds: u64) -> Duration {
 /// `rounds` pairs through the sizeless interface (`allocate_raw` + `free_raw`,
 /// `malloc` + `free`) of `size` bytes.
 pub fn raw_pairs(subject: &Subject, size: usize, rounds: u64) -> Duration {
+    with_allocator!(subject, |a| raw_pairs_in(a, size, rounds))
+}
+
+fn raw_pairs_in(a: &impl Allocates, size: usize, rounds: u64) -> Duration {
     let start = Instant::now();
     for _ in 0..rounds {
-        let p = subject
-            .alloc_raw(black_box(size))
-            .expect("memory for a benchmark");
+        let p = a.alloc_raw(black_box(size)).expect("memory for a benchmark");
         // SAFETY: allocated just above, freed once.
-        unsafe { subject.free_raw(black_box(p)) };
+        unsafe { a.free_raw(black_box(p)) };
     }
     start.elapsed()
 }
@@ -116,13 +122,17 @@ pub fn bumpalo(bump: &mut bumpalo::Bump, rounds: u64) -> Duration {
 
 /// `rounds` rounds of: allocate `size` bytes, write every page, free.
 pub fn large(subject: &Subject, size: usize, rounds: u64) -> Duration {
+    with_allocator!(subject, |a| large_in(a, size, rounds))
+}
+
+fn large_in(a: &impl Allocates, size: usize, rounds: u64) -> Duration {
     let layout = Layout::from_size_align(size, 64).expect("a valid size");
     let start = Instant::now();
     for _ in 0..rounds {
-        let p = subject.alloc(layout).expect("memory for a benchmark");
+        let p = a.alloc(layout).expect("memory for a benchmark");
         touch(p, size);
         // SAFETY: allocated just above with `layout`.
-        unsafe { subject.free(p, layout) };
+        unsafe { a.free(p, layout) };
     }
     start.elapsed()
 }
@@ -156,12 +166,14 @@ pub fn local(subject: &Subject, threads: usize, rounds: u64) -> Duration {
             let (subject, start) = (subject.clone(), start.clone());
             std::thread::spawn(move || {
                 let mut held = [(NonNull::<u8>::dangling(), mixed_layout(0)); HELD];
-                // Warm up outside the timed part: the thread's first slabs or pages.
-                run_local(&subject, &mut held, t, 4);
-                start.wait();
-                let began = Instant::now();
-                run_local(&subject, &mut held, t, rounds);
-                (began, Instant::now())
+                with_allocator!(&subject, |a| {
+                    // Warm up outside the timed part: the thread's first slabs or pages.
+                    run_local(a, &mut held, t, 4);
+                    start.wait();
+                    let began = Instant::now();
+                    run_local(a, &mut held, t, rounds);
+                    (began, Instant::now())
+                })
             })
         })
         .collect();
@@ -185,18 +197,18 @@ pub fn local(subject: &Subject, threads: usize, rounds: u64) -> Duration {
     last - first
 }
 
-fn run_local(subject: &Subject, held: &mut [(NonNull<u8>, Layout); HELD], t: usize, rounds: u64) {
+fn run_local(a: &impl Allocates, held: &mut [(NonNull<u8>, Layout); HELD], t: usize, rounds: u64) {
     for round in 0..rounds as usize {
         for (i, slot) in held.iter_mut().enumerate() {
             let layout = mixed_layout(i * 7 + round + t);
-            let ptr = subject.alloc(layout).expect("memory for a benchmark");
+            let ptr = a.alloc(layout).expect("memory for a benchmark");
             // SAFETY: a fresh block of at least one byte.
             unsafe { ptr.as_ptr().write_volatile(i as u8) };
             *slot = (ptr, layout);
         }
         for &(ptr, layout) in held.iter() {
             // SAFETY: allocated above with this layout, freed once.
-            unsafe { subject.free(ptr, layout) };
+            unsafe { a.free(ptr, layout) };
         }
     }
 }
@@ -213,36 +225,40 @@ pub fn producer_consumer(subject: &Subject, blocks: u64) -> Duration {
     let producer = {
         let (subject, start) = (subject.clone(), start.clone());
         std::thread::spawn(move || {
-            start.wait();
-            let mut batch = Vec::with_capacity(HELD);
-            for i in 0..blocks as usize {
-                let layout = mixed_layout(i % 10);
-                let ptr = subject.alloc(layout).expect("memory for a benchmark");
-                // SAFETY: a fresh block of at least one byte.
-                unsafe { ptr.as_ptr().write_volatile(1) };
-                batch.push((ptr, layout));
-                if batch.len() == HELD {
-                    let next = spare
-                        .try_recv()
-                        .map_or_else(|_| Vec::with_capacity(HELD), |b| b.0);
-                    let full = std::mem::replace(&mut batch, next);
-                    tx.send(Batch(full)).expect("the consumer is alive");
+            with_allocator!(&subject, |a| {
+                start.wait();
+                let mut batch = Vec::with_capacity(HELD);
+                for i in 0..blocks as usize {
+                    let layout = mixed_layout(i % 10);
+                    let ptr = a.alloc(layout).expect("memory for a benchmark");
+                    // SAFETY: a fresh block of at least one byte.
+                    unsafe { ptr.as_ptr().write_volatile(1) };
+                    batch.push((ptr, layout));
+                    if batch.len() == HELD {
+                        let next = spare
+                            .try_recv()
+                            .map_or_else(|_| Vec::with_capacity(HELD), |b| b.0);
+                        let full = std::mem::replace(&mut batch, next);
+                        tx.send(Batch(full)).expect("the consumer is alive");
+                    }
                 }
-            }
-            tx.send(Batch(batch)).expect("the consumer is alive");
+                tx.send(Batch(batch)).expect("the consumer is alive");
+            })
         })
     };
     let consumer = {
         let (subject, start) = (subject.clone(), start.clone());
         std::thread::spawn(move || {
-            start.wait();
-            for mut batch in rx {
-                for (ptr, layout) in batch.0.drain(..) {
-                    // SAFETY: allocated by the producer with this layout, freed once.
-                    unsafe { subject.free(ptr, layout) };
+            with_allocator!(&subject, |a| {
+                start.wait();
+                for mut batch in rx {
+                    for (ptr, layout) in batch.0.drain(..) {
+                        // SAFETY: allocated by the producer with this layout, freed once.
+                        unsafe { a.free(ptr, layout) };
+                    }
+                    let _ = recycle.send(batch);
                 }
-                let _ = recycle.send(batch);
-            }
+            })
         })
     };
     start.wait();

@@ -68,7 +68,8 @@ const POST_BITS: u64 = 0xFFFF_FFFF;
 struct Group {
     /// 1 = free. Bits beyond the slab's slots are 0.
     free: AtomicU64,
-    /// 1 = handed out through the raw API.
+    /// 1 = handed out through the raw API (meaningful for live slots only: a free
+    /// slot keeps its last holder's bit).
     raw: AtomicU64,
     posts: [AtomicU64; GROUP / POSTS_PER_WORD],
 }
@@ -123,6 +124,8 @@ pub(crate) struct Slab {
     class: AtomicU32,
     base: AtomicUsize,
     stride: AtomicUsize,
+    /// `slots * stride`: the bytes that slots start in.
+    extent: AtomicUsize,
     /// `2^64 / stride`, rounded up: a slot index is one multiplication away.
     magic: AtomicU64,
     /// `capacity / 64` groups (rounded up), fixed for the record's life.
@@ -210,6 +213,7 @@ impl Slab {
             class: AtomicU32::new(0),
             base: AtomicUsize::new(0),
             stride: AtomicUsize::new(PAGE),
+            extent: AtomicUsize::new(0),
             magic: AtomicU64::new(magic_for(PAGE)),
             groups,
             gen: AtomicU32::new(1),
@@ -333,6 +337,7 @@ impl Slab {
         let gen = dead.wrapping_add(1);
         self.base.store(base.as_ptr().addr(), Relaxed);
         self.stride.store(stride, Relaxed);
+        self.extent.store(slots as usize * stride, Relaxed);
         self.slots.store(slots, Relaxed);
         self.class.store(class, Relaxed);
         self.magic.store(magic_for(stride), Relaxed);
@@ -405,6 +410,7 @@ impl Slab {
             // SAFETY: `top <= fresh <= slots <= capacity`, the stack's length.
             let entry = unsafe { *own.stack.get_unchecked(top as usize - 1) };
             if entry & TYPED_FREE != 0 {
+                // Live in the bitmap, typed.
                 let slot = u32::from(entry & !TYPED_FREE);
                 if raw {
                     self.mark_raw(slot, requested);
@@ -423,8 +429,13 @@ impl Slab {
         let g = self.group(slot);
         let bit = 1u64 << (slot as usize % GROUP);
         g.free.store(g.free.load(Relaxed) & !bit, Relaxed);
+        // The raw bit of a free slot is its last holder's: set it to this one's.
+        let kinds = g.raw.load(Relaxed);
+        if (kinds & bit != 0) != raw {
+            g.raw.store(kinds ^ bit, Relaxed);
+        }
         if raw {
-            self.mark_raw(slot, requested);
+            self.requested_of(slot).store(requested as u32, Relaxed);
         }
         if reused {
             // A post that reached this slot while it was free is stale (a double free
@@ -440,7 +451,7 @@ impl Slab {
         Some((slot, zero, 0))
     }
 
-    /// Marks live `slot` raw, requested for `requested` bytes.
+    /// Marks live typed `slot` raw, requested for `requested` bytes.
     #[inline(always)]
     fn mark_raw(&self, slot: u32, requested: usize) {
         let g = self.group(slot);
@@ -464,7 +475,7 @@ impl Slab {
         let base = self.base.load(Relaxed);
         let stride = self.stride.load(Relaxed);
         let offset = addr.wrapping_sub(base);
-        if offset >= self.slots.load(Relaxed) as usize * stride {
+        if offset >= self.extent.load(Relaxed) {
             return Err(PointerError::NotLive);
         }
         let slot = divide(offset, self.magic.load(Relaxed));
@@ -532,8 +543,9 @@ impl Slab {
         self.requested_of(slot).load(Relaxed) as usize
     }
 
-    /// Frees live `slot` (checked by the caller): free in the bitmap, on top of the
-    /// stack.
+    /// Frees live `slot` (checked by the caller): free in the bitmap (its raw bit,
+    /// which says nothing of a free slot, stays until it is handed out again), on
+    /// top of the stack.
     ///
     /// # Safety
     ///
@@ -542,10 +554,6 @@ impl Slab {
     pub(crate) unsafe fn release(&self, own: &mut Own, slot: u32) {
         let g = self.group(slot);
         let bit = 1u64 << (slot as usize % GROUP);
-        let raw = g.raw.load(Relaxed);
-        if raw & bit != 0 {
-            g.raw.store(raw & !bit, Relaxed);
-        }
         g.free.store(g.free.load(Relaxed) | bit, Relaxed);
         // SAFETY: by the caller's contract.
         unsafe { self.push(own, slot as u16) };
