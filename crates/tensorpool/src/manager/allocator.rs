@@ -38,9 +38,19 @@ unsafe impl Allocator for MemoryManager {
             return Ok(zero_sized(layout.align()));
         }
         let ptr = match self.inner.serve_hot(layout.size(), layout.align(), false) {
-            Some(ptr) => ptr,
+            Some((ptr, _)) => ptr,
             None => self.allocate_cold(layout)?,
         };
+        Ok(NonNull::slice_from_raw_parts(ptr, layout.size()))
+    }
+
+    #[inline]
+    fn allocate_zeroed(&self, layout: Layout) -> std::result::Result<NonNull<[u8]>, AllocError> {
+        if layout.size() == 0 {
+            return Ok(zero_sized(layout.align()));
+        }
+        // Blocks from pages fresh from the system are not written again.
+        let ptr = self.try_allocate_zeroed(layout).map_err(|_| AllocError)?;
         Ok(NonNull::slice_from_raw_parts(ptr, layout.size()))
     }
 

@@ -267,7 +267,7 @@ impl MemoryManager {
     #[inline]
     pub fn allocate_raw(&self, size: usize, align: usize) -> Result<NonNull<u8>> {
         match self.inner.serve_hot(size, align, true) {
-            Some(ptr) => Ok(ptr),
+            Some((ptr, _)) => Ok(ptr),
             None => self.allocate_raw_cold(size, align),
         }
     }
@@ -282,9 +282,11 @@ impl MemoryManager {
     /// (without writing it when the block's pages are fresh from the system).
     #[inline]
     pub fn allocate_raw_zeroed(&self, size: usize, align: usize) -> Result<NonNull<u8>> {
-        if let Some(ptr) = self.inner.serve_hot(size, align, true) {
-            // SAFETY: a fresh block of at least `size` bytes, exclusively ours.
-            unsafe { ptr.as_ptr().write_bytes(0, size) };
+        if let Some((ptr, zero)) = self.inner.serve_hot(size, align, true) {
+            if !zero {
+                // SAFETY: a fresh block of at least `size` bytes, exclusively ours.
+                unsafe { ptr.as_ptr().write_bytes(0, size) };
+            }
             return Ok(ptr);
         }
         self.allocate_raw_zeroed_cold(size, align)
@@ -457,7 +459,7 @@ impl MemoryManager {
             return Err(Error::ZeroSize);
         }
         match self.inner.serve_hot(layout.size(), layout.align(), false) {
-            Some(ptr) => Ok(ptr),
+            Some((ptr, _)) => Ok(ptr),
             None => self.allocate_typed(layout),
         }
     }
@@ -468,7 +470,10 @@ impl MemoryManager {
         if layout.size() == 0 {
             return Err(Error::ZeroSize);
         }
-        let (ptr, zero) = self.inner.serve(layout.size(), layout.align(), false)?;
+        let (ptr, zero) = match self.inner.serve_hot(layout.size(), layout.align(), false) {
+            Some(served) => served,
+            None => self.inner.serve(layout.size(), layout.align(), false)?,
+        };
         if !zero {
             // SAFETY: the block is `layout.size()` bytes, fresh, and exclusively ours.
             unsafe { ptr.as_ptr().write_bytes(0, layout.size()) };

@@ -36,11 +36,17 @@ impl Inner {
     }
 
     /// The hot path of small allocations: a slot of the calling thread's current
-    /// slab of the class, with no lock and no atomic read-modify-write. `None` sends
+    /// slab of the class (and whether it is known zero), with no lock and no atomic
+    /// read-modify-write. `None` sends
     /// the request down the full path (debug mode, explicit pools, a size or
     /// alignment no class serves, a slab to change).
     #[inline(always)]
-    pub(super) fn serve_hot(&self, size: usize, align: usize, raw: bool) -> Option<NonNull<u8>> {
+    pub(super) fn serve_hot(
+        &self,
+        size: usize,
+        align: usize,
+        raw: bool,
+    ) -> Option<(NonNull<u8>, bool)> {
         // One comparison for a size of 0 and one beyond the table (0 when the hot
         // paths may not serve).
         if size.wrapping_sub(1) < self.table_limit && align <= self.table_align {
@@ -54,7 +60,12 @@ impl Inner {
     /// [`serve_hot`](Self::serve_hot) past the class table: the larger classes and
     /// spans.
     #[inline]
-    fn serve_hot_medium(&self, size: usize, align: usize, raw: bool) -> Option<NonNull<u8>> {
+    fn serve_hot_medium(
+        &self,
+        size: usize,
+        align: usize,
+        raw: bool,
+    ) -> Option<(NonNull<u8>, bool)> {
         // One comparison for a size of 0 and one beyond any limit (whose rounding
         // would overflow): both go to the full path, which says why.
         if !self.fast || align > MAX_ALIGN || size.wrapping_sub(1) >= crate::MAX_ALLOCATION_SIZE {

@@ -129,6 +129,31 @@ fn raw_size_and_reallocate_raw_in_every_tier() {
 }
 
 #[test]
+fn zeroed_blocks_are_zero_also_when_reused() {
+    // Fresh slots are not written (their pages came zero); reused ones are.
+    let mm = manager(heap_config());
+    for size in [64, 100, 1000, 5000, 40_000, 100_000] {
+        let layout = std::alloc::Layout::from_size_align(size, 64).unwrap();
+        for round in 0..3 {
+            let typed = mm.allocate_zeroed(layout).unwrap().cast::<u8>();
+            let raw = mm.allocate_raw_zeroed(size, 64).unwrap();
+            // SAFETY: both are live blocks of `size` bytes, ours alone.
+            unsafe {
+                let t = std::slice::from_raw_parts_mut(typed.as_ptr(), size);
+                let r = std::slice::from_raw_parts_mut(raw.as_ptr(), size);
+                assert!(t.iter().all(|&b| b == 0), "{size} typed round {round}");
+                assert!(r.iter().all(|&b| b == 0), "{size} raw round {round}");
+                t.fill(0xAB);
+                r.fill(0xCD);
+                mm.deallocate(typed, layout);
+            }
+            mm.free_raw(raw.as_ptr()).unwrap();
+        }
+    }
+    assert_eq!(mm.stats().allocated_bytes, 0);
+}
+
+#[test]
 fn raw_size_and_reallocate_raw_refuse_bad_pointers() {
     let mm = manager(heap_config());
     let raw = mm.allocate_raw(1000, 8).unwrap().as_ptr();

@@ -382,36 +382,35 @@ impl Engine {
         f(&unsafe { self.shared.owned() })
     }
 
-    /// The hot path: a block of class `class` from the calling thread's current
-    /// slab, or `None` (then [`allocate`](Self::allocate)).
+    /// The hot path: a block of class `class` from the calling thread's slabs of the
+    /// class, and whether it is known zero; or `None` (then [`grant`](Self::grant)).
     #[inline(always)]
     pub(crate) fn grant_hot(
         self: &Arc<Self>,
         class: usize,
         size: usize,
         raw: bool,
-    ) -> Option<NonNull<u8>> {
+    ) -> Option<(NonNull<u8>, bool)> {
         let entered = enter(self)?;
         let owned = entered.owned();
-        let served = match owned.grant_hot(self, class, size, raw) {
-            Some(served) => served,
-            None => owned.grant_refill(self, class, size, raw)?,
-        };
-        Some(served.0)
+        match owned.grant_hot(self, class, size, raw) {
+            Some(served) => Some(served),
+            None => owned.grant_refill(self, class, size, raw),
+        }
     }
 
     /// The hot path of a large block: one of `pages` pages from the calling thread's
-    /// cache, or `None` (then [`grant_span`](Self::grant_span)).
+    /// cache, and whether it is known zero; or `None` (then
+    /// [`grant_span`](Self::grant_span)).
     #[inline(always)]
     pub(crate) fn grant_span_hot(
         self: &Arc<Self>,
         pages: usize,
         size: usize,
         raw: bool,
-    ) -> Option<NonNull<u8>> {
+    ) -> Option<(NonNull<u8>, bool)> {
         let entered = enter(self)?;
-        let served = entered.owned().grant_span_fast(self, pages, size, raw);
-        served.map(|(ptr, _)| ptr)
+        entered.owned().grant_span_fast(self, pages, size, raw)
     }
 
     /// The hot path of a free: `true` if `addr` was a live block of the calling
