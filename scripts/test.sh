@@ -23,6 +23,34 @@ cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
+# Miri interprets one test at a time on one core: it runs in the background from
+# here on, while the other steps build and run on the other, and reports at the end.
+MIRI_LOG=target/miri-test.log
+MIRI_PID=
+trap 'if [ -n "$MIRI_PID" ]; then kill "$MIRI_PID" 2>/dev/null || true; fi' EXIT
+NIGHTLY=
+if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+    NIGHTLY=1
+    step "Miri (in the background, log in $MIRI_LOG): the unsafe core and the threads"
+    if ! cargo +nightly miri --version >/dev/null 2>&1; then
+        rustup component add --toolchain nightly miri rust-src
+    fi
+    mkdir -p target
+    # Bounded, so that a test gone slow under Miri fails here, naming itself in the
+    # log, instead of running CI out of time (about 5 minutes is usual).
+    (
+        set -e
+        MIRIFLAGS="-Zmiri-strict-provenance" timeout 1200 cargo +nightly miri test -p tensorpool --lib --locked -- \
+            arena:: fixed_pool:: best_fit:: huge:: upstream:: manager:: tensor:: slab:: debug::
+        timeout 900 cargo +nightly miri test -p tensorpool --test threads --locked
+    ) >"$MIRI_LOG" 2>&1 &
+    MIRI_PID=$!
+else
+    printf '\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n'
+    printf '!!! NO NIGHTLY TOOLCHAIN: Miri and AddressSanitizer DID NOT RUN (see docs/TESTING.md) !!!\n'
+    printf '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\n'
+fi
+
 step "the fuzz targets build (their own workspace; scripts/fuzz.sh runs them)"
 cargo check --locked --manifest-path fuzz/Cargo.toml
 cargo fmt --manifest-path fuzz/Cargo.toml -- --check
@@ -42,31 +70,7 @@ step "loom: the small-block engine's hand-offs, every interleaving up to 3 preem
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
     cargo test --release --locked -p tensorpool --lib -- loom_models
 
-# Miri interprets one test at a time on one core: it runs in the background while
-# the AddressSanitizer and Python steps compile on the other, and reports at the end.
-MIRI_LOG=target/miri-test.log
-MIRI_PID=
-trap 'if [ -n "$MIRI_PID" ]; then kill "$MIRI_PID" 2>/dev/null || true; fi' EXIT
-if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
-    printf '\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n'
-    printf '!!! NO NIGHTLY TOOLCHAIN: Miri and AddressSanitizer DID NOT RUN (see docs/TESTING.md) !!!\n'
-    printf '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\n'
-else
-    step "Miri (in the background, log in $MIRI_LOG): the unsafe core and the threads"
-    if ! cargo +nightly miri --version >/dev/null 2>&1; then
-        rustup component add --toolchain nightly miri rust-src
-    fi
-    mkdir -p target
-    # Bounded, so that a test gone slow under Miri fails here, naming itself in the
-    # log, instead of running CI out of time (about 5 minutes is usual).
-    (
-        set -e
-        MIRIFLAGS="-Zmiri-strict-provenance" timeout 1200 cargo +nightly miri test -p tensorpool --lib --locked -- \
-            arena:: fixed_pool:: best_fit:: huge:: upstream:: manager:: tensor:: slab:: debug::
-        timeout 900 cargo +nightly miri test -p tensorpool --test threads --locked
-    ) >"$MIRI_LOG" 2>&1 &
-    MIRI_PID=$!
-
+if [ -n "$NIGHTLY" ]; then
     # The doc tests are left out here: each is its own binary to build with the
     # sanitizer (minutes on 2 cores), they use only the public API, and they ran above.
     step "AddressSanitizer: the library's unit, property and integration tests"
