@@ -66,7 +66,9 @@ pub fn raw_pairs(subject: &Subject, size: usize, rounds: u64) -> Duration {
 fn raw_pairs_in(a: &impl Allocates, size: usize, rounds: u64) -> Duration {
     let start = Instant::now();
     for _ in 0..rounds {
-        let p = a.alloc_raw(black_box(size)).expect("memory for a benchmark");
+        let p = a
+            .alloc_raw(black_box(size))
+            .expect("memory for a benchmark");
         // SAFETY: allocated just above, freed once.
         unsafe { a.free_raw(black_box(p)) };
     }

@@ -74,7 +74,9 @@ impl Inner {
         match self.engine.class_for(size, align) {
             Some(class) => self.engine.grant_hot(class, size, raw),
             None => {
-                let pages = self.engine.span_for(size, align.max(self.config.alignment))?;
+                let pages = self
+                    .engine
+                    .span_for(size, align.max(self.config.alignment))?;
                 self.engine.grant_span_hot(pages, size, raw)
             }
         }

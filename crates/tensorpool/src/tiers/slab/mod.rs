@@ -341,7 +341,9 @@ impl Engine {
         if let Some(&class) = self.class_table.get(rounded.wrapping_sub(1) >> 3) {
             return Some(class as usize);
         }
-        self.size_classes.as_ref()?.class_for(size, align.max(self.alignment))
+        self.size_classes
+            .as_ref()?
+            .class_for(size, align.max(self.alignment))
     }
 
     /// The largest size [`table_class`](Self::table_class) serves (0 if none).

@@ -303,7 +303,9 @@ impl Slab {
     /// owner's stack (a moment's view when read by another thread).
     #[inline(always)]
     pub(crate) fn live(&self) -> u32 {
-        self.fresh.load(Relaxed).wrapping_sub(self.top.load(Relaxed))
+        self.fresh
+            .load(Relaxed)
+            .wrapping_sub(self.top.load(Relaxed))
     }
 
     /// Whether the record holds a slab now.
