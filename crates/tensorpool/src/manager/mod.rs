@@ -464,6 +464,32 @@ impl MemoryManager {
         }
     }
 
+    /// A block for `layout` from the explicit pools only (`Config::pool_sizes`): the
+    /// smallest pool whose blocks fit, or the next one when it is full, as the
+    /// lecture's `MemoryManager` tries its pools. `Ok(None)` when no pool fits or
+    /// every pool that fits is full (nothing else is tried); errors for a bad layout.
+    /// Give the block back with [`Allocator::deallocate`](allocator_api2::alloc::Allocator::deallocate) and the same layout.
+    ///
+    /// ```
+    /// use std::alloc::Layout;
+    /// use tensorpool::{Config, MemoryManager};
+    ///
+    /// let mm = MemoryManager::new(Config::builder().pool(256, 1).build()?)?;
+    /// let layout = Layout::from_size_align(200, 64).unwrap();
+    /// let block = mm.try_allocate_from_pools(layout)?.expect("the 256 B pool has a block");
+    /// assert!(mm.try_allocate_from_pools(layout)?.is_none()); // full
+    /// assert!(mm.try_allocate_from_pools(Layout::from_size_align(300, 64).unwrap())?.is_none());
+    /// // SAFETY: allocated above with `layout`.
+    /// unsafe { allocator_api2::alloc::Allocator::deallocate(&mm, block, layout) };
+    /// # Ok::<(), tensorpool::Error>(())
+    /// ```
+    pub fn try_allocate_from_pools(&self, layout: Layout) -> Result<Option<NonNull<u8>>> {
+        if layout.size() == 0 {
+            return Err(Error::ZeroSize);
+        }
+        self.inner.serve_from_pools(layout.size(), layout.align())
+    }
+
     /// [`try_allocate`](Self::try_allocate), zeroed (without writing the memory
     /// when its pages are fresh from the system).
     pub fn try_allocate_zeroed(&self, layout: Layout) -> Result<NonNull<u8>> {

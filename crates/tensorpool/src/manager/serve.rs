@@ -92,12 +92,36 @@ impl Inner {
             return self.serve_retrying(size, align, raw);
         };
         validate(size, align)?;
-        let padded = size.checked_add(GUARD).ok_or(Error::SizeTooLarge {
-            size,
-            max: crate::MAX_ALLOCATION_SIZE,
-        })?;
-        let (ptr, _) = self.serve_retrying(padded, align, raw)?;
-        // SAFETY: a fresh block of `padded` bytes.
+        let (ptr, _) = self.serve_retrying(guarded(size)?, align, raw)?;
+        self.track(tracker, ptr, size, raw);
+        // Debug mode fills fresh blocks: they are never zero.
+        Ok((ptr, false))
+    }
+
+    /// A typed block of `size` bytes from the explicit pools only (the smallest whose
+    /// blocks fit, or the next when it is full), with debug mode's guards; `None`
+    /// when no pool fits or every one that fits is full.
+    pub(super) fn serve_from_pools(
+        &self,
+        size: usize,
+        align: usize,
+    ) -> Result<Option<NonNull<u8>>> {
+        validate(size, align)?;
+        let align = align.max(self.config.alignment);
+        let Some(tracker) = &self.debug else {
+            return Ok(self.serve_pools(size, align, false)?.map(|(p, _)| p));
+        };
+        let Some((ptr, _)) = self.serve_pools(guarded(size)?, align, false)? else {
+            return Ok(None);
+        };
+        self.track(tracker, ptr, size, false);
+        Ok(Some(ptr))
+    }
+
+    /// Debug mode: arms the guard bytes of a fresh block of `size` bytes (and its
+    /// guard) and records it.
+    fn track(&self, tracker: &debug::Tracker, ptr: NonNull<u8>, size: usize, raw: bool) {
+        // SAFETY: a fresh block of `size + GUARD` bytes.
         unsafe { debug::arm(ptr, size, true) };
         let tier = self.tier_at(ptr.as_ptr().addr());
         tracker.insert(
@@ -109,8 +133,6 @@ impl Inner {
                 site: debug::site(),
             },
         );
-        // Debug mode fills fresh blocks: they are never zero.
-        Ok((ptr, false))
     }
 
     pub(super) fn serve_retrying(
@@ -139,19 +161,10 @@ impl Inner {
         align: usize,
         raw: bool,
     ) -> Result<(NonNull<u8>, bool)> {
-        let engine = &self.engine;
-        for class in engine.first_pool..engine.classes.len() {
-            let pool = &engine.classes[class];
-            if pool.block_size < size || pool.align < align {
-                continue;
-            }
-            match engine.grant(class, size, raw) {
-                Ok(served) => return Ok(served),
-                // Full: try the next pool, then the tiers.
-                Err(Error::OutOfMemory(_)) => continue,
-                Err(e) => return Err(e),
-            }
+        if let Some(served) = self.serve_pools(size, align, raw)? {
+            return Ok(served);
         }
+        let engine = &self.engine;
         match self.route(size, align) {
             Route::Class(class) => engine.grant(class, size, raw),
             Route::Span(pages) => engine.grant_span(pages, size, raw),
@@ -179,6 +192,30 @@ impl Inner {
                 Ok((grant.ptr, grant.zeroed))
             }
         }
+    }
+
+    /// A block from the explicit pools: the smallest whose blocks fit first, the
+    /// next when it is full; `None` when no pool fits or all that fit are full.
+    fn serve_pools(
+        &self,
+        size: usize,
+        align: usize,
+        raw: bool,
+    ) -> Result<Option<(NonNull<u8>, bool)>> {
+        let engine = &self.engine;
+        for class in engine.first_pool..engine.classes.len() {
+            let pool = &engine.classes[class];
+            if pool.block_size < size || pool.align < align {
+                continue;
+            }
+            match engine.grant(class, size, raw) {
+                Ok(served) => return Ok(Some(served)),
+                // Full: try the next pool.
+                Err(Error::OutOfMemory(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
     }
 
     /// Replaces a tier's view in an out-of-memory report with the request and the
@@ -222,4 +259,12 @@ impl Inner {
             .map(|tier| tier.largest_free_block())
             .fold(classes.max(engine.largest_cached_span), usize::max)
     }
+}
+
+/// A debug-mode block's size: `size` and its guard bytes.
+fn guarded(size: usize) -> Result<usize> {
+    size.checked_add(GUARD).ok_or(Error::SizeTooLarge {
+        size,
+        max: crate::MAX_ALLOCATION_SIZE,
+    })
 }

@@ -81,6 +81,37 @@ fn explicit_pools_first_then_fall_through() {
 }
 
 #[test]
+fn allocation_from_the_pools_only_stops_where_they_do() {
+    for debug in [false, true] {
+        let mm = manager(heap_config().pool(64, 1000).pool(256, 2).debug(debug));
+        let layout = Layout::from_size_align(200, 64).unwrap();
+        let a = mm.try_allocate_from_pools(layout).unwrap().unwrap();
+        let b = mm.try_allocate_from_pools(layout).unwrap().unwrap();
+        // The 256 B pool is full and no other fits: nothing else is tried.
+        assert_eq!(mm.try_allocate_from_pools(layout).unwrap(), None);
+        let big = Layout::from_size_align(4096, 64).unwrap();
+        assert_eq!(mm.try_allocate_from_pools(big).unwrap(), None);
+        let small = Layout::from_size_align(32, 64).unwrap();
+        let c = mm.try_allocate_from_pools(small).unwrap().unwrap();
+        assert!(matches!(
+            mm.try_allocate_from_pools(Layout::from_size_align(0, 1).unwrap()),
+            Err(Error::ZeroSize)
+        ));
+        let s = mm.stats();
+        let pool_tier = s.tiers.iter().find(|t| t.tier == Tier::Pool).unwrap();
+        assert_eq!(pool_tier.usage.allocated_blocks, 3, "debug {debug}");
+        // SAFETY: each was allocated above with its layout, and is freed once.
+        unsafe {
+            Allocator::deallocate(&mm, a, layout);
+            Allocator::deallocate(&mm, b, layout);
+            Allocator::deallocate(&mm, c, small);
+        }
+        assert_eq!(mm.stats().allocated_bytes, 0);
+        assert_eq!(mm.stats().num_guard_violations, 0);
+    }
+}
+
+#[test]
 fn raw_size_and_reallocate_raw_in_every_tier() {
     // Under Miri every byte copied is interpreted: smaller blocks, same tiers.
     let huge = if cfg!(miri) { 64 << 10 } else { 2 << 20 };
