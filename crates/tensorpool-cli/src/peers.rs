@@ -123,7 +123,7 @@ impl Subject {
 }
 
 /// One allocator's entry points, called directly. Each workload is compiled once
-/// per allocator ([`with_allocator!`](crate::peers::with_allocator) picks the
+/// per allocator (the crate's `with_allocator!` macro picks the
 /// allocator once per run), so that no allocator pays for a dispatch per operation,
 /// nor for the registers another allocator's inlined path needs.
 pub trait Allocates: Sync {

@@ -116,6 +116,13 @@ impl PyArena {
         Self::with(arena, Some(state))
     }
 
+    /// The owner its buffers name now (for telling them from other allocators').
+    pub(crate) fn owner(&self) -> PyResult<Owner> {
+        let core = self.core()?;
+        let generation = core.generation();
+        Ok(Owner::Arena(core, generation))
+    }
+
     fn core(&self) -> PyResult<Arc<ArenaCore>> {
         self.core
             .lock()
@@ -159,7 +166,7 @@ impl PyArena {
 
     /// `size` bytes aligned to `align`, as a `Buffer` (uninitialised).
     #[pyo3(signature = (size, align=ARRAY_ALIGN))]
-    fn allocate(&self, size: usize, align: usize) -> PyResult<Buffer> {
+    pub(crate) fn allocate(&self, size: usize, align: usize) -> PyResult<Buffer> {
         let core = self.core()?;
         let ptr = Self::bump(&core, size, align)?;
         let generation = core.generation();
@@ -191,7 +198,7 @@ impl PyArena {
     /// Frees everything at once. `BufferError` while an array from the arena or an
     /// export of one of its buffers is alive (nothing changes then); buffers without
     /// exports are released.
-    fn reset(&self) -> PyResult<()> {
+    pub(crate) fn reset(&self) -> PyResult<()> {
         let core = self.core()?;
         let mut arena = core.arena.lock();
         if let Some(why) = core.in_use() {

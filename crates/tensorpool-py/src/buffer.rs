@@ -1,20 +1,32 @@
-//! `Buffer`: a block of tensorpool memory as a Python object with the buffer protocol.
+//! `Buffer`: a block of tensorpool memory as a Python object that behaves as a
+//! writable, one-dimensional `memoryview` of bytes.
 //!
-//! A `Buffer` owns its block: the block goes back to its allocator when the buffer is
-//! deallocated explicitly or when the last reference to it goes. It exports its
-//! memory writable (`memoryview(buf)`, `numpy.frombuffer(buf, ...)`,
-//! `numpy.asarray(buf)`); while an export is alive the block cannot be freed or
-//! reused (`BufferError`), exactly as a `bytearray` cannot be resized, so Python code
-//! never sees memory change owner under it.
+//! A `Buffer` is a view of a [`Block`]: the whole block, as an allocator hands it out,
+//! or a slice of it (`buf[2:10]`, `buf[::2]`), which is a `Buffer` too and keeps the
+//! block alive. Indexing, item and slice assignment, `len`, `bytes()`, `tobytes()`,
+//! `hex()`, `tolist()`, iteration and comparison behave, and fail, as a
+//! `memoryview`'s do; no byte is copied to make a view.
+//!
+//! The block goes back to its allocator when any view of it is deallocated
+//! explicitly (`deallocate(buf[:size])` frees the block, as the lecture's code does),
+//! or when the last view goes. It exports its memory writable (`memoryview(buf)`,
+//! `numpy.frombuffer(buf, ...)`, `numpy.asarray(buf)`); while an export of any view is
+//! alive the block cannot be freed or reused (`BufferError`), exactly as a
+//! `bytearray` cannot be resized, so Python code never sees memory change owner
+//! under it. Views of a block given back read as released (length 0).
 
 use crate::arena::ArenaCore;
 use allocator_api2::alloc::Allocator;
-use pyo3::exceptions::{PyBufferError, PyValueError};
+use parking_lot::Mutex;
+use pyo3::exceptions::{PyBufferError, PyIndexError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
+use pyo3::pyclass::CompareOp;
+use pyo3::types::{PyMemoryView, PySlice};
 use std::alloc::Layout;
 use std::os::raw::c_int;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use tensorpool::{FixedSizePool, MemoryManager};
 
@@ -34,7 +46,7 @@ impl Owner {
     /// # Safety
     ///
     /// `addr` is a live block this owner handed out, and nothing uses it afterwards.
-    pub(crate) unsafe fn release(&self, addr: usize) {
+    unsafe fn release(&self, addr: usize) {
         let ptr = NonNull::new(addr as *mut u8).expect("blocks are never null");
         match self {
             // SAFETY: by our contract the block came from this manager with `layout`.
@@ -56,45 +68,95 @@ impl Owner {
             _ => false,
         }
     }
+
+    fn is_valid(&self) -> bool {
+        match self {
+            Owner::Arena(core, generation) => core.generation() == *generation,
+            _ => true,
+        }
+    }
 }
 
-/// A block of memory from a tensorpool allocator, with the buffer protocol.
+/// A block handed out by an allocator, shared by every view of it.
+pub(crate) struct Block {
+    addr: usize,
+    /// `None` once the block was given back.
+    owner: Mutex<Option<Owner>>,
+    /// Live exports (memoryviews, arrays) of any view of the block.
+    exports: AtomicUsize,
+}
+
+impl Block {
+    /// Whether the memory is still the block's: not given back, and for arena
+    /// memory, the arena not reset since.
+    fn is_valid(&self) -> bool {
+        self.owner.lock().as_ref().is_some_and(Owner::is_valid)
+    }
+
+    /// Whether the block belongs to `owner`'s allocator (and is still valid).
+    pub(crate) fn belongs_to(&self, owner: &Owner) -> bool {
+        self.owner
+            .lock()
+            .as_ref()
+            .is_some_and(|own| own.is_valid() && own.same_allocator(owner))
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        // Exports hold a reference to a view, which holds the block: none is alive.
+        if let Some(owner) = self.owner.get_mut().take() {
+            if owner.is_valid() {
+                // SAFETY: the block is live, owned by `owner`, and no view is left.
+                unsafe { owner.release(self.addr) };
+            }
+        }
+    }
+}
+
+/// A block of memory from a tensorpool allocator, or a slice of one: a writable,
+/// one-dimensional `memoryview` of bytes that owns its block.
 ///
 /// Made by `MemoryManager.allocate`, `FixedSizePool.allocate` and
-/// `Arena.allocate`; freed by the matching `deallocate` (arenas: `reset`) or when the
-/// last reference goes.
-#[pyclass(module = "tensorpool")]
+/// `Arena.allocate`, and by slicing a `Buffer`; freed by the matching `deallocate`
+/// (arenas: `reset`) or when the last view of the block goes.
+#[pyclass(module = "tensorpool", frozen)]
 pub struct Buffer {
-    addr: usize,
+    block: Arc<Block>,
+    /// The address of the view's first byte, its length and the distance between
+    /// its bytes (negative for a reversed slice).
+    start: usize,
     len: usize,
-    /// `None` once the block was given back.
-    owner: Option<Owner>,
-    /// Live exports (memoryviews, NumPy arrays over the buffer).
-    exports: usize,
+    step: isize,
+    /// The shape and strides an export points at: `[len]` and `[step]`.
+    shape: [ffi::Py_ssize_t; 1],
+    strides: [ffi::Py_ssize_t; 1],
 }
 
 impl Buffer {
+    /// The whole of a new block of `len` bytes at `ptr`, from `owner`.
     pub(crate) fn new(ptr: NonNull<u8>, len: usize, owner: Owner) -> Buffer {
-        Buffer {
+        let block = Arc::new(Block {
             addr: ptr.as_ptr() as usize,
-            len,
-            owner: Some(owner),
-            exports: 0,
-        }
+            owner: Mutex::new(Some(owner)),
+            exports: AtomicUsize::new(0),
+        });
+        Buffer::view(block, ptr.as_ptr() as usize, len, 1)
     }
 
-    /// Whether the memory is still this buffer's: not given back, and for an arena
-    /// buffer, the arena not reset since.
-    fn is_valid(&self) -> bool {
-        match &self.owner {
-            None => false,
-            Some(Owner::Arena(core, generation)) => core.generation() == *generation,
-            Some(_) => true,
+    fn view(block: Arc<Block>, start: usize, len: usize, step: isize) -> Buffer {
+        Buffer {
+            block,
+            start,
+            len,
+            step,
+            shape: [len as ffi::Py_ssize_t],
+            strides: [step as ffi::Py_ssize_t],
         }
     }
 
     fn check_valid(&self) -> PyResult<()> {
-        if self.is_valid() {
+        if self.block.is_valid() {
             Ok(())
         } else {
             Err(PyValueError::new_err(
@@ -103,39 +165,38 @@ impl Buffer {
         }
     }
 
-    /// Takes the block back for `owner`'s allocator: refuses a buffer of another
+    /// Gives the block back for `owner`'s allocator: refuses a buffer of another
     /// allocator (`ValueError`) or one with live exports (`BufferError`), changing
-    /// nothing then.
-    pub(crate) fn deallocate_from(&mut self, owner: &Owner) -> PyResult<()> {
+    /// nothing then. Every view of the block reads as released afterwards.
+    pub(crate) fn deallocate_from(&self, owner: &Owner) -> PyResult<()> {
         self.check_valid()?;
-        let own = self.owner.as_ref().expect("valid buffers have an owner");
-        if !own.same_allocator(owner) {
+        let mut own = self.block.owner.lock();
+        if !own.as_ref().is_some_and(|o| o.same_allocator(owner)) {
             return Err(PyValueError::new_err(
                 "the buffer was not allocated by this allocator; nothing was freed",
             ));
         }
-        if self.exports > 0 {
+        let exports = self.block.exports.load(Relaxed);
+        if exports > 0 {
             return Err(PyBufferError::new_err(format!(
-                "cannot free a buffer while {} export(s) (memoryview, array) of it are alive",
-                self.exports
+                "cannot free a buffer while {exports} export(s) (memoryview, array) of it are alive"
             )));
         }
-        let own = self.owner.take().expect("checked above");
-        // SAFETY: the buffer was valid (its block live and owned by `own`), it has no
-        // exports, and with the owner taken it never touches the block again.
-        unsafe { own.release(self.addr) };
+        let own = own.take().expect("checked above");
+        // SAFETY: the block was valid (live and owned by `own`), it has no exports,
+        // and with the owner taken no view touches it again.
+        unsafe { own.release(self.block.addr) };
         Ok(())
     }
-}
 
-impl Drop for Buffer {
-    fn drop(&mut self) {
-        // Exports hold a reference to the buffer, so none is alive when it drops.
-        if self.is_valid() {
-            let owner = self.owner.take().expect("valid buffers have an owner");
-            // SAFETY: the block is live, ours, and nothing references the buffer.
-            unsafe { owner.release(self.addr) };
-        }
+    /// Whether this view's block belongs to `owner`'s allocator.
+    pub(crate) fn belongs_to(&self, owner: &Owner) -> bool {
+        self.block.belongs_to(owner)
+    }
+
+    /// A `memoryview` of this view (for the operations that behave as a memoryview's).
+    fn memoryview<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyMemoryView>> {
+        PyMemoryView::from(slf.as_any())
     }
 }
 
@@ -143,7 +204,7 @@ impl Drop for Buffer {
 impl Buffer {
     /// The size in bytes (0 once released).
     fn __len__(&self) -> usize {
-        if self.is_valid() {
+        if self.block.is_valid() {
             self.len
         } else {
             0
@@ -153,8 +214,8 @@ impl Buffer {
     /// The address of the first byte (for foreign code; 0 once released).
     #[getter]
     fn address(&self) -> usize {
-        if self.is_valid() {
-            self.addr
+        if self.block.is_valid() {
+            self.start
         } else {
             0
         }
@@ -169,59 +230,227 @@ impl Buffer {
     /// Whether the memory went back to its allocator.
     #[getter]
     fn released(&self) -> bool {
-        !self.is_valid()
+        !self.block.is_valid()
+    }
+
+    /// Always false: the memory is writable.
+    #[getter]
+    fn readonly(&self) -> bool {
+        false
+    }
+
+    /// `'B'`: unsigned bytes, as a memoryview of bytes.
+    #[getter]
+    fn format(&self) -> &'static str {
+        "B"
+    }
+
+    #[getter]
+    fn itemsize(&self) -> usize {
+        1
+    }
+
+    #[getter]
+    fn ndim(&self) -> usize {
+        1
+    }
+
+    #[getter]
+    fn shape(&self) -> (usize,) {
+        (self.__len__(),)
+    }
+
+    #[getter]
+    fn strides(&self) -> (isize,) {
+        (self.step,)
+    }
+
+    /// Whether the bytes are contiguous (not a slice with a step).
+    #[getter]
+    fn contiguous(&self) -> bool {
+        self.step == 1 || self.len <= 1
     }
 
     fn __repr__(&self) -> String {
-        if self.is_valid() {
-            format!(
-                "<tensorpool.Buffer of {} bytes at {:#x}>",
-                self.len, self.addr
-            )
-        } else {
-            "<tensorpool.Buffer (released)>".to_string()
+        if !self.block.is_valid() {
+            return "<tensorpool.Buffer (released)>".to_string();
         }
+        let step = if self.step == 1 {
+            String::new()
+        } else {
+            format!(", step {}", self.step)
+        };
+        format!(
+            "<tensorpool.Buffer of {} bytes at {:#x}{step}>",
+            self.len, self.start
+        )
     }
 
-    /// Exports the memory, writable.
+    /// `buf[i]`: the byte at `i` (an int); `buf[a:b:c]`: a `Buffer` over the same
+    /// memory, keeping the block alive; anything else as a memoryview takes it.
+    fn __getitem__<'py>(
+        slf: &Bound<'py, Self>,
+        key: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_valid()?;
+        if let Ok(slice) = key.cast::<PySlice>() {
+            let idx = slice.indices(this.len as isize)?;
+            let start = (this.start as isize + idx.start * this.step) as usize;
+            let view = Buffer::view(
+                this.block.clone(),
+                start,
+                idx.slicelength,
+                this.step * idx.step,
+            );
+            return Ok(Bound::new(py, view)?.into_any());
+        }
+        if let Ok(index) = key.extract::<isize>() {
+            let i = if index < 0 {
+                index + this.len as isize
+            } else {
+                index
+            };
+            if i < 0 || i >= this.len as isize {
+                return Err(PyIndexError::new_err("index out of bounds on dimension 1"));
+            }
+            let addr = (this.start as isize + i * this.step) as usize;
+            // SAFETY: `i < len`, so `addr` is a byte of the view, inside the live
+            // block (checked valid above; only this thread, holding the GIL, could
+            // free it).
+            let byte = unsafe { *(addr as *const u8) };
+            return Ok(byte.into_pyobject(py)?.into_any());
+        }
+        Buffer::memoryview(slf)?.get_item(key)
+    }
+
+    /// `buf[i] = byte`, `buf[a:b] = bytes-like`: as a memoryview assigns, with its
+    /// errors (a length that differs, a value out of range).
+    fn __setitem__(
+        slf: &Bound<'_, Self>,
+        key: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        slf.get().check_valid()?;
+        Buffer::memoryview(slf)?.set_item(key, value)
+    }
+
+    /// The bytes, one int each (a copy: the iteration holds no export).
+    fn __iter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        Buffer::tolist(slf)?.try_iter().map(Bound::into_any)
+    }
+
+    /// The bytes as `bytes`.
+    #[pyo3(signature = (order=None))]
+    fn tobytes<'py>(
+        slf: &Bound<'py, Self>,
+        order: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        slf.get().check_valid()?;
+        Buffer::memoryview(slf)?.call_method1("tobytes", (order,))
+    }
+
+    /// The bytes as a list of ints.
+    fn tolist<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        slf.get().check_valid()?;
+        Buffer::memoryview(slf)?.call_method0("tolist")
+    }
+
+    /// The bytes in hexadecimal, as `bytes.hex` (with its `sep` and
+    /// `bytes_per_sep`).
+    #[pyo3(signature = (*args))]
+    fn hex<'py>(
+        slf: &Bound<'py, Self>,
+        args: &Bound<'py, pyo3::types::PyTuple>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        slf.get().check_valid()?;
+        Buffer::memoryview(slf)?.call_method1("hex", args)
+    }
+
+    /// `==` and `!=` compare the bytes with any bytes-like object, as a
+    /// memoryview's do; a buffer is unhashable, as a writable memoryview is.
+    fn __richcmp__<'py>(
+        slf: &Bound<'py, Self>,
+        other: &Bound<'py, PyAny>,
+        op: CompareOp,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        if !matches!(op, CompareOp::Eq | CompareOp::Ne) || !slf.get().block.is_valid() {
+            return Ok(py.NotImplemented().into_bound(py));
+        }
+        let mine = Buffer::memoryview(slf)?;
+        mine.rich_compare(other, op)
+    }
+
+    /// Exports the memory, writable (with strides for a slice with a step).
     unsafe fn __getbuffer__(
-        mut slf: PyRefMut<'_, Self>,
+        slf: Bound<'_, Self>,
         view: *mut ffi::Py_buffer,
         flags: c_int,
     ) -> PyResult<()> {
-        if !slf.is_valid() {
+        let this = slf.get();
+        if !this.block.is_valid() {
             return Err(PyBufferError::new_err(
                 "the buffer was released: its memory went back to its allocator",
             ));
         }
-        let (addr, len) = (slf.addr, slf.len);
-        // SAFETY: `view` is the caller's Py_buffer to fill; the memory is `len` live,
-        // writable bytes that stay valid while the export holds a reference to the
-        // buffer (`obj`, set by PyBuffer_FillInfo): the buffer refuses to free or
-        // reset under a live export.
-        let rc = unsafe {
-            ffi::PyBuffer_FillInfo(
-                view,
-                slf.as_ptr(),
-                addr as *mut std::ffi::c_void,
-                len as ffi::Py_ssize_t,
-                0,
-                flags,
-            )
-        };
-        if rc != 0 {
-            return Err(PyErr::fetch(slf.py()));
+        if this.step == 1 || this.len <= 1 {
+            // SAFETY: `view` is the caller's Py_buffer to fill; the memory is `len`
+            // live, writable bytes that stay valid while the export holds a
+            // reference to this view (`obj`, set by PyBuffer_FillInfo), which holds
+            // the block: the block refuses to be freed or reset under an export.
+            let rc = unsafe {
+                ffi::PyBuffer_FillInfo(
+                    view,
+                    slf.as_ptr(),
+                    this.start as *mut std::ffi::c_void,
+                    this.len as ffi::Py_ssize_t,
+                    0,
+                    flags,
+                )
+            };
+            if rc != 0 {
+                return Err(PyErr::fetch(slf.py()));
+            }
+        } else {
+            if flags & ffi::PyBUF_STRIDES != ffi::PyBUF_STRIDES {
+                return Err(PyBufferError::new_err(
+                    "the buffer is a slice with a step: it is not contiguous",
+                ));
+            }
+            // SAFETY: as above; the bytes are `len` bytes `step` apart from `start`,
+            // all inside the block; `shape` and `strides` live in this view, which
+            // the export keeps alive (`obj` holds a new reference to it).
+            unsafe {
+                let v = &mut *view;
+                v.buf = this.start as *mut std::ffi::c_void;
+                v.obj = ffi::Py_NewRef(slf.as_ptr());
+                v.len = this.len as ffi::Py_ssize_t;
+                v.readonly = 0;
+                v.itemsize = 1;
+                v.format = if flags & ffi::PyBUF_FORMAT != 0 {
+                    c"B".as_ptr().cast_mut()
+                } else {
+                    std::ptr::null_mut()
+                };
+                v.ndim = 1;
+                v.shape = this.shape.as_ptr().cast_mut();
+                v.strides = this.strides.as_ptr().cast_mut();
+                v.suboffsets = std::ptr::null_mut();
+                v.internal = std::ptr::null_mut();
+            }
         }
-        slf.exports += 1;
-        if let Some(Owner::Arena(core, _)) = &slf.owner {
+        this.block.exports.fetch_add(1, Relaxed);
+        if let Some(Owner::Arena(core, _)) = &*this.block.owner.lock() {
             core.export_added();
         }
         Ok(())
     }
 
-    unsafe fn __releasebuffer__(&mut self, _view: *mut ffi::Py_buffer) {
-        self.exports -= 1;
-        if let Some(Owner::Arena(core, _)) = &self.owner {
+    unsafe fn __releasebuffer__(&self, _view: *mut ffi::Py_buffer) {
+        self.block.exports.fetch_sub(1, Relaxed);
+        if let Some(Owner::Arena(core, _)) = &*self.block.owner.lock() {
             core.export_released();
         }
     }

@@ -60,17 +60,23 @@ impl ManagerState {
 /// A tiered memory manager: size-class pools for small blocks, a best-fit tier for
 /// large ones, dedicated segments for huge ones, and arenas.
 ///
-/// MemoryManager(config=None, *, pool_sizes=None, arena_size=None, **settings)
+/// MemoryManager(config=None, arena_size=None, *, pool_sizes=None, **settings)
 ///
 /// `config` is the path of a TOML or JSON config file (what `tensorpool plan`
-/// writes); `settings` are the keys of that file (`memory_limit="8 GiB"`,
-/// `small_threshold=16384`, ...) and override it. `pool_sizes` maps block sizes to
-/// block counts: explicit pools, tried smallest first before the tiers.
-/// `arena_size` bounds the arenas `arena()` makes (unbounded by default).
+/// writes), or, as the lecture's `MemoryManager(pool_sizes, arena_size)` has it, a
+/// dict of pool sizes; `settings` are the keys of a config file
+/// (`memory_limit="8 GiB"`, `small_threshold=16384`, ...) and override it.
+/// `pool_sizes` maps block sizes to block counts: explicit pools, tried smallest
+/// first. `arena_size` (bytes; 0 or None: no arena) makes the manager's arena:
+/// `allocate(size)` then tries the pools that fit and falls back to that arena, as
+/// in the lecture (`reset_arena()` frees it), and the scopes `arena()` makes are
+/// bounded by it. Without it, `allocate` falls back to the manager's tiers.
 #[pyclass(name = "MemoryManager", module = "tensorpool", frozen)]
 pub struct PyMemoryManager {
     pub(crate) mm: MemoryManager,
     arena_size: Option<usize>,
+    /// The lecture's arena, behind the pools in `allocate`, with `arena_size` bytes.
+    arena: Option<PyArena>,
     pub(crate) state: Arc<ManagerState>,
     /// The NEP 49 handler over this manager, made on first use.
     handler: pyo3::sync::PyOnceLock<Py<PyAny>>,
@@ -168,19 +174,31 @@ fn config_from(
 #[pymethods]
 impl PyMemoryManager {
     #[new]
-    #[pyo3(signature = (config=None, *, pool_sizes=None, arena_size=None, **settings))]
+    #[pyo3(signature = (config=None, arena_size=None, *, pool_sizes=None, **settings))]
     fn new(
         py: Python<'_>,
         config: Option<&Bound<'_, PyAny>>,
-        pool_sizes: Option<&Bound<'_, PyDict>>,
         arena_size: Option<usize>,
+        pool_sizes: Option<&Bound<'_, PyDict>>,
         settings: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
+        // The lecture's MemoryManager(pool_sizes, arena_size): a dict first is pools.
+        let (config, pool_sizes) = match config.map(|c| c.cast::<PyDict>()) {
+            Some(Ok(pools)) => {
+                if pool_sizes.is_some() {
+                    return Err(PyTypeError::new_err(
+                        "pool sizes given twice: as the first argument and as pool_sizes=",
+                    ));
+                }
+                (None, Some(pools.clone()))
+            }
+            _ => (config, pool_sizes.cloned()),
+        };
         let settings = match settings {
             Some(s) => s.copy()?,
             None => PyDict::new(py),
         };
-        if let Some(pools) = pool_sizes {
+        if let Some(pools) = &pool_sizes {
             let table = PyDict::new(py);
             for (size, count) in pools.iter() {
                 let size: usize = size.extract().map_err(|_| {
@@ -193,15 +211,22 @@ impl PyMemoryManager {
             }
             settings.set_item("pools", table)?;
         }
-        if arena_size == Some(0) {
-            return Err(PyValueError::new_err("arena_size must be at least 1 byte"));
-        }
+        let arena_size = arena_size.filter(|&bytes| bytes > 0);
         let config = config_from(py, config, Some(&settings))?;
         let mm = MemoryManager::new(config).map_err(to_py)?;
+        let state = Arc::new(ManagerState::default());
+        let arena = match arena_size {
+            Some(bytes) => Some(PyArena::from_manager(
+                mm.arena_with_capacity(bytes).map_err(to_py)?,
+                state.clone(),
+            )),
+            None => None,
+        };
         Ok(PyMemoryManager {
             mm,
             arena_size,
-            state: Arc::new(ManagerState::default()),
+            arena,
+            state,
             handler: pyo3::sync::PyOnceLock::new(),
         })
     }
@@ -230,22 +255,55 @@ impl PyMemoryManager {
         self.array(shape, dtype, order, true)
     }
 
-    /// `size` bytes as a `Buffer` (pools first, then the tiers by size), uninitialised.
+    /// `size` bytes as a `Buffer` of exactly `size` bytes, uninitialised: from the
+    /// pools that fit, smallest first, then from the manager's arena if it has one
+    /// (`arena_size`; a full arena raises `OutOfMemoryError`), else from the tiers by
+    /// size.
     fn allocate(&self, size: usize) -> PyResult<Buffer> {
-        let (ptr, layout) = self.allocate_block(size, false)?;
-        Ok(Buffer::new(
-            ptr,
-            size,
-            Owner::Manager(self.mm.clone(), layout),
-        ))
+        let Some(arena) = &self.arena else {
+            let (ptr, layout) = self.allocate_block(size, false)?;
+            return Ok(Buffer::new(
+                ptr,
+                size,
+                Owner::Manager(self.mm.clone(), layout),
+            ));
+        };
+        let layout = Self::layout(size)?;
+        match self.mm.try_allocate_from_pools(layout).map_err(to_py)? {
+            Some(ptr) => Ok(Buffer::new(
+                ptr,
+                size,
+                Owner::Manager(self.mm.clone(), layout),
+            )),
+            None => arena.allocate(size, ARRAY_ALIGN),
+        }
     }
 
-    /// Gives a buffer from `allocate` back now. `ValueError` if it is not this
-    /// manager's (or was freed already), `BufferError` while it is exported; nothing
-    /// changes then.
+    /// Gives a buffer from `allocate` (or a slice of one) back now: its whole block.
+    /// A block of the manager's arena stays until `reset_arena()` (as in the
+    /// lecture: nothing to do). `ValueError` if the buffer is not this manager's (or
+    /// was freed already), `BufferError` while it is exported; nothing changes then.
     fn deallocate(&self, buffer: &Bound<'_, PyAny>) -> PyResult<()> {
-        let mut buffer = buffer.cast::<Buffer>().map_err(not_a_buffer)?.borrow_mut();
+        let buffer = buffer.cast::<Buffer>().map_err(not_a_buffer)?.get();
+        if let Some(arena) = &self.arena {
+            if buffer.belongs_to(&arena.owner()?) {
+                return Ok(());
+            }
+        }
         buffer.deallocate_from(&Owner::Manager(self.mm.clone(), Layout::new::<u8>()))
+    }
+
+    /// Frees everything in the manager's arena at once (the lecture's
+    /// `reset_arena`). `BufferError` while a block of it (or a slice of one) is
+    /// exported, as `Arena.reset()`; nothing changes then. `ValueError` without an
+    /// arena (`arena_size` 0 or not given).
+    fn reset_arena(&self) -> PyResult<()> {
+        match &self.arena {
+            Some(arena) => arena.reset(),
+            None => Err(PyValueError::new_err(
+                "this manager has no arena: make it with arena_size > 0",
+            )),
+        }
     }
 
     /// An arena whose chunks come from this manager, for short-lived arrays:

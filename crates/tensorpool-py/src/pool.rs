@@ -44,8 +44,10 @@ impl PyFixedSizePool {
 
     /// Gives a block back.
     fn deallocate(&self, buffer: &Bound<'_, PyAny>) -> PyResult<()> {
-        let mut buffer = buffer.cast::<Buffer>().map_err(not_a_buffer)?.borrow_mut();
-        buffer.deallocate_from(&Owner::Pool(self.pool.clone()))
+        let buffer = buffer.cast::<Buffer>().map_err(not_a_buffer)?;
+        buffer
+            .get()
+            .deallocate_from(&Owner::Pool(self.pool.clone()))
     }
 
     /// The size of each block.

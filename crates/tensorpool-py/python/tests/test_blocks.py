@@ -177,8 +177,12 @@ def test_arena_size_bounds_the_managers_arenas():
             a.allocate(1 << 16)
     with mm.arena(capacity=1 << 20) as a:
         a.allocate(1 << 19)
+    # arena_size=0 means no arena, as in the lecture: scopes are unbounded.
+    none = tensorpool.MemoryManager(arena_size=0)
+    with none.arena() as a:
+        a.allocate(1 << 20)
     with pytest.raises(ValueError):
-        tensorpool.MemoryManager(arena_size=0)
+        none.reset_arena()
 
 
 def test_arena_scope_ends_on_exceptions_too(mm):
