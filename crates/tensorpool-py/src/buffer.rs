@@ -22,7 +22,7 @@ use pyo3::exceptions::{PyBufferError, PyIndexError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
-use pyo3::types::{PyMemoryView, PySlice};
+use pyo3::types::{PyBytes, PyMemoryView, PySlice};
 use std::alloc::Layout;
 use std::os::raw::c_int;
 use std::ptr::NonNull;
@@ -77,7 +77,8 @@ impl Owner {
     }
 }
 
-/// A block handed out by an allocator, shared by every view of it.
+/// A block handed out by an allocator: kept by the `Buffer` the allocator made
+/// (the *root*), which every slice of it holds.
 pub(crate) struct Block {
     addr: usize,
     /// `None` once the block was given back.
@@ -104,7 +105,7 @@ impl Block {
 
 impl Drop for Block {
     fn drop(&mut self) {
-        // Exports hold a reference to a view, which holds the block: none is alive.
+        // Exports hold a reference to a view, which holds the root: none is alive.
         if let Some(owner) = self.owner.get_mut().take() {
             if owner.is_valid() {
                 // SAFETY: the block is live, owned by `owner`, and no view is left.
@@ -112,6 +113,14 @@ impl Drop for Block {
             }
         }
     }
+}
+
+/// Where a view's block is.
+enum Backing {
+    /// This buffer is the one the allocator made: the block is here.
+    Root(Block),
+    /// A slice: the block is in the root buffer, which this holds alive.
+    Slice(Py<Buffer>),
 }
 
 /// A block of memory from a tensorpool allocator, or a slice of one: a writable,
@@ -122,7 +131,7 @@ impl Drop for Block {
 /// (arenas: `reset`) or when the last view of the block goes.
 #[pyclass(module = "tensorpool", frozen)]
 pub struct Buffer {
-    block: Arc<Block>,
+    backing: Backing,
     /// The address of the view's first byte, its length and the distance between
     /// its bytes (negative for a reversed slice).
     start: usize,
@@ -136,17 +145,17 @@ pub struct Buffer {
 impl Buffer {
     /// The whole of a new block of `len` bytes at `ptr`, from `owner`.
     pub(crate) fn new(ptr: NonNull<u8>, len: usize, owner: Owner) -> Buffer {
-        let block = Arc::new(Block {
+        let block = Block {
             addr: ptr.as_ptr() as usize,
             owner: Mutex::new(Some(owner)),
             exports: AtomicUsize::new(0),
-        });
-        Buffer::view(block, ptr.as_ptr() as usize, len, 1)
+        };
+        Buffer::view(Backing::Root(block), ptr.as_ptr() as usize, len, 1)
     }
 
-    fn view(block: Arc<Block>, start: usize, len: usize, step: isize) -> Buffer {
+    fn view(backing: Backing, start: usize, len: usize, step: isize) -> Buffer {
         Buffer {
-            block,
+            backing,
             start,
             len,
             step,
@@ -155,8 +164,24 @@ impl Buffer {
         }
     }
 
+    /// The block this buffer views.
+    fn block(&self) -> &Block {
+        match &self.backing {
+            Backing::Root(block) => block,
+            Backing::Slice(root) => root.get().block(),
+        }
+    }
+
+    /// The root buffer of this view, as a new reference (for a slice of it).
+    fn root(slf: &Bound<'_, Self>) -> Py<Buffer> {
+        match &slf.get().backing {
+            Backing::Root(_) => slf.clone().unbind(),
+            Backing::Slice(root) => root.clone_ref(slf.py()),
+        }
+    }
+
     fn check_valid(&self) -> PyResult<()> {
-        if self.block.is_valid() {
+        if self.block().is_valid() {
             Ok(())
         } else {
             Err(PyValueError::new_err(
@@ -170,13 +195,13 @@ impl Buffer {
     /// nothing then. Every view of the block reads as released afterwards.
     pub(crate) fn deallocate_from(&self, owner: &Owner) -> PyResult<()> {
         self.check_valid()?;
-        let mut own = self.block.owner.lock();
+        let mut own = self.block().owner.lock();
         if !own.as_ref().is_some_and(|o| o.same_allocator(owner)) {
             return Err(PyValueError::new_err(
                 "the buffer was not allocated by this allocator; nothing was freed",
             ));
         }
-        let exports = self.block.exports.load(Relaxed);
+        let exports = self.block().exports.load(Relaxed);
         if exports > 0 {
             return Err(PyBufferError::new_err(format!(
                 "cannot free a buffer while {exports} export(s) (memoryview, array) of it are alive"
@@ -185,13 +210,13 @@ impl Buffer {
         let own = own.take().expect("checked above");
         // SAFETY: the block was valid (live and owned by `own`), it has no exports,
         // and with the owner taken no view touches it again.
-        unsafe { own.release(self.block.addr) };
+        unsafe { own.release(self.block().addr) };
         Ok(())
     }
 
     /// Whether this view's block belongs to `owner`'s allocator.
     pub(crate) fn belongs_to(&self, owner: &Owner) -> bool {
-        self.block.belongs_to(owner)
+        self.block().belongs_to(owner)
     }
 
     /// A `memoryview` of this view (for the operations that behave as a memoryview's).
@@ -204,7 +229,7 @@ impl Buffer {
 impl Buffer {
     /// The size in bytes (0 once released).
     fn __len__(&self) -> usize {
-        if self.block.is_valid() {
+        if self.block().is_valid() {
             self.len
         } else {
             0
@@ -214,7 +239,7 @@ impl Buffer {
     /// The address of the first byte (for foreign code; 0 once released).
     #[getter]
     fn address(&self) -> usize {
-        if self.block.is_valid() {
+        if self.block().is_valid() {
             self.start
         } else {
             0
@@ -230,7 +255,7 @@ impl Buffer {
     /// Whether the memory went back to its allocator.
     #[getter]
     fn released(&self) -> bool {
-        !self.block.is_valid()
+        !self.block().is_valid()
     }
 
     /// Always false: the memory is writable.
@@ -272,7 +297,7 @@ impl Buffer {
     }
 
     fn __repr__(&self) -> String {
-        if !self.block.is_valid() {
+        if !self.block().is_valid() {
             return "<tensorpool.Buffer (released)>".to_string();
         }
         let step = if self.step == 1 {
@@ -299,7 +324,7 @@ impl Buffer {
             let idx = slice.indices(this.len as isize)?;
             let start = (this.start as isize + idx.start * this.step) as usize;
             let view = Buffer::view(
-                this.block.clone(),
+                Backing::Slice(Buffer::root(slf)),
                 start,
                 idx.slicelength,
                 this.step * idx.step,
@@ -332,7 +357,26 @@ impl Buffer {
         key: &Bound<'_, PyAny>,
         value: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        slf.get().check_valid()?;
+        let this = slf.get();
+        this.check_valid()?;
+        // The lecture's `buf[a:b] = some_bytes` on a contiguous view: one copy.
+        if let (Ok(slice), Ok(bytes)) = (key.cast::<PySlice>(), value.cast::<PyBytes>()) {
+            let idx = slice.indices(this.len as isize)?;
+            let src = bytes.as_bytes();
+            if this.step == 1 && idx.step == 1 && src.len() == idx.slicelength {
+                // SAFETY: `[start, start + slicelength)` lies inside the view, in the
+                // live block (checked valid above; only this thread, holding the GIL,
+                // could free it); the source is a separate, immutable bytes object.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        src.as_ptr(),
+                        (this.start + idx.start as usize) as *mut u8,
+                        src.len(),
+                    )
+                };
+                return Ok(());
+            }
+        }
         Buffer::memoryview(slf)?.set_item(key, value)
     }
 
@@ -376,7 +420,7 @@ impl Buffer {
         op: CompareOp,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
-        if !matches!(op, CompareOp::Eq | CompareOp::Ne) || !slf.get().block.is_valid() {
+        if !matches!(op, CompareOp::Eq | CompareOp::Ne) || !slf.get().block().is_valid() {
             return Ok(py.NotImplemented().into_bound(py));
         }
         let mine = Buffer::memoryview(slf)?;
@@ -390,7 +434,7 @@ impl Buffer {
         flags: c_int,
     ) -> PyResult<()> {
         let this = slf.get();
-        if !this.block.is_valid() {
+        if !this.block().is_valid() {
             return Err(PyBufferError::new_err(
                 "the buffer was released: its memory went back to its allocator",
             ));
@@ -441,16 +485,16 @@ impl Buffer {
                 v.internal = std::ptr::null_mut();
             }
         }
-        this.block.exports.fetch_add(1, Relaxed);
-        if let Some(Owner::Arena(core, _)) = &*this.block.owner.lock() {
+        this.block().exports.fetch_add(1, Relaxed);
+        if let Some(Owner::Arena(core, _)) = &*this.block().owner.lock() {
             core.export_added();
         }
         Ok(())
     }
 
     unsafe fn __releasebuffer__(&self, _view: *mut ffi::Py_buffer) {
-        self.block.exports.fetch_sub(1, Relaxed);
-        if let Some(Owner::Arena(core, _)) = &*self.block.owner.lock() {
+        self.block().exports.fetch_sub(1, Relaxed);
+        if let Some(Owner::Arena(core, _)) = &*self.block().owner.lock() {
             core.export_released();
         }
     }

@@ -27,27 +27,27 @@ use tensorpool::trace::TraceWriter;
 use tensorpool::MemoryManager;
 
 /// Alignment of NumPy data (NumPy's own allocator gives 16).
-const ALIGN: usize = 64;
+pub(crate) const ALIGN: usize = 64;
 
 /// The capsule name NumPy requires of a handler.
-const CAPSULE: &CStr = c"mem_handler";
+pub(crate) const CAPSULE: &CStr = c"mem_handler";
 
 /// NumPy's `PyDataMemAllocator` (numpy/ndarraytypes.h, NumPy >= 1.22).
 #[repr(C)]
-struct PyDataMemAllocator {
-    ctx: *mut c_void,
-    malloc: unsafe extern "C" fn(*mut c_void, usize) -> *mut c_void,
-    calloc: unsafe extern "C" fn(*mut c_void, usize, usize) -> *mut c_void,
-    realloc: unsafe extern "C" fn(*mut c_void, *mut c_void, usize) -> *mut c_void,
-    free: unsafe extern "C" fn(*mut c_void, *mut c_void, usize),
+pub(crate) struct PyDataMemAllocator {
+    pub(crate) ctx: *mut c_void,
+    pub(crate) malloc: unsafe extern "C" fn(*mut c_void, usize) -> *mut c_void,
+    pub(crate) calloc: unsafe extern "C" fn(*mut c_void, usize, usize) -> *mut c_void,
+    pub(crate) realloc: unsafe extern "C" fn(*mut c_void, *mut c_void, usize) -> *mut c_void,
+    pub(crate) free: unsafe extern "C" fn(*mut c_void, *mut c_void, usize),
 }
 
 /// NumPy's `PyDataMem_Handler`: a name (read by `get_handler_name`), version 1.
 #[repr(C)]
-struct PyDataMemHandler {
-    name: [c_char; 127],
-    version: u8,
-    allocator: PyDataMemAllocator,
+pub(crate) struct PyDataMemHandler {
+    pub(crate) name: [c_char; 127],
+    pub(crate) version: u8,
+    pub(crate) allocator: PyDataMemAllocator,
 }
 
 /// What the handler's functions reach through `ctx`.
@@ -276,7 +276,7 @@ pub(crate) fn check_numpy(py: Python<'_>) -> PyResult<()> {
 
 /// NumPy's C-API table, from the `_ARRAY_API` capsule, after checking that this NumPy
 /// has handlers (C-API feature version 0x0f, NumPy 1.22, or later).
-fn api_table(py: Python<'_>) -> PyResult<*const *const c_void> {
+pub(crate) fn api_table(py: Python<'_>) -> PyResult<*const *const c_void> {
     // Importing through rust-numpy's table first checks the ABI version.
     // SAFETY: an API call without arguments that only reads the version.
     let _ = unsafe { PY_ARRAY_API.PyArray_GetNDArrayCFeatureVersion(py) };

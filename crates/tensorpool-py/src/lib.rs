@@ -29,6 +29,7 @@ use tensorpool::Error;
 mod arena;
 mod array;
 mod buffer;
+mod everywhere;
 mod handler;
 mod manager;
 mod pool;
@@ -58,6 +59,8 @@ fn _tensorpool(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<arena::PyArena>()?;
     m.add_function(wrap_pyfunction!(handler::set_handler, m)?)?;
     m.add_function(wrap_pyfunction!(handler::get_handler, m)?)?;
+    m.add_function(wrap_pyfunction!(manager::install_everywhere, m)?)?;
+    m.add_function(wrap_pyfunction!(manager::uninstall_everywhere, m)?)?;
     m.add("MAX_ALLOCATION_SIZE", tensorpool::MAX_ALLOCATION_SIZE)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

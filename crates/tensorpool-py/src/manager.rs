@@ -421,6 +421,22 @@ impl PyMemoryManager {
     }
 }
 
+/// Makes `mm` the allocator of every NumPy array of the process whose context has
+/// NumPy's default handler (see the `everywhere` module); returns None.
+#[pyfunction]
+pub(crate) fn install_everywhere(py: Python<'_>, mm: &PyMemoryManager) -> PyResult<()> {
+    crate::everywhere::install_everywhere(py, &mm.mm, &mm.state)
+}
+
+/// Undoes `install_everywhere` for new arrays (those tensorpool made are still freed
+/// by it); returns the manager that served until now, if one did.
+#[pyfunction]
+pub(crate) fn uninstall_everywhere() -> bool {
+    let was = crate::everywhere::active_manager().is_some();
+    crate::everywhere::uninstall_everywhere();
+    was
+}
+
 pub(crate) fn not_a_buffer<E>(_: E) -> PyErr {
     PyValueError::new_err(
         "not a tensorpool.Buffer: only buffers from this allocator can be deallocated; nothing was freed",

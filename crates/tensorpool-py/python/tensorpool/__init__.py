@@ -40,7 +40,9 @@ from ._tensorpool import (
     OutOfMemoryError,
     __version__,
     get_handler as _get_handler,
+    install_everywhere as _install_everywhere,
     set_handler as _set_handler,
+    uninstall_everywhere as _uninstall_everywhere,
 )
 
 __all__ = [
@@ -53,8 +55,10 @@ __all__ = [
     "default_manager",
     "get_handler_name",
     "install",
+    "install_everywhere",
     "record",
     "uninstall",
+    "uninstall_everywhere",
     "use",
 ]
 
@@ -94,6 +98,27 @@ def install(mm: Optional[MemoryManager] = None) -> None:
 def uninstall() -> None:
     """Restores NumPy's default handler in the current context."""
     _set_handler(None)
+
+
+def install_everywhere(mm: Optional[MemoryManager] = None) -> None:
+    """Makes tensorpool the allocator of every NumPy array of the process: in every
+    thread, also those started later by thread pools, joblib or C code, but contexts
+    that set a handler of their own (``use()``, another library's handler).
+
+    NumPy's default handler is made to forward to ``mm`` (default:
+    ``default_manager()``); arrays made before are still freed by NumPy's own
+    functions, and ``numpy._core.multiarray.get_handler_name()`` says
+    ``"tensorpool"`` in every such context. ``uninstall_everywhere()`` undoes it for new
+    arrays. A forked child keeps working. At most 16 managers can serve this way over
+    a process's life (their blocks may be alive anywhere, so they are kept)."""
+    _install_everywhere(_manager(mm))
+
+
+def uninstall_everywhere() -> bool:
+    """New arrays take NumPy's own allocator again in every context with the default
+    handler; arrays tensorpool made are still freed by tensorpool. Returns whether a
+    manager was serving."""
+    return _uninstall_everywhere()
 
 
 @contextlib.contextmanager

@@ -1,7 +1,7 @@
 """Type stubs of the Rust extension module `tensorpool._tensorpool`."""
 
 import os
-from typing import Any, Callable, Optional, Sequence, SupportsIndex, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, SupportsIndex, Union, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -16,15 +16,31 @@ class OutOfMemoryError(MemoryError):
     """Memory ran out in a tensorpool allocator; the message explains its state."""
 
 class Buffer:
-    """A block of tensorpool memory with the (writable) buffer protocol.
+    """A block of tensorpool memory, or a slice of one: a writable, one-dimensional
+    ``memoryview`` of bytes that owns its block.
 
-    Freed by the matching ``deallocate`` (arenas: ``reset``) or when the last
-    reference goes. While a ``memoryview`` or array of it is alive it cannot be
-    freed or reset (``BufferError``)."""
+    Indexing, slicing (to a ``Buffer`` over the same memory), item and slice
+    assignment, ``len``, ``bytes()``, ``tobytes()``, ``hex()``, iteration and
+    comparison behave, and fail, as a memoryview's. Freed by the matching
+    ``deallocate`` of any view of the block (arenas: ``reset``) or when the last view
+    goes. While a ``memoryview`` or array of any view is alive it cannot be freed or
+    reset (``BufferError``)."""
 
     def __len__(self) -> int: ...
+    @overload
+    def __getitem__(self, key: SupportsIndex, /) -> int: ...
+    @overload
+    def __getitem__(self, key: slice, /) -> Buffer: ...
+    def __setitem__(self, key: Union[SupportsIndex, slice], value: Any, /) -> None: ...
+    def __iter__(self) -> Iterator[int]: ...
+    def __eq__(self, other: object, /) -> bool: ...
+    def __ne__(self, other: object, /) -> bool: ...
+    __hash__: None  # type: ignore[assignment]
     def __buffer__(self, flags: int, /) -> memoryview: ...
     def __release_buffer__(self, buffer: memoryview, /) -> None: ...
+    def tobytes(self, order: Optional[str] = None) -> bytes: ...
+    def tolist(self) -> list[int]: ...
+    def hex(self, *args: Any) -> str: ...
     @property
     def address(self) -> int:
         """The address of the first byte (0 once released)."""
@@ -34,22 +50,40 @@ class Buffer:
     @property
     def released(self) -> bool:
         """Whether the memory went back to its allocator."""
+    @property
+    def readonly(self) -> bool: ...
+    @property
+    def format(self) -> str: ...
+    @property
+    def itemsize(self) -> int: ...
+    @property
+    def ndim(self) -> int: ...
+    @property
+    def shape(self) -> tuple[int]: ...
+    @property
+    def strides(self) -> tuple[int]: ...
+    @property
+    def contiguous(self) -> bool: ...
 
 class MemoryManager:
     """A tiered memory manager: size-class pools for small blocks, a best-fit tier
     for large ones, dedicated segments for huge ones, and arenas.
 
     ``config`` is the path of a TOML or JSON config file (what ``tensorpool plan``
-    writes); ``settings`` are its keys (``memory_limit="8 GiB"``, ...) and override
-    it. ``pool_sizes`` maps block sizes to block counts (explicit pools, tried first);
-    ``arena_size`` bounds the arenas ``arena()`` makes."""
+    writes), or, as the lecture's ``MemoryManager(pool_sizes, arena_size)`` has it,
+    a dict of pool sizes; ``settings`` are a config file's keys
+    (``memory_limit="8 GiB"``, ...) and override it. ``pool_sizes`` maps block sizes
+    to block counts (explicit pools, tried first). ``arena_size`` (0 or None: no
+    arena) makes the manager's arena, which ``allocate`` falls back to after the
+    pools (``reset_arena()`` frees it) and which bounds the scopes ``arena()``
+    makes."""
 
     def __init__(
         self,
-        config: Optional[Union[str, os.PathLike[str]]] = None,
+        config: Optional[Union[str, os.PathLike[str], dict[int, int]]] = None,
+        arena_size: Optional[int] = None,
         *,
         pool_sizes: Optional[dict[int, int]] = None,
-        arena_size: Optional[int] = None,
         **settings: Any,
     ) -> None: ...
     def empty(self, shape: _Shape, dtype: npt.DTypeLike = None, order: _Order = "C") -> np.ndarray:
@@ -57,10 +91,15 @@ class MemoryManager:
     def zeros(self, shape: _Shape, dtype: npt.DTypeLike = None, order: _Order = "C") -> np.ndarray:
         """A new array of zeros in the manager's memory, as ``numpy.zeros``."""
     def allocate(self, size: int) -> Buffer:
-        """``size`` bytes as a ``Buffer`` (pools first, then the tiers by size)."""
+        """Exactly ``size`` bytes as a ``Buffer``: the pools that fit, smallest first,
+        then the manager's arena if it has one (else the tiers by size)."""
     def deallocate(self, buffer: Buffer) -> None:
-        """Gives a buffer back now (``ValueError`` if not this manager's,
-        ``BufferError`` while exported)."""
+        """Gives a buffer (or a slice of one) back now: its whole block; a block of
+        the manager's arena stays until ``reset_arena()``. ``ValueError`` if not
+        this manager's, ``BufferError`` while exported."""
+    def reset_arena(self) -> None:
+        """Frees the manager's arena at once (``BufferError`` while a block of it is
+        exported; ``ValueError`` without an arena)."""
     def arena(self, capacity: Optional[int] = None) -> Arena:
         """An arena whose chunks come from this manager; a context manager."""
     def stats(self) -> dict[str, Any]:
@@ -129,3 +168,10 @@ def set_handler(handler: Optional[Any]) -> Any:
 
 def get_handler() -> Any:
     """NumPy's data-memory handler in the current context."""
+
+def install_everywhere(mm: MemoryManager, /) -> None:
+    """NumPy's default handler forwards to ``mm``: every context without a handler of
+    its own allocates from it (see ``tensorpool.install_everywhere``)."""
+
+def uninstall_everywhere() -> bool:
+    """New arrays take NumPy's own allocator again; returns whether one was serving."""
