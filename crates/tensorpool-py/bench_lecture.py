@@ -73,32 +73,24 @@ WORKLOADS = {
 }
 
 
-def run_pure(blocks, size, window):
-    pool = LecturePool(size, blocks if window is None else window)
-    data = b"\x07" * size
-    live = []
-    for _ in range(blocks):
-        if window is not None and len(live) == window:
-            pool.deallocate(live.pop(0))
-        b = pool.allocate()
-        b[:] = data
-        live.append(b)
-    for b in live:
-        pool.deallocate(b)
+def run_pool(make_pool):
+    """Blocks from a pool class with the lecture's interface (`allocate()`, a slice
+    assignment to fill, `deallocate(block)`)."""
 
+    def run(blocks, size, window):
+        pool = make_pool(size, blocks if window is None else window)
+        data = b"\x07" * size
+        live = []
+        for _ in range(blocks):
+            if window is not None and len(live) == window:
+                pool.deallocate(live.pop(0))
+            b = pool.allocate()
+            b[:] = data
+            live.append(b)
+        for b in live:
+            pool.deallocate(b)
 
-def run_pool(blocks, size, window):
-    pool = tensorpool.FixedSizePool(size, blocks if window is None else window)
-    data = b"\x07" * size
-    live = []
-    for _ in range(blocks):
-        if window is not None and len(live) == window:
-            pool.deallocate(live.pop(0))
-        b = pool.allocate()
-        b[:] = data
-        live.append(b)
-    for b in live:
-        pool.deallocate(b)
+    return run
 
 
 def run_arrays(zeros, lecture):
@@ -139,8 +131,8 @@ def main():
     for name, (blocks, size, window) in WORKLOADS.items():
         lecture = name.startswith("lecture")
         ways = {
-            "pure Python": run_pure,
-            "FixedSizePool": run_pool,
+            "pure Python": run_pool(LecturePool),
+            "FixedSizePool": run_pool(tensorpool.FixedSizePool),
             "mm.zeros": run_arrays(mm.zeros, lecture),
             "np.zeros": run_arrays(np.zeros, lecture),
         }
