@@ -73,9 +73,13 @@ RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
 if [ -n "$NIGHTLY" ]; then
     # The doc tests are left out here: each is its own binary to build with the
     # sanitizer (minutes on 2 cores), they use only the public API, and they ran above.
-    step "AddressSanitizer: the library's unit, property and integration tests"
+    # So are the long randomized workloads of tests/faults.rs and tests/patterns.rs
+    # (a minute or more each under the sanitizer): they ran natively above, and the
+    # fuzz targets drive the same operations under the sanitizer (scripts/fuzz.sh).
+    step "AddressSanitizer: the library's unit and property tests, threads and debug mode"
     RUSTFLAGS="-Zsanitizer=address" CARGO_TARGET_DIR=target/asan \
-        cargo +nightly test --locked -p tensorpool --all-features --lib --tests --target x86_64-unknown-linux-gnu
+        cargo +nightly test --locked -p tensorpool --all-features --lib --test threads \
+        --test debug_mode --target x86_64-unknown-linux-gnu
 fi
 
 step "Python: the tensorpool package (maturin, abi3) and its tests (pytest)"
