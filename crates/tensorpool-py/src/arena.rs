@@ -116,11 +116,10 @@ impl PyArena {
         Self::with(arena, Some(state))
     }
 
-    /// The owner its buffers name now (for telling them from other allocators').
-    pub(crate) fn owner(&self) -> PyResult<Owner> {
-        let core = self.core()?;
-        let generation = core.generation();
-        Ok(Owner::Arena(core, generation))
+    /// The address that identifies this arena's buffers (for telling them from
+    /// other allocators').
+    pub(crate) fn allocator(&self) -> PyResult<usize> {
+        Ok(Arc::as_ptr(&self.core()?) as usize)
     }
 
     fn core(&self) -> PyResult<Arc<ArenaCore>> {

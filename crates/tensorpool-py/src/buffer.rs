@@ -16,6 +16,8 @@
 //! under it. Views of a block given back read as released (length 0).
 
 use crate::arena::ArenaCore;
+use crate::manager::PyMemoryManager;
+use crate::pool::PyFixedSizePool;
 use allocator_api2::alloc::Allocator;
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyBufferError, PyIndexError, PyValueError};
@@ -28,14 +30,15 @@ use std::os::raw::c_int;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
-use tensorpool::{FixedSizePool, MemoryManager};
 
-/// Who a block belongs to, and so how it goes back.
+/// Who a block belongs to, and so how it goes back. The allocator's Python object
+/// is held (a reference count, no atomic operation under the GIL), which keeps the
+/// allocator alive as long as the block.
 pub(crate) enum Owner {
     /// A typed block of a manager, freed with its layout.
-    Manager(MemoryManager, Layout),
+    Manager(Py<PyMemoryManager>, Layout),
     /// A slot of a standalone pool.
-    Pool(Arc<FixedSizePool>),
+    Pool(Py<PyFixedSizePool>),
     /// Memory of an arena, valid while the arena is at this generation (not reset).
     Arena(Arc<ArenaCore>, u64),
 }
@@ -50,9 +53,9 @@ impl Owner {
         let ptr = NonNull::new(addr as *mut u8).expect("blocks are never null");
         match self {
             // SAFETY: by our contract the block came from this manager with `layout`.
-            Owner::Manager(mm, layout) => unsafe { mm.deallocate(ptr, *layout) },
+            Owner::Manager(mm, layout) => unsafe { mm.get().mm.deallocate(ptr, *layout) },
             Owner::Pool(pool) => {
-                let freed = pool.deallocate(ptr);
+                let freed = pool.get().pool.deallocate(ptr);
                 debug_assert!(freed.is_ok(), "a pool buffer's block was live: {freed:?}");
             }
             // Arena memory goes back all at once, at reset or when the arena goes.
@@ -60,12 +63,12 @@ impl Owner {
         }
     }
 
-    fn same_allocator(&self, other: &Owner) -> bool {
-        match (self, other) {
-            (Owner::Manager(a, _), Owner::Manager(b, _)) => a.same_manager(b),
-            (Owner::Pool(a), Owner::Pool(b)) => Arc::ptr_eq(a, b),
-            (Owner::Arena(a, _), Owner::Arena(b, _)) => Arc::ptr_eq(a, b),
-            _ => false,
+    /// The allocator, as an address that identifies it.
+    fn allocator(&self) -> usize {
+        match self {
+            Owner::Manager(mm, _) => mm.as_ptr() as usize,
+            Owner::Pool(pool) => pool.as_ptr() as usize,
+            Owner::Arena(core, _) => Arc::as_ptr(core) as usize,
         }
     }
 
@@ -94,12 +97,13 @@ impl Block {
         self.owner.lock().as_ref().is_some_and(Owner::is_valid)
     }
 
-    /// Whether the block belongs to `owner`'s allocator (and is still valid).
-    pub(crate) fn belongs_to(&self, owner: &Owner) -> bool {
+    /// Whether the block is valid and belongs to `allocator` (an address from
+    /// [`Owner::allocator`], or of the allocator's object).
+    pub(crate) fn belongs_to(&self, allocator: usize) -> bool {
         self.owner
             .lock()
             .as_ref()
-            .is_some_and(|own| own.is_valid() && own.same_allocator(owner))
+            .is_some_and(|own| own.is_valid() && own.allocator() == allocator)
     }
 }
 
@@ -190,13 +194,14 @@ impl Buffer {
         }
     }
 
-    /// Gives the block back for `owner`'s allocator: refuses a buffer of another
-    /// allocator (`ValueError`) or one with live exports (`BufferError`), changing
-    /// nothing then. Every view of the block reads as released afterwards.
-    pub(crate) fn deallocate_from(&self, owner: &Owner) -> PyResult<()> {
+    /// Gives the block back for `allocator` (the address of its Python object):
+    /// refuses a buffer of another allocator (`ValueError`) or one with live exports
+    /// (`BufferError`), changing nothing then. Every view of the block reads as
+    /// released afterwards.
+    pub(crate) fn deallocate_from(&self, allocator: usize) -> PyResult<()> {
         self.check_valid()?;
         let mut own = self.block().owner.lock();
-        if !own.as_ref().is_some_and(|o| o.same_allocator(owner)) {
+        if own.as_ref().is_none_or(|o| o.allocator() != allocator) {
             return Err(PyValueError::new_err(
                 "the buffer was not allocated by this allocator; nothing was freed",
             ));
@@ -214,9 +219,10 @@ impl Buffer {
         Ok(())
     }
 
-    /// Whether this view's block belongs to `owner`'s allocator.
-    pub(crate) fn belongs_to(&self, owner: &Owner) -> bool {
-        self.block().belongs_to(owner)
+    /// Whether this view's block belongs to `allocator` (as for
+    /// [`deallocate_from`](Self::deallocate_from)).
+    pub(crate) fn belongs_to(&self, allocator: usize) -> bool {
+        self.block().belongs_to(allocator)
     }
 
     /// A `memoryview` of this view (for the operations that behave as a memoryview's).

@@ -259,22 +259,16 @@ impl PyMemoryManager {
     /// pools that fit, smallest first, then from the manager's arena if it has one
     /// (`arena_size`; a full arena raises `OutOfMemoryError`), else from the tiers by
     /// size.
-    fn allocate(&self, size: usize) -> PyResult<Buffer> {
-        let Some(arena) = &self.arena else {
-            let (ptr, layout) = self.allocate_block(size, false)?;
-            return Ok(Buffer::new(
-                ptr,
-                size,
-                Owner::Manager(self.mm.clone(), layout),
-            ));
+    fn allocate(slf: &Bound<'_, Self>, size: usize) -> PyResult<Buffer> {
+        let this = slf.get();
+        let owner = |layout| Owner::Manager(slf.clone().unbind(), layout);
+        let Some(arena) = &this.arena else {
+            let (ptr, layout) = this.allocate_block(size, false)?;
+            return Ok(Buffer::new(ptr, size, owner(layout)));
         };
         let layout = Self::layout(size)?;
-        match self.mm.try_allocate_from_pools(layout).map_err(to_py)? {
-            Some(ptr) => Ok(Buffer::new(
-                ptr,
-                size,
-                Owner::Manager(self.mm.clone(), layout),
-            )),
+        match this.mm.try_allocate_from_pools(layout).map_err(to_py)? {
+            Some(ptr) => Ok(Buffer::new(ptr, size, owner(layout))),
             None => arena.allocate(size, ARRAY_ALIGN),
         }
     }
@@ -283,14 +277,14 @@ impl PyMemoryManager {
     /// A block of the manager's arena stays until `reset_arena()` (as in the
     /// lecture: nothing to do). `ValueError` if the buffer is not this manager's (or
     /// was freed already), `BufferError` while it is exported; nothing changes then.
-    fn deallocate(&self, buffer: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn deallocate(slf: &Bound<'_, Self>, buffer: &Bound<'_, PyAny>) -> PyResult<()> {
         let buffer = buffer.cast::<Buffer>().map_err(not_a_buffer)?.get();
-        if let Some(arena) = &self.arena {
-            if buffer.belongs_to(&arena.owner()?) {
+        if let Some(arena) = &slf.get().arena {
+            if buffer.belongs_to(arena.allocator()?) {
                 return Ok(());
             }
         }
-        buffer.deallocate_from(&Owner::Manager(self.mm.clone(), Layout::new::<u8>()))
+        buffer.deallocate_from(slf.as_ptr() as usize)
     }
 
     /// Frees everything in the manager's arena at once (the lecture's

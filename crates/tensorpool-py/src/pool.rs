@@ -14,7 +14,7 @@ use tensorpool::FixedSizePool;
 /// a buffer of another allocator, `BufferError` while the buffer is exported).
 #[pyclass(name = "FixedSizePool", module = "tensorpool", frozen)]
 pub struct PyFixedSizePool {
-    pool: Arc<FixedSizePool>,
+    pub(crate) pool: Arc<FixedSizePool>,
 }
 
 #[pymethods]
@@ -33,21 +33,20 @@ impl PyFixedSizePool {
     }
 
     /// A block, as a `Buffer` of `block_size` bytes (uninitialised).
-    fn allocate(&self) -> PyResult<Buffer> {
-        let ptr = self.pool.allocate().map_err(to_py)?;
+    fn allocate(slf: &Bound<'_, Self>) -> PyResult<Buffer> {
+        let pool = &slf.get().pool;
+        let ptr = pool.allocate().map_err(to_py)?;
         Ok(Buffer::new(
             ptr,
-            self.pool.block_size(),
-            Owner::Pool(self.pool.clone()),
+            pool.block_size(),
+            Owner::Pool(slf.clone().unbind()),
         ))
     }
 
     /// Gives a block back.
-    fn deallocate(&self, buffer: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn deallocate(slf: &Bound<'_, Self>, buffer: &Bound<'_, PyAny>) -> PyResult<()> {
         let buffer = buffer.cast::<Buffer>().map_err(not_a_buffer)?;
-        buffer
-            .get()
-            .deallocate_from(&Owner::Pool(self.pool.clone()))
+        buffer.get().deallocate_from(slf.as_ptr() as usize)
     }
 
     /// The size of each block.
