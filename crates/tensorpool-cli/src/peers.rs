@@ -68,6 +68,15 @@ pub enum Subject {
 }
 
 impl Subject {
+    /// tensorpool with `config`, its release policy reading `clock`.
+    pub fn tensorpool_with_clock(
+        config: &Config,
+        clock: Arc<dyn tensorpool::clock::Clock>,
+    ) -> tensorpool::Result<Subject> {
+        let mm = MemoryManager::with_clock(config.clone(), clock)?;
+        Ok(Subject::Tensorpool(Arc::new(mm)))
+    }
+
     /// A fresh subject of `kind`; tensorpool with `config`.
     pub fn new(kind: Kind, config: &Config) -> tensorpool::Result<Subject> {
         Ok(match kind {
@@ -107,6 +116,20 @@ impl Subject {
                 let _ = tikv_jemalloc_ctl::epoch::advance();
                 tikv_jemalloc_ctl::stats::mapped::read().unwrap_or(0)
             }
+        }
+    }
+
+    /// Bytes of memory the system backs for the allocator now, where it says:
+    /// tensorpool's `resident_bytes`, jemalloc's `stats.resident` (the others keep no
+    /// such figure of their own).
+    pub fn resident_bytes(&self) -> Option<usize> {
+        match self {
+            Subject::Tensorpool(mm) => Some(mm.resident_bytes()),
+            Subject::Global(Kind::Jemalloc) => {
+                let _ = tikv_jemalloc_ctl::epoch::advance();
+                tikv_jemalloc_ctl::stats::resident::read().ok()
+            }
+            Subject::Global(_) => None,
         }
     }
 

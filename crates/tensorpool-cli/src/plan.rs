@@ -134,7 +134,7 @@ pub fn online_peak(trace: &Trace, config: &Config) -> Result<u64> {
     let sizes = trace.block_sizes();
     let layouts: Vec<Layout> = sizes.iter().copied().map(replay::layout_of).collect();
     let mut peak = 0usize;
-    replay::run_once(trace, &sizes, &layouts, &subject, false, |_, _| {
+    replay::run_once(trace, &sizes, &layouts, &subject, false, None, |_, _| {
         peak = peak.max(subject.reserved_bytes());
     })?;
     Ok(peak as u64)

@@ -23,7 +23,9 @@ use serde::{Deserialize, Serialize};
 use std::alloc::Layout;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tensorpool::clock::{Clock, ManualClock};
 use tensorpool::trace::{Event, Trace};
 use tensorpool::Config;
 
@@ -96,6 +98,9 @@ pub struct Measurement {
     pub upstream_calls: Option<u64>,
     /// Minor page faults per repetition.
     pub page_faults: u64,
+    /// Memory the system backs for the allocator after the sampling pass, where it
+    /// says (see [`Subject::resident_bytes`]).
+    pub resident_bytes: Option<u64>,
     /// `(event, live bytes, reserved bytes)` along the trace.
     pub timeline: Vec<[u64; 3]>,
     /// Why it failed, if it did (out of memory).
@@ -117,6 +122,11 @@ pub struct AllocatorReport {
     pub upstream_calls: Option<u64>,
     /// Minor page faults per repetition.
     pub page_faults: u64,
+    /// Memory the system backs for the allocator when the trace is over (every block
+    /// freed), where it says: tensorpool's `resident_bytes`, jemalloc's
+    /// `stats.resident`; else null. tensorpool's release policy follows the trace's
+    /// own clock (RMM CSV and Chrome JSON times).
+    pub resident_bytes: Option<u64>,
     /// tensorpool's time per event divided by this one's.
     pub tensorpool_time_ratio: f64,
     /// tensorpool's peak reserved bytes divided by this one's.
@@ -163,13 +173,16 @@ pub(crate) fn layout_of(size: u64) -> Layout {
 }
 
 /// Runs the whole trace once against `subject`, calling `after_alloc(event index, live
-/// bytes)` after every allocation. Returns an error if the allocator runs out.
+/// bytes)` after every allocation. Returns an error if the allocator runs out. With a
+/// `clock` (tensorpool's, for its release policy), moves it along the trace's own
+/// times, from where it stands.
 pub(crate) fn run_once(
     trace: &Trace,
     sizes: &[u64],
     layouts: &[Layout],
     subject: &Subject,
     touch_pages: bool,
+    clock: Option<&ManualClock>,
     after_alloc: impl FnMut(usize, u64),
 ) -> Result<()> {
     with_allocator!(subject, |a| run_once_in(
@@ -178,22 +191,33 @@ pub(crate) fn run_once(
         layouts,
         a,
         touch_pages,
+        clock,
         after_alloc
     ))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_once_in(
     trace: &Trace,
     sizes: &[u64],
     layouts: &[Layout],
     subject: &impl Allocates,
     touch_pages: bool,
+    clock: Option<&ManualClock>,
     mut after_alloc: impl FnMut(usize, u64),
 ) -> Result<()> {
     let mut live: Vec<Option<NonNull<u8>>> = vec![None; layouts.len()];
     let mut live_bytes = 0u64;
     let mut result = Ok(());
+    let clock = clock.filter(|_| !trace.times.is_empty());
+    let (base, first) = match clock {
+        Some(c) => (c.now(), trace.times[0]),
+        None => (Duration::ZERO, 0),
+    };
     for (i, event) in trace.events.iter().enumerate() {
+        if let Some(c) = clock {
+            c.set(base + Duration::from_nanos(trace.times[i].saturating_sub(first)));
+        }
         match *event {
             Event::Alloc { id, size } => {
                 let layout = layouts[id as usize];
@@ -250,18 +274,33 @@ fn measure_here(trace: &Trace, kind: Kind, options: &Options) -> tensorpool::Res
         // SAFETY: malloc_trim only returns free memory to the operating system.
         unsafe { libc::malloc_trim(0) };
     }
-    let sampler = Subject::new(kind, &options.config)?;
+    // tensorpool's release policy follows the trace's clock.
+    let clock = Arc::new(ManualClock::new());
+    let sampler = match kind {
+        Kind::Tensorpool => Subject::tensorpool_with_clock(&options.config, clock.clone())?,
+        _ => Subject::new(kind, &options.config)?,
+    };
+    let clock = (kind == Kind::Tensorpool).then_some(&*clock);
     let baseline = sampler.reserved_bytes();
     let mut peak = 0usize;
     let mut timeline = Vec::new();
-    let sampled = run_once(trace, &sizes, &layouts, &sampler, false, |i, live| {
-        let reserved = sampler.reserved_bytes().saturating_sub(baseline);
-        peak = peak.max(reserved);
-        if i % stride == 0 {
-            timeline.push([i as u64, live, reserved as u64]);
-        }
-    });
+    let sampled = run_once(
+        trace,
+        &sizes,
+        &layouts,
+        &sampler,
+        false,
+        clock,
+        |i, live| {
+            let reserved = sampler.reserved_bytes().saturating_sub(baseline);
+            peak = peak.max(reserved);
+            if i % stride == 0 {
+                timeline.push([i as u64, live, reserved as u64]);
+            }
+        },
+    );
     let upstream_calls = sampler.upstream_calls();
+    let resident_bytes = sampler.resident_bytes().map(|r| r as u64);
 
     // 2. The timed repetitions, on the same allocator: the sampling pass warmed every
     // allocator up alike, as the steps before it warm a real program's.
@@ -274,9 +313,17 @@ fn measure_here(trace: &Trace, kind: Kind, options: &Options) -> tensorpool::Res
             break;
         }
         let start = Instant::now();
-        error = run_once(trace, &sizes, &layouts, &subject, options.touch, |_, _| {})
-            .err()
-            .map(|e| e.to_string());
+        error = run_once(
+            trace,
+            &sizes,
+            &layouts,
+            &subject,
+            options.touch,
+            clock,
+            |_, _| {},
+        )
+        .err()
+        .map(|e| e.to_string());
         reps.push(start.elapsed().as_nanos() as f64 / trace.events.len().max(1) as f64);
     }
     let faults = (page_faults() - faults) / reps.len().max(1) as u64;
@@ -288,6 +335,7 @@ fn measure_here(trace: &Trace, kind: Kind, options: &Options) -> tensorpool::Res
         peak_reserved_bytes: peak as u64,
         upstream_calls,
         page_faults: faults,
+        resident_bytes,
         timeline,
         error,
     })
@@ -408,6 +456,7 @@ pub fn replay_all(
                     peak_reserved_bytes: 0,
                     upstream_calls: None,
                     page_faults: 0,
+                    resident_bytes: None,
                     timeline: Vec::new(),
                     error: Some(e.to_string()),
                 });
@@ -423,6 +472,7 @@ pub fn replay_all(
                 efficiency: m.peak_reserved_bytes as f64 / peak_live.max(1) as f64,
                 upstream_calls: m.upstream_calls,
                 page_faults: m.page_faults,
+                resident_bytes: m.resident_bytes,
                 tensorpool_time_ratio: tp_time / m.ns_per_event,
                 tensorpool_memory_ratio: tp_peak / m.peak_reserved_bytes.max(1) as f64,
                 error: m.error,
@@ -476,11 +526,12 @@ pub fn table(reports: &[TraceReport]) -> String {
         }
         let _ = writeln!(
             out,
-            "  {:<11} {:>12} {:>14} {:>10} {:>10} {:>12} {:>13} {:>13}",
+            "  {:<11} {:>12} {:>14} {:>10} {:>12} {:>10} {:>12} {:>13} {:>13}",
             "allocator",
             "ns/event",
             "peak reserved",
             "efficiency",
+            "resident end",
             "upstream",
             "page faults",
             "tp time ×",
@@ -496,11 +547,12 @@ pub fn table(reports: &[TraceReport]) -> String {
                 .map_or_else(|| "-".to_string(), |n| n.to_string());
             let _ = writeln!(
                 out,
-                "  {:<11} {:>12.1} {:>14} {:>10.3} {:>10} {:>12} {:>12.2}x {:>12.2}x",
+                "  {:<11} {:>12.1} {:>14} {:>10.3} {:>12} {:>10} {:>12} {:>12.2}x {:>12.2}x",
                 a.name,
                 a.ns_per_event,
                 b(a.peak_reserved_bytes),
                 a.efficiency,
+                a.resident_bytes.map_or_else(|| "-".to_string(), b),
                 upstream,
                 a.page_faults,
                 a.tensorpool_time_ratio,

@@ -212,7 +212,11 @@ impl PyMemoryManager {
             settings.set_item("pools", table)?;
         }
         let arena_size = arena_size.filter(|&bytes| bytes > 0);
-        let config = config_from(py, config, Some(&settings))?;
+        let mut config = config_from(py, config, Some(&settings))?;
+        // In Python the release policy's background thread is on unless asked off: an
+        // interpreter often waits (a notebook between cells, a server between
+        // requests), and its memory should go back meanwhile.
+        config.background_release.get_or_insert(true);
         let mm = MemoryManager::new(config).map_err(to_py)?;
         let state = Arc::new(ManagerState::default());
         let arena = match arena_size {
@@ -358,9 +362,43 @@ impl PyMemoryManager {
         )
     }
 
-    /// Gives cached memory back to the system; returns the bytes released.
+    /// Gives every free byte back to the system now, every thread's included;
+    /// returns the bytes released.
     fn trim(&self) -> usize {
         self.mm.trim()
+    }
+
+    /// Runs a pass of the release policy now if one is due (the background thread
+    /// does this on its own); returns the bytes given back.
+    fn release_idle(&self) -> usize {
+        self.mm.release_idle()
+    }
+
+    /// Sets the release delay in milliseconds (None: free memory goes back only when
+    /// asked, above the soft limit, or on running out).
+    fn set_release_delay(&self, ms: Option<u64>) -> PyResult<()> {
+        if ms.is_some_and(|ms| ms > tensorpool::config::MAX_RELEASE_DELAY_MS) {
+            return Err(PyValueError::new_err(format!(
+                "the release delay must be at most {} ms",
+                tensorpool::config::MAX_RELEASE_DELAY_MS
+            )));
+        }
+        self.mm
+            .set_release_delay(ms.map(std::time::Duration::from_millis));
+        Ok(())
+    }
+
+    /// Sets the soft limit (bytes, or a string such as "2 GiB"; None for none):
+    /// resident bytes above it send free memory back at once.
+    fn set_soft_limit(&self, limit: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        self.mm.set_soft_limit(size_arg(limit)?).map_err(to_py)
+    }
+
+    /// Sets the hard limit on resident bytes (bytes, a string such as "8 GiB", or
+    /// None): growth beyond it gives back free memory and retries, then raises
+    /// `OutOfMemoryError`.
+    fn set_memory_limit(&self, limit: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        self.mm.set_memory_limit(size_arg(limit)?).map_err(to_py)
     }
 
     /// Starts new peaks from the current values.
@@ -429,6 +467,22 @@ pub(crate) fn uninstall_everywhere() -> bool {
     let was = crate::everywhere::active_manager().is_some();
     crate::everywhere::uninstall_everywhere();
     was
+}
+
+/// A size given as an int or a string such as "2 GiB", or None.
+fn size_arg(value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<usize>> {
+    let Some(v) = value.filter(|v| !v.is_none()) else {
+        return Ok(None);
+    };
+    if let Ok(n) = v.extract::<usize>() {
+        return Ok(Some(n));
+    }
+    let text: String = v.extract().map_err(|_| {
+        PyTypeError::new_err("a size is an int, a string such as \"2 GiB\", or None")
+    })?;
+    tensorpool::bytes::parse_bytes(&text)
+        .map(Some)
+        .map_err(PyValueError::new_err)
 }
 
 pub(crate) fn not_a_buffer<E>(_: E) -> PyErr {

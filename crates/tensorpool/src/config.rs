@@ -37,6 +37,15 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// The largest `medium_threshold`: each thread's heap keeps a cache entry per page
+/// The default release delay, in milliseconds: see [`Config::release_delay_ms`]. Chosen
+/// by measurement (docs/BENCHMARKS.md, "Memory given back"): long enough that the
+/// steps of a training or inference loop reuse their memory warm, short enough that an
+/// idle process gives back its memory within a couple of seconds.
+pub const DEFAULT_RELEASE_DELAY_MS: u64 = 1000;
+
+/// The longest release delay: a day.
+pub const MAX_RELEASE_DELAY_MS: u64 = 24 * 3600 * 1000;
+
 /// count of large block up to it.
 pub const MAX_MEDIUM_THRESHOLD: usize = 16 << 20;
 
@@ -59,6 +68,53 @@ pub struct PoolSpec {
     pub block_size: usize,
     /// Number of blocks.
     pub capacity: usize,
+}
+
+/// The release delay in a file: milliseconds, or `"never"` for none (TOML has no
+/// null, and leaving the key out means the default).
+mod serde_delay {
+    use serde::{de, Deserializer, Serializer};
+    use std::fmt;
+
+    pub(super) fn serialize<S: Serializer>(value: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(ms) => s.serialize_u64(*ms),
+            None => s.serialize_str("never"),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        struct Delay;
+        impl de::Visitor<'_> for Delay {
+            type Value = Option<u64>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a number of milliseconds, or \"never\"")
+            }
+            fn visit_u64<E: de::Error>(self, ms: u64) -> Result<Self::Value, E> {
+                Ok(Some(ms))
+            }
+            fn visit_i64<E: de::Error>(self, ms: i64) -> Result<Self::Value, E> {
+                u64::try_from(ms)
+                    .map(Some)
+                    .map_err(|_| E::custom(format!("a delay cannot be negative, got {ms}")))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                match v {
+                    "never" => Ok(None),
+                    other => Err(E::custom(format!(
+                        "expected a number of milliseconds or \"never\", got \"{other}\""
+                    ))),
+                }
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+        }
+        d.deserialize_any(Delay)
+    }
 }
 
 /// Reads explicit pools as a list of specs or as a table of block size to capacity.
@@ -156,10 +212,29 @@ pub struct Config {
     /// Most bytes of freed huge segments kept cached (no bound by default).
     #[serde(with = "serde_opt_size")]
     pub huge_cache_limit: Option<usize>,
-    /// Most bytes reserved from upstream; beyond it the manager releases cached
-    /// memory and retries, then reports out of memory (no limit by default).
+    /// Most bytes resident (reserved from upstream, less the free pages given back to
+    /// the system); beyond it the manager gives back all its free memory and retries,
+    /// then reports out of memory (no limit by default). Changeable while the
+    /// manager runs ([`MemoryManager::set_memory_limit`](crate::MemoryManager::set_memory_limit)).
     #[serde(with = "serde_opt_size")]
     pub memory_limit: Option<usize>,
+    /// Resident bytes above which free memory goes back to the system at once, not
+    /// after the release delay (no soft limit by default). Changeable while the
+    /// manager runs ([`MemoryManager::set_soft_limit`](crate::MemoryManager::set_soft_limit)).
+    #[serde(with = "serde_opt_size")]
+    pub soft_limit: Option<usize>,
+    /// Free memory unused for this long goes back to the system, in every tier
+    /// (see [`manager`](crate::manager), "Memory given back"); unset: only when asked
+    /// (`trim()`), above the soft limit or on running out. Changeable while the
+    /// manager runs ([`MemoryManager::set_release_delay`](crate::MemoryManager::set_release_delay)).
+    /// In a file: milliseconds, or `"never"`.
+    #[serde(with = "serde_delay")]
+    pub release_delay_ms: Option<u64>,
+    /// A background thread runs the release policy while the program is idle, so
+    /// that memory goes back without a call into tensorpool. Unset: each front's
+    /// default (a Rust manager: off, the policy runs on the manager's slow paths;
+    /// the Python package: on).
+    pub background_release: Option<bool>,
     /// Most bytes of empty slabs and free large blocks each thread keeps for its next
     /// allocations (beyond it, they go back to the best-fit tier; 0: none is kept).
     /// A thread also gives them back when the best-fit tier would otherwise grow.
@@ -205,6 +280,9 @@ impl Default for Config {
             max_oversize_waste: best_fit::DEFAULT_MAX_OVERSIZE_WASTE,
             huge_cache_limit: None,
             memory_limit: None,
+            soft_limit: None,
+            release_delay_ms: Some(DEFAULT_RELEASE_DELAY_MS),
+            background_release: None,
             thread_cache_bytes: 32 << 20,
             pools: Vec::new(),
             arena_chunk_size: arena::DEFAULT_FIRST_CHUNK,
@@ -270,6 +348,12 @@ setters! {
     huge_cache_limit: usize => Some(huge_cache_limit);
     /// See [`Config::memory_limit`].
     memory_limit: usize => Some(memory_limit);
+    /// See [`Config::soft_limit`].
+    soft_limit: usize => Some(soft_limit);
+    /// See [`Config::release_delay_ms`]; `None` releases only when asked.
+    release_delay_ms: Option<u64> => release_delay_ms;
+    /// See [`Config::background_release`].
+    background_release: bool => Some(background_release);
     /// See [`Config::thread_cache_bytes`].
     thread_cache_bytes: usize => thread_cache_bytes;
     /// See [`Config::arena_chunk_size`].
@@ -379,6 +463,29 @@ impl Config {
                 "memory_limit must be at least 1 byte (leave it unset for no limit)".into(),
             );
         }
+        if self.soft_limit == Some(0) {
+            return bad(
+                "soft_limit must be at least 1 byte (leave it unset for no soft limit)".into(),
+            );
+        }
+        if let (Some(soft), Some(hard)) = (self.soft_limit, self.memory_limit) {
+            if soft > hard {
+                return bad(format!(
+                    "soft_limit ({}) must not be above memory_limit ({})",
+                    format_bytes(soft),
+                    format_bytes(hard)
+                ));
+            }
+        }
+        if self
+            .release_delay_ms
+            .is_some_and(|ms| ms > MAX_RELEASE_DELAY_MS)
+        {
+            return bad(format!(
+                "release_delay_ms must be at most {MAX_RELEASE_DELAY_MS} (a day; leave it \
+                 unset to release only when asked)"
+            ));
+        }
         if self.expandable_segments == Some(true) && self.upstream == UpstreamKind::Heap {
             return bad(
                 "expandable_segments needs the mmap upstream; leave it unset for the heap upstream"
@@ -481,6 +588,34 @@ mod tests {
             c,
             "every key is optional"
         );
+        // The release policy's settings, including no delay, round-trip too.
+        let c = Config::builder()
+            .release_delay_ms(None)
+            .soft_limit(1 << 30)
+            .background_release(true)
+            .build()
+            .unwrap();
+        assert_eq!(Config::from_toml_str(&c.to_toml_string()).unwrap(), c);
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(Config::from_json_str(&json).unwrap(), c);
+        let t = Config::from_toml_str("release_delay_ms = 250\nsoft_limit = \"2 GiB\"").unwrap();
+        assert_eq!(
+            (t.release_delay_ms, t.soft_limit),
+            (Some(250), Some(2 << 30))
+        );
+        for (text, needle) in [
+            ("release_delay_ms = -5", "negative"),
+            ("release_delay_ms = \"soon\"", "never"),
+            ("release_delay_ms = 999999999999", "at most"),
+            ("soft_limit = 0", "soft_limit"),
+            (
+                "soft_limit = \"2 GiB\"\nmemory_limit = \"1 GiB\"",
+                "must not be above",
+            ),
+        ] {
+            let err = Config::from_toml_str(text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -168,8 +168,13 @@ pub struct OutOfMemory {
     pub cached_bytes: usize,
     /// The largest block that could be served from cached memory without growing.
     pub largest_free_block: usize,
-    /// The limit on reserved bytes, if one is set.
+    /// The limit on resident bytes, if one is set.
     pub limit: Option<usize>,
+    /// Bytes the manager has given back to the system so far (0 from a strategy on
+    /// its own), and how long ago it last did, if it ever did.
+    pub released_bytes: u64,
+    /// See [`released_bytes`](Self::released_bytes).
+    pub last_release: Option<std::time::Duration>,
 }
 
 impl OutOfMemory {
@@ -193,6 +198,8 @@ impl OutOfMemory {
             cached_bytes: usage.cached_bytes(),
             largest_free_block,
             limit: None,
+            released_bytes: 0,
+            last_release: None,
         }
     }
 
@@ -257,6 +264,16 @@ impl fmt::Display for OutOfMemory {
                 write!(f, "; the limit is {}", format_bytes(limit))?
             }
             _ => {}
+        }
+        if self.released_bytes > 0 {
+            write!(
+                f,
+                "; {} was given back to the system so far",
+                format_bytes(self.released_bytes as usize)
+            )?;
+            if let Some(ago) = self.last_release {
+                write!(f, ", last {:.1} s ago", ago.as_secs_f64())?;
+            }
         }
         f.write_str(". ")?;
         match self.cause {
@@ -358,6 +375,8 @@ mod tests {
             cached_bytes: cached,
             largest_free_block: 1 << 20,
             limit: Some(16 << 20),
+            released_bytes: 32 << 20,
+            last_release: Some(std::time::Duration::from_millis(2500)),
         }
     }
 
@@ -376,6 +395,7 @@ mod tests {
             "6.00 MiB is cached",
             "largest free block is 1.00 MiB",
             "fragmented",
+            "32.00 MiB was given back to the system so far, last 2.5 s ago",
         ] {
             assert!(text.contains(needle), "`{needle}` missing from: {text}");
         }

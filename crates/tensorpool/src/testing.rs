@@ -96,8 +96,10 @@ pub(crate) unsafe fn check(ptr: *const u8, len: usize, seed: u64) {
 
 /// A heap-backed upstream with an address space that checks the contract: commits
 /// only of uncommitted pages inside a reservation, decommits only of committed ones,
-/// and nothing committed left when a reservation goes. Decommitted memory is
-/// scribbled over, so that a use after decommit shows in the pattern checks.
+/// pages released in place only where committed (or in a plain region), and nothing
+/// committed left when a reservation goes. Decommitted memory is scribbled over, so
+/// that a use after decommit shows in the pattern checks; released pages read as
+/// zero, as the system's do.
 #[derive(Debug, Default)]
 pub(crate) struct CheckedSpace {
     /// Reservation start -> (layout, committed pages).
@@ -149,6 +151,25 @@ unsafe impl crate::upstream::Upstream for CheckedSpace {
 
     fn name(&self) -> &str {
         "checked-space"
+    }
+
+    unsafe fn release_pages(&self, ptr: std::ptr::NonNull<u8>, len: usize) -> bool {
+        let addr = ptr.as_ptr() as usize;
+        assert!(addr % PAGE == 0 && len % PAGE == 0, "unaligned release");
+        let in_reservation = {
+            let map = self.reservations.lock().unwrap();
+            map.range(..=addr)
+                .next_back()
+                .is_some_and(|(&start, (layout, _))| addr < start + layout.size())
+        };
+        if in_reservation {
+            self.pages(addr, len, |pages| {
+                assert!(pages.iter().all(|&c| c), "release of uncommitted pages");
+            });
+        }
+        // SAFETY: the caller passes memory of ours that holds nothing in use.
+        unsafe { ptr.as_ptr().write_bytes(0, len) };
+        true
     }
 
     fn address_space(&self) -> Option<&dyn crate::upstream::AddressSpace> {

@@ -11,10 +11,40 @@
 //!   gives the engine its pages;
 //! - larger ones get dedicated segments from the [`HugeCache`], cached by size.
 //!
-//! All memory comes through one [`MeteredUpstream`], which counts reserved bytes and
-//! enforces the optional limit. When an allocation runs out of memory, the manager
-//! returns cached memory to upstream ([`trim`](MemoryManager::trim)) and retries once
-//! before reporting an [`OutOfMemory`](crate::OutOfMemory) that describes its state.
+//! All memory comes through one [`MeteredUpstream`], which counts reserved and
+//! resident bytes and enforces the optional limit. When an allocation runs out of
+//! memory, the manager returns cached memory to upstream ([`trim`](MemoryManager::trim))
+//! and retries once before reporting an [`OutOfMemory`](crate::OutOfMemory) that
+//! describes its state.
+//!
+//! # Memory given back
+//!
+//! Free memory unused for [`Config::release_delay_ms`] (1 s by default) goes back to
+//! the system, in every tier and from every thread, while memory reused within the
+//! delay stays warm; above [`Config::soft_limit`] free memory goes back at once, and
+//! [`trim`](MemoryManager::trim) gives back all of it now. The policy runs on the
+//! manager's slow paths, and with [`Config::background_release`] from a background
+//! thread while the program is idle. `stats()` counts `resident_bytes` (reserved less
+//! the pages given back in place), `released_bytes` and `num_releases`.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use tensorpool::clock::ManualClock;
+//! use tensorpool::{Config, MemoryManager};
+//!
+//! let clock = Arc::new(ManualClock::new());
+//! let mm = MemoryManager::with_clock(Config::default(), clock.clone())?;
+//! let big = mm.allocate_raw(64 << 20, 64)?;
+//! mm.free_raw(big.as_ptr())?;
+//! let resident = mm.stats().resident_bytes;
+//! for _ in 0..4 {
+//!     clock.advance(Duration::from_millis(500)); // passes run a half-delay apart
+//!     mm.release_idle();
+//! }
+//! assert!(mm.stats().resident_bytes + (60 << 20) <= resident); // given back
+//! # Ok::<(), tensorpool::Error>(())
+//! ```
 //!
 //! Memory is handed out three ways, which this crate calls *typed* and *raw*:
 //!
@@ -38,6 +68,8 @@
 //! | `allocator.rs` | allocator-api2's `Allocator` for `&MemoryManager` |
 //! | `serve.rs` | the allocation path: hot path, debug guards, retry after trim, routing by size |
 //! | `reclaim.rs` | the free path and the raw size queries |
+//! | `release.rs` | memory given back: the release policy's passes, the soft limit, `trim` |
+//! | `releaser.rs` | the background thread that runs the passes while the program is idle |
 //! | `owners.rs` | the owner map of the locked tiers, the upstream adaptor that fills it, the lookups |
 //! | `counters.rs` | the manager's counters and the totals of bytes held |
 //! | `stats.rs` | `stats()`: every tier's counts gathered |
@@ -69,6 +101,8 @@ mod arena_upstream;
 mod counters;
 mod owners;
 mod reclaim;
+mod release;
+mod releaser;
 mod serve;
 mod stats;
 #[cfg(test)]
@@ -88,6 +122,7 @@ use crate::tiers::slab::Engine;
 use crate::upstream::MmapUpstream;
 use crate::upstream::{HeapUpstream, MeteredUpstream, Upstream};
 use crate::util::address_map::AddressMap;
+use crate::util::clock::{Clock, MonotonicClock};
 use arena_upstream::ArenaUpstream;
 use counters::Counters;
 use owners::{Owner, Registrar};
@@ -125,10 +160,15 @@ struct Inner {
     counters: Counters,
     /// Debug mode's records of live blocks and overruns.
     debug: Option<Tracker>,
+    /// The release policy.
+    release: release::Release,
+    /// Whether the background thread serves this manager.
+    background: bool,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        releaser::wake();
         if let Some(tracker) = &self.debug {
             let report = tracker.leaks("manager");
             if report.count > 0 {
@@ -162,6 +202,13 @@ impl Default for MemoryManager {
 impl MemoryManager {
     /// A manager with `config`, taking memory from the upstream the config names.
     pub fn new(config: Config) -> Result<Self> {
+        Self::with_clock(config, Arc::new(MonotonicClock::new()))
+    }
+
+    /// A manager with `config` whose release policy reads `clock` (a
+    /// [`ManualClock`](crate::clock::ManualClock) in tests, or one that follows a
+    /// recorded trace's times).
+    pub fn with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Self> {
         let upstream: Arc<dyn Upstream> =
             match config.upstream {
                 #[cfg(all(unix, not(miri)))]
@@ -173,12 +220,21 @@ impl MemoryManager {
                 )),
                 UpstreamKind::Heap => Arc::new(HeapUpstream),
             };
-        Self::with_upstream(config, upstream)
+        Self::with_upstream_and_clock(config, upstream, clock)
     }
 
     /// A manager with `config`, taking memory from `upstream` (a device, a test
     /// double, a wrapper that injects failures).
     pub fn with_upstream(config: Config, upstream: Arc<dyn Upstream>) -> Result<Self> {
+        Self::with_upstream_and_clock(config, upstream, Arc::new(MonotonicClock::new()))
+    }
+
+    /// A manager with `config`, `upstream` and the release policy's `clock`.
+    pub fn with_upstream_and_clock(
+        config: Config,
+        upstream: Arc<dyn Upstream>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self> {
         config.validate()?;
         let classes = config.size_classes()?;
         let metered = Arc::new(MeteredUpstream::new(upstream, config.memory_limit));
@@ -220,7 +276,15 @@ impl MemoryManager {
         );
         let debug = config.debug.then(Tracker::default);
         let fast = config.pools.is_empty() && !config.debug;
-        Ok(MemoryManager {
+        let release = release::Release::new(
+            clock,
+            config
+                .release_delay_ms
+                .map(std::time::Duration::from_millis),
+            config.soft_limit,
+        );
+        let background = config.background_release == Some(true);
+        let mm = MemoryManager {
             inner: Arc::new(Inner {
                 table_limit: if fast { engine.table_limit() } else { 0 },
                 table_align: config.alignment,
@@ -233,8 +297,14 @@ impl MemoryManager {
                 owners,
                 counters,
                 debug,
+                release,
+                background,
             }),
-        })
+        };
+        if background {
+            releaser::register(&mm.inner);
+        }
+        Ok(mm)
     }
 
     /// Whether `self` and `other` are handles to the same manager.
@@ -415,6 +485,49 @@ impl MemoryManager {
         self.inner.metered.reserved_bytes()
     }
 
+    /// Resident bytes now (reserved, less the free pages given back in place): a
+    /// cheap read of `stats().resident_bytes`.
+    pub fn resident_bytes(&self) -> usize {
+        self.inner.metered.resident_bytes()
+    }
+
+    /// Runs a pass of the release policy if one is due by the manager's clock (see
+    /// the module docs, "Memory given back"); the bytes given back to the system.
+    /// The manager's slow paths and the background thread call this; a program with
+    /// neither can call it from a loop or a timer.
+    pub fn release_idle(&self) -> usize {
+        self.inner.release_if_due()
+    }
+
+    /// Sets the release delay (`None`: free memory goes back only when asked, above
+    /// the soft limit, or on running out). Takes effect from the next pass.
+    pub fn set_release_delay(&self, delay: Option<std::time::Duration>) {
+        self.inner.release.set_delay(delay);
+    }
+
+    /// The release delay, if memory goes back on one.
+    pub fn release_delay(&self) -> Option<std::time::Duration> {
+        self.inner.release.delay()
+    }
+
+    /// Sets the soft limit: resident bytes above which free memory goes back at
+    /// once (`None`: none). An error if it is above the hard limit or zero.
+    pub fn set_soft_limit(&self, limit: Option<usize>) -> Result<()> {
+        check_limits(limit, self.inner.metered.limit())?;
+        self.inner.release.set_soft_limit(limit);
+        self.inner.release_over_soft_limit();
+        Ok(())
+    }
+
+    /// Sets the hard limit on resident bytes (`None`: none): later growth beyond it
+    /// gives back free memory and retries, then fails as out of memory. An error if
+    /// it is zero or below the soft limit.
+    pub fn set_memory_limit(&self, limit: Option<usize>) -> Result<()> {
+        check_limits(self.inner.release.soft_limit(), limit)?;
+        self.inner.metered.set_limit(limit);
+        Ok(())
+    }
+
     /// The statistics: totals, per tier, per size class, per thread.
     ///
     /// They are exact: frees that other threads posted to a thread's slabs are
@@ -508,9 +621,13 @@ impl MemoryManager {
     }
 }
 
-impl Inner {
-    fn trim(&self) -> usize {
-        self.engine.trim();
-        self.locked_tiers().iter().map(|tier| tier.trim()).sum()
+/// The rules for a soft and a hard limit together: neither zero, the soft one not
+/// above the hard one.
+fn check_limits(soft: Option<usize>, hard: Option<usize>) -> Result<()> {
+    Config {
+        soft_limit: soft,
+        memory_limit: hard,
+        ..Config::default()
     }
+    .validate()
 }

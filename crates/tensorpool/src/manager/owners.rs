@@ -54,6 +54,19 @@ unsafe impl Upstream for Registrar {
         self.upstream.zeroed()
     }
 
+    unsafe fn release_pages(&self, ptr: NonNull<u8>, len: usize) -> bool {
+        // SAFETY: forwarded unchanged from our caller, who holds the same contract.
+        unsafe { self.upstream.release_pages(ptr, len) }
+    }
+
+    fn reuse_pages(
+        &self,
+        len: usize,
+        within_limit: bool,
+    ) -> std::result::Result<(), UpstreamError> {
+        self.upstream.reuse_pages(len, within_limit)
+    }
+
     fn address_space(&self) -> Option<&dyn AddressSpace> {
         self.upstream
             .address_space()

@@ -84,6 +84,7 @@ impl Inner {
         };
         let freed = self.locked_tier(owner).release(addr, raw)?;
         self.counters.on_free(freed.block_size, freed.requested);
+        self.release_if_due();
         Ok(())
     }
 

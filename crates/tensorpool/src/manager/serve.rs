@@ -88,14 +88,29 @@ impl Inner {
         align: usize,
         raw: bool,
     ) -> Result<(NonNull<u8>, bool)> {
-        let Some(tracker) = &self.debug else {
-            return self.serve_retrying(size, align, raw);
+        let served = match &self.debug {
+            None => self.serve_retrying(size, align, raw),
+            Some(tracker) => {
+                validate(size, align)?;
+                let (ptr, _) = self.serve_retrying(guarded(size)?, align, raw)?;
+                self.track(tracker, ptr, size, raw);
+                // Debug mode fills fresh blocks: they are never zero.
+                Ok((ptr, false))
+            }
         };
-        validate(size, align)?;
-        let (ptr, _) = self.serve_retrying(guarded(size)?, align, raw)?;
-        self.track(tracker, ptr, size, raw);
-        // Debug mode fills fresh blocks: they are never zero.
-        Ok((ptr, false))
+        self.after_slow_path();
+        served
+    }
+
+    /// What the slow paths of allocation and free do besides: the release policy's
+    /// pass when one is due, the soft limit, and the background thread of a forked
+    /// child that allocates.
+    pub(super) fn after_slow_path(&self) {
+        if self.background {
+            super::releaser::ensure_running();
+        }
+        self.release_over_soft_limit();
+        self.release_if_due();
     }
 
     /// A typed block of `size` bytes from the explicit pools only (the smallest whose
@@ -234,7 +249,9 @@ impl Inner {
                 report.reserved_bytes = reserved;
                 report.cached_bytes = reserved.saturating_sub(allocated);
                 report.largest_free_block = self.largest_free_block(&engine);
-                report.limit = self.config.memory_limit;
+                report.limit = self.metered.limit();
+                report.released_bytes = self.metered.released().0;
+                report.last_release = self.release.since_last();
                 Error::OutOfMemory(report)
             }
             other => other,

@@ -50,6 +50,8 @@ impl Inner {
             usage.hits = usage.num_allocs - usage.misses.min(usage.num_allocs);
             usage.peak_allocated_bytes = usage.allocated_bytes;
             usage.peak_reserved_bytes = usage.reserved_bytes;
+            // Slabs are resident; their pages go back through the large tier.
+            usage.resident_bytes = usage.reserved_bytes;
             slab_bytes += usage.reserved_bytes;
             tiers.push(TierStats {
                 tier,
@@ -69,6 +71,7 @@ impl Inner {
         large_usage.misses += engine.span_misses;
         // The best-fit tier's reserved bytes include the slabs' pages.
         large_usage.reserved_bytes = large_usage.reserved_bytes.saturating_sub(slab_bytes);
+        large_usage.resident_bytes = large_usage.resident_bytes.saturating_sub(slab_bytes);
         large_usage.peak_allocated_bytes = large_usage
             .peak_allocated_bytes
             .max(large_usage.allocated_bytes);
@@ -94,6 +97,7 @@ impl Inner {
         let reserved = self.metered.reserved_bytes();
         let cached = reserved.saturating_sub(allocated);
         let largest = self.largest_free_block(&engine);
+        let (released_bytes, num_releases) = self.metered.released();
         Stats {
             allocated_bytes: allocated,
             peak_allocated_bytes: peak_allocated,
@@ -101,6 +105,10 @@ impl Inner {
             peak_requested_bytes: peak_requested,
             reserved_bytes: reserved,
             peak_reserved_bytes: self.metered.peak_reserved_bytes(),
+            resident_bytes: self.metered.resident_bytes(),
+            released_bytes,
+            num_releases,
+            last_release_ms_ago: self.release.since_last().map(|d| d.as_millis() as u64),
             cached_bytes: cached,
             thread_cached_bytes: engine.cached_bytes,
             internal_waste_bytes: allocated.saturating_sub(requested),
@@ -115,7 +123,9 @@ impl Inner {
             largest_free_block: largest,
             fragmentation: fragmentation(largest, cached),
             arena_bytes: c.arena_bytes.load(Relaxed),
-            memory_limit: self.config.memory_limit,
+            memory_limit: self.metered.limit(),
+            soft_limit: self.release.soft_limit(),
+            release_delay_ms: self.release.delay().map(|d| d.as_millis() as u64),
             num_guard_violations: self
                 .debug
                 .as_ref()

@@ -625,3 +625,41 @@ mod model {
         }
     }
 }
+
+#[test]
+#[cfg_attr(miri, ignore = "real time and a background thread")]
+fn the_background_thread_gives_memory_back_while_the_program_waits() {
+    let mm = MemoryManager::new(
+        Config::builder()
+            .release_delay_ms(Some(50))
+            .background_release(true)
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(super::releaser::running());
+    let p = mm.allocate_raw(32 << 20, 64).unwrap();
+    mm.free_raw(p.as_ptr()).unwrap();
+    let resident = mm.resident_bytes();
+    assert!(resident >= 32 << 20);
+    // No call into the manager: the thread's passes give the block back.
+    let start = std::time::Instant::now();
+    while mm.resident_bytes() + (32 << 20) > resident {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "not given back: resident {}",
+            mm.resident_bytes()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // The thread stops when no manager needs it any more.
+    drop(mm);
+    let start = std::time::Instant::now();
+    while super::releaser::running() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "still running"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}

@@ -145,6 +145,14 @@ pub struct Usage {
     pub reserved_bytes: usize,
     /// The most `reserved_bytes` seen.
     pub peak_reserved_bytes: usize,
+    /// `reserved_bytes` less the free pages released in place (given back to the
+    /// system, the address range kept): the memory the system backs.
+    pub resident_bytes: usize,
+    /// Bytes given back to the system so far: regions, decommitted ranges and pages
+    /// released in place.
+    pub released_bytes: u64,
+    /// The calls that gave them back.
+    pub num_releases: u64,
     /// Live blocks.
     pub allocated_blocks: usize,
     /// Allocations served.
@@ -191,14 +199,32 @@ impl Usage {
     /// Records a region taken from upstream.
     pub(crate) fn on_reserve(&mut self, bytes: usize) {
         self.reserved_bytes += bytes;
+        self.resident_bytes += bytes;
         self.peak_reserved_bytes = self.peak_reserved_bytes.max(self.reserved_bytes);
         self.num_upstream_allocs += 1;
     }
 
-    /// Records a region given back to upstream.
+    /// Records a region given back to upstream (released pages in it counted
+    /// resident again first, [`on_reuse_pages`](Self::on_reuse_pages)).
     pub(crate) fn on_release(&mut self, bytes: usize) {
         self.reserved_bytes -= bytes;
+        self.resident_bytes -= bytes;
         self.num_upstream_frees += 1;
+        self.released_bytes += bytes as u64;
+        self.num_releases += 1;
+    }
+
+    /// Records pages released in place.
+    pub(crate) fn on_release_pages(&mut self, bytes: usize) {
+        self.resident_bytes -= bytes;
+        self.released_bytes += bytes as u64;
+        self.num_releases += 1;
+    }
+
+    /// Records released pages counted resident again (reused, or about to go back
+    /// with their region).
+    pub(crate) fn on_reuse_pages(&mut self, bytes: usize) {
+        self.resident_bytes += bytes;
     }
 
     /// Reserved bytes not held by the program.
@@ -213,6 +239,9 @@ impl Usage {
         self.requested_bytes += other.requested_bytes;
         self.reserved_bytes += other.reserved_bytes;
         self.peak_reserved_bytes += other.peak_reserved_bytes;
+        self.resident_bytes += other.resident_bytes;
+        self.released_bytes += other.released_bytes;
+        self.num_releases += other.num_releases;
         self.allocated_blocks += other.allocated_blocks;
         self.num_allocs += other.num_allocs;
         self.num_frees += other.num_frees;
@@ -285,6 +314,18 @@ pub struct Stats {
     pub reserved_bytes: usize,
     /// The most `reserved_bytes` seen.
     pub peak_reserved_bytes: usize,
+    /// `reserved_bytes` less the free pages given back to the system in place (their
+    /// address range kept): the memory the system backs for the manager, and what
+    /// the limits count.
+    pub resident_bytes: usize,
+    /// Bytes given back to the system so far (regions, decommitted ranges, pages
+    /// released in place), by the release policy, the soft limit, running out or
+    /// `trim()`.
+    pub released_bytes: u64,
+    /// The calls that gave them back.
+    pub num_releases: u64,
+    /// Milliseconds since memory last went back to the system, if it ever did.
+    pub last_release_ms_ago: Option<u64>,
     /// `reserved_bytes - allocated_bytes`: free memory kept for reuse.
     pub cached_bytes: usize,
     /// The part of `cached_bytes` in threads' heaps: empty slabs and free large
@@ -317,8 +358,12 @@ pub struct Stats {
     pub fragmentation: f64,
     /// Bytes in chunks held by live arenas.
     pub arena_bytes: usize,
-    /// The limit on reserved bytes, if any.
+    /// The limit on resident bytes, if any.
     pub memory_limit: Option<usize>,
+    /// The resident bytes above which free memory goes back at once, if any.
+    pub soft_limit: Option<usize>,
+    /// The release delay in milliseconds, if free memory goes back on one.
+    pub release_delay_ms: Option<u64>,
     /// Overruns of guard bytes found in debug mode (always 0 outside it).
     pub num_guard_violations: u64,
     /// Per tier.
@@ -372,6 +417,12 @@ impl Stats {
         let _ = writeln!(
             out,
             " {:<28} {:>18}",
+            "resident (reserved, backed)",
+            b(self.resident_bytes)
+        );
+        let _ = writeln!(
+            out,
+            " {:<28} {:>18}",
             "cached (reserved, free)",
             b(self.cached_bytes)
         );
@@ -396,6 +447,23 @@ impl Stats {
         let _ = writeln!(out, " {:<28} {:>18}", "arena chunks", b(self.arena_bytes));
         let limit = self.memory_limit.map_or_else(|| "none".to_string(), b);
         let _ = writeln!(out, " {:<28} {:>18}", "memory limit", limit);
+        let soft = self.soft_limit.map_or_else(|| "none".to_string(), b);
+        let _ = writeln!(out, " {:<28} {:>18}", "soft limit", soft);
+        let delay = self
+            .release_delay_ms
+            .map_or_else(|| "only when asked".to_string(), |ms| format!("{ms} ms"));
+        let _ = writeln!(out, " {:<28} {:>18}", "release delay", delay);
+        let last = self
+            .last_release_ms_ago
+            .map_or_else(|| "never".to_string(), |ms| format!("{ms} ms ago"));
+        let _ = writeln!(
+            out,
+            " {:<28} {:>18}   {} calls, last {}",
+            "released to the system",
+            b(self.released_bytes as usize),
+            self.num_releases,
+            last
+        );
         let _ = writeln!(
             out,
             " {:<28} {:>18}",
@@ -417,21 +485,22 @@ impl Stats {
         let _ = writeln!(out, "{rule}");
         let _ = writeln!(
             out,
-            " {:<24} {:>11} {:>11} {:>11} {:>9} {:>7} {:>7}",
-            "tier", "allocated", "reserved", "peak rsvd", "allocs", "hit %", "blocks"
+            " {:<18} {:>11} {:>11} {:>11} {:>11} {:>11} {:>9} {:>7}",
+            "tier", "allocated", "reserved", "resident", "peak rsvd", "released", "allocs", "hit %"
         );
         for t in &self.tiers {
             let u = &t.usage;
             let _ = writeln!(
                 out,
-                " {:<24} {:>11} {:>11} {:>11} {:>9} {:>7} {:>7}",
+                " {:<18} {:>11} {:>11} {:>11} {:>11} {:>11} {:>9} {:>7}",
                 t.tier.name(),
                 b(u.allocated_bytes),
                 b(u.reserved_bytes),
+                b(u.resident_bytes),
                 b(u.peak_reserved_bytes),
+                b(u.released_bytes as usize),
                 u.num_allocs,
                 hit_rate(u),
-                u.allocated_blocks
             );
         }
         if !self.classes.is_empty() {

@@ -30,6 +30,12 @@ use allocator_api2::alloc::AllocError;
 use std::alloc::Layout;
 use std::ptr::NonNull;
 
+/// The passes of the release policy that must see free memory unused before it goes
+/// back to the system. The manager runs passes `release_delay / 2` apart (see the
+/// manager's `release` module), so memory goes back after at least the delay unused,
+/// and at most one and a half times it; memory used in between starts again.
+pub(crate) const RELEASE_AGE: u8 = 3;
+
 /// A block a tier granted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Grant {
@@ -71,8 +77,14 @@ pub(crate) trait BlockTier {
     /// an address that is not one (foreign, interior, not live, the other kind).
     fn release(&self, addr: usize, raw: bool) -> Result<BlockSizes>;
 
-    /// Returns the memory that holds no live block to upstream; the bytes returned.
+    /// Returns the memory that holds no live block to upstream, all of it now; the
+    /// bytes returned.
     fn trim(&self) -> usize;
+
+    /// A pass of the release policy: free memory that `min_age` passes (at least 1)
+    /// have now seen unused goes back to the system, as [`trim`](Self::trim) gives it
+    /// back; the bytes returned.
+    fn release_idle(&self, min_age: u8) -> usize;
 
     /// The largest block the tier can grant from memory it holds, without upstream.
     fn largest_free_block(&self) -> usize;

@@ -128,6 +128,8 @@ struct Chunk {
     requested: Vec<u32>,
     live_count: u32,
     in_available: bool,
+    /// While no slot is live: the release passes that saw it so.
+    idle: u8,
 }
 
 #[inline]
@@ -318,6 +320,7 @@ impl FixedSizePool {
         set_bit(&mut chunk.raw, slot, raw);
         chunk.requested[slot as usize] = requested as u32;
         chunk.live_count += 1;
+        chunk.idle = 0;
         if chunk.live_count == chunk.slots {
             chunk.in_available = false;
             st.available.pop();
@@ -424,6 +427,7 @@ impl FixedSizePool {
             raw: vec![0; words],
             requested: vec![0; slots],
             live_count: 0,
+            idle: 0,
             in_available: true,
         };
         let id = st.chunks.insert(Some(chunk));
@@ -440,15 +444,33 @@ impl FixedSizePool {
 
     /// Returns every chunk without a live block to upstream; returns the bytes freed.
     pub fn trim(&self) -> usize {
+        self.give_back(0)
+    }
+
+    /// A pass of a release policy (see [`BestFit::release_idle`](crate::BestFit::release_idle)): returns the
+    /// chunks that `min_age` passes (at least 1), this one included, saw without a
+    /// live block. Returns the bytes freed.
+    pub fn release_idle(&self, min_age: u8) -> usize {
+        self.give_back(min_age.max(1))
+    }
+
+    /// Returns the chunks without a live block that `min_age` passes saw so (this
+    /// call being one), or with 0, all of them.
+    fn give_back(&self, min_age: u8) -> usize {
         let mut st = self.state.lock();
         let st = &mut *st;
         let mut released = 0;
         let mut keep = Vec::with_capacity(st.available.len());
         for &id in &st.available {
             let chunk = st.chunks[id as usize]
-                .as_ref()
+                .as_mut()
                 .expect("available chunk exists");
             if chunk.live_count > 0 {
+                keep.push(id);
+                continue;
+            }
+            chunk.idle = chunk.idle.saturating_add(1);
+            if min_age > 0 && chunk.idle < min_age {
                 keep.push(id);
                 continue;
             }
@@ -566,6 +588,10 @@ impl BlockTier for FixedSizePool {
 
     fn trim(&self) -> usize {
         FixedSizePool::trim(self)
+    }
+
+    fn release_idle(&self, min_age: u8) -> usize {
+        FixedSizePool::release_idle(self, min_age)
     }
 
     fn largest_free_block(&self) -> usize {

@@ -9,7 +9,9 @@
 //! needs. A request that misses trades cached segments (largest first) for its new
 //! one, so that a program whose shapes change does not keep the old ones forever;
 //! [`trim`](HugeCache::trim) unmaps the cache, and with an optional bound on cached
-//! bytes a freed segment that would exceed it is unmapped at once.
+//! bytes a freed segment that would exceed it is unmapped at once. Under the
+//! manager's release policy, a cached segment that passes see unused long enough is
+//! unmapped ([`release_idle`](HugeCache::release_idle)).
 //!
 //! ```
 //! use tensorpool::huge::HugeCache;
@@ -76,6 +78,8 @@ struct Entry {
     live: bool,
     raw: bool,
     requested: usize,
+    /// For a cached segment: the release passes that saw it unused.
+    idle: u8,
 }
 
 impl HugeCache {
@@ -166,6 +170,31 @@ impl HugeCache {
         self.unmap(stale)
     }
 
+    /// A pass of the release policy (see [`BestFit::release_idle`](crate::BestFit::release_idle)): returns
+    /// the cached segments that `min_age` passes (at least 1), this one included, saw
+    /// unused. Returns the bytes freed.
+    pub fn release_idle(&self, min_age: u8) -> usize {
+        let mut st = self.state.lock();
+        let st = &mut *st;
+        let mut stale = Vec::new();
+        let keys: Vec<(usize, usize)> = st.cached.keys().copied().collect();
+        for key in keys {
+            let entry = st
+                .segments
+                .find_mut(key.1)
+                .expect("cached segments are mapped");
+            entry.idle = entry.idle.saturating_add(1);
+            if entry.idle >= min_age.max(1) {
+                let region = st.cached.remove(&key).expect("listed above");
+                st.cached_bytes -= region.len();
+                st.segments.remove(region.start());
+                st.usage.on_release(region.len());
+                stale.push(region);
+            }
+        }
+        self.unmap(stale)
+    }
+
     /// The largest cached segment.
     pub fn largest_cached(&self) -> usize {
         self.state
@@ -249,6 +278,7 @@ impl BlockTier for HugeCache {
             live: true,
             raw,
             requested: size,
+            idle: 0,
         };
         if hit {
             *st.segments
@@ -287,6 +317,7 @@ impl BlockTier for HugeCache {
             let slot = st.segments.find_mut(addr).expect("found above");
             slot.live = false;
             slot.requested = 0;
+            slot.idle = 0;
             st.cached.insert((region.len(), addr), region);
             st.cached_bytes += region.len();
         } else {
@@ -308,6 +339,10 @@ impl BlockTier for HugeCache {
 
     fn trim(&self) -> usize {
         HugeCache::trim(self)
+    }
+
+    fn release_idle(&self, min_age: u8) -> usize {
+        HugeCache::release_idle(self, min_age)
     }
 
     fn largest_free_block(&self) -> usize {

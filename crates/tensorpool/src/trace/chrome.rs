@@ -73,10 +73,12 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Trace> {
     let mut pairing = Pairing::default();
     for e in events {
         let key = (e.device, e.addr);
+        // `ts` is in microseconds.
+        let time = (e.ts.max(0.0) * 1e3) as u64;
         match e.bytes {
             0 => {}
-            b if b > 0 => pairing.alloc(key, b as u64, Location::Event(e.index))?,
-            _ => pairing.free(key),
+            b if b > 0 => pairing.alloc(key, b as u64, time, Location::Event(e.index))?,
+            _ => pairing.free(key, time),
         }
     }
     Ok(pairing.finish(Format::ChromeJson))

@@ -88,6 +88,7 @@ impl LineParser for Parser {
             unmatched_frees: 0,
             failed_allocations: 0,
             leaked_blocks: 0,
+            times: Vec::new(),
         })
     }
 }

@@ -109,6 +109,11 @@ pub struct Trace {
     pub failed_allocations: usize,
     /// Blocks still live at the end.
     pub leaked_blocks: usize,
+    /// When each event happened, in nanoseconds from the trace's clock (its zero
+    /// is the format's: a time of day, a profiler's start), where the format records
+    /// it (RMM CSV, Chrome JSON); empty otherwise. A replay can drive a manager's
+    /// release policy with it.
+    pub times: Vec<u64>,
 }
 
 pub(crate) fn malformed(at: Location, reason: impl Into<String>) -> Error {
@@ -381,6 +386,7 @@ fn feed<P: LineParser>(
 #[derive(Debug)]
 pub(crate) struct Pairing<K = u64> {
     events: Vec<Event>,
+    times: Vec<u64>,
     live: FxHashMap<K, u32>,
     allocations: u32,
     unmatched: usize,
@@ -392,6 +398,7 @@ impl<K> Default for Pairing<K> {
     fn default() -> Self {
         Pairing {
             events: Vec::new(),
+            times: Vec::new(),
             live: FxHashMap::default(),
             allocations: 0,
             unmatched: 0,
@@ -402,7 +409,8 @@ impl<K> Default for Pairing<K> {
 }
 
 impl<K: std::hash::Hash + Eq> Pairing<K> {
-    pub(crate) fn alloc(&mut self, addr: K, size: u64, at: Location) -> Result<()> {
+    /// An allocation at `time` (nanoseconds of the trace's clock).
+    pub(crate) fn alloc(&mut self, addr: K, size: u64, time: u64, at: Location) -> Result<()> {
         if self.live.insert(addr, self.allocations).is_some() {
             // The earlier block at this address was never freed.
             self.replaced += 1;
@@ -411,6 +419,7 @@ impl<K: std::hash::Hash + Eq> Pairing<K> {
             id: self.allocations,
             size,
         });
+        self.times.push(time);
         self.allocations = self
             .allocations
             .checked_add(1)
@@ -418,9 +427,13 @@ impl<K: std::hash::Hash + Eq> Pairing<K> {
         Ok(())
     }
 
-    pub(crate) fn free(&mut self, addr: K) {
+    /// A free at `time`.
+    pub(crate) fn free(&mut self, addr: K, time: u64) {
         match self.live.remove(&addr) {
-            Some(id) => self.events.push(Event::Free { id }),
+            Some(id) => {
+                self.events.push(Event::Free { id });
+                self.times.push(time);
+            }
             None => self.unmatched += 1,
         }
     }
@@ -437,6 +450,7 @@ impl<K: std::hash::Hash + Eq> Pairing<K> {
             unmatched_frees: self.unmatched,
             failed_allocations: self.failed,
             leaked_blocks: self.live.len() + self.replaced,
+            times: self.times,
         }
     }
 }

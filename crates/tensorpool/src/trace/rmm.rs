@@ -27,14 +27,14 @@ impl LineParser for Parser {
         }
         let [thread, time, action, pointer, size, stream] = split::<6>(line, n)?;
         decimal(thread, "thread", n)?;
-        check_time(time, n)?;
+        let time = parse_time(time, n)?;
         let pointer = hex_pointer(pointer, n)?;
         let size = decimal(size, "size", n)?;
         decimal(stream, "stream", n)?;
         match action {
-            b"allocate" => self.pairing.alloc(pointer, size, Location::Line(n)),
+            b"allocate" => self.pairing.alloc(pointer, size, time, Location::Line(n)),
             b"free" => {
-                self.pairing.free(pointer);
+                self.pairing.free(pointer, time);
                 Ok(())
             }
             b"allocate failure" => {
@@ -89,10 +89,11 @@ fn hex_pointer(field: &[u8], n: usize) -> Result<u64> {
     }
 }
 
-/// Checks a `Time` field: `H+:MM:SS[.f+]` or a non-negative number.
+/// Reads a `Time` field, `H+:MM:SS[.f+]` or a non-negative number of seconds, as
+/// nanoseconds.
 #[inline]
-fn check_time(field: &[u8], n: usize) -> Result<()> {
-    // The common shape, HH:MM:SS.ffffff, checked in one pass.
+fn parse_time(field: &[u8], n: usize) -> Result<u64> {
+    // The common shape, HH:MM:SS.ffffff, read in one pass.
     if field.len() == 15
         && field[2] == b':'
         && field[5] == b':'
@@ -102,13 +103,19 @@ fn check_time(field: &[u8], n: usize) -> Result<()> {
             .enumerate()
             .all(|(i, d)| matches!(i, 2 | 5 | 8) || d.is_ascii_digit())
     {
-        return Ok(());
+        let num = |r: std::ops::Range<usize>| {
+            field[r]
+                .iter()
+                .fold(0u64, |v, d| v * 10 + u64::from(d - b'0'))
+        };
+        let seconds = num(0..2) * 3600 + num(3..5) * 60 + num(6..8);
+        return Ok(seconds * 1_000_000_000 + num(9..15) * 1000);
     }
-    check_time_slowly(field, n)
+    parse_time_slowly(field, n)
 }
 
 #[cold]
-fn check_time_slowly(field: &[u8], n: usize) -> Result<()> {
+fn parse_time_slowly(field: &[u8], n: usize) -> Result<u64> {
     let bad = || {
         malformed(
             Location::Line(n),
@@ -126,19 +133,36 @@ fn check_time_slowly(field: &[u8], n: usize) -> Result<()> {
     if frac.is_some_and(|f| !digits(f)) {
         return Err(bad());
     }
-    let mut parts = whole.split(|&b| b == b':');
-    let ok = match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(number), None, None, None) => digits(number),
-        (Some(h), Some(m), Some(s), None) => {
-            digits(h) && m.len() == 2 && s.len() == 2 && digits(m) && digits(s)
-        }
-        _ => false,
+    let value = |s: &[u8]| {
+        s.iter().try_fold(0u64, |v, d| {
+            v.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })
     };
-    if ok {
-        Ok(())
-    } else {
-        Err(bad())
+    let mut parts = whole.split(|&b| b == b':');
+    let seconds = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(number), None, None, None) if digits(number) => value(number),
+        (Some(h), Some(m), Some(s), None)
+            if digits(h) && m.len() == 2 && s.len() == 2 && digits(m) && digits(s) =>
+        {
+            (|| {
+                value(h)?
+                    .checked_mul(3600)?
+                    .checked_add(value(m)? * 60 + value(s)?)
+            })()
+        }
+        _ => None,
     }
+    .ok_or_else(bad)?;
+    // Nanoseconds from the first nine digits of the fraction.
+    let nanos = frac.map_or(0, |f| {
+        (0..9).fold(0u64, |v, i| {
+            v * 10 + f.get(i).map_or(0, |d| u64::from(d - b'0'))
+        })
+    });
+    seconds
+        .checked_mul(1_000_000_000)
+        .and_then(|s| s.checked_add(nanos))
+        .ok_or_else(bad)
 }
 
 #[cfg(test)]
@@ -174,6 +198,29 @@ mod tests {
             (1, 0, 0)
         );
         assert_eq!(t.peak_live_bytes(), 16);
+        // Each event's time, in nanoseconds.
+        assert_eq!(
+            t.times,
+            vec![1_500_000_000, 2_000_000_000, 3_000_000_000, 5_000_000_000]
+        );
+    }
+
+    #[test]
+    fn times_read_as_nanoseconds() {
+        let t = rmm("1,1417:48:04.722180,allocate,0x10,8,0\n\
+                     1,01:02:03.000000001,free,0x10,8,0\n\
+                     1,12.25,allocate,0x20,8,0\n")
+        .unwrap();
+        let hms = |h: u64, m: u64, s: u64| (h * 3600 + m * 60 + s) * 1_000_000_000;
+        assert_eq!(
+            t.times,
+            vec![
+                hms(1417, 48, 4) + 722_180_000,
+                hms(1, 2, 3) + 1,
+                12_250_000_000
+            ]
+        );
+        assert!(rmm("1,99999999999999999999,allocate,0x10,8,0\n").is_err());
     }
 
     #[test]

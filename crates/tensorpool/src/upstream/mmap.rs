@@ -94,6 +94,15 @@ unsafe impl Upstream for MmapUpstream {
         "mmap"
     }
 
+    unsafe fn release_pages(&self, ptr: NonNull<u8>, len: usize) -> bool {
+        // SAFETY: the caller passes a page-aligned range of our own mappings that
+        // holds nothing in use; MADV_DONTNEED drops its pages now (resident memory
+        // falls at once, as users read it), and the private anonymous mapping reads
+        // as zero on the next touch. (MADV_FREE would leave the pages resident until
+        // the system runs short, which is what users complain of.)
+        unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_DONTNEED) == 0 }
+    }
+
     fn zeroed(&self) -> bool {
         true
     }

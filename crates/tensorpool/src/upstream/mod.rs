@@ -127,6 +127,28 @@ pub unsafe trait Upstream: Send + Sync + fmt::Debug {
         false
     }
 
+    /// Gives the memory behind `[ptr, ptr + len)` back to the system while the
+    /// range stays usable: it reads as zero when next touched, and costs a page
+    /// fault per page then. Returns whether it could; a source that cannot (the
+    /// global heap) changes nothing and returns `false`.
+    ///
+    /// # Safety
+    ///
+    /// The range is page-aligned, inside a region of this source or a committed part
+    /// of one of its reservations, and holds nothing anyone will read.
+    unsafe fn release_pages(&self, ptr: NonNull<u8>, len: usize) -> bool {
+        let _ = (ptr, len);
+        false
+    }
+
+    /// Counts `len` bytes of released pages as resident again: they are about to be
+    /// touched (refused where that would exceed a limit, if `within_limit`), or given
+    /// back whole (never refused).
+    fn reuse_pages(&self, len: usize, within_limit: bool) -> Result<(), UpstreamError> {
+        let _ = (len, within_limit);
+        Ok(())
+    }
+
     /// The source's address-space interface, if it can reserve address space and
     /// back it with memory piece by piece (mmap can; the global heap cannot).
     fn address_space(&self) -> Option<&dyn AddressSpace> {

@@ -212,6 +212,9 @@ pub(crate) struct ClassState {
     empty: *const Slab,
     /// Bytes of this class's slabs held (for the size of the next slab).
     held: usize,
+    /// The class's allocations at the last release pass: an empty current slab with
+    /// none since is unused.
+    seen_allocs: u64,
 }
 
 /// A heap's free large blocks: a stack per page count (linked through `Own::next`),
@@ -394,6 +397,7 @@ impl Heap {
                         partial: std::ptr::null(),
                         empty: std::ptr::null(),
                         held: 0,
+                        seen_allocs: 0,
                     })
                     .collect(),
                 used: Vec::new(),
@@ -784,6 +788,7 @@ impl Owned<'_> {
             }
         }
         own.place = Place::Current;
+        own.idle = 0;
         cls.current = slab;
         cls.base = own.base.addr();
         cls.bytes = own.bytes;
@@ -928,11 +933,13 @@ impl Owned<'_> {
                 (Place::Full, true) => {
                     list::push(&mut cls.empty, slab, own);
                     own.place = Place::Empty;
+                    own.idle = 0;
                 }
                 (Place::Partial, true) => {
                     list::remove(&mut cls.partial, own);
                     list::push(&mut cls.empty, slab, own);
                     own.place = Place::Empty;
+                    own.idle = 0;
                 }
                 _ => return,
             }
@@ -948,6 +955,7 @@ impl Owned<'_> {
     fn cache_span(&self, eng: &Engine, slab: &Slab) {
         let own = self.own(slab);
         own.place = Place::Empty;
+        own.idle = 0;
         let bytes = own.bytes;
         self.state().spans.push(bytes / PAGE, slab, own);
         self.cache(eng, bytes);
@@ -1234,7 +1242,10 @@ impl Owned<'_> {
         }
         // SAFETY: the pages were taken from the best-fit tier for this slab and no
         // slot in them is live; the page map no longer points at them.
-        unsafe { eng.large.free_pages(NonNull::new_unchecked(base), bytes) };
+        unsafe {
+            eng.large
+                .free_pages(NonNull::new_unchecked(base), bytes, own.idle)
+        };
         own.place = Place::Spare;
         let tier = RECORD_TIERS
             .iter()
@@ -1285,6 +1296,76 @@ impl Owned<'_> {
             released += self.own(slab).bytes;
             self.destroy(eng, slab);
         }
+        released
+    }
+
+    /// A pass of the release policy on this heap: empty slabs and cached large
+    /// blocks that `min_age` passes (this one included) saw unused go back to the
+    /// best-fit tier, which is told how long they were unused (and so gives their
+    /// pages back to the system in the same pass); so does a class's current slab
+    /// when it is empty and the class made no allocation since the last pass. Returns
+    /// the bytes given back.
+    pub(crate) fn release_idle(&self, eng: &Engine, min_age: u8) -> usize {
+        self.collect_inbox(eng);
+        let mut released = 0;
+        for class in 0..self.state().classes.len() {
+            // Empty slabs, oldest use first at the list's tail: every one ages.
+            let mut at = self.state().classes[class].empty;
+            while !at.is_null() {
+                // SAFETY: list members are live slabs of this heap.
+                let slab = unsafe { &*at };
+                let own = self.own(slab);
+                at = own.next;
+                own.idle = own.idle.saturating_add(1);
+                if own.idle >= min_age {
+                    let cls = &mut self.state().classes[class];
+                    // SAFETY: as above.
+                    unsafe { list::remove(&mut cls.empty, own) };
+                    released += own.bytes;
+                    self.destroy(eng, slab);
+                }
+            }
+            // The current slab, if empty and unused since the last pass.
+            let allocs = self.heap.tally[class].allocs.get();
+            let cls = &mut self.state().classes[class];
+            let unused = std::mem::replace(&mut cls.seen_allocs, allocs) == allocs;
+            let current = cls.current;
+            // SAFETY: a current slab is a live slab of this heap.
+            if let Some(slab) = unsafe { current.as_ref() } {
+                let own = self.own(slab);
+                if slab.live() == 0 && unused {
+                    own.idle = own.idle.saturating_add(1);
+                    if own.idle >= min_age {
+                        let cls = &mut self.state().classes[class];
+                        cls.current = std::ptr::null();
+                        cls.bytes = 0;
+                        released += own.bytes;
+                        self.destroy(eng, slab);
+                    }
+                } else {
+                    own.idle = 0;
+                }
+            }
+        }
+        // Cached large blocks: take them all out, and put back those still young.
+        let mut young = Vec::new();
+        while let Some(pages) = self.state().spans.largest() {
+            // SAFETY: the cache holds slabs of this heap.
+            let slab = unsafe { self.state().spans.pop(pages) }.expect("a cached size");
+            let own = self.own(slab);
+            own.idle = own.idle.saturating_add(1);
+            if own.idle >= min_age {
+                released += own.bytes;
+                self.destroy(eng, slab);
+            } else {
+                young.push((pages, slab));
+            }
+        }
+        for (pages, slab) in young.into_iter().rev() {
+            let own = self.own(slab);
+            self.state().spans.push(pages, slab, own);
+        }
+        self.publish_now(eng);
         released
     }
 

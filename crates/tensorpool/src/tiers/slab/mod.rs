@@ -769,6 +769,12 @@ impl Engine {
         })
     }
 
+    /// A pass of the release policy over every heap (see `Owned::release_idle`):
+    /// returns the bytes given back to the best-fit tier.
+    pub(crate) fn release_idle(self: &Arc<Self>, min_age: u8) -> usize {
+        self.on_every_heap(|owned| owned.release_idle(self, min_age))
+    }
+
     /// Publishes the calling thread's heap's bytes to the totals if they changed by a
     /// step: before the locked tiers add a block, so that a peak counts this heap as
     /// it is, not as it was.

@@ -103,6 +103,9 @@ pub(crate) struct Own {
     /// slots from the bump are zero.
     pub(crate) zero: bool,
     pub(crate) place: Place,
+    /// While the slab holds no live block (empty, or a cached large block): the
+    /// release passes that saw it unused.
+    pub(crate) idle: u8,
     /// Bytes of pages.
     pub(crate) bytes: usize,
     /// Links of the list the slab is on (partial, empty, a block cache, the spares).
@@ -222,6 +225,7 @@ impl Slab {
                 stack: vec![0; capacity as usize].into_boxed_slice(),
                 zero: false,
                 place: Place::Spare,
+                idle: 0,
                 bytes: 0,
                 prev: std::ptr::null(),
                 next: std::ptr::null(),
@@ -363,6 +367,7 @@ impl Slab {
         own.base = base.as_ptr();
         own.bytes = bytes;
         own.zero = fresh;
+        own.idle = 0;
         self.gen.store(gen, Release);
     }
 

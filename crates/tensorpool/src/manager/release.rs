@@ -1,0 +1,195 @@
+//! Memory given back: the release policy, its passes, the soft limit.
+//!
+//! Keeping memory warm is the manager's speed (a first-touch page fault costs
+//! microseconds per page), so free memory goes back to the system by a deliberate
+//! policy, as jemalloc's decay and mimalloc's purge delay do:
+//!
+//! - **After a delay.** Free memory unused for `release_delay_ms` goes back, in every
+//!   tier: threads' empty slabs and cached large blocks (also those of idle threads,
+//!   which a pass stops for a moment, as `trim()` does) return to the best-fit tier,
+//!   which gives back the pages inside its free blocks in place (`madvise`, the block
+//!   structure and address range kept), decommits the free top of its expandable
+//!   segments and returns wholly free segments; cached huge segments are unmapped.
+//!   Memory reused within the delay is not released, so a loop whose steps repeat
+//!   keeps its pages.
+//! - **In passes.** A pass ages every free item by one and releases those that
+//!   [`RELEASE_AGE`] passes have seen unused; passes run `delay / 2` apart, so memory
+//!   goes back after at least the delay unused and at most one and a half times it.
+//!   A pass runs on the manager's slow paths when one is due by its clock, and, with
+//!   `background_release`, from a background thread while the program is idle (see
+//!   the `releaser` module). The clock is the system's, or one the caller moves
+//!   ([`MemoryManager::with_clock`](super::MemoryManager::with_clock)).
+//! - **At once**, above the soft limit (resident bytes beyond it release all free
+//!   memory after each growth), on running out of memory (all free memory, then a
+//!   retry), and on `trim()`.
+//!
+//! Released pages are no longer resident: they count against neither the limits nor
+//! `resident_bytes`, and count again when reused. The heap upstream cannot release
+//! pages in place: with it, only whole regions go back.
+
+use super::Inner;
+use crate::tiers::contract::RELEASE_AGE;
+use crate::util::clock::Clock;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Passes run at least this far apart (a delay of 0 releases at every pass).
+pub(super) const MIN_PASS_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Free memory above this much is worth releasing at once over the soft limit.
+const SOFT_LIMIT_SLACK: usize = 1 << 20;
+
+/// The release policy's settings and state.
+#[derive(Debug)]
+pub(super) struct Release {
+    pub(super) clock: Arc<dyn Clock>,
+    /// The delay in nanoseconds; `u64::MAX`: none (release only when asked).
+    delay: AtomicU64,
+    /// Resident bytes above which free memory goes at once; `usize::MAX`: none.
+    soft_limit: AtomicUsize,
+    /// When the next pass is due, in the clock's nanoseconds.
+    next_pass: AtomicU64,
+    /// Set while a pass runs: one at a time.
+    passing: AtomicBool,
+    /// When memory last went back, in the clock's nanoseconds plus one (0: never).
+    last: AtomicU64,
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1)
+}
+
+impl Release {
+    pub(super) fn new(
+        clock: Arc<dyn Clock>,
+        delay: Option<Duration>,
+        soft_limit: Option<usize>,
+    ) -> Release {
+        let r = Release {
+            clock,
+            delay: AtomicU64::new(u64::MAX),
+            soft_limit: AtomicUsize::new(soft_limit.unwrap_or(usize::MAX)),
+            next_pass: AtomicU64::new(0),
+            passing: AtomicBool::new(false),
+            last: AtomicU64::new(0),
+        };
+        r.set_delay(delay);
+        r
+    }
+
+    /// The delay, or `None` when memory goes back only when asked.
+    pub(super) fn delay(&self) -> Option<Duration> {
+        match self.delay.load(Relaxed) {
+            u64::MAX => None,
+            d => Some(Duration::from_nanos(d)),
+        }
+    }
+
+    pub(super) fn set_delay(&self, delay: Option<Duration>) {
+        self.delay.store(delay.map_or(u64::MAX, nanos), Relaxed);
+        // The next pass is one interval from now.
+        if let Some(interval) = self.interval() {
+            let now = nanos(self.clock.now());
+            self.next_pass
+                .store(now.saturating_add(nanos(interval)), Relaxed);
+        }
+    }
+
+    /// The time between passes, if there are passes.
+    pub(super) fn interval(&self) -> Option<Duration> {
+        self.delay().map(|d| (d / 2).max(MIN_PASS_INTERVAL))
+    }
+
+    pub(super) fn soft_limit(&self) -> Option<usize> {
+        match self.soft_limit.load(Relaxed) {
+            usize::MAX => None,
+            l => Some(l),
+        }
+    }
+
+    pub(super) fn set_soft_limit(&self, limit: Option<usize>) {
+        self.soft_limit.store(limit.unwrap_or(usize::MAX), Relaxed);
+    }
+
+    /// How long ago memory last went back, if it ever did.
+    pub(super) fn since_last(&self) -> Option<Duration> {
+        match self.last.load(Relaxed) {
+            0 => None,
+            t => Some(self.clock.now().saturating_sub(Duration::from_nanos(t - 1))),
+        }
+    }
+
+    fn note(&self, released: usize) {
+        if released > 0 {
+            self.last
+                .store(nanos(self.clock.now()).saturating_add(1), Relaxed);
+        }
+    }
+}
+
+impl Inner {
+    /// Runs a pass of the release policy if one is due by the clock; the bytes given
+    /// back. Cheap when none is due: a clock read and a comparison.
+    pub(super) fn release_if_due(&self) -> usize {
+        let r = &self.release;
+        let Some(interval) = r.interval() else {
+            return 0;
+        };
+        let now = nanos(r.clock.now());
+        if now < r.next_pass.load(Relaxed) || r.passing.swap(true, Relaxed) {
+            return 0;
+        }
+        r.next_pass
+            .store(now.saturating_add(nanos(interval)), Relaxed);
+        // A delay of zero releases what one pass sees unused.
+        let min_age = if r.delay() == Some(Duration::ZERO) {
+            1
+        } else {
+            RELEASE_AGE
+        };
+        // The engine first: the pages of its idle slabs reach the best-fit tier
+        // already aged, and go back to the system in this same pass.
+        self.engine.release_idle(min_age);
+        let released = self
+            .locked_tiers()
+            .iter()
+            .map(|tier| tier.release_idle(min_age))
+            .sum::<usize>();
+        r.note(released);
+        r.passing.store(false, Relaxed);
+        released
+    }
+
+    /// After the manager grew: above the soft limit, gives every free byte back now.
+    pub(super) fn release_over_soft_limit(&self) {
+        let Some(soft) = self.release.soft_limit() else {
+            return;
+        };
+        let resident = self.metered.resident_bytes();
+        if resident <= soft {
+            return;
+        }
+        // Only when there is free memory worth the calls (live memory alone may be
+        // above the limit).
+        let (allocated, _) = self.counters.totals.current();
+        let free = resident.saturating_sub(allocated.max(0) as usize);
+        if free >= SOFT_LIMIT_SLACK.min(soft / 32).max(1) {
+            self.trim();
+        }
+    }
+
+    /// Gives every free byte back now, every thread's included; the bytes.
+    pub(super) fn trim(&self) -> usize {
+        // The engine's free slabs and blocks go to the best-fit tier, which gives
+        // them back to the system with the rest.
+        self.engine.trim();
+        let released = self
+            .locked_tiers()
+            .iter()
+            .map(|tier| tier.trim())
+            .sum::<usize>();
+        self.release.note(released);
+        released
+    }
+}
