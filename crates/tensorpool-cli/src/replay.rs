@@ -114,6 +114,9 @@ pub struct AllocatorReport {
     pub name: &'static str,
     /// Median time per event, in nanoseconds.
     pub ns_per_event: f64,
+    /// Each timed repetition's time per event (noise on a shared machine only adds
+    /// time: the least is the steadiest figure to compare configurations by).
+    pub ns_per_event_reps: Vec<f64>,
     /// The most bytes held from the operating system.
     pub peak_reserved_bytes: u64,
     /// `peak_reserved_bytes / peak_live_bytes`.
@@ -468,6 +471,7 @@ pub fn replay_all(
             .map(|(kind, m)| AllocatorReport {
                 name: kind.name(),
                 ns_per_event: m.ns_per_event,
+                ns_per_event_reps: m.ns_per_event_reps,
                 peak_reserved_bytes: m.peak_reserved_bytes,
                 efficiency: m.peak_reserved_bytes as f64 / peak_live.max(1) as f64,
                 upstream_calls: m.upstream_calls,

@@ -36,7 +36,6 @@ use crate::util::bytes::{format_bytes, serde_opt_size, serde_size};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-/// The largest `medium_threshold`: each thread's heap keeps a cache entry per page
 /// The default release delay, in milliseconds: see [`Config::release_delay_ms`]. Chosen
 /// by measurement (docs/BENCHMARKS.md, "Memory given back"): long enough that the
 /// steps of a training or inference loop reuse their memory warm, short enough that an
@@ -46,6 +45,7 @@ pub const DEFAULT_RELEASE_DELAY_MS: u64 = 1000;
 /// The longest release delay: a day.
 pub const MAX_RELEASE_DELAY_MS: u64 = 24 * 3600 * 1000;
 
+/// The largest `medium_threshold`: each thread's heap keeps a cache entry per page
 /// count of large block up to it.
 pub const MAX_MEDIUM_THRESHOLD: usize = 16 << 20;
 

@@ -23,6 +23,10 @@ pub(crate) fn ops_len(native: usize) -> std::ops::Range<usize> {
     1..if cfg!(miri) { native / 5 } else { native }
 }
 
+/// Every how many bytes a test reads a large block's contents: every byte natively,
+/// a sample under Miri, which takes microseconds a byte.
+pub(crate) const BYTE_STEP: usize = if cfg!(miri) { 61 } else { 1 };
+
 /// The live blocks of a model: checks that no two overlap.
 #[derive(Debug, Default)]
 pub(crate) struct LiveSet {

@@ -258,3 +258,120 @@ fn the_out_of_memory_report_says_what_was_released() {
     assert!(err.contains("given back to the system so far"), "{err}");
     assert!(err.contains("s ago"), "{err}");
 }
+
+/// Advances the clock by `ms` in steps of `step` ms while the program works: a small
+/// block allocated and freed at each step, and due passes run.
+fn busy(mm: &MemoryManager, clock: &ManualClock, ms: u64, step: u64) {
+    for _ in 0..ms / step {
+        let b = allocate(mm, 4000, 0);
+        mm.free_raw(b.ptr).unwrap();
+        clock.advance(Duration::from_millis(step));
+        mm.release_idle();
+    }
+}
+
+#[test]
+fn steps_longer_than_the_delay_stretch_it_while_the_program_works() {
+    // Steps of 2 s that take 32 MiB at their start and work on small blocks after,
+    // under a 1 s delay: the first step's memory goes back during the second and is
+    // taken again by the third, a regret; the delay in effect doubles and the memory
+    // stays. Once the program idles, the delay set holds again.
+    let (mm, clock) = manager(Config::default());
+    let mut resident_late = Vec::new();
+    for step in 0..8 {
+        let blocks: Vec<Block> = (0..4)
+            .map(|i| allocate(&mm, 8 * MIB, step * 10 + i))
+            .collect();
+        for b in blocks {
+            intact(&b);
+            mm.free_raw(b.ptr).unwrap();
+        }
+        busy(&mm, &clock, 2000, 50);
+        resident_late.push(mm.resident_bytes());
+    }
+    assert!(
+        resident_late[0] < 8 * MIB,
+        "released at first: {resident_late:?}"
+    );
+    assert!(
+        resident_late[3..].iter().all(|&r| r >= 32 * MIB),
+        "kept once stretched: {resident_late:?}"
+    );
+    let s = mm.stats();
+    assert_eq!(s.release_delay_ms, Some(1000));
+    let stretched = s.effective_release_delay_ms.unwrap();
+    assert!(stretched >= 2000, "{s:?}");
+    // Idle: the delay set holds, and the memory goes back after it.
+    idle(&mm, &clock, 2000, 50);
+    assert!(mm.resident_bytes() < 8 * MIB, "{}", mm.resident_bytes());
+    // Idle for long: the stretch unwinds.
+    idle(&mm, &clock, 120_000, 250);
+    assert!(mm.stats().effective_release_delay_ms.unwrap() < stretched);
+}
+
+#[test]
+fn a_spike_goes_back_while_steady_steps_keep_their_memory() {
+    // Steps of 64 MiB in 8 MiB blocks, one step of 256 MiB, then steady steps 50 ms
+    // apart: the spike's extra memory goes back although the steady steps keep
+    // reusing (and merging with) the free range it left.
+    let (mm, clock) = manager(Config::default());
+    let step = |n: u64, seed: u64| {
+        let blocks: Vec<Block> = (0..n).map(|i| allocate(&mm, 8 * MIB, seed + i)).collect();
+        for b in blocks {
+            intact(&b);
+            mm.free_raw(b.ptr).unwrap();
+        }
+    };
+    for s in 0..20 {
+        step(8, s * 100);
+        clock.advance(Duration::from_millis(50));
+        mm.release_idle();
+    }
+    step(32, 5000);
+    let after_spike = mm.resident_bytes();
+    assert!(after_spike >= 256 * MIB, "{after_spike}");
+    for s in 0..200 {
+        step(8, 10_000 + s * 100);
+        clock.advance(Duration::from_millis(50));
+        mm.release_idle();
+    }
+    let resident = mm.resident_bytes();
+    assert!(
+        resident <= 64 * MIB + 64 * MIB / 5 + 32 * MIB,
+        "resident {} MiB after the spike went",
+        resident / MIB
+    );
+    assert!(resident >= 64 * MIB, "the steady step's memory stays warm");
+}
+
+#[test]
+fn an_idle_program_gets_its_memory_back_after_the_delay_set_even_once_stretched() {
+    // The scenario: 512 MiB freed and given back, then rounds of 160 MiB that
+    // take memory again (a regret: the delay in effect stretches), then idle: the
+    // delay set holds for an idle program, and the memory is back within it plus a
+    // second.
+    let (mm, clock) = manager(Config::default());
+    let big = allocate(&mm, 512 * MIB, 1);
+    mm.free_raw(big.ptr).unwrap();
+    idle(&mm, &clock, 2000, 50);
+    assert!(mm.resident_bytes() < 16 * MIB);
+    for round in 0..10 {
+        let arrays: Vec<Block> = (0..20)
+            .map(|i| allocate(&mm, 8 * MIB, round * 100 + i))
+            .collect();
+        for b in arrays {
+            mm.free_raw(b.ptr).unwrap();
+        }
+        clock.advance(Duration::from_millis(30));
+        mm.release_idle();
+    }
+    assert!(mm.resident_bytes() >= 160 * MIB);
+    idle(&mm, &clock, 2000, 50);
+    assert!(
+        mm.resident_bytes() < 16 * MIB,
+        "{} MiB resident, {:?}",
+        mm.resident_bytes() / MIB,
+        mm.stats().effective_release_delay_ms
+    );
+    assert!(mm.stats().effective_release_delay_ms.unwrap() >= 2000);
+}

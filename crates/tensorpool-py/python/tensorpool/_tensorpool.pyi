@@ -114,7 +114,19 @@ class MemoryManager:
     def snapshot(self) -> dict[str, Any]:
         """Every segment and block with its state."""
     def trim(self) -> int:
-        """Gives cached memory back to the system; returns the bytes released."""
+        """Gives every free byte back to the system now, every thread's included;
+        returns the bytes released."""
+    def release_idle(self) -> int:
+        """Runs a pass of the release policy now if one is due (the background
+        thread does this on its own); returns the bytes given back."""
+    def set_release_delay(self, ms: Optional[int]) -> None:
+        """Sets the release delay in milliseconds (None: free memory goes back only
+        when asked, above the soft limit, or on running out)."""
+    def set_soft_limit(self, limit: Optional[Union[int, str]]) -> None:
+        """Sets the soft limit (bytes or "2 GiB"; None: none): resident bytes above
+        it send free memory back at once."""
+    def set_memory_limit(self, limit: Optional[Union[int, str]]) -> None:
+        """Sets the hard limit on resident bytes (bytes or "8 GiB"; None: none)."""
     def reset_peak_stats(self) -> None:
         """Starts new peaks from the current values."""
     def flush_thread_cache(self) -> None:

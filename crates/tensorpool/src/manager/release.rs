@@ -23,6 +23,16 @@
 //!   memory after each growth), on running out of memory (all free memory, then a
 //!   retry), and on `trim()`.
 //!
+//! - **Adapting** to programs whose steps are longer than the delay. When the
+//!   manager takes memory from the system again (64 KiB or more between two passes)
+//!   within four delays of giving some back, the release was likely a mistake that
+//!   cost a page fault per page: while the program keeps allocating, the delay in
+//!   effect doubles (up to 32 times the one set); with no such regret it halves again
+//!   after 64 passes of a busy program or 16 of an idle one. A pass that finds no allocation since the one before sees an
+//!   idle program, and for it the delay set holds: a server between requests or a
+//!   notebook between cells gets its memory back after the delay set, however long
+//!   the delay in effect grew (docs/BENCHMARKS.md, "Memory given back").
+//!
 //! Released pages are no longer resident: they count against neither the limits nor
 //! `resident_bytes`, and count again when reused. The heap upstream cannot release
 //! pages in place: with it, only whole regions go back.
@@ -40,6 +50,19 @@ pub(super) const MIN_PASS_INTERVAL: Duration = Duration::from_millis(10);
 /// Free memory above this much is worth releasing at once over the soft limit.
 const SOFT_LIMIT_SLACK: usize = 1 << 20;
 
+/// Memory taken from the system between two passes, soon after a release, that
+/// makes the delay in effect double.
+const REGRET_BYTES: u64 = 64 << 10;
+/// The delay in effect is at most the one set times 2^this.
+const MAX_STRETCH: u32 = 5;
+/// Quiet after which the delay in effect halves: a pass without regret adds 1 while
+/// the program allocates, 8 while it is idle (the stretch unwinds after 64 busy
+/// passes, or 16 idle ones).
+const QUIET_TO_UNWIND: u32 = 128;
+/// Memory taken back this many passes or fewer after a release (four delays in
+/// effect) is a regret.
+const REGRET_WINDOW: u32 = 8;
+
 /// The release policy's settings and state.
 #[derive(Debug)]
 pub(super) struct Release {
@@ -54,6 +77,28 @@ pub(super) struct Release {
     passing: AtomicBool,
     /// When memory last went back, in the clock's nanoseconds plus one (0: never).
     last: AtomicU64,
+    /// The adaptation (see the module docs), changed by passes only.
+    adapt: parking_lot::Mutex<Adapt>,
+    /// Ticks of the slow paths, for [`Inner::activity`]: a load and a store, not an
+    /// atomic increment (a tick lost to a race still changes the count).
+    slow_paths: AtomicU64,
+}
+
+/// What the passes learn of the program's reuse.
+#[derive(Debug, Default)]
+struct Adapt {
+    /// The delay in effect is the one set times 2^stretch.
+    stretch: u32,
+    /// Quiet since the last regret or unwinding (see [`QUIET_TO_UNWIND`]).
+    quiet: u32,
+    /// Whether the last pass found the program idle.
+    idle: bool,
+    /// Passes since memory last went back (`u32::MAX`: long ago).
+    since_release: u32,
+    /// The upstream's acquired bytes at the last pass.
+    acquired: u64,
+    /// The program's allocations counted at the last pass (see [`Inner::activity`]).
+    activity: u64,
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -73,6 +118,11 @@ impl Release {
             next_pass: AtomicU64::new(0),
             passing: AtomicBool::new(false),
             last: AtomicU64::new(0),
+            adapt: parking_lot::Mutex::new(Adapt {
+                since_release: u32::MAX,
+                ..Adapt::default()
+            }),
+            slow_paths: AtomicU64::new(0),
         };
         r.set_delay(delay);
         r
@@ -96,9 +146,58 @@ impl Release {
         }
     }
 
+    /// The delay in effect while the program allocates: the one set, stretched while
+    /// the program keeps taking back released memory.
+    pub(super) fn effective_delay(&self) -> Option<Duration> {
+        let stretch = self.adapt.lock().stretch;
+        self.delay().map(|d| d.saturating_mul(1 << stretch))
+    }
+
     /// The time between passes, if there are passes.
     pub(super) fn interval(&self) -> Option<Duration> {
         self.delay().map(|d| (d / 2).max(MIN_PASS_INTERVAL))
+    }
+
+    /// The passes that must see free memory unused before it goes back, for a pass
+    /// that found the program's allocations at `activity`: one with a delay of zero,
+    /// [`RELEASE_AGE`] for an idle program, and that many times the stretch while it
+    /// allocates.
+    fn min_age(&self, activity: u64) -> u8 {
+        if self.delay() == Some(Duration::ZERO) {
+            return 1;
+        }
+        let mut a = self.adapt.lock();
+        let idle = std::mem::replace(&mut a.activity, activity) == activity;
+        a.idle = idle;
+        if idle {
+            RELEASE_AGE
+        } else {
+            RELEASE_AGE << a.stretch
+        }
+    }
+
+    /// Learns from the pass that ran: `acquired`, the upstream's acquired bytes now,
+    /// and whether the pass released anything.
+    fn learn(&self, acquired: u64, released: bool) {
+        let mut a = self.adapt.lock();
+        let regret =
+            acquired.saturating_sub(a.acquired) >= REGRET_BYTES && a.since_release <= REGRET_WINDOW;
+        a.acquired = acquired;
+        if regret {
+            a.stretch = (a.stretch + 1).min(MAX_STRETCH);
+            a.quiet = 0;
+        } else {
+            a.quiet += if a.idle { 8 } else { 1 };
+            if a.quiet >= QUIET_TO_UNWIND {
+                a.stretch = a.stretch.saturating_sub(1);
+                a.quiet = 0;
+            }
+        }
+        a.since_release = if released {
+            0
+        } else {
+            a.since_release.saturating_add(1)
+        };
     }
 
     pub(super) fn soft_limit(&self) -> Option<usize> {
@@ -129,6 +228,21 @@ impl Release {
 }
 
 impl Inner {
+    /// Counts a slow path of allocation or free.
+    #[inline]
+    pub(super) fn tick_slow_path(&self) {
+        let ticks = &self.release.slow_paths;
+        ticks.store(ticks.load(Relaxed).wrapping_add(1), Relaxed);
+    }
+
+    /// A count that changes whenever the program allocates: the threads' allocations
+    /// from the engine plus the slow paths' ticks.
+    fn activity(&self) -> u64 {
+        self.engine
+            .allocations()
+            .wrapping_add(self.release.slow_paths.load(Relaxed))
+    }
+
     /// Runs a pass of the release policy if one is due by the clock; the bytes given
     /// back. Cheap when none is due: a clock read and a comparison.
     pub(super) fn release_if_due(&self) -> usize {
@@ -142,12 +256,7 @@ impl Inner {
         }
         r.next_pass
             .store(now.saturating_add(nanos(interval)), Relaxed);
-        // A delay of zero releases what one pass sees unused.
-        let min_age = if r.delay() == Some(Duration::ZERO) {
-            1
-        } else {
-            RELEASE_AGE
-        };
+        let min_age = r.min_age(self.activity());
         // The engine first: the pages of its idle slabs reach the best-fit tier
         // already aged, and go back to the system in this same pass.
         self.engine.release_idle(min_age);
@@ -157,6 +266,7 @@ impl Inner {
             .map(|tier| tier.release_idle(min_age))
             .sum::<usize>();
         r.note(released);
+        r.learn(self.metered.acquired_bytes(), released > 0);
         r.passing.store(false, Relaxed);
         released
     }

@@ -106,6 +106,7 @@ impl Inner {
     /// pass when one is due, the soft limit, and the background thread of a forked
     /// child that allocates.
     pub(super) fn after_slow_path(&self) {
+        self.tick_slow_path();
         if self.background {
             super::releaser::ensure_running();
         }

@@ -126,6 +126,10 @@ impl Inner {
             memory_limit: self.metered.limit(),
             soft_limit: self.release.soft_limit(),
             release_delay_ms: self.release.delay().map(|d| d.as_millis() as u64),
+            effective_release_delay_ms: self
+                .release
+                .effective_delay()
+                .map(|d| d.as_millis() as u64),
             num_guard_violations: self
                 .debug
                 .as_ref()

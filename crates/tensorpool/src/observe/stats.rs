@@ -364,6 +364,10 @@ pub struct Stats {
     pub soft_limit: Option<usize>,
     /// The release delay in milliseconds, if free memory goes back on one.
     pub release_delay_ms: Option<u64>,
+    /// The delay in effect: the one set, stretched while the program keeps taking
+    /// back memory released too early (see [`manager`](crate::manager), "Memory given
+    /// back").
+    pub effective_release_delay_ms: Option<u64>,
     /// Overruns of guard bytes found in debug mode (always 0 outside it).
     pub num_guard_violations: u64,
     /// Per tier.

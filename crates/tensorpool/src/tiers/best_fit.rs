@@ -66,6 +66,7 @@ use crate::util::address_map::AddressMap;
 use crate::util::bits::Bits;
 use crate::util::bytes::format_bytes;
 use crate::util::id_table::IdTable;
+use crate::util::stamps::Stamps;
 use allocator_api2::alloc::{AllocError, Allocator};
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
@@ -93,6 +94,10 @@ pub const DEFAULT_RESERVATION: usize = 64 << 30;
 pub const DEFAULT_MAX_OVERSIZE_WASTE: usize = 20 << 20;
 
 const NONE: u32 = u32::MAX;
+
+/// The stretch of a segment whose age the release policy tracks as one (or the page,
+/// if larger): freed memory merges with older free memory, but keeps its own age.
+const AGE_GRANULE: usize = 64 << 10;
 
 /// A coalescing best-fit allocator.
 #[derive(Debug)]
@@ -160,6 +165,8 @@ struct State {
     usage: Usage,
     /// Bytes of page runs held by the slab engine (not in `usage`'s allocated bytes).
     page_bytes: usize,
+    /// Release passes run so far.
+    passes: u32,
 }
 
 /// Who holds a live block.
@@ -193,8 +200,6 @@ struct Block {
     next: u32,
     free: bool,
     kind: Kind,
-    /// For a free block: the release passes that saw it unused.
-    age: u8,
 }
 
 #[derive(Debug)]
@@ -212,6 +217,9 @@ struct Segment {
     dirty: usize,
     /// The pages (by index from the segment's start) released in place.
     released: Bits,
+    /// The release pass at which each granule was last in use (freed, or taken
+    /// from upstream).
+    in_use: Stamps,
 }
 
 impl BestFitBuilder {
@@ -521,7 +529,6 @@ impl BestFit {
             next: NONE,
             free: true,
             kind: Kind::Typed,
-            age: 0,
         });
         st.segments[seg_id as usize] = Some(Segment {
             region,
@@ -532,6 +539,7 @@ impl BestFit {
             live_blocks: 0,
             dirty: 0,
             released: Bits::default(),
+            in_use: self.stamps(0, bytes, st.passes),
         });
         st.segment_map.insert(region.start(), bytes, seg_id);
         st.free.insert((bytes, region.start(), block));
@@ -593,7 +601,6 @@ impl BestFit {
         let id = if last != NONE && st.blocks[last as usize].free {
             take_free(st, last);
             st.blocks[last as usize].size += delta;
-            st.blocks[last as usize].age = 0;
             last
         } else {
             let id = st.blocks.insert(Block {
@@ -605,7 +612,6 @@ impl BestFit {
                 next: NONE,
                 free: true,
                 kind: Kind::Typed,
-                age: 0,
             });
             if last == NONE {
                 segment_mut(st, seg_id).first = id;
@@ -616,7 +622,10 @@ impl BestFit {
             id
         };
         put_free(st, id, region.start());
-        segment_mut(st, seg_id).committed += delta;
+        let passes = st.passes;
+        let seg = segment_mut(st, seg_id);
+        seg.in_use.mark(committed, committed + delta, passes);
+        seg.committed += delta;
         Ok(id)
     }
 
@@ -646,6 +655,7 @@ impl BestFit {
             live_blocks: 0,
             dirty: 0,
             released: Bits::default(),
+            in_use: self.stamps(0, 0, st.passes),
         });
         st.segment_map.insert(region.start(), bytes, seg_id);
         st.growing = Some(seg_id);
@@ -711,6 +721,13 @@ impl BestFit {
         Ok((region.at(offset), size, zero))
     }
 
+    /// Stamps for a segment whose bytes `[lo, hi)` are fresh at pass `passes`.
+    fn stamps(&self, lo: usize, hi: usize, passes: u32) -> Stamps {
+        let mut stamps = Stamps::new(AGE_GRANULE.max(self.page));
+        stamps.mark(lo, hi, passes);
+        stamps
+    }
+
     /// The pages `[first, end)` that bytes `[lo, hi)` of a segment touch.
     fn pages_touched(&self, lo: usize, hi: usize) -> (usize, usize) {
         (lo / self.page, hi.div_ceil(self.page))
@@ -750,7 +767,10 @@ impl BestFit {
         segment_mut(st, b.segment).live_blocks -= 1;
         st.blocks[id as usize].free = true;
         st.blocks[id as usize].requested = 0;
-        st.blocks[id as usize].age = age;
+        let last_use = st.passes.saturating_sub(age.into());
+        segment_mut(st, b.segment)
+            .in_use
+            .mark(b.offset, b.offset + b.size, last_use);
         // Merge with free neighbours.
         let mut id = id;
         if b.next != NONE && st.blocks[b.next as usize].free {
@@ -774,9 +794,11 @@ impl BestFit {
         self.give_back(0)
     }
 
-    /// A pass of the release policy: ages every free block by one pass and gives back,
-    /// as [`trim`](Self::trim) does, those that `min_age` passes (at least 1) have now
-    /// seen unused. Returns the bytes given back.
+    /// A pass of the release policy: gives back, as [`trim`](Self::trim) does, the free
+    /// memory that `min_age` passes (at least 1, this one counted) have seen unused.
+    /// Age is kept per 64 KiB of a segment, not per free block: memory freed now that
+    /// merges with older free memory leaves the older part due. Returns the bytes
+    /// given back.
     pub fn release_idle(&self, min_age: u8) -> usize {
         self.give_back(min_age.max(1))
     }
@@ -786,13 +808,9 @@ impl BestFit {
     fn give_back(&self, min_age: u8) -> usize {
         let mut st = self.state.lock();
         let st = &mut *st;
-        let due = |st: &State, id: u32| min_age == 0 || st.blocks[id as usize].age >= min_age;
+        let min_age = u32::from(min_age);
         if min_age > 0 {
-            let free: Vec<u32> = st.free.iter().map(|&(_, _, id)| id).collect();
-            for id in free {
-                let age = &mut st.blocks[id as usize].age;
-                *age = age.saturating_add(1);
-            }
+            st.passes += 1;
         }
         let mut released = 0;
         // Whole segments and free tops go back whole.
@@ -800,38 +818,41 @@ impl BestFit {
             let Some(seg) = &st.segments[seg_id as usize] else {
                 continue;
             };
-            let (expandable, live, first, last) =
-                (seg.expandable, seg.live_blocks, seg.first, seg.last);
-            if expandable {
-                if last != NONE && st.blocks[last as usize].free && due(st, last) {
-                    released += self.shrink(st, seg_id);
-                }
-            } else if live == 0 && due(st, first) {
+            if seg.expandable {
+                released += self.shrink(st, seg_id, min_age);
+            } else if seg.live_blocks == 0
+                && seg.in_use.all_due(0, seg.region.len(), st.passes, min_age)
+            {
                 released += self.drop_free_segment(st, seg_id);
             }
         }
         // Then the pages inside the other free blocks.
         let free: Vec<u32> = st.free.iter().map(|&(_, _, id)| id).collect();
         for id in free {
-            if due(st, id) {
-                match self.release_inside(st, id) {
-                    Some(bytes) => released += bytes,
-                    // The upstream cannot release pages in place (the heap).
-                    None => break,
-                }
+            match self.release_inside(st, id, min_age) {
+                Some(bytes) => released += bytes,
+                // The upstream cannot release pages in place (the heap).
+                None => break,
             }
         }
         released
     }
 
     /// Releases in place the pages wholly inside free block `id` that are not
-    /// released yet; the bytes, or `None` if the upstream cannot.
-    fn release_inside(&self, st: &mut State, id: u32) -> Option<usize> {
+    /// released yet and that `min_age` passes have seen unused; the bytes, or `None`
+    /// if the upstream cannot.
+    fn release_inside(&self, st: &mut State, id: u32, min_age: u32) -> Option<usize> {
         let b = st.blocks[id as usize];
-        let (first, end) = self.pages_inside(b.offset, b.offset + b.size);
         let seg = segment(st, b.segment);
         let region = seg.region;
-        let runs: Vec<(usize, usize)> = seg.released.runs_clear(first, end).collect();
+        let runs: Vec<(usize, usize)> = seg
+            .in_use
+            .due_runs(b.offset, b.offset + b.size, st.passes, min_age)
+            .flat_map(|(lo, hi)| {
+                let (first, end) = self.pages_inside(lo, hi);
+                seg.released.runs_clear(first, end)
+            })
+            .collect();
         let mut released = 0;
         for (from, to) in runs {
             let len = (to - from) * self.page;
@@ -888,9 +909,10 @@ impl BestFit {
         region.len()
     }
 
-    /// Decommits the free top of expandable segment `seg_id`, and releases its
-    /// reservation once nothing is committed. Returns the bytes decommitted.
-    fn shrink(&self, st: &mut State, seg_id: u32) -> usize {
+    /// Decommits the part of the free top of expandable segment `seg_id` that
+    /// `min_age` passes have seen unused, and releases its reservation once nothing
+    /// is committed. Returns the bytes decommitted.
+    fn shrink(&self, st: &mut State, seg_id: u32, min_age: u32) -> usize {
         let space = self
             .upstream
             .address_space()
@@ -900,8 +922,11 @@ impl BestFit {
         let mut released = 0;
         if last != NONE && st.blocks[last as usize].free {
             let offset = st.blocks[last as usize].offset;
-            // Keep the granule the last live block ends in.
-            let keep = round_up(offset, self.commit_granularity);
+            // Keep the granule the last live block ends in, and the young part.
+            let due = segment(st, seg_id)
+                .in_use
+                .due_from(offset, committed, st.passes, min_age);
+            let keep = round_up(due, self.commit_granularity);
             if keep < committed {
                 take_free(st, last);
                 if keep == offset {
@@ -918,7 +943,9 @@ impl BestFit {
                     put_free(st, last, region.start());
                 }
                 self.unrelease(st, seg_id, keep, committed);
-                segment_mut(st, seg_id).released.truncate(keep / self.page);
+                let seg = segment_mut(st, seg_id);
+                seg.released.truncate(keep / self.page);
+                seg.in_use.truncate(keep);
                 // SAFETY: `[keep, committed)` is committed, granule-aligned, and lies
                 // in the free top block, which holds nothing in use.
                 unsafe { space.decommit(region.at(keep), committed - keep) };
@@ -1072,8 +1099,6 @@ fn merge_next(st: &mut State, id: u32) {
     let n = st.blocks[next as usize];
     st.blocks[id as usize].size += n.size;
     st.blocks[id as usize].next = n.next;
-    // The merged block is as old as its youngest part.
-    st.blocks[id as usize].age = st.blocks[id as usize].age.min(n.age);
     if n.next == NONE {
         segment_mut(st, n.segment).last = id;
     } else {
@@ -1497,14 +1522,21 @@ mod tests {
         for i in [0, 2, 4] {
             // SAFETY: live blocks of 64 KiB.
             let bytes = unsafe { std::slice::from_raw_parts(blocks[i].as_ptr(), 64 << 10) };
-            assert!(bytes.iter().all(|&b| b == i as u8 + 1), "block {i} changed");
+            let intact = bytes
+                .iter()
+                .step_by(crate::testing::BYTE_STEP)
+                .all(|&b| b == i as u8 + 1);
+            assert!(intact, "block {i} changed");
         }
         // Reused: resident again (and, as the system's pages do, zero).
         let again = bf.allocate(64 << 10, 64).unwrap();
         assert_eq!(bf.stats().usage.resident_bytes + (64 << 10), resident);
         // SAFETY: a live block of 64 KiB.
         let bytes = unsafe { std::slice::from_raw_parts(again.as_ptr(), 64 << 10) };
-        assert!(bytes.iter().all(|&b| b == 0));
+        assert!(bytes
+            .iter()
+            .step_by(crate::testing::BYTE_STEP)
+            .all(|&b| b == 0));
         // A freed block starts again: three more passes before it goes.
         bf.deallocate(again).unwrap();
         assert_eq!(bf.release_idle(3) + bf.release_idle(3), 0);

@@ -28,6 +28,9 @@ pub struct MeteredUpstream {
     /// calls that did it.
     released: AtomicU64,
     releases: AtomicU64,
+    /// Bytes made resident so far: regions and commits taken, released pages taken
+    /// back into use.
+    acquired: AtomicU64,
 }
 
 impl MeteredUpstream {
@@ -44,6 +47,7 @@ impl MeteredUpstream {
             frees: AtomicU64::new(0),
             released: AtomicU64::new(0),
             releases: AtomicU64::new(0),
+            acquired: AtomicU64::new(0),
         }
     }
 
@@ -80,6 +84,12 @@ impl MeteredUpstream {
             self.released.load(Ordering::Relaxed),
             self.releases.load(Ordering::Relaxed),
         )
+    }
+
+    /// Bytes made resident so far: regions and commits taken, and released pages
+    /// taken back into use (soon after a release, a sign that it came too early).
+    pub fn acquired_bytes(&self) -> u64 {
+        self.acquired.load(Ordering::Relaxed)
     }
 
     /// The limit on resident bytes.
@@ -138,6 +148,7 @@ unsafe impl Upstream for MeteredUpstream {
     fn reuse_pages(&self, len: usize, within_limit: bool) -> Result<(), UpstreamError> {
         if within_limit {
             self.admit(len)?;
+            self.acquired.fetch_add(len as u64, Ordering::Relaxed);
         } else {
             self.resident.fetch_add(len, Ordering::Relaxed);
         }
@@ -190,6 +201,7 @@ impl MeteredUpstream {
     }
 
     fn took(&self, size: usize) {
+        self.acquired.fetch_add(size as u64, Ordering::Relaxed);
         let now = self.reserved.fetch_add(size, Ordering::Relaxed) + size;
         self.peak.fetch_max(now, Ordering::Relaxed);
         self.allocs.fetch_add(1, Ordering::Relaxed);

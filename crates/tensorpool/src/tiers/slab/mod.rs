@@ -775,6 +775,23 @@ impl Engine {
         self.on_every_heap(|owned| owned.release_idle(self, min_age))
     }
 
+    /// The allocations every heap made so far (a count that changes whenever a thread
+    /// allocates from the engine, for the release policy's idle test).
+    pub(crate) fn allocations(&self) -> u64 {
+        let reg = self.registry.lock();
+        reg.heaps
+            .iter()
+            .map(|(h, _)| &**h)
+            .chain([&*self.shared])
+            .map(|heap| {
+                heap.tally
+                    .iter()
+                    .map(|t| t.allocs.get())
+                    .fold(heap.hot.large.allocs.get(), u64::wrapping_add)
+            })
+            .fold(0, u64::wrapping_add)
+    }
+
     /// Publishes the calling thread's heap's bytes to the totals if they changed by a
     /// step: before the locked tiers add a block, so that a peak counts this heap as
     /// it is, not as it was.
