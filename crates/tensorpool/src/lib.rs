@@ -30,6 +30,7 @@
 //! | 5 traces | `trace` (feature `trace`) | reading, writing and recording allocation traces |
 //! | 6 `tiers` | [`size_class`], [`slab`], [`fixed_pool`], [`best_fit`], [`huge`], [`arena`] | the strategies, each usable on its own; the locked ones keep one crate-private contract (`tiers::contract::BlockTier`) |
 //! | 7 front | [`config`], [`manager`], [`tensor`] | settings and their validation, the routing [`MemoryManager`], typed tensors |
+//! | 8 process | [`global`] | a process-wide manager as Rust's `#[global_allocator]` ([`GlobalManager`]) |
 //!
 //! `docs/ARCHITECTURE.md` in the repository walks the allocation and free paths
 //! through these layers with the real function names, and keeps the glossary.
@@ -85,6 +86,7 @@ pub mod trace;
 pub mod upstream;
 pub use tiers::{arena, best_fit, fixed_pool, huge, size_class, slab};
 pub mod config;
+pub mod global;
 pub mod manager;
 pub mod tensor;
 
@@ -97,6 +99,7 @@ pub use config::{Config, ConfigBuilder, PoolSpec, UpstreamKind};
 pub use debug::{GuardViolation, LeakReport};
 pub use error::{Error, OomCause, OutOfMemory, PointerError, Result};
 pub use fixed_pool::{FixedSizePool, PoolStats};
+pub use global::{GlobalManager, SystemFallbacks};
 pub use huge::HugeCache;
 pub use limits::{MAX_ALIGN, MAX_ALLOCATION_SIZE};
 pub use manager::MemoryManager;

@@ -1,7 +1,11 @@
 //! allocator-api2's `Allocator` for `&MemoryManager`: the hot paths inline, the rest
-//! out of line.
+//! out of line; and what the process-wide allocator (`crate::global`) asks of a
+//! manager besides: a typed free that hands back addresses it does not hold, and
+//! whether a block resizes in place.
 
 use super::MemoryManager;
+use crate::error::Result;
+use crate::limits::MAX_ALIGN;
 use crate::tiers::contract::zero_sized;
 use allocator_api2::alloc::{AllocError, Allocator};
 use std::alloc::Layout;
@@ -15,6 +19,52 @@ impl MemoryManager {
         layout: Layout,
     ) -> std::result::Result<NonNull<u8>, AllocError> {
         self.allocate_typed(layout).map_err(|_| AllocError)
+    }
+
+    /// The id of the manager's engine, unique in the process.
+    pub(crate) fn engine_id(&self) -> u64 {
+        self.inner.engine.id
+    }
+
+    /// Whether `ptr` lies in memory the manager holds (a region of one of its tiers).
+    pub(crate) fn holds(&self, ptr: NonNull<u8>) -> bool {
+        self.inner.owner_at(ptr.as_ptr().addr()).is_some()
+    }
+
+    /// Frees the typed block at `ptr`, allocated with `layout`, if the manager holds
+    /// its address: `Ok(false)` (nothing done) when it does not, an error when the
+    /// manager refuses the free (nothing changes then).
+    #[inline]
+    pub(crate) fn deallocate_if_held(&self, ptr: NonNull<u8>, layout: Layout) -> Result<bool> {
+        if self
+            .inner
+            .reclaim_typed_hot(ptr, layout.size(), layout.align())
+        {
+            return Ok(true);
+        }
+        self.deallocate_if_held_cold(ptr, layout)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn deallocate_if_held_cold(&self, ptr: NonNull<u8>, layout: Layout) -> Result<bool> {
+        if !self.holds(ptr) {
+            return Ok(false);
+        }
+        self.inner
+            .reclaim_typed(ptr, layout.size(), layout.align())
+            .map(|()| true)
+    }
+
+    /// Whether a typed block of `layout` holds `new_size` bytes as it is: both sizes
+    /// fall in one size class (at the same alignment).
+    pub(crate) fn resizes_in_place(&self, layout: Layout, new_size: usize) -> bool {
+        let inner = &*self.inner;
+        if !inner.fast || layout.align() > MAX_ALIGN {
+            return false;
+        }
+        let class = inner.engine.class_for(layout.size(), layout.align());
+        class.is_some() && class == inner.engine.class_for(new_size, layout.align())
     }
 
     #[cold]

@@ -14,6 +14,7 @@
 //! does not exist there.
 
 use super::Inner;
+use crate::util::reentry::Inside;
 use std::sync::atomic::{AtomicBool, Ordering::Acquire, Ordering::Release};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once, Weak};
 use std::time::Duration;
@@ -92,7 +93,11 @@ fn run() {
         drop(reg);
         let mut sleep = MAX_SLEEP;
         for inner in &live {
+            // For the process-wide allocator, what the pass allocates comes from the
+            // system allocator (see `util::reentry`).
+            let inside = Inside::enter_for(inner.engine.id);
             inner.release_if_due();
+            drop(inside);
             if let Some(interval) = inner.release.interval() {
                 sleep = sleep.min(interval);
             }

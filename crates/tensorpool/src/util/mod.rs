@@ -1,13 +1,15 @@
 //! The bottom layer: arithmetic and data structures that know nothing of allocation
 //! strategies (byte counts and their formatting, an ordered map of address ranges,
 //! a table of records named by reusable ids, a set of bits, per-granule pass stamps,
-//! clocks, and the synchronisation primitives that loom can swap out). Nothing here
-//! uses another module of the crate.
+//! clocks, the synchronisation primitives that loom can swap out, and the per-thread
+//! mark of being inside the process-wide allocator). Nothing here uses another module
+//! of the crate.
 
 pub mod address_map;
 pub(crate) mod bits;
 pub mod bytes;
 pub mod clock;
 pub(crate) mod id_table;
+pub(crate) mod reentry;
 pub(crate) mod stamps;
 pub(crate) mod sync;

@@ -40,6 +40,7 @@
 
 use super::heap::Heap;
 use super::Engine;
+use crate::util::reentry::Inside;
 use crate::util::sync::{
     spin_wait,
     Ordering::{Acquire, Relaxed, Release},
@@ -221,6 +222,9 @@ impl Drop for ThreadHeaps {
         // this thread-local destroyed).
         let _ = LAST.try_with(|last| last.engine.set(0));
         for bound in self.all.get_mut().drain(..) {
+            // The process-wide allocator's own bookkeeping while it lets go of the
+            // heap comes from the system allocator (see `util::reentry`).
+            let _inside = Inside::enter_for(bound.engine);
             if let Some(engine) = bound.owner.upgrade() {
                 // SAFETY: the engine lives, so does the heap it gave this thread.
                 engine.abandon(unsafe { &*bound.heap });

@@ -1,8 +1,9 @@
 //! `Config`: every setting of the [`MemoryManager`](crate::MemoryManager), with defaults
 //! chosen by replaying real traces.
 //!
-//! A config is built in code with [`Config::builder`], or read from a TOML or JSON
-//! file (the format `tensorpool plan` writes). Unknown keys, and settings that cannot
+//! A config is built in code with [`Config::builder`], read from a TOML or JSON
+//! file (the format `tensorpool plan` writes), or from the environment
+//! ([`Config::from_env`]). Unknown keys, and settings that cannot
 //! apply together, are errors that name the setting; nothing is silently ignored.
 //! Sizes in files may be integers or strings with a unit (`"64 MiB"`).
 //!
@@ -27,6 +28,9 @@
 //! assert!(err.to_string().contains("unknown field `smal_threshold`"));
 //! # Ok::<(), tensorpool::Error>(())
 //! ```
+
+mod env;
+pub use env::{ENV_CONFIG_FILE, ENV_NOT_SETTINGS, ENV_PREFIX};
 
 use crate::error::{Error, Result};
 use crate::limits::{validate, MAX_ALIGN};

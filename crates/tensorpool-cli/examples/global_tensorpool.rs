@@ -1,0 +1,12 @@
+//! The workloads of `global_workloads` with tensorpool as the process's allocator
+//! (`scripts/global_bench.py` runs every allocator's example side by side).
+
+#[global_allocator]
+static GLOBAL: tensorpool::GlobalManager = tensorpool::GlobalManager::new();
+
+#[path = "global_workloads/mod.rs"]
+mod workloads;
+
+fn main() {
+    workloads::run();
+}

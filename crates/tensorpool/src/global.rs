@@ -1,0 +1,340 @@
+//! tensorpool as the process's allocator: [`GlobalManager`] implements
+//! [`GlobalAlloc`] over one process-wide [`MemoryManager`], so that every `Box`,
+//! `Vec` and `String` of a Rust program, threads included, comes from tensorpool's
+//! tiers, with its statistics, its release policy and its explanations.
+//!
+//! ```
+//! use tensorpool::GlobalManager;
+//!
+//! // In a binary: `#[global_allocator]` before the static (a doc test cannot
+//! // replace its own allocator, so this one stays an ordinary static).
+//! static GLOBAL: GlobalManager = GlobalManager::new();
+//!
+//! let stats = GLOBAL.stats().expect("the manager starts");
+//! println!("{} bytes in use", stats.allocated_bytes);
+//! ```
+//!
+//! Configured from the environment by [`GlobalManager::new`]
+//! (`TENSORPOOL_CONFIG=file.toml` and one `TENSORPOOL_<SETTING>` variable per
+//! setting; see [`Config::from_env`]: a bad value is reported once on stderr with the
+//! variable's name, and the defaults are used), or from code with
+//! [`GlobalManager::with_config`]. The background release thread is off unless the
+//! config asks for it (a program that did not start a thread gets none).
+//!
+//! # How it stays out of its own way
+//!
+//! The manager's bookkeeping allocates too (a registry's `Vec`, a thread heap's name,
+//! a report's `String`). Every entry point marks the calling thread as inside the
+//! allocator (`util::reentry`), and what is allocated while the mark is set comes from
+//! the system allocator ([`System`]): so does a layout aligned beyond [`MAX_ALIGN`],
+//! and every allocation if the manager could not start. A free first asks the
+//! manager, which finds its blocks from the address in its own tables; a block it did
+//! not hand out goes back to the system allocator, never into the pools. The same
+//! mark is set while a thread that used the manager exits and while the background
+//! thread gives memory back for it.
+//!
+//! A free that the manager refuses (a double free, an address inside a block) is
+//! counted in [`SystemFallbacks::refused_frees`] and changes nothing; running out of
+//! memory (a `memory_limit`) prints the manager's report on stderr, for the first
+//! few times, before Rust's handler stops the program.
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::limits::MAX_ALIGN;
+use crate::manager::MemoryManager;
+use crate::observe::snapshot::Snapshot;
+use crate::observe::stats::Stats;
+use crate::util::reentry::Inside;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::OnceLock;
+
+/// Out-of-memory reports printed at most this many times.
+const OOM_REPORTS: usize = 4;
+
+/// A process-wide [`MemoryManager`] behind Rust's [`GlobalAlloc`]: put it in a
+/// `#[global_allocator]` static. See the [module docs](self).
+pub struct GlobalManager {
+    /// Started at the first allocation; `None` if it could not start.
+    manager: OnceLock<Option<MemoryManager>>,
+    config: fn() -> Config,
+    fallbacks: Counts,
+}
+
+#[derive(Default)]
+struct Counts {
+    allocations: AtomicUsize,
+    bytes: AtomicUsize,
+    refused_frees: AtomicUsize,
+    out_of_memory: AtomicUsize,
+}
+
+/// What a [`GlobalManager`] did not hand to its manager.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SystemFallbacks {
+    /// Allocations served by the system allocator: tensorpool's own bookkeeping, and
+    /// layouts aligned beyond [`MAX_ALIGN`] (all of them if the manager could not start).
+    pub allocations: usize,
+    /// Their bytes, as requested.
+    pub bytes: usize,
+    /// Frees the manager refused (a double free, an address inside one of its
+    /// blocks): nothing was changed.
+    pub refused_frees: usize,
+    /// Allocations that failed for lack of memory.
+    pub out_of_memory: usize,
+}
+
+/// The process's config: the environment's over the defaults.
+fn config_from_env() -> Config {
+    Config::from_env().unwrap_or_else(|e| {
+        eprintln!("tensorpool: {e}; using the default config");
+        Config::default()
+    })
+}
+
+impl GlobalManager {
+    /// A process-wide manager configured from the environment (see
+    /// [`Config::from_env`]), started at the first allocation.
+    pub const fn new() -> Self {
+        Self::with_config(config_from_env)
+    }
+
+    /// A process-wide manager with the config `config` returns, called once at the
+    /// first allocation (what it allocates comes from the system allocator). An
+    /// invalid config, or one that panics, is reported on stderr and the defaults
+    /// are used.
+    ///
+    /// ```
+    /// use tensorpool::{Config, GlobalManager};
+    ///
+    /// // #[global_allocator]
+    /// static GLOBAL: GlobalManager = GlobalManager::with_config(|| Config {
+    ///     memory_limit: Some(64 << 30),
+    ///     ..Config::default()
+    /// });
+    /// assert_eq!(GLOBAL.config().unwrap().memory_limit, Some(64 << 30));
+    /// ```
+    pub const fn with_config(config: fn() -> Config) -> Self {
+        GlobalManager {
+            manager: OnceLock::new(),
+            config,
+            fallbacks: Counts {
+                allocations: AtomicUsize::new(0),
+                bytes: AtomicUsize::new(0),
+                refused_frees: AtomicUsize::new(0),
+                out_of_memory: AtomicUsize::new(0),
+            },
+        }
+    }
+
+    /// The manager, started if it is not yet; the caller is inside.
+    #[inline]
+    fn manager(&self, _inside: &Inside) -> Option<&MemoryManager> {
+        self.manager.get_or_init(|| self.start()).as_ref()
+    }
+
+    #[cold]
+    fn start(&self) -> Option<MemoryManager> {
+        let config = match std::panic::catch_unwind(self.config) {
+            Ok(config) => config,
+            Err(_) => {
+                eprintln!("tensorpool: the global allocator's config panicked; using the defaults");
+                Config::default()
+            }
+        };
+        let started = MemoryManager::new(config).or_else(|e| {
+            eprintln!("tensorpool: {e}; the global allocator uses the default config");
+            MemoryManager::new(Config::default())
+        });
+        match started {
+            Ok(mm) => {
+                Inside::set_process_engine(mm.engine_id());
+                Some(mm)
+            }
+            Err(e) => {
+                eprintln!("tensorpool: the global allocator cannot start ({e}); the system allocator serves");
+                None
+            }
+        }
+    }
+
+    /// Runs `f` on the manager, inside the allocator (what it allocates comes from
+    /// the system allocator); `None` if the manager cannot start or this thread is
+    /// inside already.
+    fn query<R>(&self, f: impl FnOnce(&MemoryManager) -> R) -> Option<R> {
+        let inside = Inside::enter()?;
+        self.manager(&inside).map(f)
+    }
+
+    /// The manager's statistics.
+    pub fn stats(&self) -> Option<Stats> {
+        self.query(MemoryManager::stats)
+    }
+
+    /// The manager's summary, for people.
+    pub fn summary(&self) -> Option<String> {
+        self.query(MemoryManager::summary)
+    }
+
+    /// Every segment and block of the manager.
+    pub fn snapshot(&self) -> Option<Snapshot> {
+        self.query(MemoryManager::snapshot)
+    }
+
+    /// The manager's config.
+    pub fn config(&self) -> Option<Config> {
+        self.query(|mm| mm.config().clone())
+    }
+
+    /// Gives every thread's free memory back to the system now; returns the bytes.
+    pub fn trim(&self) -> usize {
+        self.query(MemoryManager::trim).unwrap_or(0)
+    }
+
+    /// Runs a pass of the release policy now; returns the bytes given back.
+    pub fn release_idle(&self) -> usize {
+        self.query(MemoryManager::release_idle).unwrap_or(0)
+    }
+
+    /// What the system allocator served instead, and frees refused.
+    pub fn system_fallbacks(&self) -> SystemFallbacks {
+        let c = &self.fallbacks;
+        SystemFallbacks {
+            allocations: c.allocations.load(Relaxed),
+            bytes: c.bytes.load(Relaxed),
+            refused_frees: c.refused_frees.load(Relaxed),
+            out_of_memory: c.out_of_memory.load(Relaxed),
+        }
+    }
+
+    /// A block for `layout` from the manager, or from the system allocator where the
+    /// manager does not serve it.
+    #[inline]
+    fn allocate(&self, inside: &Inside, layout: Layout, zeroed: bool) -> *mut u8 {
+        if layout.align() <= MAX_ALIGN && layout.size() != 0 {
+            if let Some(mm) = self.manager(inside) {
+                let block = if zeroed {
+                    mm.try_allocate_zeroed(layout)
+                } else {
+                    mm.try_allocate(layout)
+                };
+                return match block {
+                    Ok(ptr) => ptr.as_ptr(),
+                    Err(e) => self.out_of_memory(e),
+                };
+            }
+        }
+        self.system(layout, zeroed)
+    }
+
+    #[cold]
+    fn system(&self, layout: Layout, zeroed: bool) -> *mut u8 {
+        self.fallbacks.allocations.fetch_add(1, Relaxed);
+        self.fallbacks.bytes.fetch_add(layout.size(), Relaxed);
+        // SAFETY: `layout` is a `GlobalAlloc` caller's, non-zero-sized by its contract.
+        unsafe {
+            if zeroed {
+                System.alloc_zeroed(layout)
+            } else {
+                System.alloc(layout)
+            }
+        }
+    }
+
+    #[cold]
+    fn out_of_memory(&self, e: Error) -> *mut u8 {
+        if self.fallbacks.out_of_memory.fetch_add(1, Relaxed) < OOM_REPORTS {
+            eprintln!("tensorpool: {e}");
+        }
+        std::ptr::null_mut()
+    }
+
+    /// Frees `ptr`: into the manager if it is the manager's, else to the system
+    /// allocator.
+    #[inline]
+    fn deallocate(&self, ptr: *mut u8, layout: Layout) {
+        if let (Some(Some(mm)), Some(block)) = (self.manager.get(), NonNull::new(ptr)) {
+            match mm.deallocate_if_held(block, layout) {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(_) => {
+                    self.fallbacks.refused_frees.fetch_add(1, Relaxed);
+                    return;
+                }
+            }
+        }
+        // SAFETY: not the manager's, so the system allocator's (every other block
+        // comes from it), allocated with `layout` by the caller's contract.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+impl Default for GlobalManager {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// SAFETY: blocks come from the manager (disjoint, at least `layout.size()` bytes,
+// aligned as asked, valid until freed; the manager is never dropped while the static
+// lives) or from the system allocator, each freed where it came from: a free asks the
+// manager's own tables whether it holds the address, and hands anything else to the
+// system allocator. Nothing here unwinds: the config's panics are caught.
+unsafe impl GlobalAlloc for GlobalManager {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        match Inside::enter() {
+            Some(inside) => self.allocate(&inside, layout, false),
+            // Inside already: tensorpool's own bookkeeping.
+            None => self.system(layout, false),
+        }
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        match Inside::enter() {
+            Some(inside) => self.allocate(&inside, layout, true),
+            None => self.system(layout, true),
+        }
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        match Inside::enter() {
+            Some(_inside) => self.deallocate(ptr, layout),
+            // Inside: tensorpool's own bookkeeping frees what it allocated, which came
+            // from the system allocator.
+            // SAFETY: the caller keeps `GlobalAlloc::dealloc`'s contract.
+            None => unsafe { System.dealloc(ptr, layout) },
+        }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let Some(inside) = Inside::enter() else {
+            // SAFETY: the caller keeps `GlobalAlloc::realloc`'s contract.
+            return unsafe { System.realloc(ptr, layout, new_size) };
+        };
+        let held = match (self.manager.get(), NonNull::new(ptr)) {
+            (Some(Some(mm)), Some(block)) => mm.holds(block).then_some(mm),
+            _ => None,
+        };
+        let Some(mm) = held else {
+            // SAFETY: a block of the system allocator's, by the caller's contract.
+            return unsafe { System.realloc(ptr, layout, new_size) };
+        };
+        if mm.resizes_in_place(layout, new_size) {
+            return ptr;
+        }
+        // SAFETY: `new_size` is non-zero and does not overflow `isize` when rounded to
+        // the alignment, by `realloc`'s contract.
+        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+        let new = self.allocate(&inside, new_layout, false);
+        if !new.is_null() {
+            // SAFETY: both blocks are live, distinct and at least this long.
+            unsafe { std::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size)) };
+            self.deallocate(ptr, layout);
+        }
+        new
+    }
+}
