@@ -26,6 +26,29 @@ def test_empty_is_a_writable_ndarray_in_the_pools(mm, dtype):
     assert (a == np.ones((3, 5)).astype(dtype)).all()
 
 
+SCALAR_TYPES = [np.float64, np.float32, np.float16, np.uint8, np.int8, np.int16, np.uint16,
+                np.int32, np.uint32, np.int64, np.uint64, np.longlong, np.bool_, np.complex64,
+                np.complex128, np.longdouble, np.datetime64, float, int, bool, complex]
+
+
+@pytest.mark.parametrize("dtype", SCALAR_TYPES)
+def test_every_scalar_type_gives_numpys_own_dtype(mm, dtype):
+    # Scalar types are looked up in a table (made once) before NumPy's converter:
+    # the dtype must be exactly the one NumPy makes, for every way to name it.
+    for name in (dtype, np.dtype(dtype), np.dtype(dtype).str):
+        a, expected = mm.zeros(3, dtype=name), np.zeros(3, dtype=name).dtype
+        assert a.dtype == expected, (name, a.dtype)
+        assert a.dtype.type is expected.type, (name, a.dtype)
+        assert a.dtype.byteorder == expected.byteorder
+
+
+def test_a_subclass_of_a_scalar_type_is_not_taken_for_it(mm):
+    class Mine(np.float32):
+        pass
+
+    assert mm.empty(2, dtype=Mine).dtype == np.empty(2, dtype=Mine).dtype
+
+
 def test_shapes_orders_and_defaults(mm):
     assert mm.empty(7).shape == (7,)
     assert mm.empty(7).dtype == np.float64
