@@ -9,11 +9,16 @@
 //!   on this trace, chosen by replaying it through candidates drawn from its size
 //!   histogram; written as a TOML file that `replay --config`, Rust
 //!   (`Config::from_file`) and Python accept;
-//! - an **offline plan** of the whole trace, as static-graph planners make one: buffers
-//!   placed largest first, each at the smallest gap among the buffers live at the same
-//!   time that holds it (greedy by size with best-fit gaps). The plan is written out
+//! - an **offline plan** of the whole trace, as static-graph planners make one: the
+//!   best of the published greedy heuristics ([`greedy`]: by size, breadth, lifetime,
+//!   area and in allocation order, each buffer at the smallest gap among the buffers
+//!   live at the same time that holds it). The plan is written out
 //!   (`id,lower,upper,size,offset`, lifetimes in events) and verified: no two buffers
-//!   live at the same time overlap.
+//!   live at the same time overlap. The report says whether it is above what the
+//!   online manager reserves (it should never be).
+
+pub mod greedy;
+pub mod online;
 
 use crate::error::{CliError, Overlap, Result};
 use crate::peers::{Kind, Subject};
@@ -35,54 +40,10 @@ pub struct Placement {
     pub offset: u64,
 }
 
-/// Places every buffer: largest first (ties: earliest, then lowest id), each at the
-/// best-fitting gap among the already placed buffers whose lifetimes overlap its own,
-/// or above them all. Returns the placements by id, and the arena size.
+/// Places every buffer largest first, each at the best-fitting gap among the placed
+/// buffers that live at the same time (see [`greedy`]).
 pub fn greedy_by_size(lifetimes: &[Lifetime]) -> (Vec<Placement>, u64) {
-    let mut order: Vec<&Lifetime> = lifetimes.iter().filter(|l| l.size > 0).collect();
-    order.sort_by(|a, b| {
-        b.size
-            .cmp(&a.size)
-            .then(a.lower.cmp(&b.lower))
-            .then(a.id.cmp(&b.id))
-    });
-    let mut placed: Vec<(usize, usize, u64, u64)> = Vec::with_capacity(order.len()); // lower, upper, offset, end
-    let mut offsets = vec![0u64; lifetimes.len()];
-    let mut overlapping: Vec<(u64, u64)> = Vec::new();
-    let mut arena = 0u64;
-    for l in order {
-        overlapping.clear();
-        overlapping.extend(
-            placed
-                .iter()
-                .filter(|p| p.0 < l.upper && l.lower < p.1)
-                .map(|p| (p.2, p.3)),
-        );
-        overlapping.sort_unstable();
-        let (mut best, mut best_gap) = (None, u64::MAX);
-        let mut top = 0u64;
-        for &(offset, end) in &overlapping {
-            if offset > top {
-                let gap = offset - top;
-                if gap >= l.size && gap < best_gap {
-                    (best, best_gap) = (Some(top), gap);
-                }
-            }
-            top = top.max(end);
-        }
-        let offset = best.unwrap_or(top);
-        offsets[l.id as usize] = offset;
-        placed.push((l.lower, l.upper, offset, offset + l.size));
-        arena = arena.max(offset + l.size);
-    }
-    let placements = lifetimes
-        .iter()
-        .map(|&lifetime| Placement {
-            lifetime,
-            offset: offsets[lifetime.id as usize],
-        })
-        .collect();
-    (placements, arena)
+    greedy::greedy(lifetimes, greedy::Order::Size)
 }
 
 /// Checks that no two buffers live at the same time overlap in the plan, sweeping the
@@ -184,6 +145,17 @@ fn candidates(trace: &Trace) -> Vec<(String, Config)> {
     out
 }
 
+/// One planning method's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct MethodResult {
+    /// The method: a greedy order, or the online manager's placement with a config.
+    pub method: String,
+    /// Its arena.
+    pub bytes: u64,
+    /// `bytes / peak_live_bytes`.
+    pub efficiency: f64,
+}
+
 /// What `plan` found for one trace.
 #[derive(Debug, Clone, Serialize)]
 pub struct PlanReport {
@@ -207,6 +179,13 @@ pub struct PlanReport {
     pub suggested_efficiency: f64,
     /// The size of the offline plan's arena.
     pub offline_plan_bytes: u64,
+    /// The method that found it.
+    pub offline_method: String,
+    /// Every method's arena.
+    pub offline_methods: Vec<MethodResult>,
+    /// The offline plan is at most what the online manager reserves with the default
+    /// and the suggested config (false would be a planner's shortfall).
+    pub offline_at_most_online: bool,
     /// `offline_plan_bytes / peak_live_bytes`.
     pub offline_efficiency: f64,
     /// Where the offline plan was written.
@@ -241,8 +220,32 @@ pub fn plan(label: &str, trace: &Trace, config_out: &Path, plan_out: &Path) -> R
     );
     std::fs::write(config_out, text).map_err(CliError::file(config_out))?;
     let lifetimes = trace.lifetimes();
-    let (placements, arena) = greedy_by_size(&lifetimes);
-    verify(trace, &placements)?;
+    // The greedy orders, then the online manager's own placements (with the default
+    // and the suggested config): the smallest arena wins, the first on a tie.
+    let greedy = greedy::best(&lifetimes);
+    let mut methods: Vec<(String, u64)> = greedy
+        .arenas
+        .iter()
+        .map(|&(order, bytes)| (order.name().to_string(), bytes))
+        .collect();
+    let mut chosen = (
+        greedy.order.name().to_string(),
+        greedy.placements,
+        greedy.arena,
+    );
+    for (name, config) in [
+        ("online manager, default config", &Config::default()),
+        ("online manager, suggested config", &config),
+    ] {
+        let (placements, bytes) = online::online_plan(trace, &lifetimes, config)?;
+        methods.push((name.to_string(), bytes));
+        if bytes < chosen.2 {
+            chosen = (name.to_string(), placements, bytes);
+        }
+    }
+    let (method, placements, arena) = chosen;
+    let placements = &placements;
+    verify(trace, placements)?;
     let placed: Vec<Placed> = placements
         .iter()
         .map(|p| Placed {
@@ -268,6 +271,16 @@ pub fn plan(label: &str, trace: &Trace, config_out: &Path, plan_out: &Path) -> R
         suggested_reserved_bytes: suggested_peak,
         suggested_efficiency: ratio(suggested_peak),
         offline_plan_bytes: arena,
+        offline_method: method,
+        offline_methods: methods
+            .into_iter()
+            .map(|(method, bytes)| MethodResult {
+                method,
+                bytes,
+                efficiency: ratio(bytes),
+            })
+            .collect(),
+        offline_at_most_online: arena <= default_peak.min(suggested_peak),
         offline_efficiency: ratio(arena),
         plan_file: plan_out.display().to_string(),
         verified: true,
@@ -277,8 +290,8 @@ pub fn plan(label: &str, trace: &Trace, config_out: &Path, plan_out: &Path) -> R
 /// The report for people.
 pub fn text(r: &PlanReport) -> String {
     let b = |n: u64| tensorpool::bytes::format_bytes(n as usize);
-    format!(
-        "{}: {} buffers\n  lower bound (peak live)        {:>12}\n  default config, online         {:>12}  {:.3}x\n  suggested config, online       {:>12}  {:.3}x  ({}; written to {})\n  offline plan, greedy by size   {:>12}  {:.3}x  (verified; written to {})\n",
+    let mut out = format!(
+        "{}: {} buffers\n  lower bound (peak live)        {:>12}\n  default config, online         {:>12}  {:.3}x\n  suggested config, online       {:>12}  {:.3}x  ({}; written to {})\n  offline plan                   {:>12}  {:.3}x  ({}; verified; written to {})\n",
         r.trace,
         r.buffers,
         b(r.peak_live_bytes),
@@ -290,8 +303,21 @@ pub fn text(r: &PlanReport) -> String {
         r.suggested_config_file,
         b(r.offline_plan_bytes),
         r.offline_efficiency,
+        r.offline_method,
         r.plan_file
-    )
+    );
+    for m in &r.offline_methods {
+        out += &format!(
+            "    {:<34} {:>12}  {:.3}x\n",
+            m.method,
+            b(m.bytes),
+            m.efficiency
+        );
+    }
+    if !r.offline_at_most_online {
+        out += "  note: the offline plan is above what the online manager reserves\n";
+    }
+    out
 }
 
 #[cfg(test)]

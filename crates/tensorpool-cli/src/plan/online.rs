@@ -1,0 +1,127 @@
+//! The online manager's own placement, as an offline plan: a planner that knows the
+//! whole trace should never need more than the allocator that did not, so `plan`
+//! offers what the manager did as one more candidate.
+//!
+//! The trace is replayed through a [`MemoryManager`] and each buffer's address kept.
+//! Address ranges no buffer ever used (the gaps between segments, pages of
+//! never-used slab slots) are squeezed out: the buffers keep their order along the
+//! address line and their lengths, so two that never shared an address still do not,
+//! and the arena is the total length of the addresses ever used. Within one
+//! expandable segment (the default) that is at most what the manager reserved at
+//! its peak.
+
+use super::Placement;
+use crate::error::{CliError, Result};
+use crate::replay::layout_of;
+use allocator_api2::alloc::Allocator;
+use std::alloc::Layout;
+use std::ptr::NonNull;
+use tensorpool::trace::{Event, Lifetime, Trace};
+use tensorpool::{Config, MemoryManager};
+
+/// The placement the manager with `config` makes of `trace`, as a plan: placements by
+/// id, and the arena size.
+pub fn online_plan(
+    trace: &Trace,
+    lifetimes: &[Lifetime],
+    config: &Config,
+) -> Result<(Vec<Placement>, u64)> {
+    let mm = MemoryManager::new(config.clone())?;
+    let mut address = vec![0u64; lifetimes.len()];
+    let mut live: Vec<Option<(NonNull<u8>, Layout)>> = vec![None; lifetimes.len()];
+    let mut result = Ok(());
+    for (i, event) in trace.events.iter().enumerate() {
+        match *event {
+            Event::Alloc { id, size } if size > 0 => {
+                let layout = layout_of(size);
+                let Ok(ptr) = mm.try_allocate(layout) else {
+                    result = Err(CliError::OutOfMemory { event: i, size });
+                    break;
+                };
+                address[id as usize] = ptr.as_ptr().addr() as u64;
+                live[id as usize] = Some((ptr, layout));
+            }
+            Event::Alloc { .. } => {}
+            Event::Free { id } => {
+                if let Some((ptr, layout)) = live[id as usize].take() {
+                    // SAFETY: allocated above with this layout, freed once.
+                    unsafe { mm.deallocate(ptr, layout) };
+                }
+            }
+        }
+    }
+    for (ptr, layout) in live.into_iter().flatten() {
+        // SAFETY: allocated above with this layout and not freed yet.
+        unsafe { mm.deallocate(ptr, layout) };
+    }
+    result?;
+    let (offsets, arena) = squeeze(lifetimes, &address);
+    let placements = lifetimes
+        .iter()
+        .map(|&lifetime| Placement {
+            lifetime,
+            offset: offsets[lifetime.id as usize],
+        })
+        .collect();
+    Ok((placements, arena))
+}
+
+/// Offsets that keep the buffers' order and lengths along the address line with
+/// every address range no buffer covers removed; and the arena size.
+fn squeeze(lifetimes: &[Lifetime], address: &[u64]) -> (Vec<u64>, u64) {
+    let mut by_address: Vec<&Lifetime> = lifetimes.iter().filter(|l| l.size > 0).collect();
+    by_address.sort_by_key(|l| (address[l.id as usize], l.id));
+    let mut offsets = vec![0u64; lifetimes.len()];
+    let (mut removed, mut covered) = (0u64, None::<u64>);
+    for l in by_address {
+        let a = address[l.id as usize];
+        match covered {
+            None => removed = a,
+            Some(end) if a > end => removed += a - end,
+            Some(_) => {}
+        }
+        offsets[l.id as usize] = a - removed;
+        covered = Some(covered.map_or(a + l.size, |end| end.max(a + l.size)));
+    }
+    (offsets, covered.map_or(0, |end| end - removed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn squeezing_removes_unused_addresses_and_keeps_order_and_lengths() {
+        let l = |id, size| Lifetime {
+            id,
+            lower: 0,
+            upper: 1,
+            size,
+        };
+        let lifetimes = [l(0, 100), l(1, 50), l(2, 10), l(3, 0)];
+        // 0 at 1000, 1 at 1100 (touching), 2 inside 0's range (another time), then a
+        // hole of a gigabyte.
+        let address = [1000, 1100, 1020, 0];
+        let (offsets, arena) = squeeze(&lifetimes, &address);
+        assert_eq!(&offsets[..3], &[0, 100, 20]);
+        assert_eq!(arena, 150);
+        let far = [1000, 1 << 30, 1020, 0];
+        let (offsets, arena) = squeeze(&lifetimes, &far);
+        assert_eq!(&offsets[..3], &[0, 100, 20]);
+        assert_eq!(arena, 150);
+    }
+
+    #[test]
+    fn the_online_plan_is_valid_and_within_what_the_manager_reserved() {
+        let trace = Trace::parse(
+            b"id,lower,upper,size\n0,0,4,100000\n1,1,2,3000000\n2,2,5,3000000\n3,3,6,64\n4,4,7,200\n",
+        )
+        .unwrap();
+        let lifetimes = trace.lifetimes();
+        let config = Config::default();
+        let (placements, arena) = online_plan(&trace, &lifetimes, &config).unwrap();
+        super::super::verify(&trace, &placements).unwrap();
+        assert!(arena >= trace.peak_live_bytes());
+        assert!(arena <= super::super::online_peak(&trace, &config).unwrap());
+    }
+}
