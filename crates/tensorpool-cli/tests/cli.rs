@@ -274,6 +274,18 @@ fn plan_writes_a_usable_config_and_a_verified_plan() {
         figures(&fixture("intervals/resnet50.csv.gz")).2
     );
     assert!(report["offline_efficiency"].as_f64().unwrap() <= 1.02);
+    // Never above the online manager, and every method named with its figure.
+    assert_eq!(report["offline_at_most_online"], true);
+    let offline = report["offline_plan_bytes"].as_u64().unwrap();
+    assert!(offline <= report["default_reserved_bytes"].as_u64().unwrap());
+    let methods = report["offline_methods"].as_array().unwrap();
+    assert_eq!(methods.len(), 7);
+    assert!(methods
+        .iter()
+        .all(|m| m["bytes"].as_u64().unwrap() >= offline));
+    assert!(methods
+        .iter()
+        .any(|m| m["method"] == report["offline_method"] && m["bytes"].as_u64() == Some(offline)));
     assert!(
         report["suggested_reserved_bytes"].as_u64() <= report["default_reserved_bytes"].as_u64()
     );
