@@ -16,8 +16,8 @@
 //!
 //! Configured from the environment by [`GlobalManager::new`]
 //! (`TENSORPOOL_CONFIG=file.toml` and one `TENSORPOOL_<SETTING>` variable per
-//! setting; see [`Config::from_env`]: a bad value is reported once on stderr with the
-//! variable's name, and the defaults are used), or from code with
+//! setting; see [`Config::from_env`]: a bad variable is reported once on stderr with
+//! its name and passed over, the default standing for it), or from code with
 //! [`GlobalManager::with_config`]. The background release thread is off unless the
 //! config asks for it (a program that did not start a thread gets none).
 //!
@@ -85,12 +85,14 @@ pub struct SystemFallbacks {
     pub out_of_memory: usize,
 }
 
-/// The process's config: the environment's over the defaults.
+/// The process's config: the environment's over the defaults, each bad variable
+/// reported once and passed over.
 fn config_from_env() -> Config {
-    Config::from_env().unwrap_or_else(|e| {
-        eprintln!("tensorpool: {e}; using the default config");
-        Config::default()
-    })
+    let (config, errors) = Config::from_env_reporting();
+    for e in errors {
+        eprintln!("tensorpool: {e}");
+    }
+    config
 }
 
 impl GlobalManager {
@@ -103,7 +105,9 @@ impl GlobalManager {
     /// A process-wide manager with the config `config` returns, called once at the
     /// first allocation (what it allocates comes from the system allocator). An
     /// invalid config, or one that panics, is reported on stderr and the defaults
-    /// are used.
+    /// are used. `config` runs while other threads' first allocations wait for it:
+    /// it must not wait for another thread that allocates (spawn and join one, or
+    /// take a lock such a thread holds).
     ///
     /// ```
     /// use tensorpool::{Config, GlobalManager};
@@ -136,24 +140,34 @@ impl GlobalManager {
 
     #[cold]
     fn start(&self) -> Option<MemoryManager> {
-        let config = match std::panic::catch_unwind(self.config) {
-            Ok(config) => config,
-            Err(_) => {
-                eprintln!("tensorpool: the global allocator's config panicked; using the defaults");
-                Config::default()
-            }
-        };
-        let started = MemoryManager::new(config).or_else(|e| {
-            eprintln!("tensorpool: {e}; the global allocator uses the default config");
-            MemoryManager::new(Config::default())
+        // Nothing may unwind out of `GlobalAlloc`: a panic (of the config function, or
+        // of the manager's start) is reported and the defaults, or the system
+        // allocator, serve instead.
+        let config = std::panic::catch_unwind(self.config).unwrap_or_else(|_| {
+            eprintln!("tensorpool: the global allocator's config panicked; using the defaults");
+            Config::default()
+        });
+        let started = std::panic::catch_unwind(|| {
+            MemoryManager::new(config).or_else(|e| {
+                eprintln!("tensorpool: {e}; the global allocator uses the default config");
+                MemoryManager::new(Config::default())
+            })
         });
         match started {
-            Ok(mm) => {
-                Inside::set_process_engine(mm.engine_id());
+            Ok(Ok(mm)) => {
+                mm.mark_process_wide();
                 Some(mm)
             }
-            Err(e) => {
-                eprintln!("tensorpool: the global allocator cannot start ({e}); the system allocator serves");
+            Ok(Err(e)) => {
+                eprintln!(
+                    "tensorpool: the global allocator cannot start ({e}); the system allocator serves"
+                );
+                None
+            }
+            Err(_) => {
+                eprintln!(
+                    "tensorpool: the global allocator's start panicked; the system allocator serves"
+                );
                 None
             }
         }
@@ -280,7 +294,7 @@ impl Default for GlobalManager {
 // aligned as asked, valid until freed; the manager is never dropped while the static
 // lives) or from the system allocator, each freed where it came from: a free asks the
 // manager's own tables whether it holds the address, and hands anything else to the
-// system allocator. Nothing here unwinds: the config's panics are caught.
+// system allocator. Nothing here unwinds: panics of the start are caught.
 unsafe impl GlobalAlloc for GlobalManager {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
@@ -316,16 +330,15 @@ unsafe impl GlobalAlloc for GlobalManager {
             return unsafe { System.realloc(ptr, layout, new_size) };
         };
         let held = match (self.manager.get(), NonNull::new(ptr)) {
-            (Some(Some(mm)), Some(block)) => mm.holds(block).then_some(mm),
-            _ => None,
+            (Some(Some(mm)), Some(block)) => mm.holds(block),
+            _ => false,
         };
-        let Some(mm) = held else {
+        if !held {
             // SAFETY: a block of the system allocator's, by the caller's contract.
             return unsafe { System.realloc(ptr, layout, new_size) };
-        };
-        if mm.resizes_in_place(layout, new_size) {
-            return ptr;
         }
+        // A new block and a copy, also within one size class: the manager counts each
+        // block's requested size, which a resize in place would leave stale.
         // SAFETY: `new_size` is non-zero and does not overflow `isize` when rounded to
         // the alignment, by `realloc`'s contract.
         let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };

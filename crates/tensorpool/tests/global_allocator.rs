@@ -210,3 +210,54 @@ fn memory_given_back_while_the_program_waits() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+#[test]
+fn a_second_global_manager_does_not_take_the_process_allocators_place() {
+    // Another GlobalManager (only queried) must not make the real one's thread exits
+    // and background passes run unmarked, which deadlocked on the best-fit lock.
+    static OTHER: GlobalManager = GlobalManager::new();
+    assert!(OTHER.stats().is_some());
+    for round in 0..20 {
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    let v: Vec<Vec<u8>> = (0..50)
+                        .map(|i| vec![t as u8; 1 + (i * 6151 + round * 977) % 300_000])
+                        .collect();
+                    v.iter().map(|x| x.len()).sum::<usize>()
+                })
+            })
+            .collect();
+        for t in threads {
+            assert!(t.join().unwrap() > 0);
+        }
+    }
+}
+
+#[test]
+fn growing_a_block_within_its_class_keeps_the_requested_bytes_exact() {
+    // A realloc from 65 to 120 bytes stays in one 128-byte class; the manager's
+    // count of requested bytes must follow the block's size.
+    let layout = Layout::from_size_align(65, 8).unwrap();
+    let before = GLOBAL.stats().unwrap();
+    let mut blocks = Vec::with_capacity(1000);
+    for _ in 0..1000 {
+        // SAFETY: a fresh block of `layout`, grown once and freed with the new layout.
+        unsafe {
+            let p = GLOBAL.alloc(layout);
+            p.write_bytes(5, 65);
+            let q = GLOBAL.realloc(p, layout, 120);
+            assert!(std::slice::from_raw_parts(q, 65).iter().all(|&b| b == 5));
+            blocks.push(q);
+        }
+    }
+    let held = GLOBAL.stats().unwrap();
+    // Other tests run at once: the 1000 blocks' 120,000 requested bytes dominate.
+    let grew = held.requested_bytes as i64 - before.requested_bytes as i64;
+    assert!(grew >= 100_000, "requested bytes grew by {grew}");
+    let bigger = Layout::from_size_align(120, 8).unwrap();
+    for q in blocks {
+        // SAFETY: each is a live block of `bigger`.
+        unsafe { GLOBAL.dealloc(q, bigger) };
+    }
+}

@@ -47,32 +47,49 @@ impl Config {
     /// # Ok::<(), tensorpool::Error>(())
     /// ```
     pub fn from_env() -> Result<Config> {
-        let mut vars = Vec::new();
-        for (name, value) in std::env::vars_os() {
-            let Some(name) = name.to_str().filter(|n| n.starts_with(ENV_PREFIX)) else {
-                continue;
-            };
-            let value = value.into_string().map_err(|v| {
-                Error::InvalidConfig(format!("{name}={v:?}: the value is not UTF-8"))
-            })?;
-            vars.push((name.to_string(), value));
-        }
-        Self::from_vars(vars)
+        Self::from_vars(env_vars()?)
     }
 
     /// [`from_env`](Self::from_env) over the variables given (names with other
     /// prefixes are passed over).
     pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Config> {
+        let (config, mut errors) = Self::from_vars_reporting(vars);
+        match errors.is_empty() {
+            true => Ok(config),
+            false => Err(errors.swap_remove(0)),
+        }
+    }
+
+    /// The config of the environment for a program that must start whatever the
+    /// environment says (a process-wide allocator): each bad variable (or a bad
+    /// file) is passed over, the default standing for it, and returned among the
+    /// errors to report; settings that cannot apply together give the defaults.
+    pub fn from_env_reporting() -> (Config, Vec<Error>) {
+        match env_vars() {
+            Ok(vars) => Self::from_vars_reporting(vars),
+            Err(e) => (Config::default(), vec![e]),
+        }
+    }
+
+    /// [`from_env_reporting`](Self::from_env_reporting) over the variables given.
+    pub fn from_vars_reporting(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> (Config, Vec<Error>) {
+        let mut errors = Vec::new();
         let mut vars: Vec<(String, String)> = vars
             .into_iter()
             .filter(|(name, _)| name.starts_with(ENV_PREFIX))
             .collect();
         vars.sort();
-        let mut table = match vars.iter().find(|(name, _)| name == ENV_CONFIG_FILE) {
-            Some((_, path)) => file_table(path)
-                .map_err(|e| Error::InvalidConfig(format!("{ENV_CONFIG_FILE}={path:?}: {e}")))?,
-            None => toml::Table::new(),
-        };
+        let mut table = toml::Table::new();
+        if let Some((_, path)) = vars.iter().find(|(name, _)| name == ENV_CONFIG_FILE) {
+            match Config::from_file(path) {
+                Ok(file) => table = toml::Table::try_from(&file).expect("a config is a table"),
+                Err(e) => errors.push(Error::InvalidConfig(format!(
+                    "{ENV_CONFIG_FILE}={path:?}: {e}; the file is passed over"
+                ))),
+            }
+        }
         for (name, text) in &vars {
             if ENV_NOT_SETTINGS.contains(&name.as_str()) {
                 continue;
@@ -81,39 +98,58 @@ impl Config {
             let value = read_value(text);
             // Each variable alone first, so that an error names it.
             let alone = toml::Table::from_iter([(key.clone(), value.clone())]);
-            Config::deserialize(alone)
-                .map_err(|e| Error::InvalidConfig(format!("{name}={text:?}: {}", e.message())))?;
-            table.insert(key, value);
+            match Config::deserialize(alone) {
+                Ok(_) => {
+                    table.insert(key, value);
+                }
+                Err(e) => errors.push(Error::InvalidConfig(format!(
+                    "{name}={text:?}: {}; the variable is passed over",
+                    e.message()
+                ))),
+            }
         }
         let config = Config::deserialize(table)
-            .map_err(|e| Error::InvalidConfig(format!("from the environment: {}", e.message())))?;
-        config
-            .validate()
-            .map_err(|e| Error::InvalidConfig(format!("from the environment: {e}")))?;
-        Ok(config)
+            .map_err(|e| e.message().to_string())
+            .and_then(|c| match c.validate() {
+                Ok(()) => Ok(c),
+                Err(Error::InvalidConfig(why)) => Err(why),
+                Err(other) => Err(other.to_string()),
+            });
+        match config {
+            Ok(config) => (config, errors),
+            Err(why) => {
+                errors.push(Error::InvalidConfig(format!(
+                    "the environment's settings cannot apply together: {why}; the defaults are used"
+                )));
+                (Config::default(), errors)
+            }
+        }
     }
 }
 
-/// A variable's text as a TOML value, or as a string where it is not one.
+/// The variables of the prefix, or an error naming one whose value is not UTF-8.
+fn env_vars() -> Result<Vec<(String, String)>> {
+    let mut vars = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        let Some(name) = name.to_str().filter(|n| n.starts_with(ENV_PREFIX)) else {
+            continue;
+        };
+        let value = value
+            .into_string()
+            .map_err(|v| Error::InvalidConfig(format!("{name}={v:?}: the value is not UTF-8")))?;
+        vars.push((name.to_string(), value));
+    }
+    Ok(vars)
+}
+
+/// A variable's text as one TOML value, or as a string where it is not one (text
+/// that reads as more than one value, `1\nfoo = 3`, is a string too).
 fn read_value(text: &str) -> toml::Value {
     toml::from_str::<toml::Table>(&format!("v = {text}"))
         .ok()
+        .filter(|t| t.len() == 1)
         .and_then(|mut t| t.remove("v"))
         .unwrap_or_else(|| toml::Value::String(text.to_string()))
-}
-
-/// A config file's settings as a table (JSON converted), checked as a whole config.
-fn file_table(path: &str) -> Result<toml::Table> {
-    Config::from_file(path)?;
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::InvalidConfig(format!("cannot read {path}: {e}")))?;
-    if path.ends_with(".json") {
-        let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| Error::InvalidConfig(e.to_string()))?;
-        toml::Table::try_from(json).map_err(|e| Error::InvalidConfig(e.to_string()))
-    } else {
-        toml::from_str(&text).map_err(|e| Error::InvalidConfig(e.message().to_string()))
-    }
 }
 
 #[cfg(test)]
@@ -164,14 +200,43 @@ mod tests {
             ("TENSORPOOL_MEMORY_LIMIT", "1GiB"),
         ]);
         assert!(
-            e.contains("from the environment") && e.contains("soft_limit"),
+            e.contains("cannot apply together") && e.contains("soft_limit"),
             "{e}"
         );
+        // Text that reads as two TOML values is one string, which no size is.
+        let e = err(&[("TENSORPOOL_MEMORY_LIMIT", "1\nfoo = 3")]);
+        assert!(e.contains("TENSORPOOL_MEMORY_LIMIT"), "{e}");
         let e = err(&[("TENSORPOOL_CONFIG", "/nonexistent/tp.toml")]);
         assert!(
             e.contains("TENSORPOOL_CONFIG") && e.contains("cannot read"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_program_that_must_start_passes_over_each_bad_variable() {
+        let (c, errors) = Config::from_vars_reporting(vars(&[
+            ("TENSORPOOL_MEMORY_LIMIT", "8 GiB"),
+            ("TENSORPOOL_SOFT_LIMT", "1"),
+            ("TENSORPOOL_RELEASE_DELAY_MS", ""),
+            ("TENSORPOOL_CONFIG", "/nonexistent/tp.toml"),
+        ]));
+        assert_eq!(c.memory_limit, Some(8 << 30), "the good variable applies");
+        assert_eq!(c.release_delay_ms, Config::default().release_delay_ms);
+        let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(text.len(), 3, "{text:?}");
+        for name in [
+            "TENSORPOOL_SOFT_LIMT",
+            "TENSORPOOL_RELEASE_DELAY_MS",
+            "TENSORPOOL_CONFIG",
+        ] {
+            assert!(text.iter().any(|t| t.contains(name)), "{name} in {text:?}");
+        }
+        let (c, errors) = Config::from_vars_reporting(vars(&[
+            ("TENSORPOOL_SOFT_LIMIT", "2GiB"),
+            ("TENSORPOOL_MEMORY_LIMIT", "1GiB"),
+        ]));
+        assert_eq!((c, errors.len()), (Config::default(), 1));
     }
 
     #[test]

@@ -1,11 +1,9 @@
 //! allocator-api2's `Allocator` for `&MemoryManager`: the hot paths inline, the rest
 //! out of line; and what the process-wide allocator (`crate::global`) asks of a
-//! manager besides: a typed free that hands back addresses it does not hold, and
-//! whether a block resizes in place.
+//! manager besides: a typed free that hands back addresses it does not hold.
 
 use super::MemoryManager;
 use crate::error::Result;
-use crate::limits::MAX_ALIGN;
 use crate::tiers::contract::zero_sized;
 use allocator_api2::alloc::{AllocError, Allocator};
 use std::alloc::Layout;
@@ -21,9 +19,13 @@ impl MemoryManager {
         self.allocate_typed(layout).map_err(|_| AllocError)
     }
 
-    /// The id of the manager's engine, unique in the process.
-    pub(crate) fn engine_id(&self) -> u64 {
-        self.inner.engine.id
+    /// Makes this the process-wide allocator's manager: its thread exits and
+    /// background passes then mark the thread as inside it (`util::reentry`).
+    pub(crate) fn mark_process_wide(&self) {
+        self.inner
+            .engine
+            .process_wide
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether `ptr` lies in memory the manager holds (a region of one of its tiers).
@@ -54,17 +56,6 @@ impl MemoryManager {
         self.inner
             .reclaim_typed(ptr, layout.size(), layout.align())
             .map(|()| true)
-    }
-
-    /// Whether a typed block of `layout` holds `new_size` bytes as it is: both sizes
-    /// fall in one size class (at the same alignment).
-    pub(crate) fn resizes_in_place(&self, layout: Layout, new_size: usize) -> bool {
-        let inner = &*self.inner;
-        if !inner.fast || layout.align() > MAX_ALIGN {
-            return false;
-        }
-        let class = inner.engine.class_for(layout.size(), layout.align());
-        class.is_some() && class == inner.engine.class_for(new_size, layout.align())
     }
 
     #[cold]

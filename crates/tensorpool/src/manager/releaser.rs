@@ -15,7 +15,7 @@
 
 use super::Inner;
 use crate::util::reentry::Inside;
-use std::sync::atomic::{AtomicBool, Ordering::Acquire, Ordering::Release};
+use std::sync::atomic::{AtomicBool, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once, Weak};
 use std::time::Duration;
 
@@ -95,7 +95,7 @@ fn run() {
         for inner in &live {
             // For the process-wide allocator, what the pass allocates comes from the
             // system allocator (see `util::reentry`).
-            let inside = Inside::enter_for(inner.engine.id);
+            let inside = Inside::enter_if(inner.engine.process_wide.load(Relaxed));
             inner.release_if_due();
             drop(inside);
             if let Some(interval) = inner.release.interval() {

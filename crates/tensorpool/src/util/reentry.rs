@@ -17,14 +17,10 @@
 //! ```
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 std::thread_local! {
     static INSIDE: Cell<bool> = const { Cell::new(false) };
 }
-
-/// The engine id of the process-wide manager (0: none yet).
-static PROCESS_ENGINE: AtomicU64 = AtomicU64::new(0);
 
 /// The calling thread is inside the process-wide allocator until this drops.
 pub(crate) struct Inside(());
@@ -38,17 +34,15 @@ impl Inside {
         INSIDE.with(|inside| (!inside.replace(true)).then(|| Inside(())))
     }
 
-    /// [`enter`](Self::enter) where `engine` is the process-wide manager's engine;
-    /// `None` otherwise or when already inside.
-    pub(crate) fn enter_for(engine: u64) -> Option<Inside> {
-        (engine == PROCESS_ENGINE.load(Relaxed))
-            .then(Inside::enter)
-            .flatten()
+    /// [`enter`](Self::enter) if `process_wide` (the caller works for the
+    /// process-wide allocator's engine); `None` otherwise or when already inside.
+    pub(crate) fn enter_if(process_wide: bool) -> Option<Inside> {
+        process_wide.then(Inside::enter).flatten()
     }
 
-    /// Names `engine` the process-wide manager's.
-    pub(crate) fn set_process_engine(engine: u64) {
-        PROCESS_ENGINE.store(engine, Relaxed);
+    /// Whether the calling thread is inside the process-wide allocator now.
+    pub(crate) fn active() -> bool {
+        INSIDE.with(Cell::get)
     }
 }
 
@@ -75,8 +69,11 @@ mod tests {
         let again = Inside::enter();
         assert!(again.is_some());
         drop(again);
-        // Only the process-wide manager's engine marks the thread.
-        assert!(Inside::enter_for(u64::MAX).is_none());
+        assert!(!Inside::active());
+        assert!(Inside::enter_if(false).is_none());
+        let marked = Inside::enter_if(true).expect("asked for the mark");
+        assert!(Inside::active());
+        drop(marked);
         std::thread::spawn(|| assert!(Inside::enter().is_some(), "the mark is per thread"))
             .join()
             .unwrap();

@@ -58,7 +58,7 @@ use heap::{Heap, HeapBox, MAX_SLOTS};
 use page_map::{PageMap, PAGE};
 use slab::{Posted, Slab};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use thread::{current_heap, enter, enter_bound, with_heap, Stopped};
 
@@ -205,6 +205,13 @@ pub(crate) struct Engine {
     /// Serializes trims, statistics and snapshots, which stop heaps.
     stop_lock: Mutex<()>,
     late_reports: AtomicU32,
+    /// Frees refused late, not reported yet (reports wait while heaps are stopped).
+    late_pending: AtomicU32,
+    /// A pass over every heap runs (heaps may be stopped).
+    stopping: AtomicBool,
+    /// The engine of the process-wide allocator (`crate::global`): its own
+    /// bookkeeping must not allocate from it (see `util::reentry`).
+    pub(crate) process_wide: AtomicBool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -323,6 +330,9 @@ impl Engine {
             shared_lock: Mutex::new(()),
             stop_lock: Mutex::new(()),
             late_reports: AtomicU32::new(0),
+            late_pending: AtomicU32::new(0),
+            stopping: AtomicBool::new(false),
+            process_wide: AtomicBool::new(false),
         })
     }
 
@@ -638,9 +648,19 @@ impl Engine {
         })
     }
 
-    /// Counts and reports frees refused after they had returned.
+    /// Counts and reports frees refused after they had returned. While a pass over
+    /// every heap runs, the report waits for its end: a stopped thread may hold the
+    /// lock of standard error.
     pub(crate) fn report_late_refusal(&self, n: u32) {
-        if self.late_reports.fetch_add(1, Relaxed) < LATE_REPORTS {
+        self.late_pending.fetch_add(n, Relaxed);
+        if !self.stopping.load(Relaxed) {
+            self.print_late_refusals();
+        }
+    }
+
+    fn print_late_refusals(&self) {
+        let n = self.late_pending.swap(0, Relaxed);
+        if n > 0 && self.late_reports.fetch_add(1, Relaxed) < LATE_REPORTS {
             eprintln!(
                 "tensorpool: {n} free(s) from another thread were refused when collected \
                  (the block was freed twice, or not live with the kind freed); nothing \
@@ -701,6 +721,7 @@ impl Engine {
     /// the other threads' (stopped, where `membarrier` allows). Returns the sum.
     fn on_every_heap(self: &Arc<Self>, f: impl Fn(&heap::Owned<'_>) -> usize) -> usize {
         let _serial = self.stop_lock.lock();
+        self.stopping.store(true, Relaxed);
         let mut total = 0;
         let mine = current_heap(self);
         if !mine.is_null() {
@@ -756,6 +777,9 @@ impl Engine {
             // SAFETY: the heap is stopped: its owner waits until `stopped` drops.
             total += f(&unsafe { heap.owned() });
         }
+        drop(stopped);
+        self.stopping.store(false, Relaxed);
+        self.print_late_refusals();
         total
     }
 

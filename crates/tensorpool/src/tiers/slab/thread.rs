@@ -45,6 +45,8 @@ use crate::util::sync::{
     spin_wait,
     Ordering::{Acquire, Relaxed, Release},
 };
+use allocator_api2::vec::Vec;
+use std::alloc::System;
 use std::cell::{Cell, RefCell};
 use std::sync::{Arc, Weak};
 
@@ -211,9 +213,10 @@ struct LastHeap {
 }
 
 /// Every heap of the calling thread. Its destructor gives them back when the thread
-/// exits.
+/// exits. The list lives in the system allocator's memory: it holds heaps of the
+/// process-wide allocator and of other managers, and grows inside either.
 struct ThreadHeaps {
-    all: RefCell<Vec<Bound>>,
+    all: RefCell<Vec<Bound, System>>,
 }
 
 impl Drop for ThreadHeaps {
@@ -222,10 +225,11 @@ impl Drop for ThreadHeaps {
         // this thread-local destroyed).
         let _ = LAST.try_with(|last| last.engine.set(0));
         for bound in self.all.get_mut().drain(..) {
-            // The process-wide allocator's own bookkeeping while it lets go of the
-            // heap comes from the system allocator (see `util::reentry`).
-            let _inside = Inside::enter_for(bound.engine);
             if let Some(engine) = bound.owner.upgrade() {
+                // The process-wide allocator's own bookkeeping while it lets go of the
+                // heap comes from the system allocator (see `util::reentry`); the
+                // guard ends before `engine` and `bound` are dropped.
+                let _inside = Inside::enter_if(engine.process_wide.load(Relaxed));
                 // SAFETY: the engine lives, so does the heap it gave this thread.
                 engine.abandon(unsafe { &*bound.heap });
             }
@@ -244,7 +248,7 @@ std::thread_local! {
     };
     static HEAPS: ThreadHeaps = const {
         ThreadHeaps {
-            all: RefCell::new(Vec::new()),
+            all: RefCell::new(Vec::new_in(System)),
         }
     };
 }
@@ -255,7 +259,7 @@ loom::thread_local! {
         heap: Cell::new(std::ptr::null()),
     };
     static HEAPS: ThreadHeaps = ThreadHeaps {
-        all: RefCell::new(Vec::new()),
+        all: RefCell::new(Vec::new_in(System)),
     };
 }
 
@@ -360,8 +364,11 @@ fn bind(engine: &Arc<Engine>) -> Option<*const Heap> {
                 Some(i) => all[i].heap,
                 None => {
                     // Forget heaps of engines that are gone, then take one from this
-                    // engine.
-                    all.retain(|b| b.owner.strong_count() > 0);
+                    // engine. Not inside the process-wide allocator: the last `Weak`
+                    // of a manager frees memory that allocator may have given it.
+                    if !Inside::active() {
+                        all.retain(|b| b.owner.strong_count() > 0);
+                    }
                     let heap = engine.adopt();
                     all.push(Bound {
                         engine: engine.id,
