@@ -1885,8 +1885,12 @@ mod tests {
                         let before = bf.stats();
                         let p = live[i % live.len()].0;
                         let bad = NonNull::new(p.as_ptr().wrapping_add(off)).unwrap();
-                        prop_assert!(bf.deallocate(bad).is_err());
-                        prop_assert_eq!(bf.stats(), before);
+                        // An offset past a small block may land on the start of another
+                        // live block: that free is a good one.
+                        if !live.iter().any(|l| l.0 == bad) {
+                            prop_assert!(bf.deallocate(bad).is_err());
+                            prop_assert_eq!(bf.stats(), before);
+                        }
                     }
                     Op::Trim => {
                         bf.trim();
