@@ -237,27 +237,29 @@ fn a_second_global_manager_does_not_take_the_process_allocators_place() {
 #[test]
 fn growing_a_block_within_its_class_keeps_the_requested_bytes_exact() {
     // A realloc from 65 to 120 bytes stays in one 128-byte class; the manager's
-    // count of requested bytes must follow the block's size.
+    // count of requested bytes must follow the block's size. A GlobalManager of
+    // this test's own (called directly), so that other tests' blocks do not count.
+    static MINE: GlobalManager = GlobalManager::new();
     let layout = Layout::from_size_align(65, 8).unwrap();
-    let before = GLOBAL.stats().unwrap();
+    let bigger = Layout::from_size_align(120, 8).unwrap();
     let mut blocks = Vec::with_capacity(1000);
     for _ in 0..1000 {
-        // SAFETY: a fresh block of `layout`, grown once and freed with the new layout.
+        // SAFETY: a fresh block of `layout`, grown once; freed below with `bigger`.
         unsafe {
-            let p = GLOBAL.alloc(layout);
+            let p = MINE.alloc(layout);
             p.write_bytes(5, 65);
-            let q = GLOBAL.realloc(p, layout, 120);
+            let q = MINE.realloc(p, layout, 120);
             assert!(std::slice::from_raw_parts(q, 65).iter().all(|&b| b == 5));
             blocks.push(q);
         }
     }
-    let held = GLOBAL.stats().unwrap();
-    // Other tests run at once: the 1000 blocks' 120,000 requested bytes dominate.
-    let grew = held.requested_bytes as i64 - before.requested_bytes as i64;
-    assert!(grew >= 100_000, "requested bytes grew by {grew}");
-    let bigger = Layout::from_size_align(120, 8).unwrap();
+    let held = MINE.stats().unwrap();
+    assert_eq!(held.requested_bytes, 1000 * 120);
+    assert_eq!(held.allocated_bytes, 1000 * 128);
     for q in blocks {
-        // SAFETY: each is a live block of `bigger`.
-        unsafe { GLOBAL.dealloc(q, bigger) };
+        // SAFETY: each is a live block of `bigger` from MINE.
+        unsafe { MINE.dealloc(q, bigger) };
     }
+    let after = MINE.stats().unwrap();
+    assert_eq!((after.requested_bytes, after.allocated_bytes), (0, 0));
 }
