@@ -15,7 +15,11 @@
 //!   live at the same time that holds it). The plan is written out
 //!   (`id,lower,upper,size,offset`, lifetimes in events) and verified: no two buffers
 //!   live at the same time overlap. The report says whether it is above what the
-//!   online manager reserves (it should never be).
+//!   online manager reserves: it is not while the manager's blocks share one
+//!   expandable segment (everything below `huge_threshold`, the default), since the
+//!   manager's own placement is a candidate; huge blocks get segments of their own,
+//!   mapped wherever the system puts them, which the manager's placement cannot show
+//!   in one arena, and then the greedy orders alone stand for it.
 
 pub mod greedy;
 pub mod online;
@@ -184,7 +188,8 @@ pub struct PlanReport {
     /// Every method's arena.
     pub offline_methods: Vec<MethodResult>,
     /// The offline plan is at most what the online manager reserves with the default
-    /// and the suggested config (false would be a planner's shortfall).
+    /// and the suggested config (always, while the manager's blocks share one
+    /// expandable segment; with huge blocks, only as far as the greedy orders go).
     pub offline_at_most_online: bool,
     /// `offline_plan_bytes / peak_live_bytes`.
     pub offline_efficiency: f64,
@@ -199,21 +204,18 @@ pub struct PlanReport {
 pub fn plan(label: &str, trace: &Trace, config_out: &Path, plan_out: &Path) -> Result<PlanReport> {
     let live = trace.peak_live_bytes();
     let default_peak = online_peak(trace, &Config::default())?;
-    let mut best: Option<(String, Config, u64)> = None;
-    for (name, config) in candidates(trace) {
-        let peak = online_peak(trace, &config)?;
-        if best.as_ref().is_none_or(|b| peak < b.2) {
-            best = Some((name, config, peak));
+    // The default is a candidate too (the first): a suggestion never reserves more.
+    let (mut suggested, mut config, mut suggested_peak) = (
+        "the default configuration".to_string(),
+        Config::default(),
+        default_peak,
+    );
+    for (name, candidate) in candidates(trace) {
+        let peak = online_peak(trace, &candidate)?;
+        if peak < suggested_peak {
+            (suggested, config, suggested_peak) = (name, candidate, peak);
         }
     }
-    // Every candidate may be invalid on a machine with large pages: then the default.
-    let (suggested, config, suggested_peak) = best.unwrap_or_else(|| {
-        (
-            "the default configuration".into(),
-            Config::default(),
-            default_peak,
-        )
-    });
     let text = format!(
         "# Suggested by `tensorpool plan` for {label}: {suggested}.\n# Peak reserved {suggested_peak} bytes for a live peak of {live}.\n{}",
         config.to_toml_string()
@@ -315,7 +317,9 @@ pub fn text(r: &PlanReport) -> String {
         );
     }
     if !r.offline_at_most_online {
-        out += "  note: the offline plan is above what the online manager reserves\n";
+        out += "  note: the offline plan is above what the online manager reserves (its huge \
+                blocks had segments of their own, mapped wherever the system put them, and no \
+                method here found as good a placement in one arena)\n";
     }
     out
 }
@@ -350,6 +354,28 @@ mod tests {
         assert_eq!(p[2].offset, 160);
         assert_eq!(p[3].offset, 160);
         assert_eq!(arena, 210);
+    }
+
+    #[test]
+    fn the_report_says_when_the_plan_is_above_online_and_suggests_no_worse_than_default() {
+        // Huge blocks (segments of their own): the manager reserves 3.78 GiB, no
+        // method finds an arena that small, and the report must say so. Then an
+        // ordinary trace, where the plan is at most online.
+        let huge = b"id,lower,upper,size\n0,5,9,1316166824\n1,7,11,1638544008\n\
+            2,2,6,1284298074\n3,5,7,1447481864\n4,0,4,1223275\n5,2,5,2804651\n";
+        let small = b"id,lower,upper,size\n0,0,4,100000\n1,1,2,3000000\n2,2,5,3000000\n3,3,6,64\n";
+        let dir = std::env::temp_dir().join(format!("tp-plan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for bytes in [&huge[..], &small[..]] {
+            let trace = Trace::parse(bytes).unwrap();
+            let r = plan("t", &trace, &dir.join("c.toml"), &dir.join("p.csv")).unwrap();
+            let online = r.default_reserved_bytes.min(r.suggested_reserved_bytes);
+            assert_eq!(r.offline_at_most_online, r.offline_plan_bytes <= online);
+            assert_eq!(text(&r).contains("note:"), !r.offline_at_most_online);
+            assert!(r.suggested_reserved_bytes <= r.default_reserved_bytes);
+            assert!(r.offline_plan_bytes >= r.peak_live_bytes);
+        }
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -7,8 +7,10 @@
 //! never-used slab slots) are squeezed out: the buffers keep their order along the
 //! address line and their lengths, so two that never shared an address still do not,
 //! and the arena is the total length of the addresses ever used. Within one
-//! expandable segment (the default) that is at most what the manager reserved at
-//! its peak.
+//! expandable segment (every block below `huge_threshold`, the default) that is at
+//! most what the manager reserved at its peak; huge blocks get segments of their own,
+//! mapped wherever the system puts them (and given back and mapped again elsewhere),
+//! and then the addresses ever used can add up to more.
 
 use super::Placement;
 use crate::error::{CliError, Result};
@@ -32,7 +34,9 @@ pub fn online_plan(
     let mut result = Ok(());
     for (i, event) in trace.events.iter().enumerate() {
         match *event {
-            Event::Alloc { id, size } if size > 0 => {
+            // Zero-sized buffers too, as one byte, as `online_peak` replays them (the
+            // plan leaves them out).
+            Event::Alloc { id, size } => {
                 let layout = layout_of(size);
                 let Ok(ptr) = mm.try_allocate(layout) else {
                     result = Err(CliError::OutOfMemory { event: i, size });
@@ -41,7 +45,6 @@ pub fn online_plan(
                 address[id as usize] = ptr.as_ptr().addr() as u64;
                 live[id as usize] = Some((ptr, layout));
             }
-            Event::Alloc { .. } => {}
             Event::Free { id } => {
                 if let Some((ptr, layout)) = live[id as usize].take() {
                     // SAFETY: allocated above with this layout, freed once.
