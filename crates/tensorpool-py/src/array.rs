@@ -123,6 +123,17 @@ impl Extents {
 /// NumPy's converter, which costs about 25 ns a call (`np.zeros` pays less for it).
 static SCALAR_TYPES: PyOnceLock<Vec<(usize, Py<PyArrayDescr>)>> = PyOnceLock::new();
 
+/// NumPy's `ndarray` type object, looked up once per interpreter (rust-numpy's lookup
+/// goes through its API capsule on every call).
+fn array_type(py: Python<'_>) -> *mut ffi::PyTypeObject {
+    static ARRAY_TYPE: PyOnceLock<usize> = PyOnceLock::new();
+    *ARRAY_TYPE.get_or_init(py, || {
+        // SAFETY: NumPy's API table is loaded by rust-numpy on first use, with the
+        // interpreter attached (`py`); the type object lives as long as NumPy.
+        unsafe { npyffi::get_type_object(py, NpyTypes::PyArray_Type) as usize }
+    }) as *mut ffi::PyTypeObject
+}
+
 /// The descriptor of `dtype` if it is one of NumPy's scalar types (the type object
 /// itself, not a subclass or a string).
 fn scalar_type_descr<'py>(dtype: &Bound<'py, PyAny>) -> Option<Bound<'py, PyArrayDescr>> {
@@ -254,7 +265,7 @@ impl<'py> ArraySpec<'py> {
         let array = unsafe {
             PY_ARRAY_API.PyArray_NewFromDescr(
                 py,
-                npyffi::get_type_object(py, NpyTypes::PyArray_Type),
+                array_type(py),
                 self.descr.clone().into_ptr().cast(),
                 dims.len() as i32,
                 dims.as_mut_ptr(),

@@ -28,7 +28,9 @@ use pyo3::types::{PyBytes, PyMemoryView, PySlice};
 use std::alloc::Layout;
 use std::os::raw::c_int;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 use std::sync::Arc;
 
 /// Who a block belongs to, and so how it goes back. The allocator's Python object
@@ -86,6 +88,11 @@ pub(crate) struct Block {
     addr: usize,
     /// `None` once the block was given back.
     owner: Mutex<Option<Owner>>,
+    /// False once the block was given back (what `owner` says, read without its
+    /// lock on every access of a view).
+    live: AtomicBool,
+    /// For arena memory, the arena and the generation the block belongs to.
+    arena: Option<(Arc<ArenaCore>, u64)>,
     /// Live exports (memoryviews, arrays) of any view of the block.
     exports: AtomicUsize,
 }
@@ -94,7 +101,11 @@ impl Block {
     /// Whether the memory is still the block's: not given back, and for arena
     /// memory, the arena not reset since.
     fn is_valid(&self) -> bool {
-        self.owner.lock().as_ref().is_some_and(Owner::is_valid)
+        self.live.load(Acquire)
+            && self
+                .arena
+                .as_ref()
+                .is_none_or(|(core, generation)| core.generation() == *generation)
     }
 
     /// Whether the block is valid and belongs to `allocator` (an address from
@@ -149,9 +160,15 @@ pub struct Buffer {
 impl Buffer {
     /// The whole of a new block of `len` bytes at `ptr`, from `owner`.
     pub(crate) fn new(ptr: NonNull<u8>, len: usize, owner: Owner) -> Buffer {
+        let arena = match &owner {
+            Owner::Arena(core, generation) => Some((core.clone(), *generation)),
+            _ => None,
+        };
         let block = Block {
             addr: ptr.as_ptr() as usize,
             owner: Mutex::new(Some(owner)),
+            live: AtomicBool::new(true),
+            arena,
             exports: AtomicUsize::new(0),
         };
         Buffer::view(Backing::Root(block), ptr.as_ptr() as usize, len, 1)
@@ -213,6 +230,7 @@ impl Buffer {
             )));
         }
         let own = own.take().expect("checked above");
+        self.block().live.store(false, Release);
         // SAFETY: the block was valid (live and owned by `own`), it has no exports,
         // and with the owner taken no view touches it again.
         unsafe { own.release(self.block().addr) };
