@@ -377,15 +377,9 @@ impl PyMemoryManager {
     /// Sets the release delay in milliseconds (None: free memory goes back only when
     /// asked, above the soft limit, or on running out).
     fn set_release_delay(&self, ms: Option<u64>) -> PyResult<()> {
-        if ms.is_some_and(|ms| ms > tensorpool::config::MAX_RELEASE_DELAY_MS) {
-            return Err(PyValueError::new_err(format!(
-                "the release delay must be at most {} ms",
-                tensorpool::config::MAX_RELEASE_DELAY_MS
-            )));
-        }
         self.mm
-            .set_release_delay(ms.map(std::time::Duration::from_millis));
-        Ok(())
+            .set_release_delay(ms.map(std::time::Duration::from_millis))
+            .map_err(to_py)
     }
 
     /// Sets the soft limit (bytes, or a string such as "2 GiB"; None for none):

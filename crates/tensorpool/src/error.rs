@@ -95,6 +95,19 @@ pub enum Error {
     InvalidConfig(String),
 }
 
+impl Error {
+    /// A configuration error with `context` (a file, a variable) before its reason;
+    /// any other error as it is.
+    pub(crate) fn in_config(self, context: impl fmt::Display) -> Error {
+        match self {
+            Error::InvalidConfig(why) => {
+                Error::InvalidConfig(format!("{context}: {}", why.trim_end()))
+            }
+            other => other,
+        }
+    }
+}
+
 /// Why a pointer passed to a free was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

@@ -62,7 +62,6 @@ pub struct GlobalManager {
     fallbacks: Counts,
 }
 
-#[derive(Default)]
 struct Counts {
     allocations: AtomicUsize,
     bytes: AtomicUsize,

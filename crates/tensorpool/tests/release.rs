@@ -135,7 +135,13 @@ fn without_a_delay_memory_goes_back_only_when_asked() {
     assert!(mm.trim() >= 30 * MIB);
     assert!(mm.resident_bytes() + 30 * MIB <= resident);
     // The delay can be set while the program runs.
-    mm.set_release_delay(Some(Duration::from_millis(100)));
+    mm.set_release_delay(Some(Duration::from_millis(100)))
+        .unwrap();
+    // Beyond a day it is refused, as in a config, and nothing changes.
+    assert!(mm
+        .set_release_delay(Some(Duration::from_secs(2 * 86_400)))
+        .is_err());
+    assert_eq!(mm.release_delay(), Some(Duration::from_millis(100)));
     let b = allocate(&mm, 30 * MIB, 2);
     mm.free_raw(b.ptr).unwrap();
     assert!(idle(&mm, &clock, 500, 50) >= 30 * MIB);

@@ -302,15 +302,7 @@ impl MaxTree {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn lifetime(id: u32, lower: usize, upper: usize, size: u64) -> Lifetime {
-        Lifetime {
-            id,
-            lower,
-            upper,
-            size,
-        }
-    }
+    use crate::plan::tests::lifetime;
 
     /// Random buffers: `n` lifetimes over about `2n` events.
     fn random(n: usize, seed: u64) -> Vec<Lifetime> {

@@ -328,7 +328,8 @@ pub fn text(r: &PlanReport) -> String {
 mod tests {
     use super::*;
 
-    fn lifetime(id: u32, lower: usize, upper: usize, size: u64) -> Lifetime {
+    /// A buffer of `size` bytes live over events `[lower, upper)`.
+    pub(super) fn lifetime(id: u32, lower: usize, upper: usize, size: u64) -> Lifetime {
         Lifetime {
             id,
             lower,

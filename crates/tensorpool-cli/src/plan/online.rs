@@ -92,15 +92,11 @@ fn squeeze(lifetimes: &[Lifetime], address: &[u64]) -> (Vec<u64>, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::tests::lifetime;
 
     #[test]
     fn squeezing_removes_unused_addresses_and_keeps_order_and_lengths() {
-        let l = |id, size| Lifetime {
-            id,
-            lower: 0,
-            upper: 1,
-            size,
-        };
+        let l = |id, size| lifetime(id, 0, 1, size);
         let lifetimes = [l(0, 100), l(1, 50), l(2, 10), l(3, 0)];
         // 0 at 1000, 1 at 1100 (touching), 2 inside 0's range (another time), then a
         // hole of a gigabyte.

@@ -85,9 +85,8 @@ impl Config {
         if let Some((_, path)) = vars.iter().find(|(name, _)| name == ENV_CONFIG_FILE) {
             match Config::from_file(path) {
                 Ok(file) => table = toml::Table::try_from(&file).expect("a config is a table"),
-                Err(e) => errors.push(Error::InvalidConfig(format!(
-                    "{ENV_CONFIG_FILE}={path:?}: {e}; the file is passed over"
-                ))),
+                Err(e) => errors
+                    .push(e.in_config(format_args!("{ENV_CONFIG_FILE}={path:?} (passed over)"))),
             }
         }
         for (name, text) in &vars {
@@ -109,18 +108,14 @@ impl Config {
             }
         }
         let config = Config::deserialize(table)
-            .map_err(|e| e.message().to_string())
-            .and_then(|c| match c.validate() {
-                Ok(()) => Ok(c),
-                Err(Error::InvalidConfig(why)) => Err(why),
-                Err(other) => Err(other.to_string()),
-            });
+            .map_err(|e| Error::InvalidConfig(e.message().to_string()))
+            .and_then(|c| c.validate().map(|()| c));
         match config {
             Ok(config) => (config, errors),
-            Err(why) => {
-                errors.push(Error::InvalidConfig(format!(
-                    "the environment's settings cannot apply together: {why}; the defaults are used"
-                )));
+            Err(e) => {
+                errors.push(e.in_config(
+                    "the environment's settings cannot apply together (the defaults are used)",
+                ));
                 (Config::default(), errors)
             }
         }
@@ -211,6 +206,8 @@ mod tests {
             e.contains("TENSORPOOL_CONFIG") && e.contains("cannot read"),
             "{e}"
         );
+        // One "invalid configuration", the context before the reason.
+        assert_eq!(e.matches("invalid configuration").count(), 1, "{e}");
     }
 
     #[test]

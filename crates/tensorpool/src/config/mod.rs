@@ -557,12 +557,7 @@ impl Config {
         } else {
             Self::from_toml_str(&text)
         };
-        parsed.map_err(|e| match e {
-            Error::InvalidConfig(msg) => {
-                Error::InvalidConfig(format!("{}: {}", path.display(), msg.trim_end()))
-            }
-            other => other,
-        })
+        parsed.map_err(|e| e.in_config(path.display()))
     }
 
     /// Whether to advise huge pages, as resolved for the upstream.

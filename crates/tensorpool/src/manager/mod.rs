@@ -500,9 +500,17 @@ impl MemoryManager {
     }
 
     /// Sets the release delay (`None`: free memory goes back only when asked, above
-    /// the soft limit, or on running out). Takes effect from the next pass.
-    pub fn set_release_delay(&self, delay: Option<std::time::Duration>) {
+    /// the soft limit, or on running out). Takes effect from the next pass. An error
+    /// if it is beyond [`MAX_RELEASE_DELAY_MS`](crate::config::MAX_RELEASE_DELAY_MS),
+    /// as in a [`Config`].
+    pub fn set_release_delay(&self, delay: Option<std::time::Duration>) -> Result<()> {
+        Config {
+            release_delay_ms: delay.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            ..Config::default()
+        }
+        .validate()?;
         self.inner.release.set_delay(delay);
+        Ok(())
     }
 
     /// The release delay, if memory goes back on one.
