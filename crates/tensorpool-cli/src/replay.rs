@@ -176,7 +176,7 @@ pub(crate) fn layout_of(size: u64) -> Layout {
 }
 
 /// Runs the whole trace once against `subject`, calling `after_alloc(event index, live
-/// bytes)` after every allocation. Returns an error if the allocator runs out. With a
+/// bytes, block id, address)` after every allocation. Returns an error if the allocator runs out. With a
 /// `clock` (tensorpool's, for its release policy), moves it along the trace's own
 /// times, from where it stands.
 pub(crate) fn run_once(
@@ -186,7 +186,7 @@ pub(crate) fn run_once(
     subject: &Subject,
     touch_pages: bool,
     clock: Option<&ManualClock>,
-    after_alloc: impl FnMut(usize, u64),
+    after_alloc: impl FnMut(usize, u64, u32, NonNull<u8>),
 ) -> Result<()> {
     with_allocator!(subject, |a| run_once_in(
         trace,
@@ -207,7 +207,7 @@ fn run_once_in(
     subject: &impl Allocates,
     touch_pages: bool,
     clock: Option<&ManualClock>,
-    mut after_alloc: impl FnMut(usize, u64),
+    mut after_alloc: impl FnMut(usize, u64, u32, NonNull<u8>),
 ) -> Result<()> {
     let mut live: Vec<Option<NonNull<u8>>> = vec![None; layouts.len()];
     let mut live_bytes = 0u64;
@@ -233,7 +233,7 @@ fn run_once_in(
                 }
                 live[id as usize] = Some(ptr);
                 live_bytes += size;
-                after_alloc(i, live_bytes);
+                after_alloc(i, live_bytes, id, ptr);
             }
             Event::Free { id } => {
                 if let Some(ptr) = live[id as usize].take() {
@@ -294,7 +294,7 @@ fn measure_here(trace: &Trace, kind: Kind, options: &Options) -> tensorpool::Res
         &sampler,
         false,
         clock,
-        |i, live| {
+        |i, live, _, _| {
             let reserved = sampler.reserved_bytes().saturating_sub(baseline);
             peak = peak.max(reserved);
             if i % stride == 0 {
@@ -323,7 +323,7 @@ fn measure_here(trace: &Trace, kind: Kind, options: &Options) -> tensorpool::Res
             &subject,
             options.touch,
             clock,
-            |_, _| {},
+            |_, _, _, _| {},
         )
         .err()
         .map(|e| e.to_string());

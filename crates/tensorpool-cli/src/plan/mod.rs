@@ -92,17 +92,43 @@ pub fn verify(trace: &Trace, placements: &[Placement]) -> Result<(), Overlap> {
     Ok(())
 }
 
-/// The bytes tensorpool reserves at its peak when `trace` is replayed with `config`
-/// (pages untouched; the typed path, as `replay` uses).
-pub fn online_peak(trace: &Trace, config: &Config) -> Result<u64> {
+/// One replay of a trace through tensorpool.
+pub struct Online {
+    /// The bytes reserved at the peak.
+    pub peak: u64,
+    /// Where each block was placed, by id (0 for blocks never allocated).
+    pub addresses: Vec<u64>,
+}
+
+/// Replays `trace` through tensorpool with `config` (pages untouched; the typed path,
+/// as `replay` uses): its peak reservation and where it put each block.
+pub fn online(trace: &Trace, config: &Config) -> Result<Online> {
     let subject = Subject::new(Kind::Tensorpool, config)?;
     let sizes = trace.block_sizes();
     let layouts: Vec<Layout> = sizes.iter().copied().map(replay::layout_of).collect();
     let mut peak = 0usize;
-    replay::run_once(trace, &sizes, &layouts, &subject, false, None, |_, _| {
-        peak = peak.max(subject.reserved_bytes());
-    })?;
-    Ok(peak as u64)
+    let mut addresses = vec![0u64; sizes.len()];
+    replay::run_once(
+        trace,
+        &sizes,
+        &layouts,
+        &subject,
+        false,
+        None,
+        |_, _, id, ptr| {
+            peak = peak.max(subject.reserved_bytes());
+            addresses[id as usize] = ptr.as_ptr().addr() as u64;
+        },
+    )?;
+    Ok(Online {
+        peak: peak as u64,
+        addresses,
+    })
+}
+
+/// The bytes tensorpool reserves at its peak when `trace` is replayed with `config`.
+pub fn online_peak(trace: &Trace, config: &Config) -> Result<u64> {
+    online(trace, config).map(|o| o.peak)
 }
 
 /// Candidate configurations for `trace`: small/large thresholds at the powers of two
@@ -203,17 +229,20 @@ pub struct PlanReport {
 /// plan to `plan_out`.
 pub fn plan(label: &str, trace: &Trace, config_out: &Path, plan_out: &Path) -> Result<PlanReport> {
     let live = trace.peak_live_bytes();
-    let default_peak = online_peak(trace, &Config::default())?;
+    let default_run = online(trace, &Config::default())?;
+    let default_peak = default_run.peak;
     // The default is a candidate too (the first): a suggestion never reserves more.
-    let (mut suggested, mut config, mut suggested_peak) = (
+    let (mut suggested, mut config, mut suggested_run) = (
         "the default configuration".to_string(),
         Config::default(),
-        default_peak,
+        None,
     );
+    let mut suggested_peak = default_peak;
     for (name, candidate) in candidates(trace) {
-        let peak = online_peak(trace, &candidate)?;
-        if peak < suggested_peak {
-            (suggested, config, suggested_peak) = (name, candidate, peak);
+        let run = online(trace, &candidate)?;
+        if run.peak < suggested_peak {
+            suggested_peak = run.peak;
+            (suggested, config, suggested_run) = (name, candidate, Some(run));
         }
     }
     let text = format!(
@@ -235,11 +264,13 @@ pub fn plan(label: &str, trace: &Trace, config_out: &Path, plan_out: &Path) -> R
         greedy.placements,
         greedy.arena,
     );
-    for (name, config) in [
-        ("online manager, default config", &Config::default()),
-        ("online manager, suggested config", &config),
+    // The two replays above, not run again.
+    let suggested_run = suggested_run.as_ref().unwrap_or(&default_run);
+    for (name, run) in [
+        ("online manager, default config", &default_run),
+        ("online manager, suggested config", suggested_run),
     ] {
-        let (placements, bytes) = online::online_plan(trace, &lifetimes, config)?;
+        let (placements, bytes) = online::placements(&lifetimes, &run.addresses);
         methods.push((name.to_string(), bytes));
         if bytes < chosen.2 {
             chosen = (name.to_string(), placements, bytes);

@@ -2,7 +2,8 @@
 //! whole trace should never need more than the allocator that did not, so `plan`
 //! offers what the manager did as one more candidate.
 //!
-//! The trace is replayed through a [`MemoryManager`] and each buffer's address kept.
+//! The trace is replayed through a `MemoryManager` ([`super::online`], the same
+//! replay that measures its peak) and each buffer's address kept.
 //! Address ranges no buffer ever used (the gaps between segments, pages of
 //! never-used slab slots) are squeezed out: the buffers keep their order along the
 //! address line and their lengths, so two that never shared an address still do not,
@@ -13,52 +14,12 @@
 //! and then the addresses ever used can add up to more.
 
 use super::Placement;
-use crate::error::{CliError, Result};
-use crate::replay::layout_of;
-use allocator_api2::alloc::Allocator;
-use std::alloc::Layout;
-use std::ptr::NonNull;
-use tensorpool::trace::{Event, Lifetime, Trace};
-use tensorpool::{Config, MemoryManager};
+use tensorpool::trace::Lifetime;
 
-/// The placement the manager with `config` makes of `trace`, as a plan: placements by
-/// id, and the arena size.
-pub fn online_plan(
-    trace: &Trace,
-    lifetimes: &[Lifetime],
-    config: &Config,
-) -> Result<(Vec<Placement>, u64)> {
-    let mm = MemoryManager::new(config.clone())?;
-    let mut address = vec![0u64; lifetimes.len()];
-    let mut live: Vec<Option<(NonNull<u8>, Layout)>> = vec![None; lifetimes.len()];
-    let mut result = Ok(());
-    for (i, event) in trace.events.iter().enumerate() {
-        match *event {
-            // Zero-sized buffers too, as one byte, as `online_peak` replays them (the
-            // plan leaves them out).
-            Event::Alloc { id, size } => {
-                let layout = layout_of(size);
-                let Ok(ptr) = mm.try_allocate(layout) else {
-                    result = Err(CliError::OutOfMemory { event: i, size });
-                    break;
-                };
-                address[id as usize] = ptr.as_ptr().addr() as u64;
-                live[id as usize] = Some((ptr, layout));
-            }
-            Event::Free { id } => {
-                if let Some((ptr, layout)) = live[id as usize].take() {
-                    // SAFETY: allocated above with this layout, freed once.
-                    unsafe { mm.deallocate(ptr, layout) };
-                }
-            }
-        }
-    }
-    for (ptr, layout) in live.into_iter().flatten() {
-        // SAFETY: allocated above with this layout and not freed yet.
-        unsafe { mm.deallocate(ptr, layout) };
-    }
-    result?;
-    let (offsets, arena) = squeeze(lifetimes, &address);
+/// The placement the manager made of the buffers (`address` by id, from
+/// [`super::online`]), as a plan: placements by id, and the arena size.
+pub fn placements(lifetimes: &[Lifetime], address: &[u64]) -> (Vec<Placement>, u64) {
+    let (offsets, arena) = squeeze(lifetimes, address);
     let placements = lifetimes
         .iter()
         .map(|&lifetime| Placement {
@@ -66,7 +27,7 @@ pub fn online_plan(
             offset: offsets[lifetime.id as usize],
         })
         .collect();
-    Ok((placements, arena))
+    (placements, arena)
 }
 
 /// Offsets that keep the buffers' order and lengths along the address line with
@@ -93,6 +54,8 @@ fn squeeze(lifetimes: &[Lifetime], address: &[u64]) -> (Vec<u64>, u64) {
 mod tests {
     use super::*;
     use crate::plan::tests::lifetime;
+    use tensorpool::trace::Trace;
+    use tensorpool::Config;
 
     #[test]
     fn squeezing_removes_unused_addresses_and_keeps_order_and_lengths() {
@@ -117,10 +80,10 @@ mod tests {
         )
         .unwrap();
         let lifetimes = trace.lifetimes();
-        let config = Config::default();
-        let (placements, arena) = online_plan(&trace, &lifetimes, &config).unwrap();
+        let run = super::super::online(&trace, &Config::default()).unwrap();
+        let (placements, arena) = placements(&lifetimes, &run.addresses);
         super::super::verify(&trace, &placements).unwrap();
         assert!(arena >= trace.peak_live_bytes());
-        assert!(arena <= super::super::online_peak(&trace, &config).unwrap());
+        assert!(arena <= run.peak);
     }
 }

@@ -3,9 +3,10 @@
 //! waits (a server between requests, a notebook between cells) gets it back without
 //! calling into tensorpool.
 //!
-//! The thread (named `tp-release`: thread names are at most 15 bytes) sleeps until the next manager's pass is
-//! due, runs the passes that are due, and exits when no such manager is left. It holds
-//! managers weakly: a manager that goes away takes nothing of the thread with it.
+//! The thread (named `tp-release`: thread names are at most 15 bytes) sleeps until
+//! the next manager's pass is due, runs the passes that are due, and exits when no
+//! such manager is left. It holds managers weakly: a manager that goes away takes
+//! nothing of the thread with it.
 //!
 //! After `fork()` the child has no thread (only the forking thread survives), and
 //! none is started until the child allocates on a slow path: a child that only
@@ -20,7 +21,6 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once, Weak};
 use std::time::Duration;
 
 /// The managers the thread serves.
-#[derive(Default)]
 struct Registry {
     managers: Vec<Weak<Inner>>,
 }
