@@ -175,10 +175,10 @@ pub(crate) fn layout_of(size: u64) -> Layout {
     Layout::from_size_align((size as usize).max(1), 64).expect("trace sizes are below isize::MAX")
 }
 
-/// Runs the whole trace once against `subject`, calling `after_alloc(event index, live
-/// bytes, block id, address)` after every allocation. Returns an error if the allocator runs out. With a
-/// `clock` (tensorpool's, for its release policy), moves it along the trace's own
-/// times, from where it stands.
+/// Runs the whole trace once against `subject`, calling `after_alloc(event index,
+/// live bytes, block id, address)` after every allocation. Returns an error if the
+/// allocator runs out. With a `clock` (tensorpool's, for its release policy), moves it
+/// along the trace's own times, from where it stands.
 pub(crate) fn run_once(
     trace: &Trace,
     sizes: &[u64],
