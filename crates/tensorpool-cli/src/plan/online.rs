@@ -2,7 +2,7 @@
 //! whole trace should never need more than the allocator that did not, so `plan`
 //! offers what the manager did as one more candidate.
 //!
-//! The trace is replayed through a `MemoryManager` ([`super::online`], the same
+//! The trace is replayed through a `MemoryManager` ([`super::online`](fn@super::online), the same
 //! replay that measures its peak) and each buffer's address kept.
 //! Address ranges no buffer ever used (the gaps between segments, pages of
 //! never-used slab slots) are squeezed out: the buffers keep their order along the
@@ -17,7 +17,7 @@ use super::Placement;
 use tensorpool::trace::Lifetime;
 
 /// The placement the manager made of the buffers (`address` by id, from
-/// [`super::online`]), as a plan: placements by id, and the arena size.
+/// [`super::online`](fn@super::online)), as a plan: placements by id, and the arena size.
 pub fn placements(lifetimes: &[Lifetime], address: &[u64]) -> (Vec<Placement>, u64) {
     let (offsets, arena) = squeeze(lifetimes, address);
     let placements = lifetimes
