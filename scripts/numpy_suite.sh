@@ -5,6 +5,8 @@
 #   ./scripts/numpy_suite.sh            the whole numpy/_core/tests/test_multiarray.py (~2 min)
 #   ./scripts/numpy_suite.sh --quick    the memory-heavy classes the test command runs (~20 s)
 #   ./scripts/numpy_suite.sh --compare  the whole file without tensorpool too, to compare
+#   ./scripts/numpy_suite.sh --preload LIB  the quick classes with libtensorpool.so preloaded
+#                                       (tensorpool as Python's and NumPy's malloc; no handler)
 #
 # Expects .venv with the package built (./scripts/test.sh makes it).
 set -euo pipefail
@@ -24,6 +26,9 @@ run() {
 case "${1:-}" in
     --quick)
         PYTHONPATH=crates/tensorpool-py/python/tests run -p numpy_suite_plugin -k "$QUICK_CLASSES"
+        ;;
+    --preload)
+        LD_PRELOAD="$(realpath "$2")" run -k "$QUICK_CLASSES"
         ;;
     --compare)
         echo "==> without tensorpool"

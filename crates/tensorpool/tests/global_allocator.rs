@@ -263,3 +263,45 @@ fn growing_a_block_within_its_class_keeps_the_requested_bytes_exact() {
     let after = MINE.stats().unwrap();
     assert_eq!((after.requested_bytes, after.allocated_bytes), (0, 0));
 }
+
+#[test]
+fn a_child_forked_while_another_thread_allocates_can_allocate_and_trim() {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    use std::sync::Arc;
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Relaxed) {
+                let v: Vec<Vec<u8>> = (0..64).map(|i| vec![i as u8; 16 + i * 700]).collect();
+                drop(v);
+            }
+        })
+    };
+    for round in 0..20u8 {
+        let kept = vec![round; 1000];
+        // SAFETY: the child only allocates, frees, trims and exits with `_exit`.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let mut ok = kept.iter().all(|&b| b == round);
+            drop(kept);
+            let blocks: Vec<Vec<u8>> = (0..40).map(|i| vec![7; 1 << (i % 24)]).collect();
+            ok &= blocks.iter().all(|b| b.iter().all(|&x| x == 7));
+            drop(blocks);
+            GLOBAL.trim();
+            ok &= GLOBAL.stats().is_some();
+            // SAFETY: ends the child without running the parent's exit handlers.
+            unsafe { libc::_exit(if ok { 0 } else { 3 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child just forked.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the child of round {round} failed: status {status}"
+        );
+    }
+    stop.store(true, Relaxed);
+    busy.join().unwrap();
+}

@@ -65,14 +65,30 @@ impl Config {
     /// file) is passed over, the default standing for it, and returned among the
     /// errors to report; settings that cannot apply together give the defaults.
     pub fn from_env_reporting() -> (Config, Vec<Error>) {
+        Self::from_env_reporting_over(Config::default())
+    }
+
+    /// [`from_env_reporting`](Self::from_env_reporting) with `base` in place of the
+    /// defaults (the preloaded C library's, whose classes start at 16 B): the file
+    /// and the variables change it, and it stands where they cannot apply.
+    pub fn from_env_reporting_over(base: Config) -> (Config, Vec<Error>) {
         match env_vars() {
-            Ok(vars) => Self::from_vars_reporting(vars),
-            Err(e) => (Config::default(), vec![e]),
+            Ok(vars) => Self::from_vars_reporting_over(base, vars),
+            Err(e) => (base, vec![e]),
         }
     }
 
     /// [`from_env_reporting`](Self::from_env_reporting) over the variables given.
     pub fn from_vars_reporting(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> (Config, Vec<Error>) {
+        Self::from_vars_reporting_over(Config::default(), vars)
+    }
+
+    /// [`from_env_reporting_over`](Self::from_env_reporting_over) over the variables
+    /// given.
+    pub fn from_vars_reporting_over(
+        base: Config,
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> (Config, Vec<Error>) {
         let mut errors = Vec::new();
@@ -81,10 +97,10 @@ impl Config {
             .filter(|(name, _)| name.starts_with(ENV_PREFIX))
             .collect();
         vars.sort();
-        let mut table = toml::Table::new();
+        let mut table = toml::Table::try_from(&base).expect("a config is a table");
         if let Some((_, path)) = vars.iter().find(|(name, _)| name == ENV_CONFIG_FILE) {
-            match Config::from_file(path) {
-                Ok(file) => table = toml::Table::try_from(&file).expect("a config is a table"),
+            match file_settings(path) {
+                Ok(file) => table.extend(file),
                 Err(e) => errors
                     .push(e.in_config(format_args!("{ENV_CONFIG_FILE}={path:?} (passed over)"))),
             }
@@ -116,10 +132,24 @@ impl Config {
                 errors.push(e.in_config(
                     "the environment's settings cannot apply together (the defaults are used)",
                 ));
-                (Config::default(), errors)
+                (base, errors)
             }
         }
     }
+}
+
+/// The settings a config file names (a valid config, else the error that says why),
+/// as keys to lay over the base: a file of a few settings changes only those.
+fn file_settings(path: &str) -> Result<toml::Table> {
+    Config::from_file(path)?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::InvalidConfig(format!("cannot read {path}: {e}")))?;
+    let table = if path.ends_with(".json") {
+        serde_json::from_str::<toml::Table>(&text).map_err(|e| e.to_string())
+    } else {
+        text.parse::<toml::Table>().map_err(|e| e.to_string())
+    };
+    table.map_err(|e| Error::InvalidConfig(format!("{path}: {e}")))
 }
 
 /// The variables of the prefix, or an error naming one whose value is not UTF-8.
@@ -263,6 +293,41 @@ mod tests {
                 (Some(2 << 30), 16 << 10)
             );
         }
+        // Over another base, a file changes only the settings it names.
+        let base = Config {
+            alignment: 16,
+            min_block_size: 16,
+            ..Config::default()
+        };
+        for file in [&toml_file, &json_file] {
+            let path = file.to_str().unwrap().to_string();
+            let (c, errors) = Config::from_vars_reporting_over(
+                base.clone(),
+                [("TENSORPOOL_CONFIG".into(), path)],
+            );
+            assert!(errors.is_empty(), "{errors:?}");
+            assert_eq!(
+                (
+                    c.alignment,
+                    c.min_block_size,
+                    c.memory_limit,
+                    c.small_threshold
+                ),
+                (16, 16, Some(4 << 30), 16 << 10)
+            );
+        }
+        let (c, errors) = Config::from_vars_reporting_over(
+            base.clone(),
+            vars(&[
+                ("TENSORPOOL_SOFT_LIMIT", "2GiB"),
+                ("TENSORPOOL_MEMORY_LIMIT", "1GiB"),
+            ]),
+        );
+        assert_eq!(
+            (c, errors.len()),
+            (base, 1),
+            "the base stands where they cannot apply"
+        );
         std::fs::write(&toml_file, "smal_threshold = 1").unwrap();
         let e = Config::from_vars(vars(&[("TENSORPOOL_CONFIG", toml_file.to_str().unwrap())]))
             .unwrap_err()

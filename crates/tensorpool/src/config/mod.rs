@@ -173,7 +173,9 @@ pub struct Config {
     /// Smallest size class (default 64 B).
     #[serde(with = "serde_size")]
     pub min_block_size: usize,
-    /// Size classes per doubling (default 8: at most 12.5% rounding waste).
+    /// Size classes per doubling (default 8: at most 12.5% rounding waste), a power
+    /// of two up to 64; classes are never closer than 8 bytes (see
+    /// [`size_class`](crate::size_class)).
     pub classes_per_doubling: usize,
     /// Requests up to this size are slots of size-class slabs; a power of two, or 0
     /// for no size classes.
@@ -627,7 +629,8 @@ mod tests {
                 Config::builder().min_block_size(32).classes_per_doubling(4),
                 "min_block_size",
             ),
-            (Config::builder().classes_per_doubling(16), "per doubling"),
+            (Config::builder().classes_per_doubling(128), "per doubling"),
+            (Config::builder().classes_per_doubling(3), "per doubling"),
             (Config::builder().huge_threshold(1024), "huge_threshold"),
             (Config::builder().pool_chunk_size(0), "pool_chunk_size"),
             (Config::builder().segment_size(0), "segment_size"),

@@ -26,6 +26,7 @@ impl MemoryManager {
             .engine
             .process_wide
             .store(true, std::sync::atomic::Ordering::Relaxed);
+        super::fork::hold_across_fork(self);
     }
 
     /// Whether `ptr` lies in memory the manager holds (a region of one of its tiers).

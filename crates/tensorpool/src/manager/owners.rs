@@ -6,7 +6,7 @@ use crate::observe::stats::Tier;
 use crate::tiers::contract::BlockTier;
 use crate::upstream::{AddressSpace, MeteredUpstream, Upstream, UpstreamError};
 use crate::util::address_map::AddressMap;
-use parking_lot::RwLock;
+use crate::util::sync::RwLock;
 use std::ptr::NonNull;
 use std::sync::Arc;
 

@@ -78,7 +78,7 @@ pub(super) struct Release {
     /// When memory last went back, in the clock's nanoseconds plus one (0: never).
     last: AtomicU64,
     /// The adaptation (see the module docs), changed by passes only.
-    adapt: parking_lot::Mutex<Adapt>,
+    adapt: crate::util::sync::PlainMutex<Adapt>,
     /// Ticks of the slow paths, for [`Inner::activity`]: a load and a store, not an
     /// atomic increment (a tick lost to a race still changes the count).
     slow_paths: AtomicU64,
@@ -105,7 +105,21 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1)
 }
 
+/// The policy's lock, held across `fork()` (`manager::fork`).
+pub(super) struct ReleaseHold<'a>(#[allow(dead_code)] std::sync::MutexGuard<'a, Adapt>);
+
 impl Release {
+    /// Takes the policy's lock, to hold across `fork()`.
+    pub(super) fn hold_for_fork(&self) -> ReleaseHold<'_> {
+        ReleaseHold(self.adapt.lock())
+    }
+
+    /// In a forked child: a pass that another thread ran at the fork never ends
+    /// there, so none runs.
+    pub(super) fn in_forked_child(&self) {
+        self.passing.store(false, Relaxed);
+    }
+
     pub(super) fn new(
         clock: Arc<dyn Clock>,
         delay: Option<Duration>,
@@ -118,7 +132,7 @@ impl Release {
             next_pass: AtomicU64::new(0),
             passing: AtomicBool::new(false),
             last: AtomicU64::new(0),
-            adapt: parking_lot::Mutex::new(Adapt {
+            adapt: crate::util::sync::PlainMutex::new(Adapt {
                 since_release: u32::MAX,
                 ..Adapt::default()
             }),

@@ -17,7 +17,7 @@
 use super::Inner;
 use crate::util::reentry::Inside;
 use std::sync::atomic::{AtomicBool, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 /// The managers the thread serves.
@@ -41,7 +41,7 @@ fn registry() -> MutexGuard<'static, Registry> {
 
 /// Serves `inner` from the background thread, starting it if needed.
 pub(super) fn register(inner: &Arc<Inner>) {
-    at_fork();
+    super::fork::register_handlers();
     registry().managers.push(Arc::downgrade(inner));
     WAKE.notify_all();
     ensure_running();
@@ -117,34 +117,21 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-/// Registers the `fork()` handlers once.
-fn at_fork() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        #[cfg(all(unix, not(miri)))]
-        // SAFETY: the handlers are plain functions that only lock and unlock the
-        // registry (through a guard kept in a thread-local of the forking thread,
-        // which is the thread that runs all three) and set an atomic flag.
-        unsafe {
-            libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(in_child));
-        }
-    });
-}
-
-#[cfg(all(unix, not(miri)))]
-extern "C" fn before_fork() {
+/// Before `fork()` (`manager::fork`, first of all locks): the registry, held by the
+/// forking thread (in a thread-local of its own, the thread that runs all three).
+pub(super) fn before_fork() {
     let guard = registry();
     HELD.with(|h| *h.borrow_mut() = Some(guard));
 }
 
-#[cfg(all(unix, not(miri)))]
-extern "C" fn after_fork() {
+/// After `fork()`, in the parent.
+pub(super) fn after_fork() {
     HELD.with(|h| drop(h.borrow_mut().take()));
 }
 
-#[cfg(all(unix, not(miri)))]
-extern "C" fn in_child() {
-    // Only the forking thread lives on in the child: no releaser runs there.
+/// After `fork()`, in the child: only the forking thread lives on, so no releaser
+/// runs there (the child's first allocation that needs one starts it).
+pub(super) fn in_child() {
     RUNNING.store(false, Release);
     HELD.with(|h| drop(h.borrow_mut().take()));
 }

@@ -37,7 +37,7 @@
 
 use crate::observe::stats::Tier;
 use crate::util::bytes::format_bytes;
-use parking_lot::Mutex;
+use crate::util::sync::PlainMutex as Mutex;
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 use std::backtrace::{Backtrace, BacktraceStatus};
@@ -195,7 +195,18 @@ pub(crate) struct Tracker {
     violations: Mutex<Vec<GuardViolation>>,
 }
 
+/// A tracker's locks, held across `fork()` (`manager::fork`).
+pub(crate) struct TrackerHold<'a>(
+    #[allow(dead_code)] std::sync::MutexGuard<'a, FxHashMap<usize, Record>>,
+    #[allow(dead_code)] std::sync::MutexGuard<'a, Vec<GuardViolation>>,
+);
+
 impl Tracker {
+    /// Takes the tracker's locks, to hold across `fork()`.
+    pub(crate) fn hold_for_fork(&self) -> TrackerHold<'_> {
+        TrackerHold(self.live.lock(), self.violations.lock())
+    }
+
     pub(crate) fn insert(&self, addr: usize, record: Record) {
         self.live.lock().insert(addr, record);
     }

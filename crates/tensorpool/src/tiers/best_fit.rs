@@ -67,14 +67,15 @@ use crate::util::bits::Bits;
 use crate::util::bytes::format_bytes;
 use crate::util::id_table::IdTable;
 use crate::util::stamps::Stamps;
+use crate::util::sync::PlainMutex as Mutex;
 use allocator_api2::alloc::{AllocError, Allocator};
-use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 use std::alloc::Layout;
 use std::collections::BTreeSet;
 use std::ptr::NonNull;
 use std::sync::Arc;
+use std::sync::MutexGuard;
 
 /// Default rounding of block sizes (and so the least alignment of every block).
 pub const DEFAULT_GRANULARITY: usize = 512;
@@ -353,7 +354,15 @@ impl Default for BestFit {
     }
 }
 
+/// The best-fit tier's lock, held across `fork()` (`manager::fork`).
+pub(crate) struct BestFitHold<'a>(#[allow(dead_code)] MutexGuard<'a, State>);
+
 impl BestFit {
+    /// Takes the tier's lock, to hold across `fork()`.
+    pub(crate) fn hold_for_fork(&self) -> BestFitHold<'_> {
+        BestFitHold(self.state.lock())
+    }
+
     /// A best-fit allocator with default settings.
     pub fn new() -> Self {
         Self::builder()

@@ -34,11 +34,12 @@ use crate::observe::stats::{Tier, Usage};
 use crate::tiers::contract::{self, BlockSizes, BlockTier, Grant};
 use crate::upstream::{default_upstream, Region, Upstream, HUGE_PAGE_SIZE};
 use crate::util::address_map::AddressMap;
-use parking_lot::Mutex;
+use crate::util::sync::PlainMutex as Mutex;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::ptr::NonNull;
 use std::sync::Arc;
+use std::sync::MutexGuard;
 
 /// Dedicated segments for huge blocks, cached by size.
 #[derive(Debug)]
@@ -82,7 +83,15 @@ struct Entry {
     idle: u8,
 }
 
+/// The huge tier's lock, held across `fork()` (`manager::fork`).
+pub(crate) struct HugeHold<'a>(#[allow(dead_code)] MutexGuard<'a, State>);
+
 impl HugeCache {
+    /// Takes the tier's lock, to hold across `fork()`.
+    pub(crate) fn hold_for_fork(&self) -> HugeHold<'_> {
+        HugeHold(self.state.lock())
+    }
+
     /// A cache that keeps at most `max_cached` bytes of free segments (no bound with
     /// `None`), over the default upstream.
     pub fn new(max_cached: Option<usize>) -> Self {

@@ -47,6 +47,9 @@ pub struct Recording<A> {
 pub struct TraceWriter {
     start: Instant,
     out: Mutex<Sink>,
+    /// Whether the Thread column holds the system's thread ids (`gettid`) instead of
+    /// small numbers in the order threads first wrote.
+    os_thread_ids: bool,
 }
 
 struct Sink {
@@ -98,7 +101,15 @@ impl TraceWriter {
                 writer: Some(Box::new(out)),
                 error: None,
             }),
+            os_thread_ids: false,
         })
+    }
+
+    /// Writes the system's thread ids (`gettid`, as `top -H` and `/proc` name
+    /// threads) in the Thread column, as a whole process's recording needs.
+    pub fn with_os_thread_ids(mut self) -> Self {
+        self.os_thread_ids = true;
+        self
     }
 
     /// Writes into a new file at `path`.
@@ -152,7 +163,10 @@ impl TraceWriter {
             micros / 1_000_000 % 60,
             micros % 1_000_000,
         );
-        let thread = THREAD.try_with(|t| *t).unwrap_or(0);
+        let thread = match self.os_thread_ids {
+            true => os_thread_id(),
+            false => THREAD.try_with(|t| *t).unwrap_or(0),
+        };
         let mut sink = self.out.lock().unwrap_or_else(|e| e.into_inner());
         let Some(writer) = sink.writer.as_mut() else {
             return;
@@ -165,6 +179,16 @@ impl TraceWriter {
             sink.error = Some(e);
         }
     }
+}
+
+/// The calling thread's id as the system knows it.
+fn os_thread_id() -> u64 {
+    #[cfg(target_os = "linux")]
+    // SAFETY: `gettid` has no preconditions and cannot fail.
+    let id = unsafe { libc::gettid() } as u64;
+    #[cfg(not(target_os = "linux"))]
+    let id = THREAD.try_with(|t| *t).unwrap_or(0);
+    id
 }
 
 // SAFETY: every call is forwarded to `inner` unchanged; the recording only reads the

@@ -9,6 +9,11 @@
 //!
 //! The flag is a `const` thread-local without a destructor, so reading it is a plain
 //! load that never allocates, never registers anything and works during thread exit.
+//! With the `initial-exec-tls` feature (the preloaded C library's) it is a C
+//! thread-local of the initial-exec model instead (`csrc/inside.c`): in a shared
+//! library Rust's thread-locals are read through `__tls_get_addr`, which may call
+//! `malloc` after a `dlopen`, and the mark is what must be read before anything can
+//! call back into the allocator.
 //!
 //! ```ignore
 //! let Some(_inside) = Inside::enter() else {
@@ -16,10 +21,46 @@
 //! };
 //! ```
 
-use std::cell::Cell;
-
+#[cfg(not(feature = "initial-exec-tls"))]
 std::thread_local! {
-    static INSIDE: Cell<bool> = const { Cell::new(false) };
+    static INSIDE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Swaps the calling thread's mark for `value`; returns the old one.
+#[cfg(not(feature = "initial-exec-tls"))]
+#[inline(always)]
+fn swap(value: bool) -> bool {
+    INSIDE.with(|inside| inside.replace(value))
+}
+
+#[cfg(not(feature = "initial-exec-tls"))]
+#[inline(always)]
+fn get() -> bool {
+    INSIDE.with(std::cell::Cell::get)
+}
+
+#[cfg(feature = "initial-exec-tls")]
+extern "C" {
+    /// The calling thread's mark (`csrc/inside.c`): 0 or 1, never unaligned or null.
+    fn tensorpool_inside_mark() -> *mut u8;
+}
+
+#[cfg(feature = "initial-exec-tls")]
+#[inline(always)]
+fn swap(value: bool) -> bool {
+    // SAFETY: the C function returns the address of the calling thread's own
+    // `unsigned char`, valid for the thread's life and touched by no other thread.
+    unsafe {
+        let mark = tensorpool_inside_mark();
+        std::ptr::replace(mark, u8::from(value)) != 0
+    }
+}
+
+#[cfg(feature = "initial-exec-tls")]
+#[inline(always)]
+fn get() -> bool {
+    // SAFETY: as in `swap`.
+    unsafe { *tensorpool_inside_mark() != 0 }
 }
 
 /// The calling thread is inside the process-wide allocator until this drops.
@@ -31,7 +72,7 @@ impl Inside {
     #[inline(always)]
     pub(crate) fn enter() -> Option<Inside> {
         // `then`, not `then_some`: an `Inside` made and dropped would clear the mark.
-        INSIDE.with(|inside| (!inside.replace(true)).then(|| Inside(())))
+        (!swap(true)).then(|| Inside(()))
     }
 
     /// [`enter`](Self::enter) if `process_wide` (the caller works for the
@@ -42,14 +83,14 @@ impl Inside {
 
     /// Whether the calling thread is inside the process-wide allocator now.
     pub(crate) fn active() -> bool {
-        INSIDE.with(Cell::get)
+        get()
     }
 }
 
 impl Drop for Inside {
     #[inline(always)]
     fn drop(&mut self) {
-        INSIDE.with(|inside| inside.set(false));
+        swap(false);
     }
 }
 

@@ -321,7 +321,7 @@ pub(crate) struct Heap {
     pub(crate) tally: Box<[ClassTally]>,
     pub(crate) counts: Counts,
     /// The name of the thread that holds it now, for statistics.
-    pub(crate) thread: parking_lot::Mutex<String>,
+    pub(crate) thread: crate::util::sync::PlainMutex<String>,
 }
 
 // SAFETY: `state` is touched only through an `Owned` token, which exists only for the
@@ -416,7 +416,7 @@ impl Heap {
                 classes: classes.iter().map(|_| ClassCounts::default()).collect(),
                 ..Counts::default()
             },
-            thread: parking_lot::Mutex::new(String::new()),
+            thread: crate::util::sync::PlainMutex::new(String::new()),
         })
     }
 

@@ -154,6 +154,23 @@ impl Class {
     }
 }
 
+/// What [`Engine::hold_for_fork`] holds; let go in the order of the fields (the
+/// reverse of the taking).
+pub(crate) struct EngineHold<'a> {
+    #[allow(dead_code)]
+    large: crate::tiers::best_fit::BestFitHold<'a>,
+    #[allow(dead_code)]
+    map: page_map::PageMapHold<'a>,
+    #[allow(dead_code)]
+    shared: crate::util::sync::MutexGuard<'a, ()>,
+    #[allow(dead_code)]
+    stopped: Stopped<'a>,
+    #[allow(dead_code)]
+    registry: crate::util::sync::MutexGuard<'a, Registry>,
+    #[allow(dead_code)]
+    serial: crate::util::sync::MutexGuard<'a, ()>,
+}
+
 /// A heap's standing in the registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Standing {
@@ -783,6 +800,46 @@ impl Engine {
         total
     }
 
+    /// Takes everything of the engine's that another thread could hold at a
+    /// `fork()`, in the engine's lock order (`manager::fork`): the stopper's lock,
+    /// the registry, every other thread's heap stopped (where `membarrier` allows),
+    /// the shared heap, the page map's writers, the best-fit tier. The caller is in
+    /// no operation of its own heap.
+    pub(crate) fn hold_for_fork(&self) -> EngineHold<'_> {
+        let serial = self.stop_lock.lock();
+        let mine = current_heap(self);
+        let registry = self.registry.lock();
+        let bound: Vec<&Heap> = registry
+            .heaps
+            .iter()
+            .filter(|(heap, standing)| *standing == Standing::Bound && !std::ptr::eq(&**heap, mine))
+            // SAFETY: registered heaps live as long as the engine.
+            .map(|(heap, _)| unsafe { &*(&**heap as *const Heap) })
+            .collect();
+        let stopped = Stopped::all(&bound);
+        EngineHold {
+            large: self.large.hold_for_fork(),
+            map: self.map.hold_for_fork(),
+            shared: self.shared_lock.lock(),
+            stopped,
+            registry,
+            serial,
+        }
+    }
+
+    /// In a forked child, after the hold is let go: the other threads' heaps, whose
+    /// threads did not survive the fork, are left to the child's threads to adopt.
+    pub(crate) fn in_forked_child(&self) {
+        let mine = current_heap(self);
+        let mut reg = self.registry.lock();
+        for (heap, standing) in reg.heaps.iter_mut() {
+            if !std::ptr::eq(&**heap, mine) && *standing == Standing::Bound {
+                *standing = Standing::Abandoned;
+            }
+        }
+        self.stopping.store(false, Relaxed);
+    }
+
     /// Collects every pending free and gives every empty slab and cached block back
     /// to the best-fit tier; returns the bytes given back.
     pub(crate) fn trim(self: &Arc<Self>) -> usize {
@@ -1009,7 +1066,12 @@ mod tests {
     #[test]
     #[cfg_attr(miri, ignore = "exhaustive arithmetic, no unsafe code")]
     fn the_class_table_agrees_with_the_arithmetic() {
-        for (min, max, per) in [(64, 32 << 10, 8), (8, 1 << 20, 1), (64, 4096, 4)] {
+        for (min, max, per) in [
+            (64, 32 << 10, 8),
+            (16, 32 << 10, 8),
+            (8, 1 << 20, 1),
+            (64, 4096, 4),
+        ] {
             let sc = SizeClasses::new(min, max, per).unwrap();
             let large = BestFit::builder()
                 .upstream(Arc::new(crate::upstream::HeapUpstream))

@@ -21,7 +21,7 @@
 //! ```
 
 use super::slab::Slab;
-use crate::util::sync::Mutex;
+use crate::util::sync::{Mutex, MutexGuard};
 use std::sync::atomic::{
     AtomicPtr,
     Ordering::{AcqRel, Acquire, Release},
@@ -171,7 +171,15 @@ fn child<'a, T: Node>(slot: &'a AtomicPtr<T>, installed: &Mutex<Vec<Installed>>)
     unsafe { &*node }
 }
 
+/// The map's writers' lock, held across `fork()` (`manager::fork`).
+pub(crate) struct PageMapHold<'a>(#[allow(dead_code)] MutexGuard<'a, Vec<Installed>>);
+
 impl PageMap {
+    /// Takes the writers' lock, to hold across `fork()`.
+    pub(crate) fn hold_for_fork(&self) -> PageMapHold<'_> {
+        PageMapHold(self.installed.lock())
+    }
+
     pub(crate) fn new() -> Self {
         PageMap {
             top: copy_of(&EMPTY_TOP),

@@ -50,6 +50,8 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::OnceLock;
 
+pub mod malloc;
+
 /// Out-of-memory reports printed at most this many times.
 const OOM_REPORTS: usize = 4;
 
@@ -62,6 +64,7 @@ pub struct GlobalManager {
     fallbacks: Counts,
 }
 
+/// The counts behind [`SystemFallbacks`].
 struct Counts {
     allocations: AtomicUsize,
     bytes: AtomicUsize,
@@ -69,11 +72,33 @@ struct Counts {
     out_of_memory: AtomicUsize,
 }
 
-/// What a [`GlobalManager`] did not hand to its manager.
+impl Counts {
+    const fn new() -> Self {
+        Counts {
+            allocations: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
+            refused_frees: AtomicUsize::new(0),
+            out_of_memory: AtomicUsize::new(0),
+        }
+    }
+
+    fn get(&self) -> SystemFallbacks {
+        SystemFallbacks {
+            allocations: self.allocations.load(Relaxed),
+            bytes: self.bytes.load(Relaxed),
+            refused_frees: self.refused_frees.load(Relaxed),
+            out_of_memory: self.out_of_memory.load(Relaxed),
+        }
+    }
+}
+
+/// What a process allocator ([`GlobalManager`], [`Malloc`](malloc::Malloc)) did not
+/// hand to its manager.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SystemFallbacks {
-    /// Allocations served by the system allocator: tensorpool's own bookkeeping, and
-    /// layouts aligned beyond [`MAX_ALIGN`] (all of them if the manager could not start).
+    /// Allocations served by the system (or foreign) allocator: tensorpool's own
+    /// bookkeeping, and alignments beyond [`MAX_ALIGN`] (all of them if the manager
+    /// could not start).
     pub allocations: usize,
     /// Their bytes, as requested.
     pub bytes: usize,
@@ -122,12 +147,7 @@ impl GlobalManager {
         GlobalManager {
             manager: OnceLock::new(),
             config,
-            fallbacks: Counts {
-                allocations: AtomicUsize::new(0),
-                bytes: AtomicUsize::new(0),
-                refused_frees: AtomicUsize::new(0),
-                out_of_memory: AtomicUsize::new(0),
-            },
+            fallbacks: Counts::new(),
         }
     }
 
@@ -139,37 +159,7 @@ impl GlobalManager {
 
     #[cold]
     fn start(&self) -> Option<MemoryManager> {
-        // Nothing may unwind out of `GlobalAlloc`: a panic (of the config function, or
-        // of the manager's start) is reported and the defaults, or the system
-        // allocator, serve instead.
-        let config = std::panic::catch_unwind(self.config).unwrap_or_else(|_| {
-            eprintln!("tensorpool: the global allocator's config panicked; using the defaults");
-            Config::default()
-        });
-        let started = std::panic::catch_unwind(|| {
-            MemoryManager::new(config).or_else(|e| {
-                eprintln!("tensorpool: {e}; the global allocator uses the default config");
-                MemoryManager::new(Config::default())
-            })
-        });
-        match started {
-            Ok(Ok(mm)) => {
-                mm.mark_process_wide();
-                Some(mm)
-            }
-            Ok(Err(e)) => {
-                eprintln!(
-                    "tensorpool: the global allocator cannot start ({e}); the system allocator serves"
-                );
-                None
-            }
-            Err(_) => {
-                eprintln!(
-                    "tensorpool: the global allocator's start panicked; the system allocator serves"
-                );
-                None
-            }
-        }
+        start(self.config)
     }
 
     /// Runs `f` on the manager, inside the allocator (what it allocates comes from
@@ -212,13 +202,7 @@ impl GlobalManager {
 
     /// What the system allocator served instead, and frees refused.
     pub fn system_fallbacks(&self) -> SystemFallbacks {
-        let c = &self.fallbacks;
-        SystemFallbacks {
-            allocations: c.allocations.load(Relaxed),
-            bytes: c.bytes.load(Relaxed),
-            refused_frees: c.refused_frees.load(Relaxed),
-            out_of_memory: c.out_of_memory.load(Relaxed),
-        }
+        self.fallbacks.get()
     }
 
     /// A block for `layout` from the manager, or from the system allocator where the
@@ -280,6 +264,41 @@ impl GlobalManager {
         // SAFETY: not the manager's, so the system allocator's (every other block
         // comes from it), allocated with `layout` by the caller's contract.
         unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+/// Starts a process-wide manager with the config `config` returns. Nothing may
+/// unwind out of an allocator: a panic (of the config function, or of the manager's
+/// start) is reported and the defaults, or `None` (the caller's fallback serves),
+/// stand for it. The caller is inside (`util::reentry`).
+fn start(config: fn() -> Config) -> Option<MemoryManager> {
+    let config = std::panic::catch_unwind(config).unwrap_or_else(|_| {
+        eprintln!("tensorpool: the process allocator's config panicked; using the defaults");
+        Config::default()
+    });
+    let started = std::panic::catch_unwind(|| {
+        MemoryManager::new(config).or_else(|e| {
+            eprintln!("tensorpool: {e}; the process allocator uses the default config");
+            MemoryManager::new(Config::default())
+        })
+    });
+    match started {
+        Ok(Ok(mm)) => {
+            mm.mark_process_wide();
+            Some(mm)
+        }
+        Ok(Err(e)) => {
+            eprintln!(
+                "tensorpool: the process allocator cannot start ({e}); the system allocator serves"
+            );
+            None
+        }
+        Err(_) => {
+            eprintln!(
+                "tensorpool: the process allocator's start panicked; the system allocator serves"
+            );
+            None
+        }
     }
 }
 

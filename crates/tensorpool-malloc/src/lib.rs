@@ -1,0 +1,86 @@
+//! `libtensorpool.so`: tensorpool as the C allocator of any program.
+//!
+//! ```text
+//! cargo build --release -p tensorpool-malloc        # target/release/libtensorpool.so
+//! LD_PRELOAD=target/release/libtensorpool.so TENSORPOOL_STATS=1 python3 train.py
+//! tensorpool run --record t.csv -- python3 train.py # the same, found beside the command
+//! ```
+//!
+//! The library exports C's allocation functions ([`exports`]: `malloc`, `free`,
+//! `calloc`, `realloc`, `reallocarray`, `posix_memalign`, `aligned_alloc`,
+//! `memalign`, `valloc`, `pvalloc`, `malloc_usable_size`, `malloc_trim`,
+//! `mallinfo2`, `mallopt`, `malloc_stats`, C23's `free_sized` and
+//! `free_aligned_sized`), which C++'s `operator new` and `delete` reach through
+//! libstdc++, and what tensorpool knows beyond them ([`extras`], declared in
+//! `include/tensorpool.h`). Their semantics, and how memory that is not tensorpool's
+//! goes back to glibc, are those of [`tensorpool::global::malloc`], whose tests run
+//! in Rust; this crate is the thin C face over it and the process's environment
+//! ([`process`]).
+//!
+//! Configured from the environment: `TENSORPOOL_CONFIG=file.toml` (the format
+//! `tensorpool plan` writes) and one `TENSORPOOL_<SETTING>` variable per setting,
+//! over the C front's defaults (size classes from 16 B, 16-byte alignment); a bad
+//! value is reported once on stderr and passed over. `TENSORPOOL_STATS=1` prints the
+//! summary when the program exits; `TENSORPOOL_RECORD=trace.csv` records every
+//! allocation and free of the process (RMM CSV, the system's thread ids).
+//!
+//! Static binaries, and setuid ones, ignore `LD_PRELOAD`: the dynamic loader does
+//! not preload into them.
+
+pub mod exports;
+pub mod extras;
+pub mod process;
+
+use tensorpool_core::global::malloc::{Foreign, Malloc};
+
+/// The process's allocator: started at the first call, configured by
+/// [`process::config`], glibc's own allocator for what it does not serve.
+pub(crate) static MALLOC: Malloc = Malloc::new(process::config, GLIBC);
+
+/// glibc's allocator under its internal names, which a preloaded `malloc` does not
+/// replace: what serves the allocator's own bookkeeping and the blocks that are not
+/// tensorpool's.
+const GLIBC: Foreign = Foreign {
+    malloc: glibc::__libc_malloc,
+    calloc: glibc::__libc_calloc,
+    realloc: glibc::__libc_realloc,
+    free: glibc::__libc_free,
+    memalign: glibc::__libc_memalign,
+    usable_size: Some(glibc::usable_size),
+};
+
+mod glibc {
+    use std::ffi::{c_void, CStr};
+    use std::sync::atomic::{AtomicPtr, Ordering::Relaxed};
+
+    extern "C" {
+        pub fn __libc_malloc(size: usize) -> *mut c_void;
+        pub fn __libc_calloc(count: usize, size: usize) -> *mut c_void;
+        pub fn __libc_realloc(ptr: *mut c_void, size: usize) -> *mut c_void;
+        pub fn __libc_free(ptr: *mut c_void);
+        pub fn __libc_memalign(align: usize, size: usize) -> *mut c_void;
+    }
+
+    /// glibc's `malloc_usable_size` (this library's is found first by name): looked
+    /// up once, with `dlsym(RTLD_NEXT)`.
+    pub unsafe extern "C" fn usable_size(ptr: *mut c_void) -> usize {
+        static NEXT: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut());
+        let mut f = NEXT.load(Relaxed);
+        if f.is_null() {
+            const NAME: &CStr = c"malloc_usable_size";
+            // SAFETY: `dlsym` with a valid C string; RTLD_NEXT finds the definition
+            // after this library's, glibc's.
+            f = unsafe { libc::dlsym(libc::RTLD_NEXT, NAME.as_ptr()) };
+            if f.is_null() {
+                return 0;
+            }
+            NEXT.store(f, Relaxed);
+        }
+        // SAFETY: `f` is glibc's `malloc_usable_size`, of this signature, and `ptr` a
+        // live block of glibc's (the caller's contract).
+        unsafe {
+            let f: unsafe extern "C" fn(*mut c_void) -> usize = std::mem::transmute(f);
+            f(ptr)
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! The process around the library: its config from the environment, and what it
+//! does when the program starts and exits (`TENSORPOOL_STATS`, `TENSORPOOL_RECORD`).
+
+use crate::MALLOC;
+use std::ffi::OsString;
+use tensorpool_core::global::malloc::Malloc;
+use tensorpool_core::Config;
+
+/// Prints the summary at exit when set (`1`, `true`, `yes`, `on`).
+pub const ENV_STATS: &str = "TENSORPOOL_STATS";
+/// Records every allocation and free of the process into this file.
+pub const ENV_RECORD: &str = "TENSORPOOL_RECORD";
+
+/// The manager's config: the C front's defaults, changed by the environment.
+pub(crate) fn config() -> Config {
+    Malloc::c_config()
+}
+
+/// Runs when the library is loaded, before the program's `main` (and before the
+/// constructors of the libraries loaded after it).
+#[used]
+#[link_section = ".init_array"]
+static AT_LOAD: extern "C" fn() = at_load;
+
+extern "C" fn at_load() {
+    LOADED_IN.get_or_init(std::process::id);
+    let stats = match std::env::var_os(ENV_STATS) {
+        Some(value) => flag(ENV_STATS, &value),
+        None => false,
+    };
+    let record = std::env::var_os(ENV_RECORD).filter(|v| !v.is_empty());
+    if !stats && record.is_none() {
+        return;
+    }
+    if let Some(path) = record {
+        if let Err(e) = MALLOC.record_to(&path) {
+            eprintln!("tensorpool: {ENV_RECORD}={path:?}: {e}; not recording");
+        }
+    }
+    PRINT_STATS.store(stats, std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: registers a plain function with no preconditions.
+    if unsafe { libc::atexit(at_exit) } != 0 {
+        eprintln!("tensorpool: atexit failed: no summary or recording at exit");
+    }
+}
+
+static PRINT_STATS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether a variable says yes; a value that is neither yes nor no is reported
+/// once and taken as no.
+fn flag(name: &str, value: &OsString) -> bool {
+    match value.to_str().map(str::to_ascii_lowercase).as_deref() {
+        Some("1" | "true" | "yes" | "on") => true,
+        Some("" | "0" | "false" | "no" | "off") => false,
+        _ => {
+            eprintln!("tensorpool: {name}={value:?}: expected 1/true/yes/on or 0/false/no/off; taken as no");
+            false
+        }
+    }
+}
+
+/// At exit (of the process that loaded the library, not of a forked child): the
+/// recording written out, the summary printed.
+extern "C" fn at_exit() {
+    if let Err(e) = MALLOC.finish_recording() {
+        eprintln!("tensorpool: the recording ({ENV_RECORD}): {e}");
+    }
+    if PRINT_STATS.load(std::sync::atomic::Ordering::Relaxed) && !forked_child() {
+        if let Some(summary) = MALLOC.summary() {
+            let pid = std::process::id();
+            eprintln!("tensorpool: summary of process {pid} at exit\n{summary}");
+        }
+    }
+}
+
+/// The pid of the process that loaded the library.
+static LOADED_IN: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// Whether this process is a forked child of the one that loaded the library.
+fn forked_child() -> bool {
+    *LOADED_IN.get_or_init(std::process::id) != std::process::id()
+}

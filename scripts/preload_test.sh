@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# libtensorpool.so under real programs (LD_PRELOAD); the test command runs it.
+#
+#   the C test program (crates/tensorpool-malloc/tests/malloc_test.c): every exported
+#   function on normal and edge inputs, threads freeing each other's blocks, fork()
+#   while another thread allocates, dlopen() of libraries with thread-locals
+#   tools that allocate in ways nobody here chose: python3, sort, git, a C++ program,
+#   each compared with its output without the library
+#   a NumPy workload with identical results, and NumPy's own tests (the memory-heavy
+#   classes of test_multiarray.py) with the library under Python and NumPy
+#   TENSORPOOL_RECORD: a program's recording, replayed and planned by the command
+#   TENSORPOOL_STATS and a bad TENSORPOOL_* variable: reported, never fatal
+#
+# Expects .venv with NumPy (./scripts/test.sh makes it); builds the library (release).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo build --release --locked -p tensorpool-malloc -p tensorpool-cli
+LIB="$PWD/target/release/libtensorpool.so"
+OUT=target/preload-test
+mkdir -p "$OUT"
+PY=.venv/bin/python
+
+echo "==> the C test program"
+CFLAGS="-O1 -g -fno-builtin -pthread -Wall -Wextra -Werror"
+cc $CFLAGS crates/tensorpool-malloc/tests/malloc_test.c -o "$OUT/malloc_test" -ldl
+for lib in a b; do
+    cc -O1 -shared -fPIC crates/tensorpool-malloc/tests/tls_lib.c -o "$OUT/libtp_tls_$lib.so"
+done
+LD_PRELOAD="$LIB" "$OUT/malloc_test" "$PWD/$OUT"
+
+echo "==> tools: the same output with and without the library"
+same() {
+    local want got
+    want=$("$@" 2>&1)
+    got=$(LD_PRELOAD="$LIB" "$@" 2>&1)
+    if [ "$want" != "$got" ]; then
+        echo "different output under the library: $*" >&2
+        diff <(echo "$want") <(echo "$got") | head -20 >&2
+        exit 1
+    fi
+    echo "ok: $(echo "$*" | head -c 70 | tr "\n" " ")"
+}
+seq 1 300000 | awk '{ print ($1 * 7919) % 300007 }' >"$OUT/numbers.txt"
+same sort -n "$OUT/numbers.txt"
+same python3 -c "import json, collections; d = {str(i): [i] * (i % 7) for i in range(200000)}; \
+print(len(json.dumps(d)), collections.Counter(len(v) for v in d.values()).most_common(3))"
+same git log --oneline -n 50 --stat
+cat >"$OUT/new_delete.cpp" <<'CPP'
+#include <map>
+#include <memory>
+#include <new>
+#include <string>
+#include <vector>
+#include <cstdio>
+struct alignas(256) Wide { double v[40]; };
+int main() {
+    std::map<std::string, std::vector<int>> m;
+    for (int i = 0; i < 100000; i++) m[std::to_string(i * 37 % 100003)].push_back(i);
+    std::vector<std::unique_ptr<Wide>> w;
+    for (int i = 0; i < 1000; i++) w.emplace_back(new Wide{});
+    for (auto &p : w) if (reinterpret_cast<uintptr_t>(p.get()) % 256) return 1;
+    auto *a = new (std::align_val_t(4096)) char[10000];
+    if (reinterpret_cast<uintptr_t>(a) % 4096) return 2;
+    operator delete[](a, std::align_val_t(4096));
+    long sum = 0;
+    for (auto &kv : m) sum += kv.second.size() + kv.first.size();
+    std::printf("%zu %ld\n", m.size(), sum);
+}
+CPP
+if command -v c++ >/dev/null; then
+    c++ -O1 -std=c++17 "$OUT/new_delete.cpp" -o "$OUT/new_delete"
+    same "$OUT/new_delete"
+fi
+
+echo "==> NumPy: a workload with identical results"
+same "$PY" -c "
+import numpy as np
+rng = np.random.default_rng(0)
+w = [rng.standard_normal((256, 256)) / 16 for _ in range(3)]
+x = rng.standard_normal((64, 256))
+for step in range(200):
+    h = x
+    for m in w:
+        h = np.tanh(h @ m)
+    grad = h.T @ x / 64
+    w[0] -= 1e-3 * grad
+    x = np.concatenate([x[1:], h[:1]])
+print(repr(float(w[0].sum())), repr(float(h.std())))
+"
+
+echo "==> NumPy's own tests with the library preloaded"
+./scripts/numpy_suite.sh --preload "$LIB"
+
+echo "==> TENSORPOOL_RECORD: a recording that the command replays and plans"
+rm -f "$OUT/python.csv"
+TENSORPOOL_RECORD="$OUT/python.csv" LD_PRELOAD="$LIB" "$PY" -c "
+import numpy as np
+a = [np.ones(1000 * i) for i in range(1, 200)]
+del a
+"
+test "$(head -n 1 "$OUT/python.csv")" = "Thread,Time,Action,Pointer,Size,Stream"
+test "$(wc -l <"$OUT/python.csv")" -gt 1000
+target/release/tensorpool replay "$OUT/python.csv" --reps 1 >/dev/null
+target/release/tensorpool plan "$OUT/python.csv" --config-out "$OUT/python.toml" \
+    --plan-out "$OUT/python.plan.csv" >/dev/null
+
+echo "==> TENSORPOOL_STATS, and bad variables: reported, never fatal"
+err=$(TENSORPOOL_STATS=1 TENSORPOOL_MEMORY_LIMT=1 TENSORPOOL_RELEASE_DELAY_MS=soon \
+    LD_PRELOAD="$LIB" python3 -c "print('ran')" 2>&1)
+for want in "ran" "TENSORPOOL_MEMORY_LIMT" "TENSORPOOL_RELEASE_DELAY_MS" "summary of process"; do
+    if ! grep -q "$want" <<<"$err"; then
+        echo "expected '$want' in: $err" >&2
+        exit 1
+    fi
+done
+echo "preload tests passed"
