@@ -11,12 +11,17 @@
 #   TENSORPOOL_RECORD: a program's recording, replayed and planned by the command
 #   TENSORPOOL_STATS and a bad TENSORPOOL_* variable: reported, never fatal
 #
-# Expects .venv with NumPy (./scripts/test.sh makes it); builds the library (release).
+# Expects .venv with NumPy (./scripts/test.sh makes it); builds the library (release)
+# and uses the command that `cargo test` built (or $TENSORPOOL_BIN).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --release --locked -p tensorpool-malloc -p tensorpool-cli
+cargo build --release --locked -p tensorpool-malloc
 LIB="$PWD/target/release/libtensorpool.so"
+TP="${TENSORPOOL_BIN:-target/debug/tensorpool}"
+if [ ! -x "$TP" ]; then
+    cargo build --locked -p tensorpool-cli
+fi
 OUT=target/preload-test
 mkdir -p "$OUT"
 PY=.venv/bin/python
@@ -92,18 +97,27 @@ print(repr(float(w[0].sum())), repr(float(h.std())))
 echo "==> NumPy's own tests with the library preloaded"
 ./scripts/numpy_suite.sh --preload "$LIB"
 
-echo "==> TENSORPOOL_RECORD: a recording that the command replays and plans"
+echo "==> tensorpool run --record: a recording that the command replays and plans"
 rm -f "$OUT/python.csv"
-TENSORPOOL_RECORD="$OUT/python.csv" LD_PRELOAD="$LIB" "$PY" -c "
+"$TP" run -q --library "$LIB" --record "$OUT/python.csv" -- "$PY" -c "
 import numpy as np
 a = [np.ones(1000 * i) for i in range(1, 200)]
 del a
 "
 test "$(head -n 1 "$OUT/python.csv")" = "Thread,Time,Action,Pointer,Size,Stream"
 test "$(wc -l <"$OUT/python.csv")" -gt 1000
-target/release/tensorpool replay "$OUT/python.csv" --reps 1 >/dev/null
-target/release/tensorpool plan "$OUT/python.csv" --config-out "$OUT/python.toml" \
+"$TP" replay "$OUT/python.csv" --reps 1 >/dev/null
+"$TP" plan "$OUT/python.csv" --config-out "$OUT/python.toml" \
     --plan-out "$OUT/python.plan.csv" >/dev/null
+
+echo "==> tensorpool run: the program's status, the summary"
+set +e
+"$TP" run --library "$LIB" -- sh -c 'exit 7'
+status=$?
+set -e
+test "$status" = 7
+out=$("$TP" run --library "$LIB" --stats -- python3 -c "print('ran')" 2>&1)
+grep -q "summary of process" <<<"$out"
 
 echo "==> TENSORPOOL_STATS, and bad variables: reported, never fatal"
 err=$(TENSORPOOL_STATS=1 TENSORPOOL_MEMORY_LIMT=1 TENSORPOOL_RELEASE_DELAY_MS=soon \

@@ -12,6 +12,8 @@
 #   the Python package: built with maturin into .venv (pinned requirements), pytest,
 #   then NumPy's own tests (test_multiarray.py, the memory-heavy classes) with
 #   tensorpool as NumPy's allocator
+#   libtensorpool.so preloaded under real programs (scripts/preload_test.sh): the C
+#   test program, tools, NumPy and its tests, `tensorpool run`
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -92,6 +94,9 @@ fi
 
 step "NumPy's own tests (memory-heavy classes of test_multiarray.py) with tensorpool as NumPy's allocator"
 ./scripts/numpy_suite.sh --quick
+
+step "libtensorpool.so under real programs (LD_PRELOAD, tensorpool run)"
+./scripts/preload_test.sh
 
 if [ -n "$MIRI_PID" ]; then
     step "Miri: waiting for the background run"

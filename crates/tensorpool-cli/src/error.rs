@@ -52,6 +52,9 @@ pub enum CliError {
     /// The command could not find its own executable, which runs the workers.
     #[error("cannot find this program: {0}")]
     CurrentExe(std::io::Error),
+    /// `tensorpool run` could not start the program (no program, no library).
+    #[error("{0}")]
+    Run(String),
     /// A report could not be written as JSON.
     #[error("cannot write the report as JSON: {0}")]
     Json(#[from] serde_json::Error),

@@ -9,6 +9,7 @@ use tensorpool::Config;
 use tensorpool_cli::error::{CliError, Result};
 use tensorpool_cli::peers::Kind;
 use tensorpool_cli::replay::{self, Options, Source};
+use tensorpool_cli::run::Launch;
 use tensorpool_cli::{bench, plan, plot};
 
 #[derive(Parser)]
@@ -66,6 +67,28 @@ enum Command {
         /// Thread counts of the threads benchmark.
         #[arg(long, value_delimiter = ',', default_value = "1,2")]
         threads: Vec<usize>,
+    },
+    /// Run a program with tensorpool as its allocator (libtensorpool.so preloaded).
+    ///
+    /// `tensorpool run --record t.csv -- python3 train.py`, then `tensorpool plan
+    /// t.csv`: how to study a program you did not write. Exits with the program's
+    /// status.
+    Run {
+        /// A config for the library (TOML or JSON, as `plan` writes).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Record every allocation and free of the program here (RMM CSV).
+        #[arg(long)]
+        record: Option<PathBuf>,
+        /// Print tensorpool's summary when the program exits.
+        #[arg(long)]
+        stats: bool,
+        /// The library to preload (default: libtensorpool.so beside this command).
+        #[arg(long)]
+        library: Option<PathBuf>,
+        /// The program and its arguments, after `--`.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<std::ffi::OsString>,
     },
     /// Measure one allocator on one trace (used by `replay`, one process each).
     #[command(hide = true)]
@@ -150,8 +173,32 @@ fn progress(quiet: bool, total: usize) -> ProgressBar {
     bar
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Run {
+            config,
+            record,
+            stats,
+            library,
+            command,
+        } => {
+            let launch = Launch {
+                command,
+                config,
+                record: record.clone(),
+                stats,
+                library,
+            };
+            let ended = tensorpool_cli::run::run(&launch)?;
+            if let (Some(path), false) = (record, cli.quiet) {
+                eprintln!(
+                    "tensorpool: recorded into {0}; `tensorpool plan {0}` plans it, \
+                     `tensorpool replay {0}` compares allocators on it",
+                    path.display()
+                );
+            }
+            Ok(ExitCode::from(ended.code))
+        }
         Command::Replay {
             traces,
             how,
@@ -186,7 +233,7 @@ fn run(cli: Cli) -> Result<()> {
                     println!("plot written to {}", path.display());
                 }
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Plan {
             trace,
@@ -217,7 +264,7 @@ fn run(cli: Cli) -> Result<()> {
             let report = plan::plan(&source.label(), &loaded, &config_out, &plan_out)?;
             bar.finish_and_clear();
             print_report(json, &report, || plan::text(&report))?;
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
             full,
@@ -236,7 +283,7 @@ fn run(cli: Cli) -> Result<()> {
             });
             bar.finish_and_clear();
             print!("{report}");
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::ReplayWorker {
             trace,
@@ -248,14 +295,14 @@ fn run(cli: Cli) -> Result<()> {
             let trace = Source::parse(&trace).load()?;
             let m = replay::measure(&trace, allocator, &options)?;
             println!("{}", serde_json::to_string(&m)?);
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(message) => {
             eprintln!("tensorpool: {message}");
             ExitCode::FAILURE

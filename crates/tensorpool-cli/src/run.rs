@@ -1,0 +1,176 @@
+//! `tensorpool run`: any program with tensorpool as its allocator.
+//!
+//! The program is started with `libtensorpool.so` (crates/tensorpool-malloc) in
+//! `LD_PRELOAD`, ahead of whatever the environment preloads already, and with the
+//! library's variables set from the options: `--config` (`TENSORPOOL_CONFIG`, the
+//! format `tensorpool plan` writes), `--record` (`TENSORPOOL_RECORD`: every
+//! allocation and free of the process, in the CSV that `replay` and `plan` read),
+//! `--stats` (`TENSORPOOL_STATS`: the summary when the program exits). The command
+//! exits with the program's status (128 + the signal's number when a signal ended
+//! it), so that it can stand in for the program in a script.
+//!
+//! ```no_run
+//! use tensorpool_cli::run::{run, Launch};
+//!
+//! let launch = Launch {
+//!     command: vec!["python3".into(), "train.py".into()],
+//!     record: Some("train.csv".into()),
+//!     ..Launch::default()
+//! };
+//! let status = run(&launch)?; // then: tensorpool plan train.csv
+//! # Ok::<(), tensorpool_cli::error::CliError>(())
+//! ```
+//!
+//! The library is found beside the command (`target/release/` after
+//! `cargo build --release -p tensorpool-malloc -p tensorpool-cli`), or in `../lib`
+//! of an installed one, or where `--library` says. Static and setuid programs
+//! ignore `LD_PRELOAD`: the loader does not preload into them, and they run on
+//! their own allocator (the summary then never appears).
+
+use crate::error::{CliError, Result};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The library's file name.
+pub const LIBRARY: &str = "libtensorpool.so";
+
+/// What to run, and how.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// The program and its arguments.
+    pub command: Vec<OsString>,
+    /// A config file for the library (checked before the program starts).
+    pub config: Option<PathBuf>,
+    /// Where to record the program's allocations and frees.
+    pub record: Option<PathBuf>,
+    /// Print the library's summary when the program exits.
+    pub stats: bool,
+    /// The library to preload, if not the one beside the command.
+    pub library: Option<PathBuf>,
+}
+
+/// How the program ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ended {
+    /// The status for the command to exit with: the program's, or 128 + the number
+    /// of the signal that ended it.
+    pub code: u8,
+}
+
+/// The library `launch` names, or the one beside the running command; an error
+/// that says where it looked and how to build it.
+pub fn find_library(launch: &Launch) -> Result<PathBuf> {
+    if let Some(path) = &launch.library {
+        return match path.is_file() {
+            true => absolute(path),
+            false => Err(CliError::Run(format!(
+                "--library {}: no such file",
+                path.display()
+            ))),
+        };
+    }
+    let exe = std::env::current_exe().map_err(CliError::CurrentExe)?;
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    let candidates = [dir.join(LIBRARY), dir.join("../lib").join(LIBRARY)];
+    match candidates.iter().find(|p| p.is_file()) {
+        Some(path) => absolute(path),
+        None => Err(CliError::Run(format!(
+            "{LIBRARY} is not beside this command (looked in {} and {}); build it with \
+             `cargo build --release -p tensorpool-malloc`, or name it with --library",
+            candidates[0].display(),
+            candidates[1].display()
+        ))),
+    }
+}
+
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).map_err(CliError::file(path))
+}
+
+/// The `LD_PRELOAD` value with `library` first, before what `current` preloads.
+pub fn preload_value(library: &Path, current: Option<&OsString>) -> OsString {
+    let mut value = library.as_os_str().to_os_string();
+    if let Some(current) = current.filter(|c| !c.is_empty()) {
+        value.push(":");
+        value.push(current);
+    }
+    value
+}
+
+/// Runs the program with the library preloaded and waits for it.
+pub fn run(launch: &Launch) -> Result<Ended> {
+    let Some((program, args)) = launch.command.split_first() else {
+        return Err(CliError::Run(
+            "no program to run: tensorpool run [OPTIONS] -- PROGRAM [ARGS...]".into(),
+        ));
+    };
+    let library = find_library(launch)?;
+    let mut command = Command::new(program);
+    command.args(args).env(
+        "LD_PRELOAD",
+        preload_value(&library, std::env::var_os("LD_PRELOAD").as_ref()),
+    );
+    if let Some(config) = &launch.config {
+        // A bad file is the command's error, before anything runs (the library
+        // would only report it and use its defaults).
+        tensorpool::Config::from_file(config)?;
+        command.env("TENSORPOOL_CONFIG", absolute(config)?);
+    }
+    if let Some(record) = &launch.record {
+        // The file is made now, so that a path that cannot be written fails here.
+        std::fs::File::create(record).map_err(CliError::file(record))?;
+        command.env("TENSORPOOL_RECORD", absolute(record)?);
+    }
+    if launch.stats {
+        command.env("TENSORPOOL_STATS", "1");
+    }
+    let status = command
+        .status()
+        .map_err(|e| CliError::Run(format!("cannot start {}: {e}", program.to_string_lossy())))?;
+    Ok(Ended {
+        code: exit_code(status),
+    })
+}
+
+/// The status a shell gives a program that ended so.
+fn exit_code(status: std::process::ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code as u8,
+        (None, Some(signal)) => 128u8.wrapping_add(signal as u8),
+        (None, None) => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_library_goes_first_in_ld_preload() {
+        let lib = Path::new("/opt/tp/libtensorpool.so");
+        assert_eq!(preload_value(lib, None), "/opt/tp/libtensorpool.so");
+        assert_eq!(
+            preload_value(lib, Some(&"".into())),
+            "/opt/tp/libtensorpool.so"
+        );
+        assert_eq!(
+            preload_value(lib, Some(&"libfoo.so".into())),
+            "/opt/tp/libtensorpool.so:libfoo.so"
+        );
+    }
+
+    #[test]
+    fn a_missing_library_or_program_is_an_error_that_says_what_to_do() {
+        let launch = Launch {
+            command: vec!["true".into()],
+            library: Some("/no/such/libtensorpool.so".into()),
+            ..Launch::default()
+        };
+        let e = run(&launch).unwrap_err().to_string();
+        assert!(e.contains("--library /no/such/libtensorpool.so"), "{e}");
+        let e = run(&Launch::default()).unwrap_err().to_string();
+        assert!(e.contains("no program to run"), "{e}");
+    }
+}
