@@ -33,6 +33,10 @@ for lib in a b; do
     cc -O1 -shared -fPIC crates/tensorpool-malloc/tests/tls_lib.c -o "$OUT/libtp_tls_$lib.so"
 done
 LD_PRELOAD="$LIB" "$OUT/malloc_test" "$PWD/$OUT"
+# Again with every block of 1 MiB or more in a region of its own (the huge tier,
+# without expandable segments): many regions made and given back.
+TENSORPOOL_HUGE_THRESHOLD=1MiB TENSORPOOL_EXPANDABLE_SEGMENTS=false \
+    LD_PRELOAD="$LIB" "$OUT/malloc_test" "$PWD/$OUT"
 
 echo "==> tools: the same output with and without the library"
 same() {

@@ -188,7 +188,7 @@ pub extern "C" fn mallopt(_param: c_int, _value: c_int) -> c_int {
 #[no_mangle]
 pub extern "C" fn malloc_stats() {
     if let Some(summary) = MALLOC.summary() {
-        eprintln!("{summary}");
+        crate::process::say(format_args!("summary\n{summary}"));
     }
 }
 

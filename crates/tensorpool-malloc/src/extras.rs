@@ -53,7 +53,7 @@ pub extern "C" fn tensorpool_flush_recording() -> c_int {
     match MALLOC.finish_recording() {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("tensorpool: the recording: {e}");
+            crate::process::say(format_args!("the recording: {e}"));
             -1
         }
     }

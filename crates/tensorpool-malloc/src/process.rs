@@ -1,5 +1,12 @@
 //! The process around the library: its config from the environment, and what it
 //! does when the program starts and exits (`TENSORPOOL_STATS`, `TENSORPOOL_RECORD`).
+//!
+//! `TENSORPOOL_STATS` is passed on to the programs this one runs (each prints its
+//! own summary, with its pid); `TENSORPOOL_RECORD` is not (it is taken out of the
+//! environment at load: the recording is of the process that loaded the library
+//! first). A forked child neither records nor prints. What the recording still
+//! buffers is lost if the program ends without `exit` (`_exit`, a signal):
+//! `tensorpool_flush_recording()` writes it out.
 
 use crate::MALLOC;
 use std::ffi::OsString;
@@ -29,18 +36,26 @@ extern "C" fn at_load() {
         None => false,
     };
     let record = std::env::var_os(ENV_RECORD).filter(|v| !v.is_empty());
+    if record.is_some() {
+        // The recording is this process's: a program it runs (exec) would make the
+        // file anew and write into it too.
+        // SAFETY: constructors run before `main`, while the process has one thread.
+        unsafe { std::env::remove_var(ENV_RECORD) };
+    }
     if !stats && record.is_none() {
         return;
     }
     if let Some(path) = record {
         if let Err(e) = MALLOC.record_to(&path) {
-            eprintln!("tensorpool: {ENV_RECORD}={path:?}: {e}; not recording");
+            say(format_args!("{ENV_RECORD}={path:?}: {e}; not recording"));
         }
     }
     PRINT_STATS.store(stats, std::sync::atomic::Ordering::Relaxed);
     // SAFETY: registers a plain function with no preconditions.
     if unsafe { libc::atexit(at_exit) } != 0 {
-        eprintln!("tensorpool: atexit failed: no summary or recording at exit");
+        say(format_args!(
+            "atexit failed: no summary or recording at exit"
+        ));
     }
 }
 
@@ -53,7 +68,9 @@ fn flag(name: &str, value: &OsString) -> bool {
         Some("1" | "true" | "yes" | "on") => true,
         Some("" | "0" | "false" | "no" | "off") => false,
         _ => {
-            eprintln!("tensorpool: {name}={value:?}: expected 1/true/yes/on or 0/false/no/off; taken as no");
+            say(format_args!(
+                "{name}={value:?}: expected 1/true/yes/on or 0/false/no/off; taken as no"
+            ));
             false
         }
     }
@@ -63,14 +80,21 @@ fn flag(name: &str, value: &OsString) -> bool {
 /// recording written out, the summary printed.
 extern "C" fn at_exit() {
     if let Err(e) = MALLOC.finish_recording() {
-        eprintln!("tensorpool: the recording ({ENV_RECORD}): {e}");
+        say(format_args!("the recording ({ENV_RECORD}): {e}"));
     }
     if PRINT_STATS.load(std::sync::atomic::Ordering::Relaxed) && !forked_child() {
         if let Some(summary) = MALLOC.summary() {
             let pid = std::process::id();
-            eprintln!("tensorpool: summary of process {pid} at exit\n{summary}");
+            say(format_args!("summary of process {pid} at exit\n{summary}"));
         }
     }
+}
+
+/// A line on standard error, after `tensorpool: `; a write error is passed over
+/// (`eprintln!` would panic, and a panic here aborts the program).
+pub(crate) fn say(what: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "tensorpool: {what}");
 }
 
 /// The pid of the process that loaded the library.

@@ -269,6 +269,29 @@ static void forks(void) {
     CHECK(pthread_join(t, NULL) == 0);
 }
 
+/* Many large blocks made and given back: with TENSORPOOL_HUGE_THRESHOLD low, each
+ * is a region of its own in the allocator's table, whose nodes (from glibc) are
+ * freed while the table is locked for writing. */
+static void regions(void) {
+    for (int round = 0; round < 3; round++) {
+        char *p[48];
+        for (int i = 0; i < 48; i++) {
+            size_t n = ((size_t)2 << 20) + (size_t)i * 65536;
+            p[i] = malloc(n);
+            CHECK(p[i] != NULL);
+            p[i][0] = (char)i;
+            p[i][n - 1] = (char)i;
+        }
+        for (int i = 0; i < 48; i += 2) free(p[i]);
+        malloc_trim(0);
+        for (int i = 1; i < 48; i += 2) {
+            CHECK(p[i][0] == (char)i);
+            free(p[i]);
+        }
+        malloc_trim(0);
+    }
+}
+
 /* Libraries loaded late, whose thread-locals make glibc grow every thread's
  * TLS vector from inside malloc. */
 static void dlopens(const char *dir) {
@@ -300,6 +323,7 @@ int main(int argc, char **argv) {
     edge_inputs();
     CHECK(stat_field("num_allocs") > before);
     threads();
+    regions();
     forks();
     if (argc > 1) dlopens(argv[1]);
     CHECK(stat_field("num_invalid_frees") == 0);

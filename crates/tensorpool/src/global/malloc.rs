@@ -59,7 +59,7 @@ use crate::manager::MemoryManager;
 use crate::observe::stats::Stats;
 #[cfg(feature = "trace")]
 use crate::trace::TraceWriter;
-use crate::util::reentry::Inside;
+use crate::util::reentry::{Inside, WritingRegions};
 use std::ffi::c_void;
 use std::ptr::{null_mut, NonNull};
 use std::sync::atomic::{
@@ -245,7 +245,7 @@ impl Malloc {
     pub fn c_config() -> Config {
         let (config, errors) = Config::from_env_reporting_over(Self::c_defaults());
         for e in errors {
-            eprintln!("tensorpool: {e}");
+            crate::util::stderr::report!("tensorpool: {e}");
         }
         config
     }
@@ -400,7 +400,7 @@ impl Malloc {
         if !matches!(e, Error::SizeTooLarge { .. })
             && self.fallbacks.out_of_memory.fetch_add(1, Relaxed) < OOM_REPORTS
         {
-            eprintln!("tensorpool: {e}");
+            crate::util::stderr::report!("tensorpool: {e}");
         }
         no_memory()
     }
@@ -417,6 +417,20 @@ impl Malloc {
         if ptr.is_null() {
             return;
         }
+        // `free` leaves `errno` as it was (glibc since 2.33, POSIX 2024); a slow path
+        // may make system calls (a lock's wait, `madvise`, a report).
+        let _errno = SavedErrno::now();
+        // SAFETY: forwarded with the caller's contract.
+        unsafe { self.free_keeping_errno(ptr) }
+    }
+
+    /// [`free`](Self::free) of a non-null `ptr`, `errno` saved by the caller.
+    ///
+    /// # Safety
+    ///
+    /// As [`free`](Self::free).
+    #[inline]
+    unsafe fn free_keeping_errno(&self, ptr: *mut c_void) {
         let Some(inside) = Inside::enter() else {
             // SAFETY: forwarded with the caller's contract.
             return unsafe { self.free_inside(ptr) };
@@ -471,7 +485,7 @@ impl Malloc {
     #[cold]
     fn refused(&self, ptr: *mut c_void, e: Error) {
         if self.fallbacks.refused_frees.fetch_add(1, Relaxed) < REFUSAL_REPORTS {
-            eprintln!("tensorpool: free({ptr:p}) refused, nothing changed: {e}");
+            crate::util::stderr::report!("tensorpool: free({ptr:p}) refused, nothing changed: {e}");
         }
     }
 
@@ -483,19 +497,26 @@ impl Malloc {
     /// As [`free`](Self::free).
     #[cold]
     unsafe fn free_inside(&self, ptr: *mut c_void) {
-        if self.is_managers(ptr) {
-            self.park(ptr);
-        } else {
+        let Some(mm) = self.managers(ptr) else {
             // SAFETY: not the manager's, so the foreign allocator's.
-            unsafe { (self.foreign.free)(ptr) }
+            return unsafe { (self.foreign.free)(ptr) };
+        };
+        match mm.raw_size(ptr.cast()) {
+            Ok(_) => self.park(ptr),
+            Err(e) => self.refused(ptr, e),
         }
     }
 
-    /// Whether `ptr` lies in the manager's memory (the manager is not entered).
-    fn is_managers(&self, ptr: *mut c_void) -> bool {
+    /// The manager, if `ptr` lies in its memory (it is not entered). While the
+    /// calling thread writes the manager's table of regions, what it frees is the
+    /// table's own memory, from the foreign allocator, and the table cannot be read.
+    fn managers(&self, ptr: *mut c_void) -> Option<&MemoryManager> {
+        if WritingRegions::now() {
+            return None;
+        }
         match (self.manager.get(), NonNull::new(ptr)) {
-            (Some(Some(mm)), Some(ptr)) => mm.holds(ptr.cast()),
-            _ => false,
+            (Some(Some(mm)), Some(block)) if mm.holds(block.cast()) => Some(mm),
+            _ => None,
         }
     }
 
@@ -547,6 +568,20 @@ impl Malloc {
             unsafe { self.free(ptr) };
             return null_mut();
         }
+        match self.recording() {
+            // SAFETY: C's contract, forwarded.
+            true => unsafe { self.realloc_recorded(ptr, size) },
+            // SAFETY: C's contract, forwarded.
+            false => unsafe { self.move_block(ptr, size) },
+        }
+    }
+
+    /// `realloc` of a block (not null) to a size (not 0), not recorded.
+    ///
+    /// # Safety
+    ///
+    /// As [`realloc`](Self::realloc).
+    unsafe fn move_block(&self, ptr: *mut c_void, size: usize) -> *mut c_void {
         let Some(inside) = Inside::enter() else {
             // SAFETY: C's contract, forwarded.
             return unsafe { self.realloc_inside(ptr, size) };
@@ -555,15 +590,37 @@ impl Malloc {
             // SAFETY: no manager, so the foreign allocator's block.
             return unsafe { (self.foreign.realloc)(ptr, size) };
         };
-        let old_size = match self.recording() {
-            true => self.recorded_size(ptr),
-            false => 0,
-        };
         // SAFETY: by our caller's contract no other thread frees `ptr` meanwhile; an
         // address that is not a live raw block is reported, not read.
         let new = unsafe { self.reallocate(mm, ptr, size) };
-        if self.recording() && !new.is_null() {
-            self.record(&inside, Some((ptr, old_size)), new, size);
+        drop(inside);
+        new
+    }
+
+    /// `realloc` while recording: the free of the old block is recorded before it
+    /// happens (another thread may be handed its address at once), the new block
+    /// after; a failure records the old block as live again.
+    ///
+    /// # Safety
+    ///
+    /// As [`realloc`](Self::realloc), with `ptr` not null and `size` not 0.
+    #[cold]
+    unsafe fn realloc_recorded(&self, ptr: *mut c_void, size: usize) -> *mut c_void {
+        let old_size = match Inside::enter() {
+            Some(inside) => {
+                let old_size = self.recorded_size(ptr);
+                self.record(&inside, Some((ptr, old_size)), null_mut(), 0);
+                old_size
+            }
+            None => 0,
+        };
+        // SAFETY: C's contract, forwarded.
+        let new = unsafe { self.move_block(ptr, size) };
+        if let Some(inside) = Inside::enter() {
+            match new.is_null() {
+                false => self.record(&inside, None, new, size),
+                true => self.record(&inside, None, ptr, old_size),
+            }
         }
         new
     }
@@ -602,13 +659,17 @@ impl Malloc {
     /// As [`realloc`](Self::realloc).
     #[cold]
     unsafe fn realloc_inside(&self, ptr: *mut c_void, size: usize) -> *mut c_void {
-        if !self.is_managers(ptr) {
+        let Some(mm) = self.managers(ptr) else {
             // SAFETY: the foreign allocator's block.
             return unsafe { (self.foreign.realloc)(ptr, size) };
-        }
-        let old = match self.manager.get() {
-            Some(Some(mm)) => mm.raw_size(ptr.cast()).unwrap_or(0),
-            _ => 0,
+        };
+        let old = match mm.raw_size(ptr.cast()) {
+            Ok(old) => old,
+            Err(e) => {
+                self.refused(ptr, e);
+                set_errno(libc::EINVAL);
+                return null_mut();
+            }
         };
         // SAFETY: the foreign allocator's `malloc`.
         let new = unsafe { self.foreign_alloc(size, || (self.foreign.malloc)(size)) };
@@ -647,6 +708,24 @@ impl Malloc {
             Some(usable) => unsafe { usable(ptr) },
             None => 0,
         }
+    }
+}
+
+/// The calling thread's `errno`, put back when this drops.
+struct SavedErrno(i32);
+
+impl SavedErrno {
+    #[inline]
+    fn now() -> Self {
+        // SAFETY: `__errno_location` returns the calling thread's `errno`.
+        SavedErrno(unsafe { *libc::__errno_location() })
+    }
+}
+
+impl Drop for SavedErrno {
+    #[inline]
+    fn drop(&mut self) {
+        set_errno(self.0);
     }
 }
 
@@ -701,6 +780,27 @@ mod tests {
             assert!((0..10).all(|i| *p.add(i) == 7), "contents kept shrinking");
             assert!(C.realloc(p.cast(), 0).is_null(), "realloc(p, 0) frees");
             C.free(z.cast());
+        }
+    }
+
+    #[test]
+    fn free_leaves_errno_as_it_was() {
+        // SAFETY: blocks of the front's and the C library's, freed once; the bad
+        // frees are refused.
+        unsafe {
+            let blocks: Vec<_> = [16, 5000, 100_000, 3 << 20].map(|n| C.malloc(n)).into();
+            let foreign = libc::malloc(10);
+            set_errno(libc::EDOM);
+            for p in blocks {
+                C.free(p.cast::<u8>().add(16).cast()); // refused, and reported
+                C.free(p);
+                C.free(p); // a double free
+            }
+            C.free(foreign);
+            assert_eq!(errno(), libc::EDOM);
+            let p = C.malloc(100);
+            assert!(C.realloc(p, 0).is_null());
+            assert_eq!(errno(), libc::EDOM);
         }
     }
 
@@ -803,7 +903,7 @@ mod tests {
                 // manager's blocks, and allocations, which the foreign one serves.
                 C.free(a);
                 let d = C.realloc(c, 200);
-                assert!(!d.is_null() && !C.is_managers(d));
+                assert!(!d.is_null() && C.managers(d).is_none());
                 C.free(d);
             }
             assert_eq!(

@@ -114,7 +114,7 @@ pub struct SystemFallbacks {
 fn config_from_env() -> Config {
     let (config, errors) = Config::from_env_reporting();
     for e in errors {
-        eprintln!("tensorpool: {e}");
+        crate::util::stderr::report!("tensorpool: {e}");
     }
     config
 }
@@ -242,7 +242,7 @@ impl GlobalManager {
     #[cold]
     fn out_of_memory(&self, e: Error) -> *mut u8 {
         if self.fallbacks.out_of_memory.fetch_add(1, Relaxed) < OOM_REPORTS {
-            eprintln!("tensorpool: {e}");
+            crate::util::stderr::report!("tensorpool: {e}");
         }
         std::ptr::null_mut()
     }
@@ -273,12 +273,16 @@ impl GlobalManager {
 /// stand for it. The caller is inside (`util::reentry`).
 fn start(config: fn() -> Config) -> Option<MemoryManager> {
     let config = std::panic::catch_unwind(config).unwrap_or_else(|_| {
-        eprintln!("tensorpool: the process allocator's config panicked; using the defaults");
+        crate::util::stderr::report!(
+            "tensorpool: the process allocator's config panicked; using the defaults"
+        );
         Config::default()
     });
     let started = std::panic::catch_unwind(|| {
         MemoryManager::new(config).or_else(|e| {
-            eprintln!("tensorpool: {e}; the process allocator uses the default config");
+            crate::util::stderr::report!(
+                "tensorpool: {e}; the process allocator uses the default config"
+            );
             MemoryManager::new(Config::default())
         })
     });
@@ -288,13 +292,13 @@ fn start(config: fn() -> Config) -> Option<MemoryManager> {
             Some(mm)
         }
         Ok(Err(e)) => {
-            eprintln!(
+            crate::util::stderr::report!(
                 "tensorpool: the process allocator cannot start ({e}); the system allocator serves"
             );
             None
         }
         Err(_) => {
-            eprintln!(
+            crate::util::stderr::report!(
                 "tensorpool: the process allocator's start panicked; the system allocator serves"
             );
             None

@@ -17,15 +17,25 @@
 //!
 //! The forking thread is inside the allocator (`util::reentry`) from the first
 //! handler to the last, so that what the handlers allocate and free never comes
-//! back to the locks they hold. In the child, the other threads' heaps are left
-//! to be adopted by the child's threads, and a release pass that another thread
-//! ran at the fork is ended.
+//! back to the locks they hold (and the table of regions, written-locked, is marked
+//! so: `util::reentry::WritingRegions`). In the child, the other threads' heaps are
+//! left to be adopted by the child's threads, and a release pass that another
+//! thread ran at the fork is ended.
 //!
-//! Without `membarrier` (Linux before 4.14) the other threads' heaps cannot be
-//! stopped (see `slab::thread`): a heap that its thread was changing at the fork is
-//! then left as it was, never touched by the child (it stays its dead thread's).
+//! Without `membarrier` (Linux before 4.14, or a sandbox that refuses it) the other
+//! threads' heaps cannot be stopped (see `slab::thread`): a heap that its thread was
+//! changing at the fork is then left as it was, never touched by the child (it
+//! stays bound to its dead thread).
+//!
+//! Two cases are not covered. A `fork()` while another thread starts the manager
+//! (its first allocation) leaves the child's first allocation waiting for a start
+//! that never ends: in a preloaded program the manager starts before `main`. And,
+//! as with jemalloc's handlers, which take their locks the same way: glibc takes its
+//! stdio list lock after the `atfork` handlers, so a thread stopped in an allocation
+//! while it holds a `FILE`'s lock, and another in `fflush(NULL)` waiting for that
+//! lock, would make the fork wait for ever.
 
-use super::{release::ReleaseHold, releaser, Inner, MemoryManager};
+use super::{owners::RegionsWrite, release::ReleaseHold, releaser, Inner, MemoryManager};
 use crate::observe::debug::TrackerHold;
 use crate::tiers::huge::HugeHold;
 use crate::tiers::slab::EngineHold;
@@ -38,16 +48,10 @@ static PROCESS_WIDE: OnceLock<MemoryManager> = OnceLock::new();
 
 /// Holds the manager's locks across `fork()` (declared in the order they are let go).
 struct ManagerHold<'a> {
-    #[allow(dead_code)]
     debug: Option<TrackerHold<'a>>,
-    #[allow(dead_code)]
     release: ReleaseHold<'a>,
-    #[allow(dead_code)]
-    owners:
-        std::sync::RwLockWriteGuard<'a, crate::util::address_map::AddressMap<super::owners::Owner>>,
-    #[allow(dead_code)]
+    owners: RegionsWrite<'a>,
     huge: HugeHold<'a>,
-    #[allow(dead_code)]
     engine: EngineHold<'a>,
 }
 
@@ -55,7 +59,7 @@ impl Inner {
     fn hold_for_fork(&self) -> ManagerHold<'_> {
         let engine = self.engine.hold_for_fork();
         let huge = self.huge.hold_for_fork();
-        let owners = self.owners.write();
+        let owners = RegionsWrite::lock(&self.owners);
         ManagerHold {
             release: self.release.hold_for_fork(),
             debug: self.debug.as_ref().map(|t| t.hold_for_fork()),
@@ -100,6 +104,9 @@ pub(super) fn register_handlers() {
 }
 
 extern "C" fn before_fork() {
+    // The thread-local first, so that its first use (which may allocate) comes
+    // before any lock is taken.
+    HELD.with(|_| ());
     let inside = Inside::enter();
     releaser::before_fork();
     let manager = PROCESS_WIDE.get().map(|mm| mm.inner.hold_for_fork());
@@ -118,9 +125,18 @@ extern "C" fn in_parent() {
 extern "C" fn in_child() {
     let held = HELD.with(|h| h.borrow_mut().take());
     if let Some(held) = held {
-        drop(held.manager);
-        if let Some(mm) = PROCESS_WIDE.get() {
-            mm.inner.engine.in_forked_child();
+        if let (Some(mm), Some(hold)) = (PROCESS_WIDE.get(), held.manager) {
+            // Let go in the parent's order, the engine's last: it needs its hold to
+            // know which heaps it stopped.
+            let ManagerHold {
+                debug,
+                release,
+                owners,
+                huge,
+                engine,
+            } = hold;
+            drop((debug, release, owners, huge));
+            mm.inner.engine.in_forked_child(engine);
             mm.inner.release.in_forked_child();
         }
         releaser::in_child();

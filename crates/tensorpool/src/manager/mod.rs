@@ -173,7 +173,7 @@ impl Drop for Inner {
         if let Some(tracker) = &self.debug {
             let report = tracker.leaks("manager");
             if report.count > 0 {
-                eprintln!("tensorpool: {report}");
+                crate::util::stderr::report!("tensorpool: {report}");
             }
         }
     }

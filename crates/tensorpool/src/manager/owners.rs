@@ -6,6 +6,7 @@ use crate::observe::stats::Tier;
 use crate::tiers::contract::BlockTier;
 use crate::upstream::{AddressSpace, MeteredUpstream, Upstream, UpstreamError};
 use crate::util::address_map::AddressMap;
+use crate::util::reentry::WritingRegions;
 use crate::util::sync::RwLock;
 use std::ptr::NonNull;
 use std::sync::Arc;
@@ -15,6 +16,27 @@ use std::sync::Arc;
 pub(super) enum Owner {
     Large,
     Huge,
+}
+
+/// The owner map, locked for writing by the calling thread, which is marked as
+/// writing it (`util::reentry::WritingRegions`) until the lock is let go.
+pub(super) struct RegionsWrite<'a> {
+    map: std::sync::RwLockWriteGuard<'a, AddressMap<Owner>>,
+    _writing: WritingRegions,
+}
+
+impl<'a> RegionsWrite<'a> {
+    pub(super) fn lock(owners: &'a RwLock<AddressMap<Owner>>) -> Self {
+        let writing = WritingRegions::start();
+        RegionsWrite {
+            map: owners.write(),
+            _writing: writing,
+        }
+    }
+
+    fn map(&mut self) -> &mut AddressMap<Owner> {
+        &mut self.map
+    }
 }
 
 /// Puts every region a tier takes into the owner map, so that a raw pointer can be
@@ -34,14 +56,16 @@ unsafe impl Upstream for Registrar {
         align: usize,
     ) -> std::result::Result<NonNull<u8>, UpstreamError> {
         let ptr = self.upstream.allocate(size, align)?;
-        self.owners
-            .write()
+        RegionsWrite::lock(&self.owners)
+            .map()
             .insert(ptr.as_ptr().addr(), size, self.owner);
         Ok(ptr)
     }
 
     unsafe fn deallocate(&self, ptr: NonNull<u8>, size: usize, align: usize) {
-        self.owners.write().remove(ptr.as_ptr().addr());
+        RegionsWrite::lock(&self.owners)
+            .map()
+            .remove(ptr.as_ptr().addr());
         // SAFETY: forwarded unchanged from our caller, who holds the same contract.
         unsafe { self.upstream.deallocate(ptr, size, align) }
     }
@@ -83,8 +107,8 @@ unsafe impl AddressSpace for Registrar {
             .address_space()
             .expect("checked by address_space()");
         let ptr = space.reserve(size)?;
-        self.owners
-            .write()
+        RegionsWrite::lock(&self.owners)
+            .map()
             .insert(ptr.as_ptr().addr(), size, self.owner);
         Ok(ptr)
     }
@@ -112,7 +136,9 @@ unsafe impl AddressSpace for Registrar {
     }
 
     unsafe fn unreserve(&self, ptr: NonNull<u8>, size: usize) {
-        self.owners.write().remove(ptr.as_ptr().addr());
+        RegionsWrite::lock(&self.owners)
+            .map()
+            .remove(ptr.as_ptr().addr());
         let space = self
             .upstream
             .address_space()

@@ -171,7 +171,7 @@ pub(crate) unsafe fn release(
             site: site.map(Backtrace::to_string),
         });
     if let Some(v) = &violation {
-        eprintln!("tensorpool: {v}");
+        crate::util::stderr::report!("tensorpool: {v}");
     }
     // SAFETY: by the caller's contract; nobody uses the block any more (the slice
     // above is no longer used).

@@ -705,7 +705,7 @@ impl Drop for Arena {
         if let Some(debug) = &self.debug {
             let report = self.leaks().expect("debug mode");
             if report.count > 0 {
-                eprintln!("tensorpool: {report}");
+                crate::util::stderr::report!("tensorpool: {report}");
             }
             debug.release(0);
         }

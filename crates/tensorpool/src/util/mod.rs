@@ -1,8 +1,9 @@
 //! The bottom layer: arithmetic and data structures that know nothing of allocation
 //! strategies (byte counts and their formatting, an ordered map of address ranges,
 //! a table of records named by reusable ids, a set of bits, per-granule pass stamps,
-//! clocks, the synchronisation primitives that loom can swap out, and the per-thread
-//! mark of being inside the process-wide allocator). Nothing here uses another module
+//! clocks, the synchronisation primitives that loom can swap out, the per-thread
+//! mark of being inside the process-wide allocator, and reports on standard error
+//! that cannot fail). Nothing here uses another module
 //! of the crate.
 
 pub mod address_map;
@@ -12,4 +13,5 @@ pub mod clock;
 pub(crate) mod id_table;
 pub(crate) mod reentry;
 pub(crate) mod stamps;
+pub(crate) mod stderr;
 pub(crate) mod sync;

@@ -21,46 +21,46 @@
 //! };
 //! ```
 
+/// The mark's bits: inside the allocator, and writing the table of regions.
+const INSIDE: u8 = 1;
+const WRITING_REGIONS: u8 = 2;
+
 #[cfg(not(feature = "initial-exec-tls"))]
 std::thread_local! {
-    static INSIDE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Swaps the calling thread's mark for `value`; returns the old one.
-#[cfg(not(feature = "initial-exec-tls"))]
-#[inline(always)]
-fn swap(value: bool) -> bool {
-    INSIDE.with(|inside| inside.replace(value))
+    static MARK: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
 }
 
 #[cfg(not(feature = "initial-exec-tls"))]
 #[inline(always)]
-fn get() -> bool {
-    INSIDE.with(std::cell::Cell::get)
+fn get() -> u8 {
+    MARK.with(std::cell::Cell::get)
+}
+
+#[cfg(not(feature = "initial-exec-tls"))]
+#[inline(always)]
+fn set(value: u8) {
+    MARK.with(|mark| mark.set(value))
 }
 
 #[cfg(feature = "initial-exec-tls")]
 extern "C" {
-    /// The calling thread's mark (`csrc/inside.c`): 0 or 1, never unaligned or null.
+    /// The calling thread's mark (`csrc/inside.c`), never unaligned or null.
     fn tensorpool_inside_mark() -> *mut u8;
 }
 
 #[cfg(feature = "initial-exec-tls")]
 #[inline(always)]
-fn swap(value: bool) -> bool {
+fn get() -> u8 {
     // SAFETY: the C function returns the address of the calling thread's own
     // `unsigned char`, valid for the thread's life and touched by no other thread.
-    unsafe {
-        let mark = tensorpool_inside_mark();
-        std::ptr::replace(mark, u8::from(value)) != 0
-    }
+    unsafe { *tensorpool_inside_mark() }
 }
 
 #[cfg(feature = "initial-exec-tls")]
 #[inline(always)]
-fn get() -> bool {
-    // SAFETY: as in `swap`.
-    unsafe { *tensorpool_inside_mark() != 0 }
+fn set(value: u8) {
+    // SAFETY: as in `get`.
+    unsafe { *tensorpool_inside_mark() = value }
 }
 
 /// The calling thread is inside the process-wide allocator until this drops.
@@ -71,8 +71,12 @@ impl Inside {
     /// tensorpool's own bookkeeping).
     #[inline(always)]
     pub(crate) fn enter() -> Option<Inside> {
-        // `then`, not `then_some`: an `Inside` made and dropped would clear the mark.
-        (!swap(true)).then(|| Inside(()))
+        let mark = get();
+        if mark & INSIDE != 0 {
+            return None;
+        }
+        set(mark | INSIDE);
+        Some(Inside(()))
     }
 
     /// [`enter`](Self::enter) if `process_wide` (the caller works for the
@@ -83,14 +87,37 @@ impl Inside {
 
     /// Whether the calling thread is inside the process-wide allocator now.
     pub(crate) fn active() -> bool {
-        get()
+        get() & INSIDE != 0
     }
 }
 
 impl Drop for Inside {
     #[inline(always)]
     fn drop(&mut self) {
-        swap(false);
+        set(get() & !INSIDE);
+    }
+}
+
+/// The calling thread writes the manager's table of regions until this drops: a
+/// free that comes back meanwhile (the table's own nodes, which came from the
+/// system allocator) must not read the table, whose lock the thread holds.
+pub(crate) struct WritingRegions(());
+
+impl WritingRegions {
+    pub(crate) fn start() -> WritingRegions {
+        set(get() | WRITING_REGIONS);
+        WritingRegions(())
+    }
+
+    /// Whether the calling thread writes the table of regions now.
+    pub(crate) fn now() -> bool {
+        get() & WRITING_REGIONS != 0
+    }
+}
+
+impl Drop for WritingRegions {
+    fn drop(&mut self) {
+        set(get() & !WRITING_REGIONS);
     }
 }
 
@@ -118,5 +145,15 @@ mod tests {
         std::thread::spawn(|| assert!(Inside::enter().is_some(), "the mark is per thread"))
             .join()
             .unwrap();
+        let inside = Inside::enter().unwrap();
+        let writing = WritingRegions::start();
+        assert!(WritingRegions::now() && Inside::active());
+        drop(inside);
+        assert!(
+            WritingRegions::now() && !Inside::active(),
+            "the two bits are apart"
+        );
+        drop(writing);
+        assert!(!WritingRegions::now());
     }
 }

@@ -158,12 +158,11 @@ impl Class {
 /// reverse of the taking).
 pub(crate) struct EngineHold<'a> {
     #[allow(dead_code)]
-    large: crate::tiers::best_fit::BestFitHold<'a>,
-    #[allow(dead_code)]
     map: page_map::PageMapHold<'a>,
     #[allow(dead_code)]
-    shared: crate::util::sync::MutexGuard<'a, ()>,
+    large: crate::tiers::best_fit::BestFitHold<'a>,
     #[allow(dead_code)]
+    shared: crate::util::sync::MutexGuard<'a, ()>,
     stopped: Stopped<'a>,
     #[allow(dead_code)]
     registry: crate::util::sync::MutexGuard<'a, Registry>,
@@ -678,7 +677,7 @@ impl Engine {
     fn print_late_refusals(&self) {
         let n = self.late_pending.swap(0, Relaxed);
         if n > 0 && self.late_reports.fetch_add(1, Relaxed) < LATE_REPORTS {
-            eprintln!(
+            crate::util::stderr::report!(
                 "tensorpool: {n} free(s) from another thread were refused when collected \
                  (the block was freed twice, or not live with the kind freed); nothing \
                  was changed. Later refusals are only counted (stats: num_invalid_frees)."
@@ -803,8 +802,9 @@ impl Engine {
     /// Takes everything of the engine's that another thread could hold at a
     /// `fork()`, in the engine's lock order (`manager::fork`): the stopper's lock,
     /// the registry, every other thread's heap stopped (where `membarrier` allows),
-    /// the shared heap, the page map's writers, the best-fit tier. The caller is in
-    /// no operation of its own heap.
+    /// the shared heap, the best-fit tier, the page map's writers (a shared-heap
+    /// operation takes them in this order: `with_owned`, then `take_pages`, then
+    /// `PageMap::set`). The caller is in no operation of its own heap.
     pub(crate) fn hold_for_fork(&self) -> EngineHold<'_> {
         let serial = self.stop_lock.lock();
         let mine = current_heap(self);
@@ -817,23 +817,28 @@ impl Engine {
             .map(|(heap, _)| unsafe { &*(&**heap as *const Heap) })
             .collect();
         let stopped = Stopped::all(&bound);
+        let shared = self.shared_lock.lock();
+        let large = self.large.hold_for_fork();
         EngineHold {
-            large: self.large.hold_for_fork(),
             map: self.map.hold_for_fork(),
-            shared: self.shared_lock.lock(),
+            large,
+            shared,
             stopped,
             registry,
             serial,
         }
     }
 
-    /// In a forked child, after the hold is let go: the other threads' heaps, whose
-    /// threads did not survive the fork, are left to the child's threads to adopt.
-    pub(crate) fn in_forked_child(&self) {
-        let mine = current_heap(self);
+    /// In a forked child: lets the hold go, and leaves the heaps that were stopped
+    /// (their threads did not come with the fork) to the child's threads to adopt.
+    /// A heap that could not be stopped (no `membarrier`) may have been half
+    /// changed by its thread: it stays bound to that thread, never touched again.
+    pub(crate) fn in_forked_child(&self, hold: EngineHold<'_>) {
+        let stopped: Vec<*const Heap> = hold.stopped.heaps().map(std::ptr::from_ref).collect();
+        drop(hold);
         let mut reg = self.registry.lock();
         for (heap, standing) in reg.heaps.iter_mut() {
-            if !std::ptr::eq(&**heap, mine) && *standing == Standing::Bound {
+            if stopped.contains(&std::ptr::from_ref(&**heap)) && *standing == Standing::Bound {
                 *standing = Standing::Abandoned;
             }
         }
