@@ -61,6 +61,7 @@ step "cargo doc: no warnings (broken links included)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --all-features -p tensorpool --lib
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked -p tensorpool-cli --lib
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked -p tensorpool-py --document-private-items
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked -p tensorpool-malloc
 
 step "Markdown: every relative link and #anchor resolves"
 python3 scripts/check_links.py

@@ -1,5 +1,5 @@
 //! The C allocation functions, each with the C library's name and semantics, over
-//! [`MALLOC`](crate::MALLOC) (see [`tensorpool_core::global::malloc`] for what
+//! the process's `Malloc` (see [`tensorpool_core::global::malloc`] for what
 //! each promises). What C leaves open follows glibc: `malloc(0)` is a unique block,
 //! `realloc(p, 0)` frees `p` and returns NULL, failures set `errno` to `ENOMEM`.
 //!

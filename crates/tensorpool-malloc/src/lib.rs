@@ -13,7 +13,7 @@
 //! `free_aligned_sized`), which C++'s `operator new` and `delete` reach through
 //! libstdc++, and what tensorpool knows beyond them ([`extras`], declared in
 //! `include/tensorpool.h`). Their semantics, and how memory that is not tensorpool's
-//! goes back to glibc, are those of [`tensorpool::global::malloc`], whose tests run
+//! goes back to glibc, are those of [`tensorpool_core::global::malloc`], whose tests run
 //! in Rust; this crate is the thin C face over it and the process's environment
 //! ([`process`]).
 //!

@@ -29,6 +29,16 @@ impl MemoryManager {
         super::fork::hold_across_fork(self);
     }
 
+    /// Frees the raw block at `ptr` if the hot path can (a live raw block of the
+    /// calling thread's slabs); `false`, and nothing done, otherwise:
+    /// [`free_raw`](Self::free_raw) then does the rest. What the C front tries before
+    /// it saves `errno` for a slow path.
+    #[inline]
+    pub(crate) fn free_raw_hot(&self, ptr: *mut u8) -> bool {
+        let inner = &*self.inner;
+        inner.fast && inner.engine.release_hot(ptr, true, 0, None)
+    }
+
     /// Whether `ptr` lies in memory the manager holds (a region of one of its tiers).
     pub(crate) fn holds(&self, ptr: NonNull<u8>) -> bool {
         self.inner.owner_at(ptr.as_ptr().addr()).is_some()

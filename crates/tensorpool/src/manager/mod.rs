@@ -387,11 +387,10 @@ impl MemoryManager {
     /// then in `stats().num_invalid_frees` instead of returning it.
     #[inline]
     pub fn free_raw(&self, ptr: *mut u8) -> Result<()> {
-        let inner = &*self.inner;
-        if inner.fast && inner.engine.release_hot(ptr, true, 0, None) {
+        if self.free_raw_hot(ptr) {
             return Ok(());
         }
-        inner.reclaim_raw(ptr)
+        self.inner.reclaim_raw(ptr)
     }
 
     /// The size requested for the live raw block at `ptr`, with the same checks as

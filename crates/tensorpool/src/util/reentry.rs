@@ -21,25 +21,15 @@
 //! };
 //! ```
 
+use std::cell::Cell;
+
 /// The mark's bits: inside the allocator, and writing the table of regions.
 const INSIDE: u8 = 1;
 const WRITING_REGIONS: u8 = 2;
 
 #[cfg(not(feature = "initial-exec-tls"))]
 std::thread_local! {
-    static MARK: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
-}
-
-#[cfg(not(feature = "initial-exec-tls"))]
-#[inline(always)]
-fn get() -> u8 {
-    MARK.with(std::cell::Cell::get)
-}
-
-#[cfg(not(feature = "initial-exec-tls"))]
-#[inline(always)]
-fn set(value: u8) {
-    MARK.with(|mark| mark.set(value))
+    static MARK: Cell<u8> = const { Cell::new(0) };
 }
 
 #[cfg(feature = "initial-exec-tls")]
@@ -48,35 +38,56 @@ extern "C" {
     fn tensorpool_inside_mark() -> *mut u8;
 }
 
-#[cfg(feature = "initial-exec-tls")]
-#[inline(always)]
-fn get() -> u8 {
-    // SAFETY: the C function returns the address of the calling thread's own
-    // `unsigned char`, valid for the thread's life and touched by no other thread.
-    unsafe { *tensorpool_inside_mark() }
-}
+/// The calling thread's mark: found once (a thread-local's address, or one call
+/// into C), then read and written through without further lookups. Valid for the
+/// thread's life, and only on the thread that found it (so neither `Send` nor
+/// `Sync`).
+#[derive(Clone, Copy)]
+struct Mark(*const Cell<u8>);
 
-#[cfg(feature = "initial-exec-tls")]
-#[inline(always)]
-fn set(value: u8) {
-    // SAFETY: as in `get`.
-    unsafe { *tensorpool_inside_mark() = value }
+impl Mark {
+    #[inline(always)]
+    fn here() -> Mark {
+        #[cfg(not(feature = "initial-exec-tls"))]
+        let mark = MARK.with(std::ptr::from_ref);
+        // SAFETY: the C function returns the address of the calling thread's own
+        // `unsigned char`; `Cell<u8>` has the layout of `u8`.
+        #[cfg(feature = "initial-exec-tls")]
+        let mark = unsafe { tensorpool_inside_mark() }
+            .cast_const()
+            .cast::<Cell<u8>>();
+        Mark(mark)
+    }
+
+    #[inline(always)]
+    fn get(self) -> u8 {
+        // SAFETY: the calling thread's own mark (see the type's docs), alive while
+        // the thread is.
+        unsafe { (*self.0).get() }
+    }
+
+    #[inline(always)]
+    fn set(self, value: u8) {
+        // SAFETY: as in `get`.
+        unsafe { (*self.0).set(value) }
+    }
 }
 
 /// The calling thread is inside the process-wide allocator until this drops.
-pub(crate) struct Inside(());
+pub(crate) struct Inside(Mark);
 
 impl Inside {
     /// Marks the calling thread inside; `None` if it already is (a nested call, from
     /// tensorpool's own bookkeeping).
     #[inline(always)]
     pub(crate) fn enter() -> Option<Inside> {
-        let mark = get();
-        if mark & INSIDE != 0 {
+        let mark = Mark::here();
+        let bits = mark.get();
+        if bits & INSIDE != 0 {
             return None;
         }
-        set(mark | INSIDE);
-        Some(Inside(()))
+        mark.set(bits | INSIDE);
+        Some(Inside(mark))
     }
 
     /// [`enter`](Self::enter) if `process_wide` (the caller works for the
@@ -87,37 +98,38 @@ impl Inside {
 
     /// Whether the calling thread is inside the process-wide allocator now.
     pub(crate) fn active() -> bool {
-        get() & INSIDE != 0
+        Mark::here().get() & INSIDE != 0
     }
 }
 
 impl Drop for Inside {
     #[inline(always)]
     fn drop(&mut self) {
-        set(get() & !INSIDE);
+        self.0.set(self.0.get() & !INSIDE);
     }
 }
 
 /// The calling thread writes the manager's table of regions until this drops: a
 /// free that comes back meanwhile (the table's own nodes, which came from the
 /// system allocator) must not read the table, whose lock the thread holds.
-pub(crate) struct WritingRegions(());
+pub(crate) struct WritingRegions(Mark);
 
 impl WritingRegions {
     pub(crate) fn start() -> WritingRegions {
-        set(get() | WRITING_REGIONS);
-        WritingRegions(())
+        let mark = Mark::here();
+        mark.set(mark.get() | WRITING_REGIONS);
+        WritingRegions(mark)
     }
 
     /// Whether the calling thread writes the table of regions now.
     pub(crate) fn now() -> bool {
-        get() & WRITING_REGIONS != 0
+        Mark::here().get() & WRITING_REGIONS != 0
     }
 }
 
 impl Drop for WritingRegions {
     fn drop(&mut self) {
-        set(get() & !WRITING_REGIONS);
+        self.0.set(self.0.get() & !WRITING_REGIONS);
     }
 }
 
