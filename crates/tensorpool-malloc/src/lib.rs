@@ -32,10 +32,12 @@ pub mod extras;
 pub mod process;
 
 use tensorpool_core::global::malloc::{Foreign, Malloc};
+use tensorpool_core::global::process_config;
 
 /// The process's allocator: started at the first call, configured by
-/// [`process::config`], glibc's own allocator for what it does not serve.
-pub(crate) static MALLOC: Malloc = Malloc::new(process::config, GLIBC);
+/// [`process_config`] (the process defaults, changed by the environment), glibc's
+/// own allocator for what it does not serve.
+pub(crate) static MALLOC: Malloc = Malloc::new(process_config, GLIBC);
 
 /// glibc's allocator under its internal names, which a preloaded `malloc` does not
 /// replace: what serves the allocator's own bookkeeping and the blocks that are not

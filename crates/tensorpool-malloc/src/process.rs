@@ -10,18 +10,11 @@
 
 use crate::MALLOC;
 use std::ffi::OsString;
-use tensorpool_core::global::malloc::Malloc;
-use tensorpool_core::Config;
 
 /// Prints the summary at exit when set (`1`, `true`, `yes`, `on`).
 pub const ENV_STATS: &str = "TENSORPOOL_STATS";
 /// Records every allocation and free of the process into this file.
 pub const ENV_RECORD: &str = "TENSORPOOL_RECORD";
-
-/// The manager's config: the C front's defaults, changed by the environment.
-pub(crate) fn config() -> Config {
-    Malloc::c_config()
-}
 
 /// Runs when the library is loaded, before the program's `main` (and before the
 /// constructors of the libraries loaded after it).

@@ -75,6 +75,8 @@ use tensorpool::global::malloc::set_errno as _;
 use tensorpool::global::malloc::Foreign as _;
 use tensorpool::global::malloc::Malloc as _;
 use tensorpool::global::malloc::MIN_ALIGN as _;
+use tensorpool::global::process_config as _;
+use tensorpool::global::process_defaults as _;
 use tensorpool::global::GlobalManager as _;
 use tensorpool::global::SystemFallbacks as _;
 use tensorpool::huge as _;

@@ -4,9 +4,9 @@
 //! their semantics are tested in Rust, beside the manager they drive.
 //!
 //! ```
-//! use tensorpool::global::malloc::{Foreign, Malloc};
+//! use tensorpool::global::{malloc::{Foreign, Malloc}, process_config};
 //!
-//! static C: Malloc = Malloc::new(Malloc::c_config, Foreign::libc());
+//! static C: Malloc = Malloc::new(process_config, Foreign::libc());
 //!
 //! // SAFETY: each block is used within its size and freed once.
 //! unsafe {
@@ -226,34 +226,6 @@ impl Malloc {
             Some(Some(mm)) => mm.raw_size(ptr.cast()).unwrap_or(0),
             _ => 0,
         }
-    }
-
-    /// The C front's defaults: [`Config::default`] with malloc's 16-byte alignment
-    /// and size classes from 16 B (16, 32, 48, 64, 80, .. for 16-aligned requests),
-    /// so that a program of millions of tiny `malloc`s does not pay 64 B each; and
-    /// no transparent huge pages asked for (`huge_pages = false`): with the kernel's
-    /// default `defrag = madvise`, a fault in a region advised for huge pages may
-    /// compact memory first, and a program of blocks from 256 KiB to 8 MiB, each
-    /// page written, took 190-220 ms in one run of six instead of 40-50 ms (54-60 ms
-    /// every run without the advice; mimalloc's 61-73 ms).
-    pub fn c_defaults() -> Config {
-        Config {
-            alignment: MIN_ALIGN,
-            min_block_size: MIN_ALIGN,
-            huge_pages: Some(false),
-            ..Config::default()
-        }
-    }
-
-    /// [`c_defaults`](Self::c_defaults) changed by the environment
-    /// ([`Config::from_env_reporting_over`]): each bad variable is reported once on
-    /// stderr, with its name, and passed over.
-    pub fn c_config() -> Config {
-        let (config, errors) = Config::from_env_reporting_over(Self::c_defaults());
-        for e in errors {
-            crate::util::stderr::report!("tensorpool: {e}");
-        }
-        config
     }
 
     /// The manager, started if it is not yet; the caller is inside.
@@ -761,7 +733,7 @@ pub fn set_errno(value: i32) {
 mod tests {
     use super::*;
 
-    static C: Malloc = Malloc::new(Malloc::c_defaults, Foreign::libc());
+    static C: Malloc = Malloc::new(crate::global::process_defaults, Foreign::libc());
 
     fn errno() -> i32 {
         // SAFETY: the calling thread's `errno`.
@@ -874,7 +846,7 @@ mod tests {
     #[test]
     #[cfg(feature = "trace")]
     fn a_recording_replays() {
-        static C: Malloc = Malloc::new(Malloc::c_defaults, Foreign::libc());
+        static C: Malloc = Malloc::new(crate::global::process_defaults, Foreign::libc());
         let path = std::env::temp_dir().join(format!("tp-malloc-rec-{}.csv", std::process::id()));
         C.record_to(&path).unwrap();
         assert!(C.record_to(&path).is_err(), "one recording at a time");
@@ -906,7 +878,7 @@ mod tests {
     #[test]
     fn frees_inside_the_allocator_are_parked_then_done() {
         // A front of its own: the other tests' blocks would move the counts.
-        static C: Malloc = Malloc::new(Malloc::c_defaults, Foreign::libc());
+        static C: Malloc = Malloc::new(crate::global::process_defaults, Foreign::libc());
         // SAFETY: blocks of the front's, freed once each.
         unsafe {
             let a = C.malloc(48);
