@@ -51,7 +51,7 @@
 //! run then: it is parked on a lock-free list, written into the block itself, and
 //! done by the next free from outside.
 
-use super::{start, Counts, SystemFallbacks, OOM_REPORTS};
+use super::{Process, SystemFallbacks};
 use crate::config::Config;
 use crate::error::{Error, PointerError};
 use crate::limits::MAX_ALIGN;
@@ -111,10 +111,8 @@ impl Foreign {
 /// C's allocation functions over a process-wide [`MemoryManager`], started at the
 /// first call. See the [module docs](self).
 pub struct Malloc {
-    manager: OnceLock<Option<MemoryManager>>,
-    config: fn() -> Config,
+    process: Process,
     foreign: Foreign,
-    fallbacks: Counts,
     /// Frees of the manager's blocks that arrived inside the allocator: a list
     /// linked through the blocks' first word.
     parked: AtomicPtr<c_void>,
@@ -139,10 +137,8 @@ impl Malloc {
     /// stand), and `foreign` for what the manager does not serve.
     pub const fn new(config: fn() -> Config, foreign: Foreign) -> Self {
         Malloc {
-            manager: OnceLock::new(),
-            config,
+            process: Process::new(config),
             foreign,
-            fallbacks: Counts::new(),
             parked: AtomicPtr::new(null_mut()),
             recording: AtomicBool::new(false),
             #[cfg(feature = "trace")]
@@ -222,16 +218,10 @@ impl Malloc {
 
     /// The size to record for a free of `ptr`: the size asked for, when known.
     fn recorded_size(&self, ptr: *mut c_void) -> usize {
-        match self.manager.get() {
-            Some(Some(mm)) => mm.raw_size(ptr.cast()).unwrap_or(0),
-            _ => 0,
+        match self.process.running() {
+            Some(mm) => mm.raw_size(ptr.cast()).unwrap_or(0),
+            None => 0,
         }
-    }
-
-    /// The manager, started if it is not yet; the caller is inside.
-    #[inline]
-    fn manager(&self, _inside: &Inside) -> Option<&MemoryManager> {
-        self.manager.get_or_init(|| start(self.config)).as_ref()
     }
 
     /// The manager if it runs, started if it is not yet; `None` if it cannot start
@@ -239,8 +229,7 @@ impl Malloc {
     /// caller holds the mark comes from the foreign allocator, as every call made
     /// from `f` does.
     pub fn query<R>(&self, f: impl FnOnce(&MemoryManager) -> R) -> Option<R> {
-        let inside = Inside::enter()?;
-        self.manager(&inside).map(f)
+        self.process.query(f)
     }
 
     /// The manager's statistics.
@@ -261,7 +250,7 @@ impl Malloc {
 
     /// What the foreign allocator served, and frees refused.
     pub fn fallbacks(&self) -> SystemFallbacks {
-        self.fallbacks.get()
+        self.process.fallbacks.get()
     }
 
     /// `malloc(size)`.
@@ -316,16 +305,13 @@ impl Malloc {
     pub unsafe fn aligned(&self, align: usize, size: usize) -> *mut c_void {
         debug_assert!(align.is_power_of_two());
         let align = align.max(MIN_ALIGN);
-        let Some(inside) = Inside::enter() else {
+        let inside = Inside::enter();
+        let ptr = match &inside {
+            Some(inside) if align <= MAX_ALIGN => self.serve(inside, size, align, false),
             // SAFETY: the foreign allocator's `memalign` with a power of two.
-            return unsafe { self.foreign_alloc(size, || (self.foreign.memalign)(align, size)) };
+            _ => unsafe { self.foreign_alloc(size, || (self.foreign.memalign)(align, size)) },
         };
-        let ptr = match align <= MAX_ALIGN {
-            true => self.serve(&inside, size, align, false),
-            // SAFETY: the foreign allocator's `memalign` with a power of two.
-            false => unsafe { self.foreign_alloc(size, || (self.foreign.memalign)(align, size)) },
-        };
-        if self.recording() {
+        if let Some(inside) = inside.filter(|_| self.recording()) {
             self.record(&inside, None, ptr, size);
         }
         ptr
@@ -335,7 +321,7 @@ impl Malloc {
     /// NULL with `ENOMEM` when none can be had.
     #[inline]
     fn serve(&self, inside: &Inside, size: usize, align: usize, zeroed: bool) -> *mut c_void {
-        let Some(mm) = self.manager(inside) else {
+        let Some(mm) = self.process.manager(inside) else {
             // SAFETY: the foreign allocator's functions, with C's contract.
             return unsafe {
                 self.foreign_alloc(size, || match zeroed {
@@ -366,8 +352,7 @@ impl Malloc {
         size: usize,
         alloc: impl FnOnce() -> *mut c_void,
     ) -> *mut c_void {
-        self.fallbacks.allocations.fetch_add(1, Relaxed);
-        self.fallbacks.bytes.fetch_add(size, Relaxed);
+        self.process.count_fallback(size);
         alloc()
     }
 
@@ -375,10 +360,8 @@ impl Malloc {
     fn out_of_memory(&self, e: Error) -> *mut c_void {
         // Sizes no allocator could serve fail quietly, as glibc's do; running out
         // of memory explains the manager's state, the first few times.
-        if !matches!(e, Error::SizeTooLarge { .. })
-            && self.fallbacks.out_of_memory.fetch_add(1, Relaxed) < OOM_REPORTS
-        {
-            crate::util::stderr::report!("tensorpool: {e}");
+        if !matches!(e, Error::SizeTooLarge { .. }) {
+            self.process.count_out_of_memory(&e);
         }
         no_memory()
     }
@@ -395,45 +378,44 @@ impl Malloc {
         if ptr.is_null() {
             return;
         }
-        if let Some(_inside) = Inside::enter() {
-            if let Some(Some(mm)) = self.manager.get() {
-                if !self.recording()
-                    && self.parked.load(Relaxed).is_null()
-                    && mm.free_raw_hot(ptr.cast())
-                {
-                    return;
-                }
+        let inside = Inside::enter();
+        if let (Some(_), Some(mm)) = (&inside, self.process.running()) {
+            if !self.recording()
+                && self.parked.load(Relaxed).is_null()
+                && mm.free_raw_hot(ptr.cast())
+            {
+                return;
             }
         }
         // `free` leaves `errno` as it was (glibc since 2.33, POSIX 2024); a slow path
         // may make system calls (a lock's wait, `madvise`, a report).
         let _errno = SavedErrno::now();
-        // SAFETY: forwarded with the caller's contract.
-        unsafe { self.free_keeping_errno(ptr) }
+        match inside {
+            // SAFETY: forwarded with the caller's contract.
+            Some(inside) => unsafe { self.free_slow(&inside, ptr) },
+            // SAFETY: forwarded with the caller's contract.
+            None => unsafe { self.free_inside(ptr) },
+        }
     }
 
-    /// [`free`](Self::free) of a non-null `ptr`, `errno` saved by the caller.
+    /// [`free`](Self::free) of a non-null `ptr` that the hot path did not take; the
+    /// caller is inside and saved `errno`.
     ///
     /// # Safety
     ///
     /// As [`free`](Self::free).
-    #[inline]
-    unsafe fn free_keeping_errno(&self, ptr: *mut c_void) {
-        let Some(inside) = Inside::enter() else {
-            // SAFETY: forwarded with the caller's contract.
-            return unsafe { self.free_inside(ptr) };
-        };
+    unsafe fn free_slow(&self, inside: &Inside, ptr: *mut c_void) {
         if self.recording() {
-            self.record_free(&inside, ptr);
+            self.record_free(inside, ptr);
         }
-        let Some(mm) = self.manager.get().and_then(Option::as_ref) else {
+        let Some(mm) = self.process.running() else {
             // SAFETY: no manager, so every block is the foreign allocator's.
             return unsafe { (self.foreign.free)(ptr) };
         };
         match mm.free_raw(ptr.cast()) {
             Ok(()) => {
                 if !self.parked.load(Relaxed).is_null() {
-                    self.free_parked(&inside, mm);
+                    self.free_parked(inside, mm);
                 }
             }
             // SAFETY: forwarded with the caller's contract.
@@ -472,7 +454,7 @@ impl Malloc {
 
     #[cold]
     fn refused(&self, ptr: *mut c_void, e: Error) {
-        if self.fallbacks.refused_frees.fetch_add(1, Relaxed) < REFUSAL_REPORTS {
+        if self.process.fallbacks.refused_frees.fetch_add(1, Relaxed) < REFUSAL_REPORTS {
             crate::util::stderr::report!("tensorpool: free({ptr:p}) refused, nothing changed: {e}");
         }
     }
@@ -502,8 +484,8 @@ impl Malloc {
         if WritingRegions::now() {
             return None;
         }
-        match (self.manager.get(), NonNull::new(ptr)) {
-            (Some(Some(mm)), Some(block)) if mm.holds(block.cast()) => Some(mm),
+        match (self.process.running(), NonNull::new(ptr)) {
+            (Some(mm), Some(block)) if mm.holds(block.cast()) => Some(mm),
             _ => None,
         }
     }
@@ -574,7 +556,7 @@ impl Malloc {
             // SAFETY: C's contract, forwarded.
             return unsafe { self.realloc_inside(ptr, size) };
         };
-        let Some(mm) = self.manager.get().and_then(Option::as_ref) else {
+        let Some(mm) = self.process.running() else {
             // SAFETY: no manager, so the foreign allocator's block.
             return unsafe { (self.foreign.realloc)(ptr, size) };
         };
@@ -681,7 +663,7 @@ impl Malloc {
         if ptr.is_null() {
             return 0;
         }
-        if let Some(Some(mm)) = self.manager.get() {
+        if let Some(mm) = self.process.running() {
             match mm.raw_size(ptr.cast()) {
                 Ok(size) => return size,
                 Err(Error::InvalidPointer {

@@ -58,10 +58,62 @@ const OOM_REPORTS: usize = 4;
 /// A process-wide [`MemoryManager`] behind Rust's [`GlobalAlloc`]: put it in a
 /// `#[global_allocator]` static. See the [module docs](self).
 pub struct GlobalManager {
-    /// Started at the first allocation; `None` if it could not start.
+    process: Process,
+}
+
+/// What both process allocators ([`GlobalManager`], [`Malloc`](malloc::Malloc)) keep:
+/// the manager, started at the first call, and the counts of what it did not serve.
+struct Process {
+    /// Started at the first call; `None` if it could not start.
     manager: OnceLock<Option<MemoryManager>>,
     config: fn() -> Config,
     fallbacks: Counts,
+}
+
+impl Process {
+    const fn new(config: fn() -> Config) -> Self {
+        Process {
+            manager: OnceLock::new(),
+            config,
+            fallbacks: Counts::new(),
+        }
+    }
+
+    /// The manager, started if it is not yet; the caller is inside.
+    #[inline]
+    fn manager(&self, _inside: &Inside) -> Option<&MemoryManager> {
+        self.manager.get_or_init(|| start(self.config)).as_ref()
+    }
+
+    /// The manager if it has started (never starts it).
+    #[inline]
+    fn running(&self) -> Option<&MemoryManager> {
+        self.manager.get().and_then(Option::as_ref)
+    }
+
+    /// Runs `f` on the manager, inside the allocator (what it allocates comes from
+    /// the fallback allocator); `None` if the manager cannot start or this thread is
+    /// inside already.
+    fn query<R>(&self, f: impl FnOnce(&MemoryManager) -> R) -> Option<R> {
+        let inside = Inside::enter()?;
+        self.manager(&inside).map(f)
+    }
+
+    /// Counts an allocation of `size` bytes that the fallback allocator serves.
+    #[inline]
+    fn count_fallback(&self, size: usize) {
+        self.fallbacks.allocations.fetch_add(1, Relaxed);
+        self.fallbacks.bytes.fetch_add(size, Relaxed);
+    }
+
+    /// Counts an allocation that failed for lack of memory, and reports it the
+    /// first few times.
+    #[cold]
+    fn count_out_of_memory(&self, e: &Error) {
+        if self.fallbacks.out_of_memory.fetch_add(1, Relaxed) < OOM_REPORTS {
+            crate::util::stderr::report!("tensorpool: {e}");
+        }
+    }
 }
 
 /// The counts behind [`SystemFallbacks`].
@@ -164,29 +216,15 @@ impl GlobalManager {
     /// ```
     pub const fn with_config(config: fn() -> Config) -> Self {
         GlobalManager {
-            manager: OnceLock::new(),
-            config,
-            fallbacks: Counts::new(),
+            process: Process::new(config),
         }
-    }
-
-    /// The manager, started if it is not yet; the caller is inside.
-    #[inline]
-    fn manager(&self, _inside: &Inside) -> Option<&MemoryManager> {
-        self.manager.get_or_init(|| self.start()).as_ref()
-    }
-
-    #[cold]
-    fn start(&self) -> Option<MemoryManager> {
-        start(self.config)
     }
 
     /// Runs `f` on the manager, inside the allocator (what it allocates comes from
     /// the system allocator); `None` if the manager cannot start or this thread is
     /// inside already.
     fn query<R>(&self, f: impl FnOnce(&MemoryManager) -> R) -> Option<R> {
-        let inside = Inside::enter()?;
-        self.manager(&inside).map(f)
+        self.process.query(f)
     }
 
     /// The manager's statistics.
@@ -221,7 +259,7 @@ impl GlobalManager {
 
     /// What the system allocator served instead, and frees refused.
     pub fn system_fallbacks(&self) -> SystemFallbacks {
-        self.fallbacks.get()
+        self.process.fallbacks.get()
     }
 
     /// A block for `layout` from the manager, or from the system allocator where the
@@ -229,7 +267,7 @@ impl GlobalManager {
     #[inline]
     fn allocate(&self, inside: &Inside, layout: Layout, zeroed: bool) -> *mut u8 {
         if layout.align() <= MAX_ALIGN && layout.size() != 0 {
-            if let Some(mm) = self.manager(inside) {
+            if let Some(mm) = self.process.manager(inside) {
                 let block = if zeroed {
                     mm.try_allocate_zeroed(layout)
                 } else {
@@ -237,7 +275,10 @@ impl GlobalManager {
                 };
                 return match block {
                     Ok(ptr) => ptr.as_ptr(),
-                    Err(e) => self.out_of_memory(e),
+                    Err(e) => {
+                        self.process.count_out_of_memory(&e);
+                        std::ptr::null_mut()
+                    }
                 };
             }
         }
@@ -246,8 +287,7 @@ impl GlobalManager {
 
     #[cold]
     fn system(&self, layout: Layout, zeroed: bool) -> *mut u8 {
-        self.fallbacks.allocations.fetch_add(1, Relaxed);
-        self.fallbacks.bytes.fetch_add(layout.size(), Relaxed);
+        self.process.count_fallback(layout.size());
         // SAFETY: `layout` is a `GlobalAlloc` caller's, non-zero-sized by its contract.
         unsafe {
             if zeroed {
@@ -258,24 +298,16 @@ impl GlobalManager {
         }
     }
 
-    #[cold]
-    fn out_of_memory(&self, e: Error) -> *mut u8 {
-        if self.fallbacks.out_of_memory.fetch_add(1, Relaxed) < OOM_REPORTS {
-            crate::util::stderr::report!("tensorpool: {e}");
-        }
-        std::ptr::null_mut()
-    }
-
     /// Frees `ptr`: into the manager if it is the manager's, else to the system
     /// allocator.
     #[inline]
     fn deallocate(&self, ptr: *mut u8, layout: Layout) {
-        if let (Some(Some(mm)), Some(block)) = (self.manager.get(), NonNull::new(ptr)) {
+        if let (Some(mm), Some(block)) = (self.process.running(), NonNull::new(ptr)) {
             match mm.deallocate_if_held(block, layout) {
                 Ok(true) => return,
                 Ok(false) => {}
                 Err(_) => {
-                    self.fallbacks.refused_frees.fetch_add(1, Relaxed);
+                    self.process.fallbacks.refused_frees.fetch_add(1, Relaxed);
                     return;
                 }
             }
@@ -370,8 +402,8 @@ unsafe impl GlobalAlloc for GlobalManager {
             // SAFETY: the caller keeps `GlobalAlloc::realloc`'s contract.
             return unsafe { System.realloc(ptr, layout, new_size) };
         };
-        let held = match (self.manager.get(), NonNull::new(ptr)) {
-            (Some(Some(mm)), Some(block)) => mm.holds(block),
+        let held = match (self.process.running(), NonNull::new(ptr)) {
+            (Some(mm), Some(block)) => mm.holds(block),
             _ => false,
         };
         if !held {

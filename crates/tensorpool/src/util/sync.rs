@@ -29,31 +29,16 @@ pub(crate) type MutexGuard<'a, T> = std::sync::MutexGuard<'a, T>;
 #[cfg(loom)]
 pub(crate) type MutexGuard<'a, T> = loom::sync::MutexGuard<'a, T>;
 
-/// A mutex whose `lock` returns the guard directly, over either implementation.
-#[derive(Debug, Default)]
-pub(crate) struct Mutex<T>(
-    #[cfg(not(loom))] std::sync::Mutex<T>,
-    #[cfg(loom)] loom::sync::Mutex<T>,
-);
-
+/// A mutex whose `lock` returns the guard directly: natively [`PlainMutex`], loom's
+/// under loom.
 #[cfg(not(loom))]
-impl<T> Mutex<T> {
-    pub(crate) const fn new(value: T) -> Self {
-        Mutex(std::sync::Mutex::new(value))
-    }
+pub(crate) use PlainMutex as Mutex;
 
-    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, T> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    pub(crate) fn get_mut(&mut self) -> &mut T {
-        self.0
-            .get_mut()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
+/// A mutex whose `lock` returns the guard directly: natively [`PlainMutex`], loom's
+/// under loom.
+#[cfg(loom)]
+#[derive(Debug, Default)]
+pub(crate) struct Mutex<T>(loom::sync::Mutex<T>);
 
 /// The standard library's mutex in every build (loom's models leave it out), its
 /// `lock` returning the guard directly.
