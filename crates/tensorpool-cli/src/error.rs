@@ -30,6 +30,9 @@ pub enum CliError {
     /// `--plot` names a file of a kind the command does not write.
     #[error("{}: the plot must be a .html or .svg file", .0.display())]
     PlotKind(PathBuf),
+    /// `plan --plot` names a file that is not `.svg`.
+    #[error("{}: a plan is drawn as an .svg file", .0.display())]
+    PlanPlotKind(PathBuf),
     /// A replayed allocator ran out of memory.
     #[error("out of memory at event {event} ({size} bytes)")]
     OutOfMemory {

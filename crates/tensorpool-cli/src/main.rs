@@ -52,9 +52,27 @@ enum Command {
         /// Where to write the offline plan (default: `<trace name>.plan.csv`).
         #[arg(long)]
         plan_out: Option<PathBuf>,
+        /// Seconds the search for a smaller plan may take (the best plan found so far
+        /// is kept when they run out). Default: 5, or none with --steps.
+        #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+        time_limit: Option<f64>,
+        /// Bound the search by a count of steps instead (results that do not depend
+        /// on the machine's speed).
+        #[arg(long, value_name = "N")]
+        steps: Option<u64>,
+        /// A capacity to reach first (MiniMalloc's question: does the plan fit in this
+        /// many bytes?); the search goes on below it with the time left.
+        #[arg(long, value_name = "BYTES")]
+        capacity: Option<u64>,
+        /// Every offset of the plan is a multiple of this many bytes (a power of two).
+        #[arg(long, value_name = "BYTES", default_value_t = plan::Options::ALIGN, value_parser = parse_align)]
+        align: u64,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Draw the plan (buffers as rectangles, offset against time) as an SVG file.
+        #[arg(long, value_name = "FILE.svg")]
+        plot: Option<PathBuf>,
     },
     /// Microbenchmarks against the system allocator, mimalloc, jemalloc and bumpalo.
     Bench {
@@ -162,6 +180,26 @@ fn at_least_one(text: &str) -> Result<usize, String> {
     }
 }
 
+/// A time limit in seconds: finite, not negative.
+fn parse_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if (0.0..=1e9).contains(&s) => Ok(s),
+        _ => Err(format!(
+            "{text:?} is not a number of seconds (0 or more, for example 2.5)"
+        )),
+    }
+}
+
+/// An alignment: a power of two from 1 to 1 GiB.
+fn parse_align(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(a) if a.is_power_of_two() && a <= 1 << 30 => Ok(a),
+        _ => Err(format!(
+            "{text:?} is not an alignment (a power of two of bytes, from 1 to 1073741824)"
+        )),
+    }
+}
+
 fn progress(quiet: bool, total: usize) -> ProgressBar {
     if quiet || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
@@ -239,8 +277,31 @@ fn run(cli: Cli) -> Result<ExitCode> {
             trace,
             config_out,
             plan_out,
+            time_limit,
+            steps,
+            capacity,
+            align,
             json,
+            plot,
         } => {
+            if let Some(path) = &plot {
+                if path.extension().and_then(|e| e.to_str()) != Some("svg") {
+                    return Err(CliError::PlanPlotKind(path.clone()));
+                }
+            }
+            let time = match (time_limit, steps) {
+                (Some(seconds), _) => Some(std::time::Duration::from_secs_f64(seconds)),
+                (None, Some(_)) => None,
+                (None, None) => Some(plan::Options::TIME_LIMIT),
+            };
+            let options = plan::Options {
+                align,
+                budget: plan::search::Budget {
+                    time,
+                    steps,
+                    capacity,
+                },
+            };
             let source = Source::parse(&trace);
             let loaded = source.load()?;
             let stem = match &source {
@@ -261,8 +322,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let plan_out = plan_out.unwrap_or_else(|| PathBuf::from(format!("{stem}.plan.csv")));
             let bar = progress(cli.quiet, 1);
             bar.set_message(format!("planning {}", source.label()));
-            let report = plan::plan(&source.label(), &loaded, &config_out, &plan_out)?;
+            let report = plan::plan(&source.label(), &loaded, &config_out, &plan_out, &options)?;
             bar.finish_and_clear();
+            if let Some(path) = &plot {
+                let svg = plot::plan_svg(
+                    &source.label(),
+                    &report.placements,
+                    report.offline_plan_bytes,
+                );
+                std::fs::write(path, svg).map_err(CliError::file(path))?;
+                if !json {
+                    println!("plan drawn in {}", path.display());
+                }
+            }
             print_report(json, &report, || plan::text(&report))?;
             Ok(ExitCode::SUCCESS)
         }

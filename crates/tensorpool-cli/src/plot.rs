@@ -1,9 +1,14 @@
-//! Timelines of live and reserved bytes, as SVG or as an HTML page.
+//! Pictures: timelines of live and reserved bytes (a replay's), as SVG or as an HTML
+//! page; and an offline plan (`plan --plot`).
 //!
-//! One chart per trace: the events along x, bytes along y; the live bytes in black and
-//! each allocator's reserved bytes in its colour, from the replay's sampling pass.
-//! The HTML page adds the numbers of each trace under its chart.
+//! A replay's chart per trace: the events along x, bytes along y; the live bytes in
+//! black and each allocator's reserved bytes in its colour, from the replay's sampling
+//! pass. The HTML page adds the numbers of each trace under its chart.
+//!
+//! A plan's picture is the one planner papers draw: each buffer a rectangle, from its
+//! allocation to its free along x, at its offset in the arena along y.
 
+use crate::plan::Placement;
 use crate::replay::TraceReport;
 use std::fmt::Write as _;
 use tensorpool::bytes::format_bytes;
@@ -165,5 +170,81 @@ pub fn html(reports: &[TraceReport]) -> String {
         );
     }
     out.push_str("</body></html>\n");
+    out
+}
+
+/// Rectangles drawn at most: the largest buffers, so that a plan of a whole program's
+/// recording stays a picture a browser opens.
+pub const MOST_BUFFERS: usize = 20_000;
+
+/// The plan (`placements` by id, in an arena of `arena` bytes) as an SVG picture.
+pub fn plan_svg(title: &str, placements: &[Placement], arena: u64) -> String {
+    let (left, right, pad_top, bottom) = MARGIN;
+    let height = 2.0 * HEIGHT;
+    let plot_w = WIDTH - left - right;
+    let plot_h = height - pad_top - bottom;
+    let mut shown: Vec<&Placement> = placements.iter().filter(|p| p.lifetime.size > 0).collect();
+    let events = shown
+        .iter()
+        .map(|p| p.lifetime.upper)
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
+    shown.sort_by_key(|p| std::cmp::Reverse(p.lifetime.size));
+    let left_out = shown.len().saturating_sub(MOST_BUFFERS);
+    shown.truncate(MOST_BUFFERS);
+    let max_y = arena.max(1) as f64;
+    let x = |e: usize| left + e as f64 / events * plot_w;
+    let y = |b: u64| pad_top + plot_h - b as f64 / max_y * plot_h;
+    let mut out = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif">"#
+    );
+    out.push('\n');
+    let more = match left_out {
+        0 => String::new(),
+        n => format!(" ({n} smallest buffers not drawn)"),
+    };
+    let _ = writeln!(
+        out,
+        r#"<text x="{left}" y="18" font-size="14" font-weight="bold">{}: {} buffers in {}{more}</text>"#,
+        escape(title),
+        placements.len(),
+        format_bytes(arena as usize)
+    );
+    for i in 0..=4 {
+        let bytes = arena / 4 * i;
+        let _ = writeln!(
+            out,
+            r#"<text x="{}" y="{}" font-size="11" text-anchor="end">{}</text>"#,
+            left - 6.0,
+            y(bytes) + 4.0,
+            format_bytes(bytes as usize)
+        );
+    }
+    for p in shown {
+        let l = &p.lifetime;
+        let (x0, x1) = (x(l.lower), x(l.upper));
+        let (y0, y1) = (y(p.offset + l.size), y(p.offset));
+        // A colour per buffer, from its id, so that neighbours tell apart.
+        let hue = (u64::from(l.id) * 137) % 360;
+        let _ = writeln!(
+            out,
+            r##"<rect x="{x0:.2}" y="{y0:.2}" width="{:.2}" height="{:.2}" fill="hsl({hue},60%,60%)" stroke="#333" stroke-width="0.2"><title>buffer {}: {} at offset {}, events {}-{}</title></rect>"##,
+            (x1 - x0).max(0.5),
+            (y1 - y0).max(0.5),
+            l.id,
+            format_bytes(l.size as usize),
+            p.offset,
+            l.lower,
+            l.upper
+        );
+    }
+    let _ = writeln!(
+        out,
+        r##"<rect x="{left}" y="{pad_top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#999"/><text x="{}" y="{}" font-size="11" text-anchor="middle">event</text>"##,
+        left + plot_w / 2.0,
+        height - 8.0
+    );
+    out.push_str("</svg>\n");
     out
 }

@@ -212,7 +212,7 @@ fn run_once_in(
     let mut live: Vec<Option<NonNull<u8>>> = vec![None; layouts.len()];
     let mut live_bytes = 0u64;
     let mut result = Ok(());
-    let clock = clock.filter(|_| !trace.times.is_empty());
+    let clock = clock.filter(|_| !trace.times.is_empty() && trace.format.times_are_nanoseconds());
     let (base, first) = match clock {
         Some(c) => (c.now(), trace.times[0]),
         None => (Duration::ZERO, 0),

@@ -265,6 +265,8 @@ fn plan_writes_a_usable_config_and_a_verified_plan() {
         config.to_str().unwrap(),
         "--plan-out",
         plan.to_str().unwrap(),
+        "--steps",
+        "20000",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -279,7 +281,10 @@ fn plan_writes_a_usable_config_and_a_verified_plan() {
     let offline = report["offline_plan_bytes"].as_u64().unwrap();
     assert!(offline <= report["default_reserved_bytes"].as_u64().unwrap());
     let methods = report["offline_methods"].as_array().unwrap();
-    assert_eq!(methods.len(), 7);
+    assert_eq!(methods.len(), 8);
+    assert_eq!(report["alignment"], 64);
+    assert!(report["search"]["steps"].as_u64().unwrap() <= 20_000);
+    assert!(report["aligned_lower_bound_bytes"].as_u64() <= Some(offline));
     assert!(methods
         .iter()
         .all(|m| m["bytes"].as_u64().unwrap() >= offline));
@@ -299,6 +304,81 @@ fn plan_writes_a_usable_config_and_a_verified_plan() {
         &fixture("intervals/iree_mobilenet.csv.gz"),
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn plan_searches_to_a_capacity_and_draws_the_plan() {
+    // MiniMalloc's instance H at its capacity of 1 MiB: greedy by size needs 1.36x;
+    // the search fits it (the lower bound: proven optimal), bounded by steps.
+    let (config, plan, svg) = (
+        scratch("mm_h.toml"),
+        scratch("mm_h.plan.csv"),
+        scratch("mm_h.svg"),
+    );
+    let out = tensorpool(&[
+        "plan",
+        "--json",
+        "--quiet",
+        &fixture("intervals/mm_H.csv.gz"),
+        "--config-out",
+        config.to_str().unwrap(),
+        "--plan-out",
+        plan.to_str().unwrap(),
+        "--steps",
+        "12000",
+        "--capacity",
+        "1048576",
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["offline_plan_bytes"], 1 << 20);
+    assert_eq!(report["proven_optimal"], true);
+    assert_eq!(report["offline_method"], "search (MiniMalloc's method)");
+    let improvements = report["search"]["improvements"].as_array().unwrap();
+    assert_eq!(improvements.last().unwrap()["bytes"], 1 << 20);
+    let drawn = std::fs::read_to_string(&svg).unwrap();
+    assert!(drawn.starts_with("<svg") && drawn.trim_end().ends_with("</svg>"));
+    // One rectangle per buffer, and the frame.
+    assert_eq!(drawn.matches("<rect").count(), 316 + 1);
+    // The plan file holds the offsets the report describes.
+    let written = std::fs::read_to_string(&plan).unwrap();
+    let top = written
+        .lines()
+        .skip(1)
+        .map(|line| {
+            let f: Vec<u64> = line.split(',').map(|x| x.parse().unwrap()).collect();
+            assert_eq!(f[4] % 64, 0, "unaligned: {line}");
+            f[3] + f[4]
+        })
+        .max()
+        .unwrap();
+    assert_eq!(top, 1 << 20);
+}
+
+#[test]
+fn plan_refuses_bad_search_settings() {
+    let trace = fixture("intervals/iree_mobilenet.csv.gz");
+    for (args, says) in [
+        (&["--align", "48"][..], "not an alignment"),
+        (&["--time-limit=-1"][..], "not a number of seconds"),
+        (&["--time-limit", "soon"][..], "not a number of seconds"),
+        (
+            &["--plot", "plan.png"][..],
+            "a plan is drawn as an .svg file",
+        ),
+    ] {
+        let mut all = vec!["plan", "--quiet", trace.as_str()];
+        all.extend_from_slice(args);
+        let out = tensorpool(&all);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(
+            text(&out.stderr).contains(says),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
 }
 
 #[test]

@@ -126,7 +126,7 @@ fn main() {
     println!("|---|---:|---:|---:|---:|---:|");
     for path in args {
         let trace = Trace::read(&path).expect("a readable trace");
-        if trace.times.is_empty() {
+        if trace.times.is_empty() || !trace.format.times_are_nanoseconds() {
             continue;
         }
         let mut live = vec![None; trace.block_sizes().len()];

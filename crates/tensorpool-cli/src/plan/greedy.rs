@@ -16,7 +16,7 @@
 //!
 //! let l = |id, lower, upper, size| Lifetime { id, lower, upper, size };
 //! let buffers = [l(0, 0, 4, 100), l(1, 1, 2, 50), l(2, 2, 3, 50)];
-//! let (placements, arena) = greedy(&buffers, Order::Size);
+//! let (placements, arena) = greedy(&buffers, Order::Size, 1);
 //! assert_eq!(arena, 150); // buffers 1 and 2 never live together: one place for both
 //! assert_eq!(placements[1].offset, placements[2].offset);
 //! ```
@@ -65,9 +65,10 @@ impl Order {
     }
 }
 
-/// Places every buffer in `order` (ties: larger, then earlier, then lower id).
-/// Returns the placements by id, and the arena size.
-pub fn greedy(lifetimes: &[Lifetime], order: Order) -> (Vec<Placement>, u64) {
+/// Places every buffer in `order` (ties: larger, then earlier, then lower id), each
+/// at an offset that is a multiple of `align`. Returns the placements by id, and the
+/// arena size.
+pub fn greedy(lifetimes: &[Lifetime], order: Order, align: u64) -> (Vec<Placement>, u64) {
     let index = Index::new(lifetimes);
     let breadth = match order {
         Order::Breadth => breadths(lifetimes),
@@ -96,7 +97,7 @@ pub fn greedy(lifetimes: &[Lifetime], order: Order) -> (Vec<Placement>, u64) {
         };
         first.then_with(|| tie(a, b))
     });
-    index.place_all(lifetimes, &ids)
+    index.place_all(lifetimes, &ids, align.max(1))
 }
 
 /// The plan of the order that needs the smallest arena.
@@ -112,12 +113,12 @@ pub struct Best {
     pub arenas: Vec<(Order, u64)>,
 }
 
-/// Runs every order and keeps the smallest arena.
-pub fn best(lifetimes: &[Lifetime]) -> Best {
+/// Runs every order (offsets multiples of `align`) and keeps the smallest arena.
+pub fn best(lifetimes: &[Lifetime], align: u64) -> Best {
     let mut best: Option<Best> = None;
     let mut arenas = Vec::new();
     for order in Order::ALL {
-        let (placements, arena) = greedy(lifetimes, order);
+        let (placements, arena) = greedy(lifetimes, order, align);
         arenas.push((order, arena));
         if best.as_ref().is_none_or(|b| arena < b.arena) {
             best = Some(Best {
@@ -188,7 +189,12 @@ impl Index {
         }
     }
 
-    fn place_all(mut self, lifetimes: &[Lifetime], order: &[usize]) -> (Vec<Placement>, u64) {
+    fn place_all(
+        mut self,
+        lifetimes: &[Lifetime],
+        order: &[usize],
+        align: u64,
+    ) -> (Vec<Placement>, u64) {
         let mut arena = 0u64;
         let mut found = Vec::new();
         let mut overlapping: Vec<(u64, u64)> = Vec::new();
@@ -202,7 +208,7 @@ impl Index {
             overlapping.clear();
             overlapping.extend(found.iter().map(|&p| self.extents[self.by_lower[p]]));
             overlapping.sort_unstable();
-            let offset = best_gap(&overlapping, l.size);
+            let offset = best_gap(&overlapping, l.size, align);
             self.extents[i] = (offset, offset + l.size);
             self.ends.set(self.position[i], l.upper as u64);
             arena = arena.max(offset + l.size);
@@ -218,21 +224,22 @@ impl Index {
     }
 }
 
-/// The lowest offset of the smallest gap of at least `size` bytes between the
-/// extents (sorted by offset), or the top of them all.
-fn best_gap(extents: &[(u64, u64)], size: u64) -> u64 {
+/// The lowest aligned offset of the smallest gap that holds `size` bytes there,
+/// between the extents (sorted by offset), or the aligned top of them all.
+fn best_gap(extents: &[(u64, u64)], size: u64, align: u64) -> u64 {
     let (mut best, mut best_gap) = (None, u64::MAX);
     let mut top = 0u64;
     for &(offset, end) in extents {
-        if offset > top {
-            let gap = offset - top;
+        let start = top.next_multiple_of(align);
+        if offset > start {
+            let gap = offset - start;
             if gap >= size && gap < best_gap {
-                (best, best_gap) = (Some(top), gap);
+                (best, best_gap) = (Some(start), gap);
             }
         }
         top = top.max(end);
     }
-    best.unwrap_or(top)
+    best.unwrap_or(top.next_multiple_of(align))
 }
 
 /// A segment tree of maxima over a fixed number of positions.
@@ -353,9 +360,12 @@ mod tests {
             let l = random(60 + seed as usize, seed);
             let peak = breadths(&l).into_iter().max().unwrap_or(0);
             for order in Order::ALL {
-                let (p, arena) = greedy(&l, order);
+                let (p, arena) = greedy(&l, order, 1);
                 check(&l, &p, arena);
                 assert!(arena >= peak, "{order:?}: {arena} below the peak {peak}");
+                let (p, arena) = greedy(&l, order, 64);
+                check(&l, &p, arena);
+                assert!(p.iter().all(|p| p.offset % 64 == 0), "{order:?}: unaligned");
             }
         }
     }
@@ -401,9 +411,9 @@ mod tests {
     fn the_best_order_is_the_smallest_arena_and_ties_keep_the_first() {
         for seed in 1..20 {
             let l = random(80, seed);
-            let best = best(&l);
+            let best = best(&l, 1);
             check(&l, &best.placements, best.arena);
-            let arenas: Vec<u64> = Order::ALL.iter().map(|&o| greedy(&l, o).1).collect();
+            let arenas: Vec<u64> = Order::ALL.iter().map(|&o| greedy(&l, o, 1).1).collect();
             assert_eq!(best.arena, *arenas.iter().min().unwrap());
             let first = Order::ALL[arenas.iter().position(|&a| a == best.arena).unwrap()];
             assert_eq!(best.order, first);

@@ -23,6 +23,7 @@
 
 pub mod greedy;
 pub mod online;
+pub mod search;
 
 use crate::error::{CliError, Overlap, Result};
 use crate::peers::{Kind, Subject};
@@ -47,7 +48,33 @@ pub struct Placement {
 /// Places every buffer largest first, each at the best-fitting gap among the placed
 /// buffers that live at the same time (see [`greedy`]).
 pub fn greedy_by_size(lifetimes: &[Lifetime]) -> (Vec<Placement>, u64) {
-    greedy::greedy(lifetimes, greedy::Order::Size)
+    greedy::greedy(lifetimes, greedy::Order::Size, 1)
+}
+
+/// How `plan` plans: the alignment of every offset, and how long the search may look
+/// for a smaller arena than the heuristics'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// Every offset of the plan is a multiple of this (a power of two).
+    pub align: u64,
+    /// The search's budget.
+    pub budget: search::Budget,
+}
+
+impl Options {
+    /// The default alignment: a cache line, what tensorpool gives every block.
+    pub const ALIGN: u64 = 64;
+    /// The default time the search may take.
+    pub const TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            align: Options::ALIGN,
+            budget: search::Budget::time(Options::TIME_LIMIT),
+        }
+    }
 }
 
 /// Checks that no two buffers live at the same time overlap in the plan, sweeping the
@@ -175,6 +202,9 @@ fn candidates(trace: &Trace) -> Vec<(String, Config)> {
     out
 }
 
+/// The search's name in reports.
+const SEARCH: &str = "search (MiniMalloc's method)";
+
 /// One planning method's result.
 #[derive(Debug, Clone, Serialize)]
 pub struct MethodResult {
@@ -223,11 +253,87 @@ pub struct PlanReport {
     pub plan_file: String,
     /// The plan was checked: no two buffers live together overlap.
     pub verified: bool,
+    /// Every offset of the plan is a multiple of this.
+    pub alignment: u64,
+    /// A lower bound on every plan at that alignment: `peak_live_bytes` with each
+    /// live buffer's size rounded up to the alignment except the top one's.
+    pub aligned_lower_bound_bytes: u64,
+    /// The offline plan is the smallest possible at that alignment: it equals the
+    /// aligned lower bound, or the search proved that nothing smaller exists.
+    pub proven_optimal: bool,
+    /// What the search did.
+    pub search: SearchReport,
+    /// The plan itself, by buffer id (for `--plot`; the plan file holds it too).
+    #[serde(skip)]
+    pub placements: Vec<Placement>,
 }
 
-/// Plans `trace`, writing the suggested configuration to `config_out` and the offline
-/// plan to `plan_out`.
-pub fn plan(label: &str, trace: &Trace, config_out: &Path, plan_out: &Path) -> Result<PlanReport> {
+/// What the search did, for the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct SearchReport {
+    /// The arena it ended with (at most the heuristics' best).
+    pub bytes: u64,
+    /// Steps (nodes of the search tree) taken.
+    pub steps: u64,
+    /// Seconds taken.
+    pub seconds: f64,
+    /// Buffers of partitions too large to search.
+    pub unsearched_buffers: usize,
+    /// Each smaller arena the search found, and when (how the plan converged).
+    pub improvements: Vec<Improvement>,
+}
+
+/// A smaller arena the search found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Improvement {
+    /// Seconds into the search.
+    pub seconds: f64,
+    /// The arena.
+    pub bytes: u64,
+}
+
+/// Runs the search ([`search::search`]) on `trace`'s buffers (`lifetimes`) from the
+/// plan `start` (offsets by id), as `options` say.
+pub fn search_from(
+    trace: &Trace,
+    lifetimes: &[Lifetime],
+    start: &[u64],
+    options: &Options,
+) -> search::Searched {
+    if trace.format.times_are_nanoseconds() || trace.times.is_empty() {
+        return search::search(
+            lifetimes,
+            &trace.times,
+            options.align,
+            start,
+            options.budget,
+        );
+    }
+    // An instance's own times: buffers that start or end at the same moment share a
+    // section boundary there (events would cut a section between each), and overlap
+    // in time exactly as in events (frees come first on a tie).
+    let end = trace.times.last().map_or(0, |&t| t + 1);
+    let at = |e: usize| trace.times.get(e).map_or(end, |&t| t) as usize;
+    let timed: Vec<Lifetime> = lifetimes
+        .iter()
+        .map(|l| Lifetime {
+            lower: at(l.lower),
+            upper: at(l.upper),
+            ..*l
+        })
+        .collect();
+    search::search(&timed, &[], options.align, start, options.budget)
+}
+
+/// Plans `trace` as `options` say, writing the suggested configuration to
+/// `config_out` and the offline plan to `plan_out`.
+pub fn plan(
+    label: &str,
+    trace: &Trace,
+    config_out: &Path,
+    plan_out: &Path,
+    options: &Options,
+) -> Result<PlanReport> {
     let live = trace.peak_live_bytes();
     let default_run = online(trace, &Config::default())?;
     let default_peak = default_run.peak;
@@ -253,7 +359,7 @@ pub fn plan(label: &str, trace: &Trace, config_out: &Path, plan_out: &Path) -> R
     let lifetimes = trace.lifetimes();
     // The greedy orders, then the online manager's own placements (with the default
     // and the suggested config): the smallest arena wins, the first on a tie.
-    let greedy = greedy::best(&lifetimes);
+    let greedy = greedy::best(&lifetimes, options.align);
     let mut methods: Vec<(String, u64)> = greedy
         .arenas
         .iter()
@@ -270,15 +376,28 @@ pub fn plan(label: &str, trace: &Trace, config_out: &Path, plan_out: &Path) -> R
         ("online manager, default config", &default_run),
         ("online manager, suggested config", suggested_run),
     ] {
-        let (placements, bytes) = online::placements(&lifetimes, &run.addresses);
+        let (placements, bytes) = online::placements(&lifetimes, &run.addresses, options.align);
         methods.push((name.to_string(), bytes));
         if bytes < chosen.2 {
             chosen = (name.to_string(), placements, bytes);
         }
     }
+    // The search starts from the best of them.
+    let start: Vec<u64> = chosen.1.iter().map(|p| p.offset).collect();
+    let searched = search_from(trace, &lifetimes, &start, options);
+    methods.push((SEARCH.to_string(), searched.arena));
+    if searched.arena < chosen.2 {
+        let placements = lifetimes
+            .iter()
+            .map(|&lifetime| Placement {
+                lifetime,
+                offset: searched.offsets[lifetime.id as usize],
+            })
+            .collect();
+        chosen = (SEARCH.to_string(), placements, searched.arena);
+    }
     let (method, placements, arena) = chosen;
-    let placements = &placements;
-    verify(trace, placements)?;
+    verify(trace, &placements)?;
     let placed: Vec<Placed> = placements
         .iter()
         .map(|p| Placed {
@@ -317,6 +436,24 @@ pub fn plan(label: &str, trace: &Trace, config_out: &Path, plan_out: &Path) -> R
         offline_efficiency: ratio(arena),
         plan_file: plan_out.display().to_string(),
         verified: true,
+        alignment: options.align,
+        aligned_lower_bound_bytes: searched.lower_bound,
+        proven_optimal: searched.proven_optimal,
+        search: SearchReport {
+            bytes: searched.arena,
+            steps: searched.steps,
+            seconds: searched.elapsed.as_secs_f64(),
+            unsearched_buffers: searched.unsearched_buffers,
+            improvements: searched
+                .improvements
+                .iter()
+                .map(|&(at, bytes)| Improvement {
+                    seconds: at.as_secs_f64(),
+                    bytes,
+                })
+                .collect(),
+        },
+        placements,
     })
 }
 
@@ -347,6 +484,24 @@ pub fn text(r: &PlanReport) -> String {
             m.efficiency
         );
     }
+    out += &format!(
+        "  offsets aligned to {} B; aligned lower bound {} bytes; offline plan {} bytes: {} \
+         (search: {} steps in {:.2} s{})\n",
+        r.alignment,
+        r.aligned_lower_bound_bytes,
+        r.offline_plan_bytes,
+        if r.proven_optimal {
+            "proven optimal"
+        } else {
+            "not proven optimal"
+        },
+        r.search.steps,
+        r.search.seconds,
+        match r.search.unsearched_buffers {
+            0 => String::new(),
+            n => format!("; {n} buffers in partitions too large to search"),
+        }
+    );
     if !r.offline_at_most_online {
         out += "  note: the offline plan is above what the online manager reserves (its huge \
                 blocks had segments of their own, mapped wherever the system put them, and no \
@@ -358,6 +513,15 @@ pub fn text(r: &PlanReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// MiniMalloc instances whose search fits in the golden test's steps: the arena
+    /// it reaches and whether it proves it optimal.
+    const GOLDEN: [(&str, u64, bool); 4] = [
+        ("mm_C", 1_039_360, true),
+        ("mm_G", 1 << 20, true),
+        ("mm_H", 1 << 20, true),
+        ("mm_K", 1 << 20, true),
+    ];
 
     /// A buffer of `size` bytes live over events `[lower, upper)`.
     pub(super) fn lifetime(id: u32, lower: usize, upper: usize, size: u64) -> Lifetime {
@@ -400,7 +564,14 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         for bytes in [&huge[..], &small[..]] {
             let trace = Trace::parse(bytes).unwrap();
-            let r = plan("t", &trace, &dir.join("c.toml"), &dir.join("p.csv")).unwrap();
+            let r = plan(
+                "t",
+                &trace,
+                &dir.join("c.toml"),
+                &dir.join("p.csv"),
+                &Options::default(),
+            )
+            .unwrap();
             let online = r.default_reserved_bytes.min(r.suggested_reserved_bytes);
             assert_eq!(r.offline_at_most_online, r.offline_plan_bytes <= online);
             assert_eq!(text(&r).contains("note:"), !r.offline_at_most_online);
@@ -408,6 +579,49 @@ mod tests {
             assert!(r.offline_plan_bytes >= r.peak_live_bytes);
         }
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// What the search makes of MiniMalloc's instances from greedy's best plan,
+    /// bounded by steps (not time, so that it does not depend on the machine), at
+    /// MiniMalloc's capacity of 1 MiB: the arena and whether it is proven optimal.
+    /// `scripts/tables.py` prints these figures for every instance (see the
+    /// Planning section of docs/BENCHMARKS.md).
+    #[test]
+    fn golden_search_figures_on_minimalloc_instances() {
+        const STEPS: u64 = 12_000;
+        for (name, arena, proven) in GOLDEN {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../traces/intervals")
+                .join(format!("{name}.csv.gz"));
+            let trace = Trace::read(&path).unwrap();
+            let lifetimes = trace.lifetimes();
+            let start = greedy::best(&lifetimes, Options::ALIGN);
+            let offsets: Vec<u64> = start.placements.iter().map(|p| p.offset).collect();
+            let options = Options {
+                align: Options::ALIGN,
+                budget: search::Budget {
+                    time: None,
+                    steps: Some(STEPS),
+                    capacity: Some(1 << 20),
+                },
+            };
+            let found = search_from(&trace, &lifetimes, &offsets, &options);
+            let placements: Vec<Placement> = lifetimes
+                .iter()
+                .map(|&lifetime| Placement {
+                    lifetime,
+                    offset: found.offsets[lifetime.id as usize],
+                })
+                .collect();
+            verify(&trace, &placements).unwrap();
+            assert!(placements.iter().all(|p| p.offset % Options::ALIGN == 0));
+            assert_eq!(
+                (found.arena, found.proven_optimal),
+                (arena, proven),
+                "{name}: {found:?}"
+            );
+            assert!(found.steps <= STEPS);
+        }
     }
 
     #[test]

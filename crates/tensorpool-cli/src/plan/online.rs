@@ -17,9 +17,11 @@ use super::Placement;
 use tensorpool::trace::Lifetime;
 
 /// The placement the manager made of the buffers (`address` by id, from
-/// [`super::online`](fn@super::online)), as a plan: placements by id, and the arena size.
-pub fn placements(lifetimes: &[Lifetime], address: &[u64]) -> (Vec<Placement>, u64) {
-    let (offsets, arena) = squeeze(lifetimes, address);
+/// [`super::online`](fn@super::online)), as a plan whose offsets are multiples of
+/// `align` (the addresses are: the replay asks for 64-byte blocks): placements by id,
+/// and the arena size.
+pub fn placements(lifetimes: &[Lifetime], address: &[u64], align: u64) -> (Vec<Placement>, u64) {
+    let (offsets, arena) = squeeze(lifetimes, address, align.max(1));
     let placements = lifetimes
         .iter()
         .map(|&lifetime| Placement {
@@ -31,8 +33,9 @@ pub fn placements(lifetimes: &[Lifetime], address: &[u64]) -> (Vec<Placement>, u
 }
 
 /// Offsets that keep the buffers' order and lengths along the address line with
-/// every address range no buffer covers removed; and the arena size.
-fn squeeze(lifetimes: &[Lifetime], address: &[u64]) -> (Vec<u64>, u64) {
+/// every address range no buffer covers removed (down to a multiple of `align`, so
+/// that aligned addresses stay aligned); and the arena size.
+fn squeeze(lifetimes: &[Lifetime], address: &[u64], align: u64) -> (Vec<u64>, u64) {
     let mut by_address: Vec<&Lifetime> = lifetimes.iter().filter(|l| l.size > 0).collect();
     by_address.sort_by_key(|l| (address[l.id as usize], l.id));
     let mut offsets = vec![0u64; lifetimes.len()];
@@ -40,8 +43,8 @@ fn squeeze(lifetimes: &[Lifetime], address: &[u64]) -> (Vec<u64>, u64) {
     for l in by_address {
         let a = address[l.id as usize];
         match covered {
-            None => removed = a,
-            Some(end) if a > end => removed += a - end,
+            None => removed = a - a % align,
+            Some(end) if a > end => removed += (a - end) - (a - end) % align,
             Some(_) => {}
         }
         offsets[l.id as usize] = a - removed;
@@ -64,13 +67,19 @@ mod tests {
         // 0 at 1000, 1 at 1100 (touching), 2 inside 0's range (another time), then a
         // hole of a gigabyte.
         let address = [1000, 1100, 1020, 0];
-        let (offsets, arena) = squeeze(&lifetimes, &address);
+        let (offsets, arena) = squeeze(&lifetimes, &address, 1);
         assert_eq!(&offsets[..3], &[0, 100, 20]);
         assert_eq!(arena, 150);
         let far = [1000, 1 << 30, 1020, 0];
-        let (offsets, arena) = squeeze(&lifetimes, &far);
+        let (offsets, arena) = squeeze(&lifetimes, &far, 1);
         assert_eq!(&offsets[..3], &[0, 100, 20]);
         assert_eq!(arena, 150);
+        // Aligned addresses stay aligned: the hole before 1 shrinks to what keeps
+        // its offset a multiple of 64.
+        let aligned = [1024, 4096, 1024 + 64, 0];
+        let (offsets, arena) = squeeze(&lifetimes, &aligned, 64);
+        assert_eq!(&offsets[..3], &[0, 128, 64]);
+        assert_eq!(arena, 178);
     }
 
     #[test]
@@ -81,7 +90,8 @@ mod tests {
         .unwrap();
         let lifetimes = trace.lifetimes();
         let run = super::super::online(&trace, &Config::default()).unwrap();
-        let (placements, arena) = placements(&lifetimes, &run.addresses);
+        let (placements, arena) = placements(&lifetimes, &run.addresses, 64);
+        assert!(placements.iter().all(|p| p.offset % 64 == 0));
         super::super::verify(&trace, &placements).unwrap();
         assert!(arena >= trace.peak_live_bytes());
         assert!(arena <= run.peak);

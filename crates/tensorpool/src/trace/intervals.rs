@@ -70,6 +70,7 @@ impl LineParser for Parser {
         self.stamped
             .sort_unstable_by_key(|&(t, kind, block, _)| (t, kind, block));
         let allocations = self.stamped.len() / 2;
+        let times = self.stamped.iter().map(|&(t, ..)| t).collect();
         let events = self
             .stamped
             .into_iter()
@@ -88,7 +89,7 @@ impl LineParser for Parser {
             unmatched_frees: 0,
             failed_allocations: 0,
             leaked_blocks: 0,
-            times: Vec::new(),
+            times,
         })
     }
 }
@@ -142,6 +143,9 @@ mod tests {
             ]
         );
         assert_eq!(t.peak_live_bytes(), 107);
+        // Each event keeps the instance's own time (not a clock: replays ignore it).
+        assert_eq!(t.times, vec![0, 0, 1, 2, 2, 3]);
+        assert!(!t.format.times_are_nanoseconds());
     }
 
     #[test]

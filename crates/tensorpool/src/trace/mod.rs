@@ -79,6 +79,15 @@ pub enum Format {
     ChromeJson,
 }
 
+impl Format {
+    /// Whether the format's times ([`Trace::times`]) are a clock in nanoseconds,
+    /// which a replay can drive a manager's release policy with; an intervals
+    /// instance's times are its own abstract units.
+    pub fn times_are_nanoseconds(self) -> bool {
+        !matches!(self, Format::Intervals)
+    }
+}
+
 pub use crate::error::Location;
 
 /// A buffer's lifetime: allocated before event `lower`, freed before event `upper`.
@@ -109,10 +118,12 @@ pub struct Trace {
     pub failed_allocations: usize,
     /// Blocks still live at the end.
     pub leaked_blocks: usize,
-    /// When each event happened, in nanoseconds from the trace's clock (its zero
-    /// is the format's: a time of day, a profiler's start), where the format records
-    /// it (RMM CSV, Chrome JSON); empty otherwise. A replay can drive a manager's
-    /// release policy with it.
+    /// When each event happened: in nanoseconds from the trace's clock (its zero
+    /// is the format's: a time of day, a profiler's start) for RMM CSV and Chrome
+    /// JSON, with which a replay can drive a manager's release policy; in the
+    /// instance's own time units for intervals (see
+    /// [`Format::times_are_nanoseconds`]); empty where the format records none.
+    /// Planners measure how long buffers live with them.
     pub times: Vec<u64>,
 }
 
