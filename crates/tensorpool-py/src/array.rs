@@ -208,11 +208,13 @@ impl<'py> ArraySpec<'py> {
         let descr = match dtype {
             None => numpy::dtype::<f64>(py),
             Some(d) if d.is_none() => numpy::dtype::<f64>(py),
-            Some(d) => match d.cast::<PyArrayDescr>() {
-                Ok(descr) => descr.clone(),
-                Err(_) => match scalar_type_descr(d) {
-                    Some(descr) => descr,
-                    None => PyArrayDescr::new(py, d)?,
+            // NumPy's scalar types first: a few pointer comparisons, where the
+            // descriptor check looks NumPy's type up through its API table each time.
+            Some(d) => match scalar_type_descr(d) {
+                Some(descr) => descr,
+                None => match d.cast::<PyArrayDescr>() {
+                    Ok(descr) => descr.clone(),
+                    Err(_) => PyArrayDescr::new(py, d)?,
                 },
             },
         };

@@ -57,7 +57,11 @@ pub const MOST_BUFFERS: usize = 10_000;
 
 /// Pairs of buffers that live at the same time, in one partition, above which it is
 /// not searched (the search keeps them all in memory).
-const MOST_OVERLAPS: usize = 20_000_000;
+const MOST_OVERLAPS: usize = 5_000_000;
+
+/// Sections spanned, summed over the buffers of one partition, above which it is not
+/// searched (each section lists its buffers).
+const MOST_SPANS: usize = 20_000_000;
 
 /// How long the search may run: a time, a count of steps (nodes of the search tree,
 /// for results that do not depend on the machine's speed), or both; and a capacity
@@ -156,14 +160,17 @@ pub fn search(
     let mut whole = partitions.first().map_or(0, |p| top(&p.ids, start));
     let mut improvements = Vec::new();
     for (k, part) in partitions.iter().enumerate() {
-        let instance = Instance::new(lifetimes, times, part, align);
-        let bound = instance.lower_bound();
+        let (bound, instance) = match Instance::new(lifetimes, times, part, align) {
+            Some(instance) => (instance.lower_bound(), instance.searchable()),
+            // Too large to search: its bound from a sweep (its peak of live bytes).
+            None => (peak_live(lifetimes, &part.ids), None),
+        };
         lower_bound = lower_bound.max(bound);
         let first = top(&part.ids, &offsets);
         if first <= arena {
             continue; // below a larger partition: nothing to gain
         }
-        let Some(mut instance) = instance.searchable() else {
+        let Some(mut instance) = instance else {
             unsearched += part.ids.len();
             arena = first;
             proven = first == bound;
@@ -210,6 +217,29 @@ pub fn search(
         unsearched_buffers: unsearched,
         improvements,
     }
+}
+
+/// The most bytes the buffers `ids` hold at once (frees first on a tie): the lower
+/// bound of a partition too large to search.
+fn peak_live(lifetimes: &[Lifetime], ids: &[usize]) -> u64 {
+    let mut events: Vec<(usize, bool, u64)> = ids
+        .iter()
+        .flat_map(|&i| {
+            let l = &lifetimes[i];
+            [(l.lower, true, l.size), (l.upper, false, l.size)]
+        })
+        .collect();
+    events.sort_unstable();
+    let (mut live, mut peak) = (0u64, 0u64);
+    for (_, alloc, size) in events {
+        if alloc {
+            live += size;
+            peak = peak.max(live);
+        } else {
+            live -= size;
+        }
+    }
+    peak
 }
 
 /// Buffers (by id) that live at the same time as one another, directly or through
@@ -321,7 +351,17 @@ struct Instance {
 }
 
 impl Instance {
-    fn new(lifetimes: &[Lifetime], times: &[u64], part: &Partition, align: u64) -> Instance {
+    /// The partition as the search sees it; `None` if it is too large to search
+    /// ([`MOST_BUFFERS`], or more than [`MOST_SPANS`] sections spanned in all).
+    fn new(
+        lifetimes: &[Lifetime],
+        times: &[u64],
+        part: &Partition,
+        align: u64,
+    ) -> Option<Instance> {
+        if part.ids.len() > MOST_BUFFERS {
+            return None;
+        }
         // When the event at `e` happened (the last event's time for `e` past the end).
         let time = |e: usize| match times.get(e.min(times.len().saturating_sub(1))) {
             Some(&t) => t,
@@ -335,6 +375,14 @@ impl Instance {
         points.sort_unstable();
         points.dedup();
         let section = |t: usize| points.partition_point(|&p| p < t) as u32;
+        let spans: usize = part
+            .ids
+            .iter()
+            .map(|&i| (section(lifetimes[i].upper) - section(lifetimes[i].lower)) as usize)
+            .sum();
+        if spans > MOST_SPANS {
+            return None;
+        }
         let n = part.ids.len();
         let mut instance = Instance {
             size: Vec::with_capacity(n),
@@ -360,7 +408,7 @@ impl Instance {
                 instance.sections[s as usize].push(local as u32);
             }
         }
-        instance
+        Some(instance)
     }
 
     /// The lower bound of this partition (see [`Searched::lower_bound`]).
@@ -380,12 +428,9 @@ impl Instance {
             .unwrap_or(0)
     }
 
-    /// The instance with its overlaps, if it is small enough to search.
+    /// The instance with its overlaps, if they are few enough to keep.
     fn searchable(mut self) -> Option<Instance> {
         let n = self.size.len();
-        if n > MOST_BUFFERS {
-            return None;
-        }
         // Buffers by first section: those that overlap `b` and start no later are
         // found by walking back while they may still be live.
         let mut by_first: Vec<u32> = (0..n as u32).collect();
@@ -907,6 +952,23 @@ mod tests {
         assert!(found.arena <= top);
         assert!(valid(&l, &found.offsets, 1));
         assert!(found.steps <= 1);
+    }
+
+    #[test]
+    fn a_partition_too_large_keeps_its_plan_and_is_counted() {
+        // More buffers living together than the search takes on, beside a small
+        // partition it does search.
+        let n = MOST_BUFFERS + 1;
+        let mut l: Vec<Lifetime> = (0..n as u32).map(|i| lifetime(i, 0, 2, 1)).collect();
+        l.push(lifetime(n as u32, 5, 7, 3));
+        l.push(lifetime(n as u32 + 1, 6, 8, 3));
+        let (start, _) = stacked(&l, 1);
+        let found = search(&l, &[], 1, &start, Budget::steps(1_000));
+        assert_eq!(found.unsearched_buffers, n);
+        assert_eq!(found.lower_bound, n as u64);
+        assert_eq!(found.arena, n as u64);
+        assert!(found.proven_optimal);
+        assert_eq!(&found.offsets[..n], &start[..n]);
     }
 
     #[test]
