@@ -44,6 +44,19 @@ pub enum CliError {
     /// The offline plan placed two buffers that live at once in overlapping bytes.
     #[error("the offline plan is wrong: {0}")]
     Plan(#[from] Overlap),
+    /// The offline plan put a buffer at an offset that is not a multiple of the
+    /// alignment asked for.
+    #[error(
+        "the offline plan is wrong: buffer {id} is at offset {offset}, not a multiple of {align}"
+    )]
+    Unaligned {
+        /// The buffer.
+        id: u32,
+        /// Its offset.
+        offset: u64,
+        /// The alignment asked for.
+        align: u64,
+    },
     /// A replay worker (this program, run again for one allocator) did not report.
     #[error("the {allocator} worker failed: {why}")]
     Worker {

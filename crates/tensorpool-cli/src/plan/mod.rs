@@ -398,6 +398,16 @@ pub fn plan(
     }
     let (method, placements, arena) = chosen;
     verify(trace, &placements)?;
+    if let Some(p) = placements
+        .iter()
+        .find(|p| p.lifetime.size > 0 && p.offset % options.align != 0)
+    {
+        return Err(CliError::Unaligned {
+            id: p.lifetime.id,
+            offset: p.offset,
+            align: options.align,
+        });
+    }
     let placed: Vec<Placed> = placements
         .iter()
         .map(|p| Placed {
@@ -622,6 +632,41 @@ mod tests {
             );
             assert!(found.steps <= STEPS);
         }
+    }
+
+    #[test]
+    fn a_larger_alignment_than_the_replay_gives_is_honoured() {
+        // The online manager's blocks are 64-byte aligned; a plan at 128 must still
+        // align every offset (its placement is shifted up), and never go below the
+        // aligned lower bound.
+        let trace = Trace::parse(b"id,lower,upper,size\n0,0,2,64\n1,0,2,64\n2,1,3,100\n3,2,4,64\n")
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("tp-plan-align-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for align in [1, 64, 128, 4096] {
+            let options = Options {
+                align,
+                budget: search::Budget::steps(10_000),
+            };
+            let r = plan(
+                "t",
+                &trace,
+                &dir.join("c.toml"),
+                &dir.join("p.csv"),
+                &options,
+            )
+            .unwrap();
+            assert!(
+                r.placements.iter().all(|p| p.offset % align == 0),
+                "{align}"
+            );
+            assert!(
+                r.offline_plan_bytes >= r.aligned_lower_bound_bytes,
+                "{align}"
+            );
+            assert!(r.proven_optimal, "{align}");
+        }
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

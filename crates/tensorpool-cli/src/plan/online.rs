@@ -34,12 +34,18 @@ pub fn placements(lifetimes: &[Lifetime], address: &[u64], align: u64) -> (Vec<P
 
 /// Offsets that keep the buffers' order and lengths along the address line with
 /// every address range no buffer covers removed (down to a multiple of `align`, so
-/// that aligned addresses stay aligned); and the arena size.
+/// that addresses aligned to it stay aligned), each offset then rounded up to `align`
+/// where the address was not (a larger alignment than the replay's), shifting all
+/// that follow by as much; and the arena size.
 fn squeeze(lifetimes: &[Lifetime], address: &[u64], align: u64) -> (Vec<u64>, u64) {
     let mut by_address: Vec<&Lifetime> = lifetimes.iter().filter(|l| l.size > 0).collect();
     by_address.sort_by_key(|l| (address[l.id as usize], l.id));
     let mut offsets = vec![0u64; lifetimes.len()];
     let (mut removed, mut covered) = (0u64, None::<u64>);
+    // How far the offsets from here on moved up for alignment: never less along the
+    // address line, so two buffers apart in addresses stay apart.
+    let mut shift = 0u64;
+    let mut arena = 0u64;
     for l in by_address {
         let a = address[l.id as usize];
         match covered {
@@ -47,10 +53,14 @@ fn squeeze(lifetimes: &[Lifetime], address: &[u64], align: u64) -> (Vec<u64>, u6
             Some(end) if a > end => removed += (a - end) - (a - end) % align,
             Some(_) => {}
         }
-        offsets[l.id as usize] = a - removed;
+        let squeezed = a - removed + shift;
+        let offset = squeezed.next_multiple_of(align);
+        shift += offset - squeezed;
+        offsets[l.id as usize] = offset;
+        arena = arena.max(offset + l.size);
         covered = Some(covered.map_or(a + l.size, |end| end.max(a + l.size)));
     }
-    (offsets, covered.map_or(0, |end| end - removed))
+    (offsets, arena)
 }
 
 #[cfg(test)]
@@ -80,6 +90,13 @@ mod tests {
         let (offsets, arena) = squeeze(&lifetimes, &aligned, 64);
         assert_eq!(&offsets[..3], &[0, 128, 64]);
         assert_eq!(arena, 178);
+        // A larger alignment than the addresses have: offsets rounded up, and what
+        // follows moves with them (two 64-byte buffers side by side at 64-byte
+        // addresses, planned at 128).
+        let pair = [lifetime(0, 0, 1, 64), lifetime(1, 0, 1, 64)];
+        let (offsets, arena) = squeeze(&pair, &[0x10000, 0x10040], 128);
+        assert_eq!(offsets, vec![0, 128]);
+        assert_eq!(arena, 192);
     }
 
     #[test]

@@ -72,8 +72,9 @@ pub struct Budget {
     pub time: Option<Duration>,
     /// Steps.
     pub steps: Option<u64>,
-    /// An arena size to try first, with the whole budget: the search then goes on
-    /// below it with what is left.
+    /// An arena size to reach first: after an eighth of the budget at the lower
+    /// bound, the rest goes to this size, and the search then goes on below it with
+    /// what is left.
     pub capacity: Option<u64>,
 }
 
@@ -131,6 +132,38 @@ pub fn search(
     start: &[u64],
     budget: Budget,
 ) -> Searched {
+    // The search recurses once per buffer placed (up to `MOST_BUFFERS` deep): on a
+    // thread of its own with a stack that holds that in any build.
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("tp-plan-search".into())
+            .stack_size(SEARCH_STACK)
+            .spawn_scoped(scope, || {
+                search_here(lifetimes, times, align, start, budget)
+            })
+            .map(|thread| {
+                thread
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .unwrap_or_else(|_| search_here(lifetimes, times, align, start, budget))
+    })
+}
+
+/// The search's stack: room for `MOST_BUFFERS` nested steps of an unoptimised build.
+const SEARCH_STACK: usize = 256 << 20;
+
+fn search_here(
+    lifetimes: &[Lifetime],
+    times: &[u64],
+    align: u64,
+    start: &[u64],
+    budget: Budget,
+) -> Searched {
+    debug_assert!(
+        start.iter().all(|o| o % align.max(1) == 0),
+        "an unaligned start"
+    );
     let capacity = budget.capacity;
     let began = Instant::now();
     let align = align.max(1);
@@ -138,6 +171,7 @@ pub fn search(
         deadline: budget.time.map(|t| began + t),
         steps_left: budget.steps.unwrap_or(u64::MAX),
         steps: 0,
+        work: 0,
     };
     let mut offsets = start.to_vec();
     let mut partitions = partitions(lifetimes);
@@ -161,17 +195,25 @@ pub fn search(
     let mut improvements = Vec::new();
     for (k, part) in partitions.iter().enumerate() {
         let (bound, instance) = match Instance::new(lifetimes, times, part, align) {
-            Some(instance) => (instance.lower_bound(), instance.searchable()),
+            Some(instance) => (instance.lower_bound(), Some(instance)),
             // Too large to search: its bound from a sweep (its peak of live bytes).
             None => (peak_live(lifetimes, &part.ids), None),
         };
         lower_bound = lower_bound.max(bound);
         let first = top(&part.ids, &offsets);
+        debug_assert!(bound <= first, "the starting plan is below the lower bound");
         if first <= arena {
             continue; // below a larger partition: nothing to gain
         }
-        let Some(mut instance) = instance else {
-            unsearched += part.ids.len();
+        let spent = clock.spent();
+        let searchable = match instance {
+            Some(instance) if !spent => instance.searchable(),
+            _ => None,
+        };
+        let Some(mut instance) = searchable else {
+            if !spent {
+                unsearched += part.ids.len(); // too large
+            }
             arena = first;
             proven = first == bound;
             continue;
@@ -272,6 +314,8 @@ struct Clock {
     deadline: Option<Instant>,
     steps_left: u64,
     steps: u64,
+    /// Placements tried since the deadline was last read.
+    work: u32,
 }
 
 impl Clock {
@@ -282,10 +326,18 @@ impl Clock {
         }
         self.steps_left -= 1;
         self.steps += 1;
-        match self.deadline {
-            Some(d) if self.steps % 256 == 0 => Instant::now() < d,
-            _ => true,
+        self.in_time()
+    }
+
+    /// Counts a placement tried (each costs in proportion to the sections it
+    /// touches); `false` once the deadline has passed, read every few placements.
+    fn in_time(&mut self) -> bool {
+        self.work += 1;
+        if self.work < 16 {
+            return true;
         }
+        self.work = 0;
+        self.deadline.is_none_or(|d| Instant::now() < d)
     }
 
     fn spent(&self) -> bool {
@@ -302,6 +354,7 @@ impl Clock {
             }),
             steps_left: self.steps_left.div_ceil(u64::from(parts)),
             steps: 0,
+            work: 0,
         }
     }
 
@@ -431,24 +484,26 @@ impl Instance {
     /// The instance with its overlaps, if they are few enough to keep.
     fn searchable(mut self) -> Option<Instance> {
         let n = self.size.len();
-        // Buffers by first section: those that overlap `b` and start no later are
-        // found by walking back while they may still be live.
+        // A sweep by first section: the buffers still live when `b` starts (their
+        // last section is after its first) are those that overlap it and started no
+        // later; the others leave the active list for good. O(n log n + pairs).
         let mut by_first: Vec<u32> = (0..n as u32).collect();
         by_first.sort_by_key(|&b| (self.first[b as usize], b));
         let mut overlaps = vec![Vec::new(); n];
+        let mut active: Vec<u32> = Vec::new();
         let mut pairs = 0usize;
-        for (k, &b) in by_first.iter().enumerate() {
+        for &b in &by_first {
             let first_b = self.first[b as usize];
-            for &a in by_first[..k].iter().rev() {
-                if self.last[a as usize] > first_b {
-                    overlaps[a as usize].push(b);
-                    overlaps[b as usize].push(a);
-                    pairs += 1;
-                    if pairs > MOST_OVERLAPS {
-                        return None;
-                    }
-                }
+            active.retain(|&a| self.last[a as usize] > first_b);
+            pairs += active.len();
+            if pairs > MOST_OVERLAPS {
+                return None;
             }
+            for &a in &active {
+                overlaps[a as usize].push(b);
+                overlaps[b as usize].push(a);
+            }
+            active.push(b);
         }
         self.overlaps = overlaps;
         Some(self)
@@ -698,6 +753,9 @@ impl<'a> Dfs<'a> {
             }
             if offset + self.inst.size[b as usize] > self.capacity {
                 continue;
+            }
+            if !clock.in_time() {
+                return Outcome::Spent;
             }
             let marks = (self.lowest_log.len(), self.floor_log.len());
             self.place(b, offset);
