@@ -113,25 +113,53 @@ pub struct Best {
     pub arenas: Vec<(Order, u64)>,
 }
 
-/// Runs every order (offsets multiples of `align`) and keeps the smallest arena.
+/// Runs every order (offsets multiples of `align`) and keeps the smallest arena. The
+/// orders run on as many threads as the machine has cores (each holds its own index
+/// of the buffers: one at a time per thread bounds the memory).
 pub fn best(lifetimes: &[Lifetime], align: u64) -> Best {
-    let mut best: Option<Best> = None;
-    let mut arenas = Vec::new();
-    for order in Order::ALL {
-        let (placements, arena) = greedy(lifetimes, order, align);
-        arenas.push((order, arena));
-        if best.as_ref().is_none_or(|b| arena < b.arena) {
-            best = Some(Best {
-                placements,
-                arena,
-                order,
-                arenas: Vec::new(),
-            });
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(Order::ALL.len());
+    // (order's position, placements, arena) for every order.
+    let mut results: Vec<(usize, Vec<Placement>, u64)> = std::thread::scope(|scope| {
+        let work = || {
+            let mut done = Vec::new();
+            loop {
+                let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(&order) = Order::ALL.get(k) else {
+                    return done;
+                };
+                let (placements, arena) = greedy(lifetimes, order, align);
+                done.push((k, placements, arena));
+            }
+        };
+        let threads: Vec<_> = (1..workers).map(|_| scope.spawn(work)).collect();
+        let mut all = work();
+        for t in threads {
+            all.extend(
+                t.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            );
         }
+        all
+    });
+    results.sort_by_key(|&(k, _, _)| k);
+    let arenas: Vec<(Order, u64)> = results
+        .iter()
+        .map(|&(k, _, arena)| (Order::ALL[k], arena))
+        .collect();
+    // The smallest arena; the first in `Order::ALL` on a tie.
+    let (k, placements, arena) = results
+        .into_iter()
+        .min_by_key(|&(k, _, arena)| (arena, k))
+        .expect("there is an order");
+    Best {
+        placements,
+        arena,
+        order: Order::ALL[k],
+        arenas,
     }
-    let mut best = best.expect("there is an order");
-    best.arenas = arenas;
-    best
 }
 
 /// For each buffer, the most bytes live at once while it lives.
