@@ -341,13 +341,8 @@ mod tests {
 
     /// Random buffers: `n` lifetimes over about `2n` events.
     fn random(n: usize, seed: u64) -> Vec<Lifetime> {
-        let mut x = seed | 1;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut rng = tensorpool_testkit::Rng(seed | 1);
+        let mut next = move || rng.next();
         (0..n)
             .map(|id| {
                 let lower = (next() % (2 * n as u64)) as usize;
