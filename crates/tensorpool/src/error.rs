@@ -93,6 +93,10 @@ pub enum Error {
     /// A configuration that cannot apply, with the reason.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+    /// A plan that cannot be run: buffers live at once that overlap, a step that
+    /// cannot be found, with the reason.
+    #[error("invalid plan: {0}")]
+    InvalidPlan(String),
 }
 
 impl Error {

@@ -27,9 +27,9 @@
 //! | 2 `observe` | [`stats`], [`snapshot`], [`debug`] | the vocabulary of reports: counters, tiers, snapshots, guards and leaks |
 //! | 3 errors | [`error`], [`limits`] | every refusal, and the one check of a request's size and alignment |
 //! | 4 sources | [`upstream`] | where regions come from: heap, `mmap` (with reserved address space), metered |
-//! | 5 traces | `trace` (feature `trace`) | reading, writing and recording allocation traces |
+//! | 5 traces | `trace`, `plan` (feature `trace`) | reading, writing and recording allocation traces; offline plans of them |
 //! | 6 `tiers` | [`size_class`], [`slab`], [`fixed_pool`], [`best_fit`], [`huge`], [`arena`] | the strategies, each usable on its own; the locked ones keep one crate-private contract (`tiers::contract::BlockTier`) |
-//! | 7 front | [`config`], [`manager`], [`tensor`] | settings and their validation, the routing [`MemoryManager`], typed tensors |
+//! | 7 front | [`config`], [`manager`], [`tensor`], `planned_arena` | settings and their validation, the routing [`MemoryManager`], typed tensors, arenas that run a plan |
 //! | 8 process | [`global`] | a process-wide manager as Rust's `#[global_allocator]` ([`GlobalManager`]) |
 //!
 //! `docs/ARCHITECTURE.md` in the repository walks the allocation and free paths
@@ -80,6 +80,8 @@ mod observe;
 pub use observe::{debug, snapshot, stats};
 pub mod error;
 pub mod limits;
+#[cfg(feature = "trace")]
+pub mod plan;
 mod tiers;
 #[cfg(feature = "trace")]
 pub mod trace;
@@ -88,6 +90,8 @@ pub use tiers::{arena, best_fit, fixed_pool, huge, size_class, slab};
 pub mod config;
 pub mod global;
 pub mod manager;
+#[cfg(feature = "trace")]
+pub mod planned_arena;
 pub mod tensor;
 
 #[cfg(test)]
@@ -103,6 +107,8 @@ pub use global::{GlobalManager, SystemFallbacks};
 pub use huge::HugeCache;
 pub use limits::{MAX_ALIGN, MAX_ALLOCATION_SIZE};
 pub use manager::MemoryManager;
+#[cfg(feature = "trace")]
+pub use planned_arena::{PlannedArena, PlannedStats};
 pub use snapshot::{BlockState, Snapshot};
 pub use stats::ThreadCacheStats;
 pub use stats::{Stats, Tier, Usage};

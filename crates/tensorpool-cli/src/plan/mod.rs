@@ -21,9 +21,9 @@
 //!   mapped wherever the system puts them, which the manager's placement cannot show
 //!   in one arena, and then the greedy orders alone stand for it.
 
-pub mod greedy;
 pub mod online;
-pub mod search;
+
+pub use tensorpool::plan::{greedy, greedy_by_size, search, Placement};
 
 use crate::error::{CliError, Overlap, Result};
 use crate::peers::{Kind, Subject};
@@ -35,21 +35,6 @@ use std::path::Path;
 use tensorpool::trace::intervals::{self, Placed};
 use tensorpool::trace::{Event, Lifetime, Trace};
 use tensorpool::Config;
-
-/// A buffer placed by the offline planner.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Placement {
-    /// The buffer.
-    pub lifetime: Lifetime,
-    /// Its offset in the planned arena.
-    pub offset: u64,
-}
-
-/// Places every buffer largest first, each at the best-fitting gap among the placed
-/// buffers that live at the same time (see [`greedy`]).
-pub fn greedy_by_size(lifetimes: &[Lifetime]) -> (Vec<Placement>, u64) {
-    greedy::greedy(lifetimes, greedy::Order::Size, 1)
-}
 
 /// How `plan` plans: the alignment of every offset, and how long the search may look
 /// for a smaller arena than the heuristics'.
@@ -533,24 +518,14 @@ mod tests {
         ("mm_K", 1 << 20, true),
     ];
 
-    /// A buffer of `size` bytes live over events `[lower, upper)`.
-    pub(super) fn lifetime(id: u32, lower: usize, upper: usize, size: u64) -> Lifetime {
-        Lifetime {
-            id,
-            lower,
-            upper,
-            size,
-        }
-    }
-
     #[test]
     fn greedy_places_in_the_best_gap() {
         // Two long buffers leave a gap of 40 between them while a third is live.
         let l = [
-            lifetime(0, 0, 10, 100),
-            lifetime(1, 0, 10, 60),
-            lifetime(2, 2, 4, 50),
-            lifetime(3, 5, 8, 30),
+            Lifetime::new(0, 0, 10, 100),
+            Lifetime::new(1, 0, 10, 60),
+            Lifetime::new(2, 2, 4, 50),
+            Lifetime::new(3, 5, 8, 30),
         ];
         let (p, arena) = greedy_by_size(&l);
         assert_eq!(p[0].offset, 0);

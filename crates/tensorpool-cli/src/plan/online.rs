@@ -66,13 +66,12 @@ fn squeeze(lifetimes: &[Lifetime], address: &[u64], align: u64) -> (Vec<u64>, u6
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::tests::lifetime;
     use tensorpool::trace::Trace;
     use tensorpool::Config;
 
     #[test]
     fn squeezing_removes_unused_addresses_and_keeps_order_and_lengths() {
-        let l = |id, size| lifetime(id, 0, 1, size);
+        let l = |id, size| Lifetime::new(id, 0, 1, size);
         let lifetimes = [l(0, 100), l(1, 50), l(2, 10), l(3, 0)];
         // 0 at 1000, 1 at 1100 (touching), 2 inside 0's range (another time), then a
         // hole of a gigabyte.
@@ -93,7 +92,7 @@ mod tests {
         // A larger alignment than the addresses have: offsets rounded up, and what
         // follows moves with them (two 64-byte buffers side by side at 64-byte
         // addresses, planned at 128).
-        let pair = [lifetime(0, 0, 1, 64), lifetime(1, 0, 1, 64)];
+        let pair = [Lifetime::new(0, 0, 1, 64), Lifetime::new(1, 0, 1, 64)];
         let (offsets, arena) = squeeze(&pair, &[0x10000, 0x10040], 128);
         assert_eq!(offsets, vec![0, 128]);
         assert_eq!(arena, 192);

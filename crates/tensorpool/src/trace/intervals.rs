@@ -1,7 +1,8 @@
 //! MiniMalloc's static lifetimes: `id,lower,upper,size`.
 //!
 //! Each row is a buffer live over the half-open interval `[lower, upper)` of steps. A
-//! fifth `offset` column (IREE's planned offsets) is accepted and checked as a number.
+//! fifth `offset` column (IREE's planned offsets, or a plan `tensorpool plan` wrote)
+//! is read into [`Trace::offsets`].
 //! As a replay: every buffer is allocated at `lower` and freed at `upper`, frees
 //! first within a step. [`write`](fn@write) writes a plan in the same format, offsets included.
 
@@ -19,6 +20,8 @@ pub(crate) struct Parser {
     stamped: Vec<(u64, u8, u32, u64)>,
     /// Buffer id -> the line it was first seen on.
     ids: HashMap<u64, usize>,
+    /// Planned offsets by block, with 5 columns.
+    offsets: Vec<u64>,
 }
 
 impl Parser {
@@ -27,6 +30,7 @@ impl Parser {
             columns,
             stamped: Vec::new(),
             ids: HashMap::new(),
+            offsets: Vec::new(),
         }
     }
 }
@@ -39,7 +43,7 @@ impl LineParser for Parser {
         }
         let [id, lower, upper, size] = if self.columns == 5 {
             let [id, lower, upper, size, offset] = split::<5>(line, n)?;
-            decimal(offset, "offset", n)?;
+            self.offsets.push(decimal(offset, "offset", n)?);
             [id, lower, upper, size]
         } else {
             split::<4>(line, n)?
@@ -90,6 +94,7 @@ impl LineParser for Parser {
             failed_allocations: 0,
             leaked_blocks: 0,
             times,
+            offsets: self.offsets,
         })
     }
 }
@@ -172,7 +177,9 @@ mod tests {
             String::from_utf8(out.clone()).unwrap(),
             "id,lower,upper,size,offset\n0,0,1,5,0\n1,0,2,3,5\n"
         );
-        assert_eq!(Trace::parse(&out).unwrap().allocations, 2);
+        let back = Trace::parse(&out).unwrap();
+        assert_eq!(back.allocations, 2);
+        assert_eq!(back.offsets, vec![0, 5]);
     }
 
     #[test]

@@ -103,6 +103,18 @@ pub struct Lifetime {
     pub size: u64,
 }
 
+impl Lifetime {
+    /// Block `id` of `size` bytes, allocated at event `lower` and freed at `upper`.
+    pub const fn new(id: u32, lower: usize, upper: usize, size: u64) -> Lifetime {
+        Lifetime {
+            id,
+            lower,
+            upper,
+            size,
+        }
+    }
+}
+
 /// A parsed trace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Trace {
@@ -125,6 +137,9 @@ pub struct Trace {
     /// [`Format::times_are_nanoseconds`]); empty where the format records none.
     /// Planners measure how long buffers live with them.
     pub times: Vec<u64>,
+    /// Planned offsets by block id, where the file has them (an intervals file with
+    /// an `offset` column, as `tensorpool plan` writes its plans); empty otherwise.
+    pub offsets: Vec<u64>,
 }
 
 pub(crate) fn malformed(at: Location, reason: impl Into<String>) -> Error {
@@ -462,6 +477,7 @@ impl<K: std::hash::Hash + Eq> Pairing<K> {
             failed_allocations: self.failed,
             leaked_blocks: self.live.len() + self.replaced,
             times: self.times,
+            offsets: Vec::new(),
         }
     }
 }

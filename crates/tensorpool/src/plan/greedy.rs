@@ -12,7 +12,7 @@
 //!
 //! ```
 //! use tensorpool::trace::Lifetime;
-//! use tensorpool_cli::plan::greedy::{greedy, Order};
+//! use tensorpool::plan::greedy::{greedy, Order};
 //!
 //! let l = |id, lower, upper, size| Lifetime { id, lower, upper, size };
 //! let buffers = [l(0, 0, 4, 100), l(1, 1, 2, 50), l(2, 2, 3, 50)];
@@ -22,8 +22,8 @@
 //! ```
 
 use super::Placement;
+use crate::trace::Lifetime;
 use serde::Serialize;
-use tensorpool::trace::Lifetime;
 
 /// The order in which a greedy planner takes buffers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -337,7 +337,6 @@ impl MaxTree {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::tests::lifetime;
 
     /// Random buffers: `n` lifetimes over about `2n` events.
     fn random(n: usize, seed: u64) -> Vec<Lifetime> {
@@ -348,7 +347,7 @@ mod tests {
                 let lower = (next() % (2 * n as u64)) as usize;
                 let len = 1 + (next() % if next() % 8 == 0 { n as u64 } else { 8 }) as usize;
                 let size = [0, 1, 64, 100, 4096, 1 << 20][(next() % 6) as usize] + next() % 64;
-                lifetime(id as u32, lower, lower + len, size)
+                Lifetime::new(id as u32, lower, lower + len, size)
             })
             .collect()
     }
@@ -422,10 +421,10 @@ mod tests {
     #[test]
     fn breadth_is_the_most_bytes_live_during_a_life() {
         let l = [
-            lifetime(0, 0, 10, 100),
-            lifetime(1, 2, 4, 50),
-            lifetime(2, 5, 6, 70),
-            lifetime(3, 8, 9, 1),
+            Lifetime::new(0, 0, 10, 100),
+            Lifetime::new(1, 2, 4, 50),
+            Lifetime::new(2, 5, 6, 70),
+            Lifetime::new(3, 8, 9, 1),
         ];
         assert_eq!(breadths(&l), vec![170, 150, 170, 101]);
     }

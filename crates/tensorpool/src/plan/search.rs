@@ -35,7 +35,7 @@
 //!
 //! ```
 //! use tensorpool::trace::Lifetime;
-//! use tensorpool_cli::plan::search::{search, Budget};
+//! use tensorpool::plan::search::{search, Budget};
 //!
 //! let l = |id, lower, upper, size| Lifetime { id, lower, upper, size };
 //! // 0 and 1 never live together; 2 lives with each in turn. At most 5 bytes are
@@ -48,8 +48,8 @@
 //! assert_eq!(found.offsets[0], found.offsets[1]);
 //! ```
 
+use crate::trace::Lifetime;
 use std::time::{Duration, Instant};
-use tensorpool::trace::Lifetime;
 
 /// Buffers in one partition above which that partition is not searched (each step
 /// looks at every unplaced buffer of the partition): it keeps the first plan.
@@ -901,7 +901,6 @@ impl<'a> Dfs<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::tests::lifetime;
     use proptest::prelude::*;
 
     /// Whether `offsets` place every buffer aligned, apart from those it lives with.
@@ -956,9 +955,9 @@ mod tests {
     #[test]
     fn reaches_the_lower_bound_from_a_poor_start_and_says_so() {
         let l = [
-            lifetime(0, 0, 2, 3),
-            lifetime(1, 2, 4, 3),
-            lifetime(2, 1, 3, 2),
+            Lifetime::new(0, 0, 2, 3),
+            Lifetime::new(1, 2, 4, 3),
+            Lifetime::new(2, 1, 3, 2),
         ];
         let found = search(&l, &[], 1, &[0, 3, 6], Budget::steps(10_000));
         assert_eq!(found.lower_bound, 5);
@@ -971,9 +970,9 @@ mod tests {
     fn buffers_that_never_meet_share_offsets() {
         // 0 and 2 never live together: they share offset 0, and 1 goes above both.
         let l = [
-            lifetime(0, 0, 2, 2),
-            lifetime(1, 1, 4, 2),
-            lifetime(2, 3, 5, 2),
+            Lifetime::new(0, 0, 2, 2),
+            Lifetime::new(1, 1, 4, 2),
+            Lifetime::new(2, 3, 5, 2),
         ];
         let (start, top) = stacked(&l, 1);
         assert_eq!(top, 6);
@@ -986,7 +985,7 @@ mod tests {
     fn a_spent_budget_keeps_the_starting_plan_unproven() {
         let l: Vec<Lifetime> = (0..40)
             .map(|i| {
-                lifetime(
+                Lifetime::new(
                     i,
                     (i as usize * 7) % 30,
                     (i as usize * 7) % 30 + 9,
@@ -1006,9 +1005,9 @@ mod tests {
         // More buffers living together than the search takes on, beside a small
         // partition it does search.
         let n = MOST_BUFFERS + 1;
-        let mut l: Vec<Lifetime> = (0..n as u32).map(|i| lifetime(i, 0, 2, 1)).collect();
-        l.push(lifetime(n as u32, 5, 7, 3));
-        l.push(lifetime(n as u32 + 1, 6, 8, 3));
+        let mut l: Vec<Lifetime> = (0..n as u32).map(|i| Lifetime::new(i, 0, 2, 1)).collect();
+        l.push(Lifetime::new(n as u32, 5, 7, 3));
+        l.push(Lifetime::new(n as u32 + 1, 6, 8, 3));
         let (start, _) = stacked(&l, 1);
         let found = search(&l, &[], 1, &start, Budget::steps(1_000));
         assert_eq!(found.unsearched_buffers, n);
@@ -1022,10 +1021,10 @@ mod tests {
     fn partitions_are_searched_apart() {
         // Two independent groups: the arena is the larger group's optimum.
         let l = [
-            lifetime(0, 0, 2, 5),
-            lifetime(1, 1, 3, 5),
-            lifetime(2, 10, 12, 4),
-            lifetime(3, 11, 13, 7),
+            Lifetime::new(0, 0, 2, 5),
+            Lifetime::new(1, 1, 3, 5),
+            Lifetime::new(2, 10, 12, 4),
+            Lifetime::new(3, 11, 13, 7),
         ];
         let (start, _) = stacked(&l, 1);
         let found = search(&l, &[], 1, &start, Budget::steps(10_000));
@@ -1040,9 +1039,9 @@ mod tests {
         // Three buffers of 65 bytes live together: with 64-byte alignment the first
         // two take 128 each, the top one 65.
         let l = [
-            lifetime(0, 0, 1, 65),
-            lifetime(1, 0, 1, 65),
-            lifetime(2, 0, 1, 65),
+            Lifetime::new(0, 0, 1, 65),
+            Lifetime::new(1, 0, 1, 65),
+            Lifetime::new(2, 0, 1, 65),
         ];
         let (start, _) = stacked(&l, 64);
         let found = search(&l, &[], 64, &start, Budget::steps(10_000));
@@ -1070,7 +1069,7 @@ mod tests {
         let l: Vec<Lifetime> = raw
             .iter()
             .enumerate()
-            .map(|(i, &(lower, upper, size))| lifetime(i as u32, lower, upper, size))
+            .map(|(i, &(lower, upper, size))| Lifetime::new(i as u32, lower, upper, size))
             .collect();
         let (start, top) = stacked(&l, 1);
         let found = search(&l, &[], 1, &start, Budget::steps(1_000_000));
@@ -1094,7 +1093,7 @@ mod tests {
             let l: Vec<Lifetime> = (0..n)
                 .map(|i| {
                     let lower = next(6) as usize;
-                    lifetime(i as u32, lower, lower + 1 + next(4) as usize, 1 + next(6))
+                    Lifetime::new(i as u32, lower, lower + 1 + next(4) as usize, 1 + next(6))
                 })
                 .collect();
             let (start, top) = stacked(&l, 1);
@@ -1117,7 +1116,7 @@ mod tests {
             let l: Vec<Lifetime> = raw
                 .iter()
                 .enumerate()
-                .map(|(i, &(lower, len, size))| lifetime(i as u32, lower, lower + len, size))
+                .map(|(i, &(lower, len, size))| Lifetime::new(i as u32, lower, lower + len, size))
                 .collect();
             let (start, top) = stacked(&l, align);
             let found = search(&l, &[], align, &start, Budget::steps(1_000_000));

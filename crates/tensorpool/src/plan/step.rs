@@ -1,0 +1,590 @@
+//! The plan of one step ([`StepPlan`]): what a [`PlannedArena`](crate::PlannedArena) runs.
+//!
+//! A program whose steps repeat (a training or inference loop, a solver's
+//! iteration) makes the same allocations in the same order every step. A step plan
+//! lists them in that order: the k-th allocation of a step has a size, an offset in
+//! one arena, and the point where the plan frees it, counted in allocations of the
+//! step (`freed_before`: the plan frees it before the step's allocation of that
+//! index). Buffers that outlive their step get no offset: they are not the step's to
+//! place.
+//!
+//! A plan comes from a trace (the steps named by their first events, or found as
+//! the trace's period) or from a plan file `tensorpool plan` wrote. Either way it is
+//! checked on the way in: no two planned buffers that the plan keeps live at once
+//! overlap, which is what lets the arena serve a slot without looking at the others.
+
+use super::{greedy, search};
+use crate::error::{Error, Result};
+use crate::trace::{Event, Lifetime, Trace};
+use rustc_hash::FxHashMap;
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::Path;
+
+/// How a trace is cut into steps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Steps {
+    /// Steps start at these event indices, in increasing order; the last runs to the
+    /// end of the trace. Events before the first index belong to no step.
+    At(Vec<usize>),
+    /// The trace repeats after a prologue: its period is found (the shortest that
+    /// covers at least two steps), and steps are cut where the fewest blocks are live.
+    Repeating,
+}
+
+/// One allocation of a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    /// Bytes planned for it.
+    pub size: u64,
+    /// Its offset in the arena; `None` for a buffer that outlives its step (the
+    /// arena's manager serves it).
+    pub offset: Option<u64>,
+    /// The plan frees it before the step's allocation of this index (the step's
+    /// number of allocations when the step never frees it).
+    pub freed_before: usize,
+}
+
+/// The plan of one step: the allocations of a step, in order, each with its size,
+/// its offset (if the step frees it) and when the plan frees it. See the
+/// [module docs](crate::plan) for where plans come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepPlan {
+    slots: Vec<Slot>,
+    /// The slots the plan frees before allocation `k`:
+    /// `due_slots[due[k]..due[k + 1]]`.
+    due: Vec<u32>,
+    due_slots: Vec<u32>,
+    arena_bytes: u64,
+}
+
+impl StepPlan {
+    /// A plan of `slots`, in allocation order. Refused (naming the two slots) where
+    /// two planned slots live at the same time overlap, or a slot is freed before it
+    /// is allocated.
+    pub fn new(slots: Vec<Slot>) -> Result<StepPlan> {
+        let n = slots.len();
+        if u32::try_from(n).is_err() {
+            return Err(Error::InvalidPlan(format!(
+                "{n} allocations in one step; at most 4 billion"
+            )));
+        }
+        let mut arena_bytes = 0u64;
+        for (k, s) in slots.iter().enumerate() {
+            if s.freed_before <= k || s.freed_before > n {
+                return Err(Error::InvalidPlan(format!(
+                    "allocation {k} is freed before allocation {} of a step of {n}: \
+                     it must be after itself and at most {n}",
+                    s.freed_before
+                )));
+            }
+            if let Some(offset) = s.offset {
+                let end = offset.checked_add(s.size).ok_or_else(|| {
+                    Error::InvalidPlan(format!("allocation {k} ends beyond 2^64 bytes"))
+                })?;
+                arena_bytes = arena_bytes.max(end);
+            }
+        }
+        check_disjoint(&slots)?;
+        let mut due = vec![0u32; n + 2];
+        for s in &slots {
+            due[s.freed_before + 1] += 1;
+        }
+        for k in 1..due.len() {
+            due[k] += due[k - 1];
+        }
+        let mut next = due.clone();
+        let mut due_slots = vec![0u32; n];
+        for (k, s) in slots.iter().enumerate() {
+            due_slots[next[s.freed_before] as usize] = k as u32;
+            next[s.freed_before] += 1;
+        }
+        Ok(StepPlan {
+            slots,
+            due,
+            due_slots,
+            arena_bytes,
+        })
+    }
+
+    /// The plan of a whole trace with its offsets (`offsets` by block id), as one
+    /// step: the k-th allocation of the trace is the k-th of the step. Blocks the
+    /// trace never frees stay live to the end of the step.
+    pub fn from_placed(trace: &Trace, offsets: &[u64]) -> Result<StepPlan> {
+        if offsets.len() != trace.allocations {
+            return Err(Error::InvalidPlan(format!(
+                "{} offsets for {} buffers",
+                offsets.len(),
+                trace.allocations
+            )));
+        }
+        let lifetimes = trace.lifetimes();
+        let range = 0..trace.events.len();
+        Self::new(slots_of(trace, &lifetimes, range, |id| {
+            Some(offsets[id as usize])
+        }))
+    }
+
+    /// Reads a plan file: `id,lower,upper,size,offset` rows (what `tensorpool plan`
+    /// writes), the whole file one step.
+    pub fn read(path: impl AsRef<Path>) -> Result<StepPlan> {
+        let path = path.as_ref();
+        let trace = Trace::read(path)?;
+        if trace.offsets.len() != trace.allocations {
+            return Err(Error::InvalidPlan(format!(
+                "{}: not a plan: its rows have no `offset` column (id,lower,upper,size,offset)",
+                path.display()
+            )));
+        }
+        Self::from_placed(&trace, &trace.offsets).map_err(|e| match e {
+            Error::InvalidPlan(why) => Error::InvalidPlan(format!("{}: {why}", path.display())),
+            other => other,
+        })
+    }
+
+    /// Plans one step of `trace`: the steps are cut as `steps` says, the step that
+    /// recurs most often (the latest of those on a tie) is planned with the greedy
+    /// heuristics' best plan, improved by the [search](search::search) within
+    /// `budget`. Offsets are multiples of `align` (a power of two).
+    pub fn from_trace(
+        trace: &Trace,
+        steps: &Steps,
+        align: u64,
+        budget: search::Budget,
+    ) -> Result<StepPlan> {
+        if !align.is_power_of_two() {
+            return Err(Error::InvalidAlignment {
+                align: align as usize,
+            });
+        }
+        let ranges = cut(trace, steps)?;
+        let range = most_common(trace, &ranges);
+        let lifetimes = trace.lifetimes();
+        // The step's buffers that it frees, numbered in allocation order.
+        let mut planned: Vec<Lifetime> = Vec::new();
+        let mut local = FxHashMap::default();
+        for (i, e) in trace.events[range.clone()].iter().enumerate() {
+            if let Event::Alloc { id, size } = *e {
+                let l = lifetimes[id as usize];
+                if l.upper < range.end {
+                    local.insert(id, planned.len());
+                    let upper = l.upper - range.start;
+                    planned.push(Lifetime::new(planned.len() as u32, i, upper, size));
+                }
+            }
+        }
+        let best = greedy::best(&planned, align);
+        let start: Vec<u64> = best.placements.iter().map(|p| p.offset).collect();
+        let found = search::search(&planned, &[], align, &start, budget);
+        Self::new(slots_of(trace, &lifetimes, range, |id| {
+            local.get(&id).map(|&k| found.offsets[k])
+        }))
+    }
+
+    /// The step's allocations, in order.
+    pub fn slots(&self) -> &[Slot] {
+        &self.slots
+    }
+
+    /// The arena the plan needs: the highest end of a planned slot.
+    pub fn arena_bytes(&self) -> u64 {
+        self.arena_bytes
+    }
+
+    /// The slots the plan frees before the step's allocation `k` (`k` up to the
+    /// number of slots).
+    pub(crate) fn due_before(&self, k: usize) -> &[u32] {
+        &self.due_slots[self.due[k] as usize..self.due[k + 1] as usize]
+    }
+}
+
+/// The slots of the allocations in `range` of `trace`, planned where `offset` says.
+fn slots_of(
+    trace: &Trace,
+    lifetimes: &[Lifetime],
+    range: Range<usize>,
+    offset: impl Fn(u32) -> Option<u64>,
+) -> Vec<Slot> {
+    // allocations before each event of the range
+    let mut before = Vec::with_capacity(range.len() + 1);
+    let mut count = 0usize;
+    let mut ids = Vec::new();
+    for e in &trace.events[range.clone()] {
+        before.push(count);
+        if let Event::Alloc { id, .. } = *e {
+            count += 1;
+            ids.push(id);
+        }
+    }
+    before.push(count);
+    ids.into_iter()
+        .map(|id| {
+            let l = lifetimes[id as usize];
+            let freed_in_step = l.upper < range.end;
+            Slot {
+                size: l.size,
+                offset: offset(id),
+                freed_before: if freed_in_step {
+                    before[l.upper - range.start]
+                } else {
+                    count
+                },
+            }
+        })
+        .collect()
+}
+
+/// Checks that no two planned slots live at once overlap, sweeping the step.
+fn check_disjoint(slots: &[Slot]) -> Result<()> {
+    // (at, 0 = free / 1 = allocation, slot): frees first at the same point
+    let mut events: Vec<(usize, u8, usize)> = Vec::with_capacity(2 * slots.len());
+    for (k, s) in slots.iter().enumerate() {
+        if s.offset.is_some() && s.size > 0 {
+            events.push((k, 1, k));
+            events.push((s.freed_before, 0, k));
+        }
+    }
+    events.sort_unstable();
+    let mut live: BTreeMap<u64, (u64, usize)> = BTreeMap::new(); // offset -> (end, slot)
+    for (_, kind, k) in events {
+        let offset = slots[k].offset.expect("planned");
+        let end = offset + slots[k].size;
+        if kind == 0 {
+            live.remove(&offset);
+            continue;
+        }
+        let below = live.range(..=offset).next_back();
+        let above = live.range(offset..).next();
+        let clash = below
+            .filter(|(_, &(e, _))| e > offset)
+            .or(above.filter(|(&o, _)| o < end));
+        if let Some((&o, &(e, other))) = clash {
+            return Err(Error::InvalidPlan(format!(
+                "allocation {k} at [{offset}, {end}) overlaps allocation {other} at \
+                 [{o}, {e}) while both are live"
+            )));
+        }
+        live.insert(offset, (end, k));
+    }
+    Ok(())
+}
+
+/// The event ranges of the steps of `trace`.
+fn cut(trace: &Trace, steps: &Steps) -> Result<Vec<Range<usize>>> {
+    let n = trace.events.len();
+    let starts = match steps {
+        Steps::At(starts) => {
+            if starts.is_empty() {
+                return Err(Error::InvalidPlan("no step boundaries given".into()));
+            }
+            for w in starts.windows(2) {
+                if w[0] >= w[1] {
+                    return Err(Error::InvalidPlan(format!(
+                        "step boundaries must increase: {} then {}",
+                        w[0], w[1]
+                    )));
+                }
+            }
+            if let Some(&last) = starts.last().filter(|&&s| s >= n) {
+                return Err(Error::InvalidPlan(format!(
+                    "step boundary {last} is beyond the trace's {n} events"
+                )));
+            }
+            starts.clone()
+        }
+        Steps::Repeating => period_starts(trace)?,
+    };
+    let mut ranges: Vec<Range<usize>> = starts.windows(2).map(|w| w[0]..w[1]).collect();
+    let last = *starts.last().expect("not empty");
+    if matches!(steps, Steps::At(_)) || ranges.is_empty() {
+        ranges.push(last..n);
+    }
+    Ok(ranges)
+}
+
+/// An event as the period finder compares them: an allocation by its size, a free
+/// by how many allocations ago its block was allocated.
+fn tokens(trace: &Trace) -> Vec<u64> {
+    let mut allocated_at = vec![0usize; trace.allocations];
+    let mut allocations = 0usize;
+    trace
+        .events
+        .iter()
+        .map(|e| match *e {
+            Event::Alloc { id, size } => {
+                allocated_at[id as usize] = allocations;
+                allocations += 1;
+                size << 1
+            }
+            Event::Free { id } => (((allocations - allocated_at[id as usize]) as u64) << 1) | 1,
+        })
+        .collect()
+}
+
+/// The smallest period of `s` (the last repeat may be cut short).
+fn smallest_period(s: &[u64]) -> usize {
+    // Knuth-Morris-Pratt's failure function: the longest proper border.
+    let mut fail = vec![0usize; s.len()];
+    let mut k = 0;
+    for i in 1..s.len() {
+        while k > 0 && s[i] != s[k] {
+            k = fail[k - 1];
+        }
+        if s[i] == s[k] {
+            k += 1;
+        }
+        fail[i] = k;
+    }
+    s.len() - fail.last().copied().unwrap_or(0)
+}
+
+/// The starts of the complete steps of a trace that repeats after a prologue, and
+/// maybe stops mid-step or ends differently.
+fn period_starts(trace: &Trace) -> Result<Vec<usize>> {
+    let t = tokens(trace);
+    let n = t.len();
+    // Where the repetition may begin, and where it may end: a prologue and an
+    // epilogue of up to half the trace.
+    let mut best: Option<(usize, usize)> = None; // (start, period)
+    'outer: for start in [0, n / 32, n / 16, n / 8, n / 4, n / 2] {
+        for end in [n, n - n / 32, n - n / 16, n - n / 8, n - n / 4] {
+            if end <= start {
+                continue;
+            }
+            let p = smallest_period(&t[start..end]);
+            if 2 * p <= end - start {
+                best = Some((start, p));
+                break 'outer;
+            }
+        }
+    }
+    let Some((start, p)) = best else {
+        return Err(Error::InvalidPlan(
+            "the trace does not repeat (no period covers two steps); name the steps' \
+             first events instead"
+                .into(),
+        ));
+    };
+    // Cut where the fewest blocks are live, within the first period.
+    let mut live = 0usize;
+    let mut at = (usize::MAX, start);
+    for (i, e) in trace.events.iter().enumerate().take(start + p) {
+        if i >= start && live < at.0 {
+            at = (live, i);
+        }
+        match e {
+            Event::Alloc { .. } => live += 1,
+            Event::Free { .. } => live -= 1,
+        }
+    }
+    let first = at.1;
+    // Every complete step's start, then the end of the last.
+    let starts: Vec<usize> = (0..)
+        .map(|k| first + k * p)
+        .take_while(|&s| s + p <= n)
+        .collect();
+    match starts.last() {
+        Some(&last) => Ok(starts.iter().copied().chain([last + p]).collect()),
+        None => Err(Error::InvalidPlan("no complete step in the trace".into())),
+    }
+}
+
+/// The range of the step that recurs most often (by its events), the latest of
+/// those on a tie.
+fn most_common(trace: &Trace, ranges: &[Range<usize>]) -> Range<usize> {
+    let t = tokens(trace);
+    let mut counts: FxHashMap<&[u64], (usize, usize)> = FxHashMap::default();
+    for (i, r) in ranges.iter().enumerate() {
+        let entry = counts.entry(&t[r.clone()]).or_insert((0, i));
+        entry.0 += 1;
+        entry.1 = i;
+    }
+    let (_, &(_, i)) = counts
+        .iter()
+        .max_by_key(|(_, &(count, latest))| (count, latest))
+        .expect("at least one step");
+    ranges[i].clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::intervals::{self, Placed};
+
+    /// MiniMalloc rows `(id, lower, upper, size)` as a trace.
+    fn rows(rows: &[(u64, u64, u64, u64)]) -> Trace {
+        let mut text = String::from("id,lower,upper,size\n");
+        for (id, lower, upper, size) in rows {
+            text += &format!("{id},{lower},{upper},{size}\n");
+        }
+        Trace::parse(text.as_bytes()).unwrap()
+    }
+
+    /// A prologue (a weight that lives throughout), `steps` steps of three buffers
+    /// with `sizes`, and an epilogue buffer.
+    fn program(steps: u64, sizes: [u64; 3]) -> Trace {
+        let mut r = vec![(0, 0, 1000, 777)];
+        for s in 0..steps {
+            let (t, id) = (10 + 10 * s, 1 + 3 * s);
+            r.push((id, t, t + 2, sizes[0]));
+            r.push((id + 1, t + 1, t + 3, sizes[1]));
+            r.push((id + 2, t + 2, t + 4, sizes[2]));
+        }
+        r.push((1000, 10 + 10 * steps, 10 + 10 * steps + 1, 12345));
+        rows(&r)
+    }
+
+    #[test]
+    fn the_period_is_found_past_a_prologue_and_an_epilogue() {
+        let trace = program(6, [4096, 1024, 3072]);
+        let ranges = cut(&trace, &Steps::Repeating).unwrap();
+        assert!(ranges.len() >= 5, "{ranges:?}");
+        for r in &ranges {
+            assert_eq!(r.len(), 6); // three allocations and three frees
+        }
+        let plan = StepPlan::from_trace(&trace, &Steps::Repeating, 64, search::Budget::steps(1000))
+            .unwrap();
+        let sizes: Vec<u64> = plan.slots().iter().map(|s| s.size).collect();
+        assert_eq!(sizes, [4096, 1024, 3072]);
+        assert_eq!(plan.arena_bytes(), 5120);
+        assert_eq!(plan.slots()[2].offset, plan.slots()[0].offset);
+        let freed: Vec<usize> = plan.slots().iter().map(|s| s.freed_before).collect();
+        assert_eq!(freed, [2, 3, 3]);
+        assert_eq!(plan.due_before(2), [0]);
+        assert_eq!(plan.due_before(3), [1, 2]);
+    }
+
+    #[test]
+    fn a_trace_that_does_not_repeat_is_refused_with_advice() {
+        let trace = rows(&[(0, 0, 2, 10), (1, 1, 3, 20), (2, 2, 5, 30), (3, 3, 4, 40)]);
+        let e = StepPlan::from_trace(&trace, &Steps::Repeating, 64, search::Budget::steps(10))
+            .unwrap_err();
+        assert!(e.to_string().contains("does not repeat"), "{e}");
+    }
+
+    #[test]
+    fn named_steps_plan_the_one_that_recurs_and_leave_what_outlives_it() {
+        // A warm-up step of other sizes, then four alike; a buffer of each step
+        // lives into the next (it is the manager's).
+        let mut r = vec![(0, 0, 2, 99), (1, 1, 3, 98)];
+        for s in 0..4 {
+            let (t, id) = (10 + 10 * s, 10 + 3 * s);
+            r.push((id, t, t + 2, 4096));
+            r.push((id + 1, t + 1, t + 15, 512)); // into the next step
+            r.push((id + 2, t + 2, t + 4, 3072));
+        }
+        let trace = rows(&r);
+        let starts: Vec<usize> = [0, 10, 20, 30, 40]
+            .iter()
+            .map(|&t| trace.times.iter().position(|&x| x >= t).unwrap())
+            .collect();
+        let plan =
+            StepPlan::from_trace(&trace, &Steps::At(starts), 64, search::Budget::steps(1000))
+                .unwrap();
+        let sizes: Vec<u64> = plan.slots().iter().map(|s| s.size).collect();
+        assert_eq!(sizes, [4096, 512, 3072]);
+        assert_eq!(plan.slots()[1].offset, None);
+        assert_eq!(plan.arena_bytes(), 4096);
+    }
+
+    #[test]
+    fn bad_boundaries_are_named() {
+        let trace = program(2, [64, 64, 64]);
+        for (steps, needle) in [
+            (Steps::At(vec![]), "no step boundaries"),
+            (Steps::At(vec![3, 3]), "must increase"),
+            (Steps::At(vec![1, 10_000]), "beyond the trace"),
+        ] {
+            let e =
+                StepPlan::from_trace(&trace, &steps, 64, search::Budget::steps(10)).unwrap_err();
+            assert!(e.to_string().contains(needle), "{e}");
+        }
+        let e = StepPlan::from_trace(&trace, &Steps::Repeating, 48, search::Budget::steps(10))
+            .unwrap_err();
+        assert!(matches!(e, Error::InvalidAlignment { align: 48 }), "{e}");
+    }
+
+    #[test]
+    fn overlapping_or_misordered_slots_are_refused() {
+        let slot = |size, offset, freed_before| Slot {
+            size,
+            offset: Some(offset),
+            freed_before,
+        };
+        let e = StepPlan::new(vec![slot(100, 0, 2), slot(100, 50, 2)]).unwrap_err();
+        assert!(e.to_string().contains("overlaps allocation 0"), "{e}");
+        // Back to back, or one after the other in time: fine.
+        StepPlan::new(vec![slot(100, 0, 2), slot(100, 100, 2)]).unwrap();
+        StepPlan::new(vec![slot(100, 0, 1), slot(100, 50, 2)]).unwrap();
+        let e = StepPlan::new(vec![slot(100, 0, 0)]).unwrap_err();
+        assert!(e.to_string().contains("after itself"), "{e}");
+        let e = StepPlan::new(vec![slot(100, u64::MAX, 1)]).unwrap_err();
+        assert!(e.to_string().contains("beyond"), "{e}");
+    }
+
+    #[test]
+    fn a_plan_file_is_read_back_as_one_step() {
+        let placed = [
+            Placed {
+                id: 0,
+                lower: 0,
+                upper: 2,
+                size: 4096,
+                offset: 0,
+            },
+            Placed {
+                id: 1,
+                lower: 1,
+                upper: 4,
+                size: 1024,
+                offset: 4096,
+            },
+            Placed {
+                id: 2,
+                lower: 3,
+                upper: 5,
+                size: 3072,
+                offset: 0,
+            },
+        ];
+        let dir = std::env::temp_dir().join(format!("tp-step-plan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("plan.csv");
+        let mut out = Vec::new();
+        intervals::write(&mut out, &placed).unwrap();
+        std::fs::write(&path, &out).unwrap();
+        let plan = StepPlan::read(&path).unwrap();
+        assert_eq!(
+            plan.slots(),
+            [
+                Slot {
+                    size: 4096,
+                    offset: Some(0),
+                    freed_before: 2
+                },
+                Slot {
+                    size: 1024,
+                    offset: Some(4096),
+                    freed_before: 3
+                },
+                Slot {
+                    size: 3072,
+                    offset: Some(0),
+                    freed_before: 3
+                },
+            ]
+        );
+        // A plan that overlaps, and a trace without offsets, are refused by name.
+        let mut bad = placed;
+        bad[2].offset = 2048;
+        let mut out = Vec::new();
+        intervals::write(&mut out, &bad).unwrap();
+        std::fs::write(&path, &out).unwrap();
+        let e = StepPlan::read(&path).unwrap_err().to_string();
+        assert!(e.contains("plan.csv") && e.contains("overlaps"), "{e}");
+        std::fs::write(&path, "id,lower,upper,size\n0,0,1,5\n").unwrap();
+        let e = StepPlan::read(&path).unwrap_err().to_string();
+        assert!(e.contains("no `offset` column"), "{e}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
