@@ -73,6 +73,13 @@ enum Command {
         /// Draw the plan (buffers as rectangles, offset against time) as an SVG file.
         #[arg(long, value_name = "FILE.svg")]
         plot: Option<PathBuf>,
+        /// Also plan one step, for a PlannedArena: `repeating` (the trace's period
+        /// is found) or the steps' first events (`0,120,240`).
+        #[arg(long, value_name = "repeating|EVENTS", value_parser = parse_steps)]
+        step: Option<tensorpool::plan::Steps>,
+        /// Where to write the step's plan (default: `<trace name>.step.csv`).
+        #[arg(long, requires = "step")]
+        step_plan_out: Option<PathBuf>,
     },
     /// Microbenchmarks against the system allocator, mimalloc, jemalloc and bumpalo.
     Bench {
@@ -191,6 +198,10 @@ fn parse_seconds(text: &str) -> Result<f64, String> {
 }
 
 /// An alignment: a power of two from 1 to 1 GiB.
+fn parse_steps(text: &str) -> Result<tensorpool::plan::Steps, String> {
+    text.parse().map_err(|e: tensorpool::Error| e.to_string())
+}
+
 fn parse_align(text: &str) -> Result<u64, String> {
     match text.parse::<u64>() {
         Ok(a) if a.is_power_of_two() && a <= 1 << 30 => Ok(a),
@@ -283,6 +294,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             align,
             json,
             plot,
+            step,
+            step_plan_out,
         } => {
             if let Some(path) = &plot {
                 if path.extension().and_then(|e| e.to_str()) != Some("svg") {
@@ -322,7 +335,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let plan_out = plan_out.unwrap_or_else(|| PathBuf::from(format!("{stem}.plan.csv")));
             let bar = progress(cli.quiet, 1);
             bar.set_message(format!("planning {}", source.label()));
-            let report = plan::plan(&source.label(), &loaded, &config_out, &plan_out, &options)?;
+            let mut report =
+                plan::plan(&source.label(), &loaded, &config_out, &plan_out, &options)?;
+            if let Some(steps) = &step {
+                let out =
+                    step_plan_out.unwrap_or_else(|| PathBuf::from(format!("{stem}.step.csv")));
+                report.step_plan = Some(plan::plan_step(&loaded, steps, &options, &out)?);
+            }
             bar.finish_and_clear();
             if let Some(path) = &plot {
                 let svg = plot::plan_svg(

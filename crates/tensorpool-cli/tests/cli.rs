@@ -358,6 +358,72 @@ fn plan_searches_to_a_capacity_and_draws_the_plan() {
 }
 
 #[test]
+fn plan_plans_one_step_of_a_repeating_trace_and_replays_it_through_a_planned_arena() {
+    // The transformer training trace repeats: one step of 957 allocations, all of
+    // them freed within it. Every step the replay begins is served by the plan.
+    let (config, plan, step) = (
+        scratch("tt.toml"),
+        scratch("tt.plan.csv"),
+        scratch("tt.step.csv"),
+    );
+    let out = tensorpool(&[
+        "plan",
+        "--json",
+        "--quiet",
+        &fixture("transformer_train.csv.gz"),
+        "--config-out",
+        config.to_str().unwrap(),
+        "--plan-out",
+        plan.to_str().unwrap(),
+        "--steps",
+        "1000",
+        "--step",
+        "repeating",
+        "--step-plan-out",
+        step.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = &report["step_plan"];
+    assert_eq!(s["allocations"], 957);
+    assert_eq!(s["planned"], 957);
+    assert_eq!(s["replay"]["fallback"], 0);
+    assert_eq!(s["replay"]["served"], 3 * 957);
+    assert!(s["arena_bytes"].as_u64() >= s["peak_live_bytes"].as_u64());
+    assert!(
+        s["replay"]["peak_reserved_bytes"].as_u64()
+            <= s["replay"]["manager_peak_reserved_bytes"].as_u64()
+    );
+    // The step plan file: one row per allocation, in order.
+    let written = std::fs::read_to_string(&step).unwrap();
+    assert!(written.starts_with("slot,size,offset,freed_before\n"));
+    assert_eq!(written.lines().count(), 1 + 957);
+    // A trace that does not repeat, and steps that are not events, are refused.
+    for (trace, steps, says) in [
+        ("torch_profiler_mlp.json", "repeating", "does not repeat"),
+        ("sk_mlp.csv.gz", "0,x", "give `repeating`"),
+    ] {
+        let out = tensorpool(&[
+            "plan",
+            "--quiet",
+            &fixture(trace),
+            "--steps",
+            "100",
+            "--config-out",
+            config.to_str().unwrap(),
+            "--plan-out",
+            plan.to_str().unwrap(),
+            "--step",
+            steps,
+            "--step-plan-out",
+            step.to_str().unwrap(),
+        ]);
+        assert!(!out.status.success(), "{trace} {steps} was accepted");
+        assert!(text(&out.stderr).contains(says), "{}", text(&out.stderr));
+    }
+}
+
+#[test]
 fn plan_refuses_bad_search_settings() {
     let trace = fixture("intervals/iree_mobilenet.csv.gz");
     for (args, says) in [

@@ -23,7 +23,11 @@
 
 pub mod online;
 
+use allocator_api2::alloc::Allocator;
+use std::ptr::NonNull;
 pub use tensorpool::plan::{greedy, greedy_by_size, search, Placement};
+use tensorpool::plan::{StepPlan, Steps};
+use tensorpool::{MemoryManager, PlannedArena};
 
 use crate::error::{CliError, Overlap, Result};
 use crate::peers::{Kind, Subject};
@@ -248,9 +252,163 @@ pub struct PlanReport {
     pub proven_optimal: bool,
     /// What the search did.
     pub search: SearchReport,
+    /// The plan of one step, with `--step`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step_plan: Option<StepReport>,
     /// The plan itself, by buffer id (for `--plot`; the plan file holds it too).
     #[serde(skip)]
     pub placements: Vec<Placement>,
+}
+
+/// The plan of one step (`--step`), which a `PlannedArena` runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    /// Steps the trace was cut into.
+    pub steps: usize,
+    /// The planned step's first event, and its number of events.
+    pub first_event: usize,
+    /// Events in the step.
+    pub events: usize,
+    /// Allocations in the step.
+    pub allocations: usize,
+    /// Those the plan places (the others outlive the step: the manager serves them).
+    pub planned: usize,
+    /// The arena the step needs.
+    pub arena_bytes: u64,
+    /// The most bytes of planned allocations live at once.
+    pub peak_live_bytes: u64,
+    /// Where the step plan was written.
+    pub file: String,
+    /// The trace replayed with the default config through a `PlannedArena` running
+    /// the plan (its region and fallbacks from a manager), and through the manager
+    /// alone.
+    pub replay: PlannedReplay,
+}
+
+/// A trace replayed through a `PlannedArena` ([`replay_planned`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedReplay {
+    /// Allocations of the steps the plan served, and those that fell back.
+    pub served: u64,
+    /// Allocations that fell back to the manager.
+    pub fallback: u64,
+    /// Peak reserved bytes: the manager under the arena (its region included).
+    pub peak_reserved_bytes: u64,
+    /// Peak reserved bytes of the manager alone on the same trace.
+    pub manager_peak_reserved_bytes: u64,
+}
+
+/// Replays `trace` through a `PlannedArena` running `plan` (events before the first
+/// step through its manager; `step()` at every step's first event) and through a
+/// manager alone, both with `config`.
+pub fn replay_planned(trace: &Trace, plan: &StepPlan, config: &Config) -> Result<PlannedReplay> {
+    let steps: Vec<std::ops::Range<usize>> = plan
+        .source()
+        .map(|(cut, _)| cut.to_vec())
+        .unwrap_or_else(|| vec![0..trace.events.len()]);
+    let sizes = trace.block_sizes();
+    let alone = MemoryManager::new(config.clone())?;
+    let mut ptrs: Vec<Option<NonNull<u8>>> = vec![None; sizes.len()];
+    for e in &trace.events {
+        match *e {
+            Event::Alloc { id, size } => {
+                ptrs[id as usize] = Some(alone.try_allocate(replay::layout_of(size))?);
+            }
+            Event::Free { id } => {
+                let p = ptrs[id as usize].take().expect("freed after allocated");
+                // SAFETY: allocated above with this layout, freed once.
+                unsafe { alone.deallocate(p, replay::layout_of(sizes[id as usize])) };
+            }
+        }
+    }
+    free_all(&alone, &mut ptrs, &sizes);
+    // The arena is made where a program would make it: before its first step.
+    let mm = MemoryManager::new(config.clone())?;
+    let mut arena: Option<PlannedArena> = None;
+    let mut starts = steps.iter().map(|r| r.start).peekable();
+    for (i, e) in trace.events.iter().enumerate() {
+        if starts.peek() == Some(&i) {
+            starts.next();
+            if arena.is_none() {
+                arena = Some(PlannedArena::new(&mm, plan.clone())?);
+            }
+            arena.as_ref().expect("made").step();
+        }
+        match (*e, &arena) {
+            (Event::Alloc { id, size }, None) => {
+                ptrs[id as usize] = Some(mm.try_allocate(replay::layout_of(size))?);
+            }
+            (Event::Alloc { id, size }, Some(arena)) => {
+                let layout = replay::layout_of(size);
+                ptrs[id as usize] = Some(arena.allocate(layout.size(), layout.align())?);
+            }
+            (Event::Free { id }, None) => {
+                let p = ptrs[id as usize].take().expect("freed after allocated");
+                // SAFETY: allocated above from `mm` with this layout, freed once.
+                unsafe { mm.deallocate(p, replay::layout_of(sizes[id as usize])) };
+            }
+            (Event::Free { id }, Some(arena)) => {
+                let p = ptrs[id as usize].take().expect("freed after allocated");
+                let layout = replay::layout_of(sizes[id as usize]);
+                arena.free(p, layout.size(), layout.align())?;
+            }
+        }
+    }
+    let stats = arena.as_ref().map(PlannedArena::stats).unwrap_or_default();
+    match &arena {
+        Some(arena) => {
+            for (id, p) in ptrs.iter_mut().enumerate() {
+                if let Some(p) = p.take() {
+                    let layout = replay::layout_of(sizes[id]);
+                    arena.free(p, layout.size(), layout.align())?;
+                }
+            }
+        }
+        None => free_all(&mm, &mut ptrs, &sizes),
+    }
+    Ok(PlannedReplay {
+        served: stats.served,
+        fallback: stats.fallback(),
+        peak_reserved_bytes: mm.stats().peak_reserved_bytes as u64,
+        manager_peak_reserved_bytes: alone.stats().peak_reserved_bytes as u64,
+    })
+}
+
+/// Frees the blocks of `mm` still in `ptrs`.
+fn free_all(mm: &MemoryManager, ptrs: &mut [Option<NonNull<u8>>], sizes: &[u64]) {
+    for (id, p) in ptrs.iter_mut().enumerate() {
+        if let Some(p) = p.take() {
+            // SAFETY: allocated from `mm` with this layout, not freed yet.
+            unsafe { mm.deallocate(p, replay::layout_of(sizes[id])) };
+        }
+    }
+}
+
+/// Plans one step of `trace` (cut as `steps` say) with `options`, and writes the
+/// step plan to `out`.
+pub fn plan_step(
+    trace: &Trace,
+    steps: &Steps,
+    options: &Options,
+    out: &Path,
+) -> Result<StepReport> {
+    let plan = StepPlan::from_trace(trace, steps, options.align, options.budget)?;
+    let mut text = Vec::new();
+    plan.write(&mut text).map_err(CliError::file(out))?;
+    std::fs::write(out, text).map_err(CliError::file(out))?;
+    let (cut, planned) = plan.source().expect("planned from a trace");
+    let range = cut[planned].clone();
+    Ok(StepReport {
+        steps: cut.len(),
+        first_event: range.start,
+        events: range.len(),
+        allocations: plan.slots().len(),
+        planned: plan.slots().iter().filter(|s| s.offset.is_some()).count(),
+        arena_bytes: plan.arena_bytes(),
+        peak_live_bytes: plan.peak_live_bytes(),
+        file: out.display().to_string(),
+        replay: replay_planned(trace, &plan, &Config::default())?,
+    })
 }
 
 /// What the search did, for the report.
@@ -448,6 +606,7 @@ pub fn plan(
                 })
                 .collect(),
         },
+        step_plan: None,
         placements,
     })
 }
@@ -497,6 +656,28 @@ pub fn text(r: &PlanReport) -> String {
             n => format!("; {n} buffers in partitions too large to search"),
         }
     );
+    if let Some(s) = &r.step_plan {
+        out += &format!(
+            "  one step (events {}..{} of {} steps): {} allocations, {} planned; arena {} bytes \
+             (peak live {} bytes): written to {}\n  replayed through a PlannedArena: {} \
+             allocations served by the plan, {} fell back; peak reserved {} bytes, the \
+             manager alone {} bytes ({:.3}x)\n",
+            s.first_event,
+            s.first_event + s.events,
+            s.steps,
+            s.allocations,
+            s.planned,
+            s.arena_bytes,
+            s.peak_live_bytes,
+            s.file,
+            s.replay.served,
+            s.replay.fallback,
+            s.replay.peak_reserved_bytes,
+            s.replay.manager_peak_reserved_bytes,
+            s.replay.peak_reserved_bytes as f64
+                / s.replay.manager_peak_reserved_bytes.max(1) as f64
+        );
+    }
     if !r.offline_at_most_online {
         out += "  note: the offline plan is above what the online manager reserves (its huge \
                 blocks had segments of their own, mapped wherever the system put them, and no \

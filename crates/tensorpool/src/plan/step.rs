@@ -32,6 +32,26 @@ pub enum Steps {
     Repeating,
 }
 
+impl std::str::FromStr for Steps {
+    type Err = Error;
+
+    /// `repeating`, or the steps' first events as `0,120,240`.
+    fn from_str(text: &str) -> Result<Steps> {
+        if text.trim() == "repeating" {
+            return Ok(Steps::Repeating);
+        }
+        text.split(',')
+            .map(|n| n.trim().parse::<usize>())
+            .collect::<std::result::Result<Vec<usize>, _>>()
+            .map(Steps::At)
+            .map_err(|_| {
+                Error::InvalidPlan(format!(
+                    "steps `{text}`: give `repeating` or the steps' first events as `0,120,240`"
+                ))
+            })
+    }
+}
+
 /// One allocation of a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Slot {
@@ -56,7 +76,14 @@ pub struct StepPlan {
     due: Vec<u32>,
     due_slots: Vec<u32>,
     arena_bytes: u64,
+    /// The steps of the trace it was planned from (event ranges) and the one
+    /// planned; empty for a plan from a file or from slots.
+    cut: Vec<Range<usize>>,
+    planned: usize,
 }
+
+/// The header of a step plan file.
+const HEADER: &str = "slot,size,offset,freed_before";
 
 impl StepPlan {
     /// A plan of `slots`, in allocation order. Refused (naming the two slots) where
@@ -104,6 +131,8 @@ impl StepPlan {
             due,
             due_slots,
             arena_bytes,
+            cut: Vec::new(),
+            planned: 0,
         })
     }
 
@@ -125,21 +154,96 @@ impl StepPlan {
         }))
     }
 
-    /// Reads a plan file: `id,lower,upper,size,offset` rows (what `tensorpool plan`
-    /// writes), the whole file one step.
+    /// Reads a plan file: a step plan [`write`](Self::write) wrote
+    /// (`slot,size,offset,freed_before`), or a whole trace's plan as `tensorpool plan`
+    /// writes it (`id,lower,upper,size,offset`, the whole file one step). Errors name
+    /// the file, and the line where one is wrong.
     pub fn read(path: impl AsRef<Path>) -> Result<StepPlan> {
         let path = path.as_ref();
-        let trace = Trace::read(path)?;
+        let named = |e: Error| match e {
+            Error::InvalidPlan(why) => Error::InvalidPlan(format!("{}: {why}", path.display())),
+            Error::MalformedTrace { .. } => Error::TraceFile {
+                path: path.display().to_string(),
+                reason: Box::new(e),
+            },
+            other => other,
+        };
+        let bytes = std::fs::read(path)
+            .map_err(|e| Error::InvalidPlan(format!("{}: cannot read it: {e}", path.display())))?;
+        if bytes.starts_with(HEADER.as_bytes()) {
+            return Self::parse_steps(&bytes).map_err(named);
+        }
+        let trace = Trace::parse(&bytes).map_err(named)?;
         if trace.offsets.len() != trace.allocations {
-            return Err(Error::InvalidPlan(format!(
-                "{}: not a plan: its rows have no `offset` column (id,lower,upper,size,offset)",
-                path.display()
+            return Err(named(Error::InvalidPlan(
+                "not a plan: its rows have no `offset` column (id,lower,upper,size,offset)".into(),
             )));
         }
-        Self::from_placed(&trace, &trace.offsets).map_err(|e| match e {
-            Error::InvalidPlan(why) => Error::InvalidPlan(format!("{}: {why}", path.display())),
-            other => other,
-        })
+        Self::from_placed(&trace, &trace.offsets).map_err(named)
+    }
+
+    /// Writes the plan as `slot,size,offset,freed_before` rows, one per allocation
+    /// of the step in order (`offset` empty where the plan leaves the allocation to
+    /// the manager), which [`read`](Self::read) reads back.
+    pub fn write(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        writeln!(out, "{HEADER}")?;
+        for (k, s) in self.slots.iter().enumerate() {
+            let offset = s.offset.map(|o| o.to_string()).unwrap_or_default();
+            writeln!(out, "{k},{},{offset},{}", s.size, s.freed_before)?;
+        }
+        Ok(())
+    }
+
+    /// Parses what [`write`](Self::write) wrote.
+    fn parse_steps(bytes: &[u8]) -> Result<StepPlan> {
+        use crate::trace::Location;
+        let bad = |n: usize, why: String| Error::MalformedTrace {
+            at: Location::Line(n),
+            reason: why,
+        };
+        let text = std::str::from_utf8(bytes).map_err(|e| {
+            bad(
+                1 + bytes[..e.valid_up_to()]
+                    .iter()
+                    .filter(|&&b| b == b'\n')
+                    .count(),
+                "not text".into(),
+            )
+        })?;
+        let mut slots = Vec::new();
+        for (i, line) in text.lines().enumerate().skip(1) {
+            let n = i + 1;
+            let line = line.trim_end_matches('\r');
+            if line.is_empty() {
+                continue;
+            }
+            let fields: Vec<&str> = line.split(',').collect();
+            let [slot, size, offset, freed_before] = fields[..] else {
+                return Err(bad(n, format!("expected 4 fields, found {}", fields.len())));
+            };
+            let number = |field: &str, what: &str| {
+                field
+                    .trim()
+                    .parse::<u64>()
+                    .map_err(|_| bad(n, format!("{what} `{field}` is not a non-negative integer")))
+            };
+            if number(slot, "slot")? != slots.len() as u64 {
+                return Err(bad(
+                    n,
+                    format!("slot {slot} out of order: expected {}", slots.len()),
+                ));
+            }
+            slots.push(Slot {
+                size: number(size, "size")?,
+                offset: match offset.trim() {
+                    "" => None,
+                    o => Some(number(o, "offset")?),
+                },
+                freed_before: usize::try_from(number(freed_before, "freed_before")?)
+                    .unwrap_or(usize::MAX),
+            });
+        }
+        Self::new(slots)
     }
 
     /// Plans one step of `trace`: the steps are cut as `steps` says, the step that
@@ -157,8 +261,9 @@ impl StepPlan {
                 align: align as usize,
             });
         }
-        let ranges = cut(trace, steps)?;
-        let range = most_common(trace, &ranges);
+        let (ranges, whole) = cut(trace, steps)?;
+        let chosen = most_common(trace, &ranges[..whole]);
+        let range = ranges[chosen].clone();
         let lifetimes = trace.lifetimes();
         // The step's buffers that it frees, numbered in allocation order.
         let mut planned: Vec<Lifetime> = Vec::new();
@@ -176,9 +281,19 @@ impl StepPlan {
         let best = greedy::best(&planned, align);
         let start: Vec<u64> = best.placements.iter().map(|p| p.offset).collect();
         let found = search::search(&planned, &[], align, &start, budget);
-        Self::new(slots_of(trace, &lifetimes, range, |id| {
+        let mut plan = Self::new(slots_of(trace, &lifetimes, range.clone(), |id| {
             local.get(&id).map(|&k| found.offsets[k])
-        }))
+        }))?;
+        plan.cut = ranges;
+        plan.planned = chosen;
+        Ok(plan)
+    }
+
+    /// The steps of the trace the plan was made from, as event ranges (what
+    /// [`Steps`] cut), and the index of the one planned; `None` for a plan read from
+    /// a file or made from slots.
+    pub fn source(&self) -> Option<(&[Range<usize>], usize)> {
+        (!self.cut.is_empty()).then_some((&self.cut[..], self.planned))
     }
 
     /// The step's allocations, in order.
@@ -189,6 +304,25 @@ impl StepPlan {
     /// The arena the plan needs: the highest end of a planned slot.
     pub fn arena_bytes(&self) -> u64 {
         self.arena_bytes
+    }
+
+    /// The most bytes of planned slots live at once: no plan of the step needs less.
+    pub fn peak_live_bytes(&self) -> u64 {
+        let mut change: Vec<(usize, i128)> = Vec::with_capacity(2 * self.slots.len());
+        for (k, s) in self.slots.iter().enumerate() {
+            if s.offset.is_some() {
+                change.push((k, i128::from(s.size)));
+                change.push((s.freed_before, -i128::from(s.size)));
+            }
+        }
+        // Frees first at the same point.
+        change.sort_unstable();
+        let (mut live, mut peak) = (0i128, 0i128);
+        for (_, d) in change {
+            live += d;
+            peak = peak.max(live);
+        }
+        peak as u64
     }
 
     /// The slots the plan frees before the step's allocation `k` (`k` up to the
@@ -269,8 +403,10 @@ fn check_disjoint(slots: &[Slot]) -> Result<()> {
     Ok(())
 }
 
-/// The event ranges of the steps of `trace`.
-fn cut(trace: &Trace, steps: &Steps) -> Result<Vec<Range<usize>>> {
+/// The event ranges of the steps of `trace`, and how many of the first are whole
+/// steps to plan from (a period found leaves a last step cut short by the trace's
+/// end, which a program would still begin with `step()`).
+fn cut(trace: &Trace, steps: &Steps) -> Result<(Vec<Range<usize>>, usize)> {
     let n = trace.events.len();
     let starts = match steps {
         Steps::At(starts) => {
@@ -296,10 +432,14 @@ fn cut(trace: &Trace, steps: &Steps) -> Result<Vec<Range<usize>>> {
     };
     let mut ranges: Vec<Range<usize>> = starts.windows(2).map(|w| w[0]..w[1]).collect();
     let last = *starts.last().expect("not empty");
-    if matches!(steps, Steps::At(_)) || ranges.is_empty() {
+    let whole = match steps {
+        Steps::At(_) => ranges.len() + 1,
+        Steps::Repeating => ranges.len(),
+    };
+    if last < n {
         ranges.push(last..n);
     }
-    Ok(ranges)
+    Ok((ranges, whole))
 }
 
 /// An event as the period finder compares them: an allocation by its size, a free
@@ -389,9 +529,8 @@ fn period_starts(trace: &Trace) -> Result<Vec<usize>> {
     }
 }
 
-/// The range of the step that recurs most often (by its events), the latest of
-/// those on a tie.
-fn most_common(trace: &Trace, ranges: &[Range<usize>]) -> Range<usize> {
+/// The step that recurs most often (by its events), the latest of those on a tie.
+fn most_common(trace: &Trace, ranges: &[Range<usize>]) -> usize {
     let t = tokens(trace);
     let mut counts: FxHashMap<&[u64], (usize, usize)> = FxHashMap::default();
     for (i, r) in ranges.iter().enumerate() {
@@ -403,7 +542,7 @@ fn most_common(trace: &Trace, ranges: &[Range<usize>]) -> Range<usize> {
         .iter()
         .max_by_key(|(_, &(count, latest))| (count, latest))
         .expect("at least one step");
-    ranges[i].clone()
+    i
 }
 
 #[cfg(test)]
@@ -437,17 +576,22 @@ mod tests {
     #[test]
     fn the_period_is_found_past_a_prologue_and_an_epilogue() {
         let trace = program(6, [4096, 1024, 3072]);
-        let ranges = cut(&trace, &Steps::Repeating).unwrap();
-        assert!(ranges.len() >= 5, "{ranges:?}");
-        for r in &ranges {
+        let (ranges, whole) = cut(&trace, &Steps::Repeating).unwrap();
+        assert_eq!(whole, 6, "{ranges:?}");
+        for r in &ranges[..whole] {
             assert_eq!(r.len(), 6); // three allocations and three frees
         }
+        // The epilogue after the last whole step is a step cut short.
+        assert_eq!(ranges.len(), 7);
+        assert_eq!(ranges[6].end, trace.events.len());
         let plan = StepPlan::from_trace(&trace, &Steps::Repeating, 64, search::Budget::steps(1000))
             .unwrap();
         let sizes: Vec<u64> = plan.slots().iter().map(|s| s.size).collect();
         assert_eq!(sizes, [4096, 1024, 3072]);
-        assert_eq!(plan.arena_bytes(), 5120);
+        assert_eq!((plan.arena_bytes(), plan.peak_live_bytes()), (5120, 5120));
         assert_eq!(plan.slots()[2].offset, plan.slots()[0].offset);
+        let (steps, planned) = plan.source().unwrap();
+        assert_eq!((steps[planned].len(), steps.len()), (6, 7));
         let freed: Vec<usize> = plan.slots().iter().map(|s| s.freed_before).collect();
         assert_eq!(freed, [2, 3, 3]);
         assert_eq!(plan.due_before(2), [0]);
@@ -485,6 +629,17 @@ mod tests {
         assert_eq!(sizes, [4096, 512, 3072]);
         assert_eq!(plan.slots()[1].offset, None);
         assert_eq!(plan.arena_bytes(), 4096);
+    }
+
+    #[test]
+    fn steps_are_read_from_text() {
+        assert_eq!("repeating".parse::<Steps>().unwrap(), Steps::Repeating);
+        assert_eq!(
+            "0, 12,40".parse::<Steps>().unwrap(),
+            Steps::At(vec![0, 12, 40])
+        );
+        let e = "0,x".parse::<Steps>().unwrap_err().to_string();
+        assert!(e.contains("`0,x`") && e.contains("repeating"), "{e}");
     }
 
     #[test]
@@ -574,6 +729,31 @@ mod tests {
                 },
             ]
         );
+        // A step plan written and read back, an unplanned slot included.
+        let mut step = plan.slots().to_vec();
+        step[1].offset = None;
+        let step = StepPlan::new(step).unwrap();
+        let mut out = Vec::new();
+        step.write(&mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out.clone()).unwrap(),
+            "slot,size,offset,freed_before\n0,4096,0,2\n1,1024,,3\n2,3072,0,3\n"
+        );
+        std::fs::write(&path, &out).unwrap();
+        assert_eq!(StepPlan::read(&path).unwrap(), step);
+        for (rows, needle) in [
+            ("0,4096,0,2\n2,1,0,3\n", "line 3: slot 2 out of order"),
+            ("0,4096,x,2\n", "offset `x`"),
+            ("0,4096,0\n", "expected 4 fields"),
+            ("0,4096,0,0\n", "after itself"),
+        ] {
+            std::fs::write(&path, format!("slot,size,offset,freed_before\n{rows}")).unwrap();
+            let e = StepPlan::read(&path).unwrap_err().to_string();
+            assert!(
+                e.contains("plan.csv") && e.contains(needle),
+                "{needle}: {e}"
+            );
+        }
         // A plan that overlaps, and a trace without offsets, are refused by name.
         let mut bad = placed;
         bad[2].offset = 2048;
