@@ -302,10 +302,10 @@ pub struct PlannedReplay {
 /// step through its manager; `step()` at every step's first event) and through a
 /// manager alone, both with `config`.
 pub fn replay_planned(trace: &Trace, plan: &StepPlan, config: &Config) -> Result<PlannedReplay> {
-    let steps: Vec<std::ops::Range<usize>> = plan
+    // Each step's first event (a plan from a file: the whole trace is one step).
+    let step_starts: Vec<usize> = plan
         .source()
-        .map(|(cut, _)| cut.to_vec())
-        .unwrap_or_else(|| vec![0..trace.events.len()]);
+        .map_or(vec![0], |(cut, _)| cut.iter().map(|r| r.start).collect());
     let sizes = trace.block_sizes();
     let alone = MemoryManager::new(config.clone())?;
     let mut ptrs: Vec<Option<NonNull<u8>>> = vec![None; sizes.len()];
@@ -325,7 +325,7 @@ pub fn replay_planned(trace: &Trace, plan: &StepPlan, config: &Config) -> Result
     // The arena is made where a program would make it: before its first step.
     let mm = MemoryManager::new(config.clone())?;
     let mut arena: Option<PlannedArena> = None;
-    let mut starts = steps.iter().map(|r| r.start).peekable();
+    let mut starts = step_starts.iter().copied().peekable();
     for (i, e) in trace.events.iter().enumerate() {
         if starts.peek() == Some(&i) {
             starts.next();
