@@ -12,6 +12,7 @@
 //! arena alive, so arrays outlive the `Arena` object that made them.
 
 use crate::arena::ArenaCore;
+use crate::planned::PlannedCore;
 use numpy::npyffi::{self, npy_intp, NpyTypes, NPY_ARRAY_CARRAY, NPY_ARRAY_FARRAY, PY_ARRAY_API};
 use numpy::{PyArrayDescr, PyArrayDescrMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -52,16 +53,33 @@ struct ArrayFields {
     mem_handler: *mut ffi::PyObject,
 }
 
-/// The hidden base object of an arena's arrays: counts the array out of the arena
-/// when NumPy lets go of it.
+/// The hidden base object of an arena's arrays: counts the array out of the arena,
+/// or gives a planned arena's block back, when NumPy lets go of it.
 #[pyclass(module = "tensorpool", frozen)]
 pub struct Block {
-    core: Arc<ArenaCore>,
+    owner: BlockOwner,
 }
+
+/// Whose memory an array's [`Block`] is.
+enum BlockOwner {
+    /// A bump arena's, released all at once.
+    Arena(Arc<ArenaCore>),
+    /// A planned arena's block of this many bytes at this address.
+    Planned(Arc<PlannedCore>, NonNull<u8>, usize),
+}
+
+// SAFETY: the address is only handed back to the planned arena, whose state is
+// behind a lock; nothing reads or writes the memory through it.
+unsafe impl Send for BlockOwner {}
+// SAFETY: as for `Send`: the block is never accessed through a shared `Block`.
+unsafe impl Sync for BlockOwner {}
 
 impl Drop for Block {
     fn drop(&mut self) {
-        self.core.array_released();
+        match &self.owner {
+            BlockOwner::Arena(core) => core.array_released(),
+            BlockOwner::Planned(core, ptr, size) => core.release(*ptr, *size),
+        }
     }
 }
 
@@ -69,7 +87,17 @@ impl Block {
     /// Counts a new array into `core`'s arena.
     pub(crate) fn new(core: Arc<ArenaCore>) -> Block {
         core.array_added();
-        Block { core }
+        Block {
+            owner: BlockOwner::Arena(core),
+        }
+    }
+
+    /// The block of `size` bytes at `ptr` of a planned arena, given back when the
+    /// array goes.
+    pub(crate) fn planned(core: Arc<PlannedCore>, ptr: NonNull<u8>, size: usize) -> Block {
+        Block {
+            owner: BlockOwner::Planned(core, ptr, size),
+        }
     }
 }
 

@@ -9,6 +9,8 @@
 //!   [`Buffer`](buffer::Buffer);
 //! - [`FixedSizePool`](pool::PyFixedSizePool) and [`Arena`](arena::PyArena): the
 //!   building blocks on their own;
+//! - [`PlannedArena`](planned::PyPlannedArena): an arena that runs a plan of one
+//!   step (from a plan file, a trace, or the steps it watched);
 //! - [`handler`]: the NEP 49 data-memory handler that makes tensorpool NumPy's
 //!   allocator.
 //!
@@ -32,6 +34,7 @@ mod buffer;
 mod everywhere;
 mod handler;
 mod manager;
+mod planned;
 mod pool;
 
 create_exception!(
@@ -57,6 +60,7 @@ fn _tensorpool(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<manager::PyMemoryManager>()?;
     m.add_class::<pool::PyFixedSizePool>()?;
     m.add_class::<arena::PyArena>()?;
+    m.add_class::<planned::PyPlannedArena>()?;
     m.add_function(wrap_pyfunction!(handler::set_handler, m)?)?;
     m.add_function(wrap_pyfunction!(handler::get_handler, m)?)?;
     m.add_function(wrap_pyfunction!(manager::install_everywhere, m)?)?;

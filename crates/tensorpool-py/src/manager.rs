@@ -9,6 +9,7 @@ use crate::arena::PyArena;
 use crate::array::{ArraySpec, ARRAY_ALIGN};
 use crate::buffer::{Buffer, Owner};
 use crate::handler;
+use crate::planned::PyPlannedArena;
 use crate::to_py;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -314,6 +315,25 @@ impl PyMemoryManager {
             None => self.mm.arena(),
         };
         Ok(PyArena::from_manager(arena, self.state.clone()))
+    }
+
+    /// An arena that runs a plan of one step (`step()` begins each step; the k-th
+    /// array of a step gets the plan's k-th offset when its size fits and nothing
+    /// alive is in the way, else the manager's memory). `plan` is a step plan file
+    /// (`tensorpool plan --step` writes one) or a whole trace's plan; `trace` a
+    /// trace to plan one step of, cut at `steps` ("repeating": its period is found;
+    /// or a list of the steps' first events), searched for `time_limit` seconds;
+    /// with neither, the arena records the program's own steps until its `plan()`.
+    #[pyo3(signature = (plan=None, *, trace=None, steps=None, align=64, time_limit=1.0))]
+    fn planned_arena(
+        &self,
+        plan: Option<std::path::PathBuf>,
+        trace: Option<std::path::PathBuf>,
+        steps: Option<&Bound<'_, PyAny>>,
+        align: u64,
+        time_limit: f64,
+    ) -> PyResult<PyPlannedArena> {
+        PyPlannedArena::new(self, plan, trace, steps, align, time_limit)
     }
 
     /// The statistics, a dict with the keys of the Rust `Stats` (bytes allocated,

@@ -265,7 +265,7 @@ pub struct PlanReport {
 pub struct StepReport {
     /// Steps the trace was cut into.
     pub steps: usize,
-    /// The planned step's first event, and its number of events.
+    /// The planned step's first event.
     pub first_event: usize,
     /// Events in the step.
     pub events: usize,

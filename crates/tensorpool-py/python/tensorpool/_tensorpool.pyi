@@ -102,6 +102,19 @@ class MemoryManager:
         exported; ``ValueError`` without an arena)."""
     def arena(self, capacity: Optional[int] = None) -> Arena:
         """An arena whose chunks come from this manager; a context manager."""
+    def planned_arena(
+        self,
+        plan: Optional[Union[str, os.PathLike[str]]] = None,
+        *,
+        trace: Optional[Union[str, os.PathLike[str]]] = None,
+        steps: Optional[Union[str, Sequence[int]]] = None,
+        align: int = 64,
+        time_limit: float = 1.0,
+    ) -> PlannedArena:
+        """An arena that runs a plan of one step: from a plan file (``plan``), from
+        one step of a trace (``trace``, cut at ``steps``: ``"repeating"`` or the
+        steps' first events), or, with neither, from the steps it records until
+        its ``plan()``."""
     def stats(self) -> dict[str, Any]:
         """The statistics: the keys of the Rust ``Stats``, plus
         ``deferred_arena_scopes``, ``deferred_arena_bytes``, ``handler_invalid_frees``."""
@@ -174,6 +187,28 @@ class Arena:
     @property
     def closed(self) -> bool: ...
     def stats(self) -> dict[str, Any]: ...
+
+class PlannedArena:
+    """An arena that runs a plan of one step: ``step()`` begins a step, and the
+    k-th array of a step gets the plan's k-th offset when its size fits and nothing
+    alive is in the way; anything else gets the manager's memory. Made by
+    ``MemoryManager.planned_arena``."""
+
+    def step(self) -> None:
+        """Begins a step (arrays still alive keep their memory)."""
+    def empty(self, shape: _Shape, dtype: npt.DTypeLike = None, order: _Order = "C") -> np.ndarray: ...
+    def zeros(self, shape: _Shape, dtype: npt.DTypeLike = None, order: _Order = "C") -> np.ndarray: ...
+    def plan(self, *, align: int = 64, time_limit: float = 1.0) -> None:
+        """Plans the step it recorded most often and runs the plan from now on."""
+    def write_plan(self, path: Union[str, os.PathLike[str]]) -> None:
+        """Writes the plan as a step plan file."""
+    @property
+    def recording(self) -> bool: ...
+    @property
+    def arena_bytes(self) -> int: ...
+    def stats(self) -> dict[str, Any]:
+        """``steps``, ``served``, ``fallback`` and its reasons, ``deferred``,
+        ``live_planned``, ``region_bytes``, ``recording``, ``recorded_arrays``."""
 
 def set_handler(handler: Optional[Any]) -> Any:
     """Sets NumPy's data-memory handler in the current context; returns the old one."""

@@ -1,0 +1,340 @@
+//! `tensorpool.PlannedArena`: an arena that runs a plan of one step, for Python
+//! programs whose steps repeat.
+//!
+//! `mm.planned_arena(plan=...)` runs a step plan file (`tensorpool plan --step`
+//! writes one), `mm.planned_arena(trace=..., steps=...)` plans one step of a recorded
+//! trace, and `mm.planned_arena()` watches the program's own steps first:
+//!
+//! ```python
+//! arena = mm.planned_arena()        # records: every array comes from the manager
+//! for _ in range(3):
+//!     arena.step()
+//!     forward(arena)                # arena.empty(...) / arena.zeros(...)
+//! arena.plan()                      # plans the step it saw most often
+//! for _ in range(1000):
+//!     arena.step()
+//!     forward(arena)                # each array at its planned offset
+//! ```
+//!
+//! Each array's hidden base object gives its block back to the arena when NumPy lets
+//! go of it; arrays still alive at `step()` keep their memory (counted in
+//! `stats()["deferred"]`), and the slots they are in the way of fall back to the
+//! manager.
+
+use crate::array::{ArraySpec, Block, ARRAY_ALIGN};
+use crate::manager::{json_to_py, PyMemoryManager};
+use crate::to_py;
+use parking_lot::Mutex;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use std::alloc::Layout;
+use std::collections::HashMap;
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::time::Duration;
+use tensorpool::plan::search::Budget;
+use tensorpool::plan::{StepPlan, Steps};
+use tensorpool::trace::{Event, Format, Trace};
+use tensorpool::{MemoryManager, PlannedArena, PlannedStats};
+
+/// What the arena does: record the program's steps, or run a plan.
+enum Mode {
+    Recording(Recorder),
+    Running(Box<PlannedArena>),
+}
+
+/// The allocations and frees of the arena while it records, as a trace.
+struct Recorder {
+    mm: MemoryManager,
+    events: Vec<Event>,
+    /// Live blocks: address -> (block id, size).
+    live: HashMap<usize, (u32, u64)>,
+    blocks: u32,
+    /// The events at which `step()` was called.
+    starts: Vec<usize>,
+}
+
+/// The arena and its mode; shared by the Python object and every array's base.
+pub(crate) struct PlannedCore {
+    mode: Mutex<Mode>,
+}
+
+impl PlannedCore {
+    fn allocate(&self, size: usize) -> PyResult<NonNull<u8>> {
+        match &mut *self.mode.lock() {
+            Mode::Running(arena) => arena.allocate(size, ARRAY_ALIGN).map_err(to_py),
+            Mode::Recording(r) => {
+                let layout = Layout::from_size_align(size, ARRAY_ALIGN)
+                    .map_err(|_| PyValueError::new_err(format!("{size} bytes is too large")))?;
+                let ptr = r.mm.try_allocate(layout).map_err(to_py)?;
+                let id = r.blocks;
+                r.blocks += 1;
+                r.events.push(Event::Alloc {
+                    id,
+                    size: size as u64,
+                });
+                r.live.insert(ptr.as_ptr().addr(), (id, size as u64));
+                Ok(ptr)
+            }
+        }
+    }
+
+    /// Gives back the block at `ptr` of `size` bytes (an array's, when it dies).
+    pub(crate) fn release(&self, ptr: NonNull<u8>, size: usize) {
+        match &mut *self.mode.lock() {
+            Mode::Running(arena) => {
+                let freed = arena.free(ptr, size, ARRAY_ALIGN);
+                debug_assert!(freed.is_ok(), "an array's block was live: {freed:?}");
+            }
+            Mode::Recording(r) => {
+                if let Some((id, _)) = r.live.remove(&ptr.as_ptr().addr()) {
+                    r.events.push(Event::Free { id });
+                }
+                let layout = Layout::from_size_align(size, ARRAY_ALIGN).expect("allocated so");
+                // SAFETY: the block came from `r.mm` with this layout (recording
+                // arenas allocate from it), and its array is gone.
+                unsafe { allocator_api2::alloc::Allocator::deallocate(&r.mm, ptr, layout) };
+            }
+        }
+    }
+}
+
+/// The plan's search budget from Python's `time_limit` (seconds).
+fn budget(time_limit: f64) -> PyResult<Budget> {
+    if !time_limit.is_finite() || time_limit < 0.0 {
+        return Err(PyValueError::new_err(format!(
+            "time_limit={time_limit}: a number of seconds, at least 0"
+        )));
+    }
+    Ok(Budget::time(Duration::from_secs_f64(time_limit)))
+}
+
+/// `steps` from Python: "repeating" or a list of event indices.
+fn steps(steps: &Bound<'_, PyAny>) -> PyResult<Steps> {
+    if let Ok(text) = steps.extract::<String>() {
+        return text.parse().map_err(to_py);
+    }
+    steps.extract::<Vec<usize>>().map(Steps::At).map_err(|_| {
+        PyValueError::new_err("steps: \"repeating\" or a list of the steps' first events")
+    })
+}
+
+/// An arena that runs a plan of one step; see `MemoryManager.planned_arena`.
+#[pyclass(name = "PlannedArena", module = "tensorpool", frozen)]
+pub struct PyPlannedArena {
+    core: Arc<PlannedCore>,
+    /// The manager, for `plan()` after recording.
+    mm: MemoryManager,
+}
+
+impl PyPlannedArena {
+    /// An arena for `mm`: running the plan file at `plan`, planning one step of the
+    /// trace at `trace`, or recording.
+    pub(crate) fn new(
+        mm: &PyMemoryManager,
+        plan: Option<std::path::PathBuf>,
+        trace: Option<std::path::PathBuf>,
+        steps_given: Option<&Bound<'_, PyAny>>,
+        align: u64,
+        time_limit: f64,
+    ) -> PyResult<PyPlannedArena> {
+        let mm = mm.mm.clone();
+        if steps_given.is_some() && trace.is_none() {
+            return Err(PyValueError::new_err(
+                "steps= cuts a trace: give trace= too",
+            ));
+        }
+        let mode = match (plan, trace) {
+            (Some(_), Some(_)) => {
+                return Err(PyValueError::new_err("give a plan or a trace, not both"))
+            }
+            (Some(path), None) => {
+                let plan = StepPlan::read(&path).map_err(to_py)?;
+                Mode::Running(Box::new(PlannedArena::new(&mm, plan).map_err(to_py)?))
+            }
+            (None, Some(path)) => {
+                let trace = Trace::read(&path).map_err(to_py)?;
+                let steps = match steps_given {
+                    Some(s) => steps(s)?,
+                    None => Steps::Repeating,
+                };
+                let plan = StepPlan::from_trace(&trace, &steps, align, budget(time_limit)?)
+                    .map_err(to_py)?;
+                Mode::Running(Box::new(PlannedArena::new(&mm, plan).map_err(to_py)?))
+            }
+            (None, None) => Mode::Recording(Recorder {
+                mm: mm.clone(),
+                events: Vec::new(),
+                live: HashMap::new(),
+                blocks: 0,
+                starts: Vec::new(),
+            }),
+        };
+        Ok(PyPlannedArena {
+            core: Arc::new(PlannedCore {
+                mode: Mutex::new(mode),
+            }),
+            mm,
+        })
+    }
+
+    fn array<'py>(
+        &self,
+        shape: &Bound<'py, PyAny>,
+        dtype: Option<&Bound<'py, PyAny>>,
+        order: &str,
+        zeroed: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let spec = ArraySpec::parse(shape, dtype, order)?;
+        let size = spec.nbytes.max(1);
+        let ptr = self.core.allocate(size)?;
+        if zeroed {
+            // SAFETY: a fresh block of at least `nbytes` bytes that nothing else uses.
+            unsafe { ptr.as_ptr().write_bytes(0, spec.nbytes) };
+        }
+        spec.wrap_in_block(ptr, Block::planned(self.core.clone(), ptr, size))
+    }
+}
+
+#[pymethods]
+impl PyPlannedArena {
+    /// Begins a step: the next array is the plan's first. Arrays still alive keep
+    /// their memory.
+    fn step(&self) {
+        match &mut *self.core.mode.lock() {
+            Mode::Running(arena) => arena.step(),
+            Mode::Recording(r) => r.starts.push(r.events.len()),
+        }
+    }
+
+    /// A new array, uninitialised, as `numpy.empty`: the step's next slot, or the
+    /// manager's memory.
+    #[pyo3(signature = (shape, dtype=None, order="C"))]
+    fn empty<'py>(
+        &self,
+        shape: &Bound<'py, PyAny>,
+        dtype: Option<&Bound<'py, PyAny>>,
+        order: &str,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.array(shape, dtype, order, false)
+    }
+
+    /// A new array of zeros, as `numpy.zeros`.
+    #[pyo3(signature = (shape, dtype=None, order="C"))]
+    fn zeros<'py>(
+        &self,
+        shape: &Bound<'py, PyAny>,
+        dtype: Option<&Bound<'py, PyAny>>,
+        order: &str,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.array(shape, dtype, order, true)
+    }
+
+    /// Plans the step the arena recorded most often (steps begin at each `step()`)
+    /// and runs that plan from now on. `ValueError` when the arena already runs a
+    /// plan, or recorded no step.
+    #[pyo3(signature = (*, align=64, time_limit=1.0))]
+    fn plan(&self, align: u64, time_limit: f64) -> PyResult<()> {
+        let mut mode = self.core.mode.lock();
+        let Mode::Recording(r) = &*mode else {
+            return Err(PyValueError::new_err("the arena already runs a plan"));
+        };
+        if r.starts.is_empty() {
+            return Err(PyValueError::new_err(
+                "no step recorded: call step() at the start of every step",
+            ));
+        }
+        let trace = Trace {
+            format: Format::RmmCsv,
+            events: r.events.clone(),
+            allocations: r.blocks as usize,
+            unmatched_frees: 0,
+            failed_allocations: 0,
+            leaked_blocks: r.live.len(),
+            times: Vec::new(),
+            offsets: Vec::new(),
+        };
+        let starts: Vec<usize> = r
+            .starts
+            .iter()
+            .copied()
+            .filter(|&s| s < trace.events.len())
+            .collect();
+        let plan = StepPlan::from_trace(&trace, &Steps::At(starts), align, budget(time_limit)?)
+            .map_err(to_py)?;
+        // Blocks recorded and still alive are the manager's: the arena passes their
+        // frees on to it.
+        *mode = Mode::Running(Box::new(PlannedArena::new(&self.mm, plan).map_err(to_py)?));
+        Ok(())
+    }
+
+    /// Writes the plan it runs as a step plan file (`slot,size,offset,freed_before`).
+    fn write_plan(&self, path: std::path::PathBuf) -> PyResult<()> {
+        let mode = self.core.mode.lock();
+        let Mode::Running(arena) = &*mode else {
+            return Err(PyValueError::new_err("the arena records: no plan yet"));
+        };
+        let mut out = Vec::new();
+        arena.plan().write(&mut out)?;
+        std::fs::write(&path, out)?;
+        Ok(())
+    }
+
+    /// Whether it records the program's steps (no plan yet).
+    #[getter]
+    fn recording(&self) -> bool {
+        matches!(&*self.core.mode.lock(), Mode::Recording(_))
+    }
+
+    /// The plan's arena in bytes (0 while recording).
+    #[getter]
+    fn arena_bytes(&self) -> u64 {
+        match &*self.core.mode.lock() {
+            Mode::Running(arena) => arena.plan().arena_bytes(),
+            Mode::Recording(_) => 0,
+        }
+    }
+
+    /// The statistics, a dict: steps, `served` (arrays at their planned offset),
+    /// the fallbacks by reason (`fallback_mismatch`, `fallback_conflict`,
+    /// `fallback_beyond_plan`, `fallback_unplanned`) and in all (`fallback`),
+    /// `deferred` (arrays alive at a `step()`), `live_planned`, `region_bytes`; while
+    /// recording, the steps and arrays recorded.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let (stats, recorded) = match &*self.core.mode.lock() {
+            Mode::Running(arena) => (arena.stats(), None),
+            Mode::Recording(r) => (
+                PlannedStats {
+                    steps: r.starts.len() as u64,
+                    ..PlannedStats::default()
+                },
+                Some(r.blocks),
+            ),
+        };
+        let mut value = serde_json::to_value(stats).expect("stats serialize");
+        value["fallback"] = stats.fallback().into();
+        value["recording"] = recorded.is_some().into();
+        value["recorded_arrays"] = recorded.unwrap_or(0).into();
+        json_to_py(py, &value.to_string())
+    }
+
+    fn __repr__(&self) -> String {
+        match &*self.core.mode.lock() {
+            Mode::Running(arena) => {
+                let s = arena.stats();
+                format!(
+                    "<tensorpool.PlannedArena: {} slots in {} bytes; {} served, {} fell back>",
+                    arena.plan().slots().len(),
+                    s.region_bytes,
+                    s.served,
+                    s.fallback()
+                )
+            }
+            Mode::Recording(r) => format!(
+                "<tensorpool.PlannedArena (recording): {} steps, {} arrays>",
+                r.starts.len(),
+                r.blocks
+            ),
+        }
+    }
+}
