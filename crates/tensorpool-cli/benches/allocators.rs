@@ -10,7 +10,11 @@
 //! - `arena/<allocator>`: 1000 allocations of 16 B to 4 KiB then a reset, tensorpool's
 //!   `Arena` through `Allocator` against bumpalo's `alloc_layout` (time per round);
 //! - `large/<allocator>/<MiB>`: allocate 1 to 64 MiB, write one byte in every page,
-//!   free; `warm-touch` writes the pages of memory already mapped.
+//!   free; `warm-touch` writes the pages of memory already mapped;
+//! - `step/<trace>/<allocator>`: one step of a real repeating trace (its period
+//!   found), its allocations and frees in order, time per event: a `PlannedArena`
+//!   running the step's plan (`planned`), bumpalo (frees ignored, a reset after the
+//!   step), the manager and the peers.
 //!
 //! `cargo bench -p tensorpool-cli --bench allocators`; `python3 scripts/bench_table.py`
 //! prints the ratios.
@@ -18,7 +22,9 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::alloc::Layout;
 use std::time::Duration;
-use tensorpool::{Arena, Config, FixedSizePool};
+use tensorpool::plan::{search::Budget, StepPlan, Steps};
+use tensorpool::trace::Trace;
+use tensorpool::{Arena, Config, FixedSizePool, MemoryManager, PlannedArena};
 use tensorpool_cli::peers::{Kind, Subject};
 use tensorpool_cli::workloads;
 
@@ -119,5 +125,39 @@ fn large(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pairs, raw, arena, large);
+fn step(c: &mut Criterion) {
+    let subjects = subjects();
+    let mut group = c.benchmark_group("step");
+    group
+        .measurement_time(Duration::from_secs(1))
+        .warm_up_time(Duration::from_millis(300));
+    for name in ["transformer_train", "sk_mlp"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../traces")
+            .join(format!("{name}.csv.gz"));
+        let trace = Trace::read(&path).expect("the project's traces");
+        let plan = StepPlan::from_trace(&trace, &Steps::Repeating, 64, Budget::steps(20_000))
+            .expect("the trace repeats");
+        let (cut, planned) = plan.source().expect("planned from the trace");
+        let ops = workloads::StepOps::new(&trace, cut[planned].clone());
+        group.throughput(Throughput::Elements(ops.events() as u64));
+        let mm = MemoryManager::new(Config::default()).expect("the default config");
+        let arena = PlannedArena::new(&mm, plan).expect("memory for the region");
+        group.bench_function(BenchmarkId::new(name, "planned"), |b| {
+            b.iter_custom(|n| workloads::step_planned(&arena, &ops, n))
+        });
+        let mut bump = bumpalo::Bump::new();
+        group.bench_function(BenchmarkId::new(name, "bumpalo"), |b| {
+            b.iter_custom(|n| workloads::step_bumpalo(&mut bump, &ops, n))
+        });
+        for s in &subjects {
+            group.bench_function(BenchmarkId::new(name, s.kind().name()), |b| {
+                b.iter_custom(|n| workloads::step(s, &ops, n))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, pairs, raw, arena, large, step);
 criterion_main!(benches);

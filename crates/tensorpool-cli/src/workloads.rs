@@ -8,7 +8,8 @@ use std::hint::black_box;
 use std::ptr::NonNull;
 use std::sync::{mpsc, Arc, Barrier};
 use std::time::{Duration, Instant};
-use tensorpool::{Arena, FixedSizePool};
+use tensorpool::trace::{Event, Trace};
+use tensorpool::{Arena, FixedSizePool, PlannedArena};
 
 /// Writes one byte in every page of a block, as a tensor's first use does.
 pub fn touch(ptr: NonNull<u8>, size: usize) {
@@ -117,6 +118,126 @@ pub fn bumpalo(bump: &mut bumpalo::Bump, rounds: u64) -> Duration {
         for i in 0..ARENA_ROUND {
             black_box(bump.alloc_layout(black_box(arena_layout(i))));
         }
+        bump.reset();
+    }
+    start.elapsed()
+}
+
+/// One step of a recorded program, as the step benchmarks replay it: its
+/// allocations (each a slot of the step, in order) and its frees of them; blocks the
+/// step does not free are freed at its end.
+pub struct StepOps {
+    ops: Vec<StepOp>,
+    layouts: Vec<Layout>,
+    /// Slots the step leaves live.
+    left: Vec<u32>,
+}
+
+#[derive(Clone, Copy)]
+enum StepOp {
+    Alloc(u32),
+    Free(u32),
+}
+
+impl StepOps {
+    /// The events of `trace` in `range` (a step, as [`StepPlan::source`] cuts
+    /// it), each block 64-byte aligned as the replays have them.
+    ///
+    /// [`StepPlan::source`]: tensorpool::plan::StepPlan::source
+    pub fn new(trace: &Trace, range: std::ops::Range<usize>) -> StepOps {
+        let mut slot_of = std::collections::HashMap::new();
+        let (mut ops, mut layouts) = (Vec::new(), Vec::new());
+        for e in &trace.events[range] {
+            match *e {
+                Event::Alloc { id, size } => {
+                    slot_of.insert(id, layouts.len() as u32);
+                    ops.push(StepOp::Alloc(layouts.len() as u32));
+                    layouts.push(crate::replay::layout_of(size));
+                }
+                Event::Free { id } => {
+                    if let Some(slot) = slot_of.remove(&id) {
+                        ops.push(StepOp::Free(slot));
+                    }
+                }
+            }
+        }
+        let mut left: Vec<u32> = slot_of.into_values().collect();
+        left.sort_unstable();
+        StepOps { ops, layouts, left }
+    }
+
+    /// Allocations and frees per step (the benchmark's elements).
+    pub fn events(&self) -> usize {
+        self.ops.len() + self.left.len()
+    }
+
+    /// Runs the step once: `alloc` for every allocation, `free` for every free.
+    #[inline(always)]
+    fn run(
+        &self,
+        ptrs: &mut [NonNull<u8>],
+        mut alloc: impl FnMut(Layout) -> NonNull<u8>,
+        mut free: impl FnMut(NonNull<u8>, Layout),
+    ) {
+        for &op in &self.ops {
+            match op {
+                StepOp::Alloc(k) => ptrs[k as usize] = alloc(black_box(self.layouts[k as usize])),
+                StepOp::Free(k) => free(black_box(ptrs[k as usize]), self.layouts[k as usize]),
+            }
+        }
+        for &k in &self.left {
+            free(ptrs[k as usize], self.layouts[k as usize]);
+        }
+    }
+}
+
+/// `rounds` steps through one of the allocators.
+pub fn step(subject: &Subject, step: &StepOps, rounds: u64) -> Duration {
+    with_allocator!(subject, |a| step_in(a, step, rounds))
+}
+
+fn step_in(a: &impl Allocates, step: &StepOps, rounds: u64) -> Duration {
+    let mut ptrs = vec![NonNull::dangling(); step.layouts.len()];
+    let start = Instant::now();
+    for _ in 0..rounds {
+        step.run(
+            &mut ptrs,
+            |layout| a.alloc(layout).expect("memory for a benchmark"),
+            // SAFETY: each block is freed once, with the layout it was allocated with.
+            |p, layout| unsafe { a.free(p, layout) },
+        );
+    }
+    start.elapsed()
+}
+
+/// `rounds` steps through a `PlannedArena` running a plan of the step (`step()`
+/// before each), through its `Allocator`.
+pub fn step_planned(arena: &PlannedArena, step: &StepOps, rounds: u64) -> Duration {
+    let mut ptrs = vec![NonNull::dangling(); step.layouts.len()];
+    let start = Instant::now();
+    for _ in 0..rounds {
+        arena.step();
+        step.run(
+            &mut ptrs,
+            |layout| {
+                allocator_api2::alloc::Allocator::allocate(arena, layout)
+                    .expect("memory for a benchmark")
+                    .cast()
+            },
+            // SAFETY: each block is freed once, with the layout it was allocated with.
+            |p, layout| unsafe { allocator_api2::alloc::Allocator::deallocate(arena, p, layout) },
+        );
+    }
+    start.elapsed()
+}
+
+/// `rounds` steps through bumpalo: every allocation bumped, frees ignored, a reset
+/// after each step (what an arena without a plan does with a step).
+pub fn step_bumpalo(bump: &mut bumpalo::Bump, step: &StepOps, rounds: u64) -> Duration {
+    let mut ptrs = vec![NonNull::dangling(); step.layouts.len()];
+    let start = Instant::now();
+    for _ in 0..rounds {
+        step.run(&mut ptrs, |layout| bump.alloc_layout(layout), |_, _| {});
         bump.reset();
     }
     start.elapsed()

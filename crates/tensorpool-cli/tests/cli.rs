@@ -396,7 +396,7 @@ fn plan_plans_one_step_of_a_repeating_trace_and_replays_it_through_a_planned_are
     );
     // The step plan file: one row per allocation, in order.
     let written = std::fs::read_to_string(&step).unwrap();
-    assert!(written.starts_with("slot,size,offset,freed_before\n"));
+    assert!(written.starts_with("slot,size,offset,freed_before,free_event\n"));
     assert_eq!(written.lines().count(), 1 + 957);
     // A trace that does not repeat, and steps that are not events, are refused.
     for (trace, steps, says) in [

@@ -268,7 +268,7 @@ impl PyPlannedArena {
         Ok(())
     }
 
-    /// Writes the plan it runs as a step plan file (`slot,size,offset,freed_before`).
+    /// Writes the plan it runs as a step plan file (`slot,size,offset,freed_before,free_event`).
     fn write_plan(&self, path: std::path::PathBuf) -> PyResult<()> {
         let mode = self.core.mode.lock();
         let Mode::Running(arena) = &*mode else {

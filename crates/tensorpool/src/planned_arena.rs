@@ -111,15 +111,32 @@ impl PlannedStats {
 struct State {
     /// The step's allocations so far.
     next: usize,
-    /// Whether each slot holds a live block of the region.
-    live: Vec<bool>,
-    /// Whether each live slot is in `late`.
-    is_late: Vec<bool>,
+    /// The free expected next: an index into the plan's frees due before
+    /// allocation `next` (`StepPlan::due_before`), in the plan's order.
+    expected_free: usize,
+    /// Every slot, with what the hot paths read of its plan beside it (one cache
+    /// line touched per slot).
+    slots: Vec<SlotState>,
     /// Live slots the plan has freed by now, or that were live at a `step()`.
     late: Vec<u32>,
     /// The live slot at each distinct planned offset (see `PlannedArena::at`).
     at_offset: Vec<u32>,
     stats: PlannedStats,
+}
+
+/// A slot of the plan as the arena uses it.
+#[derive(Clone, Copy)]
+struct SlotState {
+    /// Its offset (`u64::MAX` for a slot the plan leaves to the manager).
+    offset: u64,
+    /// Bytes planned.
+    size: u64,
+    /// Its offset's index in `State::at_offset`.
+    offset_index: u32,
+    /// It holds a live block of the region.
+    live: bool,
+    /// It is in `State::late`.
+    late: bool,
 }
 
 /// An arena that runs a [`StepPlan`]; see the [module docs](self).
@@ -131,8 +148,6 @@ pub struct PlannedArena {
     region_bytes: usize,
     /// Each distinct planned offset's index in `State::at_offset`.
     offset_index: FxHashMap<u64, u32>,
-    /// Each slot's index in `State::at_offset` (`NONE` for an unplanned slot).
-    slot_offset: Vec<u32>,
     state: RefCell<State>,
 }
 
@@ -161,22 +176,30 @@ impl PlannedArena {
             bytes => Some(manager.allocate_raw(bytes, REGION_ALIGN)?),
         };
         let mut offset_index = FxHashMap::default();
-        let slot_offset: Vec<u32> = plan
+        let slots: Vec<SlotState> = plan
             .slots()
             .iter()
-            .map(|s| match s.offset {
-                Some(o) if s.size > 0 => {
-                    let next = offset_index.len() as u32;
-                    *offset_index.entry(o).or_insert(next)
+            .map(|s| {
+                let (offset, index) = match s.offset {
+                    Some(o) if s.size > 0 => {
+                        let next = offset_index.len() as u32;
+                        (o, *offset_index.entry(o).or_insert(next))
+                    }
+                    _ => (u64::MAX, NONE),
+                };
+                SlotState {
+                    offset,
+                    size: s.size,
+                    offset_index: index,
+                    live: false,
+                    late: false,
                 }
-                _ => NONE,
             })
             .collect();
-        let n = plan.slots().len();
         let state = State {
             next: 0,
-            live: vec![false; n],
-            is_late: vec![false; n],
+            expected_free: 0,
+            slots,
             late: Vec::new(),
             at_offset: vec![NONE; offset_index.len()],
             stats: PlannedStats {
@@ -190,7 +213,6 @@ impl PlannedArena {
             region,
             region_bytes,
             offset_index,
-            slot_offset,
             state: RefCell::new(state),
         })
     }
@@ -218,13 +240,14 @@ impl PlannedArena {
         let mut s = self.state.borrow_mut();
         let s = &mut *s;
         s.next = 0;
+        s.expected_free = 0;
         s.stats.steps += 1;
         if s.stats.live_planned > 0 {
-            for (k, live) in s.live.iter().enumerate() {
-                if *live {
+            for (k, slot) in s.slots.iter_mut().enumerate() {
+                if slot.live {
                     s.stats.deferred += 1;
-                    if !s.is_late[k] {
-                        s.is_late[k] = true;
+                    if !slot.late {
+                        slot.late = true;
                         s.late.push(k as u32);
                     }
                 }
@@ -253,11 +276,8 @@ impl PlannedArena {
     /// the region that is not live is refused and changes nothing; the manager checks
     /// its own.
     pub fn free(&self, ptr: NonNull<u8>, size: usize, align: usize) -> Result<()> {
-        match self.slot_at(ptr) {
-            Some(Ok(k)) => {
-                self.release_slot(k);
-                Ok(())
-            }
+        match self.release_at(ptr) {
+            Some(Ok(())) => Ok(()),
             Some(Err(reason)) => Err(Error::InvalidPointer {
                 addr: ptr.as_ptr().addr(),
                 reason,
@@ -284,77 +304,82 @@ impl PlannedArena {
         let s = &mut *guard;
         let k = s.next;
         s.next += 1;
-        let slots = self.plan.slots();
-        let Some(slot) = slots.get(k) else {
+        s.expected_free = 0;
+        let Some(&slot) = s.slots.get(k) else {
             s.stats.fallback_beyond_plan += 1;
             return None;
         };
         // Slots the plan has freed by now and the program has not are late.
         for &j in self.plan.due_before(k) {
-            let j = j as usize;
-            if s.live[j] && !s.is_late[j] {
-                s.is_late[j] = true;
-                s.late.push(j as u32);
+            let other = &mut s.slots[j as usize];
+            if other.live && !other.late {
+                other.late = true;
+                s.late.push(j);
             }
         }
-        let (Some(offset), Some(region)) = (slot.offset, self.region) else {
+        let Some(region) = self.region.filter(|_| slot.offset != u64::MAX) else {
             s.stats.fallback_unplanned += 1;
             return None;
         };
-        let at = region.as_ptr().wrapping_add(offset as usize);
+        let at = region.as_ptr().wrapping_add(slot.offset as usize);
         if size as u64 > slot.size || size == 0 || at.addr() & (align - 1) != 0 {
             s.stats.fallback_mismatch += 1;
             return None;
         }
-        let end = offset + slot.size;
+        let end = slot.offset + slot.size;
         let blocked = s.late.iter().any(|&j| {
-            let other = slots[j as usize];
-            let o = other.offset.expect("live slots are planned");
-            o < end && offset < o + other.size
+            let other = &s.slots[j as usize];
+            other.offset < end && slot.offset < other.offset + other.size
         });
         if blocked {
             s.stats.fallback_conflict += 1;
             return None;
         }
-        s.live[k] = true;
-        s.at_offset[self.slot_offset[k] as usize] = k as u32;
+        s.slots[k].live = true;
+        s.at_offset[slot.offset_index as usize] = k as u32;
         s.stats.served += 1;
         s.stats.live_planned += 1;
         NonNull::new(at)
     }
 
-    /// The live slot whose block starts at `ptr`; `None` when `ptr` is not in the
-    /// region, the reason for refusing it when no live block starts there.
-    fn slot_at(&self, ptr: NonNull<u8>) -> Option<std::result::Result<usize, PointerError>> {
+    /// Frees the live block of the region at `ptr`: `None` when `ptr` is not in the
+    /// region, the reason for refusing it (nothing changed) when no live block
+    /// starts there.
+    #[inline]
+    fn release_at(&self, ptr: NonNull<u8>) -> Option<std::result::Result<(), PointerError>> {
         let region = self.region?;
         let offset = ptr.as_ptr().addr().wrapping_sub(region.as_ptr().addr());
         if offset >= self.region_bytes {
             return None;
         }
-        let s = self.state.borrow();
-        let k = self
-            .offset_index
-            .get(&(offset as u64))
-            .map_or(NONE, |&i| s.at_offset[i as usize]);
-        Some(if k == NONE {
-            Err(PointerError::NotLive)
-        } else {
-            Ok(k as usize)
-        })
-    }
-
-    /// Marks slot `k` (live) free.
-    fn release_slot(&self, k: usize) {
+        let offset = offset as u64;
         let mut guard = self.state.borrow_mut();
         let s = &mut *guard;
-        s.live[k] = false;
-        s.at_offset[self.slot_offset[k] as usize] = NONE;
+        // A program that runs as planned frees what the plan frees before its next
+        // allocation, in the plan's order: that slot first, the index of every
+        // offset after.
+        let due = self.plan.due_before(s.next.min(s.slots.len()));
+        let expected = due.get(s.expected_free).map(|&j| j as usize);
+        let k = match expected.filter(|&j| s.slots[j].live && s.slots[j].offset == offset) {
+            Some(j) => {
+                s.expected_free += 1;
+                j
+            }
+            None => match self.offset_index.get(&offset) {
+                Some(&i) if s.at_offset[i as usize] != NONE => s.at_offset[i as usize] as usize,
+                _ => return Some(Err(PointerError::NotLive)),
+            },
+        };
+        let slot = &mut s.slots[k];
+        slot.live = false;
+        s.at_offset[slot.offset_index as usize] = NONE;
         s.stats.live_planned -= 1;
-        if s.is_late[k] {
-            s.is_late[k] = false;
+        if slot.late {
+            slot.late = false;
             let at = s.late.iter().position(|&j| j as usize == k).expect("late");
             s.late.swap_remove(at);
         }
+        Some(Ok(()))
     }
 }
 
@@ -392,8 +417,8 @@ unsafe impl Allocator for PlannedArena {
         if layout.size() == 0 {
             return;
         }
-        match self.slot_at(ptr) {
-            Some(Ok(k)) => self.release_slot(k),
+        match self.release_at(ptr) {
+            Some(Ok(())) => {}
             Some(Err(why)) => debug_assert!(false, "Allocator::deallocate of {ptr:?}: {why:?}"),
             // SAFETY: by the caller's contract `ptr` came from this arena with
             // `layout`; outside the region, that is from the manager's `allocate`.
@@ -420,6 +445,7 @@ mod tests {
             size,
             offset: Some(offset),
             freed_before,
+            free_event: 0,
         }
     }
 

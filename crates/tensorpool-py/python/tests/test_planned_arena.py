@@ -123,7 +123,7 @@ def test_a_plan_file_and_a_trace_give_the_same_arena(tmp_path):
     recorded.plan(time_limit=0.5)
     path = tmp_path / "step.csv"
     recorded.write_plan(path)
-    assert path.read_text().startswith("slot,size,offset,freed_before\n")
+    assert path.read_text().startswith("slot,size,offset,freed_before,free_event\n")
     from_file = mm.planned_arena(path)
     assert from_file.arena_bytes == recorded.arena_bytes
     from_file.step()

@@ -63,6 +63,10 @@ pub struct Slot {
     /// The plan frees it before the step's allocation of this index (the step's
     /// number of allocations when the step never frees it).
     pub freed_before: usize,
+    /// Where the plan frees it, as the step's event index (the step's number of
+    /// events when it never does): orders the frees that come between two
+    /// allocations, so that an arena can expect them in that order.
+    pub free_event: usize,
 }
 
 /// The plan of one step: the allocations of a step, in order, each with its size,
@@ -83,7 +87,7 @@ pub struct StepPlan {
 }
 
 /// The header of a step plan file.
-const HEADER: &str = "slot,size,offset,freed_before";
+const HEADER: &str = "slot,size,offset,freed_before,free_event";
 
 impl StepPlan {
     /// A plan of `slots`, in allocation order. Refused (naming the two slots) where
@@ -126,6 +130,11 @@ impl StepPlan {
             due_slots[next[s.freed_before] as usize] = k as u32;
             next[s.freed_before] += 1;
         }
+        // Within each group, in the order the plan frees them.
+        for k in 0..=n {
+            due_slots[due[k] as usize..due[k + 1] as usize]
+                .sort_by_key(|&j| (slots[j as usize].free_event, j));
+        }
         Ok(StepPlan {
             slots,
             due,
@@ -155,7 +164,7 @@ impl StepPlan {
     }
 
     /// Reads a plan file: a step plan [`write`](Self::write) wrote
-    /// (`slot,size,offset,freed_before`), or a whole trace's plan as `tensorpool plan`
+    /// (`slot,size,offset,freed_before,free_event`), or a whole trace's plan as `tensorpool plan`
     /// writes it (`id,lower,upper,size,offset`, the whole file one step). Errors name
     /// the file, and the line where one is wrong.
     pub fn read(path: impl AsRef<Path>) -> Result<StepPlan> {
@@ -182,14 +191,18 @@ impl StepPlan {
         Self::from_placed(&trace, &trace.offsets).map_err(named)
     }
 
-    /// Writes the plan as `slot,size,offset,freed_before` rows, one per allocation
+    /// Writes the plan as `slot,size,offset,freed_before,free_event` rows, one per allocation
     /// of the step in order (`offset` empty where the plan leaves the allocation to
     /// the manager), which [`read`](Self::read) reads back.
     pub fn write(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
         writeln!(out, "{HEADER}")?;
         for (k, s) in self.slots.iter().enumerate() {
             let offset = s.offset.map(|o| o.to_string()).unwrap_or_default();
-            writeln!(out, "{k},{},{offset},{}", s.size, s.freed_before)?;
+            writeln!(
+                out,
+                "{k},{},{offset},{},{}",
+                s.size, s.freed_before, s.free_event
+            )?;
         }
         Ok(())
     }
@@ -218,8 +231,8 @@ impl StepPlan {
                 continue;
             }
             let fields: Vec<&str> = line.split(',').collect();
-            let [slot, size, offset, freed_before] = fields[..] else {
-                return Err(bad(n, format!("expected 4 fields, found {}", fields.len())));
+            let [slot, size, offset, freed_before, free_event] = fields[..] else {
+                return Err(bad(n, format!("expected 5 fields, found {}", fields.len())));
             };
             let number = |field: &str, what: &str| {
                 field
@@ -240,6 +253,8 @@ impl StepPlan {
                     o => Some(number(o, "offset")?),
                 },
                 freed_before: usize::try_from(number(freed_before, "freed_before")?)
+                    .unwrap_or(usize::MAX),
+                free_event: usize::try_from(number(free_event, "free_event")?)
                     .unwrap_or(usize::MAX),
             });
         }
@@ -362,6 +377,11 @@ fn slots_of(
                     before[l.upper - range.start]
                 } else {
                     count
+                },
+                free_event: if freed_in_step {
+                    l.upper - range.start
+                } else {
+                    range.len()
                 },
             }
         })
@@ -665,6 +685,7 @@ mod tests {
             size,
             offset: Some(offset),
             freed_before,
+            free_event: 0,
         };
         let e = StepPlan::new(vec![slot(100, 0, 2), slot(100, 50, 2)]).unwrap_err();
         assert!(e.to_string().contains("overlaps allocation 0"), "{e}");
@@ -715,17 +736,20 @@ mod tests {
                 Slot {
                     size: 4096,
                     offset: Some(0),
-                    freed_before: 2
+                    freed_before: 2,
+                    free_event: 2,
                 },
                 Slot {
                     size: 1024,
                     offset: Some(4096),
-                    freed_before: 3
+                    freed_before: 3,
+                    free_event: 4,
                 },
                 Slot {
                     size: 3072,
                     offset: Some(0),
-                    freed_before: 3
+                    freed_before: 3,
+                    free_event: 5,
                 },
             ]
         );
@@ -737,17 +761,21 @@ mod tests {
         step.write(&mut out).unwrap();
         assert_eq!(
             String::from_utf8(out.clone()).unwrap(),
-            "slot,size,offset,freed_before\n0,4096,0,2\n1,1024,,3\n2,3072,0,3\n"
+            "slot,size,offset,freed_before,free_event\n0,4096,0,2,2\n1,1024,,3,4\n2,3072,0,3,5\n"
         );
         std::fs::write(&path, &out).unwrap();
         assert_eq!(StepPlan::read(&path).unwrap(), step);
         for (rows, needle) in [
-            ("0,4096,0,2\n2,1,0,3\n", "line 3: slot 2 out of order"),
-            ("0,4096,x,2\n", "offset `x`"),
-            ("0,4096,0\n", "expected 4 fields"),
-            ("0,4096,0,0\n", "after itself"),
+            ("0,4096,0,2,2\n2,1,0,3,3\n", "line 3: slot 2 out of order"),
+            ("0,4096,x,2,2\n", "offset `x`"),
+            ("0,4096,0,2\n", "expected 5 fields"),
+            ("0,4096,0,0,0\n", "after itself"),
         ] {
-            std::fs::write(&path, format!("slot,size,offset,freed_before\n{rows}")).unwrap();
+            std::fs::write(
+                &path,
+                format!("slot,size,offset,freed_before,free_event\n{rows}"),
+            )
+            .unwrap();
             let e = StepPlan::read(&path).unwrap_err().to_string();
             assert!(
                 e.contains("plan.csv") && e.contains(needle),
