@@ -86,6 +86,16 @@ def main():
         print(f"| {mib} MiB | {fmt(warm)} | {fmt(tp)} | "
               + " | ".join(fmt(times[p]) for p in PEERS)
               + f" | {tp / warm:.2f}x | {times['system'] / tp:.0f}x |")
+    if ROOT.joinpath("step").exists():
+        print("\nOne step of a real repeating trace, planned and run by a `PlannedArena`, against the manager, bumpalo (frees ignored) and the peers (time per step):\n")
+        print("| step | events | PlannedArena | manager | bumpalo | system | mimalloc | jemalloc | planned / manager | planned / bumpalo |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for trace in sorted(p.name for p in ROOT.joinpath("step").iterdir() if p.is_dir() and p.name != "report"):
+            meta = json.loads(ROOT.joinpath("step", trace, "planned", "new", "benchmark.json").read_text())
+            events = (meta.get("throughput") or {}).get("Elements") or 0
+            t = {n: estimate("step", trace, n) for n in ["planned", "tensorpool", "bumpalo", *PEERS]}
+            print(f"| {trace} | {events:,} | " + " | ".join(fmt(t[n]) for n in ["planned", "tensorpool", "bumpalo", *PEERS])
+                  + f" | {t['planned'] / t['tensorpool']:.2f}x | {t['planned'] / t['bumpalo']:.2f}x |")
 
 
 def threads():
