@@ -197,16 +197,18 @@ fn parse_seconds(text: &str) -> Result<f64, String> {
     }
 }
 
-/// An alignment: a power of two from 1 to 1 GiB.
+/// How a trace is cut into steps: `repeating`, or the steps' first events.
 fn parse_steps(text: &str) -> Result<tensorpool::plan::Steps, String> {
     text.parse().map_err(|e: tensorpool::Error| e.to_string())
 }
 
+/// An alignment: a power of two from 1 to 1 GiB.
 fn parse_align(text: &str) -> Result<u64, String> {
+    use tensorpool::plan::MOST_ALIGN;
     match text.parse::<u64>() {
-        Ok(a) if a.is_power_of_two() && a <= 1 << 30 => Ok(a),
+        Ok(a) if a.is_power_of_two() && a <= MOST_ALIGN => Ok(a),
         _ => Err(format!(
-            "{text:?} is not an alignment (a power of two of bytes, from 1 to 1073741824)"
+            "{text:?} is not an alignment (a power of two of bytes, from 1 to {MOST_ALIGN})"
         )),
     }
 }

@@ -64,21 +64,24 @@ pub struct Block {
 enum BlockOwner {
     /// A bump arena's, released all at once.
     Arena(Arc<ArenaCore>),
-    /// A planned arena's block of this many bytes at this address.
-    Planned(Arc<PlannedCore>, NonNull<u8>, usize),
+    /// A planned arena's block at this address.
+    Planned(Arc<PlannedCore>, BlockAddress),
 }
 
-// SAFETY: the address is only handed back to the planned arena, whose state is
-// behind a lock; nothing reads or writes the memory through it.
-unsafe impl Send for BlockOwner {}
-// SAFETY: as for `Send`: the block is never accessed through a shared `Block`.
-unsafe impl Sync for BlockOwner {}
+/// The address of a planned arena's block, kept only to give the block back.
+struct BlockAddress(NonNull<u8>);
+
+// SAFETY: the address is only handed back to the planned arena (whose state is
+// behind a lock) when the array goes; nothing reads or writes memory through it.
+unsafe impl Send for BlockAddress {}
+// SAFETY: as for `Send`: a shared `BlockAddress` gives no access to the memory.
+unsafe impl Sync for BlockAddress {}
 
 impl Drop for Block {
     fn drop(&mut self) {
         match &self.owner {
             BlockOwner::Arena(core) => core.array_released(),
-            BlockOwner::Planned(core, ptr, size) => core.release(*ptr, *size),
+            BlockOwner::Planned(core, at) => core.release(at.0),
         }
     }
 }
@@ -92,11 +95,10 @@ impl Block {
         }
     }
 
-    /// The block of `size` bytes at `ptr` of a planned arena, given back when the
-    /// array goes.
-    pub(crate) fn planned(core: Arc<PlannedCore>, ptr: NonNull<u8>, size: usize) -> Block {
+    /// The block at `ptr` of a planned arena, given back when the array goes.
+    pub(crate) fn planned(core: Arc<PlannedCore>, ptr: NonNull<u8>) -> Block {
         Block {
-            owner: BlockOwner::Planned(core, ptr, size),
+            owner: BlockOwner::Planned(core, BlockAddress(ptr)),
         }
     }
 }

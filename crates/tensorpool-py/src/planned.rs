@@ -27,13 +27,12 @@ use crate::to_py;
 use parking_lot::Mutex;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use std::alloc::Layout;
 use std::collections::HashMap;
 use std::ptr::NonNull;
 use std::sync::Arc;
 use std::time::Duration;
 use tensorpool::plan::search::Budget;
-use tensorpool::plan::{StepPlan, Steps};
+use tensorpool::plan::{StepPlan, Steps, MOST_ALIGN};
 use tensorpool::trace::{Event, Format, Trace};
 use tensorpool::{MemoryManager, PlannedArena, PlannedStats};
 
@@ -47,8 +46,8 @@ enum Mode {
 struct Recorder {
     mm: MemoryManager,
     events: Vec<Event>,
-    /// Live blocks: address -> (block id, size).
-    live: HashMap<usize, (u32, u64)>,
+    /// Live blocks: address -> block id.
+    live: HashMap<usize, u32>,
     blocks: u32,
     /// The events at which `step()` was called.
     starts: Vec<usize>,
@@ -64,49 +63,60 @@ impl PlannedCore {
         match &mut *self.mode.lock() {
             Mode::Running(arena) => arena.allocate(size, ARRAY_ALIGN).map_err(to_py),
             Mode::Recording(r) => {
-                let layout = Layout::from_size_align(size, ARRAY_ALIGN)
-                    .map_err(|_| PyValueError::new_err(format!("{size} bytes is too large")))?;
-                let ptr = r.mm.try_allocate(layout).map_err(to_py)?;
+                if r.blocks == u32::MAX {
+                    return Err(PyValueError::new_err(
+                        "4 billion arrays recorded: call plan() after a few steps",
+                    ));
+                }
+                let ptr = r.mm.allocate_raw(size, ARRAY_ALIGN).map_err(to_py)?;
                 let id = r.blocks;
                 r.blocks += 1;
                 r.events.push(Event::Alloc {
                     id,
                     size: size as u64,
                 });
-                r.live.insert(ptr.as_ptr().addr(), (id, size as u64));
+                r.live.insert(ptr.as_ptr().addr(), id);
                 Ok(ptr)
             }
         }
     }
 
-    /// Gives back the block at `ptr` of `size` bytes (an array's, when it dies).
-    pub(crate) fn release(&self, ptr: NonNull<u8>, size: usize) {
-        match &mut *self.mode.lock() {
-            Mode::Running(arena) => {
-                let freed = arena.free(ptr, size, ARRAY_ALIGN);
-                debug_assert!(freed.is_ok(), "an array's block was live: {freed:?}");
-            }
+    /// Gives back the block at `ptr` (an array's, when it dies). Blocks recorded
+    /// before a plan are raw blocks of the manager, which a running arena passes on.
+    pub(crate) fn release(&self, ptr: NonNull<u8>) {
+        let freed = match &mut *self.mode.lock() {
+            Mode::Running(arena) => arena.free(ptr),
             Mode::Recording(r) => {
-                if let Some((id, _)) = r.live.remove(&ptr.as_ptr().addr()) {
+                if let Some(id) = r.live.remove(&ptr.as_ptr().addr()) {
                     r.events.push(Event::Free { id });
                 }
-                let layout = Layout::from_size_align(size, ARRAY_ALIGN).expect("allocated so");
-                // SAFETY: the block came from `r.mm` with this layout (recording
-                // arenas allocate from it), and its array is gone.
-                unsafe { allocator_api2::alloc::Allocator::deallocate(&r.mm, ptr, layout) };
+                r.mm.free_raw(ptr.as_ptr())
             }
-        }
+        };
+        debug_assert!(freed.is_ok(), "an array's block was live: {freed:?}");
     }
 }
 
-/// The plan's search budget from Python's `time_limit` (seconds).
+/// The plan's search budget from Python's `time_limit` (seconds, up to a day).
 fn budget(time_limit: f64) -> PyResult<Budget> {
-    if !time_limit.is_finite() || time_limit < 0.0 {
-        return Err(PyValueError::new_err(format!(
-            "time_limit={time_limit}: a number of seconds, at least 0"
-        )));
+    match Duration::try_from_secs_f64(time_limit) {
+        Ok(t) if t <= Duration::from_secs(86_400) => Ok(Budget::time(t)),
+        _ => Err(PyValueError::new_err(format!(
+            "time_limit={time_limit}: a number of seconds, from 0 to 86400"
+        ))),
     }
-    Ok(Budget::time(Duration::from_secs_f64(time_limit)))
+}
+
+/// A plan's alignment from Python: a power of two from the arrays' 64 B to 1 GiB
+/// (offsets aligned less would never serve an array).
+fn alignment(align: u64) -> PyResult<u64> {
+    if align.is_power_of_two() && (ARRAY_ALIGN as u64..=MOST_ALIGN).contains(&align) {
+        Ok(align)
+    } else {
+        Err(PyValueError::new_err(format!(
+            "align={align}: a power of two from {ARRAY_ALIGN} to {MOST_ALIGN}"
+        )))
+    }
 }
 
 /// `steps` from Python: "repeating" or a list of event indices.
@@ -158,8 +168,9 @@ impl PyPlannedArena {
                     Some(s) => steps(s)?,
                     None => Steps::Repeating,
                 };
-                let plan = StepPlan::from_trace(&trace, &steps, align, budget(time_limit)?)
-                    .map_err(to_py)?;
+                let plan =
+                    StepPlan::from_trace(&trace, &steps, alignment(align)?, budget(time_limit)?)
+                        .map_err(to_py)?;
                 Mode::Running(Box::new(PlannedArena::new(&mm, plan).map_err(to_py)?))
             }
             (None, None) => Mode::Recording(Recorder {
@@ -192,7 +203,7 @@ impl PyPlannedArena {
             // SAFETY: a fresh block of at least `nbytes` bytes that nothing else uses.
             unsafe { ptr.as_ptr().write_bytes(0, spec.nbytes) };
         }
-        spec.wrap_in_block(ptr, Block::planned(self.core.clone(), ptr, size))
+        spec.wrap_in_block(ptr, Block::planned(self.core.clone(), ptr))
     }
 }
 
@@ -254,14 +265,21 @@ impl PyPlannedArena {
             times: Vec::new(),
             offsets: Vec::new(),
         };
-        let starts: Vec<usize> = r
+        // (A step() twice in a row, or at the end, begins no step of its own.)
+        let mut starts: Vec<usize> = r
             .starts
             .iter()
             .copied()
             .filter(|&s| s < trace.events.len())
             .collect();
-        let plan = StepPlan::from_trace(&trace, &Steps::At(starts), align, budget(time_limit)?)
-            .map_err(to_py)?;
+        starts.dedup();
+        let plan = StepPlan::from_trace(
+            &trace,
+            &Steps::At(starts),
+            alignment(align)?,
+            budget(time_limit)?,
+        )
+        .map_err(to_py)?;
         // Blocks recorded and still alive are the manager's: the arena passes their
         // frees on to it.
         *mode = Mode::Running(Box::new(PlannedArena::new(&self.mm, plan).map_err(to_py)?));

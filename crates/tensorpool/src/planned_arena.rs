@@ -137,6 +137,8 @@ struct SlotState {
     live: bool,
     /// It is in `State::late`.
     late: bool,
+    /// Its block was handed out by the raw `allocate` (else through `Allocator`).
+    raw: bool,
 }
 
 /// An arena that runs a [`StepPlan`]; see the [module docs](self).
@@ -173,7 +175,9 @@ impl PlannedArena {
             .map_err(|_| Error::InvalidPlan("the arena is beyond the address space".into()))?;
         let region = match region_bytes {
             0 => None,
-            bytes => Some(manager.allocate_raw(bytes, REGION_ALIGN)?),
+            // A typed block: the manager's raw free refuses it, so only the arena
+            // gives it back.
+            bytes => Some(manager.try_allocate(Self::region_layout(bytes)?)?),
         };
         let mut offset_index = FxHashMap::default();
         let slots: Vec<SlotState> = plan
@@ -193,6 +197,7 @@ impl PlannedArena {
                     offset_index: index,
                     live: false,
                     late: false,
+                    raw: false,
                 }
             })
             .collect();
@@ -214,6 +219,14 @@ impl PlannedArena {
             region_bytes,
             offset_index,
             state: RefCell::new(state),
+        })
+    }
+
+    /// The region's layout.
+    fn region_layout(bytes: usize) -> Result<Layout> {
+        Layout::from_size_align(bytes, REGION_ALIGN).map_err(|_| Error::SizeTooLarge {
+            size: bytes,
+            max: crate::MAX_ALLOCATION_SIZE,
         })
     }
 
@@ -260,46 +273,37 @@ impl PlannedArena {
         self.state.borrow().stats
     }
 
-    /// `size` bytes aligned to `align`: the step's next slot, or a block of the
-    /// manager. Errors only where the manager's would (a bad size or alignment, out
-    /// of memory).
+    /// `size` bytes aligned to `align`, as the manager's raw API gives them: the
+    /// step's next slot, or a raw block of the manager. Errors only where the
+    /// manager's would (a bad size or alignment, out of memory). Give it back with
+    /// [`free`](Self::free).
     pub fn allocate(&self, size: usize, align: usize) -> Result<NonNull<u8>> {
         limits::validate(size, align)?;
-        if let Some(ptr) = self.take_slot(size, align) {
+        if let Some(ptr) = self.take_slot(size, align, true) {
             return Ok(ptr);
         }
-        let layout = Layout::from_size_align(size, align).expect("validated");
-        self.manager.try_allocate(layout)
+        self.manager.allocate_raw(size, align)
     }
 
-    /// Frees `ptr`, allocated from this arena with `size` and `align`. A block of
-    /// the region that is not live is refused and changes nothing; the manager checks
-    /// its own.
-    pub fn free(&self, ptr: NonNull<u8>, size: usize, align: usize) -> Result<()> {
-        match self.release_at(ptr) {
+    /// Frees a block [`allocate`](Self::allocate) gave, checked as the manager's
+    /// raw free is: a pointer that is not a live block of the arena or of the
+    /// manager's raw API (a double free, an interior or foreign pointer, a block an
+    /// `Allocator` user holds) is refused, and nothing changes.
+    pub fn free(&self, ptr: NonNull<u8>) -> Result<()> {
+        match self.release_at(ptr, true) {
             Some(Ok(())) => Ok(()),
             Some(Err(reason)) => Err(Error::InvalidPointer {
                 addr: ptr.as_ptr().addr(),
                 reason,
             }),
-            None => {
-                let layout = Layout::from_size_align(size, align)
-                    .map_err(|_| Error::InvalidAlignment { align })?;
-                match self.manager.deallocate_if_held(ptr, layout)? {
-                    true => Ok(()),
-                    false => Err(Error::InvalidPointer {
-                        addr: ptr.as_ptr().addr(),
-                        reason: PointerError::Foreign,
-                    }),
-                }
-            }
+            None => self.manager.free_raw(ptr.as_ptr()),
         }
     }
 
     /// Serves the step's next allocation from its slot, if it can; counts what it
     /// did either way.
     #[inline]
-    fn take_slot(&self, size: usize, align: usize) -> Option<NonNull<u8>> {
+    fn take_slot(&self, size: usize, align: usize, raw: bool) -> Option<NonNull<u8>> {
         let mut guard = self.state.borrow_mut();
         let s = &mut *guard;
         let k = s.next;
@@ -336,17 +340,23 @@ impl PlannedArena {
             return None;
         }
         s.slots[k].live = true;
+        s.slots[k].raw = raw;
         s.at_offset[slot.offset_index as usize] = k as u32;
         s.stats.served += 1;
         s.stats.live_planned += 1;
         NonNull::new(at)
     }
 
-    /// Frees the live block of the region at `ptr`: `None` when `ptr` is not in the
-    /// region, the reason for refusing it (nothing changed) when no live block
-    /// starts there.
+    /// Frees the live block of the region at `ptr` (handed out by the raw
+    /// `allocate` when `raw`, through `Allocator` otherwise): `None` when `ptr` is
+    /// not in the region, the reason for refusing it (nothing changed) when no such
+    /// block starts there.
     #[inline]
-    fn release_at(&self, ptr: NonNull<u8>) -> Option<std::result::Result<(), PointerError>> {
+    fn release_at(
+        &self,
+        ptr: NonNull<u8>,
+        raw: bool,
+    ) -> Option<std::result::Result<(), PointerError>> {
         let region = self.region?;
         let offset = ptr.as_ptr().addr().wrapping_sub(region.as_ptr().addr());
         if offset >= self.region_bytes {
@@ -359,8 +369,15 @@ impl PlannedArena {
         // allocation, in the plan's order: that slot first, the index of every
         // offset after.
         let due = self.plan.due_before(s.next.min(s.slots.len()));
+        // (Slots that fell back or are freed already are not expected.)
+        while due
+            .get(s.expected_free)
+            .is_some_and(|&j| !s.slots[j as usize].live)
+        {
+            s.expected_free += 1;
+        }
         let expected = due.get(s.expected_free).map(|&j| j as usize);
-        let k = match expected.filter(|&j| s.slots[j].live && s.slots[j].offset == offset) {
+        let k = match expected.filter(|&j| s.slots[j].offset == offset) {
             Some(j) => {
                 s.expected_free += 1;
                 j
@@ -370,6 +387,13 @@ impl PlannedArena {
                 _ => return Some(Err(PointerError::NotLive)),
             },
         };
+        if s.slots[k].raw != raw {
+            return Some(Err(if raw {
+                PointerError::NotRaw
+            } else {
+                PointerError::NotLive
+            }));
+        }
         let slot = &mut s.slots[k];
         slot.live = false;
         s.at_offset[slot.offset_index as usize] = NONE;
@@ -386,8 +410,10 @@ impl PlannedArena {
 impl Drop for PlannedArena {
     fn drop(&mut self) {
         if let Some(region) = self.region {
-            let freed = self.manager.free_raw(region.as_ptr());
-            debug_assert!(freed.is_ok(), "the region was the arena's: {freed:?}");
+            let layout = Self::region_layout(self.region_bytes).expect("made with it");
+            // SAFETY: the region was allocated from the manager with this layout in
+            // `new` and is freed once, here.
+            unsafe { self.manager.deallocate(region, layout) };
         }
     }
 }
@@ -405,7 +431,7 @@ unsafe impl Allocator for PlannedArena {
         if layout.size() == 0 {
             return Ok(zero_sized(layout.align()));
         }
-        let ptr = match self.take_slot(layout.size(), layout.align()) {
+        let ptr = match self.take_slot(layout.size(), layout.align(), false) {
             Some(ptr) => ptr,
             None => self.manager.allocate(layout)?.cast(),
         };
@@ -417,7 +443,7 @@ unsafe impl Allocator for PlannedArena {
         if layout.size() == 0 {
             return;
         }
-        match self.release_at(ptr) {
+        match self.release_at(ptr, false) {
             Some(Ok(())) => {}
             Some(Err(why)) => debug_assert!(false, "Allocator::deallocate of {ptr:?}: {why:?}"),
             // SAFETY: by the caller's contract `ptr` came from this arena with
@@ -512,13 +538,13 @@ mod tests {
             let b = arena.allocate(1000, 64).unwrap(); // smaller than its slot
             live.add(b, 1000, 2);
             live.remove(a);
-            arena.free(a, 4096, 64).unwrap();
+            arena.free(a).unwrap();
             let c = arena.allocate(3072, 64).unwrap();
             live.add(c, 3072, 3);
             assert_eq!([a, b, c].map(|p| p.as_ptr().addr() - base), [0, 4096, 0]);
-            for (p, size) in [(b, 1000), (c, 3072)] {
+            for p in [b, c] {
                 live.remove(p);
-                arena.free(p, size, 64).unwrap();
+                arena.free(p).unwrap();
             }
         }
         assert_eq!(arena.stats().served, 6);
@@ -550,15 +576,15 @@ mod tests {
         let a2 = arena.allocate(4096, 64).unwrap();
         live.add(a2, 4096, 8);
         assert_eq!(arena.stats().fallback_conflict, 2);
-        for (p, size) in [(a, 4096), (b, 2048), (c, 3072), (d, 64), (a2, 4096)] {
+        for p in [a, b, c, d, a2] {
             live.remove(p);
-            arena.free(p, size, 64).unwrap();
+            arena.free(p).unwrap();
         }
         // Everything free: the next step is served again.
         arena.step();
         let a = arena.allocate(4096, 64).unwrap();
         assert_eq!(a.as_ptr().addr(), base);
-        arena.free(a, 4096, 64).unwrap();
+        arena.free(a).unwrap();
         assert_eq!(arena.stats().live_planned, 0);
     }
 
@@ -568,8 +594,8 @@ mod tests {
         let arena = PlannedArena::new(&mm, three()).unwrap();
         arena.step();
         let a = arena.allocate(4096, 64).unwrap();
-        arena.free(a, 4096, 64).unwrap();
-        let again = arena.free(a, 4096, 64).unwrap_err();
+        arena.free(a).unwrap();
+        let again = arena.free(a).unwrap_err();
         assert!(
             matches!(
                 again,
@@ -582,12 +608,66 @@ mod tests {
         );
         let mut outside = 0u64;
         let foreign = NonNull::from(&mut outside).cast::<u8>();
-        assert!(arena.free(foreign, 8, 8).is_err());
+        assert!(arena.free(foreign).is_err());
         let b = arena.allocate(1024, 64).unwrap();
         let interior = NonNull::new(b.as_ptr().wrapping_add(64)).unwrap();
-        assert!(arena.free(interior, 64, 64).is_err());
+        assert!(arena.free(interior).is_err());
         assert_eq!(arena.stats().live_planned, 1);
-        arena.free(b, 1024, 64).unwrap();
+        arena.free(b).unwrap();
+        // A fallback block freed twice: the manager's raw free refuses the second.
+        let c = arena.allocate(3072, 64).unwrap();
+        let d = arena.allocate(64, 64).unwrap(); // beyond the plan: the manager's
+        assert_eq!(arena.stats().fallback_beyond_plan, 1);
+        arena.free(d).unwrap();
+        assert!(arena.free(d).is_err());
+        // Blocks that `Allocator` users hold are not the raw free's to give back:
+        // the manager's, and the region's.
+        let layout = Layout::from_size_align(256, 64).unwrap();
+        let typed = mm.try_allocate(layout).unwrap();
+        let refused = arena.free(typed).unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                Error::InvalidPointer {
+                    reason: PointerError::NotRaw,
+                    ..
+                }
+            ),
+            "{refused}"
+        );
+        // SAFETY: allocated just above with `layout`.
+        unsafe { allocator_api2::alloc::Allocator::deallocate(&mm, typed, layout) };
+        arena.free(c).unwrap();
+        arena.step();
+        let held = allocator_api2::alloc::Allocator::allocate(
+            &arena,
+            Layout::from_size_align(4096, 64).unwrap(),
+        )
+        .unwrap()
+        .cast::<u8>();
+        assert_eq!(held.as_ptr(), arena.region());
+        let refused = arena.free(held).unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                Error::InvalidPointer {
+                    reason: PointerError::NotRaw,
+                    ..
+                }
+            ),
+            "{refused}"
+        );
+        assert_eq!(arena.stats().live_planned, 1);
+        // SAFETY: allocated just above through `Allocator` with this layout.
+        unsafe {
+            allocator_api2::alloc::Allocator::deallocate(
+                &arena,
+                held,
+                Layout::from_size_align(4096, 64).unwrap(),
+            )
+        };
+        // The region is the arena's alone: the manager's raw free refuses it.
+        assert!(mm.free_raw(arena.region()).is_err());
         // Bad requests are the manager's errors.
         assert!(matches!(arena.allocate(0, 64), Err(Error::ZeroSize)));
         assert!(arena.allocate(64, 3).is_err());
@@ -602,7 +682,7 @@ mod tests {
         let p = arena.allocate(64, 128).unwrap();
         assert_eq!(p.as_ptr().addr() % 128, 0);
         assert_eq!(arena.stats().fallback_mismatch, 1);
-        arena.free(p, 64, 128).unwrap();
+        arena.free(p).unwrap();
     }
 
     #[test]
@@ -649,11 +729,11 @@ mod tests {
         trace: &Trace,
         range: std::ops::Range<usize>,
         live: &mut Live,
-        held: &mut Vec<(NonNull<u8>, usize)>,
+        held: &mut Vec<NonNull<u8>>,
         rng: &mut tensorpool_testkit::Rng,
         diverge: bool,
     ) {
-        let mut ptrs: FxHashMap<u32, (NonNull<u8>, usize)> = FxHashMap::default();
+        let mut ptrs: FxHashMap<u32, NonNull<u8>> = FxHashMap::default();
         let mut fill = 1u8;
         for e in &trace.events[range] {
             match *e {
@@ -665,29 +745,29 @@ mod tests {
                     if diverge && rng.below(8) == 0 {
                         let extra = arena.allocate(256, 64).unwrap();
                         live.add(extra, 256, 0xee);
-                        held.push((extra, 256));
+                        held.push(extra);
                     }
                     let p = arena.allocate(size, 64).unwrap();
                     fill = fill.wrapping_add(1);
                     live.add(p, size, fill);
-                    ptrs.insert(id, (p, size));
+                    ptrs.insert(id, p);
                 }
                 Event::Free { id } => {
-                    let Some((p, size)) = ptrs.remove(&id) else {
+                    let Some(p) = ptrs.remove(&id) else {
                         continue;
                     };
                     if diverge && rng.below(6) == 0 {
-                        held.push((p, size)); // freed later, maybe steps later
+                        held.push(p); // freed later, maybe steps later
                         continue;
                     }
                     live.remove(p);
-                    arena.free(p, size, 64).unwrap();
+                    arena.free(p).unwrap();
                 }
             }
             if diverge && !held.is_empty() && rng.below(3) == 0 {
-                let (p, size) = held.swap_remove(rng.below(held.len()));
+                let p = held.swap_remove(rng.below(held.len()));
                 live.remove(p);
-                arena.free(p, size, 64).unwrap();
+                arena.free(p).unwrap();
             }
         }
         // Blocks the range did not free stay live (into the next step).
@@ -731,9 +811,9 @@ mod tests {
                     prop_assert_eq!(after.fallback(), before.fallback());
                 }
                 if diverge {
-                    for (p, size) in held.drain(..) {
+                    for p in held.drain(..) {
                         live.remove(p);
-                        arena.free(p, size, 64).unwrap();
+                        arena.free(p).unwrap();
                     }
                 }
             }

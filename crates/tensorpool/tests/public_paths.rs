@@ -105,6 +105,7 @@ use tensorpool::plan::Placement as _;
 use tensorpool::plan::Slot as _;
 use tensorpool::plan::StepPlan as _;
 use tensorpool::plan::Steps as _;
+use tensorpool::plan::MOST_ALIGN as _;
 use tensorpool::planned_arena as _;
 use tensorpool::planned_arena::PlannedArena as _;
 use tensorpool::planned_arena::PlannedStats as _;

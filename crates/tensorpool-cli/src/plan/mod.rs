@@ -23,7 +23,6 @@
 
 pub mod online;
 
-use allocator_api2::alloc::Allocator;
 use std::ptr::NonNull;
 pub use tensorpool::plan::{greedy, greedy_by_size, search, Placement};
 use tensorpool::plan::{StepPlan, Steps};
@@ -288,7 +287,7 @@ pub struct StepReport {
 /// A trace replayed through a `PlannedArena` ([`replay_planned`]).
 #[derive(Debug, Clone, Serialize)]
 pub struct PlannedReplay {
-    /// Allocations of the steps the plan served, and those that fell back.
+    /// Allocations the plan served.
     pub served: u64,
     /// Allocations that fell back to the manager.
     pub fallback: u64,
@@ -307,21 +306,23 @@ pub fn replay_planned(trace: &Trace, plan: &StepPlan, config: &Config) -> Result
         .source()
         .map_or(vec![0], |(cut, _)| cut.iter().map(|r| r.start).collect());
     let sizes = trace.block_sizes();
+    // Raw blocks on both sides: the arena's checked `free` takes them.
+    let raw = |mm: &MemoryManager, size: u64| {
+        let layout = replay::layout_of(size);
+        mm.allocate_raw(layout.size(), layout.align())
+    };
     let alone = MemoryManager::new(config.clone())?;
     let mut ptrs: Vec<Option<NonNull<u8>>> = vec![None; sizes.len()];
     for e in &trace.events {
         match *e {
-            Event::Alloc { id, size } => {
-                ptrs[id as usize] = Some(alone.try_allocate(replay::layout_of(size))?);
-            }
+            Event::Alloc { id, size } => ptrs[id as usize] = Some(raw(&alone, size)?),
             Event::Free { id } => {
                 let p = ptrs[id as usize].take().expect("freed after allocated");
-                // SAFETY: allocated above with this layout, freed once.
-                unsafe { alone.deallocate(p, replay::layout_of(sizes[id as usize])) };
+                alone.free_raw(p.as_ptr())?;
             }
         }
     }
-    free_all(&alone, &mut ptrs, &sizes);
+    free_all(&alone, &mut ptrs)?;
     // The arena is made where a program would make it: before its first step.
     let mm = MemoryManager::new(config.clone())?;
     let mut arena: Option<PlannedArena> = None;
@@ -335,36 +336,29 @@ pub fn replay_planned(trace: &Trace, plan: &StepPlan, config: &Config) -> Result
             arena.as_ref().expect("made").step();
         }
         match (*e, &arena) {
-            (Event::Alloc { id, size }, None) => {
-                ptrs[id as usize] = Some(mm.try_allocate(replay::layout_of(size))?);
-            }
+            (Event::Alloc { id, size }, None) => ptrs[id as usize] = Some(raw(&mm, size)?),
             (Event::Alloc { id, size }, Some(arena)) => {
                 let layout = replay::layout_of(size);
                 ptrs[id as usize] = Some(arena.allocate(layout.size(), layout.align())?);
             }
             (Event::Free { id }, None) => {
                 let p = ptrs[id as usize].take().expect("freed after allocated");
-                // SAFETY: allocated above from `mm` with this layout, freed once.
-                unsafe { mm.deallocate(p, replay::layout_of(sizes[id as usize])) };
+                mm.free_raw(p.as_ptr())?;
             }
             (Event::Free { id }, Some(arena)) => {
                 let p = ptrs[id as usize].take().expect("freed after allocated");
-                let layout = replay::layout_of(sizes[id as usize]);
-                arena.free(p, layout.size(), layout.align())?;
+                arena.free(p)?;
             }
         }
     }
     let stats = arena.as_ref().map(PlannedArena::stats).unwrap_or_default();
     match &arena {
         Some(arena) => {
-            for (id, p) in ptrs.iter_mut().enumerate() {
-                if let Some(p) = p.take() {
-                    let layout = replay::layout_of(sizes[id]);
-                    arena.free(p, layout.size(), layout.align())?;
-                }
+            for p in ptrs.iter_mut().filter_map(Option::take) {
+                arena.free(p)?;
             }
         }
-        None => free_all(&mm, &mut ptrs, &sizes),
+        None => free_all(&mm, &mut ptrs)?,
     }
     Ok(PlannedReplay {
         served: stats.served,
@@ -374,14 +368,12 @@ pub fn replay_planned(trace: &Trace, plan: &StepPlan, config: &Config) -> Result
     })
 }
 
-/// Frees the blocks of `mm` still in `ptrs`.
-fn free_all(mm: &MemoryManager, ptrs: &mut [Option<NonNull<u8>>], sizes: &[u64]) {
-    for (id, p) in ptrs.iter_mut().enumerate() {
-        if let Some(p) = p.take() {
-            // SAFETY: allocated from `mm` with this layout, not freed yet.
-            unsafe { mm.deallocate(p, replay::layout_of(sizes[id])) };
-        }
+/// Frees the raw blocks of `mm` still in `ptrs`.
+fn free_all(mm: &MemoryManager, ptrs: &mut [Option<NonNull<u8>>]) -> Result<()> {
+    for p in ptrs.iter_mut().filter_map(Option::take) {
+        mm.free_raw(p.as_ptr())?;
     }
+    Ok(())
 }
 
 /// Plans one step of `trace` (cut as `steps` say) with `options`, and writes the
@@ -403,7 +395,11 @@ pub fn plan_step(
         first_event: range.start,
         events: range.len(),
         allocations: plan.slots().len(),
-        planned: plan.slots().iter().filter(|s| s.offset.is_some()).count(),
+        planned: plan
+            .slots()
+            .iter()
+            .filter(|s| s.offset.is_some() && s.size > 0)
+            .count(),
         arena_bytes: plan.arena_bytes(),
         peak_live_bytes: plan.peak_live_bytes(),
         file: out.display().to_string(),

@@ -105,7 +105,13 @@ def test_arrays_outlive_the_arena_object():
     forward(arena)
     arena.step()
     forward(arena)
+    early = arena.zeros(100)  # recorded, alive when the plan starts
+    early += 1
     arena.plan(time_limit=0.1)
+    arena.step()
+    forward(arena)
+    assert early.sum() == 100
+    del early  # the manager's block, given back through the running arena
     arena.step()
     a = arena.zeros(256)
     a += 5
@@ -162,8 +168,12 @@ def test_bad_settings_are_refused_by_name(tmp_path):
         mm.planned_arena(steps="repeating")
     with pytest.raises(ValueError, match="not both"):
         mm.planned_arena(trace, trace=trace)
-    with pytest.raises(ValueError, match="time_limit"):
-        mm.planned_arena(trace=trace, steps=[0, 2], time_limit=-1)
+    for bad in (-1, float("nan"), 1e20):
+        with pytest.raises(ValueError, match="time_limit"):
+            mm.planned_arena(trace=trace, steps=[0, 2], time_limit=bad)
+    for bad in (48, 16, 2**40):
+        with pytest.raises(ValueError, match="align"):
+            mm.planned_arena(trace=trace, steps=[0, 2], align=bad)
     with pytest.raises(ValueError, match="no `offset` column"):
         mm.planned_arena(trace)
     with pytest.raises(ValueError, match="cannot read"):
@@ -174,6 +184,7 @@ def test_bad_settings_are_refused_by_name(tmp_path):
     with pytest.raises(ValueError, match="no plan yet"):
         arena.write_plan(tmp_path / "p.csv")
     arena.step()
+    arena.step()  # twice in a row: one step
     arena.empty(8)
     arena.plan(time_limit=0.1)
     with pytest.raises(ValueError, match="already runs a plan"):

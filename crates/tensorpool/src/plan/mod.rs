@@ -38,7 +38,7 @@ pub mod greedy;
 pub mod search;
 mod step;
 
-pub use step::{Slot, StepPlan, Steps};
+pub use step::{Slot, StepPlan, Steps, MOST_ALIGN};
 
 use crate::trace::Lifetime;
 

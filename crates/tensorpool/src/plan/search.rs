@@ -165,7 +165,8 @@ fn search_here(
     let capacity = budget.capacity;
     let began = Instant::now();
     let mut clock = Clock {
-        deadline: budget.time.map(|t| began + t),
+        // (A time beyond what the clock can count is no deadline.)
+        deadline: budget.time.and_then(|t| began.checked_add(t)),
         steps_left: budget.steps.unwrap_or(u64::MAX),
         steps: 0,
         work: 0,

@@ -27,8 +27,10 @@ pub enum Steps {
     /// Steps start at these event indices, in increasing order; the last runs to the
     /// end of the trace. Events before the first index belong to no step.
     At(Vec<usize>),
-    /// The trace repeats after a prologue: its period is found (the shortest that
-    /// covers at least two steps), and steps are cut where the fewest blocks are live.
+    /// The trace repeats after a prologue: its period is found (the smallest period
+    /// of the first stretch tried that repeats at least twice: from the start or
+    /// after a prologue of up to half the trace, to the end or before an epilogue of
+    /// up to a quarter), and steps are cut where the fewest blocks are live.
     Repeating,
 }
 
@@ -85,6 +87,9 @@ pub struct StepPlan {
     cut: Vec<Range<usize>>,
     planned: usize,
 }
+
+/// The largest alignment a plan's offsets may be asked for (1 GiB).
+pub const MOST_ALIGN: u64 = 1 << 30;
 
 /// The header of a step plan file.
 const HEADER: &str = "slot,size,offset,freed_before,free_event";
@@ -273,7 +278,13 @@ impl StepPlan {
     ) -> Result<StepPlan> {
         if !align.is_power_of_two() {
             return Err(Error::InvalidAlignment {
-                align: align as usize,
+                align: usize::try_from(align).unwrap_or(usize::MAX),
+            });
+        }
+        if align > MOST_ALIGN {
+            return Err(Error::AlignmentTooLarge {
+                align: usize::try_from(align).unwrap_or(usize::MAX),
+                max: MOST_ALIGN as usize,
             });
         }
         let (ranges, whole) = cut(trace, steps)?;
@@ -505,7 +516,7 @@ fn period_starts(trace: &Trace) -> Result<Vec<usize>> {
     let n = t.len();
     // Where the repetition may begin, and where it may end: a prologue and an
     // epilogue of up to half the trace.
-    let mut best: Option<(usize, usize)> = None; // (start, period)
+    let mut best: Option<(usize, usize, usize)> = None; // (start, end, period)
     'outer: for start in [0, n / 32, n / 16, n / 8, n / 4, n / 2] {
         for end in [n, n - n / 32, n - n / 16, n - n / 8, n - n / 4] {
             if end <= start {
@@ -513,18 +524,25 @@ fn period_starts(trace: &Trace) -> Result<Vec<usize>> {
             }
             let p = smallest_period(&t[start..end]);
             if 2 * p <= end - start {
-                best = Some((start, p));
+                best = Some((start, end, p));
                 break 'outer;
             }
         }
     }
-    let Some((start, p)) = best else {
+    let Some((mut start, mut end, p)) = best else {
         return Err(Error::InvalidPlan(
             "the trace does not repeat (no period covers two steps); name the steps' \
              first events instead"
                 .into(),
         ));
     };
+    // The stretch tried was a coarse guess: grow it while the period holds.
+    while end < n && t[end] == t[end - p] {
+        end += 1;
+    }
+    while start > 0 && t[start - 1] == t[start - 1 + p] {
+        start -= 1;
+    }
     // Cut where the fewest blocks are live, within the first period.
     let mut live = 0usize;
     let mut at = (usize::MAX, start);
@@ -538,10 +556,11 @@ fn period_starts(trace: &Trace) -> Result<Vec<usize>> {
         }
     }
     let first = at.1;
-    // Every complete step's start, then the end of the last.
+    // Every complete step's start within the stretch that repeats (what follows is
+    // a step cut short), then the end of the last.
     let starts: Vec<usize> = (0..)
         .map(|k| first + k * p)
-        .take_while(|&s| s + p <= n)
+        .take_while(|&s| s + p <= end)
         .collect();
     match starts.last() {
         Some(&last) => Ok(starts.iter().copied().chain([last + p]).collect()),
