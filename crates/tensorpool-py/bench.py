@@ -10,6 +10,9 @@ Measures, alternating the two sides so that both see the same machine:
   - allocate + fill of 1, 4 and 64 MiB arrays, repeated: `mm.empty` vs `np.empty`
     (NumPy's allocator gives large blocks back to the OS, so each one page-faults);
   - a small NumPy operation (`x + 1`, 100 doubles) with and without `install()`;
+  - a repeating step of 48 arrays of 2 KiB to 128 KiB, three alive at a time, with
+    `np.empty` and from a `PlannedArena` that recorded and planned it
+    (`mm.planned_arena()`);
   - the NumPy MLP training loop of `tensorpool.workloads` with and without `install()`.
 Prints a Markdown table with the best time of each side and the median of the
 per-round ratios tensorpool / NumPy (below 1: tensorpool is faster), with the targets
@@ -112,6 +115,33 @@ def main():
     ratios = sorted(y / x for x, y in zip(t_np, t_tp))
     row("x + 1 (100 doubles), install()", (min(t_np), min(t_tp), ratios[len(ratios) // 2]),
         "<= 1.05")
+
+    def layer_step(empty):
+        # One step of a small network: 48 arrays of 2 KiB to 128 KiB, each touched,
+        # three alive at a time.
+        acts = []
+        for width in (256, 2048, 16384, 512) * 12:
+            h = empty(width)
+            h[0] = 1.0
+            acts.append(h)
+            if len(acts) > 3:
+                acts.pop(0)
+        del acts
+
+    arena = mm.planned_arena()
+    for _ in range(3):
+        arena.step()
+        layer_step(arena.empty)
+    arena.plan(time_limit=1.0)
+
+    def planned_step():
+        arena.step()
+        layer_step(arena.empty)
+
+    row("PlannedArena: a step of 48 arrays (2 KiB-128 KiB, 3 alive)",
+        paired(lambda: layer_step(np.empty), planned_step, 200, 3, rounds), None)
+    served = arena.stats()
+    assert served["fallback"] == 0, served
 
     steps = 60 if args.quick else 200
 
