@@ -12,7 +12,6 @@
 //! arena alive, so arrays outlive the `Arena` object that made them.
 
 use crate::arena::ArenaCore;
-use crate::planned::PlannedCore;
 use numpy::npyffi::{self, npy_intp, NpyTypes, NPY_ARRAY_CARRAY, NPY_ARRAY_FARRAY, PY_ARRAY_API};
 use numpy::{PyArrayDescr, PyArrayDescrMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -53,36 +52,16 @@ struct ArrayFields {
     mem_handler: *mut ffi::PyObject,
 }
 
-/// The hidden base object of an arena's arrays: counts the array out of the arena,
-/// or gives a planned arena's block back, when NumPy lets go of it.
+/// The hidden base object of an arena's arrays: counts the array out of the arena
+/// when NumPy lets go of it.
 #[pyclass(module = "tensorpool", frozen)]
 pub struct Block {
-    owner: BlockOwner,
+    core: Arc<ArenaCore>,
 }
-
-/// Whose memory an array's [`Block`] is.
-enum BlockOwner {
-    /// A bump arena's, released all at once.
-    Arena(Arc<ArenaCore>),
-    /// A planned arena's block at this address.
-    Planned(Arc<PlannedCore>, BlockAddress),
-}
-
-/// The address of a planned arena's block, kept only to give the block back.
-struct BlockAddress(NonNull<u8>);
-
-// SAFETY: the address is only handed back to the planned arena (whose state is
-// behind a lock) when the array goes; nothing reads or writes memory through it.
-unsafe impl Send for BlockAddress {}
-// SAFETY: as for `Send`: a shared `BlockAddress` gives no access to the memory.
-unsafe impl Sync for BlockAddress {}
 
 impl Drop for Block {
     fn drop(&mut self) {
-        match &self.owner {
-            BlockOwner::Arena(core) => core.array_released(),
-            BlockOwner::Planned(core, at) => core.release(at.0),
-        }
+        self.core.array_released();
     }
 }
 
@@ -90,16 +69,7 @@ impl Block {
     /// Counts a new array into `core`'s arena.
     pub(crate) fn new(core: Arc<ArenaCore>) -> Block {
         core.array_added();
-        Block {
-            owner: BlockOwner::Arena(core),
-        }
-    }
-
-    /// The block at `ptr` of a planned arena, given back when the array goes.
-    pub(crate) fn planned(core: Arc<PlannedCore>, ptr: NonNull<u8>) -> Block {
-        Block {
-            owner: BlockOwner::Planned(core, BlockAddress(ptr)),
-        }
+        Block { core }
     }
 }
 

@@ -15,6 +15,7 @@
 //! no Python object.
 
 use crate::manager::ManagerState;
+use crate::planned::PlannedCore;
 use numpy::npyffi::PY_ARRAY_API;
 use pyo3::exceptions::{PyOSError, PyRuntimeError};
 use pyo3::ffi;
@@ -56,6 +57,8 @@ struct Context {
     state: Arc<ManagerState>,
     /// Where allocations and frees are recorded, for `tensorpool.record`.
     recorder: Option<Arc<TraceWriter>>,
+    /// The planned arena whose arrays carry this handler: frees go back to it.
+    planned: Option<Arc<PlannedCore>>,
 }
 
 /// Makes a handler capsule over `mm`.
@@ -65,11 +68,40 @@ pub(crate) fn new_capsule<'py>(
     state: Arc<ManagerState>,
     recorder: Option<Arc<TraceWriter>>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let ctx = Box::into_raw(Box::new(Context {
-        mm,
-        state,
-        recorder,
-    }));
+    capsule_over(
+        py,
+        Context {
+            mm,
+            state,
+            recorder,
+            planned: None,
+        },
+    )
+}
+
+/// A handler capsule for the arrays of a planned arena: NumPy frees their data
+/// through it, back to the arena (which passes the manager's blocks on). Arrays
+/// never allocate through it (it is never NumPy's current handler), and it does not
+/// reallocate a block of the arena's region (`ndarray.resize` raises `MemoryError`).
+pub(crate) fn planned_capsule<'py>(
+    py: Python<'py>,
+    mm: MemoryManager,
+    state: Arc<ManagerState>,
+    planned: Arc<PlannedCore>,
+) -> PyResult<Bound<'py, PyAny>> {
+    capsule_over(
+        py,
+        Context {
+            mm,
+            state,
+            recorder: None,
+            planned: Some(planned),
+        },
+    )
+}
+
+fn capsule_over(py: Python<'_>, ctx: Context) -> PyResult<Bound<'_, PyAny>> {
+    let ctx = Box::into_raw(Box::new(ctx));
     let mut name = [0 as c_char; 127];
     for (dst, &src) in name.iter_mut().zip(b"tensorpool") {
         *dst = src as c_char;
@@ -197,6 +229,10 @@ unsafe extern "C" fn hook_realloc(
     }
     // SAFETY: NumPy passes the ctx of the handler it calls.
     let ctx_ref = unsafe { context(ctx) };
+    if ctx_ref.planned.is_some() {
+        // A planned arena's block stays where the plan put it.
+        return std::ptr::null_mut();
+    }
     let new_size = new_size.max(1);
     let old_size = ctx_ref
         .recorder
@@ -234,6 +270,18 @@ unsafe extern "C" fn hook_free(ctx: *mut c_void, ptr: *mut c_void, _size: usize)
 }
 
 fn free_checked(ctx: &Context, addr: usize) {
+    if let Some(core) = &ctx.planned {
+        let Some(ptr) = std::ptr::NonNull::new(addr as *mut u8) else {
+            return;
+        };
+        if let Err(e) = core.release(ptr) {
+            report(
+                ctx,
+                &format!("NumPy freed a pointer through a planned arena's handler, but {e}"),
+            );
+        }
+        return;
+    }
     if let Some(rec) = &ctx.recorder {
         // The free goes into the trace before the block can be reused.
         if let Ok(size) = ctx.mm.raw_size(addr as *const u8) {
@@ -264,6 +312,7 @@ pub(crate) fn free_as_numpy(
         mm: mm.clone(),
         state: state.clone(),
         recorder,
+        planned: None,
     };
     free_checked(&ctx, addr);
 }

@@ -327,13 +327,14 @@ impl PyMemoryManager {
     #[pyo3(signature = (plan=None, *, trace=None, steps=None, align=64, time_limit=1.0))]
     fn planned_arena(
         &self,
+        py: Python<'_>,
         plan: Option<std::path::PathBuf>,
         trace: Option<std::path::PathBuf>,
         steps: Option<&Bound<'_, PyAny>>,
         align: u64,
         time_limit: f64,
     ) -> PyResult<PyPlannedArena> {
-        PyPlannedArena::new(self, plan, trace, steps, align, time_limit)
+        PyPlannedArena::new(py, self, plan, trace, steps, align, time_limit)
     }
 
     /// The statistics, a dict with the keys of the Rust `Stats` (bytes allocated,

@@ -16,12 +16,15 @@
 //!     forward(arena)                # each array at its planned offset
 //! ```
 //!
-//! Each array's hidden base object gives its block back to the arena when NumPy lets
-//! go of it; arrays still alive at `step()` keep their memory (counted in
-//! `stats()["deferred"]`), and the slots they are in the way of fall back to the
-//! manager.
+//! Each array owns its data as NumPy's own do, through a NEP 49 handler of the
+//! arena's that gives the block back to the arena when NumPy lets go of it (and
+//! keeps the arena alive until then); arrays still alive at `step()` keep their
+//! memory (counted in `stats()["deferred"]`), and the slots they are in the way of
+//! fall back to the manager. The handler does not move a block of the plan's
+//! region: `ndarray.resize` of such an array raises `MemoryError`.
 
-use crate::array::{ArraySpec, Block, ARRAY_ALIGN};
+use crate::array::{ArraySpec, ARRAY_ALIGN};
+use crate::handler;
 use crate::manager::{json_to_py, PyMemoryManager};
 use crate::to_py;
 use parking_lot::Mutex;
@@ -81,19 +84,23 @@ impl PlannedCore {
         }
     }
 
-    /// Gives back the block at `ptr` (an array's, when it dies). Blocks recorded
-    /// before a plan are raw blocks of the manager, which a running arena passes on.
-    pub(crate) fn release(&self, ptr: NonNull<u8>) {
-        let freed = match &mut *self.mode.lock() {
+    /// Gives back the block at `ptr` (an array's, when it dies), checked: an error
+    /// (nothing changed) for a pointer that is not a live block of the arena or of
+    /// the manager's raw API. Blocks recorded before a plan are raw blocks of the
+    /// manager, which a running arena passes on.
+    pub(crate) fn release(&self, ptr: NonNull<u8>) -> tensorpool::Result<()> {
+        match &mut *self.mode.lock() {
             Mode::Running(arena) => arena.free(ptr),
             Mode::Recording(r) => {
-                if let Some(id) = r.live.remove(&ptr.as_ptr().addr()) {
-                    r.events.push(Event::Free { id });
+                let freed = r.mm.free_raw(ptr.as_ptr());
+                if freed.is_ok() {
+                    if let Some(id) = r.live.remove(&ptr.as_ptr().addr()) {
+                        r.events.push(Event::Free { id });
+                    }
                 }
-                r.mm.free_raw(ptr.as_ptr())
+                freed
             }
-        };
-        debug_assert!(freed.is_ok(), "an array's block was live: {freed:?}");
+        }
     }
 }
 
@@ -135,12 +142,17 @@ pub struct PyPlannedArena {
     core: Arc<PlannedCore>,
     /// The manager, for `plan()` after recording.
     mm: MemoryManager,
+    /// The NEP 49 handler every array of the arena carries: NumPy frees the array's
+    /// data through it, back to the arena (it holds the arena, so arrays outlive
+    /// this object).
+    handler: Py<PyAny>,
 }
 
 impl PyPlannedArena {
     /// An arena for `mm`: running the plan file at `plan`, planning one step of the
     /// trace at `trace`, or recording.
     pub(crate) fn new(
+        py: Python<'_>,
         mm: &PyMemoryManager,
         plan: Option<std::path::PathBuf>,
         trace: Option<std::path::PathBuf>,
@@ -148,6 +160,8 @@ impl PyPlannedArena {
         align: u64,
         time_limit: f64,
     ) -> PyResult<PyPlannedArena> {
+        handler::check_numpy(py)?;
+        let state = mm.state.clone();
         let mm = mm.mm.clone();
         if steps_given.is_some() && trace.is_none() {
             return Err(PyValueError::new_err(
@@ -181,12 +195,11 @@ impl PyPlannedArena {
                 starts: Vec::new(),
             }),
         };
-        Ok(PyPlannedArena {
-            core: Arc::new(PlannedCore {
-                mode: Mutex::new(mode),
-            }),
-            mm,
-        })
+        let core = Arc::new(PlannedCore {
+            mode: Mutex::new(mode),
+        });
+        let handler = handler::planned_capsule(py, mm.clone(), state, core.clone())?.unbind();
+        Ok(PyPlannedArena { core, mm, handler })
     }
 
     fn array<'py>(
@@ -197,13 +210,17 @@ impl PyPlannedArena {
         zeroed: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let spec = ArraySpec::parse(shape, dtype, order)?;
-        let size = spec.nbytes.max(1);
-        let ptr = self.core.allocate(size)?;
+        let ptr = self.core.allocate(spec.nbytes)?;
         if zeroed {
-            // SAFETY: a fresh block of at least `nbytes` bytes that nothing else uses.
+            // SAFETY: a fresh block of `nbytes` bytes that nothing else uses.
             unsafe { ptr.as_ptr().write_bytes(0, spec.nbytes) };
         }
-        spec.wrap_in_block(ptr, Block::planned(self.core.clone(), ptr))
+        spec.wrap_owned(ptr, self.handler.bind(shape.py()))
+            .map_err(|(e, ptr)| {
+                let freed = self.core.release(ptr);
+                debug_assert!(freed.is_ok(), "the block was just allocated: {freed:?}");
+                e
+            })
     }
 }
 

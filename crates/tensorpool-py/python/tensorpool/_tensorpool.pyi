@@ -191,7 +191,8 @@ class Arena:
 class PlannedArena:
     """An arena that runs a plan of one step: ``step()`` begins a step, and the
     k-th array of a step gets the plan's k-th offset when its size fits and nothing
-    alive is in the way; anything else gets the manager's memory. Made by
+    alive is in the way; anything else gets the manager's memory. Arrays own their
+    data (freed back to the arena when they go; not resizable in place). Made by
     ``MemoryManager.planned_arena``."""
 
     def step(self) -> None:

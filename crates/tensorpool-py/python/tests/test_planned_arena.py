@@ -189,3 +189,29 @@ def test_bad_settings_are_refused_by_name(tmp_path):
     arena.plan(time_limit=0.1)
     with pytest.raises(ValueError, match="already runs a plan"):
         arena.plan()
+
+
+def test_a_planned_array_owns_its_data_and_is_not_moved():
+    mm = tensorpool.MemoryManager()
+    arena = mm.planned_arena()
+    for _ in range(2):
+        arena.step()
+        forward(arena)
+    arena.plan(time_limit=0.1)
+    arena.step()
+    a = arena.zeros(256)
+    assert a.flags.owndata and a.base is None
+    from numpy._core.multiarray import get_handler_name
+
+    assert get_handler_name(a) == "tensorpool"
+    a += 3
+    with pytest.raises(MemoryError):
+        a.resize(10_000, refcheck=False)
+    assert a.shape == (256,) and np.all(a == 3)
+    view = a[10:20]
+    del a
+    gc.collect()
+    assert np.all(view == 3)  # the view keeps the block
+    del view
+    assert mm.stats()["handler_invalid_frees"] == 0
+    assert arena.stats()["live_planned"] == 0
