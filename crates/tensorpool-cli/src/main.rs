@@ -337,13 +337,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let plan_out = plan_out.unwrap_or_else(|| PathBuf::from(format!("{stem}.plan.csv")));
             let bar = progress(cli.quiet, 1);
             bar.set_message(format!("planning {}", source.label()));
+            // The step first: a step that cannot be cut is refused before the long part.
+            let step_plan = match &step {
+                Some(steps) => {
+                    let out =
+                        step_plan_out.unwrap_or_else(|| PathBuf::from(format!("{stem}.step.csv")));
+                    Some(plan::plan_step(&loaded, steps, &options, &out)?)
+                }
+                None => None,
+            };
             let mut report =
                 plan::plan(&source.label(), &loaded, &config_out, &plan_out, &options)?;
-            if let Some(steps) = &step {
-                let out =
-                    step_plan_out.unwrap_or_else(|| PathBuf::from(format!("{stem}.step.csv")));
-                report.step_plan = Some(plan::plan_step(&loaded, steps, &options, &out)?);
-            }
+            report.step_plan = step_plan;
             bar.finish_and_clear();
             if let Some(path) = &plot {
                 let svg = plot::plan_svg(
