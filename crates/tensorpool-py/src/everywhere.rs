@@ -150,7 +150,9 @@ unsafe extern "C" fn forward_free(_ctx: *mut c_void, ptr: *mut c_void, size: usi
             }) => continue,
             Err(e) => {
                 i.state.note_invalid_free();
-                eprintln!("tensorpool: NumPy freed a pointer through its default handler, but {e}");
+                crate::handler::report_line(&format!(
+                    "NumPy freed a pointer through its default handler, but {e}"
+                ));
                 return;
             }
         }
@@ -178,7 +180,9 @@ unsafe extern "C" fn forward_realloc(
                 Ok(p) => p.as_ptr().cast(),
                 Err(e @ Error::InvalidPointer { .. }) => {
                     i.state.note_invalid_free();
-                    eprintln!("tensorpool: NumPy reallocated a pointer through its default handler, but {e}");
+                    crate::handler::report_line(&format!(
+                        "NumPy reallocated a pointer through its default handler, but {e}"
+                    ));
                     std::ptr::null_mut()
                 }
                 // Out of memory: the old block stays, as C's realloc leaves it.

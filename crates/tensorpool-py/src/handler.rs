@@ -298,7 +298,14 @@ fn free_checked(ctx: &Context, addr: usize) {
 
 fn report(ctx: &Context, message: &str) {
     ctx.state.note_invalid_free();
-    eprintln!("tensorpool: {message}");
+    report_line(message);
+}
+
+/// Writes `tensorpool: message` on stderr, ignoring a failed write (`eprintln!`
+/// panics on a closed pipe, and a panic in a function NumPy calls aborts).
+pub(crate) fn report_line(message: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "tensorpool: {message}");
 }
 
 /// What the handler's `free` does with `addr`, called as NumPy would.

@@ -182,9 +182,10 @@ impl PyPlannedArena {
                     Some(s) => steps(s)?,
                     None => Steps::Repeating,
                 };
-                let plan =
-                    StepPlan::from_trace(&trace, &steps, alignment(align)?, budget(time_limit)?)
-                        .map_err(to_py)?;
+                let (align, budget) = (alignment(align)?, budget(time_limit)?);
+                let plan = py
+                    .detach(|| StepPlan::from_trace(&trace, &steps, align, budget))
+                    .map_err(to_py)?;
                 Mode::Running(Box::new(PlannedArena::new(&mm, plan).map_err(to_py)?))
             }
             (None, None) => Mode::Recording(Recorder {
@@ -217,6 +218,8 @@ impl PyPlannedArena {
         }
         spec.wrap_owned(ptr, self.handler.bind(shape.py()))
             .map_err(|(e, ptr)| {
+                // (NumPy could not make the array: the block goes back; its slot
+                // stays taken for this step, whose later arrays may fall back.)
                 let freed = self.core.release(ptr);
                 debug_assert!(freed.is_ok(), "the block was just allocated: {freed:?}");
                 e
@@ -262,44 +265,52 @@ impl PyPlannedArena {
     /// and runs that plan from now on. `ValueError` when the arena already runs a
     /// plan, or recorded no step.
     #[pyo3(signature = (*, align=64, time_limit=1.0))]
-    fn plan(&self, align: u64, time_limit: f64) -> PyResult<()> {
+    fn plan(&self, py: Python<'_>, align: u64, time_limit: f64) -> PyResult<()> {
+        let (align, budget) = (alignment(align)?, budget(time_limit)?);
+        let already = || PyValueError::new_err("the arena already runs a plan");
+        let (trace, starts) = {
+            let mode = self.core.mode.lock();
+            let Mode::Recording(r) = &*mode else {
+                return Err(already());
+            };
+            if r.starts.is_empty() {
+                return Err(PyValueError::new_err(
+                    "no step recorded: call step() at the start of every step",
+                ));
+            }
+            let trace = Trace {
+                format: Format::RmmCsv,
+                events: r.events.clone(),
+                allocations: r.blocks as usize,
+                unmatched_frees: 0,
+                failed_allocations: 0,
+                leaked_blocks: r.live.len(),
+                times: Vec::new(),
+                offsets: Vec::new(),
+            };
+            // (A step() twice in a row, or at the end, begins no step of its own.)
+            let mut starts: Vec<usize> = r
+                .starts
+                .iter()
+                .copied()
+                .filter(|&s| s < trace.events.len())
+                .collect();
+            starts.dedup();
+            (trace, starts)
+        };
+        // The search runs without the arena's lock and without the GIL: other
+        // threads go on (and may free the arena's arrays) meanwhile.
+        let plan = py
+            .detach(|| StepPlan::from_trace(&trace, &Steps::At(starts), align, budget))
+            .map_err(to_py)?;
+        let arena = PlannedArena::new(&self.mm, plan).map_err(to_py)?;
         let mut mode = self.core.mode.lock();
-        let Mode::Recording(r) = &*mode else {
-            return Err(PyValueError::new_err("the arena already runs a plan"));
-        };
-        if r.starts.is_empty() {
-            return Err(PyValueError::new_err(
-                "no step recorded: call step() at the start of every step",
-            ));
+        if !matches!(*mode, Mode::Recording(_)) {
+            return Err(already());
         }
-        let trace = Trace {
-            format: Format::RmmCsv,
-            events: r.events.clone(),
-            allocations: r.blocks as usize,
-            unmatched_frees: 0,
-            failed_allocations: 0,
-            leaked_blocks: r.live.len(),
-            times: Vec::new(),
-            offsets: Vec::new(),
-        };
-        // (A step() twice in a row, or at the end, begins no step of its own.)
-        let mut starts: Vec<usize> = r
-            .starts
-            .iter()
-            .copied()
-            .filter(|&s| s < trace.events.len())
-            .collect();
-        starts.dedup();
-        let plan = StepPlan::from_trace(
-            &trace,
-            &Steps::At(starts),
-            alignment(align)?,
-            budget(time_limit)?,
-        )
-        .map_err(to_py)?;
         // Blocks recorded and still alive are the manager's: the arena passes their
         // frees on to it.
-        *mode = Mode::Running(Box::new(PlannedArena::new(&self.mm, plan).map_err(to_py)?));
+        *mode = Mode::Running(Box::new(arena));
         Ok(())
     }
 
