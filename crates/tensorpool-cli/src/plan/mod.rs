@@ -24,6 +24,7 @@
 pub mod online;
 
 use std::ptr::NonNull;
+use tensorpool::address_map::AddressMap;
 pub use tensorpool::plan::{greedy, greedy_by_size, search, Placement};
 use tensorpool::plan::{StepPlan, Steps};
 use tensorpool::{MemoryManager, PlannedArena};
@@ -33,7 +34,6 @@ use crate::peers::{Kind, Subject};
 use crate::replay;
 use serde::Serialize;
 use std::alloc::Layout;
-use std::collections::BTreeMap;
 use std::path::Path;
 use tensorpool::trace::intervals::{self, Placed};
 use tensorpool::trace::{Event, Lifetime, Trace};
@@ -68,38 +68,39 @@ impl Default for Options {
 /// Checks that no two buffers live at the same time overlap in the plan, sweeping the
 /// events in order. Returns the first conflict.
 pub fn verify(trace: &Trace, placements: &[Placement]) -> Result<(), Overlap> {
-    let mut live: BTreeMap<u64, (u64, u32)> = BTreeMap::new(); // offset -> (end, id)
+    // Offsets of plans made in this process: within the address space.
+    let at = |x: u64| usize::try_from(x).expect("a plan's offsets fit the address space");
+    let mut live = AddressMap::new(); // block id by offset
     for event in &trace.events {
         match *event {
             Event::Alloc { id, size } if size > 0 => {
                 let offset = placements[id as usize].offset;
-                let end = offset + size;
-                if let Some((&o, &(e, other))) = live.range(..=offset).next_back() {
-                    if e > offset {
-                        return Err(Overlap {
+                let range = (offset, offset + size);
+                if let Some((o, len, &other)) = live.overlapping(at(offset), at(size)) {
+                    let (o, other_range) = (o as u64, (o as u64, (o + len) as u64));
+                    // The lower one first (the one already live on a tie).
+                    return Err(if o <= offset {
+                        Overlap {
                             first: other,
-                            first_range: (o, e),
+                            first_range: other_range,
                             second: id,
-                            second_range: (offset, end),
-                        });
-                    }
-                }
-                if let Some((&o, &(e, other))) = live.range(offset..).next() {
-                    if o < end {
-                        return Err(Overlap {
+                            second_range: range,
+                        }
+                    } else {
+                        Overlap {
                             first: id,
-                            first_range: (offset, end),
+                            first_range: range,
                             second: other,
-                            second_range: (o, e),
-                        });
-                    }
+                            second_range: other_range,
+                        }
+                    });
                 }
-                live.insert(offset, (end, id));
+                live.insert(at(offset), at(size), id);
             }
             Event::Alloc { .. } => {}
             Event::Free { id } => {
                 if placements[id as usize].lifetime.size > 0 {
-                    live.remove(&placements[id as usize].offset);
+                    live.remove(at(placements[id as usize].offset));
                 }
             }
         }

@@ -34,6 +34,18 @@ def expected(n=256):
     return n * 4 * 1.0 + 2 * n * 3.0 + n * 2.0
 
 
+def recorded_and_planned():
+    """A manager, and an arena of it that recorded two steps of `forward` and plans
+    them."""
+    mm = tensorpool.MemoryManager()
+    arena = mm.planned_arena()
+    for _ in range(2):
+        arena.step()
+        forward(arena)
+    arena.plan(time_limit=0.5)
+    return mm, arena
+
+
 def test_recorded_steps_are_planned_and_served():
     mm = tensorpool.MemoryManager()
     arena = mm.planned_arena()
@@ -56,12 +68,7 @@ def test_recorded_steps_are_planned_and_served():
 
 
 def test_an_array_kept_past_its_step_is_deferred_and_never_overwritten():
-    mm = tensorpool.MemoryManager()
-    arena = mm.planned_arena()
-    for _ in range(2):
-        arena.step()
-        forward(arena)
-    arena.plan(time_limit=0.5)
+    _, arena = recorded_and_planned()
     kept = []
     arena.step()
     forward(arena, keep=kept)  # h stays alive
@@ -81,12 +88,7 @@ def test_an_array_kept_past_its_step_is_deferred_and_never_overwritten():
 
 
 def test_a_diverging_step_falls_back_and_stays_correct():
-    mm = tensorpool.MemoryManager()
-    arena = mm.planned_arena()
-    for _ in range(2):
-        arena.step()
-        forward(arena)
-    arena.plan(time_limit=0.5)
+    _, arena = recorded_and_planned()
     arena.step()
     assert forward(arena, n=512) == expected(512)  # every array larger
     s = arena.stats()
@@ -192,12 +194,7 @@ def test_bad_settings_are_refused_by_name(tmp_path):
 
 
 def test_a_planned_array_owns_its_data_and_is_not_moved():
-    mm = tensorpool.MemoryManager()
-    arena = mm.planned_arena()
-    for _ in range(2):
-        arena.step()
-        forward(arena)
-    arena.plan(time_limit=0.1)
+    mm, arena = recorded_and_planned()
     arena.step()
     a = arena.zeros(256)
     assert a.flags.owndata and a.base is None

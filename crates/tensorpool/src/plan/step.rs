@@ -14,10 +14,10 @@
 //! overlap, which is what lets the arena serve a slot without looking at the others.
 
 use super::{greedy, search};
+use crate::address_map::AddressMap;
 use crate::error::{Error, Result};
 use crate::trace::{Event, Lifetime, Trace};
 use rustc_hash::FxHashMap;
-use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::Path;
 
@@ -120,6 +120,11 @@ impl StepPlan {
                 })?;
                 arena_bytes = arena_bytes.max(end);
             }
+        }
+        if usize::try_from(arena_bytes).is_err() {
+            return Err(Error::InvalidPlan(format!(
+                "an arena of {arena_bytes} bytes is beyond the address space"
+            )));
         }
         check_disjoint(&slots)?;
         let mut due = vec![0u32; n + 2];
@@ -287,8 +292,9 @@ impl StepPlan {
                 max: MOST_ALIGN as usize,
             });
         }
-        let (ranges, whole) = cut(trace, steps)?;
-        let chosen = most_common(trace, &ranges[..whole]);
+        let tokens = tokens(trace);
+        let (ranges, whole) = cut(trace, &tokens, steps)?;
+        let chosen = most_common(&tokens, &ranges[..whole]);
         let range = ranges[chosen].clone();
         let lifetimes = trace.lifetimes();
         // The step's buffers that it frees, numbered in allocation order.
@@ -410,26 +416,24 @@ fn check_disjoint(slots: &[Slot]) -> Result<()> {
         }
     }
     events.sort_unstable();
-    let mut live: BTreeMap<u64, (u64, usize)> = BTreeMap::new(); // offset -> (end, slot)
+    // Every end is at most the arena, which `StepPlan::new` checked fits.
+    let at = |x: u64| usize::try_from(x).expect("within the address space");
+    let mut live = AddressMap::new(); // slot by offset
     for (_, kind, k) in events {
-        let offset = slots[k].offset.expect("planned");
-        let end = offset + slots[k].size;
+        let (offset, size) = (slots[k].offset.expect("planned"), slots[k].size);
         if kind == 0 {
-            live.remove(&offset);
+            live.remove(at(offset));
             continue;
         }
-        let below = live.range(..=offset).next_back();
-        let above = live.range(offset..).next();
-        let clash = below
-            .filter(|(_, &(e, _))| e > offset)
-            .or(above.filter(|(&o, _)| o < end));
-        if let Some((&o, &(e, other))) = clash {
+        if let Some((o, len, &other)) = live.overlapping(at(offset), at(size)) {
             return Err(Error::InvalidPlan(format!(
-                "allocation {k} at [{offset}, {end}) overlaps allocation {other} at \
-                 [{o}, {e}) while both are live"
+                "allocation {k} at [{offset}, {}) overlaps allocation {other} at \
+                 [{o}, {}) while both are live",
+                offset + size,
+                o + len
             )));
         }
-        live.insert(offset, (end, k));
+        live.insert(at(offset), at(size), k);
     }
     Ok(())
 }
@@ -437,7 +441,7 @@ fn check_disjoint(slots: &[Slot]) -> Result<()> {
 /// The event ranges of the steps of `trace`, and how many of the first are whole
 /// steps to plan from (a period found leaves a last step cut short by the trace's
 /// end, which a program would still begin with `step()`).
-fn cut(trace: &Trace, steps: &Steps) -> Result<(Vec<Range<usize>>, usize)> {
+fn cut(trace: &Trace, tokens: &[u64], steps: &Steps) -> Result<(Vec<Range<usize>>, usize)> {
     let n = trace.events.len();
     let starts = match steps {
         Steps::At(starts) => {
@@ -459,7 +463,7 @@ fn cut(trace: &Trace, steps: &Steps) -> Result<(Vec<Range<usize>>, usize)> {
             }
             starts.clone()
         }
-        Steps::Repeating => period_starts(trace)?,
+        Steps::Repeating => period_starts(trace, tokens)?,
     };
     let mut ranges: Vec<Range<usize>> = starts.windows(2).map(|w| w[0]..w[1]).collect();
     let last = *starts.last().expect("not empty");
@@ -473,8 +477,8 @@ fn cut(trace: &Trace, steps: &Steps) -> Result<(Vec<Range<usize>>, usize)> {
     Ok((ranges, whole))
 }
 
-/// An event as the period finder compares them: an allocation by its size, a free
-/// by how many allocations ago its block was allocated.
+/// Each event as the period finder and the step comparison see it: an allocation by
+/// its size, a free by how many allocations ago its block was allocated.
 fn tokens(trace: &Trace) -> Vec<u64> {
     let mut allocated_at = vec![0usize; trace.allocations];
     let mut allocations = 0usize;
@@ -511,8 +515,7 @@ fn smallest_period(s: &[u64]) -> usize {
 
 /// The starts of the complete steps of a trace that repeats after a prologue, and
 /// maybe stops mid-step or ends differently.
-fn period_starts(trace: &Trace) -> Result<Vec<usize>> {
-    let t = tokens(trace);
+fn period_starts(trace: &Trace, t: &[u64]) -> Result<Vec<usize>> {
     let n = t.len();
     // Where the repetition may begin, and where it may end: a prologue and an
     // epilogue of up to half the trace.
@@ -569,8 +572,7 @@ fn period_starts(trace: &Trace) -> Result<Vec<usize>> {
 }
 
 /// The step that recurs most often (by its events), the latest of those on a tie.
-fn most_common(trace: &Trace, ranges: &[Range<usize>]) -> usize {
-    let t = tokens(trace);
+fn most_common(t: &[u64], ranges: &[Range<usize>]) -> usize {
     let mut counts: FxHashMap<&[u64], (usize, usize)> = FxHashMap::default();
     for (i, r) in ranges.iter().enumerate() {
         let entry = counts.entry(&t[r.clone()]).or_insert((0, i));
@@ -615,7 +617,7 @@ mod tests {
     #[test]
     fn the_period_is_found_past_a_prologue_and_an_epilogue() {
         let trace = program(6, [4096, 1024, 3072]);
-        let (ranges, whole) = cut(&trace, &Steps::Repeating).unwrap();
+        let (ranges, whole) = cut(&trace, &tokens(&trace), &Steps::Repeating).unwrap();
         assert_eq!(whole, 6, "{ranges:?}");
         for r in &ranges[..whole] {
             assert_eq!(r.len(), 6); // three allocations and three frees

@@ -47,15 +47,20 @@ impl<V> AddressMap<V> {
     pub fn insert(&mut self, start: usize, len: usize, value: V) {
         debug_assert!(len > 0);
         debug_assert!(
-            self.find(start).is_none()
-                && self
-                    .ranges
-                    .range(start..)
-                    .next()
-                    .is_none_or(|(&next, _)| next >= start + len),
+            self.overlapping(start, len).is_none(),
             "range {start:#x}+{len:#x} overlaps an existing range"
         );
         self.ranges.insert(start, (len, value));
+    }
+
+    /// A range that overlaps `[start, start + len)` (`len` > 0), if any: its start,
+    /// its length and its value (the one below `start` first).
+    pub fn overlapping(&self, start: usize, len: usize) -> Option<(usize, usize, &V)> {
+        let below = self.find(start);
+        below.or_else(|| {
+            let (&next, (next_len, value)) = self.ranges.range(start..).next()?;
+            (next - start < len).then_some((next, *next_len, value))
+        })
     }
 
     /// Removes the range that starts at `start`, returning its length and value.
@@ -94,6 +99,20 @@ impl<V> AddressMap<V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overlaps_are_found_on_either_side() {
+        let mut m = AddressMap::new();
+        m.insert(100, 50, 'a'); // [100, 150)
+        m.insert(200, 50, 'b'); // [200, 250)
+        assert_eq!(m.overlapping(150, 50), None); // the gap, exactly
+        assert_eq!(m.overlapping(149, 1), Some((100, 50, &'a')));
+        assert_eq!(m.overlapping(120, 100), Some((100, 50, &'a'))); // both: below first
+        assert_eq!(m.overlapping(160, 41), Some((200, 50, &'b')));
+        assert_eq!(m.overlapping(0, 100), None);
+        assert_eq!(m.overlapping(0, 101), Some((100, 50, &'a')));
+        assert_eq!(m.overlapping(250, 10), None);
+    }
 
     #[test]
     fn boundaries_are_half_open() {
