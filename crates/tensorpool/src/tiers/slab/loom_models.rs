@@ -2,8 +2,8 @@
 //! (up to three preemptions) of a remote free with the owner's collection and reuse,
 //! two frees of one block racing (remote and remote, owner and remote), a slab whose
 //! thread exits with a block another thread frees, and a trim that stops a running
-//! owner. Run with `RUSTFLAGS="--cfg loom" cargo test -p tensorpool --lib --release
-//! loom_models`.
+//! owner. Run with `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p
+//! tensorpool --lib -- loom_models` (the test profile is optimised).
 //!
 //! Each model checks what the engine promises: no block is handed out twice while
 //! live, a free takes effect exactly once (an invalid second one is refused at once
