@@ -54,7 +54,8 @@ else
 fi
 
 step "the fuzz targets build (their own workspace; scripts/fuzz.sh runs them)"
-cargo check --locked --manifest-path fuzz/Cargo.toml
+# In the main target directory: the dependencies clippy just checked are reused.
+CARGO_TARGET_DIR=target cargo check --locked --manifest-path fuzz/Cargo.toml
 cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 
 step "cargo doc: no warnings (broken links included)"
