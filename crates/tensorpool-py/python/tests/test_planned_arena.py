@@ -123,12 +123,7 @@ def test_arrays_outlive_the_arena_object():
 
 
 def test_a_plan_file_and_a_trace_give_the_same_arena(tmp_path):
-    mm = tensorpool.MemoryManager()
-    recorded = mm.planned_arena()
-    for _ in range(2):
-        recorded.step()
-        forward(recorded)
-    recorded.plan(time_limit=0.5)
+    mm, recorded = recorded_and_planned()
     path = tmp_path / "step.csv"
     recorded.write_plan(path)
     assert path.read_text().startswith("slot,size,offset,freed_before,free_event\n")
