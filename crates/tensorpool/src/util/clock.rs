@@ -1,7 +1,8 @@
 //! Time for the release policy: how long free memory has gone unused.
 //!
 //! A manager reads its clock only on slow paths and in its release passes. By default
-//! it is the system's monotonic clock; tests and replays of recorded traces (whose
+//! it is the system's monotonic clock (on Linux its coarse form, read at a quarter of
+//! the cost: see [`MonotonicClock`]); tests and replays of recorded traces (whose
 //! events carry their own times, compressed by a replay) give a [`ManualClock`] they
 //! move themselves.
 //!
@@ -17,7 +18,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A monotonic time source: the time since some fixed start.
 pub trait Clock: Send + Sync + fmt::Debug {
@@ -26,18 +27,52 @@ pub trait Clock: Send + Sync + fmt::Debug {
 }
 
 /// The system's monotonic clock, from the moment it was made.
+///
+/// On Linux it reads the coarse monotonic clock (`CLOCK_MONOTONIC_COARSE`: the time
+/// of the last timer tick, at most a few milliseconds behind), which the vDSO
+/// returns without reading and scaling the CPU's counter: 6 ns a read against 23 ns
+/// on the 2-core development machine (a KVM guest). The release policy
+/// measures delays of tens of milliseconds and more and reads its clock on every
+/// slow path, where the precise clock took 6-8% of a 64 KiB allocate + free pair
+/// served by the best-fit tier.
 #[derive(Debug, Clone, Copy)]
 pub struct MonotonicClock {
-    start: Instant,
+    start: Duration,
 }
 
 impl MonotonicClock {
     /// A clock that reads zero now.
     pub fn new() -> Self {
         MonotonicClock {
-            start: Instant::now(),
+            start: system_now(),
         }
     }
+}
+
+/// The coarse monotonic clock, since some fixed start.
+#[cfg(all(target_os = "linux", not(miri)))]
+fn system_now() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid `timespec` for the call to write into. The call cannot
+    // fail with a valid pointer and a clock every kernel Rust supports has (2.6.32+).
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut t) };
+    debug_assert_eq!(rc, 0, "CLOCK_MONOTONIC_COARSE is missing");
+    Duration::new(
+        t.tv_sec.max(0) as u64,
+        t.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
+}
+
+/// The standard library's monotonic clock (elsewhere, and under Miri), since this
+/// process first asked.
+#[cfg(not(all(target_os = "linux", not(miri))))]
+fn system_now() -> Duration {
+    use std::time::Instant;
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed()
 }
 
 impl Default for MonotonicClock {
@@ -48,7 +83,7 @@ impl Default for MonotonicClock {
 
 impl Clock for MonotonicClock {
     fn now(&self) -> Duration {
-        self.start.elapsed()
+        system_now().saturating_sub(self.start)
     }
 }
 
@@ -101,5 +136,18 @@ mod tests {
         let m = MonotonicClock::new();
         let a = m.now();
         assert!(m.now() >= a);
+    }
+
+    /// The coarse clock lags by at most a timer tick (1-10 ms), far less than the
+    /// release policy's delays: a sleep of 60 ms reads as at least 40 ms.
+    #[test]
+    #[cfg_attr(miri, ignore = "sleeps")]
+    fn the_system_clock_follows_real_time() {
+        let m = MonotonicClock::new();
+        let a = m.now();
+        std::thread::sleep(Duration::from_millis(60));
+        let waited = m.now() - a;
+        assert!(waited >= Duration::from_millis(40), "{waited:?}");
+        assert!(waited < Duration::from_secs(30), "{waited:?}");
     }
 }
