@@ -550,12 +550,14 @@ impl Owned<'_> {
     fn allocated(&self, eng: &Engine) -> usize {
         let heap = self.heap;
         let large = heap.hot.large.bytes.get() as usize;
-        self.state().used.iter().fold(large, |bytes, &class| {
+        let allocated = self.state().used.iter().fold(large, |bytes, &class| {
             let tally = &heap.tally[class as usize];
             let blocks = tally.allocs.get().wrapping_sub(tally.frees.get());
             let stride = eng.strides[class as usize] as u64;
             bytes.wrapping_add(blocks.wrapping_mul(stride) as usize)
-        })
+        });
+        debug_assert_eq!(allocated, self.net(eng).0, "the allocated bytes of `net`");
+        allocated
     }
 
     // ---- allocation ------------------------------------------------------------
