@@ -132,10 +132,16 @@ impl ClassTally {
     /// Live bytes and requested bytes now, for slots of `stride` bytes (wrapping:
     /// the owner's view).
     pub(crate) fn live(&self, stride: usize) -> (u64, u64) {
-        let blocks = self.allocs.get().wrapping_sub(self.frees.get());
-        let bytes = blocks.wrapping_mul(stride as u64);
+        let bytes = self.bytes(stride);
         let waste = self.waste_in.get().wrapping_sub(self.waste_out.get());
         (bytes, bytes.wrapping_sub(waste))
+    }
+
+    /// Live bytes alone (the first of [`live`](Self::live)).
+    #[inline]
+    fn bytes(&self, stride: usize) -> u64 {
+        let blocks = self.allocs.get().wrapping_sub(self.frees.get());
+        blocks.wrapping_mul(stride as u64)
     }
 
     /// Counts a block handed out for `size` bytes of a slot of `stride`.
@@ -542,19 +548,15 @@ impl Owned<'_> {
             .net_of(used.iter().map(|&c| c as usize), &eng.strides)
     }
 
-    /// The allocated bytes of [`net`](Self::net) alone: what the cache's budget and
-    /// `publish`'s threshold read, once or twice per large block a heap takes or
-    /// gives back. The sum over the classes is most of those slow paths' own cost
-    /// (about a tenth of sk_mlp's replay, in `publish` and `cache`); leaving out the
-    /// requested bytes took 2.4% off that replay.
+    /// The allocated bytes of [`net`](Self::net) alone: what the cache's budget reads
+    /// each time a heap keeps a large block or an empty slab, where the requested
+    /// bytes would be summed for nothing.
     fn allocated(&self, eng: &Engine) -> usize {
         let heap = self.heap;
         let large = heap.hot.large.bytes.get() as usize;
         let allocated = self.state().used.iter().fold(large, |bytes, &class| {
-            let tally = &heap.tally[class as usize];
-            let blocks = tally.allocs.get().wrapping_sub(tally.frees.get());
-            let stride = eng.strides[class as usize] as u64;
-            bytes.wrapping_add(blocks.wrapping_mul(stride) as usize)
+            let class = class as usize;
+            bytes.wrapping_add(heap.tally[class].bytes(eng.strides[class]) as usize)
         });
         debug_assert_eq!(allocated, self.net(eng).0, "the allocated bytes of `net`");
         allocated
@@ -852,14 +854,8 @@ impl Owned<'_> {
         // SAFETY: a new span is a live slab of this heap.
         let slab = unsafe { &*self.new_span(eng, pages)? };
         let served = self.hand_out_span(eng, slab, self.own(slab), size, raw);
-        // A slow path: where peaks are recorded. A span of a publishing step or more
-        // moves the heap's bytes by that much: publish without testing first (one
-        // sum over the classes instead of two).
-        if pages * PAGE >= PUBLISH_STEP {
-            self.publish_now(eng);
-        } else {
-            self.publish(eng);
-        }
+        // A slow path: where peaks are recorded.
+        self.publish(eng);
         Ok(served)
     }
 
@@ -1418,18 +1414,23 @@ impl Owned<'_> {
     /// Slow paths only: two shared read-modify-writes, which threads would fight
     /// over if every slab switch made them.
     pub(crate) fn publish(&self, eng: &Engine) {
-        let counts = &self.heap.counts;
-        let allocated = self.allocated(eng);
-        let change = allocated.wrapping_sub(counts.published_allocated.get() as usize) as isize;
+        let (allocated, requested) = self.net(eng);
+        let published = self.heap.counts.published_allocated.get() as usize;
+        let change = allocated.wrapping_sub(published) as isize;
         if change.unsigned_abs() >= PUBLISH_STEP {
-            self.publish_now(eng);
+            self.publish_sums(eng, allocated, requested);
         }
     }
 
     /// Adds everything unpublished to the manager's totals.
     pub(crate) fn publish_now(&self, eng: &Engine) {
-        let counts = &self.heap.counts;
         let (allocated, requested) = self.net(eng);
+        self.publish_sums(eng, allocated, requested);
+    }
+
+    /// Publishes `allocated` and `requested`, this heap's sums from [`net`](Self::net).
+    fn publish_sums(&self, eng: &Engine, allocated: usize, requested: usize) {
+        let counts = &self.heap.counts;
         let da = allocated.wrapping_sub(counts.published_allocated.get() as usize) as isize;
         let dr = requested.wrapping_sub(counts.published_requested.get() as usize) as isize;
         if da != 0 || dr != 0 {
