@@ -276,25 +276,31 @@ fn busy(mm: &MemoryManager, clock: &ManualClock, ms: u64, step: u64) {
     }
 }
 
-#[test]
-fn steps_longer_than_the_delay_stretch_it_while_the_program_works() {
-    // Steps of 2 s that take 32 MiB at their start and work on small blocks after,
-    // under a 1 s delay: the first step's memory goes back during the second and is
-    // taken again by the third, a regret; the delay in effect doubles and the memory
-    // stays. Once the program idles, the delay set holds again.
-    let (mm, clock) = manager(Config::default());
+/// Steps of 2 s that take 32 MiB at their start and work on small blocks after: the
+/// resident bytes at the end of each step.
+fn long_steps(mm: &MemoryManager, clock: &ManualClock, steps: u64) -> Vec<usize> {
     let mut resident_late = Vec::new();
-    for step in 0..8 {
+    for step in 0..steps {
         let blocks: Vec<Block> = (0..4)
-            .map(|i| allocate(&mm, 8 * MIB, step * 10 + i))
+            .map(|i| allocate(mm, 8 * MIB, step * 10 + i))
             .collect();
         for b in blocks {
             intact(&b);
             mm.free_raw(b.ptr).unwrap();
         }
-        busy(&mm, &clock, 2000, 50);
+        busy(mm, clock, 2000, 50);
         resident_late.push(mm.resident_bytes());
     }
+    resident_late
+}
+
+#[test]
+fn steps_longer_than_the_delay_stretch_it_while_the_program_works() {
+    // Steps of 2 s under a 1 s delay: the first step's memory goes back during the
+    // second and is taken again by the third, a regret; the delay in effect doubles
+    // and the memory stays. Once the program idles, the delay set holds again.
+    let (mm, clock) = manager(Config::default());
+    let resident_late = long_steps(&mm, &clock, 8);
     assert!(
         resident_late[0] < 8 * MIB,
         "released at first: {resident_late:?}"
@@ -313,6 +319,68 @@ fn steps_longer_than_the_delay_stretch_it_while_the_program_works() {
     // Idle for long: the stretch unwinds.
     idle(&mm, &clock, 120_000, 250);
     assert!(mm.stats().effective_release_delay_ms.unwrap() < stretched);
+}
+
+#[test]
+fn max_release_delay_bounds_the_stretch() {
+    // The same steps with the delay in effect bounded by twice the delay set: it
+    // stretches once and no further.
+    let config = Config::builder()
+        .max_release_delay_ms(2000)
+        .build()
+        .unwrap();
+    let (mm, clock) = manager(config);
+    let resident_late = long_steps(&mm, &clock, 8);
+    assert_eq!(mm.stats().effective_release_delay_ms, Some(2000));
+    assert!(
+        resident_late[4..].iter().all(|&r| r >= 32 * MIB),
+        "kept once stretched: {resident_late:?}"
+    );
+    // Bounded by the delay set: it never stretches, and every step's memory goes
+    // back before the step ends, regrets or not.
+    let config = Config::builder()
+        .max_release_delay_ms(1000)
+        .build()
+        .unwrap();
+    let (mm, clock) = manager(config);
+    let resident_late = long_steps(&mm, &clock, 8);
+    assert_eq!(mm.stats().effective_release_delay_ms, Some(1000));
+    assert!(
+        resident_late.iter().all(|&r| r < 8 * MIB),
+        "released every step: {resident_late:?}"
+    );
+    // A delay set later above the bound is not stretched either.
+    mm.set_release_delay(Some(Duration::from_millis(1500)))
+        .unwrap();
+    long_steps(&mm, &clock, 4);
+    assert_eq!(mm.stats().effective_release_delay_ms, Some(1500));
+}
+
+#[test]
+fn a_program_that_frees_for_good_while_busy_gets_its_memory_back_within_the_bound() {
+    // A busy program whose delay stretched (steps of 2 s under a 1 s delay) frees
+    // 64 MiB for good and keeps allocating small blocks, as a program tearing down
+    // does: under the default bound the memory stays for the stretched delay; bounded
+    // by the delay set, it goes back within one and a half delays.
+    let teardown = |config: Config| {
+        let (mm, clock) = manager(config);
+        long_steps(&mm, &clock, 6);
+        let blocks: Vec<Block> = (0..8).map(|i| allocate(&mm, 8 * MIB, 900 + i)).collect();
+        for b in blocks {
+            mm.free_raw(b.ptr).unwrap();
+        }
+        busy(&mm, &clock, 1500, 50);
+        mm.resident_bytes()
+    };
+    let kept = teardown(Config::default());
+    assert!(kept >= 64 * MIB, "{} MiB", kept / MIB);
+    let bounded = teardown(
+        Config::builder()
+            .max_release_delay_ms(1000)
+            .build()
+            .unwrap(),
+    );
+    assert!(bounded < 8 * MIB, "{} MiB", bounded / MIB);
 }
 
 #[test]

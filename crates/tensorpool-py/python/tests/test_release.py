@@ -94,6 +94,14 @@ def test_settings_change_while_running():
         mm.set_soft_limit("lots")
 
 
+def test_the_delay_in_effect_can_be_bounded():
+    mm = tensorpool.MemoryManager(release_delay_ms=20, max_release_delay_ms=20)
+    stats = mm.stats()
+    assert (stats["release_delay_ms"], stats["effective_release_delay_ms"]) == (20, 20)
+    with pytest.raises(ValueError, match="max_release_delay_ms"):
+        tensorpool.MemoryManager(release_delay_ms=100, max_release_delay_ms=50)
+
+
 def run(code: str) -> str:
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],

@@ -194,6 +194,7 @@ mod tests {
             ("TENSORPOOL_SOFT_LIMIT", "1073741824"),
             ("TENSORPOOL_BACKGROUND_RELEASE", "true"),
             ("TENSORPOOL_RELEASE_DELAY_MS", "250"),
+            ("TENSORPOOL_MAX_RELEASE_DELAY_MS", "500"),
             ("TENSORPOOL_POOLS", "{64 = 1000, 128 = 500}"),
             ("TENSORPOOL_STATS", "1"),
             ("PATH", "/bin"),
@@ -203,6 +204,7 @@ mod tests {
         assert_eq!(c.soft_limit, Some(1 << 30));
         assert_eq!(c.background_release, Some(true));
         assert_eq!(c.release_delay_ms, Some(250));
+        assert_eq!(c.max_release_delay_ms, Some(500));
         assert_eq!(c.pools.len(), 2);
         assert_eq!(Config::from_vars(vars(&[])).unwrap(), Config::default());
     }

@@ -236,6 +236,14 @@ pub struct Config {
     /// In a file: milliseconds, or `"never"`.
     #[serde(with = "serde_delay")]
     pub release_delay_ms: Option<u64>,
+    /// The longest the delay in effect grows to while the program keeps taking
+    /// released memory back (each such *regret* doubles it, see
+    /// [`manager`](crate::manager), "Memory given back"). Unset: 32 times
+    /// `release_delay_ms`, the most it can be; equal to `release_delay_ms`: the delay
+    /// never stretches, so memory freed for good (a program tearing down, a phase
+    /// that ends) goes back after the delay however busy the program is, at the cost
+    /// of faulting in again the memory of steps longer than the delay.
+    pub max_release_delay_ms: Option<u64>,
     /// A background thread runs the release policy while the program is idle, so
     /// that memory goes back without a call into tensorpool. Unset: each front's
     /// default (a Rust manager: off, the policy runs on the manager's slow paths;
@@ -288,6 +296,7 @@ impl Default for Config {
             memory_limit: None,
             soft_limit: None,
             release_delay_ms: Some(DEFAULT_RELEASE_DELAY_MS),
+            max_release_delay_ms: None,
             background_release: None,
             thread_cache_bytes: 32 << 20,
             pools: Vec::new(),
@@ -358,6 +367,8 @@ setters! {
     soft_limit: usize => Some(soft_limit);
     /// See [`Config::release_delay_ms`]; `None` releases only when asked.
     release_delay_ms: Option<u64> => release_delay_ms;
+    /// See [`Config::max_release_delay_ms`].
+    max_release_delay_ms: u64 => Some(max_release_delay_ms);
     /// See [`Config::background_release`].
     background_release: bool => Some(background_release);
     /// See [`Config::thread_cache_bytes`].
@@ -492,6 +503,18 @@ impl Config {
                  unset to release only when asked)"
             ));
         }
+        if let Some(max) = self.max_release_delay_ms {
+            if max > MAX_RELEASE_DELAY_MS {
+                return bad(format!(
+                    "max_release_delay_ms must be at most {MAX_RELEASE_DELAY_MS} (a day)"
+                ));
+            }
+            if let Some(delay) = self.release_delay_ms.filter(|&d| max < d) {
+                return bad(format!(
+                    "max_release_delay_ms ({max}) must be at least release_delay_ms ({delay})"
+                ));
+            }
+        }
         if self.expandable_segments == Some(true) && self.upstream == UpstreamKind::Heap {
             return bad(
                 "expandable_segments needs the mmap upstream; leave it unset for the heap upstream"
@@ -592,6 +615,7 @@ mod tests {
         // The release policy's settings, including no delay, round-trip too.
         let c = Config::builder()
             .release_delay_ms(None)
+            .max_release_delay_ms(20)
             .soft_limit(1 << 30)
             .background_release(true)
             .build()
@@ -608,6 +632,11 @@ mod tests {
             ("release_delay_ms = -5", "negative"),
             ("release_delay_ms = \"soon\"", "never"),
             ("release_delay_ms = 999999999999", "at most"),
+            ("max_release_delay_ms = 999999999999", "at most"),
+            (
+                "release_delay_ms = 250\nmax_release_delay_ms = 100",
+                "max_release_delay_ms (100) must be at least release_delay_ms (250)",
+            ),
             ("soft_limit = 0", "soft_limit"),
             (
                 "soft_limit = \"2 GiB\"\nmemory_limit = \"1 GiB\"",

@@ -282,6 +282,9 @@ impl MemoryManager {
             config
                 .release_delay_ms
                 .map(std::time::Duration::from_millis),
+            config
+                .max_release_delay_ms
+                .map(std::time::Duration::from_millis),
             config.soft_limit,
         );
         let background = config.background_release == Some(true);

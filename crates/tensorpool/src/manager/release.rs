@@ -27,11 +27,14 @@
 //!   manager takes memory from the system again (64 KiB or more between two passes)
 //!   within four delays of giving some back, the release was likely a mistake that
 //!   cost a page fault per page: while the program keeps allocating, the delay in
-//!   effect doubles (up to 32 times the one set); with no such regret it halves again
-//!   after 64 passes of a busy program or 16 of an idle one. A pass that finds no allocation since the one before sees an
-//!   idle program, and for it the delay set holds: a server between requests or a
+//!   effect doubles (up to 32 times the one set, or up to `max_release_delay_ms`);
+//!   with no such regret it halves again after 64 passes of a busy program or 16 of
+//!   an idle one. A pass that finds no allocation since the one before sees an idle
+//!   program, and for it the delay set holds: a server between requests or a
 //!   notebook between cells gets its memory back after the delay set, however long
-//!   the delay in effect grew (docs/BENCHMARKS.md, "Memory given back").
+//!   the delay in effect grew (docs/BENCHMARKS.md, "Memory given back"). A program
+//!   that frees much while it keeps allocating (one tearing down) gets its memory
+//!   back only after the delay in effect: `max_release_delay_ms` bounds that.
 //!
 //! Released pages are no longer resident: they count against neither the limits nor
 //! `resident_bytes`, and count again when reused. The heap upstream cannot release
@@ -53,7 +56,8 @@ const SOFT_LIMIT_SLACK: usize = 1 << 20;
 /// Memory taken from the system between two passes, soon after a release, that
 /// makes the delay in effect double.
 const REGRET_BYTES: u64 = 64 << 10;
-/// The delay in effect is at most the one set times 2^this.
+/// The delay in effect is at most the one set times 2^this (or less under
+/// `max_release_delay_ms`).
 const MAX_STRETCH: u32 = 5;
 /// Quiet after which the delay in effect halves: a pass without regret adds 1 while
 /// the program allocates, 8 while it is idle (the stretch unwinds after 64 busy
@@ -69,6 +73,9 @@ pub(super) struct Release {
     pub(super) clock: Arc<dyn Clock>,
     /// The delay in nanoseconds; `u64::MAX`: none (release only when asked).
     delay: AtomicU64,
+    /// The longest delay in effect, in nanoseconds; `u64::MAX`: the delay times
+    /// 2^[`MAX_STRETCH`].
+    max_delay: u64,
     /// Resident bytes above which free memory goes at once; `usize::MAX`: none.
     soft_limit: AtomicUsize,
     /// When the next pass is due, in the clock's nanoseconds.
@@ -123,11 +130,13 @@ impl Release {
     pub(super) fn new(
         clock: Arc<dyn Clock>,
         delay: Option<Duration>,
+        max_delay: Option<Duration>,
         soft_limit: Option<usize>,
     ) -> Release {
         let r = Release {
             clock,
             delay: AtomicU64::new(u64::MAX),
+            max_delay: max_delay.map_or(u64::MAX, nanos),
             soft_limit: AtomicUsize::new(soft_limit.unwrap_or(usize::MAX)),
             next_pass: AtomicU64::new(0),
             passing: AtomicBool::new(false),
@@ -163,8 +172,22 @@ impl Release {
     /// The delay in effect while the program allocates: the one set, stretched while
     /// the program keeps taking back released memory.
     pub(super) fn effective_delay(&self) -> Option<Duration> {
-        let stretch = self.adapt.lock().stretch;
+        let stretch = self.adapt.lock().stretch.min(self.stretch_limit());
         self.delay().map(|d| d.saturating_mul(1 << stretch))
+    }
+
+    /// The most doublings of the delay set: [`MAX_STRETCH`], or as many as keep it
+    /// within `max_release_delay_ms` (none when that is below the delay, which
+    /// `set_release_delay` may have raised above it).
+    fn stretch_limit(&self) -> u32 {
+        let delay = self.delay.load(Relaxed);
+        if self.max_delay == u64::MAX || delay == 0 || delay == u64::MAX {
+            return MAX_STRETCH;
+        }
+        match self.max_delay / delay {
+            0 => 0,
+            ratio => ratio.ilog2().min(MAX_STRETCH),
+        }
     }
 
     /// The time between passes, if there are passes.
@@ -186,7 +209,7 @@ impl Release {
         if idle {
             RELEASE_AGE
         } else {
-            RELEASE_AGE << a.stretch
+            RELEASE_AGE << a.stretch.min(self.stretch_limit())
         }
     }
 
@@ -198,7 +221,7 @@ impl Release {
             acquired.saturating_sub(a.acquired) >= REGRET_BYTES && a.since_release <= REGRET_WINDOW;
         a.acquired = acquired;
         if regret {
-            a.stretch = (a.stretch + 1).min(MAX_STRETCH);
+            a.stretch = (a.stretch + 1).min(self.stretch_limit());
             a.quiet = 0;
         } else {
             a.quiet += if a.idle { 8 } else { 1 };
