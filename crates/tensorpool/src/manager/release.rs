@@ -195,6 +195,19 @@ impl Release {
         self.delay().map(|d| (d / 2).max(MIN_PASS_INTERVAL))
     }
 
+    /// How long until the next pass is due by the policy's clock (zero if it is
+    /// due), if there are passes: what the background thread waits. Waiting an
+    /// interval instead, it would wake just before a pass is due whenever a slow path
+    /// ran the last one after the thread's, or the clock lagged its timer, and skip a
+    /// whole interval (memory went back after up to two delays, not one and a half).
+    pub(super) fn until_next_pass(&self) -> Option<Duration> {
+        self.interval()?;
+        let now = nanos(self.clock.now());
+        Some(Duration::from_nanos(
+            self.next_pass.load(Relaxed).saturating_sub(now),
+        ))
+    }
+
     /// The passes that must see free memory unused before it goes back, for a pass
     /// that found the program's allocations at `activity`: one with a delay of zero,
     /// [`RELEASE_AGE`] for an idle program, and that many times the stretch while it

@@ -34,6 +34,10 @@ static WAKE: Condvar = Condvar::new();
 static RUNNING: AtomicBool = AtomicBool::new(false);
 /// The thread sleeps at most this long (it rechecks which managers are left).
 const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// Added to the wait for a manager's next pass: the policy's clock (the coarse
+/// monotonic clock on Linux) may lag the timer the thread waits on by a tick, up
+/// to 10 ms, and a thread that woke before the pass is due would wait again.
+const CLOCK_SLACK: Duration = Duration::from_millis(10);
 
 fn registry() -> MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
@@ -98,8 +102,8 @@ fn run() {
             let inside = Inside::enter_if(inner.engine.process_wide.load(Relaxed));
             inner.release_if_due();
             drop(inside);
-            if let Some(interval) = inner.release.interval() {
-                sleep = sleep.min(interval);
+            if let Some(until) = inner.release.until_next_pass() {
+                sleep = sleep.min(until + CLOCK_SLACK);
             }
         }
         drop(live);

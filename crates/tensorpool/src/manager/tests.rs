@@ -638,6 +638,27 @@ mod model {
 }
 
 #[test]
+fn the_background_thread_waits_for_the_next_pass_not_an_interval() {
+    // Regression: the thread waited one interval after its own pass; when a slow
+    // path had run a pass since (or the coarse clock lagged the timer), it woke just
+    // before the next pass was due, skipped it and waited a whole interval more, so
+    // memory went back after up to two delays.
+    use std::time::Duration;
+    let clock = Arc::new(crate::util::clock::ManualClock::new());
+    let mm = MemoryManager::with_clock(Config::default(), clock.clone()).unwrap();
+    let release = &mm.inner.release;
+    assert_eq!(release.until_next_pass(), Some(Duration::from_millis(500)));
+    clock.advance(Duration::from_millis(600));
+    mm.release_idle(); // a pass, due: the next is due at 1100 ms
+    clock.advance(Duration::from_millis(300));
+    assert_eq!(release.until_next_pass(), Some(Duration::from_millis(200)));
+    clock.advance(Duration::from_millis(300));
+    assert_eq!(release.until_next_pass(), Some(Duration::ZERO));
+    mm.set_release_delay(None).unwrap();
+    assert_eq!(release.until_next_pass(), None);
+}
+
+#[test]
 #[cfg_attr(miri, ignore = "real time and a background thread")]
 fn the_background_thread_gives_memory_back_while_the_program_waits() {
     let mm = MemoryManager::new(
