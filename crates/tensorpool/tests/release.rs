@@ -279,6 +279,11 @@ fn busy(mm: &MemoryManager, clock: &ManualClock, ms: u64, step: u64) {
 /// Steps of 2 s that take 32 MiB at their start and work on small blocks after: the
 /// resident bytes at the end of each step.
 fn long_steps(mm: &MemoryManager, clock: &ManualClock, steps: u64) -> Vec<usize> {
+    steps_of(mm, clock, steps, 2000)
+}
+
+/// [`long_steps`] of `ms` milliseconds each.
+fn steps_of(mm: &MemoryManager, clock: &ManualClock, steps: u64, ms: u64) -> Vec<usize> {
     let mut resident_late = Vec::new();
     for step in 0..steps {
         let blocks: Vec<Block> = (0..4)
@@ -288,7 +293,7 @@ fn long_steps(mm: &MemoryManager, clock: &ManualClock, steps: u64) -> Vec<usize>
             intact(&b);
             mm.free_raw(b.ptr).unwrap();
         }
-        busy(mm, clock, 2000, 50);
+        busy(mm, clock, ms, 50);
         resident_late.push(mm.resident_bytes());
     }
     resident_late
@@ -323,18 +328,27 @@ fn steps_longer_than_the_delay_stretch_it_while_the_program_works() {
 
 #[test]
 fn max_release_delay_bounds_the_stretch() {
-    // The same steps with the delay in effect bounded by twice the delay set: it
-    // stretches once and no further.
+    // Steps of 5 s under a 1 s delay: unbounded, the delay in effect stretches until
+    // a step's memory stays (4 s: memory goes back after 6 s unused)...
+    let (mm, clock) = manager(Config::default());
+    let resident_late = steps_of(&mm, &clock, 8, 5000);
+    assert!(mm.stats().effective_release_delay_ms.unwrap() >= 4000);
+    assert!(
+        resident_late[6..].iter().all(|&r| r >= 32 * MIB),
+        "kept once stretched: {resident_late:?}"
+    );
+    // ...bounded by a delay of 3 s, it stops at 2 s (a power-of-two multiple of the
+    // delay set), and every step's memory goes back before the step ends.
     let config = Config::builder()
-        .max_release_delay_ms(2000)
+        .max_release_delay_ms(3000)
         .build()
         .unwrap();
     let (mm, clock) = manager(config);
-    let resident_late = long_steps(&mm, &clock, 8);
+    let resident_late = steps_of(&mm, &clock, 8, 5000);
     assert_eq!(mm.stats().effective_release_delay_ms, Some(2000));
     assert!(
-        resident_late[4..].iter().all(|&r| r >= 32 * MIB),
-        "kept once stretched: {resident_late:?}"
+        resident_late.iter().all(|&r| r < 8 * MIB),
+        "released every step: {resident_late:?}"
     );
     // Bounded by the delay set: it never stretches, and every step's memory goes
     // back before the step ends, regrets or not.
@@ -357,7 +371,7 @@ fn max_release_delay_bounds_the_stretch() {
 }
 
 #[test]
-fn a_program_that_frees_for_good_while_busy_gets_its_memory_back_within_the_bound() {
+fn a_program_that_frees_for_good_while_busy_gets_its_memory_back_after_the_bounded_delay() {
     // A busy program whose delay stretched (steps of 2 s under a 1 s delay) frees
     // 64 MiB for good and keeps allocating small blocks, as a program tearing down
     // does: under the default bound the memory stays for the stretched delay; bounded

@@ -238,11 +238,13 @@ pub struct Config {
     pub release_delay_ms: Option<u64>,
     /// The longest the delay in effect grows to while the program keeps taking
     /// released memory back (each such *regret* doubles it, see
-    /// [`manager`](crate::manager), "Memory given back"). Unset: 32 times
-    /// `release_delay_ms`, the most it can be; equal to `release_delay_ms`: the delay
-    /// never stretches, so memory freed for good (a program tearing down, a phase
-    /// that ends) goes back after the delay however busy the program is, at the cost
-    /// of faulting in again the memory of steps longer than the delay.
+    /// [`manager`](crate::manager), "Memory given back"): the delay in effect is the
+    /// largest power-of-two multiple of `release_delay_ms` within it (3000 with a
+    /// 1000 ms delay stops at 2000). Unset: 32 times `release_delay_ms`, the most it
+    /// can be; equal to `release_delay_ms`: the delay never stretches, so memory freed
+    /// for good (a program tearing down, a phase that ends) goes back after the delay
+    /// however busy the program is, at the cost of faulting in again the memory of
+    /// steps longer than the delay.
     pub max_release_delay_ms: Option<u64>,
     /// A background thread runs the release policy while the program is idle, so
     /// that memory goes back without a call into tensorpool. Unset: each front's

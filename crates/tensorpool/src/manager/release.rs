@@ -196,10 +196,8 @@ impl Release {
     }
 
     /// How long until the next pass is due by the policy's clock (zero if it is
-    /// due), if there are passes: what the background thread waits. Waiting an
-    /// interval instead, it would wake just before a pass is due whenever a slow path
-    /// ran the last one after the thread's, or the clock lagged its timer, and skip a
-    /// whole interval (memory went back after up to two delays, not one and a half).
+    /// due), if there are passes: what the background thread waits (see
+    /// `releaser::next_wait`).
     pub(super) fn until_next_pass(&self) -> Option<Duration> {
         self.interval()?;
         let now = nanos(self.clock.now());
@@ -230,11 +228,15 @@ impl Release {
     /// and whether the pass released anything.
     fn learn(&self, acquired: u64, released: bool) {
         let mut a = self.adapt.lock();
+        // A stretch above the limit (the delay was raised past the bound) comes down
+        // to it, so that a delay lowered again does not find it still stretched.
+        let limit = self.stretch_limit();
+        a.stretch = a.stretch.min(limit);
         let regret =
             acquired.saturating_sub(a.acquired) >= REGRET_BYTES && a.since_release <= REGRET_WINDOW;
         a.acquired = acquired;
         if regret {
-            a.stretch = (a.stretch + 1).min(self.stretch_limit());
+            a.stretch = (a.stretch + 1).min(limit);
             a.quiet = 0;
         } else {
             a.quiet += if a.idle { 8 } else { 1 };

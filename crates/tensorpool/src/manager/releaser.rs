@@ -34,10 +34,11 @@ static WAKE: Condvar = Condvar::new();
 static RUNNING: AtomicBool = AtomicBool::new(false);
 /// The thread sleeps at most this long (it rechecks which managers are left).
 const MAX_SLEEP: Duration = Duration::from_secs(1);
-/// Added to the wait for a manager's next pass: the policy's clock (the coarse
-/// monotonic clock on Linux) may lag the timer the thread waits on by a tick, up
-/// to 10 ms, and a thread that woke before the pass is due would wait again.
-const CLOCK_SLACK: Duration = Duration::from_millis(10);
+/// The shortest wait. The policy's clock (Linux's coarse monotonic clock) may lag
+/// the timer the thread waits on by a tick (1-10 ms): a thread that wakes before the
+/// pass is due by that clock waits again for what is left, at least this long (and
+/// this long when a pass is due but another thread runs one).
+const MIN_WAIT: Duration = Duration::from_millis(1);
 
 fn registry() -> MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
@@ -95,17 +96,14 @@ fn run() {
         }
         let live: Vec<Arc<Inner>> = reg.managers.iter().filter_map(Weak::upgrade).collect();
         drop(reg);
-        let mut sleep = MAX_SLEEP;
         for inner in &live {
             // For the process-wide allocator, what the pass allocates comes from the
             // system allocator (see `util::reentry`).
             let inside = Inside::enter_if(inner.engine.process_wide.load(Relaxed));
             inner.release_if_due();
             drop(inside);
-            if let Some(until) = inner.release.until_next_pass() {
-                sleep = sleep.min(until + CLOCK_SLACK);
-            }
         }
+        let sleep = next_wait(&live);
         drop(live);
         reg = registry();
         reg = WAKE
@@ -113,6 +111,20 @@ fn run() {
             .unwrap_or_else(|e| e.into_inner())
             .0;
     }
+}
+
+/// How long the thread waits before it looks again: until the first of `managers`'
+/// next passes is due ([`MIN_WAIT`] at least, [`MAX_SLEEP`] at most). Waiting an
+/// interval after its own passes instead, the thread woke just before a pass was due
+/// whenever a slow path had run the last one, or the clock lagged its timer, and
+/// skipped a whole interval: memory went back after up to two delays, not one and a
+/// half.
+pub(super) fn next_wait(managers: &[Arc<Inner>]) -> Duration {
+    managers
+        .iter()
+        .filter_map(|inner| inner.release.until_next_pass())
+        .fold(MAX_SLEEP, Duration::min)
+        .max(MIN_WAIT)
 }
 
 thread_local! {

@@ -646,16 +646,21 @@ fn the_background_thread_waits_for_the_next_pass_not_an_interval() {
     use std::time::Duration;
     let clock = Arc::new(crate::util::clock::ManualClock::new());
     let mm = MemoryManager::with_clock(Config::default(), clock.clone()).unwrap();
-    let release = &mm.inner.release;
-    assert_eq!(release.until_next_pass(), Some(Duration::from_millis(500)));
+    let wait = || super::releaser::next_wait(std::slice::from_ref(&mm.inner));
+    assert_eq!(wait(), Duration::from_millis(500));
     clock.advance(Duration::from_millis(600));
     mm.release_idle(); // a pass, due: the next is due at 1100 ms
     clock.advance(Duration::from_millis(300));
-    assert_eq!(release.until_next_pass(), Some(Duration::from_millis(200)));
+    assert_eq!(wait(), Duration::from_millis(200), "not an interval");
     clock.advance(Duration::from_millis(300));
-    assert_eq!(release.until_next_pass(), Some(Duration::ZERO));
+    // Due: the shortest wait (the thread runs the pass first, unless another does).
+    assert_eq!(wait(), Duration::from_millis(1));
     mm.set_release_delay(None).unwrap();
-    assert_eq!(release.until_next_pass(), None);
+    assert_eq!(
+        wait(),
+        Duration::from_secs(1),
+        "no passes: the longest wait"
+    );
 }
 
 #[test]
