@@ -177,6 +177,7 @@ pub(crate) struct ArraySpec<'py> {
 impl<'py> ArraySpec<'py> {
     /// Reads `shape` (an int or a sequence of ints), `dtype` (anything `numpy.dtype`
     /// takes; default float64) and `order` ("C" or "F") as `numpy.empty` does.
+    #[inline(always)]
     pub(crate) fn parse(
         shape: &Bound<'py, PyAny>,
         dtype: Option<&Bound<'py, PyAny>>,
@@ -250,6 +251,7 @@ impl<'py> ArraySpec<'py> {
     }
 
     /// An array over `nbytes` at `ptr`, not owning them.
+    #[inline(always)]
     fn new_array(&mut self, ptr: NonNull<u8>) -> PyResult<Bound<'py, PyAny>> {
         let py = self.descr.py();
         let flags = if self.fortran {
@@ -288,6 +290,7 @@ impl<'py> ArraySpec<'py> {
     /// `handler` (a NEP 49 handler capsule) frees: the array owns the block from
     /// now on, and NumPy frees it through `handler` when the array dies. If no array
     /// can be made, the block is handed back in the error.
+    #[inline(always)]
     pub(crate) fn wrap_owned(
         mut self,
         ptr: NonNull<u8>,
