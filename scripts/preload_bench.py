@@ -2,7 +2,7 @@
 """Every program on glibc, jemalloc, mimalloc, tcmalloc and tensorpool, each
 allocator preloaded (LD_PRELOAD) into the same binaries, run in alternating rounds.
 
-    scripts/preload_bench.py [--rounds N] [--python PY] [--only NAME,...]
+    scripts/preload_bench.py [--rounds N] [--python PY] [--only NAME,...] [--bounded-delay]
 
 Tensor workloads (Python, crates/tensorpool-malloc/benches/*.py): a NumPy MLP, a
 scikit-learn pipeline, a PyTorch CPU training step (skipped where the Python lacks
@@ -33,11 +33,18 @@ PEERS = {
 }
 
 
-def run_once(argv, preload):
+# `--bounded-delay`: tensorpool once more, with the release delay that gives the
+# lowest peak RSS (a 20 ms delay that never stretches; docs/BENCHMARKS.md).
+BOUNDED_DELAY = {"TENSORPOOL_RELEASE_DELAY_MS": "20", "TENSORPOOL_MAX_RELEASE_DELAY_MS": "20"}
+
+
+def run_once(argv, preload, settings=None):
     """The program's own timing (the last word it prints) and its peak RSS in KiB
-    (GNU time's %M, measured for the program alone)."""
+    (GNU time's %M, measured for the program alone), with `settings` added to the
+    environment."""
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)
+    env.update(settings or {})
     if preload:
         env["LD_PRELOAD"] = preload
     proc = subprocess.run(["/usr/bin/time", "-f", "rss=%M"] + argv, env=env,
@@ -53,6 +60,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--python", default=os.path.join(ROOT, ".venv-bench", "bin", "python"))
     ap.add_argument("--only", default="")
+    ap.add_argument("--bounded-delay", action="store_true",
+                    help="also tensorpool with TENSORPOOL_RELEASE_DELAY_MS=20 and "
+                         "TENSORPOOL_MAX_RELEASE_DELAY_MS=20")
     args = ap.parse_args()
     subprocess.run(["cargo", "build", "-q", "--release", "--locked", "-p", "tensorpool-malloc"],
                    cwd=ROOT, check=True)
@@ -62,7 +72,12 @@ def main():
                    check=True)
     allocators = {"glibc": None}
     allocators.update({k: v for k, v in PEERS.items() if os.path.exists(v)})
-    allocators["tensorpool"] = os.path.join(ROOT, "target", "release", "libtensorpool.so")
+    library = os.path.join(ROOT, "target", "release", "libtensorpool.so")
+    allocators["tensorpool"] = library
+    settings = {}
+    if args.bounded_delay:
+        allocators["tensorpool, 20 ms bounded"] = library
+        settings["tensorpool, 20 ms bounded"] = BOUNDED_DELAY
 
     programs = []
     py = args.python
@@ -90,21 +105,27 @@ def main():
     for _ in range(args.rounds):
         for name, argv, _kind in programs:
             for alloc, lib in allocators.items():
-                ms, kib = run_once(argv, lib)
+                ms, kib = run_once(argv, lib, settings.get(alloc))
                 times.setdefault((name, alloc), []).append(ms)
                 rss[(name, alloc)] = max(rss.get((name, alloc), 0), kib)
 
     names = list(allocators)
-    print("| program | " + " | ".join(names) + " | time ÷ best peer | peak RSS ÷ best peer |")
-    print("|---|" + "---:|" * (len(names) + 2))
+    ours = [a for a in names if a.startswith("tensorpool")]
+    # One pair of ratio columns per tensorpool run (the defaults keep the plain names).
+    label = lambda a: "" if a == "tensorpool" else f" ({a})"
+    ratio_heads = "".join(f" time ÷ best peer{label(a)} | peak RSS ÷ best peer{label(a)} |"
+                          for a in ours)
+    print("| program | " + " | ".join(names) + " |" + ratio_heads)
+    print("|---|" + "---:|" * (len(names) + 2 * len(ours)))
     for name, _argv, kind in programs:
         med = {a: statistics.median(times[(name, a)]) for a in names}
         peers = [a for a in names if a in PEERS]
         best_t = min(med[a] for a in peers)
         best_r = min(rss[(name, a)] for a in peers)
         cells = " | ".join(f"{med[a]:.0f} ms, {rss[(name, a)] / 1024:.0f} MiB" for a in names)
-        print(f"| {name} | {cells} | {med['tensorpool'] / best_t:.2f}x | "
-              f"{rss[(name, 'tensorpool')] / best_r:.2f}x |")
+        ratios = "".join(f" {med[a] / best_t:.2f}x | {rss[(name, a)] / best_r:.2f}x |"
+                         for a in ours)
+        print(f"| {name} | {cells} |{ratios}")
 
 
 if __name__ == "__main__":
