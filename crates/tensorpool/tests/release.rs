@@ -15,6 +15,14 @@ const COVER: Coverage = Coverage::Sampled {
 
 const MIB: usize = 1 << 20;
 
+/// The default config with the delay in effect bounded by `max_ms`.
+fn bounded(max_ms: u64) -> Config {
+    Config::builder()
+        .max_release_delay_ms(max_ms)
+        .build()
+        .unwrap()
+}
+
 fn manager(config: Config) -> (MemoryManager, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new());
     let mm = MemoryManager::with_clock(config, clock.clone()).unwrap();
@@ -339,11 +347,7 @@ fn max_release_delay_bounds_the_stretch() {
     );
     // ...bounded by a delay of 3 s, it stops at 2 s (a power-of-two multiple of the
     // delay set), and every step's memory goes back before the step ends.
-    let config = Config::builder()
-        .max_release_delay_ms(3000)
-        .build()
-        .unwrap();
-    let (mm, clock) = manager(config);
+    let (mm, clock) = manager(bounded(3000));
     let resident_late = steps_of(&mm, &clock, 8, 5000);
     assert_eq!(mm.stats().effective_release_delay_ms, Some(2000));
     assert!(
@@ -352,11 +356,7 @@ fn max_release_delay_bounds_the_stretch() {
     );
     // Bounded by the delay set: it never stretches, and every step's memory goes
     // back before the step ends, regrets or not.
-    let config = Config::builder()
-        .max_release_delay_ms(1000)
-        .build()
-        .unwrap();
-    let (mm, clock) = manager(config);
+    let (mm, clock) = manager(bounded(1000));
     let resident_late = long_steps(&mm, &clock, 8);
     assert_eq!(mm.stats().effective_release_delay_ms, Some(1000));
     assert!(
@@ -388,12 +388,7 @@ fn a_program_that_frees_for_good_while_busy_gets_its_memory_back_after_the_bound
     };
     let kept = teardown(Config::default());
     assert!(kept >= 64 * MIB, "{} MiB", kept / MIB);
-    let bounded = teardown(
-        Config::builder()
-            .max_release_delay_ms(1000)
-            .build()
-            .unwrap(),
-    );
+    let bounded = teardown(bounded(1000));
     assert!(bounded < 8 * MIB, "{} MiB", bounded / MIB);
 }
 
