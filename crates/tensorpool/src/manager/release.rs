@@ -94,7 +94,8 @@ pub(super) struct Release {
 /// What the passes learn of the program's reuse.
 #[derive(Debug, Default)]
 struct Adapt {
-    /// The delay in effect is the one set times 2^stretch.
+    /// The delay in effect is the one set times 2^stretch; at most
+    /// [`Release::stretch_limit`] (kept by `learn` and `set_delay`).
     stretch: u32,
     /// Quiet since the last regret or unwinding (see [`QUIET_TO_UNWIND`]).
     quiet: u32,
@@ -161,6 +162,13 @@ impl Release {
 
     pub(super) fn set_delay(&self, delay: Option<Duration>) {
         self.delay.store(delay.map_or(u64::MAX, nanos), Relaxed);
+        // The stretch stays within the bound for this delay (a delay raised past
+        // `max_release_delay_ms` is not stretched); passes only ever raise it up to
+        // the bound, so the delay in effect never exceeds it.
+        let limit = self.stretch_limit();
+        let mut a = self.adapt.lock();
+        a.stretch = a.stretch.min(limit);
+        drop(a);
         // The next pass is one interval from now.
         if let Some(interval) = self.interval() {
             let now = nanos(self.clock.now());
@@ -172,7 +180,7 @@ impl Release {
     /// The delay in effect while the program allocates: the one set, stretched while
     /// the program keeps taking back released memory.
     pub(super) fn effective_delay(&self) -> Option<Duration> {
-        let stretch = self.adapt.lock().stretch.min(self.stretch_limit());
+        let stretch = self.adapt.lock().stretch;
         self.delay().map(|d| d.saturating_mul(1 << stretch))
     }
 
@@ -220,7 +228,7 @@ impl Release {
         if idle {
             RELEASE_AGE
         } else {
-            RELEASE_AGE << a.stretch.min(self.stretch_limit())
+            RELEASE_AGE << a.stretch
         }
     }
 
@@ -228,15 +236,11 @@ impl Release {
     /// and whether the pass released anything.
     fn learn(&self, acquired: u64, released: bool) {
         let mut a = self.adapt.lock();
-        // A stretch above the limit (the delay was raised past the bound) comes down
-        // to it, so that a delay lowered again does not find it still stretched.
-        let limit = self.stretch_limit();
-        a.stretch = a.stretch.min(limit);
         let regret =
             acquired.saturating_sub(a.acquired) >= REGRET_BYTES && a.since_release <= REGRET_WINDOW;
         a.acquired = acquired;
         if regret {
-            a.stretch = (a.stretch + 1).min(limit);
+            a.stretch = (a.stretch + 1).min(self.stretch_limit());
             a.quiet = 0;
         } else {
             a.quiet += if a.idle { 8 } else { 1 };
