@@ -129,6 +129,15 @@ impl PyArena {
             .ok_or_else(|| PyValueError::new_err("the arena's scope has ended"))
     }
 
+    /// `size` bytes aligned to `align`, as a `Buffer` (uninitialised): `allocate`,
+    /// and the manager's fallback after its pools.
+    pub(crate) fn buffer(&self, size: usize, align: usize) -> PyResult<Buffer> {
+        let core = self.core()?;
+        let ptr = Self::bump(&core, size, align)?;
+        let generation = core.generation();
+        Ok(Buffer::new(ptr, size, Owner::Arena(core, generation)))
+    }
+
     fn bump(core: &ArenaCore, size: usize, align: usize) -> PyResult<std::ptr::NonNull<u8>> {
         let arena = core.arena.lock();
         let arena = arena
@@ -165,11 +174,13 @@ impl PyArena {
 
     /// `size` bytes aligned to `align`, as a `Buffer` (uninitialised).
     #[pyo3(signature = (size, align=ARRAY_ALIGN))]
-    pub(crate) fn allocate(&self, size: usize, align: usize) -> PyResult<Buffer> {
-        let core = self.core()?;
-        let ptr = Self::bump(&core, size, align)?;
-        let generation = core.generation();
-        Ok(Buffer::new(ptr, size, Owner::Arena(core, generation)))
+    fn allocate<'py>(
+        &self,
+        py: Python<'py>,
+        size: usize,
+        align: usize,
+    ) -> PyResult<Bound<'py, Buffer>> {
+        self.buffer(size, align)?.into_untracked(py)
     }
 
     /// A new array in the arena, uninitialised, as `numpy.empty`.

@@ -321,6 +321,8 @@ impl<'py> ArraySpec<'py> {
         let py = self.descr.py();
         // The block counts the array from here on, also if the array cannot be made.
         let block = Bound::new(py, block)?;
+        // It holds no Python object, so it can be in no cycle (as for a `Buffer`).
+        crate::buffer::untrack(block.as_any());
         let array = self.new_array(ptr)?;
         // SAFETY: `array` is a fresh ndarray with no base; SetBaseObject steals the
         // reference to `block` that `into_ptr` gives up, even when it fails.

@@ -264,18 +264,23 @@ impl PyMemoryManager {
     /// pools that fit, smallest first, then from the manager's arena if it has one
     /// (`arena_size`; a full arena raises `OutOfMemoryError`), else from the tiers by
     /// size.
-    fn allocate(slf: &Bound<'_, Self>, size: usize) -> PyResult<Buffer> {
+    fn allocate<'py>(slf: &Bound<'py, Self>, size: usize) -> PyResult<Bound<'py, Buffer>> {
         let this = slf.get();
         let owner = |layout| Owner::Manager(slf.clone().unbind(), layout);
-        let Some(arena) = &this.arena else {
-            let (ptr, layout) = this.allocate_block(size, false)?;
-            return Ok(Buffer::new(ptr, size, owner(layout)));
+        let buffer = match &this.arena {
+            None => {
+                let (ptr, layout) = this.allocate_block(size, false)?;
+                Buffer::new(ptr, size, owner(layout))
+            }
+            Some(arena) => {
+                let layout = Self::layout(size)?;
+                match this.mm.try_allocate_from_pools(layout).map_err(to_py)? {
+                    Some(ptr) => Buffer::new(ptr, size, owner(layout)),
+                    None => arena.buffer(size, ARRAY_ALIGN)?,
+                }
+            }
         };
-        let layout = Self::layout(size)?;
-        match this.mm.try_allocate_from_pools(layout).map_err(to_py)? {
-            Some(ptr) => Ok(Buffer::new(ptr, size, owner(layout))),
-            None => arena.allocate(size, ARRAY_ALIGN),
-        }
+        buffer.into_untracked(slf.py())
     }
 
     /// Gives a buffer from `allocate` (or a slice of one) back now: its whole block.

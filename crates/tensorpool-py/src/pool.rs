@@ -33,14 +33,11 @@ impl PyFixedSizePool {
     }
 
     /// A block, as a `Buffer` of `block_size` bytes (uninitialised).
-    fn allocate(slf: &Bound<'_, Self>) -> PyResult<Buffer> {
+    fn allocate<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, Buffer>> {
         let pool = &slf.get().pool;
         let ptr = pool.allocate().map_err(to_py)?;
-        Ok(Buffer::new(
-            ptr,
-            pool.block_size(),
-            Owner::Pool(slf.clone().unbind()),
-        ))
+        Buffer::new(ptr, pool.block_size(), Owner::Pool(slf.clone().unbind()))
+            .into_untracked(slf.py())
     }
 
     /// Gives a block back.

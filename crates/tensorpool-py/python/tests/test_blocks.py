@@ -66,6 +66,29 @@ def test_dropped_buffers_go_back_to_their_pool():
     assert len(pool) == 0
 
 
+def test_buffers_are_freed_by_reference_count_not_by_the_cycle_collector():
+    # Buffers can be in no reference cycle, so the collector does not track them
+    # (its passes would walk every live buffer); they, their slices and the hidden
+    # base of an arena's arrays go when their last reference does.
+    pool = tensorpool.FixedSizePool(64, 2)
+    mm = tensorpool.MemoryManager({64: 4}, 4096)
+    arena = tensorpool.Arena(4096)
+    made = [pool.allocate(), mm.allocate(64), mm.allocate(512), arena.allocate(8)]
+    made.append(made[0][2:10])
+    made.append(arena.empty(4).base)
+    assert not any(gc.is_tracked(b) for b in made)
+    gc.disable()
+    try:
+        whole = pool.allocate()
+        part = whole[4:8]
+        del whole
+        assert len(pool) == 2, "a slice keeps its block"
+        del part
+        assert len(pool) == 1, "freed with the last view, no collection needed"
+    finally:
+        gc.enable()
+
+
 def test_fixed_size_pool_bad_arguments():
     with pytest.raises(ValueError):
         tensorpool.FixedSizePool(0, 4)
