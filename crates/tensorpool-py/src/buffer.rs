@@ -425,6 +425,27 @@ impl Buffer {
         Buffer::tolist(slf)?.try_iter().map(Bound::into_any)
     }
 
+    /// The bytes from the last, one int each (a copy, as for `iter`).
+    fn __reversed__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let bytes = Buffer::tolist(slf)?;
+        bytes.call_method0("reverse")?;
+        bytes.try_iter().map(Bound::into_any)
+    }
+
+    /// `del buf[i]`: refused, as a memoryview refuses it (its size is fixed).
+    fn __delitem__(&self, _key: &Bound<'_, PyAny>) -> PyResult<()> {
+        Err(pyo3::exceptions::PyTypeError::new_err(
+            "cannot delete memory",
+        ))
+    }
+
+    /// `hash(buf)`: refused, as for a writable memoryview (its bytes can change).
+    fn __hash__(&self) -> PyResult<isize> {
+        Err(PyValueError::new_err(
+            "cannot hash writable tensorpool.Buffer object",
+        ))
+    }
+
     /// The bytes as `bytes`.
     #[pyo3(signature = (order=None))]
     fn tobytes<'py>(
@@ -453,7 +474,7 @@ impl Buffer {
     }
 
     /// `==` and `!=` compare the bytes with any bytes-like object, as a
-    /// memoryview's do; a buffer is unhashable, as a writable memoryview is.
+    /// memoryview's do.
     fn __richcmp__<'py>(
         slf: &Bound<'py, Self>,
         other: &Bound<'py, PyAny>,

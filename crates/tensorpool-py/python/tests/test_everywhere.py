@@ -58,6 +58,54 @@ def test_threads_started_later_allocate_from_the_manager():
     )
 
 
+def test_threads_started_from_c_allocate_from_the_manager():
+    # A thread that C code starts (pthread_create, as native libraries' pools do)
+    # and that then calls into Python, as a ctypes callback does in a foreign thread.
+    run(
+        """
+        import ctypes
+        tensorpool.install_everywhere(mm)
+        libc = ctypes.CDLL(None)
+        seen = []
+        @ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p)
+        def work(_):
+            seen.append((threading.current_thread().name, get_handler_name()))
+            seen.append(np.ones(25_000))         # 200,000 bytes
+            return None
+        tid = ctypes.c_ulong()
+        assert libc.pthread_create(ctypes.byref(tid), None, work, None) == 0
+        assert libc.pthread_join(tid, None) == 0
+        (name, handler), array = seen
+        assert name.startswith("Dummy-"), name   # not a thread Python started
+        assert handler == "tensorpool", handler
+        assert allocated() >= 200_000, allocated()
+        seen.clear(); del array; gc.collect()
+        assert allocated() == 0, allocated()
+        """
+    )
+
+
+def test_at_most_16_managers_serve_everywhere_over_a_process_life():
+    out = run(
+        """
+        managers = [mm] + [tensorpool.MemoryManager() for _ in range(15)]
+        for m in managers:
+            tensorpool.install_everywhere(m)
+            a = np.ones(1000)
+            assert m.stats()["allocated_bytes"] >= 8000
+            del a
+        try:
+            tensorpool.install_everywhere(tensorpool.MemoryManager())
+        except RuntimeError as e:
+            print("refused:", e)
+        tensorpool.install_everywhere(managers[3])   # one it knows: still fine
+        b = np.ones(1000)
+        assert managers[3].stats()["allocated_bytes"] >= 8000
+        """
+    )
+    assert out.startswith("refused:") and "16" in out, out
+
+
 def test_uninstall_leaves_tensorpool_arrays_to_tensorpool():
     run(
         """

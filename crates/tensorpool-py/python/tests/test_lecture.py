@@ -45,6 +45,18 @@ def test_arena_of_4_kib():
     assert bytes(c) == b"C" * 4096
 
 
+def test_a_fresh_arena_serves_its_whole_size_at_once():
+    # Not only after a reset: the first allocation may take every byte.
+    for size in (100, 1024, 4096):
+        whole = Arena(size).allocate(size)
+        whole[:] = b"W" * size
+        assert len(whole) == size and whole.address % 64 == 0
+    mm = MemoryManager({64: 2}, 1024)
+    assert len(mm.allocate(1000)) == 1000  # no pool fits: the arena, all of it
+    with pytest.raises(tensorpool.OutOfMemoryError):
+        mm.allocate(100)
+
+
 def test_manager_with_pools_and_an_arena():
     mm = MemoryManager({64: 1000, 128: 500, 256: 250}, 4096 * 10)
     t = mm.allocate(64)
@@ -217,8 +229,15 @@ def test_conversions_iteration_and_comparison_as_memoryview():
     assert buf != b"other" and buf[::2] == ref[::2]
     assert (buf.readonly, buf.format, buf.itemsize, buf.ndim, buf.shape) == (
         False, "B", 1, 1, (16,))
-    with pytest.raises(TypeError):
-        hash(buf)
+    assert list(reversed(buf)) == list(reversed(ref))
+    assert list(reversed(buf[2:9:3])) == list(reversed(ref[2:9:3]))
+    for target in (buf, ref):  # the same refusals, of the same types
+        with pytest.raises(ValueError, match="cannot hash writable"):
+            hash(target)
+        with pytest.raises(TypeError, match="cannot delete memory"):
+            del target[0]
+        with pytest.raises(TypeError, match="cannot delete memory"):
+            del target[1:3]
     assert np.asarray(buf[::2]).tolist() == ref[::2].tolist()
     for strided in (buf[::2], ref[::2]):  # not contiguous: refused alike
         with pytest.raises(BufferError):

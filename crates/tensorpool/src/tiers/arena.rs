@@ -375,10 +375,16 @@ impl Arena {
     #[cold]
     fn allocate_slow(&self, size: usize, align: usize) -> Result<NonNull<u8>> {
         validate(size, align.min(MAX_ALIGN))?;
-        let needed = size.checked_add(align).ok_or(Error::SizeTooLarge {
-            size,
-            max: crate::MAX_ALLOCATION_SIZE,
-        })?;
+        // Chunks start on a page boundary and bumps go down from their end: a chunk
+        // of `size` bytes holds the request at any alignment up to a page (rounding
+        // down from `end - size` stays at or above the aligned start), and at a
+        // larger one with `align - page` bytes more.
+        let needed =
+            size.checked_add(align.saturating_sub(page_size()))
+                .ok_or(Error::SizeTooLarge {
+                    size,
+                    max: crate::MAX_ALLOCATION_SIZE,
+                })?;
         self.note_peak();
         let used = self.used_bytes();
         let mut chunks = self.chunks.borrow_mut();
@@ -999,6 +1005,23 @@ mod tests {
         }
         assert_eq!(arena.stats().num_ooms, 1);
         assert_eq!(arena.stats().reserved_bytes, 1024);
+    }
+
+    #[test]
+    fn a_fresh_arena_holds_its_whole_capacity_in_one_allocation() {
+        // The lecture's `Arena(4096)` serves an allocation of 4096 bytes: a chunk
+        // starts on a page boundary, so no alignment up to a page needs more room.
+        for cap in [100, 1024, 4096, 65536] {
+            for align in [1, 8, 64, 4096] {
+                let arena = heap_arena().capacity(cap).build().unwrap();
+                let p = arena
+                    .allocate(cap, align)
+                    .unwrap_or_else(|e| panic!("{cap} bytes at {align}: {e}"));
+                assert_eq!(p.as_ptr().addr() % align, 0);
+                assert!(matches!(arena.allocate(1, 1), Err(Error::OutOfMemory(_))));
+                assert_eq!(arena.stats().reserved_bytes, cap);
+            }
+        }
     }
 
     #[test]
