@@ -194,17 +194,18 @@ impl<'py> ArraySpec<'py> {
             }
         };
         let mut dims = Extents::new();
+        let not_a_shape = || PyTypeError::new_err("shape must be an int or a sequence of ints");
         if shape.is_instance_of::<PyInt>() {
             dims.push(shape.extract::<isize>()?)?;
-        } else {
-            for d in shape
-                .try_iter()
-                .map_err(|_| PyTypeError::new_err("shape must be an int or a sequence of ints"))?
-            {
-                dims.push(d?.extract::<isize>().map_err(|_| {
-                    PyTypeError::new_err("shape must be an int or a sequence of ints")
-                })?)?;
+        } else if let Ok(items) = shape.try_iter() {
+            for d in items {
+                dims.push(d?.extract::<isize>().map_err(|_| not_a_shape())?)?;
             }
+        } else {
+            // An integer of another type (`np.int64`, a 0-d array, anything with
+            // `__index__`), as NumPy takes it.
+            let index = shape.call_method0("__index__").map_err(|_| not_a_shape())?;
+            dims.push(index.extract::<isize>()?)?;
         }
         let descr = match dtype {
             None => numpy::dtype::<f64>(py),

@@ -234,20 +234,15 @@ unsafe extern "C" fn hook_realloc(
         return std::ptr::null_mut();
     }
     let new_size = new_size.max(1);
-    let old_size = ctx_ref
-        .recorder
-        .as_ref()
-        .and_then(|_| ctx_ref.mm.raw_size(ptr.cast()).ok());
-    // SAFETY: NumPy reallocates an array's data only while it owns the array, so no
-    // other thread frees or reallocates `ptr` meanwhile.
-    match unsafe { ctx_ref.mm.reallocate_raw(ptr.cast(), new_size, ALIGN) } {
-        Ok(new) => {
-            if let (Some(rec), Some(old)) = (&ctx_ref.recorder, old_size) {
-                rec.free(ptr as usize, old);
-                rec.allocate(new.as_ptr() as usize, new_size);
-            }
-            new.as_ptr().cast()
-        }
+    let moved = match &ctx_ref.recorder {
+        // SAFETY: as for `reallocate_raw` below.
+        Some(rec) => unsafe { realloc_recorded(&ctx_ref.mm, rec, ptr.cast(), new_size) },
+        // SAFETY: NumPy reallocates an array's data only while it owns the array, so
+        // no other thread frees or reallocates `ptr` meanwhile.
+        None => unsafe { ctx_ref.mm.reallocate_raw(ptr.cast(), new_size, ALIGN) },
+    };
+    match moved {
+        Ok(new) => new.as_ptr().cast(),
         Err(e @ tensorpool::Error::InvalidPointer { .. }) => {
             report(
                 ctx_ref,
@@ -258,6 +253,33 @@ unsafe extern "C" fn hook_realloc(
         // Out of memory: the old block stays, as C's realloc leaves it.
         Err(_) => std::ptr::null_mut(),
     }
+}
+
+/// `realloc` while recording: the block moves, and the trace has the new block's
+/// allocation before the old one's free (both are live during the copy, which is
+/// what a replay or a plan must make room for), and the free before the old block
+/// can be reused by another thread.
+///
+/// # Safety
+///
+/// As for [`MemoryManager::reallocate_raw`]: no other thread frees or reallocates
+/// `ptr` during the call.
+unsafe fn realloc_recorded(
+    mm: &MemoryManager,
+    rec: &TraceWriter,
+    ptr: *mut u8,
+    new_size: usize,
+) -> tensorpool::Result<std::ptr::NonNull<u8>> {
+    let old = mm.raw_size(ptr)?;
+    let new = mm.allocate_raw(new_size, ALIGN)?;
+    // SAFETY: `ptr` is a live raw block of `old` bytes (checked above) that no other
+    // thread touches (the caller's contract), `new` a fresh one of `new_size` bytes:
+    // distinct blocks.
+    unsafe { std::ptr::copy_nonoverlapping(ptr, new.as_ptr(), old.min(new_size)) };
+    rec.allocate(new.as_ptr() as usize, new_size);
+    rec.free(ptr as usize, old);
+    mm.free_raw(ptr)?;
+    Ok(new)
 }
 
 unsafe extern "C" fn hook_free(ctx: *mut c_void, ptr: *mut c_void, _size: usize) {

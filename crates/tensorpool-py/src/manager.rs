@@ -162,11 +162,23 @@ fn config_from(
         let json = py.import("json")?;
         let map = value.as_object_mut().expect("a config is a table");
         for (key, v) in settings.iter() {
+            let shown = format!("{}={}", key.str()?, v.repr()?);
             let key: String = key.extract()?;
-            let text: String = json.call_method1("dumps", (v,))?.extract()?;
+            let text: String = json
+                .call_method1("dumps", (&v,))
+                .map_err(|e| PyValueError::new_err(format!("{shown}: {e}")))?
+                .extract()?;
             let v: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| PyValueError::new_err(format!("setting {key}: {e}")))?;
+                .map_err(|e| PyValueError::new_err(format!("{shown}: {e}")))?;
             map.insert(key, v);
+            // Each setting is read on its own, so that a bad one is named (a config
+            // read from a value has no line or column to point at).
+            if let Err(e) = serde_json::from_value::<Config>(serde_json::Value::Object(map.clone()))
+            {
+                return Err(PyValueError::new_err(format!(
+                    "invalid setting {shown}: {e}"
+                )));
+            }
         }
     }
     Config::from_json_str(&value.to_string()).map_err(to_py)
@@ -179,10 +191,11 @@ impl PyMemoryManager {
     fn new(
         py: Python<'_>,
         config: Option<&Bound<'_, PyAny>>,
-        arena_size: Option<usize>,
+        arena_size: Option<&Bound<'_, PyAny>>,
         pool_sizes: Option<&Bound<'_, PyDict>>,
         settings: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
+        let arena_size = size_arg("arena_size", arena_size)?;
         // The lecture's MemoryManager(pool_sizes, arena_size): a dict first is pools.
         let (config, pool_sizes) = match config.map(|c| c.cast::<PyDict>()) {
             Some(Ok(pools)) => {
@@ -200,15 +213,33 @@ impl PyMemoryManager {
             None => PyDict::new(py),
         };
         if let Some(pools) = &pool_sizes {
+            if settings.contains("pools")? {
+                return Err(PyTypeError::new_err(
+                    "pools given twice: as pool_sizes and as pools=",
+                ));
+            }
             let table = PyDict::new(py);
             for (size, count) in pools.iter() {
-                let size: usize = size.extract().map_err(|_| {
-                    PyTypeError::new_err("pool_sizes maps block sizes (int) to block counts (int)")
-                })?;
-                let count: usize = count.extract().map_err(|_| {
-                    PyTypeError::new_err("pool_sizes maps block sizes (int) to block counts (int)")
-                })?;
-                table.set_item(size.to_string(), count)?;
+                let entry = || -> PyResult<String> {
+                    Ok(format!(
+                        "pool_sizes entry {}: {}",
+                        size.repr()?,
+                        count.repr()?
+                    ))
+                };
+                let (Ok(block), Ok(n)) = (size.extract::<i128>(), count.extract::<i128>()) else {
+                    return Err(PyTypeError::new_err(format!(
+                        "{}: pool_sizes maps block sizes (int) to block counts (int)",
+                        entry()?
+                    )));
+                };
+                let (Ok(block), Ok(n)) = (usize::try_from(block), usize::try_from(n)) else {
+                    return Err(PyValueError::new_err(format!(
+                        "{}: a block size and a block count cannot be negative",
+                        entry()?
+                    )));
+                };
+                table.set_item(block.to_string(), n)?;
             }
             settings.set_item("pools", table)?;
         }
@@ -411,14 +442,18 @@ impl PyMemoryManager {
     /// Sets the soft limit (bytes, or a string such as "2 GiB"; None for none):
     /// resident bytes above it send free memory back at once.
     fn set_soft_limit(&self, limit: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
-        self.mm.set_soft_limit(size_arg(limit)?).map_err(to_py)
+        self.mm
+            .set_soft_limit(size_arg("soft_limit", limit)?)
+            .map_err(to_py)
     }
 
     /// Sets the hard limit on resident bytes (bytes, a string such as "8 GiB", or
     /// None): growth beyond it gives back free memory and retries, then raises
     /// `OutOfMemoryError`.
     fn set_memory_limit(&self, limit: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
-        self.mm.set_memory_limit(size_arg(limit)?).map_err(to_py)
+        self.mm
+            .set_memory_limit(size_arg("memory_limit", limit)?)
+            .map_err(to_py)
     }
 
     /// Starts new peaks from the current values.
@@ -489,20 +524,34 @@ pub(crate) fn uninstall_everywhere() -> bool {
     was
 }
 
-/// A size given as an int or a string such as "2 GiB", or None.
-fn size_arg(value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<usize>> {
+/// The size `what` given as an int or a string such as "2 GiB", or None; errors
+/// name `what`.
+fn size_arg(what: &str, value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<usize>> {
     let Some(v) = value.filter(|v| !v.is_none()) else {
         return Ok(None);
     };
-    if let Ok(n) = v.extract::<usize>() {
-        return Ok(Some(n));
+    if let Ok(n) = v.extract::<i128>() {
+        return match usize::try_from(n) {
+            Ok(n) => Ok(Some(n)),
+            Err(_) if n < 0 => Err(PyValueError::new_err(format!(
+                "{what}: a size cannot be negative, got {n}"
+            ))),
+            Err(_) => Err(PyValueError::new_err(format!(
+                "{what}: {n} bytes is beyond any address space"
+            ))),
+        };
     }
     let text: String = v.extract().map_err(|_| {
-        PyTypeError::new_err("a size is an int, a string such as \"2 GiB\", or None")
+        PyTypeError::new_err(format!(
+            "{what}: a size is an int, a string such as \"2 GiB\", or None, not {}",
+            v.get_type()
+                .name()
+                .map_or_else(|_| "this".into(), |n| n.to_string())
+        ))
     })?;
     tensorpool::bytes::parse_bytes(&text)
         .map(Some)
-        .map_err(PyValueError::new_err)
+        .map_err(|e| PyValueError::new_err(format!("{what}: {e}")))
 }
 
 pub(crate) fn not_a_buffer<E>(_: E) -> PyErr {

@@ -213,6 +213,46 @@ def test_settings_and_config_files(tmp_path):
     bad.write_text("small_threshold = [\n")
     with pytest.raises(ValueError):
         tensorpool.MemoryManager(str(bad))
+    bad.write_text('soft_limit = "1 GiB"\nmemory_limit = -1\n')
+    with pytest.raises(ValueError, match=r"bad.toml: line 2 \(`memory_limit = -1`\).*negative"):
+        tensorpool.MemoryManager(bad)
+
+
+def test_a_bad_setting_is_named():
+    cases = {
+        "memory_limit=-1": (dict(memory_limit=-1), "negative"),
+        "background_release='yes'": (dict(background_release="yes"), "boolean"),
+        "upstream='gpu'": (dict(upstream="gpu"), "mmap"),
+    }
+    for shown, (settings, why) in cases.items():
+        with pytest.raises(ValueError, match=why) as err:
+            tensorpool.MemoryManager(release_delay_ms=100, **settings)
+        assert shown in str(err.value) and "column" not in str(err.value), str(err.value)
+    for args, kwargs, error, message in [
+        ((None, -1), {}, ValueError, "arena_size: a size cannot be negative, got -1"),
+        ((None, [1]), {}, TypeError, "arena_size: a size is an int"),
+        (({256: -1},), {}, ValueError, "pool_sizes entry 256: -1: .* cannot be negative"),
+        (({256: "x"},), {}, TypeError, "pool_sizes entry 256: 'x'"),
+        ((), dict(pool_sizes={512: 4}, pools=[{"block_size": 256, "capacity": 4}]),
+         TypeError, "pools given twice"),
+    ]:
+        with pytest.raises(error, match=message):
+            tensorpool.MemoryManager(*args, **kwargs)
+    mm = tensorpool.MemoryManager({256: 2}, "16 KiB")  # a size as a string too
+    assert len(mm.allocate(10_000)) == 10_000
+    with pytest.raises(ValueError, match="memory_limit: a size cannot be negative"):
+        mm.set_memory_limit(-1)
+    with pytest.raises(ValueError, match="soft_limit: "):
+        mm.set_soft_limit("lots")
+
+
+def test_numpy_integers_are_shapes():
+    mm = tensorpool.MemoryManager()
+    for n in (np.int64(4), np.array(4), np.uint8(4)):
+        a = mm.empty(n, np.float32)
+        assert a.shape == np.empty(n, np.float32).shape == (4,)
+    with pytest.raises(TypeError, match="shape must be an int or a sequence of ints"):
+        mm.empty(4.0)
 
 
 def test_config_file_pools_as_a_table(tmp_path):

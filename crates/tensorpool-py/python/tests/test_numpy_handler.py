@@ -250,6 +250,26 @@ def test_record_writes_a_trace_the_command_replays(tmp_path, mm):
     assert ours and ours[0]["error"] is None
 
 
+def test_a_recorded_realloc_has_both_blocks_live_during_the_copy(tmp_path, mm):
+    # A trace sizes replays and plans: its peak must be the program's.
+    path = tmp_path / "realloc.csv"
+    with tensorpool.record(path, mm):
+        a = np.zeros(100_000)
+        a.resize(200_000, refcheck=False)
+        a[:] = 1
+        assert a[:10].tolist() == [1.0] * 10
+        del a
+    rows = [line.split(",") for line in path.read_text().splitlines()[1:]]
+    rows = [r for r in rows if int(r[4]) >= 800_000]  # not NumPy's scalars
+    assert [(r[2], int(r[4])) for r in rows] == [
+        ("allocate", 800_000), ("allocate", 1_600_000), ("free", 800_000), ("free", 1_600_000)]
+    live = peak = 0
+    for _, _, action, _, size, _ in rows:
+        live += int(size) if action == "allocate" else -int(size)
+        peak = max(peak, live)
+    assert peak == 2_400_000
+
+
 def test_record_reports_a_path_it_cannot_write(tmp_path):
     with pytest.raises(OSError, match="cannot record"):
         with tensorpool.record(tmp_path / "no" / "such" / "dir.csv"):

@@ -560,16 +560,30 @@ impl Config {
 
     /// Reads a TOML config.
     pub fn from_toml_str(text: &str) -> Result<Config> {
-        let config: Config =
-            toml::from_str(text).map_err(|e| Error::InvalidConfig(e.message().to_string()))?;
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let at = e.span().map(|span| span.start);
+            Error::InvalidConfig(located(text, at, e.message()))
+        })?;
         config.validate()?;
         Ok(config)
     }
 
     /// Reads a JSON config.
     pub fn from_json_str(text: &str) -> Result<Config> {
-        let config: Config =
-            serde_json::from_str(text).map_err(|e| Error::InvalidConfig(e.to_string()))?;
+        let config: Config = serde_json::from_str(text).map_err(|e| {
+            // serde_json's message ends with the position, which `located` gives.
+            let message = e.to_string();
+            let message = message
+                .rfind(" at line ")
+                .map_or(message.as_str(), |end| &message[..end]);
+            let at = text
+                .split_inclusive('\n')
+                .take(e.line().saturating_sub(1))
+                .map(str::len)
+                .sum::<usize>()
+                + e.column().saturating_sub(1);
+            Error::InvalidConfig(located(text, (e.line() > 0).then_some(at), message))
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -596,6 +610,19 @@ impl Config {
     pub fn to_toml_string(&self) -> String {
         toml::to_string(self).expect("a config always serializes")
     }
+}
+
+/// `message` about the byte at `at` of a config's `text`: with its line number and
+/// the line itself (which names the setting), so that a user finds what to mend.
+fn located(text: &str, at: Option<usize>, message: &str) -> String {
+    let Some(at) = at.map(|at| at.min(text.len())) else {
+        return message.to_string();
+    };
+    let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+    let line = text[..start].matches('\n').count() + 1;
+    let shown: String = text[start..end].trim().chars().take(120).collect();
+    format!("line {line} (`{shown}`): {message}")
 }
 
 #[cfg(test)]
@@ -728,11 +755,28 @@ mod tests {
             }]
         );
         let bad = dir.join("bad.toml");
-        std::fs::write(&bad, "memory_limit = -5\n").unwrap();
+        std::fs::write(
+            &bad,
+            "# limits\nsoft_limit = \"1 GiB\"\nmemory_limit = -5\n",
+        )
+        .unwrap();
         let msg = Config::from_file(&bad).unwrap_err().to_string();
         assert!(
-            msg.contains("bad.toml") && msg.contains("negative"),
-            "{msg}"
+            msg.contains("bad.toml: line 3 (`memory_limit = -5`)") && msg.contains("negative"),
+            "the file, the line and the setting: {msg}"
+        );
+        let bad = dir.join("bad.json");
+        std::fs::write(
+            &bad,
+            "{\n  \"release_delay_ms\": 10,\n  \"background_release\": \"yes\"\n}",
+        )
+        .unwrap();
+        let msg = Config::from_file(&bad).unwrap_err().to_string();
+        assert!(
+            msg.contains("bad.json: line 3 (`\"background_release\": \"yes\"`)")
+                && msg.contains("expected a boolean")
+                && !msg.contains("column"),
+            "the file, the line and the setting: {msg}"
         );
         let missing = Config::from_file(dir.join("missing.toml"))
             .unwrap_err()
