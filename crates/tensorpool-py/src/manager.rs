@@ -68,10 +68,11 @@ impl ManagerState {
 /// dict of pool sizes; `settings` are the keys of a config file
 /// (`memory_limit="8 GiB"`, `small_threshold=16384`, ...) and override it.
 /// `pool_sizes` maps block sizes to block counts: explicit pools, tried smallest
-/// first. `arena_size` (bytes; 0 or None: no arena) makes the manager's arena:
-/// `allocate(size)` then tries the pools that fit and falls back to that arena, as
-/// in the lecture (`reset_arena()` frees it), and the scopes `arena()` makes are
-/// bounded by it. Without it, `allocate` falls back to the manager's tiers.
+/// first. `arena_size` (bytes, an int or a string such as "2 GiB"; 0 or None: no
+/// arena) makes the manager's arena: `allocate(size)` then tries the pools that fit
+/// and falls back to that arena, as in the lecture (`reset_arena()` frees it), and
+/// the scopes `arena()` makes hold at most that much unless given a capacity.
+/// Without it, `allocate` falls back to the manager's tiers.
 #[pyclass(name = "MemoryManager", module = "tensorpool", frozen)]
 pub struct PyMemoryManager {
     pub(crate) mm: MemoryManager,

@@ -81,7 +81,7 @@ class MemoryManager:
     def __init__(
         self,
         config: Optional[Union[str, os.PathLike[str], dict[int, int]]] = None,
-        arena_size: Optional[int] = None,
+        arena_size: Union[int, str, None] = None,
         *,
         pool_sizes: Optional[dict[int, int]] = None,
         **settings: Any,
