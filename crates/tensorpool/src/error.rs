@@ -267,15 +267,24 @@ impl fmt::Display for OutOfMemory {
                 write!(f, "; it is full (fixed capacity {capacity})")?
             }
         }
+        // A full pool or arena could not use what it holds free for this request
+        // (the rest of a pool's pages, an arena's gaps): "cached" would promise reuse.
+        let free = match self.cause {
+            OomCause::CapacityReached { .. } => "free but cannot hold this request",
+            _ => "cached and free",
+        };
         write!(
             f,
-            ". {} allocated by the program, {} reserved in total, of which {} is cached and free; \
+            ". {} allocated by the program, {} reserved in total, of which {} is {free}; \
              the largest free block is {}",
             format_bytes(self.allocated_bytes),
             format_bytes(self.reserved_bytes),
             format_bytes(self.cached_bytes),
             format_bytes(self.largest_free_block),
         )?;
+        if self.largest_free_block >= self.requested {
+            write!(f, ", which does not hold it at alignment {}", self.align)?;
+        }
         match self.limit {
             Some(limit) if self.cause != OomCause::LimitReached => {
                 write!(f, "; the limit is {}", format_bytes(limit))?
@@ -423,6 +432,26 @@ mod tests {
             .into_error()
             .to_string();
         assert!(text.contains("fixed capacity 8"), "{text}");
+        // What a full pool or arena holds free could not serve the request: not
+        // "cached", which promises reuse.
+        assert!(
+            text.contains("0 B is free but cannot hold this request") && !text.contains("cached"),
+            "{text}"
+        );
+        let mut aligned = report(OomCause::CapacityReached { capacity: 8 }, 4 << 20);
+        aligned.largest_free_block = 4 << 20;
+        aligned.align = 8192;
+        let text = aligned.into_error().to_string();
+        assert!(
+            text.contains(
+                "largest free block is 4.00 MiB, which does not hold it at alignment 8192"
+            ),
+            "the alignment is the cause: {text}"
+        );
+        assert!(!report(OomCause::LimitReached, 0)
+            .into_error()
+            .to_string()
+            .contains("alignment"));
     }
 
     #[test]

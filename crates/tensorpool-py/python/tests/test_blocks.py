@@ -21,6 +21,7 @@ def test_fixed_size_pool_hands_out_and_takes_back_blocks():
     with pytest.raises(tensorpool.OutOfMemoryError, match="256") as err:
         pool.allocate()
     assert isinstance(err.value, MemoryError)
+    assert "free but cannot hold this request" in str(err.value), str(err.value)
     address = bufs[2].address
     pool.deallocate(bufs[2])
     assert pool.available == 1

@@ -427,13 +427,14 @@ impl Arena {
             if bytes < needed {
                 usage.num_ooms += 1;
                 usage.allocated_bytes = used;
+                // The current chunk's free bytes, and chunks retained after it.
+                let here = self.cur.get().addr().saturating_sub(self.low.get());
                 let largest = chunks
                     .get(self.current.get() + 1..)
                     .into_iter()
                     .flatten()
                     .map(Region::len)
-                    .max()
-                    .unwrap_or(0);
+                    .fold(here, usize::max);
                 let report = OutOfMemory::new(
                     size,
                     align,
