@@ -308,3 +308,15 @@ def test_stats_summary_snapshot_trim(mm):
     mm.reset_peak_stats()
     assert mm.stats()["peak_allocated_bytes"] == mm.stats()["allocated_bytes"]
     assert "MemoryManager" in repr(mm)
+
+
+def test_an_array_no_memory_could_back_is_a_memory_error():
+    # As np.zeros: refused at once, not granted and killed when touched.
+    with open("/proc/sys/vm/overcommit_memory") as f:
+        if f.read().strip() == "1":
+            pytest.skip("the kernel grants every mapping (overcommit_memory = 1)")
+    mm = tensorpool.MemoryManager()
+    with pytest.raises(MemoryError, match="refused"):
+        mm.zeros(1 << 46, np.uint8)
+    assert mm.stats()["reserved_bytes"] == 0
+    assert mm.zeros(10).sum() == 0  # and it goes on

@@ -45,6 +45,10 @@ unsafe impl Upstream for MmapUpstream {
         let total = len
             .checked_add(align - page)
             .ok_or(UpstreamError::OutOfMemory { size })?;
+        // Charged to the system's commit limit (no MAP_NORESERVE), as glibc's
+        // regions are: under the kernel's default heuristic, a request no memory and
+        // swap could back fails here, not later in a page fault that kills the
+        // process.
         // SAFETY: an anonymous private mapping with no address hint touches no
         // existing memory.
         let raw = unsafe {
@@ -52,7 +56,7 @@ unsafe impl Upstream for MmapUpstream {
                 std::ptr::null_mut(),
                 total,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                 -1,
                 0,
             )

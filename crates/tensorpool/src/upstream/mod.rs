@@ -283,6 +283,27 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_os = "linux")]
+    #[cfg_attr(miri, ignore = "Miri does not model mmap")]
+    fn mmap_refuses_more_than_the_machine_could_ever_back() {
+        // As glibc's malloc: a region is charged to the system's commit limit, so
+        // under the kernel's default heuristic a request beyond memory and swap
+        // fails at once (NumPy's `np.zeros(2**46)` is a MemoryError) instead of
+        // succeeding and killing the process when its pages are touched. With
+        // overcommit set to always (mode 1) the kernel grants anything: nothing to
+        // check there.
+        let mode = std::fs::read_to_string("/proc/sys/vm/overcommit_memory").unwrap_or_default();
+        if mode.trim() == "1" {
+            return;
+        }
+        let up = MmapUpstream::new(false);
+        assert_eq!(
+            up.allocate(1 << 46, 64),
+            Err(UpstreamError::OutOfMemory { size: 1 << 46 })
+        );
+    }
+
+    #[test]
     fn metered_counts_and_limits() {
         let m = MeteredUpstream::new(Arc::new(HeapUpstream), Some(1000));
         let a = m.allocate(600, 8).unwrap();
