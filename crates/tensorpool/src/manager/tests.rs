@@ -407,6 +407,12 @@ fn peaks_and_summary() {
     assert_eq!(mm.stats().peak_allocated_bytes, 1 << 20);
     let text = mm.summary();
     assert!(text.contains("allocated (held by program)") && text.contains("large (best fit)"));
+    // The tier table's columns line up: every row as long as its header.
+    let lines: Vec<&str> = text.lines().collect();
+    let header = lines.iter().position(|l| l.starts_with(" tier ")).unwrap();
+    for row in &lines[header + 1..header + 4] {
+        assert_eq!(row.len(), lines[header].len(), "{row:?} against the header");
+    }
     let json = serde_json::to_value(mm.stats()).unwrap();
     for key in [
         "allocated_bytes",

@@ -487,16 +487,22 @@ impl Stats {
             self.num_upstream_frees
         );
         let _ = writeln!(out, "{rule}");
+        // As wide as the longest tier name, so that the columns line up.
+        let w = self
+            .tiers
+            .iter()
+            .map(|t| t.tier.name().len())
+            .fold(4, usize::max);
         let _ = writeln!(
             out,
-            " {:<18} {:>11} {:>11} {:>11} {:>11} {:>11} {:>9} {:>7}",
+            " {:<w$} {:>11} {:>11} {:>11} {:>11} {:>11} {:>9} {:>7}",
             "tier", "allocated", "reserved", "resident", "peak rsvd", "released", "allocs", "hit %"
         );
         for t in &self.tiers {
             let u = &t.usage;
             let _ = writeln!(
                 out,
-                " {:<18} {:>11} {:>11} {:>11} {:>11} {:>11} {:>9} {:>7}",
+                " {:<w$} {:>11} {:>11} {:>11} {:>11} {:>11} {:>9} {:>7}",
                 t.tier.name(),
                 b(u.allocated_bytes),
                 b(u.reserved_bytes),
