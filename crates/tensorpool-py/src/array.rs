@@ -172,6 +172,9 @@ pub(crate) struct ArraySpec<'py> {
     fortran: bool,
     /// Bytes of data, at least 1 (NumPy's own allocator does the same).
     pub(crate) nbytes: usize,
+    /// Whether the array has no element: its strides are then all 0, as NumPy makes
+    /// them for an array it allocates.
+    no_elements: bool,
 }
 
 impl<'py> ArraySpec<'py> {
@@ -248,6 +251,7 @@ impl<'py> ArraySpec<'py> {
             descr,
             fortran,
             nbytes: nbytes.max(1),
+            no_elements: count == 0,
         })
     }
 
@@ -261,12 +265,19 @@ impl<'py> ArraySpec<'py> {
             NPY_ARRAY_CARRAY
         };
         let dims = self.dims.as_mut_slice();
+        let mut zeros: [npy_intp; MAX_DIMS];
+        let strides = if self.no_elements {
+            zeros = [0; MAX_DIMS];
+            zeros.as_mut_ptr()
+        } else {
+            std::ptr::null_mut()
+        };
         // SAFETY: the type object is NumPy's ndarray; `descr` is a valid descriptor
         // whose reference NewFromDescr steals (hence `into_ptr`); `dims` is a slice
-        // of at most 64 non-negative extents; strides are NULL so NumPy
-        // computes them for the order in `flags`; `ptr` points to `nbytes` live,
-        // writable bytes aligned to 64, which the caller keeps valid as long as the
-        // array lives.
+        // of at most 64 non-negative extents; strides are NULL so NumPy computes
+        // them for the order in `flags`, or, for an array without elements, as many
+        // zeros as dimensions; `ptr` points to `nbytes` live, writable bytes aligned
+        // to 64, which the caller keeps valid as long as the array lives.
         let array = unsafe {
             PY_ARRAY_API.PyArray_NewFromDescr(
                 py,
@@ -274,7 +285,7 @@ impl<'py> ArraySpec<'py> {
                 self.descr.clone().into_ptr().cast(),
                 dims.len() as i32,
                 dims.as_mut_ptr(),
-                std::ptr::null_mut(),
+                strides,
                 ptr.as_ptr().cast(),
                 flags,
                 std::ptr::null_mut(),

@@ -320,3 +320,16 @@ def test_an_array_no_memory_could_back_is_a_memory_error():
         mm.zeros(1 << 46, np.uint8)
     assert mm.stats()["reserved_bytes"] == 0
     assert mm.zeros(10).sum() == 0  # and it goes on
+
+
+def test_arrays_have_numpys_strides_and_flags_also_without_elements():
+    mm = tensorpool.MemoryManager()
+    arena = tensorpool.Arena(1 << 16)
+    for shape, order in [(0, "C"), ((5, 0), "F"), ((0, 3, 2), "C"), ((2, 3), "F"),
+                         (7, "C"), ((), "C")]:
+        want = np.empty(shape, order=order)
+        for got in (mm.empty(shape, order=order), mm.zeros(shape, order=order),
+                    arena.empty(shape, order=order)):
+            assert (got.shape, got.strides) == (want.shape, want.strides), (shape, order)
+            assert got.flags.c_contiguous == want.flags.c_contiguous
+            assert got.flags.f_contiguous == want.flags.f_contiguous
