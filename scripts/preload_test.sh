@@ -113,6 +113,21 @@ test "$(wc -l <"$OUT/python.csv")" -gt 1000
 "$TP" replay "$OUT/python.csv" --reps 1 >/dev/null
 "$TP" plan "$OUT/python.csv" --config-out "$OUT/python.toml" \
     --plan-out "$OUT/python.plan.csv" >/dev/null
+# Under bash, which passes the variables on from its own copy of the environment:
+# the programs it starts do not write into the recording (they made it unreadable).
+"$TP" run -q --library "$LIB" --record "$OUT/bash.csv" -- bash -c \
+    "$PY -c 'import numpy' && $PY -c 'import numpy; print(1)' >/dev/null"
+"$TP" replay "$OUT/bash.csv" --reps 1 >/dev/null
+# A program that ends in _exit or on a signal leaves whole lines: the trace reads.
+for how in "os._exit(0)" "os.kill(os.getpid(), 9)"; do
+    "$TP" run -q --library "$LIB" --record "$OUT/cut.csv" -- "$PY" -c "
+import os, numpy as np
+a = [np.ones(100 * i) for i in range(1, 300)]
+$how
+" || true
+    test "$(wc -l <"$OUT/cut.csv")" -gt 100
+    "$TP" replay "$OUT/cut.csv" --reps 1 >/dev/null
+done
 
 echo "==> tensorpool run: the program's status, the summary"
 set +e

@@ -121,6 +121,10 @@ pub fn run(launch: &Launch) -> Result<Ended> {
         // The file is made now, so that a path that cannot be written fails here.
         std::fs::File::create(record).map_err(CliError::file(record))?;
         command.env("TENSORPOOL_RECORD", absolute(record)?);
+        // The recording is of the program this runs (its parent is this process),
+        // not of the programs it starts: a shell such as bash passes the variable on
+        // from its own copy of the environment, where the library cannot remove it.
+        command.env("TENSORPOOL_RECORD_PARENT", std::process::id().to_string());
     }
     if launch.stats {
         command.env("TENSORPOOL_STATS", "1");

@@ -4,9 +4,13 @@
 //! `TENSORPOOL_STATS` is passed on to the programs this one runs (each prints its
 //! own summary, with its pid); `TENSORPOOL_RECORD` is not (it is taken out of the
 //! environment at load: the recording is of the process that loaded the library
-//! first). A forked child neither records nor prints. What the recording still
-//! buffers is lost if the program ends without `exit` (`_exit`, a signal):
-//! `tensorpool_flush_recording()` writes it out.
+//! first). A shell such as bash keeps its own copy of the environment and passes the
+//! variable on all the same, so `tensorpool run --record` also sets
+//! `TENSORPOOL_RECORD_PARENT` to its pid, and only a process whose parent that is
+//! records. A forked child neither records nor prints. What the recording still
+//! buffers is lost if the program ends without `exit` (`_exit`, a signal), whole
+//! lines only, so the trace still reads; `tensorpool_flush_recording()` writes it
+//! out.
 
 use crate::MALLOC;
 use std::ffi::OsString;
@@ -15,6 +19,8 @@ use std::ffi::OsString;
 pub const ENV_STATS: &str = "TENSORPOOL_STATS";
 /// Records every allocation and free of the process into this file.
 pub const ENV_RECORD: &str = "TENSORPOOL_RECORD";
+/// The pid of the process whose child is to record (set by `tensorpool run`).
+pub const ENV_RECORD_PARENT: &str = "TENSORPOOL_RECORD_PARENT";
 
 /// Runs when the library is loaded, before the program's `main` (and before the
 /// constructors of the libraries loaded after it).
@@ -28,12 +34,22 @@ extern "C" fn at_load() {
         Some(value) => flag(ENV_STATS, &value),
         None => false,
     };
-    let record = std::env::var_os(ENV_RECORD).filter(|v| !v.is_empty());
+    let mut record = std::env::var_os(ENV_RECORD).filter(|v| !v.is_empty());
     if record.is_some() {
         // The recording is this process's: a program it runs (exec) would make the
         // file anew and write into it too.
         // SAFETY: constructors run before `main`, while the process has one thread.
         unsafe { std::env::remove_var(ENV_RECORD) };
+        if let Some(parent) = std::env::var_os(ENV_RECORD_PARENT) {
+            // SAFETY: as above.
+            unsafe { std::env::remove_var(ENV_RECORD_PARENT) };
+            // SAFETY: getppid has no preconditions and cannot fail.
+            let ppid = unsafe { libc::getppid() };
+            if parent.to_str() != Some(ppid.to_string().as_str()) {
+                // A program the recorded one started, given the variables anyway.
+                record = None;
+            }
+        }
     }
     if !stats && record.is_none() {
         return;

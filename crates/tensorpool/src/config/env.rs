@@ -14,10 +14,11 @@ pub const ENV_CONFIG_FILE: &str = "TENSORPOOL_CONFIG";
 
 /// Variables of the prefix that are not settings: the config file, and those that
 /// the preloaded library, the command's tests and its benchmarks read.
-pub const ENV_NOT_SETTINGS: [&str; 5] = [
+pub const ENV_NOT_SETTINGS: [&str; 6] = [
     ENV_CONFIG_FILE,
     "TENSORPOOL_STATS",
     "TENSORPOOL_RECORD",
+    "TENSORPOOL_RECORD_PARENT",
     "TENSORPOOL_BENCH_THREADS",
     "TENSORPOOL_COMMAND",
 ];

@@ -95,6 +95,9 @@ impl TraceWriter {
     /// Writes into `out` (the header is written now).
     pub fn new(mut out: impl Write + Send + 'static) -> io::Result<Self> {
         writeln!(out, "{HEADER}")?;
+        // A program cut short before its first buffer is written still leaves a
+        // trace that reads (with no event).
+        out.flush()?;
         Ok(TraceWriter {
             start: Instant::now(),
             out: Mutex::new(Sink {
@@ -167,14 +170,22 @@ impl TraceWriter {
             true => os_thread_id(),
             false => THREAD.try_with(|t| *t).unwrap_or(0),
         };
+        // The line is made whole first and written in one call, so that a buffered
+        // writer only ever writes whole lines: a program that ends without `exit`
+        // (`_exit`, a signal) loses its last buffer but leaves a trace that reads.
+        let mut line = [0u8; 128];
+        let mut cursor = io::Cursor::new(&mut line[..]);
+        let formatted = writeln!(
+            cursor,
+            "{thread},{h:02}:{m:02}:{s:02}.{us:06},{action},{ptr:#x},{size},0"
+        );
+        let len = cursor.position() as usize;
+        debug_assert!(formatted.is_ok(), "a trace line fits in 128 bytes");
         let mut sink = self.out.lock().unwrap_or_else(|e| e.into_inner());
         let Some(writer) = sink.writer.as_mut() else {
             return;
         };
-        if let Err(e) = writeln!(
-            writer,
-            "{thread},{h:02}:{m:02}:{s:02}.{us:06},{action},{ptr:#x},{size},0"
-        ) {
+        if let Err(e) = writer.write_all(&line[..len]) {
             sink.writer = None;
             sink.error = Some(e);
         }
@@ -247,6 +258,22 @@ mod tests {
         let trace = Trace::parse(text.as_bytes()).unwrap();
         assert_eq!((trace.allocations, trace.leaked_blocks), (2, 1));
         assert!(writer.finish().is_ok());
+    }
+
+    #[test]
+    fn a_recording_cut_short_still_reads() {
+        // A program that ends in `_exit` or on a signal never flushes its last
+        // buffer: what reached the file must be whole lines.
+        let sink = Shared::default();
+        let writer = TraceWriter::new(BufWriter::with_capacity(100, sink.clone())).unwrap();
+        for i in 0..50 {
+            writer.allocate(0x1000 * (i + 1), 64 + i);
+        }
+        // Not finished: the buffer's last lines are lost, as at `_exit`.
+        let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        assert!(text.lines().count() > 10 && text.ends_with('\n'), "{text}");
+        let trace = Trace::parse(text.as_bytes()).unwrap();
+        assert_eq!(trace.allocations, text.lines().count() - 1);
     }
 
     #[test]
