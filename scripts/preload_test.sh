@@ -37,6 +37,9 @@ LD_PRELOAD="$LIB" "$OUT/malloc_test" "$PWD/$OUT"
 # without expandable segments): many regions made and given back.
 TENSORPOOL_HUGE_THRESHOLD=1MiB TENSORPOOL_EXPANDABLE_SEGMENTS=false \
     LD_PRELOAD="$LIB" "$OUT/malloc_test" "$PWD/$OUT"
+# And in debug mode, whose call sites are backtraces: its forks while other threads
+# allocate once hung in the child (the backtrace lock held at the fork).
+TENSORPOOL_DEBUG=true LD_PRELOAD="$LIB" timeout 300 "$OUT/malloc_test" "$PWD/$OUT"
 
 echo "==> tools: the same output with and without the library"
 same() {

@@ -123,6 +123,7 @@ extern "C" fn in_parent() {
 }
 
 extern "C" fn in_child() {
+    crate::observe::debug::IN_FORKED_CHILD.store(true, std::sync::atomic::Ordering::Relaxed);
     let held = HELD.with(|h| h.borrow_mut().take());
     if let Some(held) = held {
         if let (Some(mm), Some(hold)) = (PROCESS_WIDE.get(), held.manager) {

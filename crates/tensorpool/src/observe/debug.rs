@@ -124,11 +124,21 @@ impl fmt::Display for LeakReport {
 }
 
 /// Where a block was allocated, if backtraces are enabled: captured now, symbolized
-/// only if a report prints it.
+/// only if a report prints it. Not in a forked child of the process-wide allocator's
+/// process: another thread may have held the standard library's backtrace lock at
+/// the fork, and in the child nobody would ever let it go.
 pub(crate) fn site() -> Option<Arc<Backtrace>> {
+    if IN_FORKED_CHILD.load(std::sync::atomic::Ordering::Relaxed) {
+        return None;
+    }
     let bt = Backtrace::capture();
     (bt.status() == BacktraceStatus::Captured).then(|| Arc::new(bt))
 }
+
+/// Set in a forked child (by the process-wide allocator's fork handler): no call
+/// sites are captured there.
+pub(crate) static IN_FORKED_CHILD: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 /// Writes the guard after a block of `size` bytes at `ptr`.
 ///
