@@ -26,6 +26,11 @@ impl Counters {
     pub(super) fn on_free(&self, block: usize, requested: usize) {
         self.totals.add(-(block as isize), -(requested as isize));
     }
+
+    /// A block of a locked tier resized in place from `old` to `new` requested bytes.
+    pub(super) fn on_resize(&self, old: usize, new: usize) {
+        self.totals.add(0, new as isize - old as isize);
+    }
 }
 
 impl Inner {

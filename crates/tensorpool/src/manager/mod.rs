@@ -139,6 +139,11 @@ pub struct MemoryManager {
     inner: Arc<Inner>,
 }
 
+/// A raw block that grows beyond its own, from this size up, moves to one with room
+/// for an eighth more (see [`MemoryManager::reallocate_raw`]). Below it, the size
+/// classes' spacing leaves room.
+const ROOM_FROM: usize = 4096;
+
 struct Inner {
     /// The largest size whose class the hot paths look up in the engine's table, at
     /// an alignment up to `table_align`; 0 when the hot paths may not serve (debug
@@ -406,6 +411,15 @@ impl MemoryManager {
     /// Moves the live raw block at `ptr` to a block of `new_size` bytes aligned to
     /// `align`, keeping the first `min(old, new)` bytes, as C's `realloc` does.
     ///
+    /// A block that holds `new_size` bytes and is at most twice as large stays where
+    /// it is (only its size changes); a block that grows beyond its own moves to one
+    /// with room for an eighth more, which the next growths fill in place. So a
+    /// buffer grown a little at a time is copied a bounded number of times per
+    /// doubling, not at every step (a block of size classes or of the calling
+    /// thread's heap is resized by that thread alone; another thread's moves).
+    /// Debug mode, which keeps every block's size with its guard bytes, always
+    /// moves.
+    ///
     /// On error (a bad pointer, no memory) the old block is untouched and still live.
     ///
     /// # Safety
@@ -419,8 +433,29 @@ impl MemoryManager {
         align: usize,
     ) -> Result<NonNull<u8>> {
         let inner = &*self.inner;
+        let in_place = inner.fast
+            && ptr.addr() % align.max(1) == 0
+            && (1..=crate::MAX_ALLOCATION_SIZE).contains(&new_size);
+        if in_place && inner.resize_in_place(ptr, new_size) {
+            return Ok(NonNull::new(ptr).expect("a live block is not null"));
+        }
         let old = inner.raw_size(ptr.addr())?;
-        let (new, _) = inner.serve(new_size, align, true)?;
+        let room = new_size.saturating_add(new_size / 8);
+        let grows = in_place && new_size > old && new_size >= ROOM_FROM;
+        let new = match grows && room <= crate::MAX_ALLOCATION_SIZE {
+            // Room to grow, then the size asked for: the block holds both (below
+            // `ROOM_FROM`, the size classes are the room).
+            true => {
+                let (new, _) = inner.serve(room, align, true)?;
+                if inner.resize_in_place(new.as_ptr(), new_size) {
+                    new
+                } else {
+                    inner.reclaim_raw(new.as_ptr())?;
+                    inner.serve(new_size, align, true)?.0
+                }
+            }
+            false => inner.serve(new_size, align, true)?.0,
+        };
         // SAFETY: `ptr` is a live raw block of at least `old` bytes (checked above, and
         // by our caller's contract nobody frees it meanwhile) and `new` a fresh block of
         // `new_size` bytes; distinct live blocks never overlap.

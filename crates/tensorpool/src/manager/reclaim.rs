@@ -37,6 +37,25 @@ impl Inner {
         self.raw_block_size(addr)
     }
 
+    /// Resizes the live raw block at `ptr` in place to `size` bytes if its tier can
+    /// (see [`MemoryManager::reallocate_raw`](super::MemoryManager::reallocate_raw));
+    /// `false`, nothing changed, otherwise.
+    pub(super) fn resize_in_place(&self, ptr: *mut u8, size: usize) -> bool {
+        if self.engine.resize_raw(ptr, size) {
+            return true;
+        }
+        let Some(owner) = self.owner_at(ptr.addr()) else {
+            return false;
+        };
+        match self.locked_tier(owner).resize(ptr.addr(), size) {
+            Some(old) => {
+                self.counters.on_resize(old, size);
+                true
+            }
+            None => false,
+        }
+    }
+
     pub(super) fn raw_block_size(&self, addr: usize) -> Result<usize> {
         let invalid = |reason| Error::InvalidPointer { addr, reason };
         if let Some(found) = self.engine.raw_size(addr) {

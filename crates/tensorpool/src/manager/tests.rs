@@ -167,6 +167,91 @@ fn raw_size_and_reallocate_raw_in_every_tier() {
 }
 
 #[test]
+fn a_block_grown_a_little_at_a_time_moves_once_per_size_class() {
+    // C programs grow buffers by realloc in small steps: each step that fits the
+    // block's slot keeps it where it is (it was a move and a copy every time).
+    let mm = manager(heap_config());
+    // Under Miri, which interprets every step, fewer and larger ones.
+    let (step, top) = if cfg!(miri) {
+        (4096, 48 << 10)
+    } else {
+        (16, 256 << 10)
+    };
+    let mut ptr = mm.allocate_raw(16, 16).unwrap().as_ptr();
+    let (mut moves, mut size) = (0, 16);
+    // SAFETY: `ptr` is a live raw block of `size` bytes, ours alone.
+    unsafe { ptr.write(7) };
+    while size < top {
+        size += step;
+        // SAFETY: no other thread uses `ptr`.
+        let new = unsafe { mm.reallocate_raw(ptr, size, 16) }
+            .unwrap()
+            .as_ptr();
+        if new != ptr {
+            moves += 1;
+        }
+        ptr = new;
+        // SAFETY: as above, `size` bytes now.
+        unsafe {
+            assert_eq!(ptr.read(), 7, "contents kept at {size}");
+            ptr.add(size - 1).write(1);
+        }
+        assert_eq!(mm.raw_size(ptr).unwrap(), size);
+        let s = mm.stats();
+        assert_eq!((s.allocated_blocks, s.requested_bytes), (1, size));
+    }
+    // One move per size class, then one per eighth more: about 60, against 16,000
+    // steps (every step moved before).
+    assert!(moves < 70, "{moves} moves growing to 256 KiB");
+    // The same beyond the slabs and cached spans, in the best-fit and huge tiers.
+    if !cfg!(miri) {
+        let mut moves = 0;
+        while size < 24 << 20 {
+            size += 64 << 10;
+            // SAFETY: as above.
+            let new = unsafe { mm.reallocate_raw(ptr, size, 16) }
+                .unwrap()
+                .as_ptr();
+            moves += usize::from(new != ptr);
+            ptr = new;
+            // SAFETY: as above.
+            unsafe { assert_eq!(ptr.read(), 7, "contents kept at {size}") };
+            assert_eq!(mm.stats().requested_bytes, size);
+        }
+        assert!(moves < 40, "{moves} moves growing to 24 MiB by 64 KiB");
+    }
+    // Shrinking a little stays; to less than half, it moves to a smaller block.
+    // SAFETY: as above.
+    let same = unsafe { mm.reallocate_raw(ptr, size - 100, 16) }
+        .unwrap()
+        .as_ptr();
+    assert_eq!(same, ptr);
+    // SAFETY: as above.
+    let small = unsafe { mm.reallocate_raw(same, 100, 16) }
+        .unwrap()
+        .as_ptr();
+    assert_ne!(small, same);
+    assert_eq!(mm.stats().requested_bytes, 100);
+    mm.free_raw(small).unwrap();
+    let s = mm.stats();
+    assert_eq!((s.allocated_bytes, s.requested_bytes), (0, 0));
+    // Another thread's block moves (only its owner may change it), correctly.
+    let theirs = std::thread::scope(|t| {
+        t.spawn(|| std::sync::atomic::AtomicPtr::new(mm.allocate_raw(1000, 16).unwrap().as_ptr()))
+            .join()
+            .unwrap()
+    })
+    .into_inner();
+    // SAFETY: live and raw, no other thread uses it now.
+    let mine = unsafe { mm.reallocate_raw(theirs, 1010, 16) }
+        .unwrap()
+        .as_ptr();
+    assert_ne!(mine, theirs);
+    mm.free_raw(mine).unwrap();
+    assert_eq!(mm.stats().requested_bytes, 0);
+}
+
+#[test]
 fn zeroed_blocks_are_zero_also_when_reused() {
     // Fresh slots are not written (their pages came zero); reused ones are.
     let mm = manager(heap_config());

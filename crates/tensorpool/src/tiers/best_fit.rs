@@ -1201,6 +1201,18 @@ impl BlockTier for BestFit {
         })
     }
 
+    fn resize(&self, addr: usize, size: usize) -> Option<usize> {
+        let mut st = self.state.lock();
+        let &id = st.live.get(&addr)?;
+        let b = st.blocks[id as usize];
+        if b.kind != Kind::of(true) || !contract::fits_in_place(b.size, size) {
+            return None;
+        }
+        st.blocks[id as usize].requested = size;
+        st.usage.requested_bytes = st.usage.requested_bytes - b.requested + size;
+        Some(b.requested)
+    }
+
     fn sizes(&self, addr: usize, raw: bool) -> Result<BlockSizes> {
         let st = self.state.lock();
         let Some(&id) = st.live.get(&addr) else {

@@ -58,6 +58,12 @@ pub(crate) struct BlockSizes {
     pub(crate) requested: usize,
 }
 
+/// Whether a block of `block_size` bytes is resized in place to `size` bytes: it
+/// holds them, and is at most twice as large.
+pub(crate) fn fits_in_place(block_size: usize, size: usize) -> bool {
+    size <= block_size && size > block_size / 2
+}
+
 /// What every locked tier does. Each method takes the tier's lock once; every refusal
 /// changes nothing.
 pub(crate) trait BlockTier {
@@ -76,6 +82,11 @@ pub(crate) trait BlockTier {
     /// Takes back the live block at `addr` held as `raw`; refuses, changing nothing,
     /// an address that is not one (foreign, interior, not live, the other kind).
     fn release(&self, addr: usize, raw: bool) -> Result<BlockSizes>;
+
+    /// Resizes the live raw block at `addr` in place to `size` bytes, if the block
+    /// holds them and is at most twice as large (a smaller block serves better
+    /// then): its requested size before, or `None` with nothing changed.
+    fn resize(&self, addr: usize, size: usize) -> Option<usize>;
 
     /// Returns the memory that holds no live block to upstream, all of it now; the
     /// bytes returned.

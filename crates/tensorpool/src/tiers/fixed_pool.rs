@@ -576,6 +576,11 @@ impl BlockTier for FixedSizePool {
         })
     }
 
+    fn resize(&self, _addr: usize, _size: usize) -> Option<usize> {
+        // A pool's blocks have one size: what the pool takes is what it holds.
+        None
+    }
+
     fn release(&self, addr: usize, raw: bool) -> Result<BlockSizes> {
         let mut st = self.state.lock();
         let requested = self.release_slot(&mut st, addr, raw)?;

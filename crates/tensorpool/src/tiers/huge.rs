@@ -314,6 +314,18 @@ impl BlockTier for HugeCache {
         })
     }
 
+    fn resize(&self, addr: usize, size: usize) -> Option<usize> {
+        let mut st = self.state.lock();
+        let entry = Self::live_entry(&st, addr, true).ok()?;
+        if !contract::fits_in_place(entry.region.len(), size) {
+            return None;
+        }
+        let old = entry.requested;
+        st.segments.find_mut(addr).expect("found above").requested = size;
+        st.usage.requested_bytes = st.usage.requested_bytes - old + size;
+        Some(old)
+    }
+
     fn release(&self, addr: usize, raw: bool) -> Result<BlockSizes> {
         let mut st = self.state.lock();
         let entry = Self::live_entry(&st, addr, raw)?;

@@ -23,6 +23,7 @@ use super::slab::{Own, Place, Slab};
 use super::{Class, Engine, SPAN_CLASS};
 use crate::error::{Error, OomCause, OutOfMemory, PointerError, Result};
 use crate::observe::stats::{Tier, Usage};
+use crate::tiers::contract::fits_in_place;
 use crate::util::sync::{AtomicPtr, AtomicU32, Mutex, Ordering::Acquire, Ordering::Release};
 use std::cell::UnsafeCell;
 use std::ptr::NonNull;
@@ -629,6 +630,33 @@ impl Owned<'_> {
             .freed(1, slab.stride() - requested);
         if own.place == Place::Full || (own.place != Place::Current && slab.live() == 0) {
             self.settle(eng, slab, class as usize);
+        }
+        true
+    }
+
+    /// Resizes the live raw block at `addr` of this heap's `slab` in place to `size`
+    /// bytes, if its slot holds them and is not more than twice as large (a smaller
+    /// block then serves better): `true` when done, `false` (nothing changed)
+    /// otherwise. Only the requested size changes, and the counts that follow it.
+    pub(crate) fn resize(&self, slab: &Slab, addr: usize, size: usize) -> bool {
+        let Ok(slot) = slab.slot_of(addr) else {
+            return false;
+        };
+        if !slab.may_free(slot, true) || !fits_in_place(slab.stride(), size) {
+            return false;
+        }
+        let old = slab.requested(slot);
+        // SAFETY: this heap owns the slab, the slot is live and raw (checked), and
+        // the caller's contract keeps other threads from freeing it meanwhile.
+        unsafe { slab.set_requested(slot, size) };
+        let (old, new) = (old as u64, size as u64);
+        match slab.class() {
+            SPAN_CLASS => self.heap.hot.large.requested.add(new.wrapping_sub(old)),
+            // The waste counted at allocation changes with the size.
+            class => self
+                .tally(class as usize)
+                .waste_in
+                .add(old.wrapping_sub(new)),
         }
         true
     }

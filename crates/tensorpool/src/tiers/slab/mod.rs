@@ -483,6 +483,31 @@ impl Engine {
         }
     }
 
+    /// Resizes the live raw block at `ptr` in place to `size` bytes if it is a block
+    /// of the calling thread's slabs whose slot holds them (see
+    /// [`Owned::resize`](heap::Owned::resize)); `false`, nothing changed, otherwise.
+    pub(crate) fn resize_raw(self: &Arc<Self>, ptr: *mut u8, size: usize) -> bool {
+        let addr = ptr.addr();
+        let Some(entered) = enter_bound(self) else {
+            return false;
+        };
+        let owned = entered.owned();
+        let slab = match owned.last_holding(addr) {
+            Some(slab) => slab,
+            None => {
+                // SAFETY: records live as long as the engine.
+                let Some(slab) = (unsafe { self.map.get(addr).as_ref() }) else {
+                    return false;
+                };
+                if !std::ptr::eq(slab.heap(), entered.heap) {
+                    return false;
+                }
+                slab
+            }
+        };
+        owned.resize(slab, addr, size)
+    }
+
     /// A block of class `class` for `size` bytes, and whether it is known zero.
     #[inline(always)]
     pub(crate) fn grant(

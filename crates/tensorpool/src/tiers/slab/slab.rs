@@ -550,6 +550,17 @@ impl Slab {
         self.requested_of(slot).load(Relaxed) as usize
     }
 
+    /// Sets the requested size of live raw `slot` (a block resized in place).
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the owning heap, and `slot` is a live raw slot that no other
+    /// thread frees meanwhile (a posted free reads the size when collected).
+    pub(crate) unsafe fn set_requested(&self, slot: u32, requested: usize) {
+        debug_assert!(requested <= self.stride());
+        self.requested_of(slot).store(requested as u32, Relaxed);
+    }
+
     /// Frees live `slot` (checked by the caller): free in the bitmap (its raw bit,
     /// which says nothing of a free slot, stays until it is handed out again), on
     /// top of the stack.
