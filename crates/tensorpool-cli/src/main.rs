@@ -89,8 +89,8 @@ enum Command {
         /// One short run of each benchmark: checks they work, measures little.
         #[arg(long)]
         smoke: bool,
-        /// Thread counts of the threads benchmark.
-        #[arg(long, value_delimiter = ',', default_value = "1,2")]
+        /// Thread counts of the threads benchmark (each 1 to 256).
+        #[arg(long, value_delimiter = ',', default_value = "1,2", value_parser = thread_count)]
         threads: Vec<usize>,
     },
     /// Run a program with tensorpool as its allocator (libtensorpool.so preloaded).
@@ -171,11 +171,32 @@ fn print_report<T: serde::Serialize>(
 ) -> Result<()> {
     if json {
         let text = serde_json::to_string_pretty(report)?;
-        println!("{text}");
+        print_out(&format!("{text}\n"));
     } else {
-        print!("{}", table());
+        print_out(&table());
     }
     Ok(())
+}
+
+/// Writes `text` on standard output; a reader that went away (`| head`) ends the
+/// output quietly, where `print!` would panic.
+fn print_out(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("tensorpool: cannot write the output: {e}");
+        }
+    }
+}
+
+/// A thread count of the threads benchmark: 1 to 256.
+fn thread_count(text: &str) -> std::result::Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n @ 1..=256) => Ok(n),
+        Ok(n) => Err(format!("{n} threads: give 1 to 256")),
+        Err(e) => Err(format!("{text:?} is not a thread count: {e}")),
+    }
 }
 
 /// A count of at least 1, for `--reps`.
@@ -380,7 +401,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 bar.inc(1);
             });
             bar.finish_and_clear();
-            print!("{report}");
+            print_out(&report.to_string());
             Ok(ExitCode::SUCCESS)
         }
         Command::ReplayWorker {

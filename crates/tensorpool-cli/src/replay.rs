@@ -88,7 +88,9 @@ pub struct Options {
 /// What a worker measured for one allocator on one trace.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Measurement {
-    /// Median time per event over the repetitions, in nanoseconds.
+    /// Median time per event over the repetitions, in nanoseconds (NaN, written as
+    /// null, when the replay failed).
+    #[serde(deserialize_with = "nan_if_null")]
     pub ns_per_event: f64,
     /// Each repetition's time per event.
     pub ns_per_event_reps: Vec<f64>,
@@ -105,6 +107,20 @@ pub struct Measurement {
     pub timeline: Vec<[u64; 3]>,
     /// Why it failed, if it did (out of memory).
     pub error: Option<String>,
+}
+
+/// `x` shown by `show`, or "-" when it is not a number (a ratio to nothing).
+fn finite(x: f64, show: impl Fn(f64) -> String) -> String {
+    if x.is_finite() {
+        show(x)
+    } else {
+        "-".to_string()
+    }
+}
+
+/// A number that JSON wrote as null (serde_json writes NaN so): NaN again.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// One allocator's row in a report.
@@ -465,7 +481,14 @@ pub fn replay_all(
                 });
             rows.push((kind, m));
         }
-        let (tp_time, tp_peak) = (rows[0].1.ns_per_event, rows[0].1.peak_reserved_bytes as f64);
+        // Ratios to an allocator that failed, or that reports no memory held (a
+        // trace too small for its counters), say nothing: NaN, shown as "-".
+        let tp_failed = rows[0].1.error.is_some();
+        let (tp_time, tp_peak) = match tp_failed {
+            true => (f64::NAN, f64::NAN),
+            false => (rows[0].1.ns_per_event, rows[0].1.peak_reserved_bytes as f64),
+        };
+        let per = |x: f64, y: u64| if y == 0 { f64::NAN } else { x / y as f64 };
         let allocators = rows
             .into_iter()
             .map(|(kind, m)| AllocatorReport {
@@ -473,12 +496,12 @@ pub fn replay_all(
                 ns_per_event: m.ns_per_event,
                 ns_per_event_reps: m.ns_per_event_reps,
                 peak_reserved_bytes: m.peak_reserved_bytes,
-                efficiency: m.peak_reserved_bytes as f64 / peak_live.max(1) as f64,
+                efficiency: per(m.peak_reserved_bytes as f64, peak_live),
                 upstream_calls: m.upstream_calls,
                 page_faults: m.page_faults,
                 resident_bytes: m.resident_bytes,
                 tensorpool_time_ratio: tp_time / m.ns_per_event,
-                tensorpool_memory_ratio: tp_peak / m.peak_reserved_bytes.max(1) as f64,
+                tensorpool_memory_ratio: per(tp_peak, m.peak_reserved_bytes),
                 error: m.error,
                 timeline: m.timeline,
             })
@@ -551,16 +574,16 @@ pub fn table(reports: &[TraceReport]) -> String {
                 .map_or_else(|| "-".to_string(), |n| n.to_string());
             let _ = writeln!(
                 out,
-                "  {:<11} {:>12.1} {:>14} {:>10.3} {:>12} {:>10} {:>12} {:>12.2}x {:>12.2}x",
+                "  {:<11} {:>12.1} {:>14} {:>10} {:>12} {:>10} {:>12} {:>13} {:>13}",
                 a.name,
                 a.ns_per_event,
                 b(a.peak_reserved_bytes),
-                a.efficiency,
+                finite(a.efficiency, |x| format!("{x:.3}")),
                 a.resident_bytes.map_or_else(|| "-".to_string(), b),
                 upstream,
                 a.page_faults,
-                a.tensorpool_time_ratio,
-                a.tensorpool_memory_ratio
+                finite(a.tensorpool_time_ratio, |x| format!("{x:.2}x")),
+                finite(a.tensorpool_memory_ratio, |x| format!("{x:.2}x"))
             );
         }
         let _ = writeln!(out);

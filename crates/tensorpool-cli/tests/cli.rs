@@ -207,6 +207,39 @@ fn replay_without_a_trace_runs_the_embedded_workload() {
 }
 
 #[test]
+fn an_allocator_that_runs_out_of_memory_is_reported_with_its_reason() {
+    // Under a memory limit below the trace's peak, tensorpool's worker fails: the
+    // table says why (it said its output was not a measurement) and shows no ratio
+    // to it, and the JSON has the reason.
+    let config = scratch("small_limit.toml");
+    std::fs::write(&config, "memory_limit = \"4 MiB\"\n").unwrap();
+    let trace = fixture("intervals/iree_mobilenet.csv.gz");
+    let args = ["--config", config.to_str().unwrap(), trace.as_str()];
+    let out = quick_replay(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("tensorpool  failed: out of memory at event"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("NaN") && !stdout.contains("not a measurement"),
+        "{stdout}"
+    );
+    let mut json_args = args.to_vec();
+    json_args.push("--json");
+    let out = quick_replay(&json_args);
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ours = &rows[0]["allocators"][0];
+    assert_eq!(ours["name"], "tensorpool");
+    assert!(
+        ours["error"].as_str().unwrap().contains("out of memory"),
+        "{ours}"
+    );
+    assert!(rows[0]["allocators"][1]["tensorpool_time_ratio"].is_null());
+}
+
+#[test]
 fn replay_in_debug_mode_gives_the_same_figures_and_no_report() {
     let trace = fixture("sk_mlp.csv.gz");
     let plain = quick_replay(&[&trace, "--json"]);
@@ -442,6 +475,53 @@ fn plan_refuses_bad_search_settings() {
         assert!(
             text(&out.stderr).contains(says),
             "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_the_output_quietly() {
+    // `tensorpool plan --json t.csv | head -c 100` panicked on the closed pipe.
+    let dir = scratch("closed_pipe");
+    std::fs::create_dir_all(&dir).unwrap();
+    let trace = fixture("intervals/iree_mobilenet.csv.gz");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tensorpool"))
+        .args([
+            "plan",
+            "--json",
+            "--quiet",
+            "--time-limit",
+            "0.2",
+            trace.as_str(),
+        ])
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader is gone before anything is written
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("panicked"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn bench_refuses_thread_counts_it_cannot_run() {
+    for (count, says) in [
+        ("0", "give 1 to 256"),
+        ("100000", "give 1 to 256"),
+        ("two", "not a thread count"),
+    ] {
+        let out = tensorpool(&["bench", "--smoke", "--threads", count]);
+        assert!(!out.status.success(), "--threads {count} was accepted");
+        assert!(
+            text(&out.stderr).contains(says),
+            "{count}: {}",
             text(&out.stderr)
         );
     }
