@@ -106,6 +106,7 @@ impl Config {
                     .push(e.in_config(format_args!("{ENV_CONFIG_FILE}={path:?} (passed over)"))),
             }
         }
+        let mut applied = Vec::new();
         for (name, text) in &vars {
             if ENV_NOT_SETTINGS.contains(&name.as_str()) {
                 continue;
@@ -116,7 +117,8 @@ impl Config {
             let alone = toml::Table::from_iter([(key.clone(), value.clone())]);
             match Config::deserialize(alone) {
                 Ok(_) => {
-                    table.insert(key, value);
+                    table.insert(key.clone(), value);
+                    applied.push((name, text, key));
                 }
                 Err(e) => errors.push(Error::InvalidConfig(format!(
                     "{name}={text:?}: {}; the variable is passed over",
@@ -124,10 +126,26 @@ impl Config {
                 ))),
             }
         }
-        let config = Config::deserialize(table)
-            .map_err(|e| Error::InvalidConfig(e.message().to_string()))
-            .and_then(|c| c.validate().map(|()| c));
-        match config {
+        let combined = |table: &toml::Table| {
+            Config::deserialize(table.clone())
+                .map_err(|e| Error::InvalidConfig(e.message().to_string()))
+                .and_then(|c| c.validate().map(|()| c))
+        };
+        if let Ok(config) = combined(&table) {
+            return (config, errors);
+        }
+        // A variable that cannot apply even alone over the base (an alignment that is
+        // not a power of two) is passed over and named; the others still apply.
+        let base_table = toml::Table::try_from(&base).expect("a config is a table");
+        for (name, text, key) in applied {
+            let mut alone = base_table.clone();
+            alone.insert(key.clone(), table[&key].clone());
+            if let Err(e) = combined(&alone) {
+                errors.push(e.in_config(format_args!("{name}={text:?} (passed over)")));
+                table.remove(&key);
+            }
+        }
+        match combined(&table) {
             Ok(config) => (config, errors),
             Err(e) => {
                 errors.push(e.in_config(
@@ -267,6 +285,32 @@ mod tests {
             ("TENSORPOOL_MEMORY_LIMIT", "1GiB"),
         ]));
         assert_eq!((c, errors.len()), (Config::default(), 1));
+        // A value its setting takes but cannot keep (an alignment that is not a
+        // power of two) is passed over by name; the others still apply (all of them
+        // went to the defaults before, under an error that named none).
+        let (c, errors) = Config::from_vars_reporting(vars(&[
+            ("TENSORPOOL_ALIGNMENT", "3"),
+            ("TENSORPOOL_MEMORY_LIMIT", "10MiB"),
+        ]));
+        assert_eq!(c.memory_limit, Some(10 << 20));
+        assert_eq!(c.alignment, Config::default().alignment);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let text = errors[0].to_string();
+        assert!(
+            text.contains("TENSORPOOL_ALIGNMENT=\"3\" (passed over)")
+                && text.contains("power of two"),
+            "{text}"
+        );
+        // Settings valid only together still apply together.
+        let (c, errors) = Config::from_vars_reporting(vars(&[
+            ("TENSORPOOL_RELEASE_DELAY_MS", "10"),
+            ("TENSORPOOL_MAX_RELEASE_DELAY_MS", "20"),
+        ]));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(
+            (c.release_delay_ms, c.max_release_delay_ms),
+            (Some(10), Some(20))
+        );
     }
 
     #[test]
