@@ -282,7 +282,12 @@ impl fmt::Display for OutOfMemory {
             format_bytes(self.cached_bytes),
             format_bytes(self.largest_free_block),
         )?;
-        if self.largest_free_block >= self.requested {
+        // A full pool or arena with a free block large enough: the alignment is why.
+        // (For the manager's tiers, the largest free block is any tier's, maybe one
+        // that does not serve this size.)
+        if matches!(self.cause, OomCause::CapacityReached { .. })
+            && self.largest_free_block >= self.requested
+        {
             write!(f, ", which does not hold it at alignment {}", self.align)?;
         }
         match self.limit {

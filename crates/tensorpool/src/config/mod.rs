@@ -615,9 +615,13 @@ impl Config {
 /// `message` about the byte at `at` of a config's `text`: with its line number and
 /// the line itself (which names the setting), so that a user finds what to mend.
 fn located(text: &str, at: Option<usize>, message: &str) -> String {
-    let Some(at) = at.map(|at| at.min(text.len())) else {
+    let Some(mut at) = at.map(|at| at.min(text.len())) else {
         return message.to_string();
     };
+    // A position inside a character (serde_json counts bytes) moves to its start.
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
     let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
     let end = text[at..].find('\n').map_or(text.len(), |i| at + i);
     let line = text[..start].matches('\n').count() + 1;
@@ -782,6 +786,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(missing.contains("cannot read"), "{missing}");
+        // An error inside a character that is not ASCII is placed, not a panic.
+        for text in [
+            "{\"upstream\": \"é",
+            "{\"upstream\": \"\\u00é\"}",
+            "{\"ü\": 1}",
+        ] {
+            let msg = Config::from_json_str(text).unwrap_err().to_string();
+            assert!(msg.contains("line 1"), "{msg}");
+        }
         let unknown =
             Config::from_json_str(r#"{"pools": [{"block_size": 64, "capacity": 1, "colour": 3}]}"#);
         assert!(unknown

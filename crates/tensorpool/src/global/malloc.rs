@@ -216,10 +216,23 @@ impl Malloc {
         self.recording.load(Relaxed)
     }
 
-    /// The size to record for a free of `ptr`: the size asked for, when known.
+    /// The size to record for a free of `ptr`: the size asked for, for a block of
+    /// the manager's; for one of the foreign allocator's (an alignment beyond a
+    /// page, or from before the library was loaded), what that allocator says the
+    /// block holds (a size of 0 in the trace said nothing).
     fn recorded_size(&self, ptr: *mut c_void) -> usize {
-        match self.process.running() {
-            Some(mm) => mm.raw_size(ptr.cast()).unwrap_or(0),
+        let Some(mm) = self.process.running() else {
+            return 0;
+        };
+        match NonNull::new(ptr.cast::<u8>()) {
+            // The manager's memory: its size, or 0 for a free it will refuse.
+            Some(block) if mm.holds(block) => mm.raw_size(ptr.cast()).unwrap_or(0),
+            Some(_) => match self.foreign.usable_size {
+                // SAFETY: not in the manager's memory, so a block of the foreign
+                // allocator's, which the free being recorded hands back to it.
+                Some(usable) => unsafe { usable(ptr) },
+                None => 0,
+            },
             None => 0,
         }
     }

@@ -408,8 +408,9 @@ impl MemoryManager {
         self.inner.raw_size(ptr.addr())
     }
 
-    /// Moves the live raw block at `ptr` to a block of `new_size` bytes aligned to
-    /// `align`, keeping the first `min(old, new)` bytes, as C's `realloc` does.
+    /// Resizes the live raw block at `ptr` to `new_size` bytes aligned to `align`,
+    /// keeping the first `min(old, new)` bytes, as C's `realloc` does: in place or
+    /// by a move to a new block.
     ///
     /// A block that holds `new_size` bytes and is at most twice as large stays where
     /// it is (only its size changes); a block that grows beyond its own moves to one
@@ -417,8 +418,8 @@ impl MemoryManager {
     /// buffer grown a little at a time is copied a bounded number of times per
     /// doubling, not at every step (a block of size classes or of the calling
     /// thread's heap is resized by that thread alone; another thread's moves).
-    /// Debug mode, which keeps every block's size with its guard bytes, always
-    /// moves.
+    /// Debug mode, which keeps every block's size with its guard bytes, and a
+    /// manager with explicit pools always move.
     ///
     /// On error (a bad pointer, no memory) the old block is untouched and still live.
     ///
@@ -433,28 +434,27 @@ impl MemoryManager {
         align: usize,
     ) -> Result<NonNull<u8>> {
         let inner = &*self.inner;
-        let in_place = inner.fast
-            && ptr.addr() % align.max(1) == 0
-            && (1..=crate::MAX_ALLOCATION_SIZE).contains(&new_size);
+        crate::limits::validate(new_size, align)?;
+        let in_place = inner.fast && ptr.addr() % align == 0;
         if in_place && inner.resize_in_place(ptr, new_size) {
             return Ok(NonNull::new(ptr).expect("a live block is not null"));
         }
         let old = inner.raw_size(ptr.addr())?;
         let room = new_size.saturating_add(new_size / 8);
-        let grows = in_place && new_size > old && new_size >= ROOM_FROM;
-        let new = match grows && room <= crate::MAX_ALLOCATION_SIZE {
-            // Room to grow, then the size asked for: the block holds both (below
-            // `ROOM_FROM`, the size classes are the room).
-            true => {
-                let (new, _) = inner.serve(room, align, true)?;
-                if inner.resize_in_place(new.as_ptr(), new_size) {
-                    new
-                } else {
-                    inner.reclaim_raw(new.as_ptr())?;
-                    inner.serve(new_size, align, true)?.0
-                }
-            }
-            false => inner.serve(new_size, align, true)?.0,
+        // Room to grow (below `ROOM_FROM`, the size classes are the room), where it
+        // cannot be what runs the manager out of memory: without a limit, or well
+        // within it. Failing that, the size asked for, by the full path.
+        let roomy = in_place
+            && new_size > old
+            && new_size >= ROOM_FROM
+            && room <= crate::MAX_ALLOCATION_SIZE
+            && inner
+                .metered
+                .limit()
+                .is_none_or(|limit| inner.metered.resident_bytes().saturating_add(room) <= limit);
+        let new = match roomy.then(|| inner.serve_with_room(room, new_size, align)) {
+            Some(Some(new)) => new,
+            _ => inner.serve(new_size, align, true)?.0,
         };
         // SAFETY: `ptr` is a live raw block of at least `old` bytes (checked above, and
         // by our caller's contract nobody frees it meanwhile) and `new` a fresh block of

@@ -210,6 +210,46 @@ impl Inner {
         }
     }
 
+    /// A raw block placed as one of `room` bytes would be (room for `realloc` to grow
+    /// into) but counted as the `size` bytes asked for, so that no statistic or
+    /// peak sees the room as requested; `None` when it cannot be had at once (no
+    /// trim, no retry: the caller then asks for `size` alone).
+    pub(super) fn serve_with_room(
+        &self,
+        room: usize,
+        size: usize,
+        align: usize,
+    ) -> Option<NonNull<u8>> {
+        debug_assert!(size <= room && self.fast);
+        validate(room, align).ok()?;
+        let align = align.max(self.config.alignment);
+        let engine = &self.engine;
+        let served = match self.route(room, align) {
+            // The class or span that serves `room`, with `size` its requested size.
+            Route::Class(class) => engine.grant(class, size, true).ok().map(|g| g.0),
+            Route::Span(pages) => engine.grant_span(pages, size, true).ok().map(|g| g.0),
+            route @ (Route::Large | Route::Huge) => {
+                let tier: &dyn BlockTier = match route {
+                    Route::Large => &engine.large,
+                    _ => &self.huge,
+                };
+                engine.publish_current();
+                tier.grant(room, align, true).ok().map(|grant| {
+                    // The tier counted `room` as requested: `size` it is (a block too
+                    // large to resize, which no rounding makes, keeps `room`).
+                    let requested = match tier.resize(grant.ptr.as_ptr().addr(), size) {
+                        Some(_) => size,
+                        None => room,
+                    };
+                    self.counters.on_alloc(grant.block_size, requested);
+                    grant.ptr
+                })
+            }
+        };
+        self.after_slow_path();
+        served
+    }
+
     /// A block from the explicit pools: the smallest whose blocks fit first, the
     /// next when it is full; `None` when no pool fits or all that fit are full.
     fn serve_pools(

@@ -252,6 +252,76 @@ fn a_block_grown_a_little_at_a_time_moves_once_per_size_class() {
 }
 
 #[test]
+fn resized_blocks_keep_the_stats_exact() {
+    // Large blocks shrink in place under their tier's lock; the peak of requested
+    // bytes never counts the room a growing block moves into.
+    // Huge segments are whole 2 MiB pages: at least that under Miri too.
+    let huge = if cfg!(miri) { 2 << 20 } else { 8 << 20 };
+    let mm = manager(
+        heap_config()
+            .medium_threshold(huge / 8)
+            .huge_threshold(huge),
+    );
+    for size in [huge / 4, huge * 2] {
+        let p = mm.allocate_raw(size, 64).unwrap().as_ptr();
+        // SAFETY: a live raw block, ours alone.
+        let q = unsafe { mm.reallocate_raw(p, size - size / 4, 64) }
+            .unwrap()
+            .as_ptr();
+        assert_eq!(q, p, "{size}: a shrink by a quarter stays");
+        assert_eq!(mm.stats().requested_bytes, size - size / 4);
+        mm.reset_peak_stats();
+        // SAFETY: as above.
+        let r = unsafe { mm.reallocate_raw(q, size + size / 2, 64) }
+            .unwrap()
+            .as_ptr();
+        let s = mm.stats();
+        assert_eq!(s.requested_bytes, size + size / 2);
+        assert!(
+            s.peak_requested_bytes <= (size - size / 4) + (size + size / 2),
+            "{size}: the peak {} counts no room",
+            s.peak_requested_bytes
+        );
+        mm.free_raw(r).unwrap();
+    }
+    let s = mm.stats();
+    assert_eq!((s.allocated_bytes, s.requested_bytes), (0, 0));
+    // A block resized by its owner and freed by another thread: the owner counts
+    // the free with the size it has now.
+    let block = mm.allocate_raw(1000, 16).unwrap().as_ptr();
+    // SAFETY: as above.
+    let same = unsafe { mm.reallocate_raw(block, 1010, 16) }.unwrap();
+    assert_eq!(same.as_ptr(), block);
+    let shared = std::sync::atomic::AtomicPtr::new(block);
+    std::thread::scope(|t| {
+        t.spawn(|| {
+            let p = shared.load(std::sync::atomic::Ordering::Relaxed);
+            mm.free_raw(p).unwrap();
+        });
+    });
+    mm.trim(); // collects the posted free
+    let s = mm.stats();
+    assert_eq!((s.allocated_bytes, s.requested_bytes), (0, 0), "{s:?}");
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "copies tens of MiB")]
+fn realloc_near_the_memory_limit_does_not_ask_for_room() {
+    // The room a growing block moves into must not be what fails the request.
+    let mm = manager(
+        heap_config()
+            .memory_limit(100 << 20)
+            .huge_threshold(4 << 20),
+    );
+    let p = mm.allocate_raw(40 << 20, 64).unwrap().as_ptr();
+    // SAFETY: a live raw block, ours alone.
+    let q = unsafe { mm.reallocate_raw(p, 55 << 20, 64) }.unwrap();
+    let s = mm.stats();
+    assert_eq!((s.requested_bytes, s.num_ooms), (55 << 20, 0));
+    mm.free_raw(q.as_ptr()).unwrap();
+}
+
+#[test]
 fn zeroed_blocks_are_zero_also_when_reused() {
     // Fresh slots are not written (their pages came zero); reused ones are.
     let mm = manager(heap_config());

@@ -48,7 +48,8 @@ unsafe impl Upstream for MmapUpstream {
         // Charged to the system's commit limit (no MAP_NORESERVE), as glibc's
         // regions are: under the kernel's default heuristic, a request no memory and
         // swap could back fails here, not later in a page fault that kills the
-        // process.
+        // process. (Expandable segments reserve address space, uncharged, and their
+        // commits are bounded by the manager's limits instead.)
         // SAFETY: an anonymous private mapping with no address hint touches no
         // existing memory.
         let raw = unsafe {
