@@ -282,9 +282,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 traces.iter().map(|t| Source::parse(t)).collect()
             };
-            // Check every trace and the config before the long work.
+            // Check every trace, the config and the plot's path before the long work.
             for source in &sources {
                 source.load()?;
+            }
+            if let Some(path) = &plot {
+                if !matches!(
+                    path.extension().and_then(|e| e.to_str()),
+                    Some("svg" | "html" | "htm")
+                ) {
+                    return Err(CliError::PlotKind(path.clone()));
+                }
+                // Made now (empty), so that a path that cannot be written fails here.
+                std::fs::write(path, "").map_err(CliError::file(path))?;
             }
             let options = how.options(400)?;
             let bar = progress(cli.quiet, sources.len() * Kind::ALL.len());
@@ -297,8 +307,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(path) = plot {
                 let text = match path.extension().and_then(|e| e.to_str()) {
                     Some("svg") => plot::svg(&reports),
-                    Some("html") | Some("htm") => plot::html(&reports),
-                    _ => return Err(CliError::PlotKind(path)),
+                    _ => plot::html(&reports),
                 };
                 std::fs::write(&path, text).map_err(CliError::file(&path))?;
                 if !json {
@@ -324,6 +333,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 if path.extension().and_then(|e| e.to_str()) != Some("svg") {
                     return Err(CliError::PlanPlotKind(path.clone()));
                 }
+                // Made now (empty), so that a path that cannot be written fails here.
+                std::fs::write(path, "").map_err(CliError::file(path))?;
             }
             let time = match (time_limit, steps) {
                 (Some(seconds), _) => Some(std::time::Duration::from_secs_f64(seconds)),

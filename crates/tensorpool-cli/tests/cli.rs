@@ -284,6 +284,19 @@ fn plots_are_written_as_svg_or_html() {
     ]);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains(".html or .svg"));
+    // A path that cannot be written is refused before any replay runs.
+    let started = std::time::Instant::now();
+    let out = tensorpool(&["replay", "--plot", "/nonexistent/dir/t.svg", "--quiet"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("/nonexistent/dir/t.svg"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "it replayed first"
+    );
 }
 
 #[test]

@@ -102,6 +102,8 @@ fn parse_time(field: &[u8], n: usize) -> Result<u64> {
             .iter()
             .enumerate()
             .all(|(i, d)| matches!(i, 2 | 5 | 8) || d.is_ascii_digit())
+        && field[3] < b'6'
+        && field[6] < b'6'
     {
         let num = |r: std::ops::Range<usize>| {
             field[r]
@@ -141,8 +143,15 @@ fn parse_time_slowly(field: &[u8], n: usize) -> Result<u64> {
     let mut parts = whole.split(|&b| b == b':');
     let seconds = match (parts.next(), parts.next(), parts.next(), parts.next()) {
         (Some(number), None, None, None) if digits(number) => value(number),
+        // Minutes and seconds of a clock: 00 to 59.
         (Some(h), Some(m), Some(s), None)
-            if digits(h) && m.len() == 2 && s.len() == 2 && digits(m) && digits(s) =>
+            if digits(h)
+                && m.len() == 2
+                && s.len() == 2
+                && digits(m)
+                && digits(s)
+                && m[0] < b'6'
+                && s[0] < b'6' =>
         {
             (|| {
                 value(h)?
@@ -221,6 +230,17 @@ mod tests {
             ]
         );
         assert!(rmm("1,99999999999999999999,allocate,0x10,8,0\n").is_err());
+        // Minutes and seconds past 59 are no clock time (they were read as one).
+        for time in [
+            "00:61:09.000001",
+            "00:01:99.000001",
+            "1417:60:04.5",
+            "3:04:75",
+        ] {
+            let line = format!("1,{time},allocate,0x10,8,0\n");
+            let e = rmm(&line).unwrap_err().to_string();
+            assert!(e.contains(time) && e.contains("line 2"), "{time}: {e}");
+        }
     }
 
     #[test]
