@@ -62,7 +62,7 @@ enum Command {
         steps: Option<u64>,
         /// A capacity to reach first (MiniMalloc's question: does the plan fit in this
         /// many bytes?); the search goes on below it with the time left.
-        #[arg(long, value_name = "BYTES")]
+        #[arg(long, value_name = "BYTES", value_parser = parse_capacity)]
         capacity: Option<u64>,
         /// Every offset of the plan is a multiple of this many bytes (a power of two).
         #[arg(long, value_name = "BYTES", default_value_t = plan::Options::ALIGN, value_parser = parse_align)]
@@ -187,6 +187,15 @@ fn print_out(text: &str) {
         if e.kind() != std::io::ErrorKind::BrokenPipe {
             eprintln!("tensorpool: cannot write the output: {e}");
         }
+    }
+}
+
+/// A capacity for `plan`: a number of bytes, or a size such as "1 MiB"; not 0.
+fn parse_capacity(text: &str) -> std::result::Result<u64, String> {
+    match tensorpool::bytes::parse_bytes(text) {
+        Ok(0) => Err("a capacity of 0 bytes holds no plan".to_string()),
+        Ok(n) => Ok(n as u64),
+        Err(e) => Err(e),
     }
 }
 

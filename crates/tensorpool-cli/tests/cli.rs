@@ -373,13 +373,15 @@ fn plan_searches_to_a_capacity_and_draws_the_plan() {
         "--steps",
         "12000",
         "--capacity",
-        "1048576",
+        "1 MiB",
         "--plot",
         svg.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["offline_plan_bytes"], 1 << 20);
+    assert_eq!(report["capacity"]["bytes"], 1 << 20);
+    assert_eq!(report["capacity"]["met"], true, "the report says it fits");
     assert_eq!(report["proven_optimal"], true);
     assert_eq!(report["offline_method"], "search (MiniMalloc's method)");
     let improvements = report["search"]["improvements"].as_array().unwrap();
@@ -480,6 +482,8 @@ fn plan_refuses_bad_search_settings() {
             &["--plot", "plan.png"][..],
             "a plan is drawn as an .svg file",
         ),
+        (&["--capacity", "0"][..], "holds no plan"),
+        (&["--capacity", "lots"][..], "lots"),
     ] {
         let mut all = vec!["plan", "--quiet", trace.as_str()];
         all.extend_from_slice(args);

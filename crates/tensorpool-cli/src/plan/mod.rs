@@ -252,12 +252,25 @@ pub struct PlanReport {
     pub proven_optimal: bool,
     /// What the search did.
     pub search: SearchReport,
+    /// The capacity asked for (`--capacity`), if one was, and whether the plan fits
+    /// in it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<CapacityReport>,
     /// The plan of one step, with `--step`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub step_plan: Option<StepReport>,
     /// The plan itself, by buffer id (for `--plot`; the plan file holds it too).
     #[serde(skip)]
     pub placements: Vec<Placement>,
+}
+
+/// The capacity a plan was asked to fit in.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct CapacityReport {
+    /// Bytes.
+    pub bytes: u64,
+    /// Whether the plan fits in them.
+    pub met: bool,
 }
 
 /// The plan of one step (`--step`), which a `PlannedArena` runs.
@@ -589,6 +602,10 @@ pub fn plan(
         alignment: options.align,
         aligned_lower_bound_bytes: searched.lower_bound,
         proven_optimal: searched.proven_optimal,
+        capacity: options.budget.capacity.map(|bytes| CapacityReport {
+            bytes,
+            met: arena <= bytes,
+        }),
         search: SearchReport {
             bytes: searched.arena,
             steps: searched.steps,
@@ -653,6 +670,16 @@ pub fn text(r: &PlanReport) -> String {
             n => format!("; {n} buffers in partitions too large to search"),
         }
     );
+    if let Some(c) = &r.capacity {
+        out += &format!(
+            "  capacity asked for, {}: {}\n",
+            b(c.bytes),
+            match c.met {
+                true => "met".to_string(),
+                false => format!("not met (the plan needs {})", b(r.offline_plan_bytes)),
+            }
+        );
+    }
     if let Some(s) = &r.step_plan {
         out += &format!(
             "  one step (events {}..{} of {} steps): {} allocations, {} planned; arena {} bytes \
