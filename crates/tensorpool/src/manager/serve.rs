@@ -234,16 +234,22 @@ impl Inner {
                     _ => &self.huge,
                 };
                 engine.publish_current();
-                tier.grant(room, align, true).ok().map(|grant| {
-                    // The tier counted `room` as requested: `size` it is (a block too
-                    // large to resize, which no rounding makes, keeps `room`).
-                    let requested = match tier.resize(grant.ptr.as_ptr().addr(), size) {
-                        Some(_) => size,
-                        None => room,
-                    };
-                    self.counters.on_alloc(grant.block_size, requested);
-                    grant.ptr
-                })
+                let grant = tier.grant(room, align, true).ok()?;
+                let addr = grant.ptr.as_ptr().addr();
+                // The tier counted `room` as requested: `size` it is, unless the
+                // tier's rounding made the block more than twice `size` (a huge
+                // segment is whole 2 MiB pages): then it goes back, and the caller
+                // asks for `size` alone.
+                match tier.resize(addr, size) {
+                    Some(_) => {
+                        self.counters.on_alloc(grant.block_size, size);
+                        Some(grant.ptr)
+                    }
+                    None => {
+                        let _ = tier.release(addr, true);
+                        None
+                    }
+                }
             }
         };
         self.after_slow_path();
