@@ -150,7 +150,7 @@ impl PyArena {
         &self,
         shape: &Bound<'py, PyAny>,
         dtype: Option<&Bound<'py, PyAny>>,
-        order: &str,
+        order: Option<&str>,
         zeroed: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let core = self.core()?;
@@ -189,7 +189,7 @@ impl PyArena {
         &self,
         shape: &Bound<'py, PyAny>,
         dtype: Option<&Bound<'py, PyAny>>,
-        order: &str,
+        order: Option<&str>,
     ) -> PyResult<Bound<'py, PyAny>> {
         self.array(shape, dtype, order, false)
     }
@@ -200,7 +200,7 @@ impl PyArena {
         &self,
         shape: &Bound<'py, PyAny>,
         dtype: Option<&Bound<'py, PyAny>>,
-        order: &str,
+        order: Option<&str>,
     ) -> PyResult<Bound<'py, PyAny>> {
         self.array(shape, dtype, order, true)
     }

@@ -179,18 +179,20 @@ pub(crate) struct ArraySpec<'py> {
 
 impl<'py> ArraySpec<'py> {
     /// Reads `shape` (an int or a sequence of ints), `dtype` (anything `numpy.dtype`
-    /// takes; default float64) and `order` ("C" or "F") as `numpy.empty` does.
+    /// takes; default float64) and `order` ("C", "F", or None for "C") as
+    /// `numpy.empty` does.
     #[inline(always)]
     pub(crate) fn parse(
         shape: &Bound<'py, PyAny>,
         dtype: Option<&Bound<'py, PyAny>>,
-        order: &str,
+        order: Option<&str>,
     ) -> PyResult<Self> {
         let py = shape.py();
         let fortran = match order {
-            "C" | "c" => false,
-            "F" | "f" => true,
-            _ => {
+            // None is C, as for `numpy.empty`.
+            None | Some("C" | "c") => false,
+            Some("F" | "f") => true,
+            Some(order) => {
                 return Err(PyValueError::new_err(format!(
                     "order must be 'C' or 'F', not {order:?}"
                 )))

@@ -106,7 +106,7 @@ impl PyMemoryManager {
         &self,
         shape: &Bound<'py, PyAny>,
         dtype: Option<&Bound<'py, PyAny>>,
-        order: &str,
+        order: Option<&str>,
         zeroed: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = shape.py();
@@ -276,7 +276,7 @@ impl PyMemoryManager {
         &self,
         shape: &Bound<'py, PyAny>,
         dtype: Option<&Bound<'py, PyAny>>,
-        order: &str,
+        order: Option<&str>,
     ) -> PyResult<Bound<'py, PyAny>> {
         self.array(shape, dtype, order, false)
     }
@@ -287,7 +287,7 @@ impl PyMemoryManager {
         &self,
         shape: &Bound<'py, PyAny>,
         dtype: Option<&Bound<'py, PyAny>>,
-        order: &str,
+        order: Option<&str>,
     ) -> PyResult<Bound<'py, PyAny>> {
         self.array(shape, dtype, order, true)
     }

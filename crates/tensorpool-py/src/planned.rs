@@ -207,7 +207,7 @@ impl PyPlannedArena {
         &self,
         shape: &Bound<'py, PyAny>,
         dtype: Option<&Bound<'py, PyAny>>,
-        order: &str,
+        order: Option<&str>,
         zeroed: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let spec = ArraySpec::parse(shape, dtype, order)?;
@@ -245,7 +245,7 @@ impl PyPlannedArena {
         &self,
         shape: &Bound<'py, PyAny>,
         dtype: Option<&Bound<'py, PyAny>>,
-        order: &str,
+        order: Option<&str>,
     ) -> PyResult<Bound<'py, PyAny>> {
         self.array(shape, dtype, order, false)
     }
@@ -256,7 +256,7 @@ impl PyPlannedArena {
         &self,
         shape: &Bound<'py, PyAny>,
         dtype: Option<&Bound<'py, PyAny>>,
-        order: &str,
+        order: Option<&str>,
     ) -> PyResult<Bound<'py, PyAny>> {
         self.array(shape, dtype, order, true)
     }

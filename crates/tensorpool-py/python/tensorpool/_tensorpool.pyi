@@ -7,7 +7,7 @@ import numpy as np
 import numpy.typing as npt
 
 _Shape = Union[SupportsIndex, Sequence[SupportsIndex]]
-_Order = str  # "C" or "F"
+_Order = Optional[str]  # "C" or "F" (None: "C")
 
 MAX_ALLOCATION_SIZE: int
 __version__: str

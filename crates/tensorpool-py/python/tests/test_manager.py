@@ -326,7 +326,7 @@ def test_arrays_have_numpys_strides_and_flags_also_without_elements():
     mm = tensorpool.MemoryManager()
     arena = tensorpool.Arena(1 << 16)
     for shape, order in [(0, "C"), ((5, 0), "F"), ((0, 3, 2), "C"), ((2, 3), "F"),
-                         (7, "C"), ((), "C")]:
+                         (7, "C"), ((), "C"), ((2, 3), None)]:
         want = np.empty(shape, order=order)
         for got in (mm.empty(shape, order=order), mm.zeros(shape, order=order),
                     arena.empty(shape, order=order)):
