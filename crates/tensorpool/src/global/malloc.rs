@@ -580,15 +580,50 @@ impl Malloc {
         new
     }
 
-    /// `realloc` while recording: the free of the old block is recorded before it
-    /// happens (another thread may be handed its address at once), the new block
-    /// after; a failure records the old block as live again.
+    /// `realloc` while recording. A live block of the manager's moves by hand: the
+    /// new block is allocated (and recorded) first, the bytes copied, then the old
+    /// one freed (its free recorded before it happens, as every free is), so the
+    /// trace has both blocks live during the copy, as they were, and a replay or a
+    /// plan makes room for them. Other blocks (the foreign allocator's, or a pointer
+    /// the manager refuses) take [`realloc_recorded_other`](Self::realloc_recorded_other).
     ///
     /// # Safety
     ///
     /// As [`realloc`](Self::realloc), with `ptr` not null and `size` not 0.
     #[cold]
     unsafe fn realloc_recorded(&self, ptr: *mut c_void, size: usize) -> *mut c_void {
+        let live = match (self.process.running(), NonNull::new(ptr.cast::<u8>())) {
+            (Some(mm), Some(block)) if mm.holds(block) => mm.raw_size(block.as_ptr()).ok(),
+            _ => None,
+        };
+        let Some(old) = live else {
+            // SAFETY: as ours.
+            return unsafe { self.realloc_recorded_other(ptr, size) };
+        };
+        // SAFETY: C's contract for `malloc`; a failure leaves the old block as it was
+        // (and `errno` set), as `realloc` must.
+        let new = unsafe { self.malloc(size) };
+        if !new.is_null() {
+            // SAFETY: `ptr` is a live raw block of `old` bytes that, by C's contract,
+            // nobody frees meanwhile; `new` a fresh one of `size` bytes: distinct.
+            unsafe {
+                std::ptr::copy_nonoverlapping(ptr.cast::<u8>(), new.cast::<u8>(), old.min(size));
+                self.free(ptr);
+            }
+        }
+        new
+    }
+
+    /// `realloc` while recording of a block that is not a live one of the
+    /// manager's: the free of the old block is recorded before it happens (another
+    /// thread may be handed its address at once), the new block after; a failure
+    /// records the old block as live again.
+    ///
+    /// # Safety
+    ///
+    /// As [`realloc`](Self::realloc), with `ptr` not null and `size` not 0.
+    #[cold]
+    unsafe fn realloc_recorded_other(&self, ptr: *mut c_void, size: usize) -> *mut c_void {
         let old_size = match Inside::enter() {
             Some(inside) => {
                 let old_size = self.recorded_size(ptr);
@@ -867,6 +902,20 @@ mod tests {
         );
         let trace = crate::trace::Trace::read(&path).unwrap();
         assert_eq!((trace.allocations, trace.leaked_blocks), (4, 0), "{text}");
+        // The realloc's new block is recorded before the old one's free: both were
+        // live during the copy, and the trace's peak says so.
+        let actions: Vec<(&str, &str)> = text
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                (f[2], f[4])
+            })
+            .collect();
+        let grown = actions.iter().position(|&a| a == ("allocate", "3000")).unwrap();
+        let freed = actions.iter().position(|&a| a == ("free", "100")).unwrap();
+        assert!(grown < freed, "{text}");
+        assert!(trace.peak_live_bytes() >= 100 + 100 + 3000, "{text}");
         std::fs::remove_file(&path).ok();
     }
 
