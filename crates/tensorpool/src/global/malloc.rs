@@ -912,7 +912,10 @@ mod tests {
                 (f[2], f[4])
             })
             .collect();
-        let grown = actions.iter().position(|&a| a == ("allocate", "3000")).unwrap();
+        let grown = actions
+            .iter()
+            .position(|&a| a == ("allocate", "3000"))
+            .unwrap();
         let freed = actions.iter().position(|&a| a == ("free", "100")).unwrap();
         assert!(grown < freed, "{text}");
         assert!(trace.peak_live_bytes() >= 100 + 100 + 3000, "{text}");
