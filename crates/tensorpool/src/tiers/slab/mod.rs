@@ -463,19 +463,8 @@ impl Engine {
                 return true;
             }
         }
-        let slab = match owned.last_holding(addr) {
-            Some(slab) => slab,
-            None => {
-                // SAFETY: records live as long as the engine.
-                let Some(slab) = (unsafe { self.map.get(addr).as_ref() }) else {
-                    return false;
-                };
-                if !std::ptr::eq(slab.heap(), entered.heap) {
-                    return false;
-                }
-                owned.remember(slab);
-                slab
-            }
+        let Some(slab) = self.own_slab_holding(&owned, entered.heap, addr) else {
+            return false;
         };
         match class {
             Some(class) => owned.release_typed(self, slab, class, addr, size),
@@ -492,20 +481,32 @@ impl Engine {
             return false;
         };
         let owned = entered.owned();
-        let slab = match owned.last_holding(addr) {
-            Some(slab) => slab,
-            None => {
-                // SAFETY: records live as long as the engine.
-                let Some(slab) = (unsafe { self.map.get(addr).as_ref() }) else {
-                    return false;
-                };
-                if !std::ptr::eq(slab.heap(), entered.heap) {
-                    return false;
-                }
-                slab
-            }
+        let Some(slab) = self.own_slab_holding(&owned, entered.heap, addr) else {
+            return false;
         };
         owned.resize(slab, addr, size)
+    }
+
+    /// The slab of `heap` (the calling thread's, held as `owned`) that holds `addr`:
+    /// one of the last that frees looked up, else the page map's, then remembered;
+    /// `None` if `addr` is in no slab, or in another heap's.
+    #[inline(always)]
+    fn own_slab_holding<'o>(
+        &self,
+        owned: &'o heap::Owned<'_>,
+        heap: &Heap,
+        addr: usize,
+    ) -> Option<&'o Slab> {
+        if let Some(slab) = owned.last_holding(addr) {
+            return Some(slab);
+        }
+        // SAFETY: records live as long as the engine.
+        let slab = unsafe { self.map.get(addr).as_ref() }?;
+        if !std::ptr::eq(slab.heap(), heap) {
+            return None;
+        }
+        owned.remember(slab);
+        Some(slab)
     }
 
     /// A block of class `class` for `size` bytes, and whether it is known zero.
