@@ -76,19 +76,29 @@ WORKLOADS = {
 }
 
 
+def one_per_workload(make):
+    """`make(block_size, blocks)` for the workload's blocks, made once (before the
+    timed rounds, as the lecture makes its pool once, and as the manager of
+    `mm.zeros` and NumPy's allocator are made once) and kept for its rounds."""
+    made = {}
+
+    def get(blocks, size, window):
+        key = (size, blocks if window is None else window)
+        if key not in made:
+            made.clear()
+            made[key] = make(*key)
+        return made[key]
+
+    return get
+
+
 def run_pool(make_pool):
     """Blocks from a pool class with the lecture's interface (`allocate()`, a slice
-    assignment to fill, `deallocate(block)`); one pool per workload, made before the
-    timed rounds, as the lecture makes its pool once (and as the manager of `mm.zeros`
-    and NumPy's allocator are made once)."""
-    pools = {}
+    assignment to fill, `deallocate(block)`)."""
+    pool_for = one_per_workload(make_pool)
 
     def run(blocks, size, window):
-        key = (size, blocks if window is None else window)
-        if key not in pools:
-            pools.clear()
-            pools[key] = make_pool(*key)
-        pool = pools[key]
+        pool = pool_for(blocks, size, window)
         data = b"\x07" * size
         live = []
         for _ in range(blocks):
@@ -105,16 +115,12 @@ def run_pool(make_pool):
 
 def run_manager():
     """The lecture's `MemoryManager(pool_sizes, 0)`: `allocate(size)`, a slice
-    assignment to fill, `deallocate(block)`; one manager per workload, made before the
-    timed rounds."""
-    managers = {}
+    assignment to fill, `deallocate(block)`. (Its own loop: the call differs from a
+    pool's, and a branch in the timed loop would cost every way.)"""
+    manager_for = one_per_workload(lambda size, n: tensorpool.MemoryManager({size: n}, 0))
 
     def run(blocks, size, window):
-        key = (size, blocks if window is None else window)
-        if key not in managers:
-            managers.clear()
-            managers[key] = tensorpool.MemoryManager({key[0]: key[1]}, 0)
-        mm = managers[key]
+        mm = manager_for(blocks, size, window)
         data = b"\x07" * size
         live = []
         for _ in range(blocks):
