@@ -758,24 +758,24 @@ mod tests {
                 capacity: 8
             }]
         );
-        let bad = dir.join("bad.toml");
-        std::fs::write(
-            &bad,
+        // The error of a config file named `name` holding `text`.
+        let error_of = |name: &str, text: &str| {
+            let bad = dir.join(name);
+            std::fs::write(&bad, text).unwrap();
+            Config::from_file(&bad).unwrap_err().to_string()
+        };
+        let msg = error_of(
+            "bad.toml",
             "# limits\nsoft_limit = \"1 GiB\"\nmemory_limit = -5\n",
-        )
-        .unwrap();
-        let msg = Config::from_file(&bad).unwrap_err().to_string();
+        );
         assert!(
             msg.contains("bad.toml: line 3 (`memory_limit = -5`)") && msg.contains("negative"),
             "the file, the line and the setting: {msg}"
         );
-        let bad = dir.join("bad.json");
-        std::fs::write(
-            &bad,
+        let msg = error_of(
+            "bad.json",
             "{\n  \"release_delay_ms\": 10,\n  \"background_release\": \"yes\"\n}",
-        )
-        .unwrap();
-        let msg = Config::from_file(&bad).unwrap_err().to_string();
+        );
         assert!(
             msg.contains("bad.json: line 3 (`\"background_release\": \"yes\"`)")
                 && msg.contains("expected a boolean")
