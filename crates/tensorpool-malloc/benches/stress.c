@@ -10,6 +10,8 @@
  *                            one in ten kept for 100,000 (16 B-64 KiB)
  *   stress large             blocks of 256 KiB-8 MiB, 16 live, replaced at random,
  *                            every page written (tensor-sized churn)
+ *   stress grow STEP MAX     one buffer grown by realloc, STEP bytes at a time, to
+ *                            MAX bytes, its last byte written at each step
  *
  * Prints the elapsed milliseconds on stdout.
  */
@@ -117,6 +119,16 @@ static void lifetimes(void) {
     for (int k = 0; k < LONG; k++) free(long_lived[k]);
 }
 
+static void grow(size_t step, size_t max) {
+    char *p = NULL;
+    for (size_t n = step; n <= max; n += step) {
+        p = realloc(p, n);
+        if (!p) exit(3);
+        p[n - 1] = 1;
+    }
+    free(p);
+}
+
 static void large(void) {
     uint64_t s = 7;
     char *held[16] = {0};
@@ -132,7 +144,7 @@ static void large(void) {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: stress threads N | handoff PAIRS | lifetimes | large\n");
+        fprintf(stderr, "usage: stress threads N | handoff PAIRS | lifetimes | large | grow STEP MAX\n");
         return 2;
     }
     int n = argc > 2 ? atoi(argv[2]) : 1;
@@ -154,6 +166,8 @@ int main(int argc, char **argv) {
         lifetimes();
     } else if (strcmp(argv[1], "large") == 0) {
         large();
+    } else if (strcmp(argv[1], "grow") == 0 && argc == 4) {
+        grow(strtoull(argv[2], NULL, 0), strtoull(argv[3], NULL, 0));
     } else {
         fprintf(stderr, "unknown workload %s\n", argv[1]);
         return 2;
