@@ -2,6 +2,7 @@
 
 use super::Inner;
 use crate::observe::stats::Totals;
+use crate::tiers::contract::Resized;
 use crate::tiers::slab::EngineStats;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
@@ -27,9 +28,14 @@ impl Counters {
         self.totals.add(-(block as isize), -(requested as isize));
     }
 
-    /// A block of a locked tier resized in place from `old` to `new` requested bytes.
-    pub(super) fn on_resize(&self, old: usize, new: usize) {
-        self.totals.add(0, new as isize - old as isize);
+    /// A block of a locked tier resized in place (`resized`), now requested for
+    /// `requested` bytes.
+    pub(super) fn on_resize(&self, resized: Resized, requested: usize) {
+        let before = resized.before;
+        self.totals.add(
+            resized.block_size as isize - before.block_size as isize,
+            requested as isize - before.requested as isize,
+        );
     }
 }
 

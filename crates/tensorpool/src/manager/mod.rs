@@ -418,6 +418,10 @@ impl MemoryManager {
     /// buffer grown a little at a time is copied a bounded number of times per
     /// doubling, not at every step (a block of size classes or of the calling
     /// thread's heap is resized by that thread alone; another thread's moves).
+    /// A block of the best-fit tier grows in place as glibc's do: into a free block
+    /// that follows it, or, at the top of its expandable segment, by committing
+    /// more memory there (an eighth more than asked, within the limit); so a large
+    /// buffer grown at the top is never copied.
     /// Debug mode, which keeps every block's size with its guard bytes, and a
     /// manager with explicit pools always move.
     ///

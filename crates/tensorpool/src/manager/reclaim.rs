@@ -47,9 +47,14 @@ impl Inner {
         let Some(owner) = self.owner_at(ptr.addr()) else {
             return false;
         };
+        // The best-fit tier's blocks grow in place up to its range's end; beyond,
+        // the block moves to the huge tier.
+        if owner == super::owners::Owner::Large && size > self.config.huge_threshold {
+            return false;
+        }
         match self.locked_tier(owner).resize(ptr.addr(), size) {
-            Some(old) => {
-                self.counters.on_resize(old, size);
+            Some(resized) => {
+                self.counters.on_resize(resized, size);
                 true
             }
             None => false,

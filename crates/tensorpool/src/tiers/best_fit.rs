@@ -16,6 +16,11 @@
 //! peak; [`trim`](BestFit::trim) decommits the free top. Elsewhere (the heap, Miri)
 //! the tier takes separate segments and trims the wholly free ones.
 //!
+//! A raw block grows in place (`realloc`) as glibc's do: into a free block that
+//! follows it (split, the rest left free), or, as the last block of an expandable
+//! segment, by committing more at the top. Never into a free block of
+//! `max_split_size` or more, which the split policy keeps whole.
+//!
 //! Knobs that trade reuse against fragmentation, as in PyTorch's caching allocator:
 //!
 //! - `segment_size`: the least a new (non-expandable) segment takes from upstream.
@@ -58,7 +63,7 @@ use crate::error::{Error, OutOfMemory, PointerError, Result};
 use crate::limits::{round_up, validate};
 use crate::observe::snapshot::{BlockSnapshot, BlockState, SegmentSnapshot, Snapshot};
 use crate::observe::stats::{fragmentation, Tier, Usage};
-use crate::tiers::contract::{self, BlockSizes, BlockTier, Grant};
+use crate::tiers::contract::{self, BlockSizes, BlockTier, Grant, Resized};
 use crate::upstream::{
     default_upstream, AddressSpace, Region, Upstream, UpstreamError, HUGE_PAGE_SIZE,
 };
@@ -598,14 +603,27 @@ impl BestFit {
             None => self.reserve(st, space, needed, size, align)?,
         };
         let delta = growth(st, seg_id).expect("a segment without a free top grows");
+        self.commit_top(st, space, seg_id, delta)
+            .map_err(|refusal| self.refused(st, refusal, size, align))
+    }
+
+    /// Commits `delta` more bytes (a multiple of the commit granularity, within the
+    /// reservation) at the top of expandable segment `seg_id`: they extend its last
+    /// block if free, or become a new free last block; returns that block.
+    fn commit_top(
+        &self,
+        st: &mut State,
+        space: &dyn AddressSpace,
+        seg_id: u32,
+        delta: usize,
+    ) -> std::result::Result<u32, UpstreamError> {
         let seg = segment(st, seg_id);
         let (region, committed, last) = (seg.region, seg.committed, seg.last);
-        // SAFETY: `[committed, committed + delta)` lies inside the reservation (checked
-        // above, or a fresh reservation sized for it), is page-aligned (both are
-        // multiples of the commit granularity) and is not committed yet.
-        if let Err(refusal) = unsafe { space.commit(region.at(committed), delta) } {
-            return Err(self.refused(st, refusal, size, align));
-        }
+        debug_assert!(committed + delta <= region.len() && delta % self.commit_granularity == 0);
+        // SAFETY: `[committed, committed + delta)` lies inside the reservation (the
+        // callers check it, or reserved for it), is page-aligned (both are multiples
+        // of the commit granularity) and is not committed yet.
+        unsafe { space.commit(region.at(committed), delta) }?;
         st.usage.on_reserve(delta);
         let id = if last != NONE && st.blocks[last as usize].free {
             take_free(st, last);
@@ -728,6 +746,108 @@ impl BestFit {
         segment.dirty = segment.dirty.max(offset + size);
         st.live.insert(region.start() + offset, id);
         Ok((region.at(offset), size, zero))
+    }
+
+    /// Grows live block `id` in place to hold `size` bytes, as glibc's `realloc`
+    /// does: into its free next block (split, the rest left free), or at the top of
+    /// an expandable segment by committing more (an eighth more than asked where the
+    /// block splits, so that a buffer grown step by step commits in few steps; the
+    /// rest a free top, trimmed like any). `None`, nothing changed, when it cannot:
+    /// another block follows; the free neighbour is too small, unsplittable
+    /// (`max_split_size`), or would leave more than `max_oversize_waste` in a block
+    /// that does not split; the reservation is full; the limit refuses the memory.
+    fn grow_in_place(&self, st: &mut State, id: u32, size: usize) -> Option<()> {
+        let rounded = self.rounded_size(size);
+        let b = st.blocks[id as usize];
+        let seg = segment(st, b.segment);
+        let next = (b.next != NONE && st.blocks[b.next as usize].free).then_some(b.next);
+        let free_after = next.map_or(0, |n| st.blocks[n as usize].size);
+        let splits = self.max_split_size.is_none_or(|m| rounded < m);
+        if self
+            .max_split_size
+            .is_some_and(|max_split| free_after >= max_split)
+        {
+            return None;
+        }
+        // The pages of the free neighbour that the grown block will cover, and the
+        // bytes (if any) to commit at the top.
+        let (first, end, commit) = if b.size + free_after >= rounded {
+            let merged = b.size + free_after;
+            let keep = if splits && merged - rounded >= self.granularity {
+                rounded
+            } else if !splits && merged - rounded > self.max_oversize_waste {
+                return None;
+            } else {
+                merged
+            };
+            let (first, end) = self.pages_touched(b.offset + b.size, b.offset + keep);
+            (first, end, None)
+        } else {
+            let ends = seg.last == next.unwrap_or(id);
+            let space = self
+                .upstream
+                .address_space()
+                .filter(|_| seg.expandable && ends)?;
+            let (first, end) =
+                self.pages_touched(b.offset + b.size, b.offset + b.size + free_after);
+            // Pages released inside a free top (rare: the top is decommitted
+            // instead) would be counted back before the commit, which could then
+            // fail: such a block moves.
+            if seg.released.count(first, end) > 0 {
+                return None;
+            }
+            let lacking = rounded - b.size - free_after;
+            let exact = round_up(lacking, self.commit_granularity);
+            let room = if splits {
+                round_up(lacking.saturating_add(size / 8), self.commit_granularity)
+            } else {
+                exact
+            };
+            (first, end, Some((space, room, exact)))
+        };
+        match commit {
+            None => {
+                // Released pages the block grows over are in use again.
+                let released = segment(st, b.segment).released.count(first, end);
+                if released > 0 {
+                    self.upstream.reuse_pages(released * self.page, true).ok()?;
+                    segment_mut(st, b.segment).released.clear_range(first, end);
+                    st.usage.on_reuse_pages(released * self.page);
+                }
+            }
+            Some((space, room, exact)) => {
+                // With room if the reservation and the limit allow it, else exactly.
+                let left = seg.region.len() - seg.committed;
+                let tries = if room == exact {
+                    &[exact][..]
+                } else {
+                    &[room, exact][..]
+                };
+                let committed = tries
+                    .iter()
+                    .filter(|&&delta| delta <= left)
+                    .any(|&delta| self.commit_top(st, space, b.segment, delta).is_ok());
+                if !committed {
+                    return None;
+                }
+            }
+        }
+        let next = st.blocks[id as usize].next;
+        take_free(st, next);
+        merge_next(st, id);
+        let merged = st.blocks[id as usize].size;
+        if splits && merged - rounded >= self.granularity {
+            let tail = split(st, id, rounded);
+            let base = segment(st, b.segment).region.start();
+            put_free(st, tail, base);
+        }
+        let grown = st.blocks[id as usize].size;
+        let seg = segment_mut(st, b.segment);
+        seg.dirty = seg.dirty.max(b.offset + grown);
+        let usage = &mut st.usage;
+        usage.allocated_bytes += grown - b.size;
+        usage.peak_allocated_bytes = usage.peak_allocated_bytes.max(usage.allocated_bytes);
+        Some(())
     }
 
     /// Stamps for a segment whose bytes `[lo, hi)` are fresh at pass `passes`.
@@ -1201,16 +1321,29 @@ impl BlockTier for BestFit {
         })
     }
 
-    fn resize(&self, addr: usize, size: usize) -> Option<usize> {
+    fn resize(&self, addr: usize, size: usize) -> Option<Resized> {
         let mut st = self.state.lock();
         let &id = st.live.get(&addr)?;
         let b = st.blocks[id as usize];
-        if b.kind != Kind::of(true) || !contract::fits_in_place(b.size, size) {
+        if b.kind != Kind::of(true) {
             return None;
         }
-        st.blocks[id as usize].requested = size;
+        if size > b.size {
+            self.grow_in_place(&mut st, id, size)?;
+        } else if !contract::fits_in_place(b.size, size) {
+            return None;
+        }
+        let block = &mut st.blocks[id as usize];
+        block.requested = size;
+        let block_size = block.size;
         st.usage.requested_bytes = st.usage.requested_bytes - b.requested + size;
-        Some(b.requested)
+        Some(Resized {
+            before: BlockSizes {
+                block_size: b.size,
+                requested: b.requested,
+            },
+            block_size,
+        })
     }
 
     fn sizes(&self, addr: usize, raw: bool) -> Result<BlockSizes> {
@@ -1569,6 +1702,186 @@ mod tests {
         let u = bf.stats().usage;
         assert_eq!((u.reserved_bytes, u.resident_bytes), (0, 0));
         assert_eq!(space.committed(), 0);
+        bf.check_invariants();
+    }
+
+    #[test]
+    fn raw_blocks_grow_in_place_into_a_free_neighbour_and_at_the_top() {
+        // Over the contract-checking address space (also under Miri).
+        let space = Arc::new(crate::testing::CheckedSpace::default());
+        let bf = BestFit::builder()
+            .upstream(space.clone())
+            .reservation_size(8 << 20)
+            .build()
+            .unwrap();
+        let kib = |n: usize| n << 10;
+        let [a, b, c] = [0; 3].map(|_| bf.allocate(kib(64), 64).unwrap());
+        // SAFETY: a live block of 64 KiB.
+        unsafe { a.as_ptr().write_bytes(7, kib(64)) };
+        let (pa, pc) = (a.as_ptr(), c.as_ptr());
+        let (a, c) = (pa.addr(), pc.addr());
+        let stats = bf.stats();
+        assert_eq!(bf.resize(a, kib(100)), None, "a live neighbour");
+        assert_eq!(bf.stats(), stats, "nothing changed");
+        bf.deallocate(b).unwrap();
+        let before = bf.stats();
+        // Into the free neighbour: 36 KiB of its 64 taken, the rest left free.
+        let grown = bf.resize(a, kib(100)).unwrap();
+        let sizes = |block_size, requested| BlockSizes {
+            block_size,
+            requested,
+        };
+        assert_eq!(
+            grown,
+            Resized {
+                before: sizes(kib(64), kib(64)),
+                block_size: kib(100),
+            }
+        );
+        assert_eq!(bf.sizes(a, true).unwrap(), sizes(kib(100), kib(100)));
+        let after = bf.stats();
+        let u = (after.usage, before.usage);
+        assert_eq!(u.0.allocated_bytes, u.1.allocated_bytes + kib(36));
+        assert_eq!(u.0.requested_bytes, u.1.requested_bytes + kib(36));
+        assert_eq!(u.0.reserved_bytes, u.1.reserved_bytes);
+        assert_eq!(after.free_bytes + kib(36), before.free_bytes);
+        // SAFETY: a live block of 100 KiB now, its first 64 written above.
+        let kept = unsafe { std::slice::from_raw_parts(pa, kib(64)) };
+        assert!(kept
+            .iter()
+            .step_by(crate::testing::BYTE_STEP)
+            .all(|&x| x == 7));
+        // SAFETY: the block's new bytes are its own.
+        unsafe { pa.add(kib(100) - 1).write(1) };
+        // More than the neighbour holds, and not at the top: refused, unchanged.
+        assert_eq!(bf.resize(a, kib(129)), None);
+        assert_eq!(bf.stats(), after);
+        // The top block grows by committing more, with an eighth more room (the
+        // room a free top).
+        let grown = bf.resize(c, kib(1024)).unwrap();
+        assert_eq!(grown.block_size, kib(1024));
+        let top = bf.stats();
+        assert!(top.usage.reserved_bytes >= after.usage.reserved_bytes + kib(960 + 128));
+        assert_eq!(
+            top.usage.allocated_bytes,
+            after.usage.allocated_bytes + kib(960)
+        );
+        // SAFETY: the last byte of a live block of 1 MiB.
+        unsafe { pc.add(kib(1024) - 1).write(1) };
+        bf.check_invariants();
+        // Shrinking is unchanged: a block keeps its size down to half of it.
+        assert_eq!(bf.resize(c, kib(600)).unwrap().block_size, kib(1024));
+        assert_eq!(bf.resize(c, kib(500)), None);
+        for p in [a, c] {
+            bf.release(p, true).unwrap();
+        }
+        bf.trim();
+        assert_eq!(bf.stats().usage.reserved_bytes, 0);
+        assert_eq!(space.committed(), 0);
+        bf.check_invariants();
+    }
+
+    #[test]
+    fn growth_in_place_counts_released_pages_again_and_respects_max_split_size() {
+        let space = Arc::new(crate::testing::CheckedSpace::default());
+        let bf = BestFit::builder()
+            .upstream(space)
+            .reservation_size(16 << 20)
+            .max_split_size(Some(4 << 20))
+            .build()
+            .unwrap();
+        let a = bf.allocate(64 << 10, 64).unwrap().as_ptr().addr();
+        let b = bf.allocate(128 << 10, 64).unwrap();
+        let c = bf.allocate(64 << 10, 64).unwrap();
+        bf.deallocate(b).unwrap();
+        // Three passes see the free neighbour unused: its pages are released.
+        for _ in 0..3 {
+            bf.release_idle(3);
+        }
+        let u = bf.stats().usage;
+        assert_eq!(u.resident_bytes + (128 << 10), u.reserved_bytes);
+        bf.resize(a, 160 << 10).unwrap();
+        let v = bf.stats().usage;
+        assert_eq!(
+            v.resident_bytes + (32 << 10),
+            v.reserved_bytes,
+            "96 KiB in use again"
+        );
+        bf.release(a, true).unwrap();
+        bf.deallocate(c).unwrap();
+        // A free neighbour of `max_split_size` or more is never split.
+        let a = bf.allocate(64 << 10, 64).unwrap().as_ptr().addr();
+        let big = bf.allocate(4 << 20, 64).unwrap();
+        let _fence = bf.allocate(64 << 10, 64).unwrap();
+        bf.deallocate(big).unwrap();
+        let before = bf.stats();
+        assert_eq!(bf.resize(a, 128 << 10), None);
+        assert_eq!(bf.stats(), before);
+        bf.check_invariants();
+    }
+
+    #[test]
+    fn a_block_that_does_not_split_grows_over_released_pages_and_counts_them() {
+        // A block of `max_split_size` or more takes its whole free neighbour: every
+        // released page of it counts as resident again, not only those up to the
+        // size asked.
+        let space = Arc::new(crate::testing::CheckedSpace::default());
+        let bf = BestFit::builder()
+            .upstream(space)
+            .reservation_size(16 << 20)
+            .max_split_size(Some(4 << 20))
+            .build()
+            .unwrap();
+        let a = bf.allocate(4 << 20, 64).unwrap().as_ptr().addr();
+        let b = bf.allocate(64 << 10, 64).unwrap();
+        let _fence = bf.allocate(64 << 10, 64).unwrap();
+        bf.deallocate(b).unwrap();
+        for _ in 0..3 {
+            bf.release_idle(3);
+        }
+        let u = bf.stats().usage;
+        assert_eq!(u.resident_bytes + (64 << 10), u.reserved_bytes);
+        let grown = bf.resize(a, (4 << 20) + 4096).unwrap();
+        assert_eq!(
+            grown.block_size,
+            (4 << 20) + (64 << 10),
+            "the whole neighbour"
+        );
+        let u = bf.stats().usage;
+        assert_eq!(u.resident_bytes, u.reserved_bytes);
+        bf.check_invariants();
+    }
+
+    #[test]
+    fn growth_in_place_that_cannot_be_changes_nothing() {
+        let space = Arc::new(crate::testing::CheckedSpace::default());
+        // One reservation of 2 MiB (the least).
+        let bf = BestFit::builder()
+            .upstream(space)
+            .reservation_size(2 << 20)
+            .build()
+            .unwrap();
+        let a = bf
+            .allocate((2 << 20) - (64 << 10), 64)
+            .unwrap()
+            .as_ptr()
+            .addr();
+        let before = bf.stats();
+        assert_eq!(
+            bf.resize(a, (2 << 20) + 4096),
+            None,
+            "the reservation is full"
+        );
+        assert_eq!(bf.stats(), before);
+        // A typed block is never resized (its holder's layout says its size).
+        let layout = Layout::from_size_align(32 << 10, 64).unwrap();
+        let typed = Allocator::allocate(&bf, layout).unwrap().cast::<u8>();
+        let before = bf.stats();
+        assert_eq!(bf.resize(typed.as_ptr().addr(), 40 << 10), None);
+        assert_eq!(bf.stats(), before);
+        // SAFETY: allocated above with `layout`.
+        unsafe { Allocator::deallocate(&bf, typed, layout) };
+        bf.release(a, true).unwrap();
         bf.check_invariants();
     }
 

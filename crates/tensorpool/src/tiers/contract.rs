@@ -58,6 +58,15 @@ pub(crate) struct BlockSizes {
     pub(crate) requested: usize,
 }
 
+/// A block resized in place by [`BlockTier::resize`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Resized {
+    /// Its sizes before.
+    pub(crate) before: BlockSizes,
+    /// Its block size now (the requested size is the one asked for).
+    pub(crate) block_size: usize,
+}
+
 /// Whether a block of `block_size` bytes is resized in place to `size` bytes: it
 /// holds them, and is at most twice as large.
 pub(crate) fn fits_in_place(block_size: usize, size: usize) -> bool {
@@ -85,8 +94,9 @@ pub(crate) trait BlockTier {
 
     /// Resizes the live raw block at `addr` in place to `size` bytes, if the block
     /// holds them and is at most twice as large (a smaller block serves better
-    /// then): its requested size before, or `None` with nothing changed.
-    fn resize(&self, addr: usize, size: usize) -> Option<usize>;
+    /// then), or if the tier can grow the block in place to hold them: its sizes
+    /// before and its block size after, or `None` with nothing changed.
+    fn resize(&self, addr: usize, size: usize) -> Option<Resized>;
 
     /// Returns the memory that holds no live block to upstream, all of it now; the
     /// bytes returned.

@@ -576,7 +576,7 @@ impl BlockTier for FixedSizePool {
         })
     }
 
-    fn resize(&self, _addr: usize, _size: usize) -> Option<usize> {
+    fn resize(&self, _addr: usize, _size: usize) -> Option<contract::Resized> {
         // A pool's blocks have one size: what the pool takes is what it holds.
         None
     }

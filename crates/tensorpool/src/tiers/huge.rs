@@ -31,7 +31,7 @@ use crate::error::{Error, OutOfMemory, PointerError, Result};
 use crate::limits::{round_up, validate};
 use crate::observe::snapshot::{BlockSnapshot, BlockState, SegmentSnapshot, Snapshot};
 use crate::observe::stats::{Tier, Usage};
-use crate::tiers::contract::{self, BlockSizes, BlockTier, Grant};
+use crate::tiers::contract::{self, BlockSizes, BlockTier, Grant, Resized};
 use crate::upstream::{default_upstream, Region, Upstream, HUGE_PAGE_SIZE};
 use crate::util::address_map::AddressMap;
 use crate::util::sync::PlainMutex as Mutex;
@@ -314,16 +314,23 @@ impl BlockTier for HugeCache {
         })
     }
 
-    fn resize(&self, addr: usize, size: usize) -> Option<usize> {
+    fn resize(&self, addr: usize, size: usize) -> Option<Resized> {
         let mut st = self.state.lock();
         let entry = Self::live_entry(&st, addr, true).ok()?;
-        if !contract::fits_in_place(entry.region.len(), size) {
+        let block_size = entry.region.len();
+        if !contract::fits_in_place(block_size, size) {
             return None;
         }
         let old = entry.requested;
         st.segments.find_mut(addr).expect("found above").requested = size;
         st.usage.requested_bytes = st.usage.requested_bytes - old + size;
-        Some(old)
+        Some(Resized {
+            before: BlockSizes {
+                block_size,
+                requested: old,
+            },
+            block_size,
+        })
     }
 
     fn release(&self, addr: usize, raw: bool) -> Result<BlockSizes> {
