@@ -290,20 +290,35 @@ impl Model {
                 }
             }
             Op::Reallocate { index, tier, size } => {
-                let Some(i) = self
-                    .live
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, b)| b.raw)
-                    .map(|(i, _)| i)
-                    .nth(index as usize % self.live.iter().filter(|b| b.raw).count().max(1))
-                else {
+                if self.live.is_empty() {
                     return;
-                };
+                }
+                let i = index as usize % self.live.len();
                 let new_size = size_for(tier, size);
                 let b = &self.live[i];
-                // SAFETY: no other thread uses the block.
-                match unsafe { self.mm.reallocate_raw(b.ptr.as_ptr(), new_size, b.align) } {
+                // Out of memory: `Err`, the old block intact.
+                let resized: Result<NonNull<u8>, ()> = if b.raw {
+                    // SAFETY: no other thread uses the block.
+                    match unsafe { self.mm.reallocate_raw(b.ptr.as_ptr(), new_size, b.align) } {
+                        Ok(moved) => Ok(moved),
+                        Err(Error::OutOfMemory(_)) => Err(()),
+                        Err(e) => panic!("unexpected error: {e}"),
+                    }
+                } else {
+                    // A typed block through `Allocator`'s `grow` or `shrink`.
+                    let old = Layout::from_size_align(b.size, b.align).unwrap();
+                    let new = Layout::from_size_align(new_size, b.align).unwrap();
+                    // SAFETY: a live typed block of `old`, used by no other thread.
+                    let done = unsafe {
+                        if new_size >= b.size {
+                            (&self.mm).grow(b.ptr, old, new)
+                        } else {
+                            (&self.mm).shrink(b.ptr, old, new)
+                        }
+                    };
+                    done.map(|p| p.cast::<u8>()).map_err(|_| ())
+                };
+                match resized {
                     Ok(moved) => {
                         let kept = b.size.min(new_size);
                         let seed = b.seed;
@@ -322,8 +337,7 @@ impl Model {
                         b.ptr = moved;
                         b.size = new_size;
                     }
-                    Err(Error::OutOfMemory(_)) => assert!(intact(b.ptr, b.size, b.seed)),
-                    Err(e) => panic!("unexpected error: {e}"),
+                    Err(()) => assert!(intact(b.ptr, b.size, b.seed)),
                 }
             }
             Op::ArenaAllocate { size, align_log } => {

@@ -265,6 +265,40 @@ fn growing_a_block_within_its_class_keeps_the_requested_bytes_exact() {
 }
 
 #[test]
+fn large_blocks_grow_and_shrink_in_place_with_exact_counts() {
+    // A block of the best-fit range (1 MiB to 1 GiB) grows in place at the top of
+    // its segment and shrinks in place down to half; the counts follow its layout.
+    static MINE: GlobalManager = GlobalManager::new();
+    let mut layout = Layout::from_size_align(2 << 20, 64).unwrap();
+    // SAFETY: a fresh block of `layout`, resized below, freed with its last layout.
+    unsafe {
+        let first = MINE.alloc(layout);
+        first.write_bytes(9, 2 << 20);
+        let mut p = first;
+        for mib in [3usize, 8, 20, 12] {
+            p = MINE.realloc(p, layout, mib << 20);
+            layout = Layout::from_size_align(mib << 20, 64).unwrap();
+            p.add((mib << 20) - 1).write(1);
+            let s = MINE.stats().unwrap();
+            assert_eq!(
+                (s.requested_bytes, s.allocated_bytes),
+                (mib << 20, mib << 20)
+            );
+        }
+        assert_eq!(p, first, "grown and shrunk in place");
+        assert!(std::slice::from_raw_parts(p, 2 << 20)
+            .iter()
+            .all(|&b| b == 9));
+        // Below half of its block, it moves.
+        let q = MINE.realloc(p, layout, 4 << 20);
+        assert_ne!(q, p);
+        MINE.dealloc(q, Layout::from_size_align(4 << 20, 64).unwrap());
+    }
+    let after = MINE.stats().unwrap();
+    assert_eq!((after.requested_bytes, after.allocated_bytes), (0, 0));
+}
+
+#[test]
 fn a_child_forked_while_another_thread_allocates_can_allocate_and_trim() {
     use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
     use std::sync::Arc;

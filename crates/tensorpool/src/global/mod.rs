@@ -410,11 +410,17 @@ unsafe impl GlobalAlloc for GlobalManager {
             // SAFETY: a block of the system allocator's, by the caller's contract.
             return unsafe { System.realloc(ptr, layout, new_size) };
         }
-        // A new block and a copy, also within one size class: the manager counts each
-        // block's requested size, which a resize in place would leave stale.
         // SAFETY: `new_size` is non-zero and does not overflow `isize` when rounded to
         // the alignment, by `realloc`'s contract.
         let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+        // In place where the best-fit or huge tier holds the block and can; else a
+        // new block and a copy, also within one size class: the engine's slots count
+        // each block's requested size, which a resize in place would leave stale.
+        if let (Some(mm), Some(block)) = (self.process.running(), NonNull::new(ptr)) {
+            if mm.resize_typed_in_place(block, layout, new_layout) {
+                return ptr;
+            }
+        }
         let new = self.allocate(&inside, new_layout, false);
         if !new.is_null() {
             // SAFETY: both blocks are live, distinct and at least this long.

@@ -2,6 +2,7 @@
 //! out of line; and what the process-wide allocator (`crate::global`) asks of a
 //! manager besides: a typed free that hands back addresses it does not hold.
 
+use super::serve::Route;
 use super::MemoryManager;
 use crate::error::Result;
 use crate::tiers::contract::zero_sized;
@@ -69,6 +70,55 @@ impl MemoryManager {
             .map(|()| true)
     }
 
+    /// Resizes the typed block at `ptr`, allocated with `old`, in place to `new`'s
+    /// size, where the best-fit or huge tier holds it and can (see
+    /// [`BlockTier::resize`](crate::tiers::contract::BlockTier::resize)); `false`,
+    /// nothing changed, otherwise. The engine's blocks, whose slot is their size
+    /// class's, always move (a typed slot's requested size is counted by whoever
+    /// frees it, with its layout), as do debug mode's and explicit pools'.
+    pub(crate) fn resize_typed_in_place(&self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
+        let inner = &*self.inner;
+        inner.fast
+            && old.size() != 0
+            && new.size() != 0
+            && ptr.as_ptr().addr() % new.align() == 0
+            && matches!(
+                inner.route(old.size(), old.align().max(inner.config.alignment)),
+                Route::Large | Route::Huge
+            )
+            && inner.resize_in_place(ptr.as_ptr(), new.size(), false)
+    }
+
+    /// Moves a typed block to a new one of `new` (zeroed past the old bytes if
+    /// `zeroed`): `Allocator`'s `grow` and `shrink` where the block cannot stay.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is a live typed block of this manager allocated with `old`.
+    unsafe fn move_typed(
+        &self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+        zeroed: bool,
+    ) -> std::result::Result<NonNull<[u8]>, AllocError> {
+        let moved = match zeroed {
+            true => self.allocate_zeroed(new)?,
+            false => self.allocate(new)?,
+        };
+        // SAFETY: both blocks are live, distinct and at least this long; `ptr` is
+        // freed with the layout it was allocated with.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                ptr.as_ptr(),
+                moved.cast::<u8>().as_ptr(),
+                old.size().min(new.size()),
+            );
+            self.deallocate(ptr, old);
+        }
+        Ok(moved)
+    }
+
     #[cold]
     #[inline(never)]
     pub(super) fn deallocate_cold(&self, ptr: NonNull<u8>, layout: Layout) {
@@ -116,5 +166,51 @@ unsafe impl Allocator for MemoryManager {
             return;
         }
         self.deallocate_cold(ptr, layout);
+    }
+
+    /// In place where the best-fit or huge tier holds the block and can grow it
+    /// (into a free block after it, or at the top of its segment); else a move.
+    unsafe fn grow(
+        &self,
+        ptr: NonNull<u8>,
+        old_layout: Layout,
+        new_layout: Layout,
+    ) -> std::result::Result<NonNull<[u8]>, AllocError> {
+        if self.resize_typed_in_place(ptr, old_layout, new_layout) {
+            return Ok(NonNull::slice_from_raw_parts(ptr, new_layout.size()));
+        }
+        // SAFETY: by the caller's contract, a live block allocated with `old_layout`.
+        unsafe { self.move_typed(ptr, old_layout, new_layout, false) }
+    }
+
+    unsafe fn grow_zeroed(
+        &self,
+        ptr: NonNull<u8>,
+        old_layout: Layout,
+        new_layout: Layout,
+    ) -> std::result::Result<NonNull<[u8]>, AllocError> {
+        if self.resize_typed_in_place(ptr, old_layout, new_layout) {
+            let grown = new_layout.size() - old_layout.size();
+            // SAFETY: the block holds `new_layout.size()` bytes now.
+            unsafe { ptr.as_ptr().add(old_layout.size()).write_bytes(0, grown) };
+            return Ok(NonNull::slice_from_raw_parts(ptr, new_layout.size()));
+        }
+        // SAFETY: as in `grow`.
+        unsafe { self.move_typed(ptr, old_layout, new_layout, true) }
+    }
+
+    /// In place where the best-fit or huge tier holds the block and it stays at
+    /// least half used; else a move.
+    unsafe fn shrink(
+        &self,
+        ptr: NonNull<u8>,
+        old_layout: Layout,
+        new_layout: Layout,
+    ) -> std::result::Result<NonNull<[u8]>, AllocError> {
+        if self.resize_typed_in_place(ptr, old_layout, new_layout) {
+            return Ok(NonNull::slice_from_raw_parts(ptr, new_layout.size()));
+        }
+        // SAFETY: as in `grow`.
+        unsafe { self.move_typed(ptr, old_layout, new_layout, false) }
     }
 }

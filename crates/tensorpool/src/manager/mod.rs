@@ -421,7 +421,10 @@ impl MemoryManager {
     /// A block of the best-fit tier grows in place as glibc's do: into a free block
     /// that follows it, or, at the top of its expandable segment, by committing
     /// more memory there (an eighth more than asked, within the limit); so a large
-    /// buffer grown at the top is never copied.
+    /// buffer grown at the top is never copied. One that shrinks in place gives
+    /// the tail it no longer needs back to the tier. (Typed blocks of the best-fit
+    /// and huge tiers are resized in place the same way through `Allocator`'s
+    /// `grow` and `shrink` and the process-wide allocator's `realloc`.)
     /// Debug mode, which keeps every block's size with its guard bytes, and a
     /// manager with explicit pools always move.
     ///
@@ -440,7 +443,7 @@ impl MemoryManager {
         let inner = &*self.inner;
         crate::limits::validate(new_size, align)?;
         let in_place = inner.fast && ptr.addr() % align == 0;
-        if in_place && inner.resize_in_place(ptr, new_size) {
+        if in_place && inner.resize_in_place(ptr, new_size, true) {
             return Ok(NonNull::new(ptr).expect("a live block is not null"));
         }
         let old = inner.raw_size(ptr.addr())?;

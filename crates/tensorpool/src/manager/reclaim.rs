@@ -37,11 +37,13 @@ impl Inner {
         self.raw_block_size(addr)
     }
 
-    /// Resizes the live raw block at `ptr` in place to `size` bytes if its tier can
-    /// (see [`MemoryManager::reallocate_raw`](super::MemoryManager::reallocate_raw));
+    /// Resizes the live block at `ptr`, held raw or typed (`raw`), in place to `size`
+    /// bytes if its tier can (see
+    /// [`MemoryManager::reallocate_raw`](super::MemoryManager::reallocate_raw); typed
+    /// blocks of the locked tiers only, see `MemoryManager::resize_typed_in_place`);
     /// `false`, nothing changed, otherwise.
-    pub(super) fn resize_in_place(&self, ptr: *mut u8, size: usize) -> bool {
-        if self.engine.resize_raw(ptr, size) {
+    pub(super) fn resize_in_place(&self, ptr: *mut u8, size: usize, raw: bool) -> bool {
+        if raw && self.engine.resize_raw(ptr, size) {
             return true;
         }
         let Some(owner) = self.owner_at(ptr.addr()) else {
@@ -52,7 +54,7 @@ impl Inner {
         if owner == super::owners::Owner::Large && size > self.config.huge_threshold {
             return false;
         }
-        match self.locked_tier(owner).resize(ptr.addr(), size) {
+        match self.locked_tier(owner).resize(ptr.addr(), size, raw) {
             Some(resized) => {
                 self.counters.on_resize(resized, size);
                 true

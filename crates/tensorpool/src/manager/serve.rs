@@ -236,13 +236,14 @@ impl Inner {
                 engine.publish_current();
                 let grant = tier.grant(room, align, true).ok()?;
                 let addr = grant.ptr.as_ptr().addr();
-                // The tier counted `room` as requested: `size` it is, unless the
-                // tier's rounding made the block more than twice `size` (a huge
-                // segment is whole 2 MiB pages): then it goes back, and the caller
-                // asks for `size` alone.
-                match tier.resize(addr, size) {
-                    Some(_) => {
-                        self.counters.on_alloc(grant.block_size, size);
+                // The tier counted `room` as requested: `size` it is (the best-fit
+                // tier frees the room after it, which the next growths take in
+                // place), unless the tier's rounding made the block more than twice
+                // `size` (a huge segment is whole 2 MiB pages): then it goes back,
+                // and the caller asks for `size` alone.
+                match tier.resize(addr, size, true) {
+                    Some(resized) => {
+                        self.counters.on_alloc(resized.block_size, size);
                         Some(grant.ptr)
                     }
                     None => {

@@ -362,6 +362,73 @@ fn large_blocks_grow_in_place_at_the_top_and_within_the_limit() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "maps tens of MiB")]
+fn typed_large_blocks_grow_and_shrink_in_place_through_the_allocator_trait() {
+    // allocator-api2's `grow`, `grow_zeroed` and `shrink` on `&MemoryManager`: a
+    // vector of the best-fit range grows at the top of its segment without a copy;
+    // the counts follow its layout; a block shrunk into the size classes' range is
+    // freed with its small layout.
+    use allocator_api2::vec::Vec as AVec;
+    let mm = manager(Config::builder());
+    let mut v: AVec<u8, &MemoryManager> = AVec::with_capacity_in(2 << 20, &mm);
+    v.resize(2 << 20, 3);
+    let first = v.as_ptr();
+    while v.len() < 32 << 20 {
+        v.extend_from_slice(&[4; 1 << 16]);
+    }
+    assert_eq!(v.as_ptr(), first, "grown in place");
+    assert!(v[..2 << 20].iter().all(|&b| b == 3) && v[2 << 20..].iter().all(|&b| b == 4));
+    let s = mm.stats();
+    assert_eq!(s.requested_bytes, v.capacity());
+    v.truncate(20 << 20);
+    v.shrink_to_fit();
+    assert_eq!(v.as_ptr(), first, "shrunk in place");
+    assert_eq!(mm.stats().requested_bytes, 20 << 20);
+    drop(v);
+    assert_eq!(mm.stats().allocated_bytes, 0);
+    // `grow_zeroed` in place zeroes the new bytes only; `shrink` below half moves.
+    let small = Layout::from_size_align(2 << 20, 64).unwrap();
+    let big = Layout::from_size_align(3 << 20, 64).unwrap();
+    let tiny = Layout::from_size_align(1000, 64).unwrap();
+    let p = mm.allocate(small).unwrap().cast::<u8>();
+    // SAFETY: live blocks of the layouts given, each resized once and freed with its
+    // last layout.
+    unsafe {
+        p.as_ptr().write_bytes(8, 2 << 20);
+        let q = mm.grow_zeroed(p, small, big).unwrap().cast::<u8>();
+        assert_eq!(q, p);
+        let bytes = std::slice::from_raw_parts(q.as_ptr(), 3 << 20);
+        assert!(bytes[..2 << 20].iter().all(|&b| b == 8));
+        assert!(bytes[2 << 20..].iter().all(|&b| b == 0));
+        let r = mm.shrink(q, big, tiny).unwrap().cast::<u8>();
+        assert_ne!(r, q);
+        assert!(std::slice::from_raw_parts(r.as_ptr(), 1000)
+            .iter()
+            .all(|&b| b == 8));
+        assert_eq!(mm.stats().requested_bytes, 1000);
+        mm.deallocate(r, tiny);
+    }
+    // A block of the best-fit range shrunk in place to a size of the classes'
+    // range is still the best-fit tier's: freed with its small layout.
+    let mid = Layout::from_size_align(600 << 10, 64).unwrap();
+    let p = mm
+        .allocate(Layout::from_size_align(1100 << 10, 64).unwrap())
+        .unwrap()
+        .cast::<u8>();
+    // SAFETY: as above.
+    unsafe {
+        let q = mm
+            .shrink(p, Layout::from_size_align(1100 << 10, 64).unwrap(), mid)
+            .unwrap()
+            .cast::<u8>();
+        assert_eq!(q, p);
+        mm.deallocate(q, mid);
+    }
+    let s = mm.stats();
+    assert_eq!((s.allocated_bytes, s.requested_bytes), (0, 0));
+}
+
+#[test]
 fn zeroed_blocks_are_zero_also_when_reused() {
     // Fresh slots are not written (their pages came zero); reused ones are.
     let mm = manager(heap_config());

@@ -16,10 +16,11 @@
 //! peak; [`trim`](BestFit::trim) decommits the free top. Elsewhere (the heap, Miri)
 //! the tier takes separate segments and trims the wholly free ones.
 //!
-//! A raw block grows in place (`realloc`) as glibc's do: into a free block that
+//! A block grows in place (`realloc`) as glibc's do: into a free block that
 //! follows it (split, the rest left free), or, as the last block of an expandable
-//! segment, by committing more at the top. Never into a free block of
-//! `max_split_size` or more, which the split policy keeps whole.
+//! segment, by committing more at the top; never into a free block of
+//! `max_split_size` or more, which the split policy keeps whole. A block shrunk to
+//! at least half its size stays, and the tail it no longer needs is free again.
 //!
 //! Knobs that trade reuse against fragmentation, as in PyTorch's caching allocator:
 //!
@@ -850,6 +851,32 @@ impl BestFit {
         Some(())
     }
 
+    /// Shrinks live block `id` in place to hold `size` bytes (at most its size): the
+    /// tail it no longer needs, if at least the granularity and the block splits,
+    /// becomes free (merged with a free block after it), as `carve` leaves it.
+    fn shrink_in_place(&self, st: &mut State, id: u32, size: usize) {
+        let rounded = self.rounded_size(size);
+        let b = st.blocks[id as usize];
+        let splits = self.max_split_size.is_none_or(|m| rounded < m);
+        if !splits || b.size - rounded < self.granularity {
+            return;
+        }
+        let tail = split(st, id, rounded);
+        // Freed now, as a free would mark it.
+        let passes = st.passes;
+        segment_mut(st, b.segment)
+            .in_use
+            .mark(b.offset + rounded, b.offset + b.size, passes);
+        let next = st.blocks[tail as usize].next;
+        if next != NONE && st.blocks[next as usize].free {
+            take_free(st, next);
+            merge_next(st, tail);
+        }
+        let base = segment(st, b.segment).region.start();
+        put_free(st, tail, base);
+        st.usage.allocated_bytes -= b.size - rounded;
+    }
+
     /// Stamps for a segment whose bytes `[lo, hi)` are fresh at pass `passes`.
     fn stamps(&self, lo: usize, hi: usize, passes: u32) -> Stamps {
         let mut stamps = Stamps::new(AGE_GRANULE.max(self.page));
@@ -1321,16 +1348,18 @@ impl BlockTier for BestFit {
         })
     }
 
-    fn resize(&self, addr: usize, size: usize) -> Option<Resized> {
+    fn resize(&self, addr: usize, size: usize, raw: bool) -> Option<Resized> {
         let mut st = self.state.lock();
         let &id = st.live.get(&addr)?;
         let b = st.blocks[id as usize];
-        if b.kind != Kind::of(true) {
+        if b.kind != Kind::of(raw) {
             return None;
         }
         if size > b.size {
             self.grow_in_place(&mut st, id, size)?;
-        } else if !contract::fits_in_place(b.size, size) {
+        } else if contract::fits_in_place(b.size, size) {
+            self.shrink_in_place(&mut st, id, size);
+        } else {
             return None;
         }
         let block = &mut st.blocks[id as usize];
@@ -1721,12 +1750,12 @@ mod tests {
         let (pa, pc) = (a.as_ptr(), c.as_ptr());
         let (a, c) = (pa.addr(), pc.addr());
         let stats = bf.stats();
-        assert_eq!(bf.resize(a, kib(100)), None, "a live neighbour");
+        assert_eq!(bf.resize(a, kib(100), true), None, "a live neighbour");
         assert_eq!(bf.stats(), stats, "nothing changed");
         bf.deallocate(b).unwrap();
         let before = bf.stats();
         // Into the free neighbour: 36 KiB of its 64 taken, the rest left free.
-        let grown = bf.resize(a, kib(100)).unwrap();
+        let grown = bf.resize(a, kib(100), true).unwrap();
         let sizes = |block_size, requested| BlockSizes {
             block_size,
             requested,
@@ -1754,11 +1783,11 @@ mod tests {
         // SAFETY: the block's new bytes are its own.
         unsafe { pa.add(kib(100) - 1).write(1) };
         // More than the neighbour holds, and not at the top: refused, unchanged.
-        assert_eq!(bf.resize(a, kib(129)), None);
+        assert_eq!(bf.resize(a, kib(129), true), None);
         assert_eq!(bf.stats(), after);
         // The top block grows by committing more, with an eighth more room (the
         // room a free top).
-        let grown = bf.resize(c, kib(1024)).unwrap();
+        let grown = bf.resize(c, kib(1024), true).unwrap();
         assert_eq!(grown.block_size, kib(1024));
         let top = bf.stats();
         assert!(top.usage.reserved_bytes >= after.usage.reserved_bytes + kib(960 + 128));
@@ -1769,9 +1798,19 @@ mod tests {
         // SAFETY: the last byte of a live block of 1 MiB.
         unsafe { pc.add(kib(1024) - 1).write(1) };
         bf.check_invariants();
-        // Shrinking is unchanged: a block keeps its size down to half of it.
-        assert_eq!(bf.resize(c, kib(600)).unwrap().block_size, kib(1024));
-        assert_eq!(bf.resize(c, kib(500)), None);
+        // Shrinking: down to half of its size a block stays, its tail freed (and
+        // merged with the free top); below, it is refused (a smaller block serves).
+        let before = bf.stats();
+        assert_eq!(bf.resize(c, kib(600), true).unwrap().block_size, kib(600));
+        let after = bf.stats();
+        assert_eq!(
+            after.usage.allocated_bytes + kib(424),
+            before.usage.allocated_bytes
+        );
+        assert_eq!(after.free_blocks, before.free_blocks);
+        assert_eq!(after.free_bytes, before.free_bytes + kib(424));
+        assert_eq!(bf.resize(c, kib(299), true), None);
+        bf.check_invariants();
         for p in [a, c] {
             bf.release(p, true).unwrap();
         }
@@ -1800,7 +1839,7 @@ mod tests {
         }
         let u = bf.stats().usage;
         assert_eq!(u.resident_bytes + (128 << 10), u.reserved_bytes);
-        bf.resize(a, 160 << 10).unwrap();
+        bf.resize(a, 160 << 10, true).unwrap();
         let v = bf.stats().usage;
         assert_eq!(
             v.resident_bytes + (32 << 10),
@@ -1815,7 +1854,7 @@ mod tests {
         let _fence = bf.allocate(64 << 10, 64).unwrap();
         bf.deallocate(big).unwrap();
         let before = bf.stats();
-        assert_eq!(bf.resize(a, 128 << 10), None);
+        assert_eq!(bf.resize(a, 128 << 10, true), None);
         assert_eq!(bf.stats(), before);
         bf.check_invariants();
     }
@@ -1841,7 +1880,7 @@ mod tests {
         }
         let u = bf.stats().usage;
         assert_eq!(u.resident_bytes + (64 << 10), u.reserved_bytes);
-        let grown = bf.resize(a, (4 << 20) + 4096).unwrap();
+        let grown = bf.resize(a, (4 << 20) + 4096, true).unwrap();
         assert_eq!(
             grown.block_size,
             (4 << 20) + (64 << 10),
@@ -1868,18 +1907,24 @@ mod tests {
             .addr();
         let before = bf.stats();
         assert_eq!(
-            bf.resize(a, (2 << 20) + 4096),
+            bf.resize(a, (2 << 20) + 4096, true),
             None,
             "the reservation is full"
         );
         assert_eq!(bf.stats(), before);
-        // A typed block is never resized (its holder's layout says its size).
+        // A typed block is not resized as a raw one (and the other way round).
         let layout = Layout::from_size_align(32 << 10, 64).unwrap();
         let typed = Allocator::allocate(&bf, layout).unwrap().cast::<u8>();
         let before = bf.stats();
-        assert_eq!(bf.resize(typed.as_ptr().addr(), 40 << 10), None);
+        assert_eq!(bf.resize(typed.as_ptr().addr(), 40 << 10, true), None);
+        assert_eq!(bf.resize(a, 1 << 20, false), None);
         assert_eq!(bf.stats(), before);
-        // SAFETY: allocated above with `layout`.
+        // As typed, it grows into the free top; its holder then frees it with the
+        // new layout.
+        let grown = bf.resize(typed.as_ptr().addr(), 40 << 10, false).unwrap();
+        assert_eq!(grown.block_size, 40 << 10);
+        let layout = Layout::from_size_align(40 << 10, 64).unwrap();
+        // SAFETY: allocated above, resized to `layout`.
         unsafe { Allocator::deallocate(&bf, typed, layout) };
         bf.release(a, true).unwrap();
         bf.check_invariants();

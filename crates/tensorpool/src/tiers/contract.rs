@@ -92,11 +92,12 @@ pub(crate) trait BlockTier {
     /// an address that is not one (foreign, interior, not live, the other kind).
     fn release(&self, addr: usize, raw: bool) -> Result<BlockSizes>;
 
-    /// Resizes the live raw block at `addr` in place to `size` bytes, if the block
-    /// holds them and is at most twice as large (a smaller block serves better
-    /// then), or if the tier can grow the block in place to hold them: its sizes
-    /// before and its block size after, or `None` with nothing changed.
-    fn resize(&self, addr: usize, size: usize) -> Option<Resized>;
+    /// Resizes the live block at `addr` held as `raw` in place to `size` bytes, if
+    /// the block holds them and is at most twice as large (a smaller block serves
+    /// better then), or if the tier can grow the block in place to hold them: its
+    /// sizes before and its block size after, or `None` with nothing changed. A
+    /// typed holder frees it with a layout of `size` bytes from then on.
+    fn resize(&self, addr: usize, size: usize, raw: bool) -> Option<Resized>;
 
     /// Returns the memory that holds no live block to upstream, all of it now; the
     /// bytes returned.

@@ -576,7 +576,7 @@ impl BlockTier for FixedSizePool {
         })
     }
 
-    fn resize(&self, _addr: usize, _size: usize) -> Option<contract::Resized> {
+    fn resize(&self, _addr: usize, _size: usize, _raw: bool) -> Option<contract::Resized> {
         // A pool's blocks have one size: what the pool takes is what it holds.
         None
     }

@@ -314,9 +314,9 @@ impl BlockTier for HugeCache {
         })
     }
 
-    fn resize(&self, addr: usize, size: usize) -> Option<Resized> {
+    fn resize(&self, addr: usize, size: usize, raw: bool) -> Option<Resized> {
         let mut st = self.state.lock();
-        let entry = Self::live_entry(&st, addr, true).ok()?;
+        let entry = Self::live_entry(&st, addr, raw).ok()?;
         let block_size = entry.region.len();
         if !contract::fits_in_place(block_size, size) {
             return None;
