@@ -162,6 +162,12 @@ impl Model {
         );
         assert!(stats.reserved_bytes >= stats.allocated_bytes);
         assert_eq!(stats.num_guard_violations, 0);
+        // Requested bytes are the live blocks' sizes (debug mode counts the guards,
+        // an arena its chunks).
+        if self.arena.is_none() && !self.mm.config().debug {
+            let live: usize = self.live.iter().map(|b| b.size).sum();
+            assert_eq!(stats.requested_bytes, live, "requested bytes");
+        }
     }
 
     fn arena_chunks(&self) -> usize {
@@ -181,7 +187,10 @@ impl Model {
         self.arena_live.clear();
         self.arena = None;
         let stats = self.mm.stats();
-        assert_eq!((stats.allocated_blocks, stats.allocated_bytes), (0, 0));
+        assert_eq!(
+            (stats.allocated_blocks, stats.allocated_bytes, stats.requested_bytes),
+            (0, 0, 0)
+        );
         self.mm.trim();
         assert_eq!(
             self.mm.stats().reserved_bytes,
@@ -305,18 +314,31 @@ impl Model {
                         Err(e) => panic!("unexpected error: {e}"),
                     }
                 } else {
-                    // A typed block through `Allocator`'s `grow` or `shrink`.
+                    // A typed block through `Allocator`'s `grow`, `grow_zeroed` (on
+                    // odd tiers) or `shrink`.
                     let old = Layout::from_size_align(b.size, b.align).unwrap();
                     let new = Layout::from_size_align(new_size, b.align).unwrap();
+                    let zeroed = tier % 2 == 1 && new_size > b.size;
                     // SAFETY: a live typed block of `old`, used by no other thread.
                     let done = unsafe {
-                        if new_size >= b.size {
+                        if zeroed {
+                            (&self.mm).grow_zeroed(b.ptr, old, new)
+                        } else if new_size >= b.size {
                             (&self.mm).grow(b.ptr, old, new)
                         } else {
                             (&self.mm).shrink(b.ptr, old, new)
                         }
                     };
-                    done.map(|p| p.cast::<u8>()).map_err(|_| ())
+                    // `AllocError` is the trait's only error: out of memory.
+                    let moved = done.map(|p| p.cast::<u8>()).map_err(|_| ());
+                    if let (true, Ok(p)) = (zeroed, moved) {
+                        for at in CHECKED.indices(new_size).filter(|&at| at >= b.size) {
+                            // SAFETY: the block holds `new_size` bytes.
+                            let byte = unsafe { p.as_ptr().add(at).read() };
+                            assert_eq!(byte, 0, "grow_zeroed left byte {at}");
+                        }
+                    }
+                    moved
                 };
                 match resized {
                     Ok(moved) => {

@@ -75,7 +75,9 @@ impl MemoryManager {
     /// [`BlockTier::resize`](crate::tiers::contract::BlockTier::resize)); `false`,
     /// nothing changed, otherwise. The engine's blocks, whose slot is their size
     /// class's, always move (a typed slot's requested size is counted by whoever
-    /// frees it, with its layout), as do debug mode's and explicit pools'.
+    /// frees it, with its layout), as do debug mode's and explicit pools', and a
+    /// locked tier's block whose layout now maps to the engine's sizes (one shrunk
+    /// that far): only the old layout's size says which tier may hold a block.
     pub(crate) fn resize_typed_in_place(&self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
         let inner = &*self.inner;
         inner.fast

@@ -418,10 +418,11 @@ impl MemoryManager {
     /// buffer grown a little at a time is copied a bounded number of times per
     /// doubling, not at every step (a block of size classes or of the calling
     /// thread's heap is resized by that thread alone; another thread's moves).
-    /// A block of the best-fit tier grows in place as glibc's do: into a free block
-    /// that follows it, or, at the top of its expandable segment, by committing
-    /// more memory there (an eighth more than asked, within the limit); so a large
-    /// buffer grown at the top is never copied. One that shrinks in place gives
+    /// A large block (the engine's, up to `medium_threshold`, and the best-fit
+    /// tier's) grows in place as glibc's do: into free pages that follow it, or, at
+    /// the top of its expandable segment, by committing more memory there (an
+    /// eighth more than asked, within the limit); so a large buffer grown at the top
+    /// is never copied. One that shrinks in place gives
     /// the tail it no longer needs back to the tier. (Typed blocks of the best-fit
     /// and huge tiers are resized in place the same way through `Allocator`'s
     /// `grow` and `shrink` and the process-wide allocator's `realloc`.)

@@ -5,6 +5,7 @@ use super::Inner;
 use crate::error::{Error, PointerError, Result};
 use crate::limits::MAX_ALIGN;
 use crate::observe::debug::GUARD;
+use crate::tiers::slab::InPlace;
 use std::ptr::NonNull;
 
 impl Inner {
@@ -43,8 +44,16 @@ impl Inner {
     /// blocks of the locked tiers only, see `MemoryManager::resize_typed_in_place`);
     /// `false`, nothing changed, otherwise.
     pub(super) fn resize_in_place(&self, ptr: *mut u8, size: usize, raw: bool) -> bool {
-        if raw && self.engine.resize_raw(ptr, size) {
-            return true;
+        if raw {
+            match self.engine.resize_raw(ptr, size) {
+                InPlace::No => {}
+                InPlace::Slot => return true,
+                InPlace::Pages => {
+                    // Memory may have been committed: as after any slow path.
+                    self.after_slow_path();
+                    return true;
+                }
+            }
         }
         let Some(owner) = self.owner_at(ptr.addr()) else {
             return false;
@@ -57,6 +66,9 @@ impl Inner {
         match self.locked_tier(owner).resize(ptr.addr(), size, raw) {
             Some(resized) => {
                 self.counters.on_resize(resized, size);
+                // Growth may have committed memory: the soft limit and the release
+                // policy look, as after any slow path.
+                self.after_slow_path();
                 true
             }
             None => false,

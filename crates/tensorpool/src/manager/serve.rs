@@ -236,14 +236,18 @@ impl Inner {
                 engine.publish_current();
                 let grant = tier.grant(room, align, true).ok()?;
                 let addr = grant.ptr.as_ptr().addr();
-                // The tier counted `room` as requested: `size` it is (the best-fit
-                // tier frees the room after it, which the next growths take in
-                // place), unless the tier's rounding made the block more than twice
-                // `size` (a huge segment is whole 2 MiB pages): then it goes back,
-                // and the caller asks for `size` alone.
-                match tier.resize(addr, size, true) {
-                    Some(resized) => {
-                        self.counters.on_alloc(resized.block_size, size);
+                // The tier counted `room` as requested: `size` it is, the block kept
+                // whole (its next growths fill the room in place), unless the tier's
+                // rounding made the block more than twice `size` (a huge segment is
+                // whole 2 MiB pages): then it goes back, and the caller asks for
+                // `size` alone.
+                let kept = match route {
+                    Route::Large => engine.large.keep_room(addr, size),
+                    _ => self.huge.resize(addr, size, true).map(|r| r.block_size),
+                };
+                match kept {
+                    Some(block_size) => {
+                        self.counters.on_alloc(block_size, size);
                         Some(grant.ptr)
                     }
                     None => {

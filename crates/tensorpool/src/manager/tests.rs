@@ -362,6 +362,106 @@ fn large_blocks_grow_in_place_at_the_top_and_within_the_limit() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "copies MiB")]
+fn a_large_block_that_moves_keeps_its_room() {
+    // A best-fit block that cannot grow where it is moves to one with an eighth
+    // more room, which stays its own (counted allocated, not requested) so that its
+    // next growths fill it in place whatever else is allocated meanwhile.
+    let mm = manager(heap_config());
+    let p = mm.allocate_raw(2 << 20, 64).unwrap().as_ptr();
+    // In a segment of its own (2 MiB), with nothing free after it.
+    let other = mm.allocate_raw(2 << 20, 64).unwrap().as_ptr();
+    // SAFETY: a live raw block, ours alone.
+    let q = unsafe { mm.reallocate_raw(p, 3 << 20, 64) }
+        .unwrap()
+        .as_ptr();
+    assert_ne!(q, p);
+    let s = mm.stats();
+    assert_eq!(s.requested_bytes, 5 << 20);
+    assert_eq!(
+        s.allocated_bytes,
+        (5 << 20) + (3 << 17),
+        "the room is the block's"
+    );
+    // Growths within the room keep it whole, whatever is allocated between them.
+    // SAFETY: as above.
+    let r = unsafe { mm.reallocate_raw(q, (3 << 20) + (1 << 17), 64) }
+        .unwrap()
+        .as_ptr();
+    assert_eq!(r, q, "grown into its room");
+    assert_eq!(mm.stats().allocated_bytes, (5 << 20) + (3 << 17));
+    let filler = mm.allocate_raw(1 << 20, 64).unwrap().as_ptr();
+    // SAFETY: as above.
+    let r = unsafe { mm.reallocate_raw(r, (3 << 20) + (3 << 17), 64) }
+        .unwrap()
+        .as_ptr();
+    assert_eq!(r, q, "grown into its room");
+    for block in [r, other, filler] {
+        mm.free_raw(block).unwrap();
+    }
+    let s = mm.stats();
+    assert_eq!((s.allocated_bytes, s.requested_bytes), (0, 0));
+}
+
+#[test]
+fn thread_owned_large_blocks_grow_their_pages_in_place() {
+    // A raw block of the engine's large range (a span: one block of whole pages)
+    // grows by 4 KiB steps: its pages extend into the best-fit tier's free pages
+    // after it, so it moves only to leave the range. A span grown so and freed by
+    // another thread, or cached and reused, counts exactly.
+    let mm = manager(heap_config());
+    let start = 64 << 10;
+    let first = mm.allocate_raw(start, 64).unwrap().as_ptr();
+    // SAFETY: a live raw block, ours alone.
+    unsafe { first.write(7) };
+    let (mut p, mut size, mut moves) = (first, start, 0);
+    let top = if cfg!(miri) { 256 << 10 } else { 1 << 20 };
+    while size < top {
+        size += 4096;
+        // SAFETY: as above.
+        let q = unsafe { mm.reallocate_raw(p, size, 64) }.unwrap().as_ptr();
+        moves += usize::from(q != p);
+        p = q;
+        // SAFETY: `size` bytes now.
+        unsafe { p.add(size - 1).write(1) };
+        let s = mm.stats();
+        assert_eq!((s.requested_bytes, s.allocated_blocks), (size, 1));
+        assert!(s.allocated_bytes >= size && s.allocated_bytes <= size + size / 8 + 4096);
+    }
+    assert_eq!((moves, p), (0, first), "grown in place");
+    // SAFETY: as above.
+    unsafe { assert_eq!(p.read(), 7) };
+    let shared = std::sync::atomic::AtomicPtr::new(p);
+    std::thread::scope(|t| {
+        t.spawn(|| mm.free_raw(shared.load(std::sync::atomic::Ordering::Relaxed)))
+            .join()
+            .unwrap()
+            .unwrap();
+    });
+    mm.trim();
+    let s = mm.stats();
+    assert_eq!(
+        (s.allocated_bytes, s.requested_bytes, s.reserved_bytes),
+        (0, 0, 0)
+    );
+    // Grown, freed and reused from the heap's cache at its new size.
+    let p = mm.allocate_raw(start, 64).unwrap().as_ptr();
+    // SAFETY: as above.
+    let q = unsafe { mm.reallocate_raw(p, 2 * start, 64) }
+        .unwrap()
+        .as_ptr();
+    assert_eq!(q, p);
+    let grown = mm.stats().allocated_bytes;
+    mm.free_raw(q).unwrap();
+    let again = mm.allocate_raw(grown, 64).unwrap().as_ptr();
+    assert_eq!(again, q, "the cached block of its size");
+    assert_eq!(mm.stats().allocated_bytes, grown);
+    mm.free_raw(again).unwrap();
+    let s = mm.stats();
+    assert_eq!((s.allocated_bytes, s.requested_bytes), (0, 0));
+}
+
+#[test]
 #[cfg_attr(miri, ignore = "maps tens of MiB")]
 fn typed_large_blocks_grow_and_shrink_in_place_through_the_allocator_trait() {
     // allocator-api2's `grow`, `grow_zeroed` and `shrink` on `&MemoryManager`: a

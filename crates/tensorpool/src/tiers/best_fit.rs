@@ -488,6 +488,50 @@ impl BestFit {
         st.page_bytes -= bytes;
     }
 
+    /// Grows a live run of pages from [`alloc_pages`](Self::alloc_pages) in place
+    /// from `bytes` to `to` bytes (both multiples of the page size), as
+    /// [`resize`](BlockTier::resize) grows a block; `false`, nothing changed, when it
+    /// cannot (or when the run would not split exactly: at `max_split_size`).
+    pub(crate) fn grow_pages(&self, ptr: NonNull<u8>, bytes: usize, to: usize) -> bool {
+        debug_assert!(to > bytes);
+        if self.max_split_size.is_some_and(|m| to >= m) {
+            return false;
+        }
+        let mut st = self.state.lock();
+        let Some(&id) = st.live.get(&ptr.as_ptr().addr()) else {
+            return false;
+        };
+        let b = st.blocks[id as usize];
+        debug_assert!(
+            b.kind == Kind::Pages && b.size == bytes,
+            "not a live page run"
+        );
+        match self.grow_in_place(&mut st, id, to) {
+            Some(grown) => {
+                debug_assert_eq!(grown, to, "page runs split exactly");
+                st.page_bytes += grown - b.size;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Counts the live raw block at `addr` as requested for `size` bytes and keeps
+    /// its whole size (room that its next growths fill in place, see the manager's
+    /// `serve_with_room`): its block size, or `None` (nothing changed) when the block
+    /// is not at most twice `size` and at least `size`.
+    pub(crate) fn keep_room(&self, addr: usize, size: usize) -> Option<usize> {
+        let mut st = self.state.lock();
+        let &id = st.live.get(&addr)?;
+        let b = st.blocks[id as usize];
+        if b.kind != Kind::Raw || !contract::fits_in_place(b.size, size) {
+            return None;
+        }
+        st.blocks[id as usize].requested = size;
+        st.usage.requested_bytes = st.usage.requested_bytes - b.requested + size;
+        Some(b.size)
+    }
+
     /// The free block to use for a request needing `needed` bytes (`rounded` without
     /// alignment slack), honouring `max_split_size`.
     fn best_fit(&self, st: &State, needed: usize, rounded: usize) -> Option<u32> {
@@ -757,7 +801,9 @@ impl BestFit {
     /// another block follows; the free neighbour is too small, unsplittable
     /// (`max_split_size`), or would leave more than `max_oversize_waste` in a block
     /// that does not split; the reservation is full; the limit refuses the memory.
-    fn grow_in_place(&self, st: &mut State, id: u32, size: usize) -> Option<()> {
+    /// Returns the block's size now; the caller counts it (a user's block in
+    /// `usage`, a page run in `page_bytes`).
+    fn grow_in_place(&self, st: &mut State, id: u32, size: usize) -> Option<usize> {
         let rounded = self.rounded_size(size);
         let b = st.blocks[id as usize];
         let seg = segment(st, b.segment);
@@ -845,10 +891,7 @@ impl BestFit {
         let grown = st.blocks[id as usize].size;
         let seg = segment_mut(st, b.segment);
         seg.dirty = seg.dirty.max(b.offset + grown);
-        let usage = &mut st.usage;
-        usage.allocated_bytes += grown - b.size;
-        usage.peak_allocated_bytes = usage.peak_allocated_bytes.max(usage.allocated_bytes);
-        Some(())
+        Some(grown)
     }
 
     /// Shrinks live block `id` in place to hold `size` bytes (at most its size): the
@@ -1356,7 +1399,12 @@ impl BlockTier for BestFit {
             return None;
         }
         if size > b.size {
-            self.grow_in_place(&mut st, id, size)?;
+            let grown = self.grow_in_place(&mut st, id, size)?;
+            let usage = &mut st.usage;
+            usage.allocated_bytes += grown - b.size;
+            usage.peak_allocated_bytes = usage.peak_allocated_bytes.max(usage.allocated_bytes);
+        } else if size >= b.requested {
+            // Growth within the block (room it was given, see `keep_room`).
         } else if contract::fits_in_place(b.size, size) {
             self.shrink_in_place(&mut st, id, size);
         } else {

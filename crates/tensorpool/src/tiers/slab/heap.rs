@@ -40,6 +40,17 @@ pub(crate) const MAX_SLOTS: u32 = 4096;
 const CACHE_SHARE: usize = 4;
 const CACHE_FLOOR: usize = 256 << 10;
 
+/// How [`Owned::resize`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum InPlace {
+    /// Not resized (nothing changed).
+    No,
+    /// Resized within its slot.
+    Slot,
+    /// A large block whose pages grew (memory may have been committed).
+    Pages,
+}
+
 /// A change of a heap's live bytes that makes it publish them to the manager's totals.
 pub(crate) const PUBLISH_STEP: usize = 64 << 10;
 
@@ -636,15 +647,27 @@ impl Owned<'_> {
 
     /// Resizes the live raw block at `addr` of this heap's `slab` in place to `size`
     /// bytes, if its slot holds them and is not more than twice as large (a smaller
-    /// block then serves better): `true` when done, `false` (nothing changed)
-    /// otherwise. Only the requested size changes, and the counts that follow it.
-    pub(crate) fn resize(&self, slab: &Slab, addr: usize, size: usize) -> bool {
+    /// block then serves better), or if it is a large block whose pages can grow in
+    /// place to hold them ([`grow_span`](Self::grow_span)): `true` when done, `false`
+    /// (nothing changed) otherwise. The requested size changes, and the counts that
+    /// follow it.
+    pub(crate) fn resize(&self, eng: &Engine, slab: &Slab, addr: usize, size: usize) -> InPlace {
         let Ok(slot) = slab.slot_of(addr) else {
-            return false;
+            return InPlace::No;
         };
-        if !slab.may_free(slot, true) || !fits_in_place(slab.stride(), size) {
-            return false;
+        if !slab.may_free(slot, true) {
+            return InPlace::No;
         }
+        let how = if size <= slab.stride() && fits_in_place(slab.stride(), size) {
+            InPlace::Slot
+        } else if size > slab.stride()
+            && slab.class() == SPAN_CLASS
+            && self.grow_span(eng, slab, size)
+        {
+            InPlace::Pages
+        } else {
+            return InPlace::No;
+        };
         let old = slab.requested(slot);
         // SAFETY: this heap owns the slab, the slot is live and raw (checked), and
         // the caller's contract keeps other threads from freeing it meanwhile.
@@ -658,7 +681,11 @@ impl Owned<'_> {
                 .waste_in
                 .add(old.wrapping_sub(new)),
         }
-        true
+        if how == InPlace::Pages {
+            // A slow path (the block's bytes grew): where peaks are recorded.
+            self.publish(eng);
+        }
+        how
     }
 
     /// The hot path of a typed free of a block of `class` in `slab`, a slab of this
@@ -911,6 +938,41 @@ impl Owned<'_> {
     }
 
     // ---- frees -----------------------------------------------------------------
+
+    /// Grows live raw large block `slab` in place to hold `size` bytes, with an
+    /// eighth more room (up to the largest large block, `medium_threshold`): its
+    /// pages extend into free pages of the best-fit tier after them, or at the top of
+    /// its segment. `false`, nothing changed, when they cannot.
+    fn grow_span(&self, eng: &Engine, slab: &Slab, size: usize) -> bool {
+        let most = eng.span_pages * PAGE;
+        let need = super::round_to_page(size);
+        if need > most {
+            return false;
+        }
+        let room = super::round_to_page(size.saturating_add(size / 8)).min(most);
+        let own = self.own(slab);
+        let (base, bytes) = (own.base, own.bytes);
+        let base = NonNull::new(base).expect("a live slab has pages");
+        let to = if eng.large.grow_pages(base, bytes, room) {
+            room
+        } else if room != need && eng.large.grow_pages(base, bytes, need) {
+            need
+        } else {
+            return false;
+        };
+        // SAFETY: this heap owns the slab, a span whose slot is live (the caller
+        // checked), and its pages now reach `to` bytes.
+        unsafe { slab.regrow(own, to) };
+        for recent in &mut self.state().recent {
+            if std::ptr::eq(recent.slab, slab) {
+                recent.bytes = to;
+            }
+        }
+        let delta = (to - bytes) as u64;
+        self.heap.hot.large.bytes.add(delta);
+        self.heap.counts.span_bytes.add(delta);
+        true
+    }
 
     /// Frees the block at `addr` of `slab`, a slab of this heap; `size` is a typed
     /// holder's size (raw frees take the size the slab recorded).

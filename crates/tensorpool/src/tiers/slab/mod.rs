@@ -9,7 +9,8 @@
 //! - the owner allocates and frees with plain loads and stores: a stack of free
 //!   slots per slab, the last freed handed out first, and a bitmap that checks every
 //!   free; a span is cached in its heap when freed and reused for the next block of
-//!   its size;
+//!   its size, and a raw span that `realloc` grows takes the best-fit tier's free
+//!   pages after it, in place;
 //! - another thread's free costs one compare-and-swap on the slab's post word (and,
 //!   for the first post since the owner last looked, a swap and a push onto the
 //!   owner's inbox); the owner collects posts when it runs out of free slots;
@@ -54,6 +55,7 @@ use crate::observe::stats::{Tier, Totals};
 use crate::tiers::best_fit::BestFit;
 use crate::tiers::size_class::SizeClasses;
 use crate::util::sync::Mutex;
+pub(crate) use heap::InPlace;
 use heap::{Heap, HeapBox, MAX_SLOTS};
 use page_map::{PageMap, PAGE};
 use slab::{Posted, Slab};
@@ -473,18 +475,19 @@ impl Engine {
     }
 
     /// Resizes the live raw block at `ptr` in place to `size` bytes if it is a block
-    /// of the calling thread's slabs whose slot holds them (see
-    /// [`Owned::resize`](heap::Owned::resize)); `false`, nothing changed, otherwise.
-    pub(crate) fn resize_raw(self: &Arc<Self>, ptr: *mut u8, size: usize) -> bool {
+    /// of the calling thread's slabs whose slot holds them, or a large block of its
+    /// whose pages can grow (see [`Owned::resize`](heap::Owned::resize)); how it went
+    /// (`InPlace::No`: nothing changed).
+    pub(crate) fn resize_raw(self: &Arc<Self>, ptr: *mut u8, size: usize) -> InPlace {
         let addr = ptr.addr();
         let Some(entered) = enter_bound(self) else {
-            return false;
+            return InPlace::No;
         };
         let owned = entered.owned();
         let Some(slab) = self.own_slab_holding(&owned, entered.heap, addr) else {
-            return false;
+            return InPlace::No;
         };
-        owned.resize(slab, addr, size)
+        owned.resize(self, slab, addr, size)
     }
 
     /// The slab of `heap` (the calling thread's, held as `owned`) that holds `addr`:
@@ -669,10 +672,13 @@ impl Engine {
         }
         // SAFETY: records live as long as the engine.
         let slab = unsafe { &*slab };
-        Some(
-            slab.slot_of(addr)
-                .and_then(|slot| slab.check_owned(slot, true)),
-        )
+        Some(slab.slot_of(addr).and_then(|slot| {
+            // A slot past the slab's: a read torn across a span's growth in place.
+            if slot >= slab.slots() {
+                return Err(PointerError::NotLive);
+            }
+            slab.check_owned(slot, true)
+        }))
     }
 
     /// The tier of the block at `addr`, if a slab holds it.

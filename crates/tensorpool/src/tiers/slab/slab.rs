@@ -21,7 +21,9 @@
 //! Records are never freed while their engine lives; a record given back is reused
 //! for another slab. Every use of a record is a *generation* (even; odd while the
 //! record holds no slab), published with the geometry like a seqlock, and stored in
-//! the top half of every post word. A thread that read the page map just before the
+//! the top half of every post word. (One change of geometry happens within a
+//! generation: a span grown in place, see [`Slab::regrow`]; readers other than the
+//! owner bound the slot they compute by the slot count for it.) A thread that read the page map just before the
 //! slab was given back reads a generation that no longer matches, and its post fails:
 //! a free that races with the slab's end is refused, never applied to whatever the
 //! pages hold next. A valid free cannot race that way: its block is live for the
@@ -561,6 +563,26 @@ impl Slab {
         self.requested_of(slot).store(requested as u32, Relaxed);
     }
 
+    /// Makes a live span (a slab of one slot) describe `bytes` bytes from its base:
+    /// its pages grew in place.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the owning heap and passes this record's `own`; the slab is
+    /// a span whose slot is live, and `[base, base + bytes)` are pages the heap owns.
+    pub(crate) unsafe fn regrow(&self, own: &mut Own, bytes: usize) {
+        debug_assert!(self.slots() == 1 && bytes > own.bytes && bytes % PAGE == 0);
+        // Other threads may read the geometry while it changes, within one
+        // generation (a free of a bad pointer, through a stale page map entry): a
+        // torn read may name a slot past the span's one, which every reader that
+        // is not the owner refuses (`post`, `Engine::raw_size`); a valid free of
+        // the span cannot race with its resize (the caller's contract).
+        self.stride.store(bytes, Relaxed);
+        self.extent.store(bytes, Relaxed);
+        self.magic.store(magic_for(bytes), Relaxed);
+        own.bytes = bytes;
+    }
+
     /// Frees live `slot` (checked by the caller): free in the bitmap (its raw bit,
     /// which says nothing of a free slot, stays until it is handed out again), on
     /// top of the stack.
@@ -625,6 +647,11 @@ impl Slab {
             return Err(PointerError::NotLive);
         }
         let slot = slot?;
+        // A span's geometry changes within a generation when it grows in place
+        // (`regrow`): a read torn across that change may name a slot past its one.
+        if slot >= self.slots() {
+            return Err(PointerError::NotLive);
+        }
         match self.state(slot) {
             None => return Err(PointerError::NotLive),
             Some(r) if r != raw => return Err(PointerError::NotRaw),
@@ -781,6 +808,27 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_read_torn_across_a_span_growth_names_no_slot_past_its_one() {
+        // What a thread that is not the owner may read while a span grows in place
+        // (`regrow`): the new extent with the old stride and multiplier. A free of
+        // the address one old stride in then names slot 1 of a slab of one slot: it
+        // is refused, and no state past the slab's slot is read or posted to.
+        let mut memory = vec![0u64; 4 * PAGE / 8];
+        let base = NonNull::new(memory.as_mut_ptr().cast::<u8>()).unwrap();
+        let slab = Slab::new(std::ptr::null(), 1);
+        // SAFETY: a spare record that no heap holds, over memory this test owns.
+        unsafe { slab.init(base, 2 * PAGE, 2 * PAGE, 1, super::super::SPAN_CLASS, false) };
+        slab.extent.store(4 * PAGE, Relaxed);
+        let torn = base.as_ptr().addr() + 2 * PAGE;
+        for raw in [false, true] {
+            assert_eq!(slab.post(torn, raw), Err(PointerError::NotLive));
+        }
+        assert!(slab
+            .post_words()
+            .all(|(_, w)| w.load(Relaxed) & POST_BITS == 0));
     }
 
     #[test]
