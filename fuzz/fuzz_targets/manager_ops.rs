@@ -188,7 +188,11 @@ impl Model {
         self.arena = None;
         let stats = self.mm.stats();
         assert_eq!(
-            (stats.allocated_blocks, stats.allocated_bytes, stats.requested_bytes),
+            (
+                stats.allocated_blocks,
+                stats.allocated_bytes,
+                stats.requested_bytes
+            ),
             (0, 0, 0)
         );
         self.mm.trim();
