@@ -402,12 +402,12 @@ unsafe impl GlobalAlloc for GlobalManager {
             // SAFETY: the caller keeps `GlobalAlloc::realloc`'s contract.
             return unsafe { System.realloc(ptr, layout, new_size) };
         };
-        let held = match (self.process.running(), NonNull::new(ptr)) {
-            (Some(mm), Some(block)) => mm.holds(block),
-            _ => false,
-        };
-        if !held {
+        let (Some(mm), Some(block)) = (self.process.running(), NonNull::new(ptr)) else {
             // SAFETY: a block of the system allocator's, by the caller's contract.
+            return unsafe { System.realloc(ptr, layout, new_size) };
+        };
+        if !mm.holds(block) {
+            // SAFETY: as above.
             return unsafe { System.realloc(ptr, layout, new_size) };
         }
         // SAFETY: `new_size` is non-zero and does not overflow `isize` when rounded to
@@ -416,10 +416,8 @@ unsafe impl GlobalAlloc for GlobalManager {
         // In place where the best-fit or huge tier holds the block and can; else a
         // new block and a copy, also within one size class: the engine's slots count
         // each block's requested size, which a resize in place would leave stale.
-        if let (Some(mm), Some(block)) = (self.process.running(), NonNull::new(ptr)) {
-            if mm.resize_typed_in_place(block, layout, new_layout) {
-                return ptr;
-            }
+        if mm.resize_typed_in_place(block, layout, new_layout) {
+            return ptr;
         }
         let new = self.allocate(&inside, new_layout, false);
         if !new.is_null() {

@@ -422,8 +422,8 @@ impl MemoryManager {
     /// tier's) grows in place as glibc's do: into free pages that follow it, or, at
     /// the top of its expandable segment, by committing more memory there (an
     /// eighth more than asked, within the limit); so a large buffer grown at the top
-    /// is never copied. One that shrinks in place gives
-    /// the tail it no longer needs back to the tier. (Typed blocks of the best-fit
+    /// is never copied. A best-fit block that shrinks in place gives the tail it no
+    /// longer needs back to the tier. (Typed blocks of the best-fit
     /// and huge tiers are resized in place the same way through `Allocator`'s
     /// `grow` and `shrink` and the process-wide allocator's `realloc`.)
     /// Debug mode, which keeps every block's size with its guard bytes, and a
@@ -448,7 +448,7 @@ impl MemoryManager {
             return Ok(NonNull::new(ptr).expect("a live block is not null"));
         }
         let old = inner.raw_size(ptr.addr())?;
-        let room = new_size.saturating_add(new_size / 8);
+        let room = new_size.saturating_add(crate::tiers::contract::room(new_size));
         // Room to grow (below `ROOM_FROM`, the size classes are the room), where it
         // cannot be what runs the manager out of memory: without a limit, or well
         // within it. Failing that, the size asked for, by the full path.

@@ -16,11 +16,13 @@
 //! peak; [`trim`](BestFit::trim) decommits the free top. Elsewhere (the heap, Miri)
 //! the tier takes separate segments and trims the wholly free ones.
 //!
-//! A block grows in place (`realloc`) as glibc's do: into a free block that
-//! follows it (split, the rest left free), or, as the last block of an expandable
-//! segment, by committing more at the top; never into a free block of
-//! `max_split_size` or more, which the split policy keeps whole. A block shrunk to
-//! at least half its size stays, and the tail it no longer needs is free again.
+//! Under a `MemoryManager` (its `reallocate_raw`, `Allocator::grow` and `shrink`), a
+//! block grows in place as glibc's do: into a free block that follows it (split,
+//! the rest left free), or, as the last block of an expandable segment, by
+//! committing more at the top; never into a free block of `max_split_size` or
+//! more, which the split policy keeps whole. A block shrunk to at least half its
+//! size stays, and the tail it no longer needs is free again (unless the block is
+//! of `max_split_size` or more). A `BestFit` used alone moves blocks to resize them.
 //!
 //! Knobs that trade reuse against fragmentation, as in PyTorch's caching allocator:
 //!
@@ -753,11 +755,7 @@ impl BestFit {
         let head = round_up(start, align) - start;
         let body = b.size - head;
         let splits = self.max_split_size.is_none_or(|m| rounded < m);
-        let size = if splits && body - rounded >= self.granularity {
-            rounded
-        } else {
-            body
-        };
+        let size = self.kept(body, rounded, splits);
         // Released pages the block covers are in use again once touched.
         let (first, end) = self.pages_touched(b.offset + head, b.offset + head + size);
         let released = segment(st, b.segment).released.count(first, end);
@@ -820,13 +818,10 @@ impl BestFit {
         // bytes (if any) to commit at the top.
         let (first, end, commit) = if b.size + free_after >= rounded {
             let merged = b.size + free_after;
-            let keep = if splits && merged - rounded >= self.granularity {
-                rounded
-            } else if !splits && merged - rounded > self.max_oversize_waste {
+            if !splits && merged - rounded > self.max_oversize_waste {
                 return None;
-            } else {
-                merged
-            };
+            }
+            let keep = self.kept(merged, rounded, splits);
             let (first, end) = self.pages_touched(b.offset + b.size, b.offset + keep);
             (first, end, None)
         } else {
@@ -846,7 +841,10 @@ impl BestFit {
             let lacking = rounded - b.size - free_after;
             let exact = round_up(lacking, self.commit_granularity);
             let room = if splits {
-                round_up(lacking.saturating_add(size / 8), self.commit_granularity)
+                round_up(
+                    lacking.saturating_add(contract::room(size)),
+                    self.commit_granularity,
+                )
             } else {
                 exact
             };
@@ -883,7 +881,7 @@ impl BestFit {
         take_free(st, next);
         merge_next(st, id);
         let merged = st.blocks[id as usize].size;
-        if splits && merged - rounded >= self.granularity {
+        if self.kept(merged, rounded, splits) < merged {
             let tail = split(st, id, rounded);
             let base = segment(st, b.segment).region.start();
             put_free(st, tail, base);
@@ -895,13 +893,14 @@ impl BestFit {
     }
 
     /// Shrinks live block `id` in place to hold `size` bytes (at most its size): the
-    /// tail it no longer needs, if at least the granularity and the block splits,
-    /// becomes free (merged with a free block after it), as `carve` leaves it.
+    /// tail it no longer needs, if at least the granularity, becomes free (merged
+    /// with a free block after it), as `carve` leaves it. A block of
+    /// `max_split_size` or more is never split: it stays whole.
     fn shrink_in_place(&self, st: &mut State, id: u32, size: usize) {
         let rounded = self.rounded_size(size);
         let b = st.blocks[id as usize];
-        let splits = self.max_split_size.is_none_or(|m| rounded < m);
-        if !splits || b.size - rounded < self.granularity {
+        let splits = self.max_split_size.is_none_or(|m| b.size < m);
+        if self.kept(b.size, rounded, splits) == b.size {
             return;
         }
         let tail = split(st, id, rounded);
@@ -918,6 +917,17 @@ impl BestFit {
         let base = segment(st, b.segment).region.start();
         put_free(st, tail, base);
         st.usage.allocated_bytes -= b.size - rounded;
+    }
+
+    /// The bytes a block keeps of `whole` when it needs `rounded` of them: `rounded`
+    /// when it may split (`splits`) and the tail would be a block of its own (at
+    /// least the granularity), else all of them.
+    fn kept(&self, whole: usize, rounded: usize, splits: bool) -> usize {
+        if splits && whole - rounded >= self.granularity {
+            rounded
+        } else {
+            whole
+        }
     }
 
     /// Stamps for a segment whose bytes `[lo, hi)` are fresh at pass `passes`.
@@ -1936,6 +1946,9 @@ mod tests {
         );
         let u = bf.stats().usage;
         assert_eq!(u.resident_bytes, u.reserved_bytes);
+        // Shrunk below `max_split_size`, it still does not split: it stays whole.
+        let shrunk = bf.resize(a, 3 << 20, true).unwrap();
+        assert_eq!(shrunk.block_size, (4 << 20) + (64 << 10));
         bf.check_invariants();
     }
 

@@ -67,6 +67,13 @@ pub(crate) struct Resized {
     pub(crate) block_size: usize,
 }
 
+/// The room a block that grows beyond its own is given to grow into next, for
+/// `size` bytes asked: an eighth more, so that a buffer grown a little at a time
+/// is copied (or its memory committed) a bounded number of times per doubling.
+pub(crate) fn room(size: usize) -> usize {
+    size / 8
+}
+
 /// Whether a block of `block_size` bytes is resized in place to `size` bytes: it
 /// holds them, and is at most twice as large.
 pub(crate) fn fits_in_place(block_size: usize, size: usize) -> bool {
@@ -94,9 +101,10 @@ pub(crate) trait BlockTier {
 
     /// Resizes the live block at `addr` held as `raw` in place to `size` bytes, if
     /// the block holds them and is at most twice as large (a smaller block serves
-    /// better then), or if the tier can grow the block in place to hold them: its
-    /// sizes before and its block size after, or `None` with nothing changed. A
-    /// typed holder frees it with a layout of `size` bytes from then on.
+    /// better then) or at least its requested size (room it was given), or if the
+    /// tier can grow the block in place to hold them: its sizes before and its block
+    /// size after, or `None` with nothing changed. A typed holder frees it with a
+    /// layout of `size` bytes from then on.
     fn resize(&self, addr: usize, size: usize, raw: bool) -> Option<Resized>;
 
     /// Returns the memory that holds no live block to upstream, all of it now; the

@@ -23,7 +23,7 @@ use super::slab::{Own, Place, Slab};
 use super::{Class, Engine, SPAN_CLASS};
 use crate::error::{Error, OomCause, OutOfMemory, PointerError, Result};
 use crate::observe::stats::{Tier, Usage};
-use crate::tiers::contract::fits_in_place;
+use crate::tiers::contract::{self, fits_in_place};
 use crate::util::sync::{AtomicPtr, AtomicU32, Mutex, Ordering::Acquire, Ordering::Release};
 use std::cell::UnsafeCell;
 use std::ptr::NonNull;
@@ -648,9 +648,8 @@ impl Owned<'_> {
     /// Resizes the live raw block at `addr` of this heap's `slab` in place to `size`
     /// bytes, if its slot holds them and is not more than twice as large (a smaller
     /// block then serves better), or if it is a large block whose pages can grow in
-    /// place to hold them ([`grow_span`](Self::grow_span)): `true` when done, `false`
-    /// (nothing changed) otherwise. The requested size changes, and the counts that
-    /// follow it.
+    /// place to hold them ([`grow_span`](Self::grow_span)): how it went (`InPlace::No`:
+    /// nothing changed). The requested size changes, and the counts that follow it.
     pub(crate) fn resize(&self, eng: &Engine, slab: &Slab, addr: usize, size: usize) -> InPlace {
         let Ok(slot) = slab.slot_of(addr) else {
             return InPlace::No;
@@ -658,7 +657,7 @@ impl Owned<'_> {
         if !slab.may_free(slot, true) {
             return InPlace::No;
         }
-        let how = if size <= slab.stride() && fits_in_place(slab.stride(), size) {
+        let how = if fits_in_place(slab.stride(), size) {
             InPlace::Slot
         } else if size > slab.stride()
             && slab.class() == SPAN_CLASS
@@ -949,7 +948,7 @@ impl Owned<'_> {
         if need > most {
             return false;
         }
-        let room = super::round_to_page(size.saturating_add(size / 8)).min(most);
+        let room = super::round_to_page(size.saturating_add(contract::room(size))).min(most);
         let own = self.own(slab);
         let (base, bytes) = (own.base, own.bytes);
         let base = NonNull::new(base).expect("a live slab has pages");

@@ -23,8 +23,9 @@
 //! record holds no slab), published with the geometry like a seqlock, and stored in
 //! the top half of every post word. (One change of geometry happens within a
 //! generation: a span grown in place, see [`Slab::regrow`]; readers other than the
-//! owner bound the slot they compute by the slot count for it.) A thread that read the page map just before the
-//! slab was given back reads a generation that no longer matches, and its post fails:
+//! owner bound the slot they compute by the slot count for it.) A thread that read
+//! the page map just before the slab was given back reads a generation that no
+//! longer matches, and its post fails:
 //! a free that races with the slab's end is refused, never applied to whatever the
 //! pages hold next. A valid free cannot race that way: its block is live for the
 //! whole call, and a slab with a live block is never given back.
