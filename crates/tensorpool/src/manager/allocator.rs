@@ -91,6 +91,35 @@ impl MemoryManager {
             && inner.resize_in_place(ptr.as_ptr(), new.size(), false)
     }
 
+    /// `Allocator`'s `grow`, `grow_zeroed` (`zeroed`) and `shrink`: in place where
+    /// the best-fit or huge tier holds the block and can (see
+    /// [`resize_typed_in_place`](Self::resize_typed_in_place)), else a move.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is a live typed block of this manager allocated with `old`.
+    unsafe fn resize_typed(
+        &self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+        zeroed: bool,
+    ) -> std::result::Result<NonNull<[u8]>, AllocError> {
+        if !self.resize_typed_in_place(ptr, old, new) {
+            // SAFETY: by our caller's contract.
+            return unsafe { self.move_typed(ptr, old, new, zeroed) };
+        }
+        if zeroed && new.size() > old.size() {
+            // SAFETY: the block holds `new.size()` bytes now.
+            unsafe {
+                ptr.as_ptr()
+                    .add(old.size())
+                    .write_bytes(0, new.size() - old.size())
+            };
+        }
+        Ok(NonNull::slice_from_raw_parts(ptr, new.size()))
+    }
+
     /// Moves a typed block to a new one of `new` (zeroed past the old bytes if
     /// `zeroed`): `Allocator`'s `grow` and `shrink` where the block cannot stay.
     ///
@@ -178,11 +207,8 @@ unsafe impl Allocator for MemoryManager {
         old_layout: Layout,
         new_layout: Layout,
     ) -> std::result::Result<NonNull<[u8]>, AllocError> {
-        if self.resize_typed_in_place(ptr, old_layout, new_layout) {
-            return Ok(NonNull::slice_from_raw_parts(ptr, new_layout.size()));
-        }
         // SAFETY: by the caller's contract, a live block allocated with `old_layout`.
-        unsafe { self.move_typed(ptr, old_layout, new_layout, false) }
+        unsafe { self.resize_typed(ptr, old_layout, new_layout, false) }
     }
 
     unsafe fn grow_zeroed(
@@ -191,14 +217,8 @@ unsafe impl Allocator for MemoryManager {
         old_layout: Layout,
         new_layout: Layout,
     ) -> std::result::Result<NonNull<[u8]>, AllocError> {
-        if self.resize_typed_in_place(ptr, old_layout, new_layout) {
-            let grown = new_layout.size() - old_layout.size();
-            // SAFETY: the block holds `new_layout.size()` bytes now.
-            unsafe { ptr.as_ptr().add(old_layout.size()).write_bytes(0, grown) };
-            return Ok(NonNull::slice_from_raw_parts(ptr, new_layout.size()));
-        }
         // SAFETY: as in `grow`.
-        unsafe { self.move_typed(ptr, old_layout, new_layout, true) }
+        unsafe { self.resize_typed(ptr, old_layout, new_layout, true) }
     }
 
     /// In place where the best-fit or huge tier holds the block and it stays at
@@ -209,10 +229,7 @@ unsafe impl Allocator for MemoryManager {
         old_layout: Layout,
         new_layout: Layout,
     ) -> std::result::Result<NonNull<[u8]>, AllocError> {
-        if self.resize_typed_in_place(ptr, old_layout, new_layout) {
-            return Ok(NonNull::slice_from_raw_parts(ptr, new_layout.size()));
-        }
         // SAFETY: as in `grow`.
-        unsafe { self.move_typed(ptr, old_layout, new_layout, false) }
+        unsafe { self.resize_typed(ptr, old_layout, new_layout, false) }
     }
 }

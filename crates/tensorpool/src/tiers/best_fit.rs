@@ -1878,25 +1878,32 @@ mod tests {
         bf.check_invariants();
     }
 
-    #[test]
-    fn growth_in_place_counts_released_pages_again_and_respects_max_split_size() {
-        let space = Arc::new(crate::testing::CheckedSpace::default());
+    /// A tier (`max_split_size` 4 MiB, over the contract-checking address space)
+    /// holding a raw block of `first` bytes, then a free block of `freed` bytes
+    /// whose pages three release passes released, then a live block: the first
+    /// block's address and the last block.
+    fn released_after(first: usize, freed: usize) -> (BestFit, usize, NonNull<u8>) {
         let bf = BestFit::builder()
-            .upstream(space)
+            .upstream(Arc::new(crate::testing::CheckedSpace::default()))
             .reservation_size(16 << 20)
             .max_split_size(Some(4 << 20))
             .build()
             .unwrap();
-        let a = bf.allocate(64 << 10, 64).unwrap().as_ptr().addr();
-        let b = bf.allocate(128 << 10, 64).unwrap();
+        let a = bf.allocate(first, 64).unwrap().as_ptr().addr();
+        let b = bf.allocate(freed, 64).unwrap();
         let c = bf.allocate(64 << 10, 64).unwrap();
         bf.deallocate(b).unwrap();
-        // Three passes see the free neighbour unused: its pages are released.
         for _ in 0..3 {
             bf.release_idle(3);
         }
         let u = bf.stats().usage;
-        assert_eq!(u.resident_bytes + (128 << 10), u.reserved_bytes);
+        assert_eq!(u.resident_bytes + freed, u.reserved_bytes);
+        (bf, a, c)
+    }
+
+    #[test]
+    fn growth_in_place_counts_released_pages_again_and_respects_max_split_size() {
+        let (bf, a, c) = released_after(64 << 10, 128 << 10);
         bf.resize(a, 160 << 10, true).unwrap();
         let v = bf.stats().usage;
         assert_eq!(
@@ -1922,22 +1929,7 @@ mod tests {
         // A block of `max_split_size` or more takes its whole free neighbour: every
         // released page of it counts as resident again, not only those up to the
         // size asked.
-        let space = Arc::new(crate::testing::CheckedSpace::default());
-        let bf = BestFit::builder()
-            .upstream(space)
-            .reservation_size(16 << 20)
-            .max_split_size(Some(4 << 20))
-            .build()
-            .unwrap();
-        let a = bf.allocate(4 << 20, 64).unwrap().as_ptr().addr();
-        let b = bf.allocate(64 << 10, 64).unwrap();
-        let _fence = bf.allocate(64 << 10, 64).unwrap();
-        bf.deallocate(b).unwrap();
-        for _ in 0..3 {
-            bf.release_idle(3);
-        }
-        let u = bf.stats().usage;
-        assert_eq!(u.resident_bytes + (64 << 10), u.reserved_bytes);
+        let (bf, a, _fence) = released_after(4 << 20, 64 << 10);
         let grown = bf.resize(a, (4 << 20) + 4096, true).unwrap();
         assert_eq!(
             grown.block_size,
