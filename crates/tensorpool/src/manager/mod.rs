@@ -448,7 +448,7 @@ impl MemoryManager {
             return Ok(NonNull::new(ptr).expect("a live block is not null"));
         }
         let old = inner.raw_size(ptr.addr())?;
-        let room = new_size.saturating_add(crate::tiers::contract::room(new_size));
+        let room = crate::tiers::contract::with_room(new_size);
         // Room to grow (below `ROOM_FROM`, the size classes are the room), where it
         // cannot be what runs the manager out of memory: without a limit, or well
         // within it. Failing that, the size asked for, by the full path.

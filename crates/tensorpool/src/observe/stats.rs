@@ -221,6 +221,14 @@ impl Usage {
         self.num_releases += 1;
     }
 
+    /// Records a live block resized in place: from `rounded.0` to `rounded.1` bytes
+    /// as rounded, and from `requested.0` to `requested.1` as requested.
+    pub(crate) fn on_resize(&mut self, rounded: (usize, usize), requested: (usize, usize)) {
+        self.allocated_bytes = self.allocated_bytes - rounded.0 + rounded.1;
+        self.requested_bytes = self.requested_bytes - requested.0 + requested.1;
+        self.peak_allocated_bytes = self.peak_allocated_bytes.max(self.allocated_bytes);
+    }
+
     /// Records released pages counted resident again (reused, or about to go back
     /// with their region).
     pub(crate) fn on_reuse_pages(&mut self, bytes: usize) {

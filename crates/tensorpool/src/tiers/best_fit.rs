@@ -492,8 +492,9 @@ impl BestFit {
 
     /// Grows a live run of pages from [`alloc_pages`](Self::alloc_pages) in place
     /// from `bytes` to `to` bytes (both multiples of the page size), as
-    /// [`resize`](BlockTier::resize) grows a block; `false`, nothing changed, when it
-    /// cannot (or when the run would not split exactly: at `max_split_size`).
+    /// [`resize`](BlockTier::resize) grows a block, but committing no more than `to`
+    /// (the caller's room is in it); `false`, nothing changed, when it cannot (or
+    /// when the run would not split exactly: at `max_split_size`).
     pub(crate) fn grow_pages(&self, ptr: NonNull<u8>, bytes: usize, to: usize) -> bool {
         debug_assert!(to > bytes);
         if self.max_split_size.is_some_and(|m| to >= m) {
@@ -508,7 +509,7 @@ impl BestFit {
             b.kind == Kind::Pages && b.size == bytes,
             "not a live page run"
         );
-        match self.grow_in_place(&mut st, id, to) {
+        match self.grow_in_place(&mut st, id, to, 0) {
             Some(grown) => {
                 debug_assert_eq!(grown, to, "page runs split exactly");
                 st.page_bytes += grown - b.size;
@@ -529,9 +530,7 @@ impl BestFit {
         if b.kind != Kind::Raw || !contract::fits_in_place(b.size, size) {
             return None;
         }
-        st.blocks[id as usize].requested = size;
-        st.usage.requested_bytes = st.usage.requested_bytes - b.requested + size;
-        Some(b.size)
+        Some(resized(&mut st, id, b, size).block_size)
     }
 
     /// The free block to use for a request needing `needed` bytes (`rounded` without
@@ -793,15 +792,15 @@ impl BestFit {
 
     /// Grows live block `id` in place to hold `size` bytes, as glibc's `realloc`
     /// does: into its free next block (split, the rest left free), or at the top of
-    /// an expandable segment by committing more (an eighth more than asked where the
-    /// block splits, so that a buffer grown step by step commits in few steps; the
-    /// rest a free top, trimmed like any). `None`, nothing changed, when it cannot:
+    /// an expandable segment by committing more (`room` bytes more than asked where
+    /// the block splits, so that a buffer grown step by step commits in few steps;
+    /// the rest a free top, trimmed like any). `None`, nothing changed, when it cannot:
     /// another block follows; the free neighbour is too small, unsplittable
     /// (`max_split_size`), or would leave more than `max_oversize_waste` in a block
     /// that does not split; the reservation is full; the limit refuses the memory.
     /// Returns the block's size now; the caller counts it (a user's block in
     /// `usage`, a page run in `page_bytes`).
-    fn grow_in_place(&self, st: &mut State, id: u32, size: usize) -> Option<usize> {
+    fn grow_in_place(&self, st: &mut State, id: u32, size: usize, room: usize) -> Option<usize> {
         let rounded = self.rounded_size(size);
         let b = st.blocks[id as usize];
         let seg = segment(st, b.segment);
@@ -840,13 +839,9 @@ impl BestFit {
             }
             let lacking = rounded - b.size - free_after;
             let exact = round_up(lacking, self.commit_granularity);
-            let room = if splits {
-                round_up(
-                    lacking.saturating_add(contract::room(size)),
-                    self.commit_granularity,
-                )
-            } else {
-                exact
+            let room = match splits {
+                true => round_up(lacking.saturating_add(room), self.commit_granularity),
+                false => exact,
             };
             (first, end, Some((space, room, exact)))
         };
@@ -895,7 +890,8 @@ impl BestFit {
     /// Shrinks live block `id` in place to hold `size` bytes (at most its size): the
     /// tail it no longer needs, if at least the granularity, becomes free (merged
     /// with a free block after it), as `carve` leaves it. A block of
-    /// `max_split_size` or more is never split: it stays whole.
+    /// `max_split_size` or more is never split: it stays whole. The caller counts
+    /// the block's new size ([`resized`]).
     fn shrink_in_place(&self, st: &mut State, id: u32, size: usize) {
         let rounded = self.rounded_size(size);
         let b = st.blocks[id as usize];
@@ -916,7 +912,6 @@ impl BestFit {
         }
         let base = segment(st, b.segment).region.start();
         put_free(st, tail, base);
-        st.usage.allocated_bytes -= b.size - rounded;
     }
 
     /// The bytes a block keeps of `whole` when it needs `rounded` of them: `rounded`
@@ -1261,6 +1256,23 @@ fn drop_segment(st: &mut State, seg_id: u32) {
     }
 }
 
+/// Counts live block `id`, which was `before`, as resized in place for
+/// `requested` bytes (at its size now), in the block and in the tier's usage.
+fn resized(st: &mut State, id: u32, before: Block, requested: usize) -> Resized {
+    let block = &mut st.blocks[id as usize];
+    block.requested = requested;
+    let block_size = block.size;
+    st.usage
+        .on_resize((before.size, block_size), (before.requested, requested));
+    Resized {
+        before: BlockSizes {
+            block_size: before.size,
+            requested: before.requested,
+        },
+        block_size,
+    }
+}
+
 /// Removes free block `id` from the free index.
 fn take_free(st: &mut State, id: u32) {
     let b = st.blocks[id as usize];
@@ -1409,10 +1421,7 @@ impl BlockTier for BestFit {
             return None;
         }
         if size > b.size {
-            let grown = self.grow_in_place(&mut st, id, size)?;
-            let usage = &mut st.usage;
-            usage.allocated_bytes += grown - b.size;
-            usage.peak_allocated_bytes = usage.peak_allocated_bytes.max(usage.allocated_bytes);
+            self.grow_in_place(&mut st, id, size, contract::room(size))?;
         } else if size >= b.requested {
             // Growth within the block (room it was given, see `keep_room`).
         } else if contract::fits_in_place(b.size, size) {
@@ -1420,17 +1429,7 @@ impl BlockTier for BestFit {
         } else {
             return None;
         }
-        let block = &mut st.blocks[id as usize];
-        block.requested = size;
-        let block_size = block.size;
-        st.usage.requested_bytes = st.usage.requested_bytes - b.requested + size;
-        Some(Resized {
-            before: BlockSizes {
-                block_size: b.size,
-                requested: b.requested,
-            },
-            block_size,
-        })
+        Some(resized(&mut st, id, b, size))
     }
 
     fn sizes(&self, addr: usize, raw: bool) -> Result<BlockSizes> {

@@ -74,6 +74,11 @@ pub(crate) fn room(size: usize) -> usize {
     size / 8
 }
 
+/// `size` bytes and their [`room`].
+pub(crate) fn with_room(size: usize) -> usize {
+    size.saturating_add(room(size))
+}
+
 /// Whether a block of `block_size` bytes is resized in place to `size` bytes: it
 /// holds them, and is at most twice as large.
 pub(crate) fn fits_in_place(block_size: usize, size: usize) -> bool {

@@ -323,7 +323,7 @@ impl BlockTier for HugeCache {
         }
         let old = entry.requested;
         st.segments.find_mut(addr).expect("found above").requested = size;
-        st.usage.requested_bytes = st.usage.requested_bytes - old + size;
+        st.usage.on_resize((block_size, block_size), (old, size));
         Some(Resized {
             before: BlockSizes {
                 block_size,

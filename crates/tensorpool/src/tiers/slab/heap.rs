@@ -948,7 +948,7 @@ impl Owned<'_> {
         if need > most {
             return false;
         }
-        let room = super::round_to_page(size.saturating_add(contract::room(size))).min(most);
+        let room = super::round_to_page(contract::with_room(size)).min(most);
         let own = self.own(slab);
         let (base, bytes) = (own.base, own.bytes);
         let base = NonNull::new(base).expect("a live slab has pages");

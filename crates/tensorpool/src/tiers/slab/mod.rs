@@ -672,13 +672,10 @@ impl Engine {
         }
         // SAFETY: records live as long as the engine.
         let slab = unsafe { &*slab };
-        Some(slab.slot_of(addr).and_then(|slot| {
-            // A slot past the slab's: a read torn across a span's growth in place.
-            if slot >= slab.slots() {
-                return Err(PointerError::NotLive);
-            }
-            slab.check_owned(slot, true)
-        }))
+        Some(
+            slab.shared_slot_of(addr)
+                .and_then(|slot| slab.check_owned(slot, true)),
+        )
     }
 
     /// The tier of the block at `addr`, if a slab holds it.

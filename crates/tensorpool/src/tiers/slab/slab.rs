@@ -499,6 +499,18 @@ impl Slab {
         Ok(slot as u32)
     }
 
+    /// [`slot_of`](Self::slot_of) for a thread that does not own the slab: a span's
+    /// geometry changes within a generation when it grows in place
+    /// ([`regrow`](Self::regrow)), and a read torn across that change may name a slot
+    /// past its one, refused here as not live.
+    pub(crate) fn shared_slot_of(&self, addr: usize) -> Result<u32, PointerError> {
+        let slot = self.slot_of(addr)?;
+        if slot >= self.slots() {
+            return Err(PointerError::NotLive);
+        }
+        Ok(slot)
+    }
+
     /// Whether `slot` is live, and with which raw flag.
     #[inline(always)]
     fn state(&self, slot: u32) -> Option<bool> {
@@ -576,7 +588,7 @@ impl Slab {
         // Other threads may read the geometry while it changes, within one
         // generation (a free of a bad pointer, through a stale page map entry): a
         // torn read may name a slot past the span's one, which every reader that
-        // is not the owner refuses (`post`, `Engine::raw_size`); a valid free of
+        // is not the owner refuses (`shared_slot_of`); a valid free of
         // the span cannot race with its resize (the caller's contract).
         self.stride.store(bytes, Relaxed);
         self.extent.store(bytes, Relaxed);
@@ -641,18 +653,13 @@ impl Slab {
         if gen & 1 != 0 {
             return Err(PointerError::NotLive);
         }
-        let slot = self.slot_of(addr);
+        let slot = self.shared_slot_of(addr);
         // The geometry read must belong to generation `gen` (seqlock).
         fence(Acquire);
         if self.gen.load(Relaxed) != gen {
             return Err(PointerError::NotLive);
         }
         let slot = slot?;
-        // A span's geometry changes within a generation when it grows in place
-        // (`regrow`): a read torn across that change may name a slot past its one.
-        if slot >= self.slots() {
-            return Err(PointerError::NotLive);
-        }
         match self.state(slot) {
             None => return Err(PointerError::NotLive),
             Some(r) if r != raw => return Err(PointerError::NotRaw),
