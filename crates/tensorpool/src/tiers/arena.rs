@@ -87,15 +87,21 @@ pub const DEFAULT_MAX_CHUNK: usize = 64 << 20;
 static NEXT_ARENA_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A bump allocator over chunks.
+// The fields in this order (`repr(C)` keeps it): the two counters the hot path adds
+// to are not neighbours, so the compiler cannot merge their updates into one 16-byte
+// load and store, which stalls on the forwarding of the previous allocation's store
+// (1.37x bumpalo's time per allocation merged, 0.90x apart, `tensorpool bench`'s
+// arena workload).
+#[repr(C)]
 pub struct Arena {
     /// The bump pointer: allocations are carved below it. Null before the first chunk.
     cur: Cell<*mut u8>,
+    num_allocs: Cell<u64>,
     /// Lowest address of the current chunk (`usize::MAX` before the first chunk).
     low: Cell<usize>,
+    requested: Cell<usize>,
     /// One past the highest address of the current chunk (0 before the first chunk).
     high: Cell<usize>,
-    num_allocs: Cell<u64>,
-    requested: Cell<usize>,
     /// Index of the current chunk in `chunks`.
     current: Cell<usize>,
     chunks: RefCell<Vec<Region>>,
