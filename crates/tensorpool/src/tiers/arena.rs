@@ -907,6 +907,17 @@ mod tests {
     }
 
     #[test]
+    fn the_bump_paths_counters_are_not_neighbours() {
+        // Neighbours, the compiler merges their updates into one 16-byte load and
+        // store that waits on the previous allocation's (see `Arena`'s layout note).
+        let (allocs, requested) = (
+            std::mem::offset_of!(Arena, num_allocs),
+            std::mem::offset_of!(Arena, requested),
+        );
+        assert!(allocs.abs_diff(requested) > std::mem::size_of::<u64>());
+    }
+
+    #[test]
     fn allocations_are_aligned_and_disjoint() {
         let arena = heap_arena().first_chunk_size(4096).build().unwrap();
         let mut spans = Vec::new();
