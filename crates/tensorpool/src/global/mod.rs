@@ -413,9 +413,8 @@ unsafe impl GlobalAlloc for GlobalManager {
         // SAFETY: `new_size` is non-zero and does not overflow `isize` when rounded to
         // the alignment, by `realloc`'s contract.
         let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
-        // In place where the best-fit or huge tier holds the block and can; else a
-        // new block and a copy, also within one size class: the engine's slots count
-        // each block's requested size, which a resize in place would leave stale.
+        // In place where the block's tier can (see `resize_typed_in_place`); else a
+        // new block and a copy.
         if mm.resize_typed_in_place(block, layout, new_layout) {
             return ptr;
         }

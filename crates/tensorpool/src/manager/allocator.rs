@@ -71,24 +71,39 @@ impl MemoryManager {
     }
 
     /// Resizes the typed block at `ptr`, allocated with `old`, in place to `new`'s
-    /// size, where the best-fit or huge tier holds it and can (see
-    /// [`BlockTier::resize`](crate::tiers::contract::BlockTier::resize)); `false`,
-    /// nothing changed, otherwise. The engine's blocks, whose slot is their size
-    /// class's, always move (a typed slot's requested size is counted by whoever
-    /// frees it, with its layout), as do debug mode's and explicit pools', and a
-    /// locked tier's block whose layout now maps to the engine's sizes (one shrunk
-    /// that far): only the old layout's size says which tier may hold a block.
+    /// size where its tier can: the best-fit and huge tiers (see
+    /// [`BlockTier::resize`](crate::tiers::contract::BlockTier::resize)), and the
+    /// engine for a block of the calling thread's slabs that stays in its size class
+    /// (a slot holds the new size) or stays a large block (its pages may grow); the
+    /// requested bytes follow the new size, as the free will count them with `new`.
+    /// `false`, nothing changed, otherwise: another thread's engine block, one that
+    /// would change class (the free looks for it in `new`'s), debug mode's and
+    /// explicit pools' blocks, and a locked tier's block whose layout now maps to the
+    /// engine's sizes (one shrunk that far): only the old layout's size says which
+    /// tier may hold a block.
     pub(crate) fn resize_typed_in_place(&self, ptr: NonNull<u8>, old: Layout, new: Layout) -> bool {
         let inner = &*self.inner;
-        inner.fast
-            && old.size() != 0
-            && new.size() != 0
-            && ptr.as_ptr().addr() % new.align() == 0
-            && matches!(
-                inner.route(old.size(), old.align().max(inner.config.alignment)),
-                Route::Large | Route::Huge
-            )
-            && inner.resize_in_place(ptr.as_ptr(), new.size(), false)
+        if !inner.fast
+            || old.size() == 0
+            || new.size() == 0
+            || ptr.as_ptr().addr() % new.align() != 0
+        {
+            return false;
+        }
+        let route =
+            |layout: Layout| inner.route(layout.size(), layout.align().max(inner.config.alignment));
+        match (route(old), route(new)) {
+            (Route::Large | Route::Huge, _) => {
+                inner.resize_in_place(ptr.as_ptr(), new.size(), false)
+            }
+            (Route::Class(from), Route::Class(to)) if from == to => {
+                inner.resize_engine_block(ptr.as_ptr(), new.size(), Some(old.size()))
+            }
+            (Route::Span(_), Route::Span(_)) => {
+                inner.resize_engine_block(ptr.as_ptr(), new.size(), Some(old.size()))
+            }
+            _ => false,
+        }
     }
 
     /// `Allocator`'s `grow`, `grow_zeroed` (`zeroed`) and `shrink`: in place where

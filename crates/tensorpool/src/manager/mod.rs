@@ -345,10 +345,14 @@ impl MemoryManager {
     /// Give it back with [`free_raw`](Self::free_raw).
     #[inline]
     pub fn allocate_raw(&self, size: usize, align: usize) -> Result<NonNull<u8>> {
-        match self.inner.serve_hot(size, align, true) {
-            Some((ptr, _)) => Ok(ptr),
-            None => self.allocate_raw_cold(size, align),
+        // The hot path trusts the alignment (a `Layout`'s is a power of two); the
+        // full path refuses a bad one.
+        if align.is_power_of_two() {
+            if let Some((ptr, _)) = self.inner.serve_hot(size, align, true) {
+                return Ok(ptr);
+            }
         }
+        self.allocate_raw_cold(size, align)
     }
 
     #[cold]
@@ -361,7 +365,12 @@ impl MemoryManager {
     /// (without writing it when the block's pages are fresh from the system).
     #[inline]
     pub fn allocate_raw_zeroed(&self, size: usize, align: usize) -> Result<NonNull<u8>> {
-        if let Some((ptr, zero)) = self.inner.serve_hot(size, align, true) {
+        // As in `allocate_raw`: the hot path trusts the alignment.
+        if let Some((ptr, zero)) = align
+            .is_power_of_two()
+            .then(|| self.inner.serve_hot(size, align, true))
+            .flatten()
+        {
             if !zero {
                 // SAFETY: a fresh block of at least `size` bytes, exclusively ours.
                 unsafe { ptr.as_ptr().write_bytes(0, size) };
@@ -423,9 +432,10 @@ impl MemoryManager {
     /// the top of its expandable segment, by committing more memory there (an
     /// eighth more than asked, within the limit); so a large buffer grown at the top
     /// is never copied. A best-fit block that shrinks in place gives the tail it no
-    /// longer needs back to the tier. (Typed blocks of the best-fit
-    /// and huge tiers are resized in place the same way through `Allocator`'s
-    /// `grow` and `shrink` and the process-wide allocator's `realloc`.)
+    /// longer needs back to the tier. (Typed blocks are resized in place the same
+    /// way through `Allocator`'s `grow` and `shrink` and the process-wide allocator's
+    /// `realloc`, those of the engine while the new size stays in their size class or
+    /// in the large range.)
     /// Debug mode, which keeps every block's size with its guard bytes, and a
     /// manager with explicit pools always move.
     ///

@@ -38,22 +38,35 @@ impl Inner {
         self.raw_block_size(addr)
     }
 
+    /// Resizes the live block at `ptr` of the calling thread's slabs in place to
+    /// `size` bytes if the engine can (see [`Engine::resize`](crate::tiers::slab::Engine::resize); `typed` is a typed
+    /// holder's size, `None` for a raw block); `false`, nothing changed, otherwise.
+    pub(super) fn resize_engine_block(
+        &self,
+        ptr: *mut u8,
+        size: usize,
+        typed: Option<usize>,
+    ) -> bool {
+        match self.engine.resize(ptr, size, typed) {
+            InPlace::No => false,
+            InPlace::Slot => true,
+            InPlace::Pages => {
+                // Memory may have been committed: as after any slow path.
+                self.after_slow_path();
+                true
+            }
+        }
+    }
+
     /// Resizes the live block at `ptr`, held raw or typed (`raw`), in place to `size`
     /// bytes if its tier can (see
-    /// [`MemoryManager::reallocate_raw`](super::MemoryManager::reallocate_raw); typed
-    /// blocks of the locked tiers only, see `MemoryManager::resize_typed_in_place`);
-    /// `false`, nothing changed, otherwise.
+    /// [`MemoryManager::reallocate_raw`](super::MemoryManager::reallocate_raw); for
+    /// typed blocks, the locked tiers here, the engine's through
+    /// [`resize_engine_block`](Self::resize_engine_block)); `false`, nothing changed,
+    /// otherwise.
     pub(super) fn resize_in_place(&self, ptr: *mut u8, size: usize, raw: bool) -> bool {
-        if raw {
-            match self.engine.resize_raw(ptr, size) {
-                InPlace::No => {}
-                InPlace::Slot => return true,
-                InPlace::Pages => {
-                    // Memory may have been committed: as after any slow path.
-                    self.after_slow_path();
-                    return true;
-                }
-            }
+        if raw && self.resize_engine_block(ptr, size, None) {
+            return true;
         }
         let Some(owner) = self.owner_at(ptr.addr()) else {
             return false;

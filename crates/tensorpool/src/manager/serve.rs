@@ -39,7 +39,8 @@ impl Inner {
     /// slab of the class (and whether it is known zero), with no lock and no atomic
     /// read-modify-write. `None` sends
     /// the request down the full path (debug mode, explicit pools, a size or
-    /// alignment no class serves, a slab to change).
+    /// alignment no class serves, a slab to change). `align` is a power of two (the
+    /// callers check one that does not come from a `Layout`).
     #[inline(always)]
     pub(super) fn serve_hot(
         &self,
@@ -47,6 +48,7 @@ impl Inner {
         align: usize,
         raw: bool,
     ) -> Option<(NonNull<u8>, bool)> {
+        debug_assert!(align.is_power_of_two());
         // One comparison for a size of 0 and one beyond the table (0 when the hot
         // paths may not serve).
         if size.wrapping_sub(1) < self.table_limit && align <= self.table_align {

@@ -645,16 +645,27 @@ impl Owned<'_> {
         true
     }
 
-    /// Resizes the live raw block at `addr` of this heap's `slab` in place to `size`
+    /// Resizes the live block at `addr` of this heap's `slab` in place to `size`
     /// bytes, if its slot holds them and is not more than twice as large (a smaller
     /// block then serves better), or if it is a large block whose pages can grow in
     /// place to hold them ([`grow_span`](Self::grow_span)): how it went (`InPlace::No`:
-    /// nothing changed). The requested size changes, and the counts that follow it.
-    pub(crate) fn resize(&self, eng: &Engine, slab: &Slab, addr: usize, size: usize) -> InPlace {
+    /// nothing changed). `typed` is a typed holder's size (its layout's; the caller
+    /// keeps the block in its class, see the manager's `resize_typed_in_place`);
+    /// `None` for a raw block, whose slot records its size. The requested size
+    /// changes, and the counts that follow it.
+    pub(crate) fn resize(
+        &self,
+        eng: &Engine,
+        slab: &Slab,
+        addr: usize,
+        size: usize,
+        typed: Option<usize>,
+    ) -> InPlace {
         let Ok(slot) = slab.slot_of(addr) else {
             return InPlace::No;
         };
-        if !slab.may_free(slot, true) {
+        let raw = typed.is_none();
+        if !slab.may_free(slot, raw) {
             return InPlace::No;
         }
         let how = if fits_in_place(slab.stride(), size) {
@@ -667,10 +678,17 @@ impl Owned<'_> {
         } else {
             return InPlace::No;
         };
-        let old = slab.requested(slot);
-        // SAFETY: this heap owns the slab, the slot is live and raw (checked), and
-        // the caller's contract keeps other threads from freeing it meanwhile.
-        unsafe { slab.set_requested(slot, size) };
+        let old = match typed {
+            Some(old) => old,
+            None => {
+                let old = slab.requested(slot);
+                // SAFETY: this heap owns the slab, the slot is live and raw (checked),
+                // and the caller's contract keeps other threads from freeing it
+                // meanwhile.
+                unsafe { slab.set_requested(slot, size) };
+                old
+            }
+        };
         let (old, new) = (old as u64, size as u64);
         match slab.class() {
             SPAN_CLASS => self.heap.hot.large.requested.add(new.wrapping_sub(old)),

@@ -474,11 +474,16 @@ impl Engine {
         }
     }
 
-    /// Resizes the live raw block at `ptr` in place to `size` bytes if it is a block
-    /// of the calling thread's slabs whose slot holds them, or a large block of its
-    /// whose pages can grow (see [`Owned::resize`](heap::Owned::resize)); how it went
-    /// (`InPlace::No`: nothing changed).
-    pub(crate) fn resize_raw(self: &Arc<Self>, ptr: *mut u8, size: usize) -> InPlace {
+    /// Resizes the live block at `ptr` in place to `size` bytes if it is a block of
+    /// the calling thread's slabs whose slot holds them, or a large block of its whose
+    /// pages can grow (see [`Owned::resize`](heap::Owned::resize), which says what
+    /// `typed` is); how it went (`InPlace::No`: nothing changed).
+    pub(crate) fn resize(
+        self: &Arc<Self>,
+        ptr: *mut u8,
+        size: usize,
+        typed: Option<usize>,
+    ) -> InPlace {
         let addr = ptr.addr();
         let Some(entered) = enter_bound(self) else {
             return InPlace::No;
@@ -487,7 +492,7 @@ impl Engine {
         let Some(slab) = self.own_slab_holding(&owned, entered.heap, addr) else {
             return InPlace::No;
         };
-        owned.resize(self, slab, addr, size)
+        owned.resize(self, slab, addr, size, typed)
     }
 
     /// The slab of `heap` (the calling thread's, held as `owned`) that holds `addr`:
