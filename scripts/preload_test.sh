@@ -121,6 +121,17 @@ test "$(wc -l <"$OUT/python.csv")" -gt 1000
 "$TP" run -q --library "$LIB" --record "$OUT/bash.csv" -- bash -c \
     "$PY -c 'import numpy' && $PY -c 'import numpy; print(1)' >/dev/null"
 "$TP" replay "$OUT/bash.csv" --reps 1 >/dev/null
+# Through a wrapper that execs the program (`env`, a `#!/usr/bin/env` script, as
+# pyenv's shims are): the program is recorded, not the wrapper (it used to be).
+printf '#!/usr/bin/env bash\nexec "$@"\n' >"$OUT/wrap.sh"
+chmod +x "$OUT/wrap.sh"
+for wrapper in env "$OUT/wrap.sh"; do
+    "$TP" run -q --library "$LIB" --record "$OUT/wrapped.csv" -- "$wrapper" "$PY" -c "
+import numpy as np
+a = [np.ones(1000 * i) for i in range(1, 200)]
+"
+    test "$(wc -l <"$OUT/wrapped.csv")" -gt 1000
+done
 # A program that ends in _exit or on a signal leaves whole lines: the trace reads.
 for how in "os._exit(0)" "os.kill(os.getpid(), 9)"; do
     "$TP" run -q --library "$LIB" --record "$OUT/cut.csv" -- "$PY" -c "
@@ -140,6 +151,16 @@ set -e
 test "$status" = 7
 out=$("$TP" run --library "$LIB" --stats -- python3 -c "print('ran')" 2>&1)
 grep -q "summary of process" <<<"$out"
+
+echo "==> a config file and variables over the library's own defaults (16-byte classes)"
+printf 'min_block_size = 16\nmemory_limit = "1 GiB"\n' >"$OUT/m16.toml"
+out=$("$TP" run --library "$LIB" --config "$OUT/m16.toml" --stats -- "$PY" -c pass 2>&1)
+grep -q "memory limit *1.00 GiB" <<<"$out"
+# A bad alignment is passed over alone (it used to drop every other variable).
+out=$(TENSORPOOL_STATS=1 TENSORPOOL_ALIGNMENT=3 TENSORPOOL_MEMORY_LIMIT=1GiB \
+    LD_PRELOAD="$LIB" "$PY" -c pass 2>&1)
+grep -q "TENSORPOOL_ALIGNMENT" <<<"$out"
+grep -q "memory limit *1.00 GiB" <<<"$out"
 
 echo "==> TENSORPOOL_STATS, and bad variables: reported, never fatal"
 err=$(TENSORPOOL_STATS=1 TENSORPOOL_MEMORY_LIMT=1 TENSORPOOL_RELEASE_DELAY_MS=soon \

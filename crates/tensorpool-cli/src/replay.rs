@@ -422,12 +422,20 @@ fn run_worker(
         cmd.arg("--no-touch");
     }
     if let Some(config) = &options.config_path {
-        cmd.arg("--config").arg(config);
+        // One argument, so that a path that starts with `-` stays a path.
+        let mut arg = std::ffi::OsString::from("--config=");
+        arg.push(config);
+        cmd.arg(arg);
     }
     if options.config.debug {
         cmd.arg("--debug");
     }
-    cmd.arg(source.label());
+    // After `--`: a trace whose name starts with `-` is not an option.
+    cmd.arg("--");
+    match source {
+        Source::File(path) => cmd.arg(path),
+        Source::Embedded => cmd.arg(source.label()),
+    };
     let failed = |why: String| CliError::Worker {
         allocator: kind.name(),
         why,

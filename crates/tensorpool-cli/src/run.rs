@@ -113,8 +113,9 @@ pub fn run(launch: &Launch) -> Result<Ended> {
     );
     if let Some(config) = &launch.config {
         // A bad file is the command's error, before anything runs (the library
-        // would only report it and use its defaults).
-        tensorpool::Config::from_file(config)?;
+        // would only report it and use its defaults); checked over the library's
+        // own base, as the library reads it.
+        tensorpool::Config::from_file_over(&tensorpool::global::process_defaults(), config)?;
         command.env("TENSORPOOL_CONFIG", absolute(config)?);
     }
     if let Some(record) = &launch.record {

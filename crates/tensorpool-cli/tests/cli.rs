@@ -207,6 +207,32 @@ fn replay_without_a_trace_runs_the_embedded_workload() {
 }
 
 #[test]
+fn a_trace_whose_name_starts_with_a_dash_is_replayed() {
+    // Each allocator replays in a worker process that takes the trace's path as an
+    // argument: a name like `-x` was read as an option, and every replay failed.
+    let dir = scratch("dash");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(fixture("sk_kmeans_pca.csv.gz"), dir.join("-x.csv.gz")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tensorpool"))
+        .args([
+            "replay",
+            "--reps",
+            "1",
+            "--no-touch",
+            "--quiet",
+            "--",
+            "-x.csv.gz",
+        ])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!stdout.contains("failed"), "{stdout}");
+    assert!(stdout.contains("jemalloc"), "{stdout}");
+}
+
+#[test]
 fn an_allocator_that_runs_out_of_memory_is_reported_with_its_reason() {
     // Under a memory limit below the trace's peak, tensorpool's worker fails: the
     // table says why (it said its output was not a measurement) and shows no ratio

@@ -36,19 +36,21 @@ extern "C" fn at_load() {
     };
     let mut record = std::env::var_os(ENV_RECORD).filter(|v| !v.is_empty());
     if record.is_some() {
-        // The recording is this process's: a program it runs (exec) would make the
-        // file anew and write into it too.
-        // SAFETY: constructors run before `main`, while the process has one thread.
-        unsafe { std::env::remove_var(ENV_RECORD) };
-        if let Some(parent) = std::env::var_os(ENV_RECORD_PARENT) {
-            // SAFETY: as above.
-            unsafe { std::env::remove_var(ENV_RECORD_PARENT) };
-            // SAFETY: getppid has no preconditions and cannot fail.
-            let ppid = unsafe { libc::getppid() };
-            if parent.to_str() != Some(ppid.to_string().as_str()) {
-                // A program the recorded one started, given the variables anyway.
-                record = None;
-            }
+        // The recording is of one process: the one the variable was given to, and
+        // the programs it becomes by exec (a wrapper such as `env`, a script's
+        // interpreter, a shell's `exec`), each of which makes the file anew, so that
+        // it holds the last one's allocations; not the programs it starts, its
+        // children, which would write into the same file. `ENV_RECORD_PARENT` names
+        // the recorded process's parent (`tensorpool run` sets it; else the first
+        // process that loads the library does), and stays for an exec to read.
+        // SAFETY: getppid has no preconditions and cannot fail.
+        let ppid = unsafe { libc::getppid() }.to_string();
+        match std::env::var_os(ENV_RECORD_PARENT) {
+            Some(parent) if parent.to_str() != Some(ppid.as_str()) => record = None,
+            Some(_) => {}
+            // SAFETY: constructors run before `main`, while the process has one
+            // thread.
+            None => unsafe { std::env::set_var(ENV_RECORD_PARENT, &ppid) },
         }
     }
     if !stats && record.is_none() {

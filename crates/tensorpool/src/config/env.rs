@@ -48,7 +48,11 @@ impl Config {
     /// # Ok::<(), tensorpool::Error>(())
     /// ```
     pub fn from_env() -> Result<Config> {
-        Self::from_vars(env_vars()?)
+        let (vars, mut unreadable) = env_vars();
+        match unreadable.is_empty() {
+            true => Self::from_vars(vars),
+            false => Err(unreadable.swap_remove(0)),
+        }
     }
 
     /// [`from_env`](Self::from_env) over the variables given (names with other
@@ -73,10 +77,10 @@ impl Config {
     /// defaults (the preloaded C library's, whose classes start at 16 B): the file
     /// and the variables change it, and it stands where they cannot apply.
     pub fn from_env_reporting_over(base: Config) -> (Config, Vec<Error>) {
-        match env_vars() {
-            Ok(vars) => Self::from_vars_reporting_over(base, vars),
-            Err(e) => (base, vec![e]),
-        }
+        let (vars, mut unreadable) = env_vars();
+        let (config, errors) = Self::from_vars_reporting_over(base, vars);
+        unreadable.extend(errors);
+        (config, unreadable)
     }
 
     /// [`from_env_reporting`](Self::from_env_reporting) over the variables given.
@@ -100,12 +104,14 @@ impl Config {
         vars.sort();
         let mut table = toml::Table::try_from(&base).expect("a config is a table");
         if let Some((_, path)) = vars.iter().find(|(name, _)| name == ENV_CONFIG_FILE) {
-            match file_settings(path) {
+            match file_settings(path, &base) {
                 Ok(file) => table.extend(file),
                 Err(e) => errors
                     .push(e.in_config(format_args!("{ENV_CONFIG_FILE}={path:?} (passed over)"))),
             }
         }
+        // The base with the file's settings: what a variable passed over leaves.
+        let before_vars = table.clone();
         let mut applied = Vec::new();
         for (name, text) in &vars {
             if ENV_NOT_SETTINGS.contains(&name.as_str()) {
@@ -134,15 +140,18 @@ impl Config {
         if let Ok(config) = combined(&table) {
             return (config, errors);
         }
-        // A variable that cannot apply even alone over the base (an alignment that is
-        // not a power of two) is passed over and named; the others still apply.
-        let base_table = toml::Table::try_from(&base).expect("a config is a table");
+        // A variable that cannot apply even alone over the base and the file (an
+        // alignment that is not a power of two) is passed over and named: its setting
+        // stays the base's or the file's; the others still apply.
         for (name, text, key) in applied {
-            let mut alone = base_table.clone();
+            let mut alone = before_vars.clone();
             alone.insert(key.clone(), table[&key].clone());
             if let Err(e) = combined(&alone) {
                 errors.push(e.in_config(format_args!("{name}={text:?} (passed over)")));
-                table.remove(&key);
+                match before_vars.get(&key) {
+                    Some(kept) => table.insert(key, kept.clone()),
+                    None => table.remove(&key),
+                };
             }
         }
         match combined(&table) {
@@ -157,10 +166,10 @@ impl Config {
     }
 }
 
-/// The settings a config file names (a valid config, else the error that says why),
-/// as keys to lay over the base: a file of a few settings changes only those.
-fn file_settings(path: &str) -> Result<toml::Table> {
-    Config::from_file(path)?;
+/// The settings a config file names (valid over `base`, else the error that says
+/// why), as keys to lay over the base: a file of a few settings changes only those.
+fn file_settings(path: &str, base: &Config) -> Result<toml::Table> {
+    Config::from_file_over(base, path)?;
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::InvalidConfig(format!("cannot read {path}: {e}")))?;
     let table = if path.ends_with(".json") {
@@ -171,19 +180,33 @@ fn file_settings(path: &str) -> Result<toml::Table> {
     table.map_err(|e| Error::InvalidConfig(format!("{path}: {e}")))
 }
 
-/// The variables of the prefix, or an error naming one whose value is not UTF-8.
-fn env_vars() -> Result<Vec<(String, String)>> {
-    let mut vars = Vec::new();
-    for (name, value) in std::env::vars_os() {
+/// The variables of the prefix, and an error naming each setting whose value is not
+/// UTF-8 (passed over). The variables that are not settings are read where they are
+/// used (a recording's path need not be UTF-8), except the config file's.
+fn env_vars() -> (Vec<(String, String)>, Vec<Error>) {
+    settings_of(std::env::vars_os())
+}
+
+/// [`env_vars`] of the variables given.
+fn settings_of(
+    all: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> (Vec<(String, String)>, Vec<Error>) {
+    let (mut vars, mut errors) = (Vec::new(), Vec::new());
+    for (name, value) in all {
         let Some(name) = name.to_str().filter(|n| n.starts_with(ENV_PREFIX)) else {
             continue;
         };
-        let value = value
-            .into_string()
-            .map_err(|v| Error::InvalidConfig(format!("{name}={v:?}: the value is not UTF-8")))?;
-        vars.push((name.to_string(), value));
+        if name != ENV_CONFIG_FILE && ENV_NOT_SETTINGS.contains(&name) {
+            continue;
+        }
+        match value.into_string() {
+            Ok(value) => vars.push((name.to_string(), value)),
+            Err(v) => errors.push(Error::InvalidConfig(format!(
+                "{name}={v:?}: the value is not UTF-8; the variable is passed over"
+            ))),
+        }
     }
-    Ok(vars)
+    (vars, errors)
 }
 
 /// A variable's text as one TOML value, or as a string where it is not one (text
@@ -311,6 +334,71 @@ mod tests {
             (c.release_delay_ms, c.max_release_delay_ms),
             (Some(10), Some(20))
         );
+    }
+
+    #[test]
+    fn a_variable_passed_over_leaves_the_base_or_the_files_setting() {
+        // Over the process-wide allocator's base (16-byte classes), a bad alignment
+        // used to put the defaults' 64 back, which then refused the base's 16-byte
+        // blocks and dropped every other variable; a bad smallest block went to 64 B.
+        let base = crate::global::process_defaults();
+        let (c, errors) = Config::from_vars_reporting_over(
+            base.clone(),
+            vars(&[
+                ("TENSORPOOL_ALIGNMENT", "3"),
+                ("TENSORPOOL_MEMORY_LIMIT", "1GiB"),
+            ]),
+        );
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].to_string().contains("TENSORPOOL_ALIGNMENT"));
+        assert_eq!(
+            (c.alignment, c.min_block_size, c.memory_limit),
+            (16, 16, Some(1 << 30))
+        );
+        let (c, errors) = Config::from_vars_reporting_over(
+            base.clone(),
+            vars(&[("TENSORPOOL_MIN_BLOCK_SIZE", "1")]),
+        );
+        assert_eq!((c.min_block_size, errors.len()), (16, 1), "{errors:?}");
+        // A file that says what the base says is not refused for what the defaults
+        // say (the file used to be checked over the defaults' 64-byte alignment).
+        let dir = std::env::temp_dir().join(format!("tp-env-base-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("m16.toml");
+        std::fs::write(&file, "min_block_size = 16\nmemory_limit = \"1 GiB\"\n").unwrap();
+        let path = file.to_str().unwrap();
+        let (c, errors) =
+            Config::from_vars_reporting_over(base.clone(), vars(&[("TENSORPOOL_CONFIG", path)]));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!((c.min_block_size, c.memory_limit), (16, Some(1 << 30)));
+        // A variable passed over leaves the file's setting.
+        std::fs::write(&file, "alignment = 32\nmin_block_size = 32\n").unwrap();
+        let (c, errors) = Config::from_vars_reporting_over(
+            base,
+            vars(&[("TENSORPOOL_CONFIG", path), ("TENSORPOOL_ALIGNMENT", "3")]),
+        );
+        assert_eq!((c.alignment, c.min_block_size, errors.len()), (32, 32, 1));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_a_setting_whose_value_is_not_utf8_is_passed_over() {
+        // A recording's path that is not UTF-8 is not a setting (it used to drop every
+        // variable); a setting that is not UTF-8 is passed over alone.
+        use std::ffi::OsString;
+        use std::os::unix::ffi::OsStringExt;
+        let bad = || OsString::from_vec(b"r\xe9.csv".to_vec());
+        let (vars, errors) = settings_of([
+            ("TENSORPOOL_RECORD".into(), bad()),
+            ("TENSORPOOL_RELEASE_DELAY_MS".into(), bad()),
+            ("TENSORPOOL_MEMORY_LIMIT".into(), "1GiB".into()),
+        ]);
+        assert_eq!(vars, [("TENSORPOOL_MEMORY_LIMIT".into(), "1GiB".into())]);
+        assert!(!vars.iter().any(|(n, _)| n == "TENSORPOOL_RECORD"));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0]
+            .to_string()
+            .contains("TENSORPOOL_RELEASE_DELAY_MS"));
     }
 
     #[test]

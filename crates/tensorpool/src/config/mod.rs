@@ -560,17 +560,30 @@ impl Config {
 
     /// Reads a TOML config.
     pub fn from_toml_str(text: &str) -> Result<Config> {
-        let config: Config = toml::from_str(text).map_err(|e| {
-            let at = e.span().map(|span| span.start);
-            Error::InvalidConfig(located(text, at, e.message()))
-        })?;
+        let config = Self::read_toml(text)?;
         config.validate()?;
         Ok(config)
     }
 
+    /// A TOML config's settings over the defaults, not yet validated; an error
+    /// locates the bad line.
+    fn read_toml(text: &str) -> Result<Config> {
+        toml::from_str(text).map_err(|e| {
+            let at = e.span().map(|span| span.start);
+            Error::InvalidConfig(located(text, at, e.message()))
+        })
+    }
+
     /// Reads a JSON config.
     pub fn from_json_str(text: &str) -> Result<Config> {
-        let config: Config = serde_json::from_str(text).map_err(|e| {
+        let config = Self::read_json(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// [`read_toml`](Self::read_toml) for JSON.
+    fn read_json(text: &str) -> Result<Config> {
+        serde_json::from_str(text).map_err(|e| {
             // serde_json's message ends with the position, which `located` gives.
             let message = e.to_string();
             let message = message
@@ -583,22 +596,56 @@ impl Config {
                 .sum::<usize>()
                 + e.column().saturating_sub(1);
             Error::InvalidConfig(located(text, (e.line() > 0).then_some(at), message))
-        })?;
-        config.validate()?;
-        Ok(config)
+        })
     }
 
     /// Reads a config file: JSON if the name ends in `.json`, TOML otherwise.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Config> {
+        Self::from_file_over(&Config::default(), path)
+    }
+
+    /// Reads a config file as settings laid over `base`: the settings the file names
+    /// change `base`'s, the others stay. [`from_file`](Self::from_file) lays them over
+    /// the defaults; the process-wide allocator, over its own
+    /// ([`process_defaults`](crate::global::process_defaults), where a file may say
+    /// `min_block_size = 16`, which the defaults' 64-byte alignment refuses). A bad
+    /// value is an error that names its line; settings that cannot apply together
+    /// over `base`, one that names the file.
+    ///
+    /// ```
+    /// use tensorpool::Config;
+    ///
+    /// let path = std::env::temp_dir().join("tensorpool-doc-over.toml");
+    /// std::fs::write(&path, "min_block_size = 16\nmemory_limit = \"1 GiB\"\n")?;
+    /// assert!(Config::from_file(&path).is_err()); // 16 B blocks, 64 B alignment
+    /// let c = Config::from_file_over(&tensorpool::global::process_defaults(), &path)?;
+    /// assert_eq!((c.min_block_size, c.memory_limit), (16, Some(1 << 30)));
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn from_file_over(base: &Config, path: impl AsRef<Path>) -> Result<Config> {
         let path = path.as_ref();
+        let in_file = |e: Error| e.in_config(path.display());
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::InvalidConfig(format!("cannot read {}: {e}", path.display())))?;
-        let parsed = if path.extension().is_some_and(|e| e == "json") {
-            Self::from_json_str(&text)
-        } else {
-            Self::from_toml_str(&text)
-        };
-        parsed.map_err(|e| e.in_config(path.display()))
+        let json = path.extension().is_some_and(|e| e == "json");
+        // Each value read on its own line first, so that an error names the line.
+        match json {
+            true => Self::read_json(&text),
+            false => Self::read_toml(&text),
+        }
+        .map_err(in_file)?;
+        let named = match json {
+            true => serde_json::from_str::<toml::Table>(&text).map_err(|e| e.to_string()),
+            false => text.parse::<toml::Table>().map_err(|e| e.to_string()),
+        }
+        .map_err(|e| in_file(Error::InvalidConfig(e)))?;
+        let mut table = toml::Table::try_from(base).expect("a config is a table");
+        table.extend(named);
+        let config = Config::deserialize(table)
+            .map_err(|e| in_file(Error::InvalidConfig(e.message().to_string())))?;
+        config.validate().map_err(in_file)?;
+        Ok(config)
     }
 
     /// Whether to advise huge pages, as resolved for the upstream.
