@@ -154,11 +154,15 @@ pub fn html(reports: &[TraceReport]) -> String {
         for a in &r.allocators {
             let _ = writeln!(
                 out,
-                "<tr><td>{}</td><td>{:.1}</td><td>{}</td><td>{:.3}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 a.name,
                 a.ns_per_event,
                 format_bytes(a.peak_reserved_bytes as usize),
-                a.efficiency,
+                // No live bytes at the peak: no efficiency (as in the text table).
+                match a.efficiency.is_finite() {
+                    true => format!("{:.3}", a.efficiency),
+                    false => "-".to_string(),
+                },
                 a.page_faults
             );
         }

@@ -61,7 +61,8 @@ pub extern "C" fn tensorpool_flush_recording() -> c_int {
 
 /// `mallinfo2`'s fields from the manager's statistics: `arena` the bytes reserved,
 /// `usmblks` their peak, `uordblks` the bytes of live blocks, `fordblks` the rest
-/// of what is reserved, `keepcost` the cached free bytes a trim gives back; the
+/// of what is reserved, `keepcost` the free bytes still resident (what a trim gives
+/// back: those already given back are not counted); the
 /// counts of glibc's own structures (bins, fastbins) are 0.
 pub fn mallinfo() -> Mallinfo2 {
     match MALLOC.stats() {
@@ -70,7 +71,7 @@ pub fn mallinfo() -> Mallinfo2 {
             usmblks: s.peak_reserved_bytes,
             uordblks: s.allocated_bytes,
             fordblks: s.reserved_bytes.saturating_sub(s.allocated_bytes),
-            keepcost: s.cached_bytes,
+            keepcost: s.resident_bytes.saturating_sub(s.allocated_bytes),
             ..Mallinfo2::default()
         },
         None => Mallinfo2::default(),

@@ -57,9 +57,9 @@ pub enum Error {
     /// Memory ran out: the report says why and what to do.
     #[error("{0}")]
     OutOfMemory(Box<OutOfMemory>),
-    /// A pointer given to a free that is not a live block handed out for raw use.
-    /// Nothing was changed.
-    #[error("invalid free of {addr:#x}: {reason}; nothing was freed")]
+    /// A pointer given to a free (or to `raw_size`, `reallocate_raw`) that is not a
+    /// live block handed out for raw use. Nothing was changed.
+    #[error("invalid pointer {addr:#x}: {reason}; nothing was changed")]
     InvalidPointer {
         /// The address passed to the free.
         addr: usize,
@@ -472,7 +472,7 @@ mod tests {
         assert!(
             text.contains("0x1040") && text.contains("64 bytes inside") && text.contains("0x1000")
         );
-        assert!(text.contains("nothing was freed"));
+        assert!(text.starts_with("invalid pointer 0x1040") && text.contains("nothing was changed"));
         for reason in [
             PointerError::Foreign,
             PointerError::NotLive,

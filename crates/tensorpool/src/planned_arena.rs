@@ -384,7 +384,20 @@ impl PlannedArena {
             }
             None => match self.offset_index.get(&offset) {
                 Some(&i) if s.at_offset[i as usize] != NONE => s.at_offset[i as usize] as usize,
-                _ => return Some(Err(PointerError::NotLive)),
+                // Not a live block's start: inside one (a walk, on this error path
+                // only), or nothing live.
+                _ => {
+                    let inside = s.slots.iter().find(|slot| {
+                        slot.live && slot.offset < offset && offset - slot.offset < slot.size
+                    });
+                    return Some(Err(match inside {
+                        Some(slot) => PointerError::Interior {
+                            block: region.as_ptr().addr() + slot.offset as usize,
+                            offset: (offset - slot.offset) as usize,
+                        },
+                        None => PointerError::NotLive,
+                    }));
+                }
             },
         };
         if s.slots[k].raw != raw {
@@ -609,7 +622,14 @@ mod tests {
         assert!(arena.free(foreign).is_err());
         let b = arena.allocate(1024, 64).unwrap();
         let interior = NonNull::new(b.as_ptr().wrapping_add(64)).unwrap();
-        assert!(arena.free(interior).is_err());
+        // Named as the manager names it (it said "not live").
+        refused(
+            arena.free(interior),
+            PointerError::Interior {
+                block: b.as_ptr().addr(),
+                offset: 64,
+            },
+        );
         assert_eq!(arena.stats().live_planned, 1);
         arena.free(b).unwrap();
         // A fallback block freed twice: the manager's raw free refuses the second.

@@ -42,9 +42,11 @@ fn element_count(shape: &[usize]) -> Result<usize> {
     shape
         .iter()
         .try_fold(1usize, |n, &d| n.checked_mul(d))
-        .ok_or(Error::SizeTooLarge {
-            size: usize::MAX,
-            max: MAX_ALLOCATION_SIZE,
+        .ok_or_else(|| {
+            Error::InvalidShape(format!(
+                "{shape:?} has more elements than a machine word counts (no allocation \
+                 serves more than {MAX_ALLOCATION_SIZE} bytes)"
+            ))
         })
 }
 
@@ -267,7 +269,7 @@ mod tests {
         let mm = mm();
         assert!(matches!(
             Tensor::<u8>::zeros(&mm, &[usize::MAX, 2]),
-            Err(Error::SizeTooLarge { .. })
+            Err(Error::InvalidShape(why)) if why.contains("more elements")
         ));
         assert!(matches!(
             Tensor::<u64>::zeros(&mm, &[usize::MAX / 4]),

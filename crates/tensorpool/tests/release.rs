@@ -174,6 +174,16 @@ fn above_the_soft_limit_free_memory_goes_at_once() {
     intact(&b);
     mm.free_raw(b.ptr).unwrap();
     mm.free_raw(keep.ptr).unwrap();
+    // A free above the soft limit gives back at once too (it waited for the next
+    // allocation's slow path, or for the delay): 64 MiB resident, freed, goes.
+    let c = allocate(&mm, 64 * MIB, 4);
+    assert!(mm.resident_bytes() >= 64 * MIB);
+    mm.free_raw(c.ptr).unwrap();
+    assert!(
+        mm.resident_bytes() <= 48 * MIB,
+        "resident {} after the free",
+        mm.resident_bytes()
+    );
     // Limits are checked and changeable while running.
     assert!(mm.set_soft_limit(Some(0)).is_err());
     assert!(mm.set_memory_limit(Some(16 * MIB)).is_err()); // below the soft limit

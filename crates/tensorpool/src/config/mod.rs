@@ -733,13 +733,22 @@ mod tests {
         let cases: Vec<(ConfigBuilder, &str)> = vec![
             (Config::builder().alignment(48), "alignment"),
             (Config::builder().alignment(8192), "alignment"),
-            (Config::builder().small_threshold(1000), "threshold"),
+            (Config::builder().small_threshold(1000), "small_threshold"),
+            // The size classes' own checks name the settings too (they did not).
+            (Config::builder().min_block_size(65536), "min_block_size"),
+            (Config::builder().min_block_size(24), "min_block_size"),
             (
                 Config::builder().min_block_size(32).classes_per_doubling(4),
                 "min_block_size",
             ),
-            (Config::builder().classes_per_doubling(128), "per doubling"),
-            (Config::builder().classes_per_doubling(3), "per doubling"),
+            (
+                Config::builder().classes_per_doubling(128),
+                "classes_per_doubling",
+            ),
+            (
+                Config::builder().classes_per_doubling(3),
+                "classes_per_doubling",
+            ),
             (Config::builder().huge_threshold(1024), "huge_threshold"),
             (Config::builder().pool_chunk_size(0), "pool_chunk_size"),
             (Config::builder().segment_size(0), "segment_size"),

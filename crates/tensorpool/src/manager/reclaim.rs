@@ -128,6 +128,8 @@ impl Inner {
     ) -> Result<()> {
         let invalid = |reason| Error::InvalidPointer { addr, reason };
         if let Some(done) = self.engine.release(addr, raw, size, class) {
+            // A free off the hot path may have sent memory to the best-fit tier.
+            self.release_over_soft_limit();
             return done.map_err(invalid);
         }
         let Some(owner) = self.owner_at(addr) else {
@@ -135,6 +137,8 @@ impl Inner {
         };
         let freed = self.locked_tier(owner).release(addr, raw)?;
         self.counters.on_free(freed.block_size, freed.requested);
+        // Above the soft limit, the memory freed goes back now.
+        self.release_over_soft_limit();
         self.release_if_due();
         Ok(())
     }

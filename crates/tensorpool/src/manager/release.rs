@@ -327,7 +327,8 @@ impl Inner {
         released
     }
 
-    /// After the manager grew: above the soft limit, gives every free byte back now.
+    /// After the manager grew, and after a free off the hot paths (every free of the
+    /// best-fit and huge tiers): above the soft limit, gives every free byte back now.
     pub(super) fn release_over_soft_limit(&self) {
         let Some(soft) = self.release.soft_limit() else {
             return;

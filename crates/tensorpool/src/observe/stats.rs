@@ -312,11 +312,18 @@ pub struct ThreadCacheStats {
 pub struct Stats {
     /// Bytes of live blocks, as rounded (PyTorch: `allocated_bytes.all.current`).
     pub allocated_bytes: usize,
-    /// The most `allocated_bytes` seen.
+    /// The most `allocated_bytes` seen. The large tiers record it at every
+    /// allocation; the small-block engine's hot paths keep each thread's counts to
+    /// the thread, which adds them to the totals, where peaks are recorded, when they
+    /// have moved by 64 KiB since it last did (and every `stats()` call records the
+    /// exact current totals): a peak of small blocks that lasted between two of
+    /// those may read up to 64 KiB per thread below the true one (10 blocks of 6 KB
+    /// allocated and freed by one thread between two `stats()` calls leave the peak
+    /// where it was).
     pub peak_allocated_bytes: usize,
     /// Bytes of live blocks, as requested (PyTorch: `requested_bytes.all.current`).
     pub requested_bytes: usize,
-    /// The most `requested_bytes` seen.
+    /// The most `requested_bytes` seen (recorded as `peak_allocated_bytes` is).
     pub peak_requested_bytes: usize,
     /// Bytes taken from upstream (PyTorch: `reserved_bytes.all.current`).
     pub reserved_bytes: usize,

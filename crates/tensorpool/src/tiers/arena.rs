@@ -385,12 +385,15 @@ impl Arena {
         // of `size` bytes holds the request at any alignment up to a page (rounding
         // down from `end - size` stays at or above the aligned start), and at a
         // larger one with `align - page` bytes more.
-        let needed =
-            size.checked_add(align.saturating_sub(page_size()))
-                .ok_or(Error::SizeTooLarge {
-                    size,
-                    max: crate::MAX_ALLOCATION_SIZE,
-                })?;
+        let needed = size + align.saturating_sub(page_size());
+        if needed > crate::MAX_ALLOCATION_SIZE {
+            // An alignment that alone asks for more than any allocation may be (it
+            // read as running out of memory, with advice about fragmentation).
+            return Err(Error::AlignmentTooLarge {
+                align,
+                max: crate::MAX_ALLOCATION_SIZE,
+            });
+        }
         self.note_peak();
         let used = self.used_bytes();
         let mut chunks = self.chunks.borrow_mut();
@@ -1071,6 +1074,12 @@ mod tests {
         assert_eq!(p.as_ptr() as usize % 8192, 0);
         let big = arena.allocate(1 << 20, 64).unwrap();
         assert_eq!(big.as_ptr() as usize % 64, 0);
+        // An alignment no chunk can honour is refused as such, not as out of memory.
+        assert!(matches!(
+            arena.allocate(10, 1 << 63),
+            Err(Error::AlignmentTooLarge { align, .. }) if align == 1 << 63
+        ));
+        assert_eq!(arena.stats().num_allocs, 2);
     }
 
     #[test]

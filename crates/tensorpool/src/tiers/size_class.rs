@@ -66,32 +66,33 @@ impl SizeClasses {
         let bad = |what: String| Err(Error::InvalidConfig(what));
         if !min_size.is_power_of_two() || min_size < 8 {
             return bad(format!(
-                "the smallest size class must be a power of two of at least 8 bytes, got {min_size}"
+                "min_block_size (the smallest size class) must be a power of two of at least 8 \
+                 bytes, got {min_size}"
             ));
         }
         if !max_size.is_power_of_two() || max_size <= min_size {
             return bad(format!(
-                "the small/large threshold must be a power of two above the smallest class \
-                 ({min_size}), got {max_size}"
+                "small_threshold (the small/large threshold) must be a power of two above \
+                 min_block_size ({min_size}), got {max_size}"
             ));
         }
         // Pool blocks record their requested size in 32 bits.
         if max_size > 1 << 31 {
             return bad(format!(
-                "the small/large threshold must be at most 2 GiB, got {}",
+                "small_threshold (the small/large threshold) must be at most 2 GiB, got {}",
                 format_bytes(max_size)
             ));
         }
         if !per_doubling.is_power_of_two() || per_doubling > 64 {
             return bad(format!(
-                "classes per doubling must be a power of two up to 64, got {per_doubling}"
+                "classes_per_doubling must be a power of two up to 64, got {per_doubling}"
             ));
         }
         let geo = min_size.max(MIN_SPACING * per_doubling);
         if geo >= max_size {
             return bad(format!(
-                "the small/large threshold ({max_size}) must be above {geo}, where classes \
-                 {per_doubling} per doubling are {MIN_SPACING} bytes apart"
+                "small_threshold ({max_size}) must be above {geo}: with classes_per_doubling \
+                 = {per_doubling}, the classes below it are {MIN_SPACING} bytes apart"
             ));
         }
         Ok(SizeClasses {

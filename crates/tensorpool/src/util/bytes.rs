@@ -71,12 +71,21 @@ pub fn parse_bytes(text: &str) -> Result<usize, String> {
         ))
         }
     };
+    let too_large = || format!("`{text}` is too large");
+    // A whole number is exact in integers (a float loses the digits past 2^53).
+    if let Ok(whole) = number.parse::<u128>() {
+        return whole
+            .checked_mul(u128::from(scale))
+            .and_then(|bytes| usize::try_from(bytes).ok())
+            .ok_or_else(too_large);
+    }
     let value: f64 = number
         .parse()
         .map_err(|_| format!("`{text}` is not a size: `{number}` is not a number"))?;
     let bytes = value * scale as f64;
-    if !bytes.is_finite() || bytes > usize::MAX as f64 {
-        return Err(format!("`{text}` is too large"));
+    // `usize::MAX as f64` rounds up to 2^64, which is itself too large.
+    if !bytes.is_finite() || bytes >= usize::MAX as f64 {
+        return Err(too_large());
     }
     if bytes.fract() != 0.0 {
         return Err(format!("`{text}` is not a whole number of bytes"));
@@ -198,6 +207,17 @@ mod tests {
         assert!(parse_bytes("0.3 B").unwrap_err().contains("whole number"));
         assert!(parse_bytes("1e400").is_err());
         assert!(parse_bytes("99999999999 PiB").is_err());
+        // At the top of the range: exact, and 2^64 is refused (it read as usize::MAX).
+        assert_eq!(parse_bytes("18446744073709551615"), Ok(usize::MAX));
+        assert_eq!(parse_bytes("9007199254740993"), Ok(9_007_199_254_740_993));
+        assert!(parse_bytes("18446744073709551616")
+            .unwrap_err()
+            .contains("too large"));
+        assert!(parse_bytes("16777216 TiB")
+            .unwrap_err()
+            .contains("too large"));
+        assert_eq!(parse_bytes("16777215 TiB"), Ok(16_777_215 << 40));
+        assert!(parse_bytes("16777216.0 TiB").is_err());
     }
 
     #[derive(serde::Deserialize, serde::Serialize, Debug, PartialEq)]
