@@ -212,7 +212,7 @@ fn a_trace_whose_name_starts_with_a_dash_is_replayed() {
     // argument: a name like `-x` was read as an option, and every replay failed.
     let dir = scratch("dash");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(fixture("sk_kmeans_pca.csv.gz"), dir.join("-x.csv.gz")).unwrap();
+    std::fs::copy(fixture("sk_mlp.csv.gz"), dir.join("-x.csv.gz")).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_tensorpool"))
         .args([
             "replay",
