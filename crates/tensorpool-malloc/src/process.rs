@@ -2,18 +2,23 @@
 //! does when the program starts and exits (`TENSORPOOL_STATS`, `TENSORPOOL_RECORD`).
 //!
 //! `TENSORPOOL_STATS` is passed on to the programs this one runs (each prints its
-//! own summary, with its pid); `TENSORPOOL_RECORD` is not (it is taken out of the
-//! environment at load: the recording is of the process that loaded the library
-//! first). A shell such as bash keeps its own copy of the environment and passes the
-//! variable on all the same, so `tensorpool run --record` also sets
-//! `TENSORPOOL_RECORD_PARENT` to its pid, and only a process whose parent that is
-//! records. A forked child neither records nor prints. What the recording still
-//! buffers is lost if the program ends without `exit` (`_exit`, a signal), whole
-//! lines only, so the trace still reads; `tensorpool_flush_recording()` writes it
-//! out.
+//! own summary, with its pid). `TENSORPOOL_RECORD` records one process: the first
+//! that loads the library with it (with `tensorpool run`, which sets
+//! `TENSORPOOL_RECORD_PARENT` to its pid, its child), and the programs that process
+//! becomes by `exec` (a wrapper such as `env`, a `#!/usr/bin/env` script's
+//! interpreter, a shell's `exec`), each making the file anew, so that it holds the
+//! last one's allocations; not the programs it starts, its children. The process
+//! that records says so in `TENSORPOOL_RECORD_OF` (its pid and the file), which an
+//! exec keeps and a child's different pid does not match (a shell such as bash may
+//! pass on the variables from its own copy of the environment, without that mark:
+//! the parent's pid then stops its children). A forked child neither records nor
+//! prints. What the recording still buffers is lost if the program ends without
+//! `exit` (`_exit`, a signal, an `exec`), whole lines only, so the trace still reads;
+//! `tensorpool_flush_recording()` writes it out.
 
 use crate::MALLOC;
 use std::ffi::OsString;
+use tensorpool_core::global::recording::{mark, records, ENV_RECORD_OF};
 
 /// Prints the summary at exit when set (`1`, `true`, `yes`, `on`).
 pub const ENV_STATS: &str = "TENSORPOOL_STATS";
@@ -35,22 +40,15 @@ extern "C" fn at_load() {
         None => false,
     };
     let mut record = std::env::var_os(ENV_RECORD).filter(|v| !v.is_empty());
-    if record.is_some() {
-        // The recording is of one process: the one the variable was given to, and
-        // the programs it becomes by exec (a wrapper such as `env`, a script's
-        // interpreter, a shell's `exec`), each of which makes the file anew, so that
-        // it holds the last one's allocations; not the programs it starts, its
-        // children, which would write into the same file. `ENV_RECORD_PARENT` names
-        // the recorded process's parent (`tensorpool run` sets it; else the first
-        // process that loads the library does), and stays for an exec to read.
-        // SAFETY: getppid has no preconditions and cannot fail.
-        let ppid = unsafe { libc::getppid() }.to_string();
-        match std::env::var_os(ENV_RECORD_PARENT) {
-            Some(parent) if parent.to_str() != Some(ppid.as_str()) => record = None,
-            Some(_) => {}
+    if let Some(path) = &record {
+        let (pid, ppid) = (std::process::id(), std::os::unix::process::parent_id());
+        let of = std::env::var_os(ENV_RECORD_OF);
+        let parent = std::env::var_os(ENV_RECORD_PARENT);
+        match records(path, pid, ppid, of.as_deref(), parent.as_deref()) {
             // SAFETY: constructors run before `main`, while the process has one
             // thread.
-            None => unsafe { std::env::set_var(ENV_RECORD_PARENT, &ppid) },
+            true => unsafe { std::env::set_var(ENV_RECORD_OF, mark(pid, path)) },
+            false => record = None,
         }
     }
     if !stats && record.is_none() {

@@ -14,11 +14,12 @@ pub const ENV_CONFIG_FILE: &str = "TENSORPOOL_CONFIG";
 
 /// Variables of the prefix that are not settings: the config file, and those that
 /// the preloaded library, the command's tests and its benchmarks read.
-pub const ENV_NOT_SETTINGS: [&str; 6] = [
+pub const ENV_NOT_SETTINGS: [&str; 7] = [
     ENV_CONFIG_FILE,
     "TENSORPOOL_STATS",
     "TENSORPOOL_RECORD",
     "TENSORPOOL_RECORD_PARENT",
+    crate::global::recording::ENV_RECORD_OF,
     "TENSORPOOL_BENCH_THREADS",
     "TENSORPOOL_COMMAND",
 ];
@@ -68,7 +69,7 @@ impl Config {
     /// The config of the environment for a program that must start whatever the
     /// environment says (a process-wide allocator): each bad variable (or a bad
     /// file) is passed over, the default standing for it, and returned among the
-    /// errors to report; settings that cannot apply together give the defaults.
+    /// errors to report; variables that cannot apply together are all passed over.
     pub fn from_env_reporting() -> (Config, Vec<Error>) {
         Self::from_env_reporting_over(Config::default())
     }
@@ -104,8 +105,8 @@ impl Config {
         vars.sort();
         let mut table = toml::Table::try_from(&base).expect("a config is a table");
         if let Some((_, path)) = vars.iter().find(|(name, _)| name == ENV_CONFIG_FILE) {
-            match file_settings(path, &base) {
-                Ok(file) => table.extend(file),
+            match Config::from_file_over(&base, path) {
+                Ok(file) => table = toml::Table::try_from(&file).expect("a config is a table"),
                 Err(e) => errors
                     .push(e.in_config(format_args!("{ENV_CONFIG_FILE}={path:?} (passed over)"))),
             }
@@ -157,27 +158,16 @@ impl Config {
         match combined(&table) {
             Ok(config) => (config, errors),
             Err(e) => {
+                // Variables each good alone but not together: none of them applies;
+                // the file's settings still do.
+                let config = combined(&before_vars).unwrap_or(base);
                 errors.push(e.in_config(
-                    "the environment's settings cannot apply together (the defaults are used)",
+                    "the environment's variables cannot apply together (they are passed over)",
                 ));
-                (base, errors)
+                (config, errors)
             }
         }
     }
-}
-
-/// The settings a config file names (valid over `base`, else the error that says
-/// why), as keys to lay over the base: a file of a few settings changes only those.
-fn file_settings(path: &str, base: &Config) -> Result<toml::Table> {
-    Config::from_file_over(base, path)?;
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::InvalidConfig(format!("cannot read {path}: {e}")))?;
-    let table = if path.ends_with(".json") {
-        serde_json::from_str::<toml::Table>(&text).map_err(|e| e.to_string())
-    } else {
-        text.parse::<toml::Table>().map_err(|e| e.to_string())
-    };
-    table.map_err(|e| Error::InvalidConfig(format!("{path}: {e}")))
 }
 
 /// The variables of the prefix, and an error naming each setting whose value is not
@@ -308,6 +298,19 @@ mod tests {
             ("TENSORPOOL_MEMORY_LIMIT", "1GiB"),
         ]));
         assert_eq!((c, errors.len()), (Config::default(), 1));
+        // Over a file, variables that cannot apply together leave the file's settings.
+        let dir = std::env::temp_dir().join(format!("tp-env-together-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("limit.toml");
+        std::fs::write(&file, "memory_limit = \"4 GiB\"\n").unwrap();
+        let (c, errors) = Config::from_vars_reporting(vars(&[
+            ("TENSORPOOL_CONFIG", file.to_str().unwrap()),
+            ("TENSORPOOL_SOFT_LIMIT", "2GiB"),
+            ("TENSORPOOL_MEMORY_LIMIT", "1GiB"),
+        ]));
+        assert_eq!((c.memory_limit, c.soft_limit), (Some(4 << 30), None));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
         // A value its setting takes but cannot keep (an alignment that is not a
         // power of two) is passed over by name; the others still apply (all of them
         // went to the defaults before, under an error that named none).

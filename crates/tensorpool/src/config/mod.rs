@@ -635,15 +635,27 @@ impl Config {
             false => Self::read_toml(&text),
         }
         .map_err(in_file)?;
-        let named = match json {
-            true => serde_json::from_str::<toml::Table>(&text).map_err(|e| e.to_string()),
-            false => text.parse::<toml::Table>().map_err(|e| e.to_string()),
-        }
-        .map_err(|e| in_file(Error::InvalidConfig(e)))?;
-        let mut table = toml::Table::try_from(base).expect("a config is a table");
-        table.extend(named);
-        let config = Config::deserialize(table)
-            .map_err(|e| in_file(Error::InvalidConfig(e.message().to_string())))?;
+        let bad = |e: String| in_file(Error::InvalidConfig(e));
+        // The file's keys over the base's, in the file's own format (JSON's `null`, an
+        // unset limit, has no TOML form).
+        let config = if json {
+            let named = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&text)
+                .map_err(|e| bad(e.to_string()))?;
+            let serde_json::Value::Object(mut map) =
+                serde_json::to_value(base).expect("a config serializes")
+            else {
+                unreachable!("a config is an object");
+            };
+            map.extend(named);
+            Config::deserialize(serde_json::Value::Object(map)).map_err(|e| bad(e.to_string()))?
+        } else {
+            let named = text
+                .parse::<toml::Table>()
+                .map_err(|e| bad(e.to_string()))?;
+            let mut table = toml::Table::try_from(base).expect("a config is a table");
+            table.extend(named);
+            Config::deserialize(table).map_err(|e| bad(e.message().to_string()))?
+        };
         config.validate().map_err(in_file)?;
         Ok(config)
     }
@@ -814,6 +826,20 @@ mod tests {
                 capacity: 8
             }]
         );
+        // A config written as JSON reads back, its unset settings `null` (they were
+        // refused once read over a base), also over a base that sets them.
+        let written = dir.join("written.json");
+        let config = Config {
+            memory_limit: Some(1 << 30),
+            ..Config::default()
+        };
+        std::fs::write(&written, serde_json::to_string(&config).unwrap()).unwrap();
+        assert_eq!(Config::from_file(&written).unwrap(), config);
+        let base = Config {
+            soft_limit: Some(1 << 29),
+            ..config.clone()
+        };
+        assert_eq!(Config::from_file_over(&base, &written).unwrap(), config);
         // The error of a config file named `name` holding `text`.
         let error_of = |name: &str, text: &str| {
             let bad = dir.join(name);

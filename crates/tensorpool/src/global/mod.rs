@@ -51,6 +51,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::OnceLock;
 
 pub mod malloc;
+pub mod recording;
 
 /// Out-of-memory reports printed at most this many times.
 const OOM_REPORTS: usize = 4;

@@ -128,8 +128,6 @@ impl Inner {
     ) -> Result<()> {
         let invalid = |reason| Error::InvalidPointer { addr, reason };
         if let Some(done) = self.engine.release(addr, raw, size, class) {
-            // A free off the hot path may have sent memory to the best-fit tier.
-            self.release_over_soft_limit();
             return done.map_err(invalid);
         }
         let Some(owner) = self.owner_at(addr) else {
@@ -138,7 +136,7 @@ impl Inner {
         let freed = self.locked_tier(owner).release(addr, raw)?;
         self.counters.on_free(freed.block_size, freed.requested);
         // Above the soft limit, the memory freed goes back now.
-        self.release_over_soft_limit();
+        self.release_freed_over_soft_limit(owner, freed.block_size);
         self.release_if_due();
         Ok(())
     }

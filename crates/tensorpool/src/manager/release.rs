@@ -327,8 +327,23 @@ impl Inner {
         released
     }
 
-    /// After the manager grew, and after a free off the hot paths (every free of the
-    /// best-fit and huge tiers): above the soft limit, gives every free byte back now.
+    /// After a free of `bytes` bytes by `owner`, a locked tier: above the soft limit,
+    /// gives back that tier's free memory now, if the block was worth the calls (the
+    /// smaller ones wait for the next growth, below). Only that tier's: the engine's
+    /// caches would take stopping every thread's heap, at every such free, while
+    /// live memory stays above the limit.
+    pub(super) fn release_freed_over_soft_limit(&self, owner: super::owners::Owner, bytes: usize) {
+        let Some(soft) = self.release.soft_limit() else {
+            return;
+        };
+        if bytes < SOFT_LIMIT_SLACK.min(soft / 32).max(1) || self.metered.resident_bytes() <= soft {
+            return;
+        }
+        let released = self.locked_tier(owner).trim();
+        self.release.note(released);
+    }
+
+    /// After the manager grew: above the soft limit, gives every free byte back now.
     pub(super) fn release_over_soft_limit(&self) {
         let Some(soft) = self.release.soft_limit() else {
             return;
