@@ -23,6 +23,12 @@ pub(crate) use std::sync::atomic::{
     fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
 };
 
+/// A cache line's alignment, for `repr(C)` records that keep what one thread writes
+/// often apart from what others read or write: a zero-length array of it as a field
+/// starts the fields after it on a line of their own (the compiler keeps the order).
+#[repr(align(64))]
+pub(crate) struct CacheLine;
+
 /// The guard of a [`Mutex`].
 #[cfg(not(loom))]
 pub(crate) type MutexGuard<'a, T> = std::sync::MutexGuard<'a, T>;

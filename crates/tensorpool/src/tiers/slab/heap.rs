@@ -24,7 +24,9 @@ use super::{Class, Engine, SPAN_CLASS};
 use crate::error::{Error, OomCause, OutOfMemory, PointerError, Result};
 use crate::observe::stats::{Tier, Usage};
 use crate::tiers::contract::{self, fits_in_place};
-use crate::util::sync::{AtomicPtr, AtomicU32, Mutex, Ordering::Acquire, Ordering::Release};
+use crate::util::sync::{
+    AtomicPtr, AtomicU32, CacheLine, Mutex, Ordering::Acquire, Ordering::Release,
+};
 use std::cell::UnsafeCell;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -326,20 +328,25 @@ impl Recent {
 
 /// One thread's heap in one engine.
 #[repr(C)]
+#[repr(C)]
 pub(crate) struct Heap {
+    // ---- the owner's: its handshake, its state, its hot counters ----
     pub(crate) hot: Hot,
     state: UnsafeCell<State>,
-    /// Held by a stopper while it works on the heap (see `thread`).
-    pub(crate) stopper: Mutex<()>,
-    /// Slabs that other threads posted frees to since the owner last looked.
-    pub(crate) inbox: AtomicPtr<Slab>,
-    /// Every record of this heap, newest first, linked through `Slab::all_next`.
-    records: AtomicPtr<Slab>,
     /// Per class, the counters of the hot paths.
     pub(crate) tally: Box<[ClassTally]>,
     pub(crate) counts: Counts,
+    /// Every record of this heap, newest first, linked through `Slab::all_next`.
+    records: AtomicPtr<Slab>,
+    /// Held by a stopper while it works on the heap (see `thread`).
+    pub(crate) stopper: Mutex<()>,
     /// The name of the thread that holds it now, for statistics.
     pub(crate) thread: crate::util::sync::PlainMutex<String>,
+    // ---- written by other threads at their frees: a line of its own, so that
+    // their posts do not take the owner's lines (the tally's pointer shared one) ----
+    _posters_line: [CacheLine; 0],
+    /// Slabs that other threads posted frees to since the owner last looked.
+    pub(crate) inbox: AtomicPtr<Slab>,
 }
 
 // SAFETY: `state` is touched only through an `Owned` token, which exists only for the
@@ -427,6 +434,7 @@ impl Heap {
                 recent: [Recent::NONE; 2],
             }),
             stopper: Mutex::new(()),
+            _posters_line: [],
             inbox: AtomicPtr::new(std::ptr::null_mut()),
             records: AtomicPtr::new(std::ptr::null_mut()),
             tally: classes.iter().map(|_| ClassTally::new()).collect(),
@@ -1612,5 +1620,26 @@ fn retier(e: Error, tier: Tier, requested: usize) -> Error {
             Error::OutOfMemory(report)
         }
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn other_threads_posts_write_a_line_the_owner_does_not_read() {
+        use std::mem::offset_of;
+        let inbox = offset_of!(Heap, inbox);
+        assert_eq!(inbox % 64, 0);
+        for owner in [
+            offset_of!(Heap, hot),
+            offset_of!(Heap, state),
+            offset_of!(Heap, tally),
+            offset_of!(Heap, counts),
+        ] {
+            assert!(owner < inbox, "{owner} {inbox}");
+        }
+        assert_eq!(std::mem::size_of::<Heap>(), inbox + 64);
     }
 }

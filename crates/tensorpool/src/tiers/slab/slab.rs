@@ -52,7 +52,7 @@ use super::heap::Heap;
 use super::page_map::PAGE;
 use crate::error::PointerError;
 use crate::util::sync::{
-    fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize,
+    fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, CacheLine,
     Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst},
 };
 use std::cell::UnsafeCell;
@@ -158,11 +158,6 @@ pub(crate) struct Slab {
     /// The next record of the same heap (a list statistics walk without a lock).
     pub(crate) all_next: AtomicPtr<Slab>,
 }
-
-/// A cache line's alignment: a zero-length array of it starts the fields after it
-/// on a line of their own (`repr(C)` keeps the order).
-#[repr(align(64))]
-struct CacheLine;
 
 // SAFETY: every field another thread may touch is atomic or immutable; `own` is
 // touched only by the thread that holds the owning heap (the heap's handshake hands
