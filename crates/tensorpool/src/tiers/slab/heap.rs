@@ -328,7 +328,6 @@ impl Recent {
 
 /// One thread's heap in one engine.
 #[repr(C)]
-#[repr(C)]
 pub(crate) struct Heap {
     // ---- the owner's: its handshake, its state, its hot counters ----
     pub(crate) hot: Hot,
