@@ -124,7 +124,7 @@ use crate::upstream::MmapUpstream;
 use crate::upstream::{HeapUpstream, MeteredUpstream, Upstream};
 use crate::util::address_map::AddressMap;
 use crate::util::clock::{Clock, MonotonicClock};
-use crate::util::sync::RwLock;
+use crate::util::sync::{CacheLine, RwLock};
 use arena_upstream::ArenaUpstream;
 use counters::Counters;
 use owners::{Owner, Registrar};
@@ -144,21 +144,26 @@ pub struct MemoryManager {
 /// classes' spacing leaves room.
 const ROOM_FROM: usize = 4096;
 
+// What every allocation and free reads first, on a line that nothing writes after
+// the manager is made (`repr(C)` keeps the order): the release policy's tick of the
+// slow paths, which every thread writes, and the counters are further on.
+#[repr(C)]
 struct Inner {
     /// The largest size whose class the hot paths look up in the engine's table, at
     /// an alignment up to `table_align`; 0 when the hot paths may not serve (debug
     /// mode, which records every block, and explicit pools, which are tried first).
     table_limit: usize,
     table_align: usize,
-    /// Whether the hot paths may serve at all.
-    fast: bool,
-    config: Config,
     /// Slabs of size classes and explicit pools, and cached large blocks; it holds
     /// the best-fit tier, which gives it pages.
     engine: Arc<Engine>,
+    /// Whether the hot paths may serve at all.
+    fast: bool,
     /// Whether the config names explicit pools: then a block's layout does not say
     /// where it is, and frees look it up.
     pools: bool,
+    _read_only_line: [CacheLine; 0],
+    config: Config,
     huge: HugeCache,
     metered: Arc<MeteredUpstream>,
     /// Regions of the best-fit and huge tiers, for frees the engine does not hold.
@@ -299,6 +304,7 @@ impl MemoryManager {
                 table_align: config.alignment,
                 fast,
                 pools: !config.pools.is_empty(),
+                _read_only_line: [],
                 config,
                 engine,
                 huge,

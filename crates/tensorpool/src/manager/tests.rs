@@ -1161,3 +1161,21 @@ fn the_background_thread_gives_memory_back_while_the_program_waits() {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
+
+#[test]
+fn the_fields_every_allocation_reads_share_no_line_with_written_ones() {
+    use std::mem::offset_of;
+    assert_eq!(std::mem::align_of::<Inner>(), 64);
+    for read in [
+        offset_of!(Inner, table_limit),
+        offset_of!(Inner, table_align),
+        offset_of!(Inner, engine),
+        offset_of!(Inner, fast),
+        offset_of!(Inner, pools),
+    ] {
+        assert!(read < 64);
+    }
+    for written in [offset_of!(Inner, release), offset_of!(Inner, counters)] {
+        assert!(written >= 64);
+    }
+}
