@@ -188,37 +188,46 @@ struct Registry {
     heaps: Vec<(HeapBox, Standing)>,
 }
 
-/// The small-block engine of one manager.
+/// The small-block engine of one manager. `repr(C)`: first what every allocation and
+/// free reads and nothing writes after the engine is made, then, from a line of
+/// their own, the locks and what they guard, which any thread writes (the best-fit
+/// tier's state, the page map's writers' list, the registry); the best-fit tier's
+/// state had landed on the line of the classes' table.
+#[repr(C)]
 pub(crate) struct Engine {
+    // ---- read by every allocation and free ----
     /// Unique for the process, never 0.
     pub(crate) id: u64,
     /// Size classes first, then explicit pools.
     pub(crate) classes: Box<[Class]>,
     /// Each class's stride, for the sums over classes of a heap's counters.
     pub(crate) strides: Box<[usize]>,
-    size_classes: Option<SizeClasses>,
     /// The class of every size up to [`TABLE_LIMIT`] (or the threshold) at the
     /// engine's alignment, in steps of 8 bytes (the least class spacing):
     /// `class_table[(size - 1) / 8]` (see [`class_table`]).
     class_table: Box<[u8]>,
-    /// Where the explicit pools start in `classes`.
-    pub(crate) first_pool: usize,
-    pub(crate) map: PageMap,
-    /// Where pages come from: the best-fit tier.
-    pub(crate) large: BestFit,
     /// Most pages of a span.
     span_pages: usize,
+    /// Least alignment of every block.
+    pub(crate) alignment: usize,
+    /// Where the explicit pools start in `classes`.
+    pub(crate) first_pool: usize,
     /// Most bytes of empty slabs and cached blocks a heap keeps.
     pub(crate) cache_limit: usize,
     /// Most bytes of one slab.
     pub(crate) max_slab: usize,
-    /// Least alignment of every block.
-    pub(crate) alignment: usize,
     /// The manager's totals, where heaps publish their bytes at slow paths.
     pub(crate) totals: Arc<Totals>,
-    registry: Mutex<Registry>,
     /// The heap of threads that cannot use their own, under its lock.
     shared: HeapBox,
+    size_classes: Option<SizeClasses>,
+    /// Its entries are read by every free; its writers' list starts a line of its
+    /// own (see `PageMap`).
+    pub(crate) map: PageMap,
+    // ---- written by any thread ----
+    /// Where pages come from: the best-fit tier.
+    pub(crate) large: BestFit,
+    registry: Mutex<Registry>,
     shared_lock: Mutex<()>,
     /// Serializes trims, statistics and snapshots, which stop heaps.
     stop_lock: Mutex<()>,
@@ -1090,6 +1099,36 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_every_allocation_reads_shares_no_line_with_what_threads_write() {
+        use std::mem::offset_of;
+        assert_eq!(std::mem::align_of::<Engine>(), 64);
+        let written_from = offset_of!(Engine, map) + page_map::PageMap::WRITERS_AT;
+        assert_eq!(written_from % 64, 0);
+        for read in [
+            offset_of!(Engine, id),
+            offset_of!(Engine, classes),
+            offset_of!(Engine, strides),
+            offset_of!(Engine, class_table),
+            offset_of!(Engine, span_pages),
+            offset_of!(Engine, alignment),
+            offset_of!(Engine, totals),
+            offset_of!(Engine, size_classes),
+            offset_of!(Engine, map),
+        ] {
+            assert!(read < written_from);
+        }
+        for written in [
+            offset_of!(Engine, large),
+            offset_of!(Engine, registry),
+            offset_of!(Engine, shared_lock),
+            offset_of!(Engine, stop_lock),
+            offset_of!(Engine, late_pending),
+        ] {
+            assert!(written >= written_from);
+        }
+    }
 
     fn class(stride: usize) -> Class {
         Class {

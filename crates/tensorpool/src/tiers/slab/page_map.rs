@@ -21,7 +21,7 @@
 //! ```
 
 use super::slab::Slab;
-use crate::util::sync::{Mutex, MutexGuard};
+use crate::util::sync::{CacheLine, Mutex, MutexGuard};
 use std::sync::atomic::{
     AtomicPtr,
     Ordering::{AcqRel, Acquire, Release},
@@ -124,8 +124,13 @@ fn copy_of<T>(node: &'static T) -> Box<T> {
 }
 
 /// Address → slab, lock-free for readers.
+#[repr(C)]
 pub(crate) struct PageMap {
+    /// Read by every free; written never after the map is made.
     top: Box<[AtomicPtr<Mid>; TOP_LEN]>,
+    /// The writers' lock starts a line of its own, away from `top` (and from what
+    /// precedes the map in its owner).
+    _writers_line: [CacheLine; 0],
     /// Every node installed, to free when the map goes (a writer's slow path).
     installed: Mutex<Vec<Installed>>,
 }
@@ -180,9 +185,14 @@ impl PageMap {
         PageMapHold(self.installed.lock())
     }
 
+    /// Where the writers' part starts: what precedes it only readers touch.
+    #[cfg(test)]
+    pub(crate) const WRITERS_AT: usize = std::mem::offset_of!(PageMap, installed);
+
     pub(crate) fn new() -> Self {
         PageMap {
             top: copy_of(&EMPTY_TOP),
+            _writers_line: [],
             installed: Mutex::new(Vec::new()),
         }
     }
