@@ -141,6 +141,27 @@ impl Config {
         if let Ok(config) = combined(&table) {
             return (config, errors);
         }
+        // The one variable whose passing over lets all the others apply is at fault
+        // (a threshold that is not a power of two beside an alignment and a smallest
+        // block valid only together): it alone is passed over and named. Where more
+        // than one would do (two limits at odds), none is singled out: see below.
+        let without = |key: &String| {
+            let mut rest = table.clone();
+            match before_vars.get(key) {
+                Some(kept) => rest.insert(key.clone(), kept.clone()),
+                None => rest.remove(key),
+            };
+            rest
+        };
+        let mut culprits = applied
+            .iter()
+            .filter(|(_, _, key)| combined(&without(key)).is_ok());
+        if let (Some((name, text, key)), None) = (culprits.next(), culprits.next()) {
+            let e = combined(&table).expect_err("the variables failed together");
+            errors.push(e.in_config(format_args!("{name}={text:?} (passed over)")));
+            let config = combined(&without(key)).expect("checked just above");
+            return (config, errors);
+        }
         // A variable that cannot apply even alone over the base and the file (an
         // alignment that is not a power of two) is passed over and named: its setting
         // stays the base's or the file's; the others still apply.
@@ -382,6 +403,19 @@ mod tests {
         );
         assert_eq!((c.alignment, c.min_block_size, errors.len()), (32, 32, 1));
         std::fs::remove_dir_all(&dir).unwrap();
+        // Variables valid only together stay together when a third is at fault (the
+        // alignment was passed over with the bad threshold: it failed alone).
+        let (c, errors) = Config::from_vars_reporting_over(
+            crate::global::process_defaults(),
+            vars(&[
+                ("TENSORPOOL_ALIGNMENT", "64"),
+                ("TENSORPOOL_MIN_BLOCK_SIZE", "64"),
+                ("TENSORPOOL_SMALL_THRESHOLD", "1000"),
+            ]),
+        );
+        assert_eq!((c.alignment, c.min_block_size), (64, 64));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].to_string().contains("TENSORPOOL_SMALL_THRESHOLD"));
     }
 
     #[test]
