@@ -138,28 +138,21 @@ impl Config {
                 .map_err(|e| Error::InvalidConfig(e.message().to_string()))
                 .and_then(|c| c.validate().map(|()| c))
         };
-        if let Ok(config) = combined(&table) {
-            return (config, errors);
-        }
+        let together = match combined(&table) {
+            Ok(config) => return (config, errors),
+            Err(e) => e,
+        };
         // The one variable whose passing over lets all the others apply is at fault
         // (a threshold that is not a power of two beside an alignment and a smallest
         // block valid only together): it alone is passed over and named. Where more
         // than one would do (two limits at odds), none is singled out: see below.
-        let without = |key: &String| {
+        let mut culprits = applied.iter().filter_map(|(name, text, key)| {
             let mut rest = table.clone();
-            match before_vars.get(key) {
-                Some(kept) => rest.insert(key.clone(), kept.clone()),
-                None => rest.remove(key),
-            };
-            rest
-        };
-        let mut culprits = applied
-            .iter()
-            .filter(|(_, _, key)| combined(&without(key)).is_ok());
-        if let (Some((name, text, key)), None) = (culprits.next(), culprits.next()) {
-            let e = combined(&table).expect_err("the variables failed together");
-            errors.push(e.in_config(format_args!("{name}={text:?} (passed over)")));
-            let config = combined(&without(key)).expect("checked just above");
+            restore(&mut rest, &before_vars, key);
+            combined(&rest).ok().map(|config| (name, text, config))
+        });
+        if let (Some((name, text, config)), None) = (culprits.next(), culprits.next()) {
+            errors.push(together.in_config(format_args!("{name}={text:?} (passed over)")));
             return (config, errors);
         }
         // A variable that cannot apply even alone over the base and the file (an
@@ -170,10 +163,7 @@ impl Config {
             alone.insert(key.clone(), table[&key].clone());
             if let Err(e) = combined(&alone) {
                 errors.push(e.in_config(format_args!("{name}={text:?} (passed over)")));
-                match before_vars.get(&key) {
-                    Some(kept) => table.insert(key, kept.clone()),
-                    None => table.remove(&key),
-                };
+                restore(&mut table, &before_vars, &key);
             }
         }
         match combined(&table) {
@@ -189,6 +179,15 @@ impl Config {
             }
         }
     }
+}
+
+/// Puts `key` of `table` back as `before` has it (or takes it out): a variable passed
+/// over leaves the base's or the file's setting.
+fn restore(table: &mut toml::Table, before: &toml::Table, key: &str) {
+    match before.get(key) {
+        Some(kept) => table.insert(key.to_string(), kept.clone()),
+        None => table.remove(key),
+    };
 }
 
 /// The variables of the prefix, and an error naming each setting whose value is not

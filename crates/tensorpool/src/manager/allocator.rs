@@ -96,10 +96,8 @@ impl MemoryManager {
             (Route::Large | Route::Huge, _) => {
                 inner.resize_in_place(ptr.as_ptr(), new.size(), false)
             }
-            (Route::Class(from), Route::Class(to)) if from == to => {
-                inner.resize_engine_block(ptr.as_ptr(), new.size(), Some(old.size()))
-            }
-            (Route::Span(_), Route::Span(_)) => {
+            (Route::Class(from), Route::Class(to)) if from != to => false,
+            (Route::Class(_), Route::Class(_)) | (Route::Span(_), Route::Span(_)) => {
                 inner.resize_engine_block(ptr.as_ptr(), new.size(), Some(old.size()))
             }
             _ => false,
@@ -107,7 +105,7 @@ impl MemoryManager {
     }
 
     /// `Allocator`'s `grow`, `grow_zeroed` (`zeroed`) and `shrink`: in place where
-    /// the best-fit or huge tier holds the block and can (see
+    /// the block's tier can (see
     /// [`resize_typed_in_place`](Self::resize_typed_in_place)), else a move.
     ///
     /// # Safety

@@ -351,14 +351,10 @@ impl MemoryManager {
     /// Give it back with [`free_raw`](Self::free_raw).
     #[inline]
     pub fn allocate_raw(&self, size: usize, align: usize) -> Result<NonNull<u8>> {
-        // The hot path trusts the alignment (a `Layout`'s is a power of two); the
-        // full path refuses a bad one.
-        if align.is_power_of_two() {
-            if let Some((ptr, _)) = self.inner.serve_hot(size, align, true) {
-                return Ok(ptr);
-            }
+        match self.inner.serve_hot_raw(size, align) {
+            Some((ptr, _)) => Ok(ptr),
+            None => self.allocate_raw_cold(size, align),
         }
-        self.allocate_raw_cold(size, align)
     }
 
     #[cold]
@@ -371,12 +367,7 @@ impl MemoryManager {
     /// (without writing it when the block's pages are fresh from the system).
     #[inline]
     pub fn allocate_raw_zeroed(&self, size: usize, align: usize) -> Result<NonNull<u8>> {
-        // As in `allocate_raw`: the hot path trusts the alignment.
-        if let Some((ptr, zero)) = align
-            .is_power_of_two()
-            .then(|| self.inner.serve_hot(size, align, true))
-            .flatten()
-        {
+        if let Some((ptr, zero)) = self.inner.serve_hot_raw(size, align) {
             if !zero {
                 // SAFETY: a fresh block of at least `size` bytes, exclusively ours.
                 unsafe { ptr.as_ptr().write_bytes(0, size) };
@@ -603,9 +594,11 @@ impl MemoryManager {
     /// The current figures are exact: frees that other threads posted to a thread's
     /// slabs are collected first (every thread's heap is stopped between two of its
     /// operations for a moment). The peaks of small blocks are recorded within 64 KiB
-    /// per thread (see [`Stats::peak_allocated_bytes`](crate::Stats::peak_allocated_bytes)). Where the system has no `membarrier` (not Linux,
-    /// or a kernel before 4.14), a running thread's heap is not stopped, and the
-    /// blocks other threads freed into it count as allocated until it collects them.
+    /// per thread (see
+    /// [`Stats::peak_allocated_bytes`](crate::Stats::peak_allocated_bytes)). Where the
+    /// system has no `membarrier` (not Linux, or a kernel before 4.14), a running
+    /// thread's heap is not stopped, and the blocks other threads freed into it count
+    /// as allocated until it collects them.
     pub fn stats(&self) -> Stats {
         self.inner.stats()
     }

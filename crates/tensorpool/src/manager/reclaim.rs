@@ -39,7 +39,8 @@ impl Inner {
     }
 
     /// Resizes the live block at `ptr` of the calling thread's slabs in place to
-    /// `size` bytes if the engine can (see [`Engine::resize`](crate::tiers::slab::Engine::resize); `typed` is a typed
+    /// `size` bytes if the engine can (see
+    /// [`Engine::resize`](crate::tiers::slab::Engine::resize); `typed` is a typed
     /// holder's size, `None` for a raw block); `false`, nothing changed, otherwise.
     pub(super) fn resize_engine_block(
         &self,

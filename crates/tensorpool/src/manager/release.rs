@@ -109,6 +109,11 @@ struct Adapt {
     activity: u64,
 }
 
+/// The free bytes worth the calls of a release above the soft limit `soft`.
+fn worth_releasing(soft: usize) -> usize {
+    SOFT_LIMIT_SLACK.min(soft / 32).max(1)
+}
+
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1)
 }
@@ -336,7 +341,7 @@ impl Inner {
         let Some(soft) = self.release.soft_limit() else {
             return;
         };
-        if bytes < SOFT_LIMIT_SLACK.min(soft / 32).max(1) || self.metered.resident_bytes() <= soft {
+        if bytes < worth_releasing(soft) || self.metered.resident_bytes() <= soft {
             return;
         }
         let released = self.locked_tier(owner).trim();
@@ -356,7 +361,7 @@ impl Inner {
         // above the limit).
         let (allocated, _) = self.counters.totals.current();
         let free = resident.saturating_sub(allocated.max(0) as usize);
-        if free >= SOFT_LIMIT_SLACK.min(soft / 32).max(1) {
+        if free >= worth_releasing(soft) {
             self.trim();
         }
     }

@@ -39,8 +39,8 @@ impl Inner {
     /// slab of the class (and whether it is known zero), with no lock and no atomic
     /// read-modify-write. `None` sends
     /// the request down the full path (debug mode, explicit pools, a size or
-    /// alignment no class serves, a slab to change). `align` is a power of two (the
-    /// callers check one that does not come from a `Layout`).
+    /// alignment no class serves, a slab to change). `align` is a power of two (a
+    /// `Layout`'s, or checked by [`serve_hot_raw`](Self::serve_hot_raw)).
     #[inline(always)]
     pub(super) fn serve_hot(
         &self,
@@ -57,6 +57,17 @@ impl Inner {
             return self.engine.grant_hot(class, size, raw);
         }
         self.serve_hot_medium(size, align, raw)
+    }
+
+    /// [`serve_hot`](Self::serve_hot) for the raw API, whose alignment no `Layout`
+    /// vouches for: one that is not a power of two goes to the full path, which
+    /// refuses it.
+    #[inline(always)]
+    pub(super) fn serve_hot_raw(&self, size: usize, align: usize) -> Option<(NonNull<u8>, bool)> {
+        if !align.is_power_of_two() {
+            return None;
+        }
+        self.serve_hot(size, align, true)
     }
 
     /// [`serve_hot`](Self::serve_hot) past the class table: the larger classes and
