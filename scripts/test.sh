@@ -96,7 +96,7 @@ if [ -n "$NIGHTLY" ]; then
         --test debug_mode --target x86_64-unknown-linux-gnu
 fi
 
-step "Python: the tensorpool package (maturin, abi3) and its tests (pytest)"
+step "Python: the tensorpool package (maturin) and its tests (pytest)"
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi

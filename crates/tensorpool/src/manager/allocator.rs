@@ -37,7 +37,7 @@ impl MemoryManager {
     #[inline]
     pub(crate) fn free_raw_hot(&self, ptr: *mut u8) -> bool {
         let inner = &*self.inner;
-        inner.fast && inner.engine.release_hot(ptr, true, 0, None)
+        (inner.fast || inner.pools_hot) && inner.engine.release_hot(ptr, true, 0, None)
     }
 
     /// Whether `ptr` lies in memory the manager holds (a region of one of its tiers).

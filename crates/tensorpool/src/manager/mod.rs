@@ -151,17 +151,22 @@ const ROOM_FROM: usize = 4096;
 struct Inner {
     /// The largest size whose class the hot paths look up in the engine's table, at
     /// an alignment up to `table_align`; 0 when the hot paths may not serve (debug
-    /// mode, which records every block, and explicit pools, which are tried first).
+    /// mode, which records every block) or serve pools instead (explicit pools,
+    /// which are tried first: `pools_hot`).
     table_limit: usize,
     table_align: usize,
     /// Slabs of size classes and explicit pools, and cached large blocks; it holds
     /// the best-fit tier, which gives it pages.
     engine: Arc<Engine>,
-    /// Whether the hot paths may serve at all.
+    /// Whether the hot paths serve the size classes and spans (no debug mode, no
+    /// explicit pools).
     fast: bool,
     /// Whether the config names explicit pools: then a block's layout does not say
     /// where it is, and frees look it up.
     pools: bool,
+    /// Whether the hot paths serve the explicit pools (pools, and no debug mode):
+    /// the smallest pool that fits, from the calling thread's current slab of it.
+    pools_hot: bool,
     _read_only_line: [CacheLine; 0],
     config: Config,
     huge: HugeCache,
@@ -304,6 +309,7 @@ impl MemoryManager {
                 table_align: config.alignment,
                 fast,
                 pools: !config.pools.is_empty(),
+                pools_hot: !config.pools.is_empty() && !config.debug,
                 _read_only_line: [],
                 config,
                 engine,

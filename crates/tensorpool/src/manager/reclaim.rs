@@ -16,7 +16,9 @@ impl Inner {
             // SAFETY: `1 <= size <= table_limit`, the engine's table limit.
             Some(unsafe { self.engine.table_class(size) })
         } else if !self.fast || align > MAX_ALIGN {
-            return false;
+            // With explicit pools, a layout does not say which pool or class holds
+            // the block: the engine finds its slab from the address (and checks it).
+            return self.pools_hot && self.engine.release_hot(ptr.as_ptr(), false, size, None);
         } else {
             self.engine.class_for(size, align)
         };

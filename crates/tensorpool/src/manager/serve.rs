@@ -37,9 +37,9 @@ impl Inner {
 
     /// The hot path of small allocations: a slot of the calling thread's current
     /// slab of the class (and whether it is known zero), with no lock and no atomic
-    /// read-modify-write. `None` sends
-    /// the request down the full path (debug mode, explicit pools, a size or
-    /// alignment no class serves, a slab to change). `align` is a power of two (a
+    /// read-modify-write; with explicit pools, of the smallest pool that fits. `None`
+    /// sends the request down the full path (debug mode, a size or alignment no
+    /// class or pool serves, a slab to change, a pool's current slab run out). `align` is a power of two (a
     /// `Layout`'s, or checked by [`serve_hot_raw`](Self::serve_hot_raw)).
     #[inline(always)]
     pub(super) fn serve_hot(
@@ -79,9 +79,15 @@ impl Inner {
         align: usize,
         raw: bool,
     ) -> Option<(NonNull<u8>, bool)> {
+        if !self.fast {
+            return match self.pools_hot {
+                true => self.serve_hot_pools(size, align, raw),
+                false => None,
+            };
+        }
         // One comparison for a size of 0 and one beyond any limit (whose rounding
         // would overflow): both go to the full path, which says why.
-        if !self.fast || align > MAX_ALIGN || size.wrapping_sub(1) >= crate::MAX_ALLOCATION_SIZE {
+        if align > MAX_ALIGN || size.wrapping_sub(1) >= crate::MAX_ALLOCATION_SIZE {
             return None;
         }
         match self.engine.class_for(size, align) {
@@ -93,6 +99,31 @@ impl Inner {
                 self.engine.grant_span_hot(pages, size, raw)
             }
         }
+    }
+
+    /// [`serve_hot`](Self::serve_hot) with explicit pools: a slot of the calling
+    /// thread's current slab of the smallest pool whose blocks fit, as
+    /// [`serve_pools`](Self::serve_pools) tries it first. `None` when no pool fits
+    /// (the full path then tries the classes) or that slab has no free slot (the
+    /// full path refills it, or takes the next pool when this one is full).
+    #[inline]
+    pub(super) fn serve_hot_pools(
+        &self,
+        size: usize,
+        align: usize,
+        raw: bool,
+    ) -> Option<(NonNull<u8>, bool)> {
+        if size == 0 {
+            return None;
+        }
+        let engine = &self.engine;
+        // Pools serve at least the manager's alignment (`serve_pools` compares with
+        // it raised to that, which a pool's own alignment already is).
+        let class = (engine.first_pool..engine.classes.len()).find(|&c| {
+            let pool = &engine.classes[c];
+            pool.block_size >= size && pool.align >= align
+        })?;
+        engine.grant_hot(class, size, raw)
     }
 
     pub(super) fn serve(
@@ -135,6 +166,11 @@ impl Inner {
         size: usize,
         align: usize,
     ) -> Result<Option<NonNull<u8>>> {
+        if self.pools_hot && align.is_power_of_two() {
+            if let Some((ptr, _)) = self.serve_hot_pools(size, align, false) {
+                return Ok(Some(ptr));
+            }
+        }
         validate(size, align)?;
         let align = align.max(self.config.alignment);
         let Some(tracker) = &self.debug else {

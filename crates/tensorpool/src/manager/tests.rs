@@ -82,6 +82,74 @@ fn explicit_pools_first_then_fall_through() {
 }
 
 #[test]
+fn explicit_pools_on_the_hot_path_keep_their_order_checks_and_counts() {
+    // The lecture's manager: pools tried smallest first, the next when one is full,
+    // served from the calling thread's slabs without the full path.
+    // Block sizes no size class has, to tell the pools apart in the stats.
+    let mm = manager(heap_config().pool(240, 10).pool(1000, 10));
+    let pool_blocks = |mm: &MemoryManager, size| {
+        mm.stats()
+            .classes
+            .iter()
+            .filter(|c| c.block_size == size)
+            .map(|c| c.allocated_blocks)
+            .sum::<usize>()
+    };
+    let layout = Layout::from_size_align(200, 8).unwrap();
+    let mut held: Vec<NonNull<u8>> = (0..12)
+        .map(|_| Allocator::allocate(&mm, layout).unwrap().cast())
+        .collect();
+    assert_eq!((pool_blocks(&mm, 240), pool_blocks(&mm, 1000)), (10, 2));
+    // A slot of the smaller pool freed: the next block comes from it again, though
+    // the larger pool's slab is the warm one.
+    let freed = held.remove(0);
+    // SAFETY: allocated above with `layout`, freed once.
+    unsafe { Allocator::deallocate(&mm, freed, layout) };
+    held.push(Allocator::allocate(&mm, layout).unwrap().cast());
+    assert_eq!((pool_blocks(&mm, 240), pool_blocks(&mm, 1000)), (10, 2));
+    // An alignment above the pools' goes past them, to the size classes.
+    let aligned = mm.allocate_raw(200, 128).unwrap();
+    assert_eq!(aligned.as_ptr().addr() % 128, 0);
+    assert_eq!((pool_blocks(&mm, 240), pool_blocks(&mm, 1000)), (10, 2));
+    // Raw blocks of the pools: a free is checked (twice is refused, and changes
+    // nothing), also for a block freed by another thread.
+    let raw = mm.allocate_raw(100, 64).unwrap();
+    assert_eq!(pool_blocks(&mm, 1000), 3);
+    mm.free_raw(raw.as_ptr()).unwrap();
+    assert!(matches!(
+        mm.free_raw(raw.as_ptr()),
+        Err(Error::InvalidPointer {
+            reason: PointerError::NotLive,
+            ..
+        })
+    ));
+    let typed_as_raw = held[0];
+    assert!(matches!(
+        mm.free_raw(typed_as_raw.as_ptr()),
+        Err(Error::InvalidPointer {
+            reason: PointerError::NotRaw,
+            ..
+        })
+    ));
+    let across = mm.allocate_raw(300, 64).unwrap().as_ptr().addr();
+    std::thread::scope(|s| {
+        s.spawn(|| mm.free_raw(across as *mut u8).unwrap());
+    });
+    mm.free_raw(aligned.as_ptr()).unwrap();
+    for p in held {
+        // SAFETY: allocated above with `layout`, freed once.
+        unsafe { Allocator::deallocate(&mm, p, layout) };
+    }
+    mm.flush_thread_cache();
+    let s = mm.stats();
+    assert_eq!(
+        (s.allocated_bytes, s.requested_bytes, s.allocated_blocks),
+        (0, 0, 0)
+    );
+    assert_eq!(s.num_allocs, s.num_frees);
+}
+
+#[test]
 fn allocation_from_the_pools_only_stops_where_they_do() {
     for debug in [false, true] {
         let mm = manager(heap_config().pool(64, 1000).pool(256, 2).debug(debug));
@@ -1172,6 +1240,7 @@ fn the_fields_every_allocation_reads_share_no_line_with_written_ones() {
         offset_of!(Inner, engine),
         offset_of!(Inner, fast),
         offset_of!(Inner, pools),
+        offset_of!(Inner, pools_hot),
     ] {
         assert!(read < 64);
     }
