@@ -184,7 +184,6 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        releaser::wake();
         if let Some(tracker) = &self.debug {
             let report = tracker.leaks("manager");
             if report.count > 0 {

@@ -80,11 +80,27 @@ impl Inner {
         raw: bool,
     ) -> Option<(NonNull<u8>, bool)> {
         if !self.fast {
-            return match self.pools_hot {
-                true => self.serve_hot_pools(size, align, raw),
-                false => None,
+            if !self.pools_hot {
+                return None;
+            }
+            return match self.pool_for(size, align) {
+                Some(pool) => self.engine.grant_hot(pool, size, raw),
+                // No pool fits: the full path would route it as without pools.
+                None => self.serve_hot_routed(size, align, raw),
             };
         }
+        self.serve_hot_routed(size, align, raw)
+    }
+
+    /// The hot path by [`route`](Self::route): the class or the span that serves
+    /// `size` at `align`.
+    #[inline]
+    fn serve_hot_routed(
+        &self,
+        size: usize,
+        align: usize,
+        raw: bool,
+    ) -> Option<(NonNull<u8>, bool)> {
         // One comparison for a size of 0 and one beyond any limit (whose rounding
         // would overflow): both go to the full path, which says why.
         if align > MAX_ALIGN || size.wrapping_sub(1) >= crate::MAX_ALLOCATION_SIZE {
@@ -101,29 +117,24 @@ impl Inner {
         }
     }
 
-    /// [`serve_hot`](Self::serve_hot) with explicit pools: a slot of the calling
-    /// thread's current slab of the smallest pool whose blocks fit, as
-    /// [`serve_pools`](Self::serve_pools) tries it first. `None` when no pool fits
-    /// (the full path then tries the classes) or that slab has no free slot (the
-    /// full path refills it, or takes the next pool when this one is full).
+    /// The smallest explicit pool whose blocks hold `size` bytes at `align`, as
+    /// [`serve_pools`](Self::serve_pools) tries them: the hot paths take a block of
+    /// it from the calling thread's slabs (`Engine::grant_hot`, which also moves to
+    /// another slab of the pool that has a free slot). When the thread has none, the
+    /// full path makes a slab (while the pool's capacity allows) or takes the next
+    /// pool, then the classes.
     #[inline]
-    pub(super) fn serve_hot_pools(
-        &self,
-        size: usize,
-        align: usize,
-        raw: bool,
-    ) -> Option<(NonNull<u8>, bool)> {
+    fn pool_for(&self, size: usize, align: usize) -> Option<usize> {
         if size == 0 {
             return None;
         }
         let engine = &self.engine;
         // Pools serve at least the manager's alignment (`serve_pools` compares with
         // it raised to that, which a pool's own alignment already is).
-        let class = (engine.first_pool..engine.classes.len()).find(|&c| {
+        (engine.first_pool..engine.classes.len()).find(|&c| {
             let pool = &engine.classes[c];
             pool.block_size >= size && pool.align >= align
-        })?;
-        engine.grant_hot(class, size, raw)
+        })
     }
 
     pub(super) fn serve(
@@ -167,7 +178,8 @@ impl Inner {
         align: usize,
     ) -> Result<Option<NonNull<u8>>> {
         if self.pools_hot && align.is_power_of_two() {
-            if let Some((ptr, _)) = self.serve_hot_pools(size, align, false) {
+            let hot = self.pool_for(size, align);
+            if let Some((ptr, _)) = hot.and_then(|pool| self.engine.grant_hot(pool, size, false)) {
                 return Ok(Some(ptr));
             }
         }

@@ -136,6 +136,18 @@ fn explicit_pools_on_the_hot_path_keep_their_order_checks_and_counts() {
         s.spawn(|| mm.free_raw(across as *mut u8).unwrap());
     });
     mm.free_raw(aligned.as_ptr()).unwrap();
+    // Sizes no pool fits: a size class, a large block of the engine (a span), typed
+    // and raw, as without pools.
+    for size in [4000, 100 << 10] {
+        let layout = Layout::from_size_align(size, 64).unwrap();
+        let typed = Allocator::allocate(&mm, layout).unwrap().cast::<u8>();
+        let raw = mm.allocate_raw(size, 64).unwrap();
+        assert_eq!(mm.raw_size(raw.as_ptr()).unwrap(), size);
+        assert!(pool_blocks(&mm, 240) + pool_blocks(&mm, 1000) == 12);
+        mm.free_raw(raw.as_ptr()).unwrap();
+        // SAFETY: allocated above with `layout`, freed once.
+        unsafe { Allocator::deallocate(&mm, typed, layout) };
+    }
     for p in held {
         // SAFETY: allocated above with `layout`, freed once.
         unsafe { Allocator::deallocate(&mm, p, layout) };
@@ -1218,8 +1230,16 @@ fn the_background_thread_gives_memory_back_while_the_program_waits() {
         );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    // The thread stops when no manager needs it any more.
+    // A manager made after the last one went away finds the thread still there (a
+    // program that makes managers one after another started one for each before).
+    let starts = super::releaser::starts();
     drop(mm);
+    let next =
+        MemoryManager::new(Config::builder().background_release(true).build().unwrap()).unwrap();
+    assert!(super::releaser::running());
+    assert_eq!(super::releaser::starts(), starts);
+    // The thread stops when no manager has needed it for a while.
+    drop(next);
     let start = std::time::Instant::now();
     while super::releaser::running() {
         assert!(
