@@ -122,7 +122,118 @@ def scipy_sparse():
     return max(residuals), float(vals.max())
 
 
-PROGRAMS = {f.__name__: f for f in (sk_forest, sk_kmeans_pca, sk_ridge_cv, np_wave, scipy_sparse)}
+def _layer_norm(x, g, b, eps=1e-5):
+    mean = x.mean(axis=-1, keepdims=True)
+    var = x.var(axis=-1, keepdims=True)
+    return g * (x - mean) / np.sqrt(var + eps) + b
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _gelu(x):
+    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+
+
+def _block_weights(rng, d, layers):
+    def w(*shape):
+        return (rng.standard_normal(shape) * 0.02).astype(np.float32)
+
+    return [
+        {
+            "ln1": (np.ones(d, np.float32), np.zeros(d, np.float32)),
+            "qkv": w(d, 3 * d),
+            "proj": w(d, d),
+            "ln2": (np.ones(d, np.float32), np.zeros(d, np.float32)),
+            "fc": w(d, 4 * d),
+            "out": w(4 * d, d),
+        }
+        for _ in range(layers)
+    ]
+
+
+def np_gpt_kv():
+    """NumPy: a GPT-style decoder (6 layers, d_model 384, 6 heads, vocabulary 8,000,
+    random weights) generating 96 tokens greedily after a 32-token prompt, with a
+    key/value cache per layer grown by `np.concatenate` at every token, as NumPy
+    GPT implementations (picoGPT and its KV-cache variants) write it."""
+    d, heads, layers, vocab, prompt, new = 384, 6, 6, 8000, 32, 96
+    rng = np.random.default_rng(0)
+    wte = (rng.standard_normal((vocab, d)) * 0.02).astype(np.float32)
+    wpe = (rng.standard_normal((prompt + new, d)) * 0.01).astype(np.float32)
+    blocks = _block_weights(rng, d, layers)
+    ln_f = (np.ones(d, np.float32), np.zeros(d, np.float32))
+    cache = [None] * layers
+    tokens = list(rng.integers(0, vocab, prompt))
+
+    def attend(x, i):
+        b = blocks[i]
+        q, k, v = np.split(_layer_norm(x, *b["ln1"]) @ b["qkv"], 3, axis=-1)
+        if cache[i] is not None:
+            k = np.concatenate([cache[i][0], k])
+            v = np.concatenate([cache[i][1], v])
+        cache[i] = (k, v)
+        n, t = q.shape[0], k.shape[0]
+        qh = q.reshape(n, heads, -1).transpose(1, 0, 2)
+        kh = k.reshape(t, heads, -1).transpose(1, 2, 0)
+        vh = v.reshape(t, heads, -1).transpose(1, 0, 2)
+        mask = np.triu(np.full((n, t), -1e9, np.float32), t - n + 1)
+        att = _softmax(qh @ kh / np.sqrt(d // heads) + mask) @ vh
+        x = x + att.transpose(1, 0, 2).reshape(n, d) @ b["proj"]
+        return x + _gelu(_layer_norm(x, *b["ln2"]) @ b["fc"]) @ b["out"]
+
+    inputs = tokens
+    for _ in range(new):
+        start = len(tokens) - len(inputs)
+        x = wte[inputs] + wpe[start : start + len(inputs)]
+        for i in range(layers):
+            x = attend(x, i)
+        logits = _layer_norm(x[-1:], *ln_f) @ wte.T
+        nxt = int(logits.argmax())
+        tokens.append(nxt)
+        inputs = [nxt]
+    return tokens[-1]
+
+
+def np_vit():
+    """NumPy: a ViT-style image classifier (patch embedding of 16 x 16 patches of
+    224 x 224 images, 6 encoder layers, d_model 384, 6 heads, random weights) run on
+    4 batches of 2 images, as an inference loop does."""
+    d, heads, layers, patch, classes = 384, 6, 6, 16, 1000
+    rng = np.random.default_rng(0)
+    blocks = _block_weights(rng, d, layers)
+    w_patch = (rng.standard_normal((3 * patch * patch, d)) * 0.02).astype(np.float32)
+    cls = np.zeros((1, 1, d), np.float32)
+    pos = (rng.standard_normal((1, 197, d)) * 0.01).astype(np.float32)
+    head = (rng.standard_normal((d, classes)) * 0.02).astype(np.float32)
+    ln_f = (np.ones(d, np.float32), np.zeros(d, np.float32))
+    predictions = []
+    for _ in range(4):
+        images = rng.standard_normal((2, 3, 224, 224)).astype(np.float32)
+        n = images.shape[0]
+        p = images.reshape(n, 3, 14, patch, 14, patch).transpose(0, 2, 4, 1, 3, 5)
+        x = p.reshape(n, 196, 3 * patch * patch) @ w_patch
+        x = np.concatenate([np.broadcast_to(cls, (n, 1, d)), x], axis=1) + pos
+        for b in blocks:
+            h = _layer_norm(x, *b["ln1"]) @ b["qkv"]
+            q, k, v = (
+                t.reshape(n, 197, heads, -1).transpose(0, 2, 1, 3)
+                for t in np.split(h, 3, axis=-1)
+            )
+            att = _softmax(q @ k.transpose(0, 1, 3, 2) / np.sqrt(d // heads)) @ v
+            x = x + att.transpose(0, 2, 1, 3).reshape(n, 197, d) @ b["proj"]
+            x = x + _gelu(_layer_norm(x, *b["ln2"]) @ b["fc"]) @ b["out"]
+        logits = _layer_norm(x[:, 0], *ln_f) @ head
+        predictions.extend(logits.argmax(axis=-1).tolist())
+    return predictions
+
+
+PROGRAMS = {
+    f.__name__: f
+    for f in (sk_forest, sk_kmeans_pca, sk_ridge_cv, np_wave, scipy_sparse, np_gpt_kv, np_vit)
+}
 
 
 def record(name):

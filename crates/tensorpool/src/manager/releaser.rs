@@ -33,8 +33,8 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
 /// Wakes the thread early: a manager came whose first pass is due before the thread
 /// would wake.
 static WAKE: Condvar = Condvar::new();
-/// When the thread wakes next, in nanoseconds from [`epoch`] (`u64::MAX` while it
-/// works or does not run). A manager that comes or goes wakes it only when it must
+/// When the thread wakes next, in nanoseconds from [`epoch`]; `u64::MAX` (never:
+/// any manager that comes wakes it) while it lingers, works or does not run. A manager that comes or goes wakes it only when it must
 /// (a new manager's first pass is due earlier): waking it at each, a program that
 /// made managers one after another paid two context switches for each.
 static WAKES_AT: AtomicU64 = AtomicU64::new(u64::MAX);
@@ -51,7 +51,11 @@ const MIN_WAIT: Duration = Duration::from_millis(1);
 /// it exits: a program that makes managers one after another (a test suite, a
 /// manager per request) would otherwise start a thread for each (measured: a fifth
 /// of the time of making a manager and 100 small arrays from it, in a loop).
+#[cfg(not(test))]
 const LINGER: Duration = Duration::from_secs(1);
+/// Longer in tests, so that a manager left waiting out the linger shows.
+#[cfg(test)]
+const LINGER: Duration = Duration::from_secs(5);
 
 fn registry() -> MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
@@ -139,8 +143,9 @@ fn run() {
                 RUNNING.store(false, Release);
                 return;
             }
-            // Any manager that comes now wakes the thread.
-            WAKES_AT.store(0, Relaxed);
+            // Any manager that comes now wakes the thread (its first pass is due
+            // before "never").
+            WAKES_AT.store(u64::MAX, Relaxed);
             reg = WAKE
                 .wait_timeout(reg, deadline - now)
                 .unwrap_or_else(|e| e.into_inner())

@@ -1234,10 +1234,30 @@ fn the_background_thread_gives_memory_back_while_the_program_waits() {
     // program that makes managers one after another started one for each before).
     let starts = super::releaser::starts();
     drop(mm);
-    let next =
-        MemoryManager::new(Config::builder().background_release(true).build().unwrap()).unwrap();
+    // Past the thread's longest sleep: it has found no manager and lingers.
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let next = MemoryManager::new(
+        Config::builder()
+            .release_delay_ms(Some(50))
+            .background_release(true)
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
     assert!(super::releaser::running());
     assert_eq!(super::releaser::starts(), starts);
+    // ... and wakes it for its passes, not at the end of the linger (5 s in tests).
+    let p = next.allocate_raw(32 << 20, 64).unwrap();
+    next.free_raw(p.as_ptr()).unwrap();
+    let start = std::time::Instant::now();
+    while next.resident_bytes() >= 32 << 20 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_millis(2500),
+            "not given back during the linger: resident {}",
+            next.resident_bytes()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     // The thread stops when no manager has needed it for a while.
     drop(next);
     let start = std::time::Instant::now();
