@@ -359,9 +359,12 @@ impl Buffer {
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let this = slf.get();
-        this.check_valid()?;
+        // The key is read first: reading it may run Python code (`__index__`) that
+        // frees the block, and only then is the block checked (a memoryview holds an
+        // export over the whole operation instead).
         if let Ok(slice) = key.cast::<PySlice>() {
             let idx = slice.indices(this.len as isize)?;
+            this.check_valid()?;
             let start = (this.start as isize + idx.start * this.step) as usize;
             let view = Buffer::view(
                 Backing::Slice(Buffer::root(slf)),
@@ -372,6 +375,7 @@ impl Buffer {
             return Ok(view.into_untracked(py)?.into_any());
         }
         if let Ok(index) = key.extract::<isize>() {
+            this.check_valid()?;
             let i = if index < 0 {
                 index + this.len as isize
             } else {
@@ -382,11 +386,12 @@ impl Buffer {
             }
             let addr = (this.start as isize + i * this.step) as usize;
             // SAFETY: `i < len`, so `addr` is a byte of the view, inside the live
-            // block (checked valid above; only this thread, holding the GIL, could
-            // free it).
+            // block (checked valid above, after the key was read; only this thread,
+            // holding the GIL, could free it, and it runs no Python code since).
             let byte = unsafe { *(addr as *const u8) };
             return Ok(byte.into_pyobject(py)?.into_any());
         }
+        this.check_valid()?;
         Buffer::memoryview(slf)?.get_item(key)
     }
 
@@ -398,15 +403,17 @@ impl Buffer {
         value: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         let this = slf.get();
-        this.check_valid()?;
-        // The lecture's `buf[a:b] = some_bytes` on a contiguous view: one copy.
+        // The lecture's `buf[a:b] = some_bytes` on a contiguous view: one copy. The
+        // slice is read before the block is checked (as in `__getitem__`).
         if let (Ok(slice), Ok(bytes)) = (key.cast::<PySlice>(), value.cast::<PyBytes>()) {
             let idx = slice.indices(this.len as isize)?;
+            this.check_valid()?;
             let src = bytes.as_bytes();
             if this.step == 1 && idx.step == 1 && src.len() == idx.slicelength {
                 // SAFETY: `[start, start + slicelength)` lies inside the view, in the
-                // live block (checked valid above; only this thread, holding the GIL,
-                // could free it); the source is a separate, immutable bytes object.
+                // live block (checked valid above, after the slice was read; only this
+                // thread, holding the GIL, could free it, and it runs no Python code
+                // since); the source is a separate, immutable bytes object.
                 unsafe {
                     std::ptr::copy_nonoverlapping(
                         src.as_ptr(),
@@ -417,6 +424,7 @@ impl Buffer {
                 return Ok(());
             }
         }
+        this.check_valid()?;
         Buffer::memoryview(slf)?.set_item(key, value)
     }
 

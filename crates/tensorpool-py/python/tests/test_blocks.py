@@ -216,3 +216,28 @@ def test_arena_scope_ends_on_exceptions_too(mm):
             raise RuntimeError("boom")
     assert a.closed
     assert mm.stats()["arena_bytes"] == 0
+
+
+@pytest.mark.parametrize("how", ["index", "slice get", "slice set"])
+def test_a_key_that_frees_the_buffer_while_it_is_read_is_refused(how):
+    # Reading the key runs Python code (`__index__`): a block freed there, and handed
+    # to another buffer, must not be read or written through the old one.
+    pool = tensorpool.FixedSizePool(64, 1)
+    a = pool.allocate()
+    taken = []
+
+    class Frees:
+        def __index__(self):
+            pool.deallocate(a)
+            taken.append(pool.allocate())
+            taken[0][:5] = b"mine!"
+            return 0
+
+    with pytest.raises(ValueError, match="released"):
+        if how == "index":
+            a[Frees()]
+        elif how == "slice get":
+            a[Frees() : 5]
+        else:
+            a[Frees() : 5] = b"hello"
+    assert bytes(taken[0][:5]) == b"mine!"
