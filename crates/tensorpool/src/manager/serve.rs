@@ -338,6 +338,15 @@ impl Inner {
             }
             match engine.grant(class, size, raw) {
                 Ok(served) => return Ok(Some(served)),
+                // Full, or its free slots sit in other threads' empty slabs: those
+                // go back to the pool first.
+                Err(Error::OutOfMemory(_)) if engine.reclaim_pool(class) > 0 => {
+                    match engine.grant(class, size, raw) {
+                        Ok(served) => return Ok(Some(served)),
+                        Err(Error::OutOfMemory(_)) => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
                 // Full: try the next pool.
                 Err(Error::OutOfMemory(_)) => continue,
                 Err(e) => return Err(e),

@@ -162,6 +162,45 @@ fn explicit_pools_on_the_hot_path_keep_their_order_checks_and_counts() {
 }
 
 #[test]
+fn a_pools_free_slots_in_another_threads_slab_serve_this_thread() {
+    // The main thread used the pool once: its slab, empty now, took the pool's whole
+    // capacity. Another thread still gets every block of the pool.
+    let mm = manager(heap_config().pool(240, 10));
+    let layout = Layout::from_size_align(200, 64).unwrap();
+    let once = mm.try_allocate_from_pools(layout).unwrap().unwrap();
+    // SAFETY: allocated above with `layout`, freed once.
+    unsafe { Allocator::deallocate(&mm, once, layout) };
+    let pool_blocks = |mm: &MemoryManager| {
+        let s = mm.stats();
+        s.classes
+            .iter()
+            .filter(|c| c.block_size == 240)
+            .map(|c| c.allocated_blocks)
+            .sum::<usize>()
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let held: Vec<_> = (0..10)
+                .map(|_| {
+                    mm.try_allocate_from_pools(layout)
+                        .unwrap()
+                        .expect("a block of the pool")
+                })
+                .collect();
+            assert_eq!(pool_blocks(&mm), 10);
+            // Truly full now: nothing else is tried, and nothing is stopped for it.
+            assert_eq!(mm.try_allocate_from_pools(layout).unwrap(), None);
+            for p in held {
+                // SAFETY: allocated above with `layout`, freed once.
+                unsafe { Allocator::deallocate(&mm, p, layout) };
+            }
+        });
+    });
+    assert_eq!(pool_blocks(&mm), 0);
+    assert_eq!(mm.stats().allocated_bytes, 0);
+}
+
+#[test]
 fn allocation_from_the_pools_only_stops_where_they_do() {
     for debug in [false, true] {
         let mm = manager(heap_config().pool(64, 1000).pool(256, 2).debug(debug));

@@ -154,8 +154,13 @@ impl ClassTally {
     /// Live bytes alone (the first of [`live`](Self::live)).
     #[inline]
     fn bytes(&self, stride: usize) -> u64 {
-        let blocks = self.allocs.get().wrapping_sub(self.frees.get());
-        blocks.wrapping_mul(stride as u64)
+        self.blocks().wrapping_mul(stride as u64)
+    }
+
+    /// Live blocks (wrapping, as [`live`](Self::live)).
+    #[inline]
+    pub(crate) fn blocks(&self) -> u64 {
+        self.allocs.get().wrapping_sub(self.frees.get())
     }
 
     /// Counts a block handed out for `size` bytes of a slot of `stride`.
@@ -1395,33 +1400,8 @@ impl Owned<'_> {
     pub(crate) fn release_empty(&self, eng: &Engine, keep: Option<usize>) -> usize {
         let mut released = 0;
         for class in 0..self.state().classes.len() {
-            if Some(class) == keep {
-                continue;
-            }
-            loop {
-                let cls = &mut self.state().classes[class];
-                let head = cls.empty;
-                if head.is_null() {
-                    break;
-                }
-                // SAFETY: list members are live slabs of this heap.
-                let slab = unsafe { &*head };
-                let own = self.own(slab);
-                // SAFETY: as above.
-                unsafe { list::remove(&mut cls.empty, own) };
-                released += own.bytes;
-                self.destroy(eng, slab);
-            }
-            let cls = &mut self.state().classes[class];
-            if !cls.current.is_null() {
-                // SAFETY: a current slab is a live slab of this heap.
-                let slab = unsafe { &*cls.current };
-                if slab.live() == 0 {
-                    cls.current = std::ptr::null();
-                    cls.bytes = 0;
-                    released += self.own(slab).bytes;
-                    self.destroy(eng, slab);
-                }
+            if Some(class) != keep {
+                released += self.release_empty_class(eng, class);
             }
         }
         while let Some(pages) = self.state().spans.largest() {
@@ -1429,6 +1409,38 @@ impl Owned<'_> {
             let slab = unsafe { self.state().spans.pop(pages) }.expect("a cached size");
             released += self.own(slab).bytes;
             self.destroy(eng, slab);
+        }
+        released
+    }
+
+    /// Gives back the empty slabs of `class`, its current one too when it is empty;
+    /// returns their bytes.
+    pub(crate) fn release_empty_class(&self, eng: &Engine, class: usize) -> usize {
+        let mut released = 0;
+        loop {
+            let cls = &mut self.state().classes[class];
+            let head = cls.empty;
+            if head.is_null() {
+                break;
+            }
+            // SAFETY: list members are live slabs of this heap.
+            let slab = unsafe { &*head };
+            let own = self.own(slab);
+            // SAFETY: as above.
+            unsafe { list::remove(&mut cls.empty, own) };
+            released += own.bytes;
+            self.destroy(eng, slab);
+        }
+        let cls = &mut self.state().classes[class];
+        if !cls.current.is_null() {
+            // SAFETY: a current slab is a live slab of this heap.
+            let slab = unsafe { &*cls.current };
+            if slab.live() == 0 {
+                cls.current = std::ptr::null();
+                cls.bytes = 0;
+                released += self.own(slab).bytes;
+                self.destroy(eng, slab);
+            }
         }
         released
     }

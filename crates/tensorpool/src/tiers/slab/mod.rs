@@ -888,6 +888,37 @@ impl Engine {
         self.stopping.store(false, Relaxed);
     }
 
+    /// Gives the slots of explicit pool `class` that sit free in other threads' slabs
+    /// back to the pool, when the pool has fewer blocks live than its capacity:
+    /// every heap collects its pending frees and gives back its empty slabs of the
+    /// pool (its current one too). Returns the bytes of the slabs given back (0 when
+    /// every block of the pool is live, the pool truly full: nothing is stopped).
+    ///
+    /// A pool's capacity goes to the slabs a thread makes for it, and a slab keeps
+    /// its slots while it is empty: a thread that used a pool once kept it full for
+    /// every other thread.
+    pub(crate) fn reclaim_pool(self: &Arc<Self>, class: usize) -> usize {
+        let Some(capacity) = &self.classes[class].capacity else {
+            return 0;
+        };
+        let live = {
+            let reg = self.registry.lock();
+            reg.heaps
+                .iter()
+                .map(|(h, _)| &**h)
+                .chain([&*self.shared])
+                .map(|heap| heap.tally[class].blocks())
+                .fold(0u64, u64::wrapping_add)
+        };
+        if live >= capacity.total as u64 {
+            return 0;
+        }
+        self.on_every_heap(|owned| {
+            owned.collect_all(self);
+            owned.release_empty_class(self, class)
+        })
+    }
+
     /// Collects every pending free and gives every empty slab and cached block back
     /// to the best-fit tier; returns the bytes given back.
     pub(crate) fn trim(self: &Arc<Self>) -> usize {
