@@ -151,6 +151,21 @@ set -e
 test "$status" = 7
 out=$("$TP" run --library "$LIB" --stats -- python3 -c "print('ran')" 2>&1)
 grep -q "summary of process" <<<"$out"
+# A job manager's SIGTERM to the command reaches the program (it was left running).
+"$TP" run --library "$LIB" -- python3 -c "import time; print('up', flush=True); time.sleep(30)" \
+    >"$OUT/term.out" 2>&1 &
+runner=$!
+for _ in $(seq 100); do grep -q up "$OUT/term.out" && break; sleep 0.05; done
+kill -TERM "$runner"
+set +e
+wait "$runner"
+status=$?
+set -e
+test "$status" = 143
+if pgrep -f "time.sleep\(30\)" >/dev/null; then
+    echo "the program outlived the SIGTERM sent to tensorpool run" >&2
+    exit 1
+fi
 
 echo "==> a config file and variables over the library's own defaults (16-byte classes)"
 printf 'min_block_size = 16\nmemory_limit = "1 GiB"\n' >"$OUT/m16.toml"
@@ -171,4 +186,15 @@ for want in "ran" "TENSORPOOL_MEMORY_LIMT" "TENSORPOOL_RELEASE_DELAY_MS" "summar
         exit 1
     fi
 done
+# The summary goes to the standard error the program started with: also when the
+# program closed it before exit (coreutils), never into a file that took its number.
+err=$(TENSORPOOL_STATS=1 LD_PRELOAD="$LIB" ls / 2>&1 >/dev/null)
+grep -q "summary of process" <<<"$err"
+err=$(TENSORPOOL_STATS=1 LD_PRELOAD="$LIB" python3 -c "
+import os
+os.close(2)
+fd = os.open('$OUT/fd2.txt', os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+os.write(fd, b'payload\\n')" 2>&1)
+grep -q "summary of process" <<<"$err"
+test "$(cat "$OUT/fd2.txt")" = payload
 echo "preload tests passed"

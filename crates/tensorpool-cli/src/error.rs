@@ -27,6 +27,14 @@ pub enum CliError {
         /// What the system said.
         source: std::io::Error,
     },
+    /// A trace that can be read only once could not be kept for the workers.
+    #[error("{}: read once (not a regular file), but its copy for the workers could not be written: {source}", path.display())]
+    Spill {
+        /// The trace.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
     /// `--plot` names a file of a kind the command does not write.
     #[error("{}: the plot must be a .html or .svg file", .0.display())]
     PlotKind(PathBuf),

@@ -254,6 +254,19 @@ fn progress(quiet: bool, total: usize) -> ProgressBar {
     bar
 }
 
+/// Whether two paths name one file: the same path, or the same existing file
+/// (device and inode) reached another way.
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if std::path::absolute(a).ok() == std::path::absolute(b).ok() {
+        return true;
+    }
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
+        _ => false,
+    }
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run {
@@ -271,12 +284,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 library,
             };
             let ended = tensorpool_cli::run::run(&launch)?;
-            if let (Some(path), false) = (record, cli.quiet) {
-                eprintln!(
-                    "tensorpool: recorded into {0}; `tensorpool plan {0}` plans it, \
-                     `tensorpool replay {0}` compares allocators on it",
-                    path.display()
-                );
+            if let Some(path) = record {
+                // The library writes the header when it starts recording: an empty
+                // file means it never did (a static or setuid program, which the
+                // loader preloads nothing into, or a file it could not write).
+                let recorded = std::fs::metadata(&path).is_ok_and(|m| m.len() > 0);
+                if !recorded {
+                    eprintln!(
+                        "tensorpool: nothing was recorded into {}: the program did not \
+                         record (a static or setuid program ignores LD_PRELOAD; an \
+                         error above says why otherwise)",
+                        path.display()
+                    );
+                } else if !cli.quiet {
+                    eprintln!(
+                        "tensorpool: recorded into {0}; `tensorpool plan {0}` plans it, \
+                         `tensorpool replay {0}` compares allocators on it",
+                        path.display()
+                    );
+                }
             }
             Ok(ExitCode::from(ended.code))
         }
@@ -292,9 +318,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 traces.iter().map(|t| Source::parse(t)).collect()
             };
             // Check every trace, the config and the plot's path before the long work.
-            for source in &sources {
-                source.load()?;
-            }
+            let sources = sources
+                .into_iter()
+                .map(Source::prepare)
+                .collect::<Result<Vec<_>, _>>()?;
             if let Some(path) = &plot {
                 if !matches!(
                     path.extension().and_then(|e| e.to_str()),
@@ -362,7 +389,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let loaded = source.load()?;
             let stem = match &source {
                 Source::Embedded => "transformer_train".to_string(),
-                Source::File(p) => {
+                Source::File(p) | Source::Copied { given: p, .. } => {
                     let name = p
                         .file_name()
                         .map(|n| n.to_string_lossy().into_owned())
@@ -376,16 +403,36 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let config_out =
                 config_out.unwrap_or_else(|| PathBuf::from(format!("{stem}.tensorpool.toml")));
             let plan_out = plan_out.unwrap_or_else(|| PathBuf::from(format!("{stem}.plan.csv")));
+            let step_plan_out = step.as_ref().map(|_| {
+                step_plan_out.unwrap_or_else(|| PathBuf::from(format!("{stem}.step.csv")))
+            });
+            // Each output a file of its own, and none the trace read.
+            let mut outputs: Vec<(&str, &std::path::Path)> =
+                vec![("--config-out", &config_out), ("--plan-out", &plan_out)];
+            outputs.extend(step_plan_out.as_deref().map(|p| ("--step-plan-out", p)));
+            outputs.extend(plot.as_deref().map(|p| ("--plot", p)));
+            for (i, (option, path)) in outputs.iter().enumerate() {
+                if let Source::File(input) = &source {
+                    if same_file(path, input) {
+                        return Err(CliError::Run(format!(
+                            "{option} {}: that is the trace being planned; name another file",
+                            path.display()
+                        )));
+                    }
+                }
+                if let Some((other, _)) = outputs[..i].iter().find(|(_, p)| same_file(p, path)) {
+                    return Err(CliError::Run(format!(
+                        "{option} and {other} both name {}: each output needs a file of its own",
+                        path.display()
+                    )));
+                }
+            }
             let bar = progress(cli.quiet, 1);
             bar.set_message(format!("planning {}", source.label()));
             // The step first: a step that cannot be cut is refused before the long part.
-            let step_plan = match &step {
-                Some(steps) => {
-                    let out =
-                        step_plan_out.unwrap_or_else(|| PathBuf::from(format!("{stem}.step.csv")));
-                    Some(plan::plan_step(&loaded, steps, &options, &out)?)
-                }
-                None => None,
+            let step_plan = match (&step, &step_plan_out) {
+                (Some(steps), Some(out)) => Some(plan::plan_step(&loaded, steps, &options, out)?),
+                _ => None,
             };
             let mut report =
                 plan::plan(&source.label(), &loaded, &config_out, &plan_out, &options)?;

@@ -41,6 +41,13 @@ pub enum Source {
     Embedded,
     /// A file.
     File(PathBuf),
+    /// A file that could be read only once (a pipe), as given, and its copy.
+    Copied {
+        /// The path given.
+        given: PathBuf,
+        /// Its bytes, in a temporary file.
+        copy: std::sync::Arc<Spilled>,
+    },
 }
 
 impl Source {
@@ -57,7 +64,7 @@ impl Source {
     pub fn label(&self) -> String {
         match self {
             Source::Embedded => EMBEDDED_NAME.to_string(),
-            Source::File(p) => p.display().to_string(),
+            Source::File(p) | Source::Copied { given: p, .. } => p.display().to_string(),
         }
     }
 
@@ -66,7 +73,75 @@ impl Source {
         match self {
             Source::Embedded => Trace::parse(EMBEDDED),
             Source::File(p) => Trace::read(p),
+            Source::Copied { given, copy } => {
+                Trace::parse_file(given, &Trace::read_bytes(&copy.0)?)
+            }
         }
+    }
+
+    /// Checks the trace (reads and parses it) before the long work, and makes it
+    /// readable by every worker: a file that can be read only once (a pipe,
+    /// `/dev/stdin`, a FIFO, a process substitution) is read here, and its bytes go
+    /// to the workers in a temporary file, removed when the last copy of the
+    /// returned source is dropped. (Each worker opened the path again: the second
+    /// open of a FIFO waited for a writer for ever, and a pipe read as empty.)
+    pub fn prepare(self) -> Result<Source> {
+        let Source::File(path) = &self else {
+            self.load()?;
+            return Ok(self);
+        };
+        if std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+            self.load()?;
+            return Ok(self);
+        }
+        let bytes = Trace::read_bytes(path)?;
+        Trace::parse_file(path, &bytes)?;
+        let copy = Spilled::write(&bytes).map_err(|e| CliError::Spill {
+            path: path.clone(),
+            source: e,
+        })?;
+        Ok(Source::Copied {
+            given: path.clone(),
+            copy: std::sync::Arc::new(copy),
+        })
+    }
+
+    /// The path a worker reads the trace from, or the embedded trace's name.
+    fn worker_arg(&self) -> std::ffi::OsString {
+        match self {
+            Source::Embedded => self.label().into(),
+            Source::File(path) => path.clone().into(),
+            Source::Copied { copy, .. } => copy.0.clone().into(),
+        }
+    }
+}
+
+/// A trace's bytes in a temporary file, for the workers; removed on drop.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Spilled(PathBuf);
+
+impl Spilled {
+    fn write(bytes: &[u8]) -> std::io::Result<Spilled> {
+        use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "tensorpool-replay-{}-{}.trace",
+            std::process::id(),
+            NEXT.fetch_add(1, Relaxed)
+        ));
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        let spilled = Spilled(path);
+        std::io::Write::write_all(&mut file, bytes)?;
+        Ok(spilled)
+    }
+}
+
+impl Drop for Spilled {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -432,10 +507,7 @@ fn run_worker(
     }
     // After `--`: a trace whose name starts with `-` is not an option.
     cmd.arg("--");
-    match source {
-        Source::File(path) => cmd.arg(path),
-        Source::Embedded => cmd.arg(source.label()),
-    };
+    cmd.arg(source.worker_arg());
     let failed = |why: String| CliError::Worker {
         allocator: kind.name(),
         why,

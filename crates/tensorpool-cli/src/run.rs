@@ -7,7 +7,11 @@
 //! allocation and free of the process, in the CSV that `replay` and `plan` read),
 //! `--stats` (`TENSORPOOL_STATS`: the summary when the program exits). The command
 //! exits with the program's status (128 + the signal's number when a signal ended
-//! it), so that it can stand in for the program in a script.
+//! it), so that it can stand in for the program in a script. While the program
+//! runs, the signals a job manager sends to stop it (`SIGTERM`, `SIGHUP`,
+//! `SIGUSR1`, `SIGUSR2`) are passed on to it, and the command outlives the
+//! terminal's `SIGINT` and `SIGQUIT`, which reach the program directly (as
+//! `time` does), to report how it ended.
 //!
 //! ```no_run
 //! use tensorpool_cli::run::{run, Launch};
@@ -62,13 +66,21 @@ pub struct Ended {
 /// that says where it looked and how to build it.
 pub fn find_library(launch: &Launch) -> Result<PathBuf> {
     if let Some(path) = &launch.library {
-        return match path.is_file() {
-            true => absolute(path),
-            false => Err(CliError::Run(format!(
+        if !path.is_file() {
+            return Err(CliError::Run(format!(
                 "--library {}: no such file",
                 path.display()
-            ))),
-        };
+            )));
+        }
+        if !is_tensorpool_library(path) {
+            return Err(CliError::Run(format!(
+                "--library {}: not tensorpool's library (a shared object that exports \
+                 tensorpool_summary); the loader would pass it over, or preload another \
+                 allocator, and the program would run without tensorpool",
+                path.display()
+            )));
+        }
+        return absolute(path);
     }
     let exe = std::env::current_exe().map_err(CliError::CurrentExe)?;
     let dir = exe.parent().unwrap_or(Path::new("."));
@@ -82,6 +94,16 @@ pub fn find_library(launch: &Launch) -> Result<PathBuf> {
             candidates[1].display()
         ))),
     }
+}
+
+/// Whether `path` is an ELF shared object that names `tensorpool_summary` (in its
+/// symbol table): tensorpool's library, not another file given by mistake.
+fn is_tensorpool_library(path: &Path) -> bool {
+    let Ok(bytes) = std::fs::read(path) else {
+        return false;
+    };
+    let needle = b"tensorpool_summary\0";
+    bytes.starts_with(b"\x7fELF") && bytes.windows(needle.len()).any(|w| w == needle)
 }
 
 fn absolute(path: &Path) -> Result<PathBuf> {
@@ -130,12 +152,87 @@ pub fn run(launch: &Launch) -> Result<Ended> {
     if launch.stats {
         command.env("TENSORPOOL_STATS", "1");
     }
-    let status = command
-        .status()
+    let mut child = command
+        .spawn()
         .map_err(|e| CliError::Run(format!("cannot start {}: {e}", program.to_string_lossy())))?;
+    let status = {
+        let _passed_on = Forwarding::to(child.id());
+        child.wait()
+    }
+    .map_err(|e| {
+        CliError::Run(format!(
+            "cannot wait for {}: {e}",
+            program.to_string_lossy()
+        ))
+    })?;
     Ok(Ended {
         code: exit_code(status),
     })
+}
+
+/// The program that signals are passed on to (0: none).
+static CHILD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Signals passed on to the program while it runs.
+const FORWARDED: [libc::c_int; 4] = [libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2];
+/// Signals the terminal sends to the whole foreground group, the program included:
+/// ignored here while it runs.
+const IGNORED: [libc::c_int; 2] = [libc::SIGINT, libc::SIGQUIT];
+
+extern "C" fn pass_on(signal: libc::c_int) {
+    let pid = CHILD.load(std::sync::atomic::Ordering::Relaxed);
+    if pid > 0 {
+        // SAFETY: `kill` is async-signal-safe; `pid` is the program, not yet waited
+        // for (it is cleared before the wait's end lets the pid be reused).
+        unsafe { libc::kill(pid, signal) };
+    }
+}
+
+/// The signal dispositions while the program runs; the previous ones come back on
+/// drop.
+struct Forwarding {
+    previous: Vec<(libc::c_int, libc::sigaction)>,
+}
+
+impl Forwarding {
+    fn to(pid: u32) -> Forwarding {
+        CHILD.store(pid as i32, std::sync::atomic::Ordering::Relaxed);
+        let mut previous = Vec::new();
+        let handlers = FORWARDED
+            .iter()
+            .map(|&s| {
+                (
+                    s,
+                    pass_on as extern "C" fn(libc::c_int) as libc::sighandler_t,
+                )
+            })
+            .chain(IGNORED.iter().map(|&s| (s, libc::SIG_IGN)));
+        for (signal, handler) in handlers {
+            // SAFETY: a zeroed sigaction is a valid value to fill; `handler` is
+            // async-signal-safe (or SIG_IGN); the old action is kept to restore.
+            unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                action.sa_sigaction = handler;
+                action.sa_flags = libc::SA_RESTART;
+                libc::sigemptyset(&mut action.sa_mask);
+                let mut old: libc::sigaction = std::mem::zeroed();
+                if libc::sigaction(signal, &action, &mut old) == 0 {
+                    previous.push((signal, old));
+                }
+            }
+        }
+        Forwarding { previous }
+    }
+}
+
+impl Drop for Forwarding {
+    fn drop(&mut self) {
+        CHILD.store(0, std::sync::atomic::Ordering::Relaxed);
+        for (signal, old) in &self.previous {
+            // SAFETY: restores the action `to` replaced.
+            unsafe { libc::sigaction(*signal, old, std::ptr::null_mut()) };
+        }
+    }
 }
 
 /// The status a shell gives a program that ended so.
@@ -177,5 +274,17 @@ mod tests {
         assert!(e.contains("--library /no/such/libtensorpool.so"), "{e}");
         let e = run(&Launch::default()).unwrap_err().to_string();
         assert!(e.contains("no program to run"), "{e}");
+        // A file that is not tensorpool's library: the loader would pass it over
+        // and the program would run on its own allocator.
+        let other = std::env::temp_dir().join(format!("not-tp-{}.so", std::process::id()));
+        std::fs::write(&other, b"\x7fELF not the library").unwrap();
+        let launch = Launch {
+            command: vec!["true".into()],
+            library: Some(other.clone()),
+            ..Launch::default()
+        };
+        let e = run(&launch).unwrap_err().to_string();
+        std::fs::remove_file(&other).unwrap();
+        assert!(e.contains("not tensorpool's library"), "{e}");
     }
 }

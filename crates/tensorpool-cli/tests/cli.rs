@@ -638,3 +638,87 @@ fn malformed_inputs_are_refused_with_file_location_and_reason() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn replay_reads_a_trace_from_a_pipe_once_for_every_allocator() {
+    // Every allocator is replayed by a worker process that read the trace's path
+    // again: a pipe read as empty, and a FIFO waited for a writer for ever.
+    let trace = fixture("intervals/iree_mobilenet.csv.gz");
+    let bytes = std::fs::read(&trace).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tensorpool"))
+        .args([
+            "replay",
+            "--reps",
+            "1",
+            "--no-touch",
+            "--quiet",
+            "--json",
+            "/dev/stdin",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut stdin = child.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, &bytes).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let reports: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = &reports[0];
+    assert_eq!(report["trace"], "/dev/stdin");
+    assert_eq!(report["allocators"].as_array().unwrap().len(), 4);
+    for allocator in report["allocators"].as_array().unwrap() {
+        assert!(allocator["ns_per_event"].as_f64().is_some(), "{allocator}");
+    }
+    // The copy the workers read is gone.
+    let copies = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("tensorpool-replay-{pid}-"))
+        })
+        .count();
+    assert_eq!(copies, 0);
+}
+
+#[test]
+fn plan_refuses_to_write_over_its_trace_or_one_output_with_another() {
+    let trace = scratch("own.csv");
+    std::fs::copy(fixture("intervals/iree_mobilenet.csv.gz"), &trace).unwrap();
+    let before = std::fs::read(&trace).unwrap();
+    let path = trace.to_str().unwrap();
+    let out = tensorpool(&["plan", "--quiet", path, "--plan-out", path]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("the trace being planned"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(&trace).unwrap(),
+        before,
+        "the trace is untouched"
+    );
+    let same = scratch("same.out");
+    let same = same.to_str().unwrap();
+    let out = tensorpool(&[
+        "plan",
+        "--quiet",
+        path,
+        "--config-out",
+        same,
+        "--plan-out",
+        same,
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("a file of its own"),
+        "{}",
+        text(&out.stderr)
+    );
+}

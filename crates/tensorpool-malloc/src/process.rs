@@ -15,6 +15,12 @@
 //! prints. What the recording still buffers is lost if the program ends without
 //! `exit` (`_exit`, a signal, an `exec`), whole lines only, so the trace still reads;
 //! `tensorpool_flush_recording()` writes it out.
+//!
+//! The summary goes to the standard error the program started with: the library
+//! keeps a copy of it (a descriptor of its own, closed on `exec`), as programs may
+//! close theirs before they exit (coreutils does) or give its number to a file of
+//! theirs, which the summary would have been written into. A program that ends
+//! with `_exit` (dash does) prints no summary: no exit handler runs.
 
 use crate::MALLOC;
 use std::ffi::OsString;
@@ -59,6 +65,9 @@ extern "C" fn at_load() {
             say(format_args!("{ENV_RECORD}={path:?}: {e}; not recording"));
         }
     }
+    if stats {
+        Stderr::keep();
+    }
     PRINT_STATS.store(stats, std::sync::atomic::Ordering::Relaxed);
     // SAFETY: registers a plain function with no preconditions.
     if unsafe { libc::atexit(at_exit) } != 0 {
@@ -94,7 +103,9 @@ extern "C" fn at_exit() {
     if PRINT_STATS.load(std::sync::atomic::Ordering::Relaxed) && !forked_child() {
         if let Some(summary) = MALLOC.summary() {
             let pid = std::process::id();
-            say(format_args!("summary of process {pid} at exit\n{summary}"));
+            Stderr::write(&format!(
+                "tensorpool: summary of process {pid} at exit\n{summary}\n"
+            ));
         }
     }
 }
@@ -104,6 +115,74 @@ extern "C" fn at_exit() {
 pub(crate) fn say(what: std::fmt::Arguments<'_>) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "tensorpool: {what}");
+}
+
+/// The standard error the program started with, for the summary at exit.
+struct Stderr;
+
+/// The copy of descriptor 2 and the file it was (device, inode); -1: none.
+static STDERR_COPY: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+static STDERR_FILE: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
+
+/// Descriptors from here up are the copy's: clear of the low numbers programs
+/// use and reuse.
+const COPY_FROM: libc::c_int = 200;
+
+impl Stderr {
+    /// The file open as descriptor `fd`, if any.
+    fn file_of(fd: libc::c_int) -> Option<(u64, u64)> {
+        // SAFETY: a zeroed stat is a valid buffer for fstat to fill.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat writes into `st` only.
+        (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_dev, st.st_ino))
+    }
+
+    /// Keeps a copy of descriptor 2 (at load).
+    fn keep() {
+        let Some(file) = Self::file_of(2) else {
+            return;
+        };
+        // SAFETY: duplicates descriptor 2, which is open (fstat said so).
+        let copy = unsafe { libc::fcntl(2, libc::F_DUPFD_CLOEXEC, COPY_FROM) };
+        if copy >= 0 {
+            let _ = STDERR_FILE.set(file);
+            STDERR_COPY.store(copy, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Writes `text` to the standard error the program started with: the copy, or
+    /// descriptor 2, whichever is still that file; nowhere if neither is (rather
+    /// than into a file of the program's).
+    fn write(text: &str) {
+        let copy = STDERR_COPY.load(std::sync::atomic::Ordering::Relaxed);
+        let Some(&file) = STDERR_FILE.get() else {
+            say(format_args!(
+                "{}",
+                text.trim_end().trim_start_matches("tensorpool: ")
+            ));
+            return;
+        };
+        let Some(fd) = [copy, 2]
+            .into_iter()
+            .find(|&fd| fd >= 0 && Self::file_of(fd) == Some(file))
+        else {
+            return;
+        };
+        let mut rest = text.as_bytes();
+        while !rest.is_empty() {
+            // SAFETY: writes from a live buffer of `rest.len()` bytes.
+            let n = unsafe { libc::write(fd, rest.as_ptr().cast(), rest.len()) };
+            if n <= 0 {
+                if n < 0
+                    && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+                {
+                    continue;
+                }
+                return;
+            }
+            rest = &rest[n as usize..];
+        }
+    }
 }
 
 /// The pid of the process that loaded the library.

@@ -81,6 +81,11 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A trace file that cannot be read at all (missing, a directory, no
+    /// permission), with the system's reason.
+    #[cfg(feature = "trace")]
+    #[error("cannot read it: {0}")]
+    UnreadableTrace(String),
     /// A trace file that cannot be read, with the file named.
     #[cfg(feature = "trace")]
     #[error("{path}: {reason}")]

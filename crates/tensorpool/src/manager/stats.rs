@@ -48,8 +48,11 @@ impl Inner {
             }
             usage.num_upstream_allocs = usage.misses;
             usage.hits = usage.num_allocs - usage.misses.min(usage.num_allocs);
-            usage.peak_allocated_bytes = usage.allocated_bytes;
-            usage.peak_reserved_bytes = usage.reserved_bytes;
+            let tier_index = crate::tiers::slab::heap::tier_index(tier);
+            (usage.peak_allocated_bytes, usage.peak_reserved_bytes) = self
+                .counters
+                .totals
+                .tier_peaks(tier_index, (usage.allocated_bytes, usage.reserved_bytes));
             // Slabs are resident; their pages go back through the large tier.
             usage.resident_bytes = usage.reserved_bytes;
             slab_bytes += usage.reserved_bytes;

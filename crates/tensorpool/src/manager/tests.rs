@@ -131,9 +131,13 @@ fn explicit_pools_on_the_hot_path_keep_their_order_checks_and_counts() {
             ..
         })
     ));
-    let across = mm.allocate_raw(300, 64).unwrap().as_ptr().addr();
+    // Sent as an `AtomicPtr`: a pointer keeps its provenance (Miri checks it).
+    let across = std::sync::atomic::AtomicPtr::new(mm.allocate_raw(300, 64).unwrap().as_ptr());
     std::thread::scope(|s| {
-        s.spawn(|| mm.free_raw(across as *mut u8).unwrap());
+        s.spawn(|| {
+            mm.free_raw(across.load(std::sync::atomic::Ordering::Relaxed))
+                .unwrap()
+        });
     });
     mm.free_raw(aligned.as_ptr()).unwrap();
     // Sizes no pool fits: a size class, a large block of the engine (a span), typed
@@ -198,6 +202,50 @@ fn a_pools_free_slots_in_another_threads_slab_serve_this_thread() {
     });
     assert_eq!(pool_blocks(&mm), 0);
     assert_eq!(mm.stats().allocated_bytes, 0);
+}
+
+#[test]
+fn the_slab_tiers_record_their_own_peaks() {
+    // The lecture's program: 10,000 blocks of a pool held at once, then freed, and
+    // as many of a size class. Each tier's peaks are its own (they were its current
+    // values, 0 once everything was freed).
+    let n = if cfg!(miri) { 300 } else { 10_000 };
+    let mm = manager(heap_config().pool(256, n));
+    let tier = |mm: &MemoryManager, t| {
+        let s = mm.stats();
+        s.tiers.iter().find(|x| x.tier == t).unwrap().usage
+    };
+    for (size, t) in [(256, Tier::Pool), (1000, Tier::Small)] {
+        let layout = Layout::from_size_align(size, 64).unwrap();
+        let held: Vec<NonNull<u8>> = (0..n)
+            .map(|_| Allocator::allocate(&mm, layout).unwrap().cast())
+            .collect();
+        let live = tier(&mm, t);
+        for p in held {
+            // SAFETY: allocated above with `layout`, freed once.
+            unsafe { Allocator::deallocate(&mm, p, layout) };
+        }
+        let after = tier(&mm, t);
+        assert_eq!(after.allocated_bytes, 0, "{t:?}");
+        // Peaks of slab tiers are known within a publication step per thread.
+        assert!(
+            after.peak_allocated_bytes + crate::tiers::slab::heap::PUBLISH_STEP
+                >= live.allocated_bytes
+                && after.peak_allocated_bytes <= live.allocated_bytes,
+            "{t:?}: peak {} of {} live",
+            after.peak_allocated_bytes,
+            live.allocated_bytes
+        );
+        assert!(after.peak_reserved_bytes >= live.reserved_bytes, "{t:?}");
+    }
+    // A new peak starts from what is held now.
+    mm.trim();
+    mm.reset_peak_stats();
+    let pool = tier(&mm, Tier::Pool);
+    assert_eq!(
+        (pool.peak_allocated_bytes, pool.peak_reserved_bytes),
+        (0, 0)
+    );
 }
 
 #[test]

@@ -44,6 +44,18 @@ pub(crate) struct Totals {
     requested: AtomicUsize,
     peak_allocated: AtomicUsize,
     peak_requested: AtomicUsize,
+    /// The engine's slab tiers, by `heap::SMALL` and `heap::POOL`: their allocated
+    /// bytes as the heaps publish them and their slabs' bytes, with peaks.
+    slab_tiers: [SlabTierTotals; 2],
+}
+
+/// The running totals and peaks of one of the engine's slab tiers.
+#[derive(Debug, Default)]
+struct SlabTierTotals {
+    allocated: AtomicUsize,
+    peak_allocated: AtomicUsize,
+    reserved: AtomicUsize,
+    peak_reserved: AtomicUsize,
 }
 
 impl Totals {
@@ -83,6 +95,30 @@ impl Totals {
         )
     }
 
+    /// Adds a signed delta of slab tier `tier`'s allocated bytes (a heap's
+    /// publication).
+    pub(crate) fn add_tier_allocated(&self, tier: usize, delta: isize) {
+        let t = &self.slab_tiers[tier];
+        Self::add_one(&t.allocated, &t.peak_allocated, delta);
+    }
+
+    /// Adds a signed delta of the bytes of slab tier `tier`'s slabs (one made or
+    /// given back).
+    pub(crate) fn add_tier_reserved(&self, tier: usize, delta: isize) {
+        let t = &self.slab_tiers[tier];
+        Self::add_one(&t.reserved, &t.peak_reserved, delta);
+    }
+
+    /// Slab tier `tier`'s peaks (allocated, reserved), raised to `now` (its exact
+    /// current values, unpublished bytes included) first.
+    pub(crate) fn tier_peaks(&self, tier: usize, now: (usize, usize)) -> (usize, usize) {
+        let t = &self.slab_tiers[tier];
+        (
+            t.peak_allocated.fetch_max(now.0, Relaxed).max(now.0),
+            t.peak_reserved.fetch_max(now.1, Relaxed).max(now.1),
+        )
+    }
+
     /// Records `allocated` and `requested` as peaks if they are higher.
     pub(crate) fn note_peaks(&self, allocated: usize, requested: usize) {
         self.peak_allocated.fetch_max(allocated, Relaxed);
@@ -93,6 +129,11 @@ impl Totals {
     pub(crate) fn reset_peaks(&self, allocated: usize, requested: usize) {
         self.peak_allocated.store(allocated, Relaxed);
         self.peak_requested.store(requested, Relaxed);
+        for t in &self.slab_tiers {
+            t.peak_allocated
+                .store(t.allocated.load(Relaxed).min(isize::MAX as usize), Relaxed);
+            t.peak_reserved.store(t.reserved.load(Relaxed), Relaxed);
+        }
     }
 }
 

@@ -153,13 +153,24 @@ impl Trace {
     /// Reads a trace file (gzip or plain), naming the file in any error.
     pub fn read(path: impl AsRef<Path>) -> Result<Trace> {
         let path = path.as_ref();
-        let named = |reason: Error| Error::TraceFile {
+        Self::parse_file(path, &Self::read_bytes(path)?)
+    }
+
+    /// The bytes of a trace file, naming the file if it cannot be read.
+    pub fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+        std::fs::read(path).map_err(|e| Error::TraceFile {
+            path: path.display().to_string(),
+            reason: Box::new(Error::UnreadableTrace(e.to_string())),
+        })
+    }
+
+    /// Parses the bytes of trace file `path` (see [`parse`](Self::parse)), naming the
+    /// file in any error.
+    pub fn parse_file(path: &Path, bytes: &[u8]) -> Result<Trace> {
+        Self::parse(bytes).map_err(|reason| Error::TraceFile {
             path: path.display().to_string(),
             reason: Box::new(reason),
-        };
-        let bytes = std::fs::read(path)
-            .map_err(|e| named(malformed(Location::File, format!("cannot read it: {e}"))))?;
-        Self::parse(&bytes).map_err(named)
+        })
     }
 
     /// Parses a trace from bytes (gzip or plain); the format is told by its start.

@@ -220,6 +220,8 @@ pub(crate) struct Counts {
     /// Allocated and requested bytes as last added to the manager's totals.
     pub(crate) published_allocated: Count,
     pub(crate) published_requested: Count,
+    /// The allocated bytes of the slab tiers (`SMALL`, `POOL`) as last published.
+    pub(crate) published_tiers: [Count; 2],
 }
 
 /// The owner's state of one class.
@@ -1320,6 +1322,8 @@ impl Owned<'_> {
         let counts = &self.heap.counts.classes[class];
         counts.slabs.add(1);
         counts.slab_bytes.add(bytes as u64);
+        eng.totals
+            .add_tier_reserved(geometry.tier_index, bytes as isize);
         counts.misses.add(1);
         Ok(slab)
     }
@@ -1372,6 +1376,8 @@ impl Owned<'_> {
             self.state().classes[class].held -= bytes;
             counts.classes[class].slabs.sub(1);
             counts.classes[class].slab_bytes.sub(bytes as u64);
+            eng.totals
+                .add_tier_reserved(eng.classes[class].tier_index, -(bytes as isize));
             if let Some(capacity) = &eng.classes[class].capacity {
                 capacity.give(slab.slots());
             }
@@ -1563,6 +1569,20 @@ impl Owned<'_> {
             eng.totals.add(da, dr);
             counts.published_allocated.set(allocated as u64);
             counts.published_requested.set(requested as u64);
+            let mut tiers = [0u64; 2];
+            for &class in &self.state().used {
+                let class = class as usize;
+                if let Some(t) = tiers.get_mut(eng.classes[class].tier_index) {
+                    *t = t.wrapping_add(self.heap.tally[class].bytes(eng.strides[class]));
+                }
+            }
+            for (tier, (&now, published)) in tiers.iter().zip(&counts.published_tiers).enumerate() {
+                let delta = now.wrapping_sub(published.get()) as isize;
+                if delta != 0 {
+                    eng.totals.add_tier_allocated(tier, delta);
+                    published.set(now);
+                }
+            }
         }
     }
 
