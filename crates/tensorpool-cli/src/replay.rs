@@ -576,7 +576,13 @@ pub fn replay_all(
                 ns_per_event: m.ns_per_event,
                 ns_per_event_reps: m.ns_per_event_reps,
                 peak_reserved_bytes: m.peak_reserved_bytes,
-                efficiency: per(m.peak_reserved_bytes as f64, peak_live),
+                // Less held than live cannot be: the allocator's counters did not
+                // see these blocks (glibc's, for a trace of a few small blocks that
+                // its arena held before the replay began): unknown, shown as "-".
+                efficiency: match m.peak_reserved_bytes < peak_live {
+                    true => f64::NAN,
+                    false => per(m.peak_reserved_bytes as f64, peak_live),
+                },
                 upstream_calls: m.upstream_calls,
                 page_faults: m.page_faults,
                 resident_bytes: m.resident_bytes,

@@ -54,24 +54,51 @@ pub(crate) fn decimal(field: &[u8], what: &str, n: usize) -> Result<u64> {
             return Ok(value);
         }
     }
-    Err(bad_decimal(field, what, n))
+    bad_decimal(field, what, n)
 }
 
 #[cold]
-fn bad_decimal(field: &[u8], what: &str, n: usize) -> crate::error::Error {
-    let text = String::from_utf8_lossy(field);
+fn bad_decimal(field: &[u8], what: &str, n: usize) -> Result<u64> {
+    // Shown escaped: a stray carriage return or other control character is seen.
+    let text = String::from_utf8_lossy(field).escape_debug().to_string();
     let at = Location::Line(n);
     if field.first() == Some(&b'-') {
-        return malformed(at, format!("{what} `{text}` is negative"));
+        return Err(malformed(at, format!("{what} `{text}` is negative")));
     }
-    if field.is_empty() || field.len() > 20 || !field.iter().all(u8::is_ascii_digit) {
-        return malformed(at, format!("{what} `{text}` is not a non-negative integer"));
+    if field.is_empty() || !field.iter().all(u8::is_ascii_digit) {
+        return Err(malformed(
+            at,
+            format!("{what} `{text}` is not a non-negative integer"),
+        ));
     }
-    let fits = field.iter().try_fold(0u64, |acc, &d| {
-        acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-    });
-    match fits {
-        Some(_) => malformed(at, format!("{what} `{text}` could not be read")),
-        None => malformed(at, format!("{what} `{text}` is too large")),
+    // Twenty digits or more (leading zeros included) may still fit.
+    field
+        .iter()
+        .try_fold(0u64, |acc, &d| {
+            acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })
+        .ok_or_else(|| malformed(at, format!("{what} `{text}` is too large")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_u64_is_read_and_only_a_larger_one_is_too_large() {
+        for (text, value) in [
+            ("0", 0),
+            ("1234567890123456789", 1_234_567_890_123_456_789),
+            ("18446744073709551615", u64::MAX),
+            ("00000000000000000000042", 42),
+        ] {
+            assert_eq!(
+                decimal(text.as_bytes(), "size", 2).unwrap(),
+                value,
+                "{text}"
+            );
+        }
+        let e = decimal(b"18446744073709551616", "size", 2).unwrap_err();
+        assert!(e.to_string().contains("too large"), "{e}");
     }
 }

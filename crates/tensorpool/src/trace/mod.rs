@@ -359,7 +359,9 @@ fn parse_stream(mut reader: impl Read) -> Result<Trace> {
         return chrome::parse(&buf);
     }
     let header_end = memchr::memchr(b'\n', &buf).unwrap_or(buf.len());
-    let header = std::str::from_utf8(fields::trim_cr(&buf[..header_end]))
+    // A byte-order mark (a spreadsheet's "CSV UTF-8") is not part of the header.
+    let line = fields::trim_cr(&buf[..header_end]);
+    let header = std::str::from_utf8(line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line))
         .map_err(|_| malformed(Location::Line(1), "the header is not text"))?
         .to_string();
     let columns: Vec<&str> = header.split(',').map(str::trim).collect();
@@ -554,6 +556,13 @@ pub(crate) mod tests {
         let (at, why) = reason(Trace::parse(&gz[..gz.len() - 6]));
         assert_eq!(at, Location::File);
         assert!(why.contains("gzip"), "{why}");
+    }
+
+    #[test]
+    fn a_byte_order_mark_before_the_header_is_passed_over() {
+        let text = "\u{feff}Thread,Time,Action,Pointer,Size,Stream\n1,00:00:01,allocate,0x10,8,0\n";
+        let trace = Trace::parse(text.as_bytes()).unwrap();
+        assert_eq!(trace.peak_live_bytes(), 8);
     }
 
     #[test]

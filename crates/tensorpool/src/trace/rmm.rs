@@ -263,8 +263,10 @@ mod tests {
             ),
             (
                 "1,00:00:01,allocate,0x10,99999999999999999999999,0\n",
-                "not a non-negative integer",
+                "too large",
             ),
+            // A control character is shown, not printed.
+            ("1,00:00:01,allocate,0x10,10\r0,0\n", "`10\\r0`"),
             (
                 "1,00:00:01,allocate,0x10,18446744073709551616,0\n",
                 "too large",
