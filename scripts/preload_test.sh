@@ -197,4 +197,13 @@ fd = os.open('$OUT/fd2.txt', os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
 os.write(fd, b'payload\\n')" 2>&1)
 grep -q "summary of process" <<<"$err"
 test "$(cat "$OUT/fd2.txt")" = payload
+# A program started without a standard error: the recording must not take its
+# number (the shell passed it on as its commands' stderr, and their summaries went
+# into the trace).
+TENSORPOOL_STATS=1 TENSORPOOL_RECORD="$OUT/no2.csv" LD_PRELOAD="$LIB" sh -c 'python3 -c pass' 2>&-
+if grep -a -q "summary" "$OUT/no2.csv"; then
+    echo "the summary went into the recording" >&2
+    exit 1
+fi
+"$TP" replay --reps 1 --no-touch "$OUT/no2.csv" >/dev/null
 echo "preload tests passed"

@@ -254,14 +254,19 @@ fn progress(quiet: bool, total: usize) -> ProgressBar {
     bar
 }
 
-/// Whether two paths name one file: the same path, or the same existing file
-/// (device and inode) reached another way.
+/// Whether two paths name one regular file (to be written): the same path, or the
+/// same existing file (device and inode) reached another way. A device or a pipe
+/// (`/dev/null` for an output thrown away) may take several outputs.
 fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
     use std::os::unix::fs::MetadataExt;
+    let (x, y) = (std::fs::metadata(a), std::fs::metadata(b));
+    if x.as_ref().is_ok_and(|m| !m.is_file()) || y.as_ref().is_ok_and(|m| !m.is_file()) {
+        return false;
+    }
     if std::path::absolute(a).ok() == std::path::absolute(b).ok() {
         return true;
     }
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
+    match (x, y) {
         (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
         _ => false,
     }
@@ -288,7 +293,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 // The library writes the header when it starts recording: an empty
                 // file means it never did (a static or setuid program, which the
                 // loader preloads nothing into, or a file it could not write).
-                let recorded = std::fs::metadata(&path).is_ok_and(|m| m.len() > 0);
+                // (A pipe or a device written to says nothing of its length.)
+                let recorded = std::fs::metadata(&path).is_ok_and(|m| !m.is_file() || m.len() > 0);
                 if !recorded {
                     eprintln!(
                         "tensorpool: nothing was recorded into {}: the program did not \

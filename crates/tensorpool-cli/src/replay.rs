@@ -129,9 +129,12 @@ impl Spilled {
             std::process::id(),
             NEXT.fetch_add(1, Relaxed)
         ));
+        use std::os::unix::fs::OpenOptionsExt;
+        // Readable by this user alone, in a directory others share.
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&path)?;
         let spilled = Spilled(path);
         std::io::Write::write_all(&mut file, bytes)?;

@@ -9,9 +9,10 @@
 //! exits with the program's status (128 + the signal's number when a signal ended
 //! it), so that it can stand in for the program in a script. While the program
 //! runs, the signals a job manager sends to stop it (`SIGTERM`, `SIGHUP`,
-//! `SIGUSR1`, `SIGUSR2`) are passed on to it, and the command outlives the
-//! terminal's `SIGINT` and `SIGQUIT`, which reach the program directly (as
-//! `time` does), to report how it ended.
+//! `SIGUSR1`, `SIGUSR2`, and `SIGINT`, `SIGQUIT` sent by a process) are passed on
+//! to it, and the command outlives the terminal's `SIGINT` and `SIGQUIT`, which
+//! reach the program directly (as `time` does), to report how it ended. (A signal
+//! sent to the whole process group reaches the program twice.)
 //!
 //! ```no_run
 //! use tensorpool_cli::run::{run, Launch};
@@ -155,11 +156,27 @@ pub fn run(launch: &Launch) -> Result<Ended> {
     let mut child = command
         .spawn()
         .map_err(|e| CliError::Run(format!("cannot start {}: {e}", program.to_string_lossy())))?;
-    let status = {
-        let _passed_on = Forwarding::to(child.id());
-        child.wait()
+    let forwarding = Forwarding::to(child.id());
+    // Waits without reaping, so that the pid, which signals are passed on to, is not
+    // given to another process before forwarding stops.
+    loop {
+        // SAFETY: a zeroed siginfo_t is a valid buffer for waitid to fill.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waits for our own child, leaving it waitable (WNOWAIT).
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                child.id() as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if rc == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            break;
+        }
     }
-    .map_err(|e| {
+    drop(forwarding);
+    let status = child.wait().map_err(|e| {
         CliError::Run(format!(
             "cannot wait for {}: {e}",
             program.to_string_lossy()
@@ -176,14 +193,20 @@ static CHILD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0
 /// Signals passed on to the program while it runs.
 const FORWARDED: [libc::c_int; 4] = [libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2];
 /// Signals the terminal sends to the whole foreground group, the program included:
-/// ignored here while it runs.
-const IGNORED: [libc::c_int; 2] = [libc::SIGINT, libc::SIGQUIT];
+/// passed on only when another process sent them to this one (`kill -INT`).
+const FROM_PROCESSES: [libc::c_int; 2] = [libc::SIGINT, libc::SIGQUIT];
 
-extern "C" fn pass_on(signal: libc::c_int) {
+extern "C" fn pass_on(signal: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler.
+    let from_kernel = unsafe { (*info).si_code } == libc::SI_KERNEL;
+    if from_kernel && FROM_PROCESSES.contains(&signal) {
+        // The terminal's: the program, in the same group, had it too.
+        return;
+    }
     let pid = CHILD.load(std::sync::atomic::Ordering::Relaxed);
     if pid > 0 {
-        // SAFETY: `kill` is async-signal-safe; `pid` is the program, not yet waited
-        // for (it is cleared before the wait's end lets the pid be reused).
+        // SAFETY: `kill` is async-signal-safe; `pid` is the program, not yet reaped
+        // (forwarding stops before it is).
         unsafe { libc::kill(pid, signal) };
     }
 }
@@ -198,22 +221,15 @@ impl Forwarding {
     fn to(pid: u32) -> Forwarding {
         CHILD.store(pid as i32, std::sync::atomic::Ordering::Relaxed);
         let mut previous = Vec::new();
-        let handlers = FORWARDED
-            .iter()
-            .map(|&s| {
-                (
-                    s,
-                    pass_on as extern "C" fn(libc::c_int) as libc::sighandler_t,
-                )
-            })
-            .chain(IGNORED.iter().map(|&s| (s, libc::SIG_IGN)));
-        for (signal, handler) in handlers {
+        let handler = pass_on as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)
+            as libc::sighandler_t;
+        for &signal in FORWARDED.iter().chain(&FROM_PROCESSES) {
             // SAFETY: a zeroed sigaction is a valid value to fill; `handler` is
-            // async-signal-safe (or SIG_IGN); the old action is kept to restore.
+            // async-signal-safe; the old action is kept to restore.
             unsafe {
                 let mut action: libc::sigaction = std::mem::zeroed();
                 action.sa_sigaction = handler;
-                action.sa_flags = libc::SA_RESTART;
+                action.sa_flags = libc::SA_RESTART | libc::SA_SIGINFO;
                 libc::sigemptyset(&mut action.sa_mask);
                 let mut old: libc::sigaction = std::mem::zeroed();
                 if libc::sigaction(signal, &action, &mut old) == 0 {

@@ -721,4 +721,15 @@ fn plan_refuses_to_write_over_its_trace_or_one_output_with_another() {
         "{}",
         text(&out.stderr)
     );
+    // Outputs thrown away: a device takes both.
+    let out = tensorpool(&[
+        "plan",
+        "--quiet",
+        path,
+        "--config-out",
+        "/dev/null",
+        "--plan-out",
+        "/dev/null",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
 }

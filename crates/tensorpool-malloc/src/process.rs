@@ -19,8 +19,10 @@
 //! The summary goes to the standard error the program started with: the library
 //! keeps a copy of it (a descriptor of its own, closed on `exec`), as programs may
 //! close theirs before they exit (coreutils does) or give its number to a file of
-//! theirs, which the summary would have been written into. A program that ends
-//! with `_exit` (dash does) prints no summary: no exit handler runs.
+//! theirs, which the summary would have been written into; a program started
+//! without a standard error gets no summary. A forked child closes the copy (it
+//! prints nothing, and a daemon kept the caller's pipe open with it). A program
+//! that ends with `_exit` (dash does) prints no summary: no exit handler runs.
 
 use crate::MALLOC;
 use std::ffi::OsString;
@@ -60,13 +62,15 @@ extern "C" fn at_load() {
     if !stats && record.is_none() {
         return;
     }
+    if stats {
+        // Before the recording opens its file, which could take descriptor 2 if
+        // the program started without one.
+        Stderr::keep();
+    }
     if let Some(path) = record {
         if let Err(e) = MALLOC.record_to(&path) {
             say(format_args!("{ENV_RECORD}={path:?}: {e}; not recording"));
         }
-    }
-    if stats {
-        Stderr::keep();
     }
     PRINT_STATS.store(stats, std::sync::atomic::Ordering::Relaxed);
     // SAFETY: registers a plain function with no preconditions.
@@ -147,6 +151,18 @@ impl Stderr {
         if copy >= 0 {
             let _ = STDERR_FILE.set(file);
             STDERR_COPY.store(copy, std::sync::atomic::Ordering::Relaxed);
+            // SAFETY: registers a plain function, run in the child after `fork`.
+            unsafe { libc::pthread_atfork(None, None, Some(Self::close_in_child)) };
+        }
+    }
+
+    /// In a forked child: closes the copy (the child prints no summary; a daemon
+    /// would otherwise keep the caller's standard error open).
+    extern "C" fn close_in_child() {
+        let copy = STDERR_COPY.swap(-1, std::sync::atomic::Ordering::Relaxed);
+        if copy >= 0 {
+            // SAFETY: closes the library's own descriptor, which nothing else uses.
+            unsafe { libc::close(copy) };
         }
     }
 
@@ -155,11 +171,8 @@ impl Stderr {
     /// than into a file of the program's).
     fn write(text: &str) {
         let copy = STDERR_COPY.load(std::sync::atomic::Ordering::Relaxed);
+        // The program started without a standard error: nowhere to print.
         let Some(&file) = STDERR_FILE.get() else {
-            say(format_args!(
-                "{}",
-                text.trim_end().trim_start_matches("tensorpool: ")
-            ));
             return;
         };
         let Some(fd) = [copy, 2]

@@ -38,6 +38,10 @@ static WAKE: Condvar = Condvar::new();
 /// (a new manager's first pass is due earlier): waking it at each, a program that
 /// made managers one after another paid two context switches for each.
 static WAKES_AT: AtomicU64 = AtomicU64::new(u64::MAX);
+/// A manager came while the thread was running passes (not waiting): it looks at
+/// the registry again before it waits, so that the newcomer's first pass is not
+/// left to the end of a sleep computed without it.
+static CAME: AtomicBool = AtomicBool::new(false);
 /// Whether the thread runs (in this process: a forked child's is false).
 static RUNNING: AtomicBool = AtomicBool::new(false);
 /// The thread sleeps at most this long (it rechecks which managers are left).
@@ -82,6 +86,7 @@ pub(super) fn register(inner: &Arc<Inner>) {
     // read here under the lock, it is the one the thread waits for now.
     let early = due.is_some_and(|due| due < WAKES_AT.load(Relaxed));
     reg.managers.push(Arc::downgrade(inner));
+    CAME.store(true, Relaxed);
     drop(reg);
     if early {
         WAKE.notify_all();
@@ -165,6 +170,11 @@ fn run() {
         let sleep = next_wait(&live);
         drop(live);
         reg = registry();
+        if CAME.swap(false, Relaxed) {
+            // Under the lock, where `register` sets it: a manager came since `live`
+            // was taken.
+            continue;
+        }
         WAKES_AT.store(from_now(sleep), Relaxed);
         reg = WAKE
             .wait_timeout(reg, sleep)

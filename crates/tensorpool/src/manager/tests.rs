@@ -202,6 +202,47 @@ fn a_pools_free_slots_in_another_threads_slab_serve_this_thread() {
     });
     assert_eq!(pool_blocks(&mm), 0);
     assert_eq!(mm.stats().allocated_bytes, 0);
+    // The other way round, with the frees still pending: a thread that stays alive
+    // (and idle) allocated the whole pool; this one frees every block (posted to
+    // that thread) and allocates again: still the pool's blocks.
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<std::sync::atomic::AtomicPtr<u8>>>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        let (mm, tx) = (&mm, tx);
+        s.spawn(move || {
+            let held = (0..10)
+                .map(|_| {
+                    let p = mm
+                        .try_allocate_from_pools(layout)
+                        .unwrap()
+                        .expect("a pool block");
+                    std::sync::atomic::AtomicPtr::new(p.as_ptr())
+                })
+                .collect();
+            tx.send(held).unwrap();
+            done_rx.recv().unwrap(); // idle: its posts wait for it
+        });
+        let held = rx.recv().unwrap();
+        for p in &held {
+            let p = NonNull::new(p.load(std::sync::atomic::Ordering::Relaxed)).unwrap();
+            // SAFETY: allocated above with `layout`, freed once.
+            unsafe { Allocator::deallocate(&mm, p, layout) };
+        }
+        let again: Vec<_> = (0..10)
+            .map(|_| {
+                mm.try_allocate_from_pools(layout)
+                    .unwrap()
+                    .expect("a block of the pool")
+            })
+            .collect();
+        assert_eq!(pool_blocks(mm), 10);
+        for p in again {
+            // SAFETY: allocated above with `layout`, freed once.
+            unsafe { Allocator::deallocate(&mm, p, layout) };
+        }
+        done_tx.send(()).unwrap();
+    });
+    assert_eq!(pool_blocks(&mm), 0);
 }
 
 #[test]

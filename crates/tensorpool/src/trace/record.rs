@@ -91,6 +91,25 @@ impl<A> Recording<A> {
     }
 }
 
+/// `file`, moved above descriptors 0-2 if it took one of them (a program started
+/// without its standard error): the program, and the programs it starts, would take
+/// it for a standard stream and write into the trace (a shell passes its descriptor
+/// 2 on to its commands).
+fn above_standard_streams(file: std::fs::File) -> io::Result<std::fs::File> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    if file.as_raw_fd() > 2 {
+        return Ok(file);
+    }
+    // SAFETY: duplicates an open descriptor of ours to one above 2, closed on exec.
+    let moved = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+    if moved < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    drop(file);
+    // SAFETY: `moved` is a new descriptor that nothing else owns.
+    Ok(unsafe { std::fs::File::from_raw_fd(moved) })
+}
+
 impl TraceWriter {
     /// Writes into `out` (the header is written now).
     pub fn new(mut out: impl Write + Send + 'static) -> io::Result<Self> {
@@ -117,7 +136,8 @@ impl TraceWriter {
 
     /// Writes into a new file at `path`.
     pub fn to_file(path: impl AsRef<Path>) -> io::Result<Self> {
-        Self::new(BufWriter::new(std::fs::File::create(path)?))
+        let file = above_standard_streams(std::fs::File::create(path)?)?;
+        Self::new(BufWriter::new(file))
     }
 
     /// Records an allocation of `size` bytes at `addr`.

@@ -888,29 +888,40 @@ impl Engine {
         self.stopping.store(false, Relaxed);
     }
 
-    /// Gives the slots of explicit pool `class` that sit free in other threads' slabs
-    /// back to the pool, when the pool has fewer blocks live than its capacity:
+    /// Gives the slots of explicit pool `class` that sit in other threads' empty
+    /// slabs back to the pool: when some heap holds a slab of the pool whose every
+    /// live slot has a free pending (posted by another thread) or that has none,
     /// every heap collects its pending frees and gives back its empty slabs of the
-    /// pool (its current one too). Returns the bytes of the slabs given back (0 when
-    /// every block of the pool is live, the pool truly full: nothing is stopped).
+    /// pool (its current one too). Returns the bytes of the slabs given back (0, and
+    /// nothing stopped, when no slab of the pool can empty: its blocks are live, or
+    /// its free slots are in slabs that also hold live blocks, which stay with their
+    /// thread).
     ///
     /// A pool's capacity goes to the slabs a thread makes for it, and a slab keeps
     /// its slots while it is empty: a thread that used a pool once kept it full for
     /// every other thread.
     pub(crate) fn reclaim_pool(self: &Arc<Self>, class: usize) -> usize {
-        let Some(capacity) = &self.classes[class].capacity else {
+        if self.classes[class].capacity.is_none() {
             return 0;
-        };
-        let live = {
+        }
+        let could_empty = {
             let reg = self.registry.lock();
-            reg.heaps
+            let could_empty = reg
+                .heaps
                 .iter()
                 .map(|(h, _)| &**h)
                 .chain([&*self.shared])
-                .map(|heap| heap.tally[class].blocks())
-                .fold(0u64, u64::wrapping_add)
+                .flat_map(|heap| heap.records())
+                // A moment's view of records other threads own: a hint, and the
+                // stopped heaps below decide.
+                .any(|slab| {
+                    slab.is_live()
+                        && slab.class() as usize == class
+                        && slab.live() <= slab.pending()
+                });
+            could_empty
         };
-        if live >= capacity.total as u64 {
+        if !could_empty {
             return 0;
         }
         self.on_every_heap(|owned| {

@@ -763,6 +763,14 @@ impl Slab {
         done
     }
 
+    /// Frees posted and not yet collected (a moment's view: for deciding to collect;
+    /// a slot posted twice counts twice).
+    pub(crate) fn pending(&self) -> u32 {
+        self.post_words()
+            .map(|(_, w)| (w.load(Relaxed) & POST_BITS).count_ones())
+            .sum()
+    }
+
     /// Whether posts are pending now (racy by nature: for deciding to collect).
     pub(crate) fn has_posts(&self) -> bool {
         self.post_words()
