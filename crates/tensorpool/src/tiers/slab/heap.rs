@@ -499,6 +499,14 @@ impl Heap {
     }
 }
 
+/// A heap's live bytes, as [`Owned::publish`] adds them to the manager's totals.
+struct Sums {
+    allocated: usize,
+    requested: usize,
+    /// Allocated bytes of the slab tiers, by `SMALL` and `POOL`.
+    tiers: [u64; 2],
+}
+
 /// Proof that the caller holds a heap: the owner's operations.
 pub(crate) struct Owned<'a> {
     pub(crate) heap: &'a Heap,
@@ -1546,39 +1554,71 @@ impl Owned<'_> {
     /// Slow paths only: two shared read-modify-writes, which threads would fight
     /// over if every slab switch made them.
     pub(crate) fn publish(&self, eng: &Engine) {
-        let (allocated, requested) = self.net(eng);
+        let sums = self.sums(eng);
         let published = self.heap.counts.published_allocated.get() as usize;
-        let change = allocated.wrapping_sub(published) as isize;
+        let change = sums.allocated.wrapping_sub(published) as isize;
         if change.unsigned_abs() >= PUBLISH_STEP {
-            self.publish_sums(eng, allocated, requested);
+            self.publish_sums(eng, &sums, PUBLISH_STEP);
         }
     }
 
     /// Adds everything unpublished to the manager's totals.
     pub(crate) fn publish_now(&self, eng: &Engine) {
-        let (allocated, requested) = self.net(eng);
-        self.publish_sums(eng, allocated, requested);
+        let sums = self.sums(eng);
+        self.publish_sums(eng, &sums, 0);
     }
 
-    /// Publishes `allocated` and `requested`, this heap's sums from [`net`](Self::net).
-    fn publish_sums(&self, eng: &Engine, allocated: usize, requested: usize) {
+    /// [`net`](Self::net), and the allocated bytes of the slab tiers (`SMALL`,
+    /// `POOL`), in one pass over the classes this heap used (a publication's cost,
+    /// on every slow path of a program that churns large blocks).
+    fn sums(&self, eng: &Engine) -> Sums {
+        let large = &self.heap.hot.large;
+        let mut sums = Sums {
+            allocated: large.bytes.get() as usize,
+            requested: large.requested.get() as usize,
+            tiers: [0; 2],
+        };
+        let mut pools = 0u64;
+        for &class in &self.state().used {
+            let class = class as usize;
+            let (bytes, requested) = self.heap.tally[class].live(eng.strides[class]);
+            sums.allocated = sums.allocated.wrapping_add(bytes as usize);
+            sums.requested = sums.requested.wrapping_add(requested as usize);
+            // Explicit pools come after the size classes: one comparison, where
+            // reading each class's tier cost a program churning large blocks 5%.
+            if class >= eng.first_pool {
+                pools = pools.wrapping_add(bytes);
+            }
+        }
+        let slabs = (sums.allocated as u64).wrapping_sub(large.bytes.get());
+        sums.tiers[SMALL] = slabs.wrapping_sub(pools);
+        sums.tiers[POOL] = pools;
+        debug_assert_eq!(
+            (sums.allocated, sums.requested),
+            self.net(eng),
+            "the sums of `net`"
+        );
+        sums
+    }
+
+    /// Publishes this heap's [`sums`](Self::sums); a slab tier's bytes only when they
+    /// changed by `tier_step` (peaks of a tier are known within a step per thread, as
+    /// the totals' are: two more shared read-modify-writes at every publication had
+    /// cost a program churning large blocks 5% of its time).
+    fn publish_sums(&self, eng: &Engine, sums: &Sums, tier_step: usize) {
         let counts = &self.heap.counts;
+        let (allocated, requested) = (sums.allocated, sums.requested);
         let da = allocated.wrapping_sub(counts.published_allocated.get() as usize) as isize;
         let dr = requested.wrapping_sub(counts.published_requested.get() as usize) as isize;
         if da != 0 || dr != 0 {
             eng.totals.add(da, dr);
             counts.published_allocated.set(allocated as u64);
             counts.published_requested.set(requested as u64);
-            let mut tiers = [0u64; 2];
-            for &class in &self.state().used {
-                let class = class as usize;
-                if let Some(t) = tiers.get_mut(eng.classes[class].tier_index) {
-                    *t = t.wrapping_add(self.heap.tally[class].bytes(eng.strides[class]));
-                }
-            }
-            for (tier, (&now, published)) in tiers.iter().zip(&counts.published_tiers).enumerate() {
+            for (tier, (&now, published)) in
+                sums.tiers.iter().zip(&counts.published_tiers).enumerate()
+            {
                 let delta = now.wrapping_sub(published.get()) as isize;
-                if delta != 0 {
+                if delta != 0 && delta.unsigned_abs() >= tier_step {
                     eng.totals.add_tier_allocated(tier, delta);
                     published.set(now);
                 }

@@ -202,6 +202,7 @@ pub(crate) struct Engine {
     pub(crate) classes: Box<[Class]>,
     /// Each class's stride, for the sums over classes of a heap's counters.
     pub(crate) strides: Box<[usize]>,
+
     /// The class of every size up to [`TABLE_LIMIT`] (or the threshold) at the
     /// engine's alignment, in steps of 8 bytes (the least class spacing):
     /// `class_table[(size - 1) / 8]` (see [`class_table`]).
