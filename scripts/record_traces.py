@@ -3,7 +3,7 @@
 traces/recorded/, the fixtures the defaults are checked on beside ../shared/traces.
 
     python3 -m venv /tmp/rec && /tmp/rec/bin/pip install -r scripts/record_requirements.txt
-    (cd crates/tensorpool-py && /tmp/rec/bin/maturin build --release -o /tmp/wheels)
+    (cd crates/tensorpool-py && /tmp/rec/bin/maturin build --release -i /tmp/rec/bin/python -o /tmp/wheels)
     /tmp/rec/bin/pip install /tmp/wheels/tensorpool-*.whl
     /tmp/rec/bin/python scripts/record_traces.py [NAME ...]
 
