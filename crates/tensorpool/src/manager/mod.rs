@@ -598,8 +598,8 @@ impl MemoryManager {
     ///
     /// The current figures are exact: frees that other threads posted to a thread's
     /// slabs are collected first (every thread's heap is stopped between two of its
-    /// operations for a moment). The peaks of small blocks are recorded within 64 KiB
-    /// per thread (see
+    /// operations for a moment). The peaks of small blocks are recorded at the
+    /// threads' slow paths, within a slab per class and thread (see
     /// [`Stats::peak_allocated_bytes`](crate::Stats::peak_allocated_bytes)). Where the
     /// system has no `membarrier` (not Linux, or a kernel before 4.14), a running
     /// thread's heap is not stopped, and the blocks other threads freed into it count

@@ -355,12 +355,15 @@ pub struct Stats {
     pub allocated_bytes: usize,
     /// The most `allocated_bytes` seen. The large tiers record it at every
     /// allocation; the small-block engine's hot paths keep each thread's counts to
-    /// the thread, which adds them to the totals, where peaks are recorded, when they
-    /// have moved by 64 KiB since it last did (and every `stats()` call records the
-    /// exact current totals): a peak of small blocks that lasted between two of
-    /// those may read up to 64 KiB per thread below the true one (10 blocks of 6 KB
-    /// allocated and freed by one thread between two `stats()` calls leave the peak
-    /// where it was).
+    /// the thread, which adds them to the totals, where peaks are recorded, at its
+    /// slow paths (a new slab, a refill, a large block) when they have moved by
+    /// 64 KiB since it last did; every `stats()` call records the exact current
+    /// totals. A peak of small blocks that rose and fell within a thread's current
+    /// slabs between two of those may read up to those slabs' free bytes below the
+    /// true one (a slab is at most `pool_chunk_size`, 256 KiB by default, per class
+    /// and thread): 10,000 blocks of 256 bytes allocated, then freed, with no
+    /// `stats()` call between, read about 200 KB low. The tiers' peaks are recorded
+    /// the same way.
     pub peak_allocated_bytes: usize,
     /// Bytes of live blocks, as requested (PyTorch: `requested_bytes.all.current`).
     pub requested_bytes: usize,
