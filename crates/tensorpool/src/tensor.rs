@@ -39,15 +39,19 @@ pub struct Tensor<T> {
 }
 
 fn element_count(shape: &[usize]) -> Result<usize> {
-    shape
+    // The product of the extents but the zero ones must fit too: every stride is a
+    // product of some of them, also when another extent makes the tensor empty.
+    let nonzero = shape
         .iter()
+        .filter(|&&d| d != 0)
         .try_fold(1usize, |n, &d| n.checked_mul(d))
         .ok_or_else(|| {
             Error::InvalidShape(format!(
-                "{shape:?} has more elements than a machine word counts (no allocation \
-                 serves more than {MAX_ALLOCATION_SIZE} bytes)"
+                "{shape:?} has more elements than a machine word counts, or strides that \
+                 overflow one (no allocation serves more than {MAX_ALLOCATION_SIZE} bytes)"
             ))
-        })
+        })?;
+    Ok(if shape.contains(&0) { 0 } else { nonzero })
 }
 
 /// An uninitialized boxed slice of `len` elements from `mm`, with the manager's own
@@ -283,6 +287,17 @@ mod tests {
         assert!(matches!(t.reshape(&[4]), Err(Error::InvalidShape(_))));
         let t = Tensor::<i8>::zeros(&mm, &[]).unwrap();
         assert_eq!((t.len(), t.ndim(), t.strides()), (1, 0, vec![]));
+        // Empty, but with strides past a machine word: refused, also by `reshape`.
+        assert!(matches!(
+            Tensor::<f32>::zeros(&mm, &[0, usize::MAX, 2]),
+            Err(Error::InvalidShape(_))
+        ));
+        let empty = Tensor::<f32>::zeros(&mm, &[0, 4]).unwrap();
+        assert_eq!(empty.strides(), vec![4, 1]);
+        assert!(matches!(
+            empty.reshape(&[usize::MAX, 0, 2]),
+            Err(Error::InvalidShape(_))
+        ));
     }
 
     #[test]

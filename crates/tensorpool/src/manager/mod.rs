@@ -499,10 +499,16 @@ impl MemoryManager {
             .map_or_else(Vec::new, Tracker::violations)
     }
 
-    /// An arena whose chunks come from this manager (and count in its stats).
+    /// An arena whose chunks come from this manager (and count in its stats). Its
+    /// chunks start at `arena_chunk_size` and double up to 64 MiB, or up to the first
+    /// chunk when that is larger.
     pub fn arena(&self) -> Arena {
+        let first = self.inner.config.arena_chunk_size;
         Arena::builder()
-            .first_chunk_size(self.inner.config.arena_chunk_size)
+            .first_chunk_size(first)
+            // A first chunk above the default largest one (a config may ask for it)
+            // made the builder refuse, and this panic.
+            .max_chunk_size(first.max(crate::tiers::arena::DEFAULT_MAX_CHUNK))
             .debug(self.inner.config.debug)
             .upstream(Arc::new(ArenaUpstream {
                 manager: self.inner.clone(),
@@ -536,6 +542,9 @@ impl MemoryManager {
         let (allocated, requested) = self.inner.current_totals();
         self.inner.counters.totals.reset_peaks(allocated, requested);
         self.inner.metered.reset_peak();
+        // The tiers' own peaks too (the best-fit and huge tiers kept theirs).
+        self.inner.engine.large.reset_peaks();
+        self.inner.huge.reset_peaks();
     }
 
     /// Bytes taken from upstream now: a cheap read of `stats().reserved_bytes`.

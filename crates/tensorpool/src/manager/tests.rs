@@ -287,6 +287,26 @@ fn the_slab_tiers_record_their_own_peaks() {
         (pool.peak_allocated_bytes, pool.peak_reserved_bytes),
         (0, 0)
     );
+    // The best-fit tier's peaks start anew too (they stayed at their old highs).
+    let big = mm
+        .allocate_raw(if cfg!(miri) { 2 << 20 } else { 8 << 20 }, 64)
+        .unwrap();
+    mm.free_raw(big.as_ptr()).unwrap();
+    mm.trim();
+    mm.reset_peak_stats();
+    let large = tier(&mm, Tier::Large);
+    assert_eq!(large.peak_allocated_bytes, large.allocated_bytes);
+    assert_eq!(large.peak_reserved_bytes, large.reserved_bytes);
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "a 128 MiB chunk")]
+fn an_arena_whose_first_chunk_is_larger_than_the_default_largest_is_made() {
+    // The config allowed it; `arena()` panicked on it.
+    let mm = manager(heap_config().arena_chunk_size(128 << 20));
+    let arena = mm.arena();
+    let p = arena.allocate(64, 8).unwrap();
+    assert_eq!(p.as_ptr().addr() % 8, 0);
 }
 
 #[test]

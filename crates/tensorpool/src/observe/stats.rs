@@ -213,6 +213,12 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// Starts new peaks from the current values (`reset_peak_stats`).
+    pub(crate) fn reset_peaks(&mut self) {
+        self.peak_allocated_bytes = self.allocated_bytes;
+        self.peak_reserved_bytes = self.reserved_bytes;
+    }
+
     /// Records a served allocation of `rounded` bytes for a request of `requested`.
     #[inline]
     pub(crate) fn on_alloc(&mut self, rounded: usize, requested: usize, hit: bool) {
@@ -302,7 +308,11 @@ impl Usage {
     }
 }
 
-/// Counters of one tier of the manager.
+/// Counters of one tier of the manager. The large tier's peaks are the best-fit
+/// tier's own: its blocks above `medium_threshold` and its segments, the pages it
+/// lends the engine's slabs included; the engine's large blocks (32 KiB to
+/// `medium_threshold`) count in its current figures and in the manager's peaks
+/// (`Stats::peak_allocated_bytes`), not in this tier's.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TierStats {
     /// Which tier.

@@ -1173,6 +1173,11 @@ impl BestFit {
         self.state.lock().free.last().map_or(0, |f| f.0)
     }
 
+    /// Starts the tier's peaks from its current figures.
+    pub(crate) fn reset_peaks(&self) {
+        self.state.lock().usage.reset_peaks();
+    }
+
     /// The statistics.
     pub fn stats(&self) -> BestFitStats {
         let st = self.state.lock();

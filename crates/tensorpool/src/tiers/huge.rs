@@ -213,6 +213,11 @@ impl HugeCache {
             .map_or(0, |(k, _)| k.0)
     }
 
+    /// Starts the tier's peaks from its current figures.
+    pub(crate) fn reset_peaks(&self) {
+        self.state.lock().usage.reset_peaks();
+    }
+
     /// The statistics.
     pub fn stats(&self) -> HugeStats {
         let st = self.state.lock();
