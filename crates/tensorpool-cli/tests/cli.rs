@@ -36,6 +36,16 @@ fn scratch(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// Asserts that the command failed and said `needle` on standard error.
+fn refused_saying(out: &Output, needle: &str) {
+    assert!(!out.status.success(), "it succeeded");
+    assert!(
+        text(&out.stderr).contains(needle),
+        "`{needle}` not in: {}",
+        text(&out.stderr)
+    );
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -308,17 +318,11 @@ fn plots_are_written_as_svg_or_html() {
         "--quiet",
         &fixture("intervals/iree_mobilenet.csv.gz"),
     ]);
-    assert!(!out.status.success());
-    assert!(text(&out.stderr).contains(".html or .svg"));
+    refused_saying(&out, ".html or .svg");
     // A path that cannot be written is refused before any replay runs.
     let started = std::time::Instant::now();
     let out = tensorpool(&["replay", "--plot", "/nonexistent/dir/t.svg", "--quiet"]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("/nonexistent/dir/t.svg"),
-        "{}",
-        text(&out.stderr)
-    );
+    refused_saying(&out, "/nonexistent/dir/t.svg");
     assert!(
         started.elapsed() < std::time::Duration::from_secs(5),
         "it replayed first"
@@ -693,12 +697,7 @@ fn plan_refuses_to_write_over_its_trace_or_one_output_with_another() {
     let before = std::fs::read(&trace).unwrap();
     let path = trace.to_str().unwrap();
     let out = tensorpool(&["plan", "--quiet", path, "--plan-out", path]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("the trace being planned"),
-        "{}",
-        text(&out.stderr)
-    );
+    refused_saying(&out, "the trace being planned");
     assert_eq!(
         std::fs::read(&trace).unwrap(),
         before,
@@ -715,12 +714,7 @@ fn plan_refuses_to_write_over_its_trace_or_one_output_with_another() {
         "--plan-out",
         same,
     ]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("a file of its own"),
-        "{}",
-        text(&out.stderr)
-    );
+    refused_saying(&out, "a file of its own");
     // Outputs thrown away: a device takes both.
     let out = tensorpool(&[
         "plan",

@@ -1352,70 +1352,72 @@ fn the_background_thread_waits_for_the_next_pass_not_an_interval() {
     );
 }
 
-#[test]
-#[cfg_attr(miri, ignore = "real time and a background thread")]
-fn the_background_thread_gives_memory_back_while_the_program_waits() {
-    let mm = MemoryManager::new(
+/// Waits until `done()`, failing with `what()` after `limit`.
+fn poll_until(limit: std::time::Duration, done: impl Fn() -> bool, what: impl Fn() -> String) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{}", what());
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// A manager whose background thread gives free memory back after 50 ms.
+fn background_manager() -> MemoryManager {
+    MemoryManager::new(
         Config::builder()
             .release_delay_ms(Some(50))
             .background_release(true)
             .build()
             .unwrap(),
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "real time and a background thread")]
+fn the_background_thread_gives_memory_back_while_the_program_waits() {
+    let secs = std::time::Duration::from_secs;
+    let mm = background_manager();
     assert!(super::releaser::running());
     let p = mm.allocate_raw(32 << 20, 64).unwrap();
     mm.free_raw(p.as_ptr()).unwrap();
     let resident = mm.resident_bytes();
     assert!(resident >= 32 << 20);
     // No call into the manager: the thread's passes give the block back.
-    let start = std::time::Instant::now();
-    while mm.resident_bytes() + (32 << 20) > resident {
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(10),
-            "not given back: resident {}",
-            mm.resident_bytes()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    poll_until(
+        secs(10),
+        || mm.resident_bytes() + (32 << 20) <= resident,
+        || format!("not given back: resident {}", mm.resident_bytes()),
+    );
     // A manager made after the last one went away finds the thread still there (a
     // program that makes managers one after another started one for each before).
     let starts = super::releaser::starts();
     drop(mm);
     // Past the thread's longest sleep: it has found no manager and lingers.
     std::thread::sleep(std::time::Duration::from_millis(1200));
-    let next = MemoryManager::new(
-        Config::builder()
-            .release_delay_ms(Some(50))
-            .background_release(true)
-            .build()
-            .unwrap(),
-    )
-    .unwrap();
+    let next = background_manager();
     assert!(super::releaser::running());
     assert_eq!(super::releaser::starts(), starts);
     // ... and wakes it for its passes, not at the end of the linger (5 s in tests).
     let p = next.allocate_raw(32 << 20, 64).unwrap();
     next.free_raw(p.as_ptr()).unwrap();
-    let start = std::time::Instant::now();
-    while next.resident_bytes() >= 32 << 20 {
-        assert!(
-            start.elapsed() < std::time::Duration::from_millis(2500),
-            "not given back during the linger: resident {}",
-            next.resident_bytes()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    poll_until(
+        std::time::Duration::from_millis(2500),
+        || next.resident_bytes() < 32 << 20,
+        || {
+            format!(
+                "not given back during the linger: resident {}",
+                next.resident_bytes()
+            )
+        },
+    );
     // The thread stops when no manager has needed it for a while.
     drop(next);
-    let start = std::time::Instant::now();
-    while super::releaser::running() {
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(10),
-            "still running"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    poll_until(
+        secs(10),
+        || !super::releaser::running(),
+        || "still running".into(),
+    );
 }
 
 #[test]
