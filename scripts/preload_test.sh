@@ -10,6 +10,7 @@
 #   classes of test_multiarray.py) with the library under Python and NumPy
 #   TENSORPOOL_RECORD: a program's recording, replayed and planned by the command
 #   TENSORPOOL_STATS and a bad TENSORPOOL_* variable: reported, never fatal
+#   a limited address space (ulimit -v): the program runs on tensorpool
 #
 # Expects .venv with NumPy (./scripts/test.sh makes it); builds the library (release)
 # and uses the command that `cargo test` built (or $TENSORPOOL_BIN).
@@ -206,4 +207,18 @@ if grep -a -q "summary" "$OUT/no2.csv"; then
     exit 1
 fi
 "$TP" replay --reps 1 --no-touch "$OUT/no2.csv" >/dev/null
+
+echo "==> a limited address space (ulimit -v): smaller reservations, no failure"
+# The 64 GiB reservation of an expandable segment is refused there; every
+# allocation failed until a refused reservation was tried smaller.
+err=$( (ulimit -v 4000000; TENSORPOOL_STATS=1 LD_PRELOAD="$LIB" "$PY" -c "
+x = [bytes(i % 5000) for i in range(20000)]
+y = bytearray(64 << 20)
+print(len(x), len(y))") 2>&1)
+for want in "20000 67108864" "OOMs 0"; do
+    if ! grep -q "$want" <<<"$err"; then
+        echo "expected '$want' in: $err" >&2
+        exit 1
+    fi
+done
 echo "preload tests passed"

@@ -13,7 +13,9 @@
 //! committed part grows at the top by what a request lacks, extending a free block at
 //! the top rather than starting a new segment. No block is ever cut off from its
 //! neighbours by a segment end, which is what keeps reserved memory close to the live
-//! peak; [`trim`](BestFit::trim) decommits the free top. Elsewhere (the heap, Miri)
+//! peak; [`trim`](BestFit::trim) decommits the free top. A process with a limited
+//! address space (`ulimit -v`, Valgrind) gets smaller reservations: a refused one
+//! is tried at half the size. Elsewhere (the heap, Miri)
 //! the tier takes separate segments and trims the wholly free ones.
 //!
 //! Under a `MemoryManager` (its `reallocate_raw`, `Allocator::grow` and `shrink`), a
@@ -115,7 +117,6 @@ pub struct BestFit {
     segment_size: usize,
     expandable: bool,
     commit_granularity: usize,
-    reservation: usize,
     max_split_size: Option<usize>,
     max_oversize_waste: usize,
     tier: Tier,
@@ -176,6 +177,9 @@ struct State {
     page_bytes: usize,
     /// Release passes run so far.
     passes: u32,
+    /// The size of the next reservation: the configured one (`reservation_size`), or
+    /// the last the system granted when it refused that (see [`BestFit::reserve`]).
+    reservation: usize,
 }
 
 /// Who holds a live block.
@@ -259,7 +263,9 @@ impl BestFitBuilder {
         self
     }
 
-    /// Address space reserved per expandable segment (default 64 GiB).
+    /// Address space reserved per expandable segment (default 64 GiB). Where the
+    /// system refuses that much (`ulimit -v`, Valgrind), a reservation is tried at
+    /// half the size, down to what the request needs.
     pub fn reservation_size(mut self, bytes: usize) -> Self {
         self.reservation = bytes;
         self
@@ -311,14 +317,16 @@ impl BestFitBuilder {
             segment_size: round_up(self.segment_size, HUGE_PAGE_SIZE),
             expandable: self.expandable,
             commit_granularity: self.commit_granularity,
-            reservation: round_up(self.reservation, HUGE_PAGE_SIZE),
             max_split_size: self.max_split_size,
             max_oversize_waste: self.max_oversize_waste,
             tier: self.tier,
             zeroing: upstream.zeroed(),
             page: crate::upstream::page_size(),
             upstream,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                reservation: round_up(self.reservation, HUGE_PAGE_SIZE),
+                ..State::default()
+            }),
         })
     }
 }
@@ -704,6 +712,12 @@ impl BestFit {
 
     /// Reserves a new expandable segment large enough for `needed` bytes and makes it
     /// the one that grows.
+    ///
+    /// A reservation the system refuses is tried again at half the size, down to
+    /// the least that holds `needed`: a process whose address space is limited
+    /// (`ulimit -v`, Valgrind, some batch schedulers) cannot map the default 64 GiB
+    /// but commits the same memory into smaller segments. The size that was granted
+    /// is where the next reservation starts.
     fn reserve(
         &self,
         st: &mut State,
@@ -712,11 +726,20 @@ impl BestFit {
         size: usize,
         align: usize,
     ) -> Result<u32> {
-        let bytes = self.reservation.max(round_up(needed, HUGE_PAGE_SIZE));
-        let ptr = match space.reserve(bytes) {
-            Ok(ptr) => ptr,
-            Err(refusal) => return Err(self.refused(st, refusal, size, align)),
+        let least = round_up(needed, HUGE_PAGE_SIZE);
+        let mut bytes = st.reservation.max(least);
+        let ptr = loop {
+            match space.reserve(bytes) {
+                Ok(ptr) => break ptr,
+                Err(UpstreamError::OutOfMemory { .. }) if bytes > least => {
+                    bytes = round_up(bytes / 2, HUGE_PAGE_SIZE).max(least);
+                }
+                Err(refusal) => return Err(self.refused(st, refusal, size, align)),
+            }
         };
+        if bytes < st.reservation {
+            st.reservation = bytes;
+        }
         let region = Region::new(ptr, bytes);
         let seg_id = st.segments.insert(None);
         st.segments[seg_id as usize] = Some(Segment {
@@ -1734,6 +1757,41 @@ mod tests {
         assert_eq!(again, big);
         bf.deallocate(small).unwrap();
         bf.deallocate(again).unwrap();
+        bf.trim();
+        assert_eq!(bf.stats().usage.reserved_bytes, 0);
+    }
+
+    /// Found by running under `ulimit -v 4000000` and under Valgrind: the system
+    /// refused the 64 GiB reservation, and every allocation failed with 0 bytes
+    /// reserved. A refused reservation is tried at half the size, down to the
+    /// least that holds the request, and the next starts at the size granted.
+    #[test]
+    fn a_refused_reservation_is_tried_smaller() {
+        let space = Arc::new(crate::testing::CheckedSpace::with_reservation_cap(4 << 20));
+        let bf = BestFit::builder()
+            .upstream(space.clone())
+            .reservation_size(32 << 20)
+            .build()
+            .unwrap();
+        let a = bf.allocate(3 << 20, 64).unwrap();
+        // 32 MiB refused, then 16 and 8; 4 MiB granted.
+        assert_eq!(
+            *space.asked.lock().unwrap(),
+            [32 << 20, 16 << 20, 8 << 20, 4 << 20]
+        );
+        // The segment fills: the next reservation asks for what was granted.
+        let b = bf.allocate(3 << 20, 64).unwrap();
+        assert_eq!(space.asked.lock().unwrap()[4..], [4 << 20]);
+        assert_eq!(bf.stats().segments, 2);
+        // More than any reservation the system grants: refused, explained.
+        let e = bf.allocate(6 << 20, 64).unwrap_err();
+        assert!(
+            e.to_string().contains("the upstream memory source refused"),
+            "{e}"
+        );
+        assert_eq!(space.asked.lock().unwrap()[5..], [6 << 20]);
+        bf.deallocate(a).unwrap();
+        bf.deallocate(b).unwrap();
         bf.trim();
         assert_eq!(bf.stats().usage.reserved_bytes, 0);
     }

@@ -2,9 +2,9 @@
 //! strategies (byte counts and their formatting, an ordered map of address ranges,
 //! a table of records named by reusable ids, a set of bits, per-granule pass stamps,
 //! clocks, the synchronisation primitives that loom can swap out, the per-thread
-//! mark of being inside the process-wide allocator, and reports on standard error
-//! that cannot fail). Nothing here uses another module
-//! of the crate.
+//! block of words read on every operation and the mark of being inside the
+//! process-wide allocator kept there, and reports on standard error that cannot
+//! fail). Nothing here uses another module of the crate.
 
 pub mod address_map;
 pub(crate) mod bits;
@@ -15,3 +15,4 @@ pub(crate) mod reentry;
 pub(crate) mod stamps;
 pub(crate) mod stderr;
 pub(crate) mod sync;
+pub(crate) mod thread_block;

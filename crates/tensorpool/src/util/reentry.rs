@@ -7,13 +7,11 @@
 //! points, its thread-exit path and its background passes run [`Inside::enter`], and
 //! whatever they allocate meanwhile the allocator takes from the system allocator.
 //!
-//! The flag is a `const` thread-local without a destructor, so reading it is a plain
-//! load that never allocates, never registers anything and works during thread exit.
-//! With the `initial-exec-tls` feature (the preloaded C library's) it is a C
-//! thread-local of the initial-exec model instead (`csrc/inside.c`): in a shared
-//! library Rust's thread-locals are read through `__tls_get_addr`, which may call
-//! `malloc` after a `dlopen`, and the mark is what must be read before anything can
-//! call back into the allocator.
+//! The flag lives in the thread's [block](super::thread_block), so reading it is a
+//! plain load that never allocates, never registers anything and works during
+//! thread exit; in the preloaded C library (the `initial-exec-tls` feature), also
+//! without a call to `__tls_get_addr`, which may call `malloc`: the mark is what
+//! must be read before anything can call back into the allocator.
 //!
 //! ```ignore
 //! let Some(_inside) = Inside::enter() else {
@@ -27,36 +25,17 @@ use std::cell::Cell;
 const INSIDE: u8 = 1;
 const WRITING_REGIONS: u8 = 2;
 
-#[cfg(not(feature = "initial-exec-tls"))]
-std::thread_local! {
-    static MARK: Cell<u8> = const { Cell::new(0) };
-}
-
-#[cfg(feature = "initial-exec-tls")]
-extern "C" {
-    /// The calling thread's mark (`csrc/inside.c`), never unaligned or null.
-    fn tensorpool_inside_mark() -> *mut u8;
-}
-
-/// The calling thread's mark: found once (a thread-local's address, or one call
-/// into C), then read and written through without further lookups. Valid for the
-/// thread's life, and only on the thread that found it (so neither `Send` nor
-/// `Sync`).
+/// The calling thread's mark: found once (in the thread's block), then read and
+/// written through without further lookups. Valid for the thread's life, and only
+/// on the thread that found it (so neither `Send` nor `Sync`).
 #[derive(Clone, Copy)]
 struct Mark(*const Cell<u8>);
 
 impl Mark {
     #[inline(always)]
     fn here() -> Mark {
-        #[cfg(not(feature = "initial-exec-tls"))]
-        let mark = MARK.with(std::ptr::from_ref);
-        // SAFETY: the C function returns the address of the calling thread's own
-        // `unsigned char`; `Cell<u8>` has the layout of `u8`.
-        #[cfg(feature = "initial-exec-tls")]
-        let mark = unsafe { tensorpool_inside_mark() }
-            .cast_const()
-            .cast::<Cell<u8>>();
-        Mark(mark)
+        // SAFETY: the calling thread's own block, alive while the thread is.
+        Mark(unsafe { &raw const (*super::thread_block::here()).inside })
     }
 
     #[inline(always)]

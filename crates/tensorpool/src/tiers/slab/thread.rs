@@ -45,9 +45,13 @@ use crate::util::sync::{
     spin_wait,
     Ordering::{Acquire, Relaxed, Release},
 };
+#[cfg(not(loom))]
+use crate::util::thread_block;
 use allocator_api2::vec::Vec;
 use std::alloc::System;
-use std::cell::{Cell, RefCell};
+#[cfg(loom)]
+use std::cell::Cell;
+use std::cell::RefCell;
 use std::sync::{Arc, Weak};
 
 /// The fence on the owner's side of the handshake.
@@ -204,12 +208,45 @@ struct Bound {
     owner: Weak<Engine>,
 }
 
-/// The heap the calling thread used last, and its engine's id (0: none). A
-/// thread-local without a destructor, so that reading it is a plain load (no check
-/// that it is initialised or destroyed): the hot paths read only this.
+/// The heap the calling thread used last, and its engine's id (0: none): what the
+/// hot paths read. Kept in the thread's block (`util::thread_block`), a plain load
+/// with no check that it is initialised or destroyed; under loom, in a loom
+/// thread-local, one per modelled thread.
+#[cfg(loom)]
 struct LastHeap {
     engine: Cell<u64>,
     heap: Cell<*const Heap>,
+}
+
+/// The calling thread's last heap and its engine's id; `None` during thread-local
+/// destruction (only under loom: the block outlives its thread's destructors).
+#[inline(always)]
+fn last() -> Option<(u64, *const Heap)> {
+    #[cfg(not(loom))]
+    {
+        // SAFETY: the calling thread's own block, alive while the thread is.
+        let block = unsafe { &*thread_block::here() };
+        Some((block.engine.get(), block.heap.get().cast()))
+    }
+    #[cfg(loom)]
+    LAST.try_with(|last| (last.engine.get(), last.heap.get()))
+        .ok()
+}
+
+/// Makes `heap` of engine `engine` the calling thread's last heap (engine 0: none).
+fn set_last(engine: u64, heap: *const Heap) {
+    #[cfg(not(loom))]
+    {
+        // SAFETY: the calling thread's own block, alive while the thread is.
+        let block = unsafe { &*thread_block::here() };
+        block.engine.set(engine);
+        block.heap.set(heap.cast());
+    }
+    #[cfg(loom)]
+    let _ = LAST.try_with(|last| {
+        last.engine.set(engine);
+        last.heap.set(heap);
+    });
 }
 
 /// Every heap of the calling thread. Its destructor gives them back when the thread
@@ -223,7 +260,7 @@ impl Drop for ThreadHeaps {
     fn drop(&mut self) {
         // From here on the thread's operations take the shared heap (`bind` finds
         // this thread-local destroyed).
-        let _ = LAST.try_with(|last| last.engine.set(0));
+        set_last(0, std::ptr::null());
         for bound in self.all.get_mut().drain(..) {
             if let Some(engine) = bound.owner.upgrade() {
                 // The process-wide allocator's own bookkeeping while it lets go of the
@@ -240,12 +277,6 @@ impl Drop for ThreadHeaps {
 
 #[cfg(not(loom))]
 std::thread_local! {
-    static LAST: LastHeap = const {
-        LastHeap {
-            engine: Cell::new(0),
-            heap: Cell::new(std::ptr::null()),
-        }
-    };
     static HEAPS: ThreadHeaps = const {
         ThreadHeaps {
             all: RefCell::new(Vec::new_in(System)),
@@ -266,9 +297,7 @@ loom::thread_local! {
 /// The heap the calling thread used last, if it is one of `engine`'s.
 #[inline(always)]
 fn last_heap(engine: &Engine) -> Option<*const Heap> {
-    let (id, heap) = LAST
-        .try_with(|last| (last.engine.get(), last.heap.get()))
-        .ok()?;
+    let (id, heap) = last()?;
     (id == engine.id).then_some(heap)
 }
 
@@ -380,10 +409,6 @@ fn bind(engine: &Arc<Engine>) -> Option<*const Heap> {
             })
         })
         .ok()??;
-    LAST.try_with(|last| {
-        last.engine.set(engine.id);
-        last.heap.set(heap);
-    })
-    .ok()?;
+    set_last(engine.id, heap);
     Some(heap)
 }
