@@ -117,6 +117,7 @@ pub struct BestFit {
     segment_size: usize,
     expandable: bool,
     commit_granularity: usize,
+    reservation: usize,
     max_split_size: Option<usize>,
     max_oversize_waste: usize,
     tier: Tier,
@@ -177,9 +178,6 @@ struct State {
     page_bytes: usize,
     /// Release passes run so far.
     passes: u32,
-    /// The size of the next reservation: the configured one (`reservation_size`), or
-    /// the last the system granted when it refused that (see [`BestFit::reserve`]).
-    reservation: usize,
 }
 
 /// Who holds a live block.
@@ -317,16 +315,14 @@ impl BestFitBuilder {
             segment_size: round_up(self.segment_size, HUGE_PAGE_SIZE),
             expandable: self.expandable,
             commit_granularity: self.commit_granularity,
+            reservation: round_up(self.reservation, HUGE_PAGE_SIZE),
             max_split_size: self.max_split_size,
             max_oversize_waste: self.max_oversize_waste,
             tier: self.tier,
             zeroing: upstream.zeroed(),
             page: crate::upstream::page_size(),
             upstream,
-            state: Mutex::new(State {
-                reservation: round_up(self.reservation, HUGE_PAGE_SIZE),
-                ..State::default()
-            }),
+            state: Mutex::new(State::default()),
         })
     }
 }
@@ -716,8 +712,9 @@ impl BestFit {
     /// A reservation the system refuses is tried again at half the size, down to
     /// the least that holds `needed`: a process whose address space is limited
     /// (`ulimit -v`, Valgrind, some batch schedulers) cannot map the default 64 GiB
-    /// but commits the same memory into smaller segments. The size that was granted
-    /// is where the next reservation starts.
+    /// but commits the same memory into smaller segments. Each reservation starts
+    /// from the configured size again (a refusal may have been a passing peak; the
+    /// failed tries cost a system call each, and reservations are rare).
     fn reserve(
         &self,
         st: &mut State,
@@ -727,7 +724,7 @@ impl BestFit {
         align: usize,
     ) -> Result<u32> {
         let least = round_up(needed, HUGE_PAGE_SIZE);
-        let mut bytes = st.reservation.max(least);
+        let mut bytes = self.reservation.max(least);
         let ptr = loop {
             match space.reserve(bytes) {
                 Ok(ptr) => break ptr,
@@ -737,9 +734,6 @@ impl BestFit {
                 Err(refusal) => return Err(self.refused(st, refusal, size, align)),
             }
         };
-        if bytes < st.reservation {
-            st.reservation = bytes;
-        }
         let region = Region::new(ptr, bytes);
         let seg_id = st.segments.insert(None);
         st.segments[seg_id as usize] = Some(Segment {
@@ -1764,7 +1758,7 @@ mod tests {
     /// Found by running under `ulimit -v 4000000` and under Valgrind: the system
     /// refused the 64 GiB reservation, and every allocation failed with 0 bytes
     /// reserved. A refused reservation is tried at half the size, down to the
-    /// least that holds the request, and the next starts at the size granted.
+    /// least that holds the request; the next starts from the configured size again.
     #[test]
     fn a_refused_reservation_is_tried_smaller() {
         let space = Arc::new(crate::testing::CheckedSpace::with_reservation_cap(4 << 20));
@@ -1779,9 +1773,12 @@ mod tests {
             *space.asked.lock().unwrap(),
             [32 << 20, 16 << 20, 8 << 20, 4 << 20]
         );
-        // The segment fills: the next reservation asks for what was granted.
+        // The segment fills: the next reservation tries the configured size first.
         let b = bf.allocate(3 << 20, 64).unwrap();
-        assert_eq!(space.asked.lock().unwrap()[4..], [4 << 20]);
+        assert_eq!(
+            space.asked.lock().unwrap()[4..],
+            [32 << 20, 16 << 20, 8 << 20, 4 << 20]
+        );
         assert_eq!(bf.stats().segments, 2);
         // More than any reservation the system grants: refused, explained.
         let e = bf.allocate(6 << 20, 64).unwrap_err();
@@ -1789,7 +1786,10 @@ mod tests {
             e.to_string().contains("the upstream memory source refused"),
             "{e}"
         );
-        assert_eq!(space.asked.lock().unwrap()[5..], [6 << 20]);
+        assert_eq!(
+            space.asked.lock().unwrap()[8..],
+            [32 << 20, 16 << 20, 8 << 20, 6 << 20]
+        );
         bf.deallocate(a).unwrap();
         bf.deallocate(b).unwrap();
         bf.trim();

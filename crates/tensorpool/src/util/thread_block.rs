@@ -9,7 +9,7 @@
 //! through `__tls_get_addr`, a call on every access that may itself call `malloc`
 //! (to grow the thread's table of TLS blocks after a `dlopen`). The preloaded C
 //! library therefore builds with the feature, which makes the block a C
-//! thread-local of the initial-exec model (`csrc/thread_block.c`): on x86-64 its
+//! thread-local of the initial-exec model (`csrc/thread_block.c`): on x86-64 Linux its
 //! address is the thread pointer plus an offset the dynamic linker fixed when it
 //! loaded the library (two instructions, no call); elsewhere one call into C.
 //!
@@ -33,6 +33,15 @@ pub(crate) struct ThreadBlock {
     pub(crate) heap: Cell<*const ()>,
 }
 
+// The C struct's layout on 64-bit targets: a byte, then two 8-byte words.
+#[cfg(target_pointer_width = "64")]
+const _: () = {
+    assert!(std::mem::offset_of!(ThreadBlock, inside) == 0);
+    assert!(std::mem::offset_of!(ThreadBlock, engine) == 8);
+    assert!(std::mem::offset_of!(ThreadBlock, heap) == 16);
+    assert!(std::mem::size_of::<ThreadBlock>() == 24);
+};
+
 #[cfg(not(feature = "initial-exec-tls"))]
 std::thread_local! {
     static BLOCK: ThreadBlock = const {
@@ -54,7 +63,12 @@ pub(crate) fn here() -> *const ThreadBlock {
     BLOCK.with(std::ptr::from_ref)
 }
 
-#[cfg(all(feature = "initial-exec-tls", target_arch = "x86_64"))]
+#[cfg(all(
+    feature = "initial-exec-tls",
+    target_arch = "x86_64",
+    target_os = "linux",
+    target_pointer_width = "64"
+))]
 #[inline(always)]
 pub(crate) fn here() -> *const ThreadBlock {
     let addr: usize;
@@ -74,13 +88,27 @@ pub(crate) fn here() -> *const ThreadBlock {
     std::ptr::with_exposed_provenance(addr)
 }
 
-#[cfg(all(feature = "initial-exec-tls", not(target_arch = "x86_64")))]
+#[cfg(all(
+    feature = "initial-exec-tls",
+    not(all(
+        target_arch = "x86_64",
+        target_os = "linux",
+        target_pointer_width = "64"
+    ))
+))]
 extern "C" {
     /// The calling thread's block (`csrc/thread_block.c`), never null.
     fn tensorpool_thread_block() -> *mut ThreadBlock;
 }
 
-#[cfg(all(feature = "initial-exec-tls", not(target_arch = "x86_64")))]
+#[cfg(all(
+    feature = "initial-exec-tls",
+    not(all(
+        target_arch = "x86_64",
+        target_os = "linux",
+        target_pointer_width = "64"
+    ))
+))]
 #[inline(always)]
 pub(crate) fn here() -> *const ThreadBlock {
     // SAFETY: the C function returns the address of the calling thread's own block.
