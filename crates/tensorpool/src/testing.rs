@@ -108,23 +108,31 @@ pub(crate) unsafe fn check(ptr: *const u8, len: usize, seed: u64) {
 pub(crate) struct CheckedSpace {
     /// Reservation start -> (layout, committed pages).
     reservations: std::sync::Mutex<BTreeMap<usize, (std::alloc::Layout, Vec<bool>)>>,
-    /// The largest reservation granted (0: any), as a limited address space
-    /// (`ulimit -v`) refuses larger ones.
-    reservation_cap: std::sync::atomic::AtomicUsize,
-    /// Every size asked for by `reserve`, granted or not.
+    /// The largest region or reservation granted (0: any), as a limited address
+    /// space (`ulimit -v`) refuses larger ones.
+    cap: std::sync::atomic::AtomicUsize,
+    /// Every size asked for by `allocate` and `reserve`, granted or not.
     pub(crate) asked: std::sync::Mutex<Vec<usize>>,
 }
 
 const PAGE: usize = 4096;
 
 impl CheckedSpace {
-    /// A space that refuses reservations larger than `cap` bytes.
-    pub(crate) fn with_reservation_cap(cap: usize) -> CheckedSpace {
+    /// A space that refuses regions and reservations larger than `cap` bytes.
+    pub(crate) fn with_cap(cap: usize) -> CheckedSpace {
         let space = CheckedSpace::default();
+        space.cap.store(cap, std::sync::atomic::Ordering::Relaxed);
         space
-            .reservation_cap
-            .store(cap, std::sync::atomic::Ordering::Relaxed);
-        space
+    }
+
+    /// Records a request of `size` bytes; refuses it if it is above the cap.
+    fn ask(&self, size: usize) -> Result<(), crate::upstream::UpstreamError> {
+        self.asked.lock().unwrap().push(size);
+        let cap = self.cap.load(std::sync::atomic::Ordering::Relaxed);
+        if cap != 0 && size > cap {
+            return Err(crate::upstream::UpstreamError::OutOfMemory { size });
+        }
+        Ok(())
     }
 
     fn pages<R>(&self, addr: usize, len: usize, f: impl FnOnce(&mut [bool]) -> R) -> R {
@@ -159,6 +167,7 @@ unsafe impl crate::upstream::Upstream for CheckedSpace {
         size: usize,
         align: usize,
     ) -> Result<std::ptr::NonNull<u8>, crate::upstream::UpstreamError> {
+        self.ask(size)?;
         crate::upstream::HeapUpstream.allocate(size, align)
     }
 
@@ -202,13 +211,7 @@ unsafe impl crate::upstream::AddressSpace for CheckedSpace {
         &self,
         size: usize,
     ) -> Result<std::ptr::NonNull<u8>, crate::upstream::UpstreamError> {
-        self.asked.lock().unwrap().push(size);
-        let cap = self
-            .reservation_cap
-            .load(std::sync::atomic::Ordering::Relaxed);
-        if cap != 0 && size > cap {
-            return Err(crate::upstream::UpstreamError::OutOfMemory { size });
-        }
+        self.ask(size)?;
         let layout =
             std::alloc::Layout::from_size_align(size, crate::upstream::HUGE_PAGE_SIZE).unwrap();
         // SAFETY: a non-zero size.

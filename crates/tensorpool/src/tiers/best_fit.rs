@@ -569,11 +569,16 @@ impl BestFit {
         };
         let mut bytes = preferred;
         let mut attempt = self.upstream.allocate(bytes, HUGE_PAGE_SIZE);
-        // Under a limit, a segment of just the request (in 2 MiB, then in pages)
+        // Under a limit, or where the system refuses a mapping that large (a limited
+        // address space), a segment of just the request (in 2 MiB, then in pages)
         // may still fit.
         let tight = round_up(needed, crate::upstream::page_size());
         for smaller in [exact, tight] {
-            if matches!(attempt, Err(UpstreamError::LimitReached { .. })) && bytes > smaller {
+            let refused = matches!(
+                attempt,
+                Err(UpstreamError::LimitReached { .. } | UpstreamError::OutOfMemory { .. })
+            );
+            if refused && bytes > smaller {
                 bytes = smaller;
                 attempt = self.upstream.allocate(bytes, HUGE_PAGE_SIZE);
             }
@@ -1761,7 +1766,7 @@ mod tests {
     /// least that holds the request; the next starts from the configured size again.
     #[test]
     fn a_refused_reservation_is_tried_smaller() {
-        let space = Arc::new(crate::testing::CheckedSpace::with_reservation_cap(4 << 20));
+        let space = Arc::new(crate::testing::CheckedSpace::with_cap(4 << 20));
         let bf = BestFit::builder()
             .upstream(space.clone())
             .reservation_size(32 << 20)
@@ -1792,6 +1797,25 @@ mod tests {
         );
         bf.deallocate(a).unwrap();
         bf.deallocate(b).unwrap();
+        bf.trim();
+        assert_eq!(bf.stats().usage.reserved_bytes, 0);
+    }
+
+    /// A plain segment the system refuses at `segment_size` is asked for at the
+    /// request's size (as under a limit).
+    #[test]
+    fn a_refused_plain_segment_is_asked_for_at_the_requests_size() {
+        let space = Arc::new(crate::testing::CheckedSpace::with_cap(4 << 20));
+        let bf = BestFit::builder()
+            .upstream(space.clone())
+            .expandable(false)
+            .segment_size(16 << 20)
+            .build()
+            .unwrap();
+        let a = bf.allocate(1 << 20, 64).unwrap();
+        assert_eq!(*space.asked.lock().unwrap(), [16 << 20, 2 << 20]);
+        assert_eq!(bf.stats().usage.reserved_bytes, 2 << 20);
+        bf.deallocate(a).unwrap();
         bf.trim();
         assert_eq!(bf.stats().usage.reserved_bytes, 0);
     }
