@@ -25,6 +25,7 @@ if [ ! -x "$TP" ]; then
 fi
 OUT=target/preload-test
 mkdir -p "$OUT"
+ROOT="$PWD"
 PY=.venv/bin/python
 
 echo "==> the C test program"
@@ -133,6 +134,15 @@ a = [np.ones(1000 * i) for i in range(1, 200)]
 "
     test "$(wc -l <"$OUT/wrapped.csv")" -gt 1000
 done
+# A relative TENSORPOOL_RECORD through a wrapper that changes directory before its
+# exec: the program's recording is the file the wrapper was asked for (it went to
+# a new file in the other directory, and the asked-for one kept only a header).
+mkdir -p "$OUT/wd" "$OUT/elsewhere"
+rm -f "$OUT/wd/rel.csv" "$OUT/elsewhere/rel.csv"
+(cd "$OUT/wd" && TENSORPOOL_RECORD=rel.csv LD_PRELOAD="$LIB" \
+    sh -c "cd ../elsewhere && exec $ROOT/$PY -c 'import numpy'")
+test "$(wc -l <"$OUT/wd/rel.csv")" -gt 1000
+test ! -e "$OUT/elsewhere/rel.csv"
 # A program that ends in _exit or on a signal leaves whole lines: the trace reads.
 for how in "os._exit(0)" "os.kill(os.getpid(), 9)"; do
     "$TP" run -q --library "$LIB" --record "$OUT/cut.csv" -- "$PY" -c "
@@ -207,6 +217,28 @@ if grep -a -q "summary" "$OUT/no2.csv"; then
     exit 1
 fi
 "$TP" replay --reps 1 --no-touch "$OUT/no2.csv" >/dev/null
+# A program that closes every descriptor it did not open, then opens a file of its
+# own (a daemon, closefrom): the file took the recording's number and got the
+# trace's lines. Now the recording stops, says so, and the file is the program's.
+cat >"$OUT/closefrom.c" <<'C'
+#include <fcntl.h>
+#include <stdlib.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    for (int fd = 3; fd < 1024; fd++) close(fd);
+    int fd = open(argv[1], O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    for (int i = 0; i < 100000; i++) free(malloc(4096));
+    return write(fd, "the program's data\n", 19) != 19;
+}
+C
+cc -O1 "$OUT/closefrom.c" -o "$OUT/closefrom"
+err=$(TENSORPOOL_RECORD="$OUT/closefrom.csv" LD_PRELOAD="$LIB" "$OUT/closefrom" "$OUT/own.txt" 2>&1)
+test "$(cat "$OUT/own.txt")" = "the program's data"
+grep -q "the program closed the descriptor" <<<"$err"
+# Under a descriptor limit below 200, the summary still prints (its copy of stderr
+# could not be made there, and nothing was printed).
+err=$( (ulimit -n 64; TENSORPOOL_STATS=1 LD_PRELOAD="$LIB" ls / 2>&1 >/dev/null) )
+grep -q "summary of process" <<<"$err"
 
 echo "==> a limited address space (ulimit -v): smaller reservations, no failure"
 # The 64 GiB reservation of an expandable segment is refused there; every
@@ -221,4 +253,11 @@ for want in "20000 67108864" "OOMs 0"; do
         exit 1
     fi
 done
+# And a reservation leaves the program room: under 1 GB, a first reservation took
+# 512 MiB (the largest power of two that fit), and NumPy's 586 MiB array, which
+# glibc serves there, failed. (Checked where glibc serves it under this limit.)
+big="import numpy as np; a = [np.ones(1000) for _ in range(100)]; print(np.ones(76_800_000).nbytes)"
+if (ulimit -v 1000000; "$PY" -c "$big") >/dev/null 2>&1; then
+    test "$( (ulimit -v 1000000; LD_PRELOAD="$LIB" "$PY" -c "$big") )" = 614400000
+fi
 echo "preload tests passed"

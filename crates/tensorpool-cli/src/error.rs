@@ -76,6 +76,9 @@ pub enum CliError {
     /// The command could not find its own executable, which runs the workers.
     #[error("cannot find this program: {0}")]
     CurrentExe(std::io::Error),
+    /// The standard output could not be written (a full disk, a closed file).
+    #[error("cannot write the output: {0}")]
+    Output(std::io::Error),
     /// `tensorpool run` could not start the program (no program, no library).
     #[error("{0}")]
     Run(String),

@@ -171,22 +171,22 @@ fn print_report<T: serde::Serialize>(
 ) -> Result<()> {
     if json {
         let text = serde_json::to_string_pretty(report)?;
-        print_out(&format!("{text}\n"));
+        print_out(&format!("{text}\n"))
     } else {
-        print_out(&table());
+        print_out(&table())
     }
-    Ok(())
 }
 
 /// Writes `text` on standard output; a reader that went away (`| head`) ends the
-/// output quietly, where `print!` would panic.
-fn print_out(text: &str) {
+/// output quietly, where `print!` would panic; any other failure (a full disk) is
+/// the command's failure, so that a script does not take a cut-off file for a
+/// result.
+fn print_out(text: &str) -> Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        if e.kind() != std::io::ErrorKind::BrokenPipe {
-            eprintln!("tensorpool: cannot write the output: {e}");
-        }
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(CliError::Output(e)),
+        _ => Ok(()),
     }
 }
 
@@ -353,7 +353,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 };
                 std::fs::write(&path, text).map_err(CliError::file(&path))?;
                 if !json {
-                    println!("plot written to {}", path.display());
+                    print_out(&format!("plot written to {}\n", path.display()))?;
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -452,7 +452,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 );
                 std::fs::write(path, svg).map_err(CliError::file(path))?;
                 if !json {
-                    println!("plan drawn in {}", path.display());
+                    print_out(&format!("plan drawn in {}\n", path.display()))?;
                 }
             }
             print_report(json, &report, || plan::text(&report))?;
@@ -474,7 +474,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 bar.inc(1);
             });
             bar.finish_and_clear();
-            print_out(&report.to_string());
+            print_out(&report.to_string())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::ReplayWorker {
@@ -486,7 +486,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let options = how.options(samples)?;
             let trace = Source::parse(&trace).load()?;
             let m = replay::measure(&trace, allocator, &options)?;
-            println!("{}", serde_json::to_string(&m)?);
+            print_out(&format!("{}\n", serde_json::to_string(&m)?))?;
             Ok(ExitCode::SUCCESS)
         }
     }

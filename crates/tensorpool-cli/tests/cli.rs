@@ -727,3 +727,38 @@ fn plan_refuses_to_write_over_its_trace_or_one_output_with_another() {
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+#[test]
+fn output_that_cannot_be_written_fails_the_command() {
+    // A full disk: the report was cut off, the error printed, and the command still
+    // exited 0, so a script took the cut-off file for a result.
+    if !Path::new("/dev/full").exists() {
+        return;
+    }
+    let full = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+    };
+    let trace = fixture("recorded/np_vit.csv.gz");
+    for args in [
+        vec![
+            "replay",
+            "--reps",
+            "1",
+            "--no-touch",
+            "--quiet",
+            "--json",
+            &trace,
+        ],
+        vec!["plan", "--quiet", "--steps", "50", &trace],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_tensorpool"))
+            .args(&args)
+            .stdout(full())
+            .output()
+            .unwrap();
+        refused_saying(&out, "cannot write the output");
+    }
+}

@@ -26,6 +26,7 @@
 
 use crate::MALLOC;
 use std::ffi::OsString;
+use tensorpool_core::fd::{dup_high, file_id};
 use tensorpool_core::global::recording::{mark, records, ENV_RECORD_OF};
 
 /// Prints the summary at exit when set (`1`, `true`, `yes`, `on`).
@@ -52,11 +53,20 @@ extern "C" fn at_load() {
         let (pid, ppid) = (std::process::id(), std::os::unix::process::parent_id());
         let of = std::env::var_os(ENV_RECORD_OF);
         let parent = std::env::var_os(ENV_RECORD_PARENT);
-        match records(path, pid, ppid, of.as_deref(), parent.as_deref()) {
+        if records(path, pid, ppid, of.as_deref(), parent.as_deref()) {
+            // A relative path is made absolute for the programs this one becomes by
+            // `exec`: a wrapper that changes directory first (`cd dir && exec
+            // python ...`) recorded into a new file there, over the wrapper's.
+            let path = std::path::absolute(path).map_or_else(|_| path.clone(), OsString::from);
             // SAFETY: constructors run before `main`, while the process has one
             // thread.
-            true => unsafe { std::env::set_var(ENV_RECORD_OF, mark(pid, path)) },
-            false => record = None,
+            unsafe {
+                std::env::set_var(ENV_RECORD, &path);
+                std::env::set_var(ENV_RECORD_OF, mark(pid, &path));
+            }
+            record = Some(path);
+        } else {
+            record = None;
         }
     }
     if !stats && record.is_none() {
@@ -128,28 +138,16 @@ struct Stderr;
 static STDERR_COPY: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
 static STDERR_FILE: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
 
-/// Descriptors from here up are the copy's: clear of the low numbers programs
-/// use and reuse.
-const COPY_FROM: libc::c_int = 200;
-
 impl Stderr {
-    /// The file open as descriptor `fd`, if any.
-    fn file_of(fd: libc::c_int) -> Option<(u64, u64)> {
-        // SAFETY: a zeroed stat is a valid buffer for fstat to fill.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: fstat writes into `st` only.
-        (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_dev, st.st_ino))
-    }
-
     /// Keeps a copy of descriptor 2 (at load).
     fn keep() {
-        let Some(file) = Self::file_of(2) else {
+        let Some(file) = file_id(2) else {
             return;
         };
-        // SAFETY: duplicates descriptor 2, which is open (fstat said so).
-        let copy = unsafe { libc::fcntl(2, libc::F_DUPFD_CLOEXEC, COPY_FROM) };
-        if copy >= 0 {
-            let _ = STDERR_FILE.set(file);
+        // Without a copy (no descriptor left), descriptor 2 serves while it is
+        // still that file.
+        let _ = STDERR_FILE.set(file);
+        if let Ok(copy) = dup_high(2) {
             STDERR_COPY.store(copy, std::sync::atomic::Ordering::Relaxed);
             // SAFETY: registers a plain function, run in the child after `fork`.
             unsafe { libc::pthread_atfork(None, None, Some(Self::close_in_child)) };
@@ -177,7 +175,7 @@ impl Stderr {
         };
         let Some(fd) = [copy, 2]
             .into_iter()
-            .find(|&fd| fd >= 0 && Self::file_of(fd) == Some(file))
+            .find(|&fd| fd >= 0 && file_id(fd) == Some(file))
         else {
             return;
         };

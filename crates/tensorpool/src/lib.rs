@@ -75,7 +75,7 @@
 // The layers, lowest first: each uses only those above it in this list (see the
 // crate docs' "Layers").
 mod util;
-pub use util::{address_map, bytes, clock};
+pub use util::{address_map, bytes, clock, fd};
 mod observe;
 pub use observe::{debug, snapshot, stats};
 pub mod error;

@@ -113,6 +113,8 @@ pub(crate) struct CheckedSpace {
     cap: std::sync::atomic::AtomicUsize,
     /// Every size asked for by `allocate` and `reserve`, granted or not.
     pub(crate) asked: std::sync::Mutex<Vec<usize>>,
+    /// What `reservation_cap` says (0: no cap).
+    told_cap: std::sync::atomic::AtomicUsize,
 }
 
 const PAGE: usize = 4096;
@@ -122,6 +124,16 @@ impl CheckedSpace {
     pub(crate) fn with_cap(cap: usize) -> CheckedSpace {
         let space = CheckedSpace::default();
         space.cap.store(cap, std::sync::atomic::Ordering::Relaxed);
+        space
+    }
+
+    /// A space whose reservations should take at most `cap` bytes (it says so,
+    /// and grants more).
+    pub(crate) fn telling_cap(cap: usize) -> CheckedSpace {
+        let space = CheckedSpace::default();
+        space
+            .told_cap
+            .store(cap, std::sync::atomic::Ordering::Relaxed);
         space
     }
 
@@ -207,6 +219,13 @@ unsafe impl crate::upstream::Upstream for CheckedSpace {
 // SAFETY: a reservation is a heap block, valid memory throughout; the checks only
 // make sure the caller keeps the contract.
 unsafe impl crate::upstream::AddressSpace for CheckedSpace {
+    fn reservation_cap(&self) -> usize {
+        match self.told_cap.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => usize::MAX,
+            cap => cap,
+        }
+    }
+
     fn reserve(
         &self,
         size: usize,

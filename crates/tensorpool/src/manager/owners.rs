@@ -113,6 +113,12 @@ unsafe impl AddressSpace for Registrar {
         Ok(ptr)
     }
 
+    fn reservation_cap(&self) -> usize {
+        self.upstream
+            .address_space()
+            .map_or(usize::MAX, |space| space.reservation_cap())
+    }
+
     unsafe fn commit(
         &self,
         ptr: NonNull<u8>,

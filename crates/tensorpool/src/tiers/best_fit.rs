@@ -717,7 +717,9 @@ impl BestFit {
     /// A reservation the system refuses is tried again at half the size, down to
     /// the least that holds `needed`: a process whose address space is limited
     /// (`ulimit -v`, Valgrind, some batch schedulers) cannot map the default 64 GiB
-    /// but commits the same memory into smaller segments. Each reservation starts
+    /// but commits the same memory into smaller segments. Under a limit the space
+    /// names ([`reservation_cap`](AddressSpace::reservation_cap): an eighth of
+    /// `ulimit -v`), a reservation takes no more than that share. Each reservation starts
     /// from the configured size again (a refusal may have been a passing peak; the
     /// failed tries cost a system call each, and reservations are rare).
     fn reserve(
@@ -729,7 +731,7 @@ impl BestFit {
         align: usize,
     ) -> Result<u32> {
         let least = round_up(needed, HUGE_PAGE_SIZE);
-        let mut bytes = self.reservation.max(least);
+        let mut bytes = self.reservation.min(space.reservation_cap()).max(least);
         let ptr = loop {
             match space.reserve(bytes) {
                 Ok(ptr) => break ptr,
@@ -1795,6 +1797,26 @@ mod tests {
             space.asked.lock().unwrap()[8..],
             [32 << 20, 16 << 20, 8 << 20, 6 << 20]
         );
+        bf.deallocate(a).unwrap();
+        bf.deallocate(b).unwrap();
+        bf.trim();
+        assert_eq!(bf.stats().usage.reserved_bytes, 0);
+    }
+
+    /// Found under `ulimit -v 1000000`: the first reservation took the largest power
+    /// of two that fit (512 MiB), and the program's own 586 MiB mapping then failed.
+    /// A reservation takes no more than the space's cap, or what the request needs.
+    #[test]
+    fn a_reservation_stays_within_the_spaces_cap() {
+        let space = Arc::new(crate::testing::CheckedSpace::telling_cap(4 << 20));
+        let bf = BestFit::builder()
+            .upstream(space.clone())
+            .reservation_size(32 << 20)
+            .build()
+            .unwrap();
+        let a = bf.allocate(1 << 20, 64).unwrap();
+        let b = bf.allocate(6 << 20, 64).unwrap();
+        assert_eq!(*space.asked.lock().unwrap(), [4 << 20, 6 << 20]);
         bf.deallocate(a).unwrap();
         bf.deallocate(b).unwrap();
         bf.trim();

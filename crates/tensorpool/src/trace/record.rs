@@ -91,25 +91,6 @@ impl<A> Recording<A> {
     }
 }
 
-/// `file`, moved above descriptors 0-2 if it took one of them (a program started
-/// without its standard error): the program, and the programs it starts, would take
-/// it for a standard stream and write into the trace (a shell passes its descriptor
-/// 2 on to its commands).
-fn above_standard_streams(file: std::fs::File) -> io::Result<std::fs::File> {
-    use std::os::fd::{AsRawFd, FromRawFd};
-    if file.as_raw_fd() > 2 {
-        return Ok(file);
-    }
-    // SAFETY: duplicates an open descriptor of ours to one above 2, closed on exec.
-    let moved = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
-    if moved < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    drop(file);
-    // SAFETY: `moved` is a new descriptor that nothing else owns.
-    Ok(unsafe { std::fs::File::from_raw_fd(moved) })
-}
-
 impl TraceWriter {
     /// Writes into `out` (the header is written now).
     pub fn new(mut out: impl Write + Send + 'static) -> io::Result<Self> {
@@ -134,10 +115,16 @@ impl TraceWriter {
         self
     }
 
-    /// Writes into a new file at `path`.
+    /// Writes into a new file at `path`, through a descriptor kept high and
+    /// checked before each write ([`Kept`](crate::fd::Kept)): a program started
+    /// without its standard error would otherwise give the file descriptor 2 (and
+    /// the programs it starts would write into the trace), and a program that
+    /// closes the descriptors it did not open would get the trace's lines in the
+    /// next file it opens.
     pub fn to_file(path: impl AsRef<Path>) -> io::Result<Self> {
-        let file = above_standard_streams(std::fs::File::create(path)?)?;
-        Self::new(BufWriter::new(file))
+        use std::os::fd::IntoRawFd;
+        let file = std::fs::File::create(path)?;
+        Self::new(BufWriter::new(crate::fd::Kept::new(file.into_raw_fd())?))
     }
 
     /// Records an allocation of `size` bytes at `addr`.

@@ -228,6 +228,10 @@ unsafe impl AddressSpace for MeteredUpstream {
         self.inner_space().reserve(size)
     }
 
+    fn reservation_cap(&self) -> usize {
+        self.inner_space().reservation_cap()
+    }
+
     unsafe fn commit(&self, ptr: NonNull<u8>, len: usize) -> Result<(), UpstreamError> {
         self.take(len)?;
         // SAFETY: forwarded unchanged from our caller, who holds the same contract.

@@ -152,6 +152,23 @@ impl MmapUpstream {
 // decommits replace parts with fresh PROT_NONE mappings, dropping their pages.
 #[cfg(unix)]
 unsafe impl AddressSpace for MmapUpstream {
+    /// An eighth of the soft limit on the address space (`ulimit -v`), if one is
+    /// set: a program under 1 GB keeps 7/8 of it for its libraries and mappings
+    /// (the first reservation took the largest power of two that fit, 512 MiB of
+    /// 1 GB, and NumPy's own 488 MiB array then failed).
+    fn reservation_cap(&self) -> usize {
+        // SAFETY: a zeroed rlimit is a valid buffer for getrlimit to fill.
+        let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+        // SAFETY: getrlimit writes into `limit` only.
+        if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) } != 0
+            || limit.rlim_cur == libc::RLIM_INFINITY
+        {
+            return usize::MAX;
+        }
+        let share = usize::try_from(limit.rlim_cur / 8).unwrap_or(usize::MAX);
+        (share / HUGE_PAGE_SIZE * HUGE_PAGE_SIZE).max(HUGE_PAGE_SIZE)
+    }
+
     fn reserve(&self, size: usize) -> Result<NonNull<u8>, UpstreamError> {
         let total = size
             .checked_add(HUGE_PAGE_SIZE)

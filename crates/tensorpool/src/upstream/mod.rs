@@ -174,6 +174,14 @@ pub unsafe trait AddressSpace: Send + Sync {
     /// behind it yet.
     fn reserve(&self, size: usize) -> Result<NonNull<u8>, UpstreamError>;
 
+    /// The most address space one reservation should take (the caller reserves
+    /// less, or what one request needs): a share of a limit on the process's
+    /// address space, which reservations count against although nothing backs
+    /// them, so that the program keeps room for its own mappings. No limit: any.
+    fn reservation_cap(&self) -> usize {
+        usize::MAX
+    }
+
     /// Backs `[ptr, ptr + len)` with memory.
     ///
     /// # Safety
