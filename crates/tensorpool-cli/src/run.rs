@@ -107,8 +107,25 @@ fn is_tensorpool_library(path: &Path) -> bool {
     bytes.starts_with(b"\x7fELF") && bytes.windows(needle.len()).any(|w| w == needle)
 }
 
+/// `path` made absolute, if `LD_PRELOAD` can carry it: the loader splits its value
+/// at spaces and colons, so a library in `/opt/my tools/` was not preloaded and the
+/// program ran without tensorpool.
 fn absolute(path: &Path) -> Result<PathBuf> {
-    std::path::absolute(path).map_err(CliError::file(path))
+    let path = std::path::absolute(path).map_err(CliError::file(path))?;
+    if path
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .any(|b| matches!(b, b' ' | b':' | b'\t'))
+    {
+        return Err(CliError::Run(format!(
+            "{}: LD_PRELOAD splits its value at spaces and colons, so the loader cannot \
+             preload a library whose path has one; copy {LIBRARY} to a path without \
+             them and name it with --library",
+            path.display()
+        )));
+    }
+    Ok(path)
 }
 
 /// The `LD_PRELOAD` value with `library` first, before what `current` preloads.
@@ -277,6 +294,17 @@ mod tests {
             preload_value(lib, Some(&"libfoo.so".into())),
             "/opt/tp/libtensorpool.so:libfoo.so"
         );
+    }
+
+    #[test]
+    fn a_library_path_ld_preload_would_split_is_refused() {
+        // Found by a user hunt: run from "/tmp/my dir/" preloaded "/tmp/my", which
+        // the loader passed over, and the program ran without tensorpool.
+        for bad in ["/tmp/my dir/libtensorpool.so", "/tmp/a:b/libtensorpool.so"] {
+            let e = absolute(Path::new(bad)).unwrap_err().to_string();
+            assert!(e.contains("LD_PRELOAD splits its value"), "{e}");
+        }
+        assert!(absolute(Path::new("/opt/tp/libtensorpool.so")).is_ok());
     }
 
     #[test]
