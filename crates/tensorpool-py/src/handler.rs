@@ -349,6 +349,22 @@ pub(crate) fn free_as_numpy(
 /// Checks that this NumPy has data-memory handlers (and arrays with a
 /// `mem_handler`): C-API feature version 0x0f, NumPy 1.22, or later.
 pub(crate) fn check_numpy(py: Python<'_>) -> PyResult<()> {
+    // NumPy is imported here first, outside rust-numpy's once-cell of its API
+    // table: the import can run the program's code (an import hook), and a call
+    // into tensorpool from there waited for ever on that cell. Such a call, made
+    // while NumPy is still being imported, is refused: NumPy's API is not ready.
+    let numpy = py.import("numpy")?;
+    let initializing = numpy
+        .getattr("__spec__")
+        .and_then(|spec| spec.getattr("_initializing"))
+        .and_then(|flag| flag.is_truthy())
+        .unwrap_or(false);
+    if initializing {
+        return Err(pyo3::exceptions::PyImportError::new_err(
+            "NumPy is still being imported: tensorpool makes no array from code that \
+             NumPy's own import runs (an import hook)",
+        ));
+    }
     api_table(py).map(|_| ())
 }
 

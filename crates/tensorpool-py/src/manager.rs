@@ -127,15 +127,17 @@ impl PyMemoryManager {
     }
 
     /// The NEP 49 handler over this manager, made on first use (after checking that
-    /// this NumPy has handlers).
+    /// this NumPy has handlers). Made outside the cell: the check imports NumPy,
+    /// which can run the program's code (an import hook), and a call into this
+    /// manager from there waited for ever on the cell's initialisation.
     fn handler_bound<'py>(&self, py: Python<'py>) -> PyResult<&Bound<'py, PyAny>> {
-        self.handler
-            .get_or_try_init(py, || {
-                handler::check_numpy(py)?;
-                handler::new_capsule(py, self.mm.clone(), self.state.clone(), None)
-                    .map(Bound::unbind)
-            })
-            .map(|h| h.bind(py))
+        if self.handler.get(py).is_none() {
+            handler::check_numpy(py)?;
+            let capsule = handler::new_capsule(py, self.mm.clone(), self.state.clone(), None)?;
+            // A nested call may have made one meanwhile: the first stays.
+            let _ = self.handler.set(py, capsule.unbind());
+        }
+        Ok(self.handler.get(py).expect("set above").bind(py))
     }
 }
 
@@ -220,7 +222,10 @@ impl PyMemoryManager {
                 ));
             }
             let table = PyDict::new(py);
-            for (size, count) in pools.iter() {
+            // A snapshot of the caller's dict: reading an entry may run its code
+            // (`__index__`), which may change the dict (iterating it then panicked).
+            for item in pools.items().iter() {
+                let (size, count): (Bound<'_, PyAny>, Bound<'_, PyAny>) = item.extract()?;
                 let entry = || -> PyResult<String> {
                     Ok(format!(
                         "pool_sizes entry {}: {}",

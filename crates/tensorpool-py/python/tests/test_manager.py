@@ -333,3 +333,60 @@ def test_arrays_have_numpys_strides_and_flags_also_without_elements():
             assert (got.shape, got.strides) == (want.shape, want.strides), (shape, order)
             assert got.flags.c_contiguous == want.flags.c_contiguous
             assert got.flags.f_contiguous == want.flags.f_contiguous
+
+
+def test_pool_sizes_whose_reading_changes_the_dict_are_read_from_a_snapshot():
+    # Found by a user hunt: a size whose `__index__` added to the dict being read
+    # raised pyo3's PanicException ("dictionary changed size during iteration").
+    pools = {}
+
+    class Size:
+        def __hash__(self):
+            return 256
+
+        def __eq__(self, other):
+            return other is self
+
+        def __index__(self):
+            pools[4096] = 10
+            return 256
+
+    pools[Size()] = 100
+    mm = tensorpool.MemoryManager(pools)
+    assert mm.allocate(200) is not None
+    assert 4096 in pools  # the caller's dict changed, as its code said
+
+
+def test_a_call_into_the_manager_while_its_first_array_imports_numpy_is_refused():
+    # Found by a user hunt: the manager's NumPy handler was made inside a once-cell
+    # while NumPy was imported; an import hook that called into the same manager
+    # waited for ever on that cell. Now the nested call is refused (NumPy is not
+    # ready), the error reaches the outer call, and the manager works afterwards.
+    # Run in a child, under a time limit.
+    import subprocess
+    import sys
+
+    code = """
+import builtins, sys
+for name in [n for n in sys.modules if n == "numpy" or n.startswith("numpy.")]:
+    del sys.modules[name]
+import tensorpool
+mm = tensorpool.MemoryManager()
+real = builtins.__import__
+def hook(name, *a, **k):
+    if name == "numpy._core._multiarray_umath":
+        builtins.__import__ = real
+        mm.empty(3)
+    return real(name, *a, **k)
+builtins.__import__ = hook
+try:
+    mm.empty(5)
+except ImportError as e:
+    print("refused:", "still being imported" in str(e))
+for name in [n for n in sys.modules if n == "numpy" or n.startswith("numpy.")]:
+    del sys.modules[name]
+print(mm.empty(7).shape)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["refused: True", "(7,)"], out.stdout
