@@ -148,6 +148,42 @@ def test_the_background_thread_is_absent_in_a_forked_child_until_it_allocates():
     assert "parent 1" in out and "child 0" in out, out
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_children_forked_while_the_background_thread_releases_can_allocate():
+    # Found by a user hunt: a child forked while the thread ran a pass (which holds
+    # the manager's locks) waited for ever on its first allocation, one fork in a
+    # few hundred. Passes are made constant here (no delay, memory freed before
+    # each fork); the Rust test `a_fork_waits_for_a_running_pass_to_end` checks
+    # the lock itself.
+    out = run(
+        """
+        import os, time, tensorpool
+        mm = tensorpool.MemoryManager()
+        mm.set_release_delay(0)
+        hung = 0
+        for i in range(150):
+            xs = [mm.empty(1 << 17) for _ in range(32)]
+            for x in xs:
+                x[::512] = 1
+            del xs, x
+            pid = os.fork()
+            if pid == 0:
+                mm.empty(1 << 17)
+                os._exit(0)
+            for _ in range(300):
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    break
+                time.sleep(0.01)
+            else:
+                hung += 1
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+        print("hung", hung)
+        """
+    )
+    assert "hung 0" in out, out
+
+
 def test_no_thread_when_asked_off():
     out = run(
         """

@@ -6,7 +6,9 @@
 //! order before the fork and lets them go after it, in the parent and in the child:
 //!
 //! 1. the background releaser's registry (`releaser`), which its thread holds while
-//!    it allocates from the process-wide manager;
+//!    it allocates from the process-wide manager, and the lock it holds while it
+//!    runs passes (a pass holds its manager's locks: a fork waits for it to end,
+//!    for every manager with `background_release`, not the process-wide one alone);
 //! 2. the process-wide manager's engine (`Engine::hold_for_fork`): its stopper's
 //!    lock, its registry, every other thread's heap stopped (each owner waits,
 //!    outside any operation, until the hold is let go), its shared heap, its page

@@ -10,9 +10,12 @@
 //!
 //! After `fork()` the child has no thread (only the forking thread survives), and
 //! none is started until the child allocates on a slow path: a child that only
-//! computes, or `exec`s at once, never gets one. The registry's lock is taken around
-//! `fork()` (`pthread_atfork`), so the child never finds it held by a thread that
-//! does not exist there.
+//! computes, or `exec`s at once, never gets one. The registry's lock, and the lock
+//! the thread holds while it runs passes, are taken around `fork()`
+//! (`pthread_atfork`): a fork waits for a running pass to end, so the child never
+//! finds a lock held by a thread that does not exist there (a pass holds its
+//! manager's locks; a child forked during one waited for ever on its first
+//! allocation).
 
 use super::Inner;
 use crate::util::reentry::Inside;
@@ -30,6 +33,9 @@ struct Registry {
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     managers: Vec::new(),
 });
+/// Held by the thread while it runs passes (without the registry's lock), and by a
+/// forking thread across `fork()`.
+static PASSES: Mutex<()> = Mutex::new(());
 /// Wakes the thread early: a manager came whose first pass is due before the thread
 /// would wake.
 static WAKE: Condvar = Condvar::new();
@@ -63,6 +69,10 @@ const LINGER: Duration = Duration::from_secs(5);
 
 fn registry() -> MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn passes() -> MutexGuard<'static, ()> {
+    PASSES.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The instant [`WAKES_AT`] counts from.
@@ -160,6 +170,7 @@ fn run() {
         }
         let live: Vec<Arc<Inner>> = reg.managers.iter().filter_map(Weak::upgrade).collect();
         drop(reg);
+        let running = passes();
         for inner in &live {
             // For the process-wide allocator, what the pass allocates comes from the
             // system allocator (see `util::reentry`).
@@ -167,6 +178,7 @@ fn run() {
             inner.release_if_due();
             drop(inside);
         }
+        drop(running);
         let sleep = next_wait(&live);
         drop(live);
         reg = registry();
@@ -198,17 +210,21 @@ pub(super) fn next_wait(managers: &[Arc<Inner>]) -> Duration {
         .max(MIN_WAIT)
 }
 
+/// What the forking thread holds across `fork()`: the registry's lock and the passes'.
+type Held = (MutexGuard<'static, Registry>, MutexGuard<'static, ()>);
+
 thread_local! {
-    /// The registry's lock, held by the forking thread across `fork()`.
-    static HELD: std::cell::RefCell<Option<MutexGuard<'static, Registry>>> =
-        const { std::cell::RefCell::new(None) };
+    static HELD: std::cell::RefCell<Option<Held>> = const { std::cell::RefCell::new(None) };
 }
 
-/// Before `fork()` (`manager::fork`, first of all locks): the registry, held by the
-/// forking thread (in a thread-local of its own, the thread that runs all three).
+/// Before `fork()` (`manager::fork`, first of all locks): the registry, then the
+/// passes' lock (a running pass ends first), held by the forking thread (in a
+/// thread-local of its own, the thread that runs all three). The thread takes the
+/// passes' lock without the registry's, so the order cannot deadlock.
 pub(super) fn before_fork() {
     let guard = registry();
-    HELD.with(|h| *h.borrow_mut() = Some(guard));
+    let running = passes();
+    HELD.with(|h| *h.borrow_mut() = Some((guard, running)));
 }
 
 /// After `fork()`, in the parent.
@@ -227,4 +243,31 @@ pub(super) fn in_child() {
 #[cfg(test)]
 pub(crate) fn running() -> bool {
     RUNNING.load(Acquire)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by a user hunt: a child forked while the thread ran a pass (which holds
+    /// its manager's locks) waited for ever on its first allocation, one fork in a
+    /// few hundred. The fork now waits for the pass to end.
+    #[test]
+    fn a_fork_waits_for_a_running_pass_to_end() {
+        let running = passes(); // as the thread holds it during its passes
+        let (forked, done) = std::sync::mpsc::channel();
+        let forker = std::thread::spawn(move || {
+            before_fork();
+            forked.send(()).unwrap();
+            after_fork();
+        });
+        assert!(
+            done.recv_timeout(Duration::from_millis(200)).is_err(),
+            "the fork went ahead during a pass"
+        );
+        drop(running);
+        done.recv_timeout(Duration::from_secs(10))
+            .expect("the fork goes ahead once the pass ends");
+        forker.join().unwrap();
+    }
 }
