@@ -79,11 +79,19 @@ impl ArenaCore {
 
 impl Drop for ArenaCore {
     fn drop(&mut self) {
-        if self.deferred.load(Relaxed) {
-            let bytes = Self::reserved(self.arena.get_mut());
-            if let Some(state) = &self.state {
-                state.undefer(bytes);
-            }
+        // What `close` counted as deferred, before the reset below changes it.
+        let deferred = self
+            .deferred
+            .load(Relaxed)
+            .then(|| Self::reserved(self.arena.get_mut()));
+        // Nothing uses the arena any more (the last array or export went): its
+        // blocks are free, as a reset says (in debug mode, dropping it with blocks
+        // counted live reported them as leaks).
+        if let Some(arena) = self.arena.get_mut().as_mut() {
+            arena.reset();
+        }
+        if let (Some(bytes), Some(state)) = (deferred, &self.state) {
+            state.undefer(bytes);
         }
     }
 }
@@ -240,8 +248,11 @@ impl PyArena {
             return;
         }
         core.generation.fetch_add(1, Relaxed);
-        // Dropping the arena gives its chunks back.
-        arena.take();
+        // Nothing uses it: its blocks are free (a reset says so, for debug mode's
+        // leak check), and dropping it gives its chunks back.
+        if let Some(mut arena) = arena.take() {
+            arena.reset();
+        }
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
