@@ -321,9 +321,16 @@ impl fmt::Display for OutOfMemory {
                  longer need, call trim(), or set max_split_size to limit splitting of large \
                  blocks; otherwise raise the limit.",
             ),
-            _ => f.write_str(
+            OomCause::LimitReached => f.write_str(
                 "Free tensors you no longer need, call trim() to return cached memory, or raise \
                  the limit (Config::memory_limit).",
+            ),
+            // No limit of tensorpool's was reached (advice to raise it misled): the
+            // system refused.
+            OomCause::UpstreamFailed => f.write_str(
+                "Free tensors you no longer need, or call trim() to return cached memory; the \
+                 system refused more (its memory, or a limit on the process's address space: \
+                 ulimit -v).",
             ),
         }
     }
@@ -438,6 +445,17 @@ mod tests {
         let text = report(OomCause::UpstreamFailed, 0).into_error().to_string();
         assert!(text.contains("refused"), "{text}");
         assert!(text.contains("call trim()"), "{text}");
+        // No limit of tensorpool's was reached: no advice to raise it (a user hunt
+        // under `ulimit -v` was told to raise Config::memory_limit).
+        assert!(
+            !text.contains("memory_limit") && text.contains("ulimit -v"),
+            "{text}"
+        );
+        let text = report(OomCause::LimitReached, 0).into_error().to_string();
+        assert!(
+            text.contains("raise the limit (Config::memory_limit)"),
+            "{text}"
+        );
         let text = report(OomCause::CapacityReached { capacity: 8 }, 0)
             .into_error()
             .to_string();

@@ -339,3 +339,12 @@ fn a_child_forked_while_another_thread_allocates_can_allocate_and_trim() {
     stop.store(true, Relaxed);
     busy.join().unwrap();
 }
+
+#[test]
+fn a_size_no_allocator_serves_fails_quietly() {
+    // Found by a user hunt: `try_reserve` of a size no allocator could serve, an
+    // error the program handles, printed the out-of-memory report and counted it.
+    let mut v: Vec<u8> = Vec::new();
+    assert!(v.try_reserve(usize::MAX / 2).is_err());
+    assert_eq!(GLOBAL.system_fallbacks().out_of_memory, 0);
+}

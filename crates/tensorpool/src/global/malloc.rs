@@ -371,11 +371,9 @@ impl Malloc {
 
     #[cold]
     fn out_of_memory(&self, e: Error) -> *mut c_void {
-        // Sizes no allocator could serve fail quietly, as glibc's do; running out
-        // of memory explains the manager's state, the first few times.
-        if !matches!(e, Error::SizeTooLarge { .. }) {
-            self.process.count_out_of_memory(&e);
-        }
+        // Running out of memory explains the manager's state, the first few times
+        // (sizes no allocator could serve fail quietly, as glibc's do).
+        self.process.count_out_of_memory(&e);
         no_memory()
     }
 

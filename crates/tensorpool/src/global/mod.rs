@@ -110,7 +110,13 @@ impl Process {
     /// Counts an allocation that failed for lack of memory, and reports it the
     /// first few times.
     #[cold]
+    /// Counts and reports (the first few times) an allocation refused for lack of
+    /// memory. A size no allocator could serve (`Vec::try_reserve(usize::MAX / 2)`,
+    /// which the caller handles) fails quietly and is not counted, as in glibc.
     fn count_out_of_memory(&self, e: &Error) {
+        if matches!(e, Error::SizeTooLarge { .. }) {
+            return;
+        }
         if self.fallbacks.out_of_memory.fetch_add(1, Relaxed) < OOM_REPORTS {
             crate::util::stderr::report!("tensorpool: {e}");
         }
@@ -321,21 +327,23 @@ impl GlobalManager {
 
 /// Starts a process-wide manager with the config `config` returns. Nothing may
 /// unwind out of an allocator: a panic (of the config function, or of the manager's
-/// start) is reported and the defaults, or `None` (the caller's fallback serves),
-/// stand for it. The caller is inside (`util::reentry`).
+/// start) is reported and the process defaults ([`process_defaults`]: malloc's
+/// 16-byte classes, not `Config::default()`'s 64-byte ones, which took a program of
+/// small boxes 3x the memory), or `None` (the caller's fallback serves), stand for
+/// it. The caller is inside (`util::reentry`).
 fn start(config: fn() -> Config) -> Option<MemoryManager> {
     let config = std::panic::catch_unwind(config).unwrap_or_else(|_| {
         crate::util::stderr::report!(
             "tensorpool: the process allocator's config panicked; using the defaults"
         );
-        Config::default()
+        process_defaults()
     });
     let started = std::panic::catch_unwind(|| {
         MemoryManager::new(config).or_else(|e| {
             crate::util::stderr::report!(
                 "tensorpool: {e}; the process allocator uses the default config"
             );
-            MemoryManager::new(Config::default())
+            MemoryManager::new(process_defaults())
         })
     });
     match started {

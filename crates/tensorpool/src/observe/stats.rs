@@ -366,14 +366,18 @@ pub struct Stats {
     /// The most `allocated_bytes` seen. The large tiers record it at every
     /// allocation; the small-block engine's hot paths keep each thread's counts to
     /// the thread, which adds them to the totals, where peaks are recorded, at its
-    /// slow paths (a new slab, a refill, a large block) when they have moved by
-    /// 64 KiB since it last did; every `stats()` call records the exact current
-    /// totals. A peak of small blocks that rose and fell within a thread's current
-    /// slabs between two of those may read up to those slabs' free bytes below the
-    /// true one (a slab is at most `pool_chunk_size`, 256 KiB by default, per class
-    /// and thread): 10,000 blocks of 256 bytes allocated, then freed, with no
-    /// `stats()` call between, read about 200 KB low. The tiers' peaks are recorded
-    /// the same way.
+    /// slow paths (a new slab, a refill, a large block allocated or freed, a slab
+    /// that empties) when they have moved by 64 KiB since it last did; every
+    /// `stats()` call records the exact current totals. Between two of those a
+    /// thread's share is off by what it did on its hot paths since: a peak of small
+    /// blocks that rose and fell within a thread's current slabs may read up to
+    /// those slabs' free bytes below the true one (a slab is at most
+    /// `pool_chunk_size`, 256 KiB by default, per class and thread: 10,000 blocks of
+    /// 256 bytes allocated, then freed, with no `stats()` call between, read about
+    /// 200 KB low), and small blocks a thread freed without emptying a slab still
+    /// count in the totals until it publishes, so another thread's allocations may
+    /// read a peak up to that much above the true one. The tiers' peaks are
+    /// recorded the same way.
     pub peak_allocated_bytes: usize,
     /// Bytes of live blocks, as requested (PyTorch: `requested_bytes.all.current`).
     pub requested_bytes: usize,
