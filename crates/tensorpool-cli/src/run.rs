@@ -81,13 +81,13 @@ pub fn find_library(launch: &Launch) -> Result<PathBuf> {
                 path.display()
             )));
         }
-        return absolute(path);
+        return preloadable(path);
     }
     let exe = std::env::current_exe().map_err(CliError::CurrentExe)?;
     let dir = exe.parent().unwrap_or(Path::new("."));
     let candidates = [dir.join(LIBRARY), dir.join("../lib").join(LIBRARY)];
     match candidates.iter().find(|p| p.is_file()) {
-        Some(path) => absolute(path),
+        Some(path) => preloadable(path),
         None => Err(CliError::Run(format!(
             "{LIBRARY} is not beside this command (looked in {} and {}); build it with \
              `cargo build --release -p tensorpool-malloc`, or name it with --library",
@@ -107,11 +107,15 @@ fn is_tensorpool_library(path: &Path) -> bool {
     bytes.starts_with(b"\x7fELF") && bytes.windows(needle.len()).any(|w| w == needle)
 }
 
-/// `path` made absolute, if `LD_PRELOAD` can carry it: the loader splits its value
-/// at spaces and colons, so a library in `/opt/my tools/` was not preloaded and the
-/// program ran without tensorpool.
 fn absolute(path: &Path) -> Result<PathBuf> {
-    let path = std::path::absolute(path).map_err(CliError::file(path))?;
+    std::path::absolute(path).map_err(CliError::file(path))
+}
+
+/// The library's `path` made absolute, if `LD_PRELOAD` can carry it: the loader
+/// splits its value at spaces and colons, so a library in `/opt/my tools/` was not
+/// preloaded and the program ran without tensorpool.
+fn preloadable(path: &Path) -> Result<PathBuf> {
+    let path = absolute(path)?;
     if path
         .as_os_str()
         .as_encoded_bytes()
@@ -301,10 +305,13 @@ mod tests {
         // Found by a user hunt: run from "/tmp/my dir/" preloaded "/tmp/my", which
         // the loader passed over, and the program ran without tensorpool.
         for bad in ["/tmp/my dir/libtensorpool.so", "/tmp/a:b/libtensorpool.so"] {
-            let e = absolute(Path::new(bad)).unwrap_err().to_string();
+            let e = preloadable(Path::new(bad)).unwrap_err().to_string();
             assert!(e.contains("LD_PRELOAD splits its value"), "{e}");
         }
-        assert!(absolute(Path::new("/opt/tp/libtensorpool.so")).is_ok());
+        assert!(preloadable(Path::new("/opt/tp/libtensorpool.so")).is_ok());
+        // A config or a recording in such a directory is one path, never split (the
+        // review of the first version: it refused `--record` run from "My Projects").
+        assert!(absolute(Path::new("/tmp/my dir/trace.csv")).is_ok());
     }
 
     #[test]

@@ -742,6 +742,9 @@ fn output_that_cannot_be_written_fails_the_command() {
             .unwrap()
     };
     let trace = fixture("recorded/np_vit.csv.gz");
+    // `plan` writes its files into the working directory: a scratch one.
+    let dir = scratch("full");
+    std::fs::create_dir_all(&dir).unwrap();
     for args in [
         vec![
             "replay",
@@ -756,6 +759,7 @@ fn output_that_cannot_be_written_fails_the_command() {
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_tensorpool"))
             .args(&args)
+            .current_dir(&dir)
             .stdout(full())
             .output()
             .unwrap();

@@ -158,7 +158,9 @@ impl Stderr {
     /// would otherwise keep the caller's standard error open).
     extern "C" fn close_in_child() {
         let copy = STDERR_COPY.swap(-1, std::sync::atomic::Ordering::Relaxed);
-        if copy >= 0 {
+        // Only while the number is still the copy: the program may have closed it
+        // and opened a file of its own there (the review: closing that).
+        if copy >= 0 && file_id(copy) == STDERR_FILE.get().copied() {
             // SAFETY: closes the library's own descriptor, which nothing else uses.
             unsafe { libc::close(copy) };
         }

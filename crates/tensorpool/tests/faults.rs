@@ -86,6 +86,13 @@ unsafe impl AddressSpace for Failing {
         self.inner.address_space().expect("checked").reserve(size)
     }
 
+    fn reservation_cap(&self) -> usize {
+        self.inner
+            .address_space()
+            .expect("checked")
+            .reservation_cap()
+    }
+
     unsafe fn commit(&self, ptr: NonNull<u8>, len: usize) -> Result<(), UpstreamError> {
         if self.fails() {
             return Err(UpstreamError::OutOfMemory { size: len });

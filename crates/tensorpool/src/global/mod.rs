@@ -107,8 +107,6 @@ impl Process {
         self.fallbacks.bytes.fetch_add(size, Relaxed);
     }
 
-    /// Counts an allocation that failed for lack of memory, and reports it the
-    /// first few times.
     #[cold]
     /// Counts and reports (the first few times) an allocation refused for lack of
     /// memory. A size no allocator could serve (`Vec::try_reserve(usize::MAX / 2)`,

@@ -7,8 +7,10 @@
 //!
 //! 1. the background releaser's registry (`releaser`), which its thread holds while
 //!    it allocates from the process-wide manager, and the lock it holds while it
-//!    runs passes (a pass holds its manager's locks: a fork waits for it to end,
-//!    for every manager with `background_release`, not the process-wide one alone);
+//!    runs passes (a pass holds its manager's locks: a fork waits for the thread's
+//!    pass to end, for every manager with `background_release`, not the
+//!    process-wide one alone; a pass that another thread of the program runs on
+//!    its slow path is not waited for, as no other lock of such a manager is);
 //! 2. the process-wide manager's engine (`Engine::hold_for_fork`): its stopper's
 //!    lock, its registry, every other thread's heap stopped (each owner waits,
 //!    outside any operation, until the hold is let go), its shared heap, its page

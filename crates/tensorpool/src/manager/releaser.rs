@@ -12,10 +12,11 @@
 //! none is started until the child allocates on a slow path: a child that only
 //! computes, or `exec`s at once, never gets one. The registry's lock, and the lock
 //! the thread holds while it runs passes, are taken around `fork()`
-//! (`pthread_atfork`): a fork waits for a running pass to end, so the child never
-//! finds a lock held by a thread that does not exist there (a pass holds its
-//! manager's locks; a child forked during one waited for ever on its first
-//! allocation).
+//! (`pthread_atfork`): a fork waits for the thread's running pass to end, so the
+//! child never finds a lock held by this thread, which does not exist there (a pass
+//! holds its manager's locks; a child forked during one waited for ever on its
+//! first allocation). The other threads of a program that forks are the program's
+//! to stop: only the process-wide manager's locks are all held across `fork()`.
 
 use super::Inner;
 use crate::util::reentry::Inside;

@@ -178,6 +178,7 @@ pub unsafe trait AddressSpace: Send + Sync {
     /// less, or what one request needs): a share of a limit on the process's
     /// address space, which reservations count against although nothing backs
     /// them, so that the program keeps room for its own mappings. No limit: any.
+    /// A wrapper of another address space forwards it.
     fn reservation_cap(&self) -> usize {
         usize::MAX
     }

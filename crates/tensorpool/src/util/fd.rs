@@ -74,7 +74,12 @@ impl Kept {
         let fd = moved?;
         match file_id(fd) {
             Some(id) => Ok(Kept { fd, id }),
-            None => Err(io::Error::last_os_error()),
+            None => {
+                let e = io::Error::last_os_error();
+                // SAFETY: the copy `dup_high` just made, ours alone.
+                unsafe { libc::close(fd) };
+                Err(e)
+            }
         }
     }
 
@@ -143,12 +148,12 @@ mod tests {
         let mut kept = Kept::new(ours.into_raw_fd()).unwrap();
         assert!(kept.raw() > 2);
         kept.write_all(b"ours\n").unwrap();
-        // The program closes it, and a file of its own takes the number.
-        // SAFETY: closes the test's own descriptor, as `closefrom` would.
-        unsafe { libc::close(kept.raw()) };
+        // The program closes it, and a file of its own takes the number (`dup2`
+        // does both at once: the number is never free for another thread of this
+        // test binary to take meanwhile).
         let theirs = std::fs::File::create(dir.join("theirs.txt")).unwrap();
         let theirs = theirs.into_raw_fd();
-        // SAFETY: moves the program's file onto the freed number.
+        // SAFETY: replaces the test's own descriptor with the program's file.
         assert_eq!(unsafe { libc::dup2(theirs, kept.raw()) }, kept.raw());
         // SAFETY: the original number of the program's file, a copy now.
         unsafe { libc::close(theirs) };
