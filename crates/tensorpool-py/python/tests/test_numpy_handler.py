@@ -3,6 +3,7 @@
 import contextvars
 import gc
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -295,3 +296,28 @@ def _tensorpool_command():
         if exe.exists():
             return str(exe)
     return os.environ.get("TENSORPOOL_COMMAND")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_forked_child_writes_nothing_into_the_recording(tmp_path):
+    # Found by a review: a child forked during a recording (a multiprocessing
+    # worker) wrote its own arrays into the parent's trace, and at its exit a copy
+    # of the parent's buffered lines.
+    path = tmp_path / "forked.csv"
+    code = f"""
+import os, sys, numpy as np, tensorpool
+with tensorpool.record({str(path)!r}):
+    keep = [np.ones(1000) for _ in range(10)]
+    pid = os.fork()
+    if pid == 0:
+        more = [np.ones(2000) for _ in range(50)]
+        sys.exit(0)
+    os.waitpid(pid, 0)
+    del keep
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    lines = path.read_text().splitlines()[1:]
+    assert not any(",16000," in line for line in lines), "the child's arrays were recorded"
+    allocs = [line for line in lines if ",allocate," in line]
+    frees = [line for line in lines if ",free," in line]
+    assert len(allocs) == len(frees) == len(set(allocs)), "lines written twice"

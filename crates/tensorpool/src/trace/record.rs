@@ -50,6 +50,32 @@ pub struct TraceWriter {
     /// Whether the Thread column holds the system's thread ids (`gettid`) instead of
     /// small numbers in the order threads first wrote.
     os_thread_ids: bool,
+    /// [`FORKS`] when the writer was made: a forked child's differs.
+    forks: u64,
+}
+
+/// The `fork()`s this process came from since the first writer was made (a
+/// `pthread_atfork` handler counts them in each child). A forked child records
+/// nothing into its parent's writer, and never flushes the parent's buffered lines
+/// (a child of a recording Python program, a `multiprocessing` worker, wrote its
+/// own events and, at its exit, a copy of the parent's last buffer into the trace).
+static FORKS: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn count_fork_in_child() {
+    FORKS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// [`FORKS`] now, with the handler that counts them registered (once).
+fn forks() -> u64 {
+    #[cfg(all(unix, not(miri)))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        // SAFETY: registers a plain function that only increments an atomic.
+        ONCE.call_once(|| unsafe {
+            libc::pthread_atfork(None, None, Some(count_fork_in_child));
+        });
+    }
+    FORKS.load(Ordering::Relaxed)
 }
 
 struct Sink {
@@ -105,6 +131,7 @@ impl TraceWriter {
                 error: None,
             }),
             os_thread_ids: false,
+            forks: forks(),
         })
     }
 
@@ -145,6 +172,11 @@ impl TraceWriter {
     /// Flushes the recording and returns the first write error, if any. Later events
     /// are still written.
     pub fn finish(&self) -> io::Result<()> {
+        if self.forked() {
+            // The parent's recording: not this process's to write (nor its lock to
+            // take: a thread of the parent may have held it at the fork).
+            return Ok(());
+        }
         let mut sink = self.out.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(e) = sink.error.take() {
             return Err(e);
@@ -158,13 +190,25 @@ impl TraceWriter {
     /// Stops recording: flushes, closes the output, and returns the first write error.
     /// Later events are dropped.
     pub fn close(&self) -> io::Result<()> {
+        if self.forked() {
+            // As in `finish`; the writer is let go unflushed when dropped.
+            return Ok(());
+        }
         let result = self.finish();
         let mut sink = self.out.lock().unwrap_or_else(|e| e.into_inner());
         sink.writer = None;
         result
     }
 
+    /// Whether this process is a forked child of the one that made the writer.
+    fn forked(&self) -> bool {
+        FORKS.load(Ordering::Relaxed) != self.forks
+    }
+
     fn log(&self, action: &str, ptr: usize, size: usize) {
+        if self.forked() {
+            return;
+        }
         let elapsed = self.start.elapsed();
         let micros = elapsed.as_micros();
         let (h, m, s, us) = (
@@ -195,6 +239,19 @@ impl TraceWriter {
         if let Err(e) = writer.write_all(&line[..len]) {
             sink.writer = None;
             sink.error = Some(e);
+        }
+    }
+}
+
+impl Drop for TraceWriter {
+    fn drop(&mut self) {
+        if self.forked() {
+            // Dropping the buffered writer would flush the parent's last lines a
+            // second time: they are the parent's to write.
+            let sink = self.out.get_mut().unwrap_or_else(|e| e.into_inner());
+            if let Some(writer) = sink.writer.take() {
+                std::mem::forget(writer);
+            }
         }
     }
 }
@@ -265,6 +322,47 @@ mod tests {
         let trace = Trace::parse(text.as_bytes()).unwrap();
         assert_eq!((trace.allocations, trace.leaked_blocks), (2, 1));
         assert!(writer.finish().is_ok());
+    }
+
+    /// Found by a review: a forked child (a `multiprocessing` worker of a recording
+    /// Python program) wrote its own events into its parent's trace and, at exit,
+    /// flushed a copy of the parent's buffered lines. A real fork: the child only
+    /// records, finishes, closes and drops the writer, then `_exit`s.
+    #[test]
+    #[cfg_attr(miri, ignore = "fork")]
+    fn a_forked_child_writes_nothing_into_its_parents_recording() {
+        let path = std::env::temp_dir().join(format!("tp-fork-rec-{}.csv", std::process::id()));
+        let writer = TraceWriter::to_file(&path).unwrap();
+        writer.allocate(0x1000, 64); // buffered at the fork
+                                     // SAFETY: the child calls only the writer's methods, which (forked) touch
+                                     // no lock and allocate nothing, then `_exit`.
+        match unsafe { libc::fork() } {
+            0 => {
+                writer.allocate(0x2000, 64);
+                writer.free(0x1000, 64);
+                let ok = writer.finish().is_ok() && writer.close().is_ok();
+                drop(writer);
+                // SAFETY: ends the child without running the parent's exit handlers.
+                unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+            }
+            child => {
+                assert!(child > 0, "fork failed");
+                let mut status = 0;
+                // SAFETY: waits for the child just forked.
+                assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+                assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+            }
+        }
+        writer.free(0x1000, 64);
+        writer.close().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(
+            text.lines().count(),
+            3,
+            "the header and the parent's two: {text}"
+        );
+        assert!(!text.contains("0x2000"), "{text}");
     }
 
     #[test]
