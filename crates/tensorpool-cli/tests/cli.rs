@@ -16,10 +16,15 @@ fn tensorpool(args: &[&str]) -> Output {
 }
 
 /// `replay` with one repetition and untouched pages: the quickest full replay.
+const QUICK_REPLAY: [&str; 5] = ["replay", "--reps", "1", "--no-touch", "--quiet"];
+
+/// [`QUICK_REPLAY`] with `args` after it.
+fn quick_replay_args<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    [&QUICK_REPLAY[..], args].concat()
+}
+
 fn quick_replay(args: &[&str]) -> Output {
-    let mut all = vec!["replay", "--reps", "1", "--no-touch", "--quiet"];
-    all.extend_from_slice(args);
-    tensorpool(&all)
+    tensorpool(&quick_replay_args(args))
 }
 
 fn fixture(name: &str) -> String {
@@ -224,15 +229,7 @@ fn a_trace_whose_name_starts_with_a_dash_is_replayed() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::copy(fixture("sk_mlp.csv.gz"), dir.join("-x.csv.gz")).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_tensorpool"))
-        .args([
-            "replay",
-            "--reps",
-            "1",
-            "--no-touch",
-            "--quiet",
-            "--",
-            "-x.csv.gz",
-        ])
+        .args(quick_replay_args(&["--", "-x.csv.gz"]))
         .current_dir(&dir)
         .output()
         .unwrap();
@@ -650,15 +647,7 @@ fn replay_reads_a_trace_from_a_pipe_once_for_every_allocator() {
     let trace = fixture("intervals/iree_mobilenet.csv.gz");
     let bytes = std::fs::read(&trace).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_tensorpool"))
-        .args([
-            "replay",
-            "--reps",
-            "1",
-            "--no-touch",
-            "--quiet",
-            "--json",
-            "/dev/stdin",
-        ])
+        .args(quick_replay_args(&["--json", "/dev/stdin"]))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -746,15 +735,7 @@ fn output_that_cannot_be_written_fails_the_command() {
     let dir = scratch("full");
     std::fs::create_dir_all(&dir).unwrap();
     for args in [
-        vec![
-            "replay",
-            "--reps",
-            "1",
-            "--no-touch",
-            "--quiet",
-            "--json",
-            &trace,
-        ],
+        quick_replay_args(&["--json", &trace]),
         vec!["plan", "--quiet", "--steps", "50", &trace],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_tensorpool"))

@@ -719,9 +719,9 @@ impl BestFit {
     /// (`ulimit -v`, Valgrind, some batch schedulers) cannot map the default 64 GiB
     /// but commits the same memory into smaller segments. Under a limit the space
     /// names ([`reservation_cap`](AddressSpace::reservation_cap): an eighth of
-    /// `ulimit -v`), a reservation takes no more than that share. Each reservation starts
-    /// from the configured size again (a refusal may have been a passing peak; the
-    /// failed tries cost a system call each, and reservations are rare).
+    /// `ulimit -v`), a reservation takes no more than that share. Each reservation
+    /// starts from the configured size again (a refusal may have been a passing
+    /// peak; the failed tries cost a system call each, and reservations are rare).
     fn reserve(
         &self,
         st: &mut State,

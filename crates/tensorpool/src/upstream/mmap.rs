@@ -2,6 +2,8 @@
 //! expandable segments, huge pages where they help.
 
 use super::{page_size, AddressSpace, Upstream, UpstreamError, HUGE_PAGE_SIZE};
+#[cfg(unix)]
+use crate::util::rlimit::{soft_limit, Resource};
 use std::ptr::NonNull;
 
 /// Regions from anonymous private `mmap`.
@@ -157,15 +159,10 @@ unsafe impl AddressSpace for MmapUpstream {
     /// (the first reservation took the largest power of two that fit, 512 MiB of
     /// 1 GB, and NumPy's own 488 MiB array then failed).
     fn reservation_cap(&self) -> usize {
-        // SAFETY: a zeroed rlimit is a valid buffer for getrlimit to fill.
-        let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
-        // SAFETY: getrlimit writes into `limit` only.
-        if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) } != 0
-            || limit.rlim_cur == libc::RLIM_INFINITY
-        {
+        let Some(limit) = soft_limit(Resource::AddressSpace) else {
             return usize::MAX;
-        }
-        let share = usize::try_from(limit.rlim_cur / 8).unwrap_or(usize::MAX);
+        };
+        let share = usize::try_from(limit / 8).unwrap_or(usize::MAX);
         (share / HUGE_PAGE_SIZE * HUGE_PAGE_SIZE).max(HUGE_PAGE_SIZE)
     }
 

@@ -20,6 +20,7 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+use super::rlimit::{soft_limit, Resource};
 use std::io;
 use std::os::fd::RawFd;
 
@@ -39,13 +40,9 @@ pub fn file_id(fd: RawFd) -> Option<(u64, u64)> {
 /// or else from 3: never 0-2, which a program and the programs it starts take for
 /// their standard streams.
 pub fn dup_high(fd: RawFd) -> io::Result<RawFd> {
-    // SAFETY: a zeroed rlimit is a valid buffer for getrlimit to fill.
-    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
-    // SAFETY: getrlimit writes into `limit` only.
-    let most = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } {
-        0 => RawFd::try_from(limit.rlim_cur).unwrap_or(RawFd::MAX),
-        _ => RawFd::MAX,
-    };
+    let most = soft_limit(Resource::Descriptors)
+        .and_then(|n| RawFd::try_from(n).ok())
+        .unwrap_or(RawFd::MAX);
     for from in [HIGH.min(most / 2).max(3), 3] {
         // SAFETY: duplicates a descriptor; the new one is the caller's.
         let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, from) };

@@ -96,23 +96,24 @@ pub(crate) fn here() -> *const ThreadBlock {
         target_pointer_width = "64"
     ))
 ))]
-extern "C" {
-    /// The calling thread's block (`csrc/thread_block.c`), never null.
-    fn tensorpool_thread_block() -> *mut ThreadBlock;
-}
-
-#[cfg(all(
-    feature = "initial-exec-tls",
-    not(all(
-        target_arch = "x86_64",
-        target_os = "linux",
-        target_pointer_width = "64"
-    ))
-))]
 #[inline(always)]
 pub(crate) fn here() -> *const ThreadBlock {
+    extern "C" {
+        /// The calling thread's block (`csrc/thread_block.c`), never null.
+        fn tensorpool_thread_block() -> *mut ThreadBlock;
+    }
     // SAFETY: the C function returns the address of the calling thread's own block.
     unsafe { tensorpool_thread_block() }
+}
+
+/// Runs `f` on the calling thread's block. (Under loom the slab engine keeps its
+/// last heap in a loom thread-local instead.)
+#[cfg(not(loom))]
+#[inline(always)]
+pub(crate) fn with<R>(f: impl FnOnce(&ThreadBlock) -> R) -> R {
+    // SAFETY: the calling thread's own block, alive while the thread is (its
+    // thread-local destructors included); the reference does not outlive `f`.
+    f(unsafe { &*here() })
 }
 
 #[cfg(test)]

@@ -224,9 +224,7 @@ struct LastHeap {
 fn last() -> Option<(u64, *const Heap)> {
     #[cfg(not(loom))]
     {
-        // SAFETY: the calling thread's own block, alive while the thread is.
-        let block = unsafe { &*thread_block::here() };
-        Some((block.engine.get(), block.heap.get().cast()))
+        thread_block::with(|block| Some((block.engine.get(), block.heap.get().cast())))
     }
     #[cfg(loom)]
     LAST.try_with(|last| (last.engine.get(), last.heap.get()))
@@ -236,12 +234,10 @@ fn last() -> Option<(u64, *const Heap)> {
 /// Makes `heap` of engine `engine` the calling thread's last heap (engine 0: none).
 fn set_last(engine: u64, heap: *const Heap) {
     #[cfg(not(loom))]
-    {
-        // SAFETY: the calling thread's own block, alive while the thread is.
-        let block = unsafe { &*thread_block::here() };
+    thread_block::with(|block| {
         block.engine.set(engine);
         block.heap.set(heap.cast());
-    }
+    });
     #[cfg(loom)]
     let _ = LAST.try_with(|last| {
         last.engine.set(engine);
