@@ -478,7 +478,7 @@ impl PyMemoryManager {
     fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         json_to_py(
             py,
-            &serde_json::to_string(self.mm.config()).expect("config serializes"),
+            &serde_json::to_string(&self.mm.config()).expect("config serializes"),
         )
     }
 

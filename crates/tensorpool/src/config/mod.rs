@@ -535,10 +535,14 @@ impl Config {
             validate(pool.block_size, 1).map_err(|e| {
                 Error::InvalidConfig(format!("an explicit pool's block size is not valid: {e}"))
             })?;
-            if pool.block_size > u32::MAX as usize {
+            // A pool's slots are its block size rounded up to the alignment, and a
+            // slot's index is found by a 32-bit division.
+            let slot = pool.block_size.next_multiple_of(self.alignment);
+            if slot > u32::MAX as usize {
                 return bad(format!(
-                    "an explicit pool's block size must be below 4 GiB, got {}",
-                    pool.block_size
+                    "an explicit pool's block size, rounded up to the alignment ({}), must \
+                     be below 4 GiB, got {}",
+                    self.alignment, pool.block_size
                 ));
             }
             if pool.capacity == 0 {
@@ -795,6 +799,8 @@ mod tests {
             (Config::builder().pool(64, 0), "capacity of 0"),
             (Config::builder().pool(64, 1).pool(64, 2), "same block size"),
             (Config::builder().pool(8 << 30, 1), "below 4 GiB"),
+            // Rounded up to the 64-byte alignment, its slots would be 4 GiB.
+            (Config::builder().pool((4 << 30) - 63, 1), "below 4 GiB"),
         ];
         for (builder, needle) in cases {
             match builder.build() {

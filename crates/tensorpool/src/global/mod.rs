@@ -249,7 +249,7 @@ impl GlobalManager {
 
     /// The manager's config.
     pub fn config(&self) -> Option<Config> {
-        self.query(|mm| mm.config().clone())
+        self.query(MemoryManager::config)
     }
 
     /// Gives every thread's free memory back to the system now; returns the bytes.

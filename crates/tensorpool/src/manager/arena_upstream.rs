@@ -1,7 +1,7 @@
 //! The upstream of arenas made by the manager: their chunks are typed blocks of it.
 
 use super::Inner;
-use crate::error::{Error, OomCause};
+use crate::error::{Error, OomCause, OutOfMemory};
 use crate::upstream::{Upstream, UpstreamError};
 use std::ptr::NonNull;
 use std::sync::atomic::Ordering::Relaxed;
@@ -48,5 +48,9 @@ unsafe impl Upstream for ArenaUpstream {
 
     fn name(&self) -> &str {
         "manager"
+    }
+
+    fn complete_report(&self, report: &mut OutOfMemory) {
+        self.manager.fill_report(report);
     }
 }

@@ -332,9 +332,21 @@ impl MemoryManager {
         Arc::ptr_eq(&self.inner, &other.inner)
     }
 
-    /// The configuration.
-    pub fn config(&self) -> &Config {
-        &self.inner.config
+    /// The configuration in effect: the one the manager was made with, and the
+    /// settings changed since ([`set_memory_limit`](Self::set_memory_limit),
+    /// [`set_soft_limit`](Self::set_soft_limit),
+    /// [`set_release_delay`](Self::set_release_delay)) as they are now.
+    pub fn config(&self) -> Config {
+        let inner = &self.inner;
+        Config {
+            memory_limit: inner.metered.limit(),
+            soft_limit: inner.release.soft_limit(),
+            release_delay_ms: inner
+                .release
+                .delay()
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            ..inner.config.clone()
+        }
     }
 
     /// The size classes of the small tier, if it has any.
@@ -655,7 +667,7 @@ impl MemoryManager {
         }
     }
 
-    /// A block for `layout` from the explicit pools only (`Config::pool_sizes`): the
+    /// A block for `layout` from the explicit pools only (`Config::pools`): the
     /// smallest pool whose blocks fit, or the next one when it is full, as the
     /// lecture's `MemoryManager` tries its pools. `Ok(None)` when no pool fits or
     /// every pool that fits is full (nothing else is tried); errors for a bad layout.

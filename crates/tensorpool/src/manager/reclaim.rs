@@ -98,7 +98,27 @@ impl Inner {
         }
         match self.owner_at(addr) {
             None => Err(invalid(PointerError::Foreign)),
-            Some(owner) => Ok(self.locked_tier(owner).sizes(addr, true)?.requested),
+            Some(owner) => match self.locked_tier(owner).sizes(addr, true) {
+                Ok(sizes) => Ok(sizes.requested),
+                Err(e) => Err(self.refusal(e)),
+            },
+        }
+    }
+
+    /// A tier's refusal of an address, as the manager says it: an address inside a
+    /// large block of the engine that is free (cached, its pages still the best-fit
+    /// tier's block) is no block, not inside a live one.
+    #[cold]
+    fn refusal(&self, e: Error) -> Error {
+        match e {
+            Error::InvalidPointer {
+                addr,
+                reason: PointerError::Interior { block, .. },
+            } if self.engine.free_span_at(block) => Error::InvalidPointer {
+                addr,
+                reason: PointerError::NotLive,
+            },
+            e => e,
         }
     }
 
@@ -136,7 +156,10 @@ impl Inner {
         let Some(owner) = self.owner_at(addr) else {
             return Err(invalid(PointerError::Foreign));
         };
-        let freed = self.locked_tier(owner).release(addr, raw)?;
+        let freed = self
+            .locked_tier(owner)
+            .release(addr, raw)
+            .map_err(|e| self.refusal(e))?;
         self.counters.on_free(freed.block_size, freed.requested);
         // Above the soft limit, the memory freed goes back now.
         self.release_freed_over_soft_limit(owner, freed.block_size);

@@ -2,7 +2,7 @@
 //! after a trim, routing by size, and the out-of-memory report's view of the manager.
 
 use super::Inner;
-use crate::error::{Error, Result};
+use crate::error::{Error, OutOfMemory, Result};
 use crate::limits::{validate, MAX_ALIGN};
 use crate::observe::debug::{self, Record, GUARD};
 use crate::tiers::contract::BlockTier;
@@ -364,20 +364,25 @@ impl Inner {
                 report.requested = size;
                 report.align = align;
                 self.counters.ooms.fetch_add(1, Relaxed);
-                let engine = self.engine.stats();
-                let allocated = self.current_totals_with(&engine).0;
-                let reserved = self.metered.reserved_bytes();
-                report.allocated_bytes = allocated;
-                report.reserved_bytes = reserved;
-                report.cached_bytes = reserved.saturating_sub(allocated);
-                report.largest_free_block = self.largest_free_block(&engine);
-                report.limit = self.metered.limit();
-                report.released_bytes = self.metered.released().0;
-                report.last_release = self.release.since_last();
+                self.fill_report(&mut report);
                 Error::OutOfMemory(report)
             }
             other => other,
         }
+    }
+
+    /// Puts the manager's totals, limit and releases into an out-of-memory report.
+    pub(super) fn fill_report(&self, report: &mut OutOfMemory) {
+        let engine = self.engine.stats();
+        let allocated = self.current_totals_with(&engine).0;
+        let reserved = self.metered.reserved_bytes();
+        report.allocated_bytes = allocated;
+        report.reserved_bytes = reserved;
+        report.cached_bytes = reserved.saturating_sub(allocated);
+        report.largest_free_block = self.largest_free_block(&engine);
+        report.limit = self.metered.limit();
+        report.released_bytes = self.metered.released().0;
+        report.last_release = self.release.since_last();
     }
 
     /// The largest block servable from cached memory without going upstream: the

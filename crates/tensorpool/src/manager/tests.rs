@@ -1003,6 +1003,29 @@ fn free_raw_refuses_every_bad_pointer() {
 }
 
 #[test]
+fn an_address_inside_a_free_slot_is_no_block() {
+    // It was refused as "inside the live block" (a user hunt).
+    let mm = manager(heap_config());
+    let reason = |p: *mut u8| match mm.free_raw(p) {
+        Err(Error::InvalidPointer { reason, .. }) => reason,
+        other => panic!("{other:?}"),
+    };
+    let small = mm.allocate_raw(100, 64).unwrap().as_ptr();
+    let medium = mm.allocate_raw(100_000, 64).unwrap().as_ptr();
+    assert!(matches!(
+        reason(small.wrapping_add(8)),
+        PointerError::Interior { .. }
+    ));
+    // The next slot of the small block's slab was never handed out.
+    assert_eq!(reason(small.wrapping_add(128 + 8)), PointerError::NotLive);
+    mm.free_raw(small).unwrap();
+    mm.free_raw(medium).unwrap();
+    assert_eq!(reason(small.wrapping_add(8)), PointerError::NotLive);
+    assert_eq!(reason(medium.wrapping_add(4096)), PointerError::NotLive);
+    assert_eq!(mm.stats().allocated_bytes, 0);
+}
+
+#[test]
 fn limit_releases_cache_then_reports() {
     let mm = manager(heap_config().memory_limit(8 << 20));
     let a = mm.allocate_raw(3 << 20, 64).unwrap();
@@ -1491,4 +1514,42 @@ fn the_fields_every_allocation_reads_share_no_line_with_written_ones() {
     for written in [offset_of!(Inner, release), offset_of!(Inner, counters)] {
         assert!(written >= 64);
     }
+}
+
+#[test]
+fn an_arena_of_the_manager_reports_the_managers_state_when_out_of_memory() {
+    // Its report said "0 B allocated, 0 B reserved" (the arena's own counters)
+    // while the manager held 3 MiB under a 4 MiB limit (a user hunt).
+    let mm = manager(heap_config().memory_limit(4 << 20));
+    let held = mm.allocate_raw(3 << 20, 64).unwrap();
+    let arena = mm.arena();
+    let Err(Error::OutOfMemory(report)) = arena.allocate(2 << 20, 64) else {
+        panic!("the limit must refuse the arena's chunk");
+    };
+    assert_eq!(report.tier, crate::observe::stats::Tier::Arena);
+    assert_eq!(report.requested, 2 << 20);
+    assert_eq!(report.cause, OomCause::LimitReached);
+    assert_eq!(report.limit, Some(4 << 20));
+    assert!(report.allocated_bytes >= 3 << 20, "{report}");
+    assert!(report.reserved_bytes >= 3 << 20, "{report}");
+    mm.free_raw(held.as_ptr()).unwrap();
+}
+
+#[test]
+fn the_config_shows_the_settings_changed_while_running() {
+    // It kept the values the manager was made with (a user hunt).
+    let mm = manager(heap_config().memory_limit(64 << 20));
+    mm.set_memory_limit(Some(32 << 20)).unwrap();
+    mm.set_soft_limit(Some(16 << 20)).unwrap();
+    mm.set_release_delay(Some(std::time::Duration::from_millis(1500)))
+        .unwrap();
+    let config = mm.config();
+    assert_eq!(config.memory_limit, Some(32 << 20));
+    assert_eq!(config.soft_limit, Some(16 << 20));
+    assert_eq!(config.release_delay_ms, Some(1500));
+    config.validate().unwrap();
+    mm.set_memory_limit(None).unwrap();
+    mm.set_release_delay(None).unwrap();
+    assert_eq!(mm.config().memory_limit, None);
+    assert_eq!(mm.config().release_delay_ms, None);
 }

@@ -56,7 +56,10 @@ pub struct BlockSnapshot {
     pub address: usize,
     /// Length in bytes, as rounded.
     pub size: usize,
-    /// Bytes requested (0 for a free block).
+    /// Bytes requested (0 for a free block). A typed block of the size classes or of
+    /// the engine's large blocks shows its rounded size: the engine keeps no size for
+    /// typed blocks (their frees pass the layout), so the sum over a snapshot can be
+    /// above `Stats::requested_bytes`, which counts the sizes asked for.
     pub requested: usize,
     /// Its state.
     pub state: BlockState,

@@ -380,6 +380,8 @@ pub struct Stats {
     /// recorded the same way.
     pub peak_allocated_bytes: usize,
     /// Bytes of live blocks, as requested (PyTorch: `requested_bytes.all.current`).
+    /// In debug mode each block asks its tier for its 16 guard bytes too, and they
+    /// count here (see docs/RELIABILITY.md).
     pub requested_bytes: usize,
     /// The most `requested_bytes` seen (recorded as `peak_allocated_bytes` is).
     pub peak_requested_bytes: usize,

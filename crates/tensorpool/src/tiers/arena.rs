@@ -463,8 +463,9 @@ impl Arena {
             Err(refusal) => {
                 usage.num_ooms += 1;
                 usage.allocated_bytes = used;
-                let report =
+                let mut report =
                     OutOfMemory::from_upstream(size, align, Tier::Arena, refusal, &usage, 0);
+                self.upstream.complete_report(&mut report);
                 Err(report.into_error())
             }
         }
@@ -888,6 +889,9 @@ unsafe impl Allocator for Arena {
             let records = debug.live.borrow().len();
             let recorded_last = debug.live.borrow().last().map(|&(p, _)| p) == Some(ptr);
             if last && recorded_last {
+                // The peak is read from the position (as at a reset or rewind):
+                // noted before the position moves back.
+                self.note_peak();
                 debug.release(records - 1);
                 self.cur
                     .set(ptr.as_ptr().wrapping_add(layout.size() + GUARD));
@@ -895,6 +899,7 @@ unsafe impl Allocator for Arena {
             return;
         }
         if last {
+            self.note_peak();
             self.cur.set(ptr.as_ptr().wrapping_add(layout.size()));
         }
     }
@@ -937,6 +942,19 @@ mod tests {
         assert_eq!(s.requested_bytes, (1..200).map(|i| i * 3).sum::<usize>());
         assert!(s.allocated_bytes >= s.requested_bytes);
         assert!(s.chunks >= 2, "the 4 KiB first chunk overflowed");
+    }
+
+    #[test]
+    fn the_last_block_given_back_leaves_its_peak() {
+        // The peak read 1 B after a 50,000 B vector was given back (a user hunt).
+        let arena = heap_arena().build().unwrap();
+        arena.alloc(1u8).unwrap();
+        let v: allocator_api2::vec::Vec<u8, &Arena> =
+            allocator_api2::vec::Vec::with_capacity_in(50_000, &arena);
+        drop(v);
+        let s = arena.stats();
+        assert_eq!(s.allocated_bytes, 1);
+        assert_eq!(s.peak_allocated_bytes, 50_001);
     }
 
     #[test]

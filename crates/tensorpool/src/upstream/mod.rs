@@ -120,6 +120,14 @@ pub unsafe trait Upstream: Send + Sync + fmt::Debug {
     /// A short name for reports.
     fn name(&self) -> &str;
 
+    /// Completes the out-of-memory report of a strategy that draws from this source
+    /// with what the source knows beyond the strategy: a manager's totals, for an
+    /// arena the manager made (its own counters said "0 B allocated" while the
+    /// manager held megabytes). By default the report stays as the strategy made it.
+    fn complete_report(&self, report: &mut crate::error::OutOfMemory) {
+        let _ = report;
+    }
+
     /// Whether fresh regions (and fresh commits of address space) are zero-filled,
     /// as anonymous mappings are: then a block carved from memory never handed out
     /// before needs no zeroing (`calloc`, `zeros`).

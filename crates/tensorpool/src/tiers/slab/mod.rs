@@ -693,6 +693,19 @@ impl Engine {
         )
     }
 
+    /// Whether a large block of the engine starts at `block` and is free (cached):
+    /// the best-fit tier, which holds its pages, sees an address inside it as inside
+    /// a live block.
+    pub(crate) fn free_span_at(&self, block: usize) -> bool {
+        let slab = self.map.get(block);
+        if slab.is_null() {
+            return false;
+        }
+        // SAFETY: records live as long as the engine.
+        let slab = unsafe { &*slab };
+        slab.class() == SPAN_CLASS && slab.shared_slot_of(block) == Ok(0) && !slab.slot_is_live(0)
+    }
+
     /// The tier of the block at `addr`, if a slab holds it.
     pub(crate) fn tier_of(&self, addr: usize) -> Option<Tier> {
         let slab = self.map.get(addr);

@@ -502,12 +502,22 @@ impl Slab {
         let slot = divide(offset, self.magic.load(Relaxed));
         let within = offset - slot * stride;
         if within != 0 {
-            return Err(PointerError::Interior {
-                block: base + slot * stride,
-                offset: within,
-            });
+            return Err(self.inside(slot, base + slot * stride, within));
         }
         Ok(slot as u32)
+    }
+
+    /// Why an address `offset` bytes into `slot` (at `block`) is refused: inside a
+    /// live block, or, when the slot is free, not a block at all (the address of a
+    /// freed block's interior said "inside the live block" before).
+    #[cold]
+    fn inside(&self, slot: usize, block: usize, offset: usize) -> PointerError {
+        // A reader that does not own the slab may see a span's geometry torn while
+        // it grows: a slot past the count is no block.
+        if slot >= self.slots() as usize || self.state(slot as u32).is_none() {
+            return PointerError::NotLive;
+        }
+        PointerError::Interior { block, offset }
     }
 
     /// [`slot_of`](Self::slot_of) for a thread that does not own the slab: a span's
@@ -520,6 +530,11 @@ impl Slab {
             return Err(PointerError::NotLive);
         }
         Ok(slot)
+    }
+
+    /// Whether `slot` (below the slot count) is live, as another thread sees it now.
+    pub(crate) fn slot_is_live(&self, slot: u32) -> bool {
+        self.state(slot).is_some()
     }
 
     /// Whether `slot` is live, and with which raw flag.
