@@ -24,7 +24,7 @@ and is run five ways:
 - `mm.zeros`: NumPy arrays from tensorpool's manager (`mm.zeros(n, uint8)`, filled);
 - `np.zeros`: NumPy's own allocator.
 
-The rounds alternate the five, and the table gives each one's best time and the median
+The rounds alternate the five (each round starting one way later), and the table gives each one's best time and the median
 of its per-round ratios to `np.zeros` (below 1: faster than NumPy), one row per
 workload as the README shows it.
 """
@@ -180,9 +180,13 @@ def main():
             "np.zeros": run_arrays(np.zeros, lecture),
         }
         times = {w: [] for w in ways}
-        for _ in range(rounds):
-            for w, fn in ways.items():
-                times[w].append(measure(fn, (blocks, size, window), repeat))
+        order = list(ways)
+        for r in range(rounds):
+            # Each round starts one way later: no way always runs after the same
+            # other (in an A/A test, a way run right after another read up to 2%
+            # slower or faster than the same way run later in the round).
+            for w in order[r % len(order):] + order[: r % len(order)]:
+                times[w].append(measure(ways[w], (blocks, size, window), repeat))
         base = times["np.zeros"]
         for w in ways:
             ratios = sorted(t / b for t, b in zip(times[w], base))
