@@ -338,13 +338,22 @@ impl MemoryManager {
     /// [`set_release_delay`](Self::set_release_delay)) as they are now.
     pub fn config(&self) -> Config {
         let inner = &self.inner;
+        // Whole milliseconds, rounded up (a delay of 500 µs is not "0 ms").
+        let delay_ms = inner
+            .release
+            .delay()
+            .map(|d| u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX));
         Config {
             memory_limit: inner.metered.limit(),
             soft_limit: inner.release.soft_limit(),
-            release_delay_ms: inner
-                .release
-                .delay()
-                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            release_delay_ms: delay_ms,
+            // A delay set above the configured maximum is not stretched (see
+            // `set_release_delay`): the same as a maximum equal to it, which a valid
+            // config needs.
+            max_release_delay_ms: match (inner.config.max_release_delay_ms, delay_ms) {
+                (Some(max), Some(delay)) => Some(max.max(delay)),
+                (max, _) => max,
+            },
             ..inner.config.clone()
         }
     }
@@ -598,7 +607,9 @@ impl MemoryManager {
     }
 
     /// Sets the soft limit: resident bytes above which free memory goes back at
-    /// once (`None`: none). An error if it is above the hard limit or zero.
+    /// once (`None`: none). An error if it is above the hard limit or zero. (Each
+    /// limit is checked against the other as it is then: two threads that change
+    /// both at once can leave them out of order; change them from one thread.)
     pub fn set_soft_limit(&self, limit: Option<usize>) -> Result<()> {
         check_limits(limit, self.inner.metered.limit())?;
         self.inner.release.set_soft_limit(limit);

@@ -1022,6 +1022,29 @@ fn an_address_inside_a_free_slot_is_no_block() {
     mm.free_raw(medium).unwrap();
     assert_eq!(reason(small.wrapping_add(8)), PointerError::NotLive);
     assert_eq!(reason(medium.wrapping_add(4096)), PointerError::NotLive);
+    for inside in [small.wrapping_add(8), medium.wrapping_add(4096)] {
+        assert!(matches!(
+            mm.raw_size(inside),
+            Err(Error::InvalidPointer {
+                reason: PointerError::NotLive,
+                ..
+            })
+        ));
+    }
+    // From a thread that does not own the slab, the same.
+    let inside = small.wrapping_add(8).addr();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let refused = mm.free_raw(std::ptr::without_provenance_mut(inside));
+            assert!(matches!(
+                refused,
+                Err(Error::InvalidPointer {
+                    reason: PointerError::NotLive,
+                    ..
+                })
+            ));
+        });
+    });
     assert_eq!(mm.stats().allocated_bytes, 0);
 }
 
@@ -1552,4 +1575,18 @@ fn the_config_shows_the_settings_changed_while_running() {
     mm.set_release_delay(None).unwrap();
     assert_eq!(mm.config().memory_limit, None);
     assert_eq!(mm.config().release_delay_ms, None);
+    // A delay above the configured maximum (which it may be: it is then not
+    // stretched), and one under a millisecond: still a valid config, which makes a
+    // manager (the review of the change).
+    let mm = manager(heap_config().max_release_delay_ms(2000));
+    mm.set_release_delay(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let config = mm.config();
+    assert_eq!(config.release_delay_ms, Some(5000));
+    assert_eq!(config.max_release_delay_ms, Some(5000));
+    MemoryManager::new(config).unwrap();
+    mm.set_release_delay(Some(std::time::Duration::from_micros(500)))
+        .unwrap();
+    assert_eq!(mm.config().release_delay_ms, Some(1));
+    MemoryManager::new(mm.config()).unwrap();
 }

@@ -514,7 +514,10 @@ impl Slab {
     fn inside(&self, slot: usize, block: usize, offset: usize) -> PointerError {
         // A reader that does not own the slab may see a span's geometry torn while
         // it grows: a slot past the count is no block.
-        if slot >= self.slots() as usize || self.state(slot as u32).is_none() {
+        if slot >= self.slots() as usize
+            || self.state(slot as u32).is_none()
+            || self.free_posted(slot as u32)
+        {
             return PointerError::NotLive;
         }
         PointerError::Interior { block, offset }
@@ -570,11 +573,17 @@ impl Slab {
             Some(_) => {}
         }
         // A free of it posted by another thread came first.
-        let word = self.group(slot).posts[slot as usize % GROUP / POSTS_PER_WORD].load(Relaxed);
-        if (word >> (2 * (slot as usize % POSTS_PER_WORD))) & 3 != 0 {
+        if self.free_posted(slot) {
             return Err(PointerError::NotLive);
         }
         Ok(if raw { self.requested(slot) } else { 0 })
+    }
+
+    /// Whether another thread posted a free of `slot` that its owner has not
+    /// collected yet.
+    fn free_posted(&self, slot: u32) -> bool {
+        let word = self.group(slot).posts[slot as usize % GROUP / POSTS_PER_WORD].load(Relaxed);
+        (word >> (2 * (slot as usize % POSTS_PER_WORD))) & 3 != 0
     }
 
     /// The cell of `slot`'s requested size.
