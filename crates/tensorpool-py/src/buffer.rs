@@ -336,6 +336,24 @@ impl Buffer {
         self.step == 1 || self.len <= 1
     }
 
+    /// As [`contiguous`](Self::contiguous): one dimension is C- and F-ordered alike.
+    #[getter]
+    fn c_contiguous(&self) -> bool {
+        self.contiguous()
+    }
+
+    /// As [`contiguous`](Self::contiguous).
+    #[getter]
+    fn f_contiguous(&self) -> bool {
+        self.contiguous()
+    }
+
+    /// No suboffsets, as a memoryview of bytes has none.
+    #[getter]
+    fn suboffsets<'py>(&self, py: Python<'py>) -> Bound<'py, pyo3::types::PyTuple> {
+        pyo3::types::PyTuple::empty(py)
+    }
+
     fn __repr__(&self) -> String {
         if !self.block().is_valid() {
             return "<tensorpool.Buffer (released)>".to_string();
@@ -428,16 +446,36 @@ impl Buffer {
         Buffer::memoryview(slf)?.set_item(key, value)
     }
 
-    /// The bytes, one int each (a copy: the iteration holds no export).
-    fn __iter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
-        Buffer::tolist(slf)?.try_iter().map(Bound::into_any)
+    /// The bytes, one int each, read as the iteration goes (as a memoryview's: a
+    /// write during the loop is seen; the first copied the whole buffer, 128 MiB of
+    /// ints for 16 MiB). The iteration holds no export: the block can go meanwhile,
+    /// and the next step then raises.
+    fn __iter__(slf: &Bound<'_, Self>) -> PyResult<ByteIter> {
+        slf.get().check_valid()?;
+        Ok(ByteIter {
+            buffer: slf.clone().unbind(),
+            next: 0,
+            reversed: false,
+        })
     }
 
-    /// The bytes from the last, one int each (a copy, as for `iter`).
-    fn __reversed__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
-        let bytes = Buffer::tolist(slf)?;
-        bytes.call_method0("reverse")?;
-        bytes.try_iter().map(Bound::into_any)
+    /// The bytes from the last, one int each, as [`__iter__`](Self::__iter__) reads
+    /// them.
+    fn __reversed__(slf: &Bound<'_, Self>) -> PyResult<ByteIter> {
+        slf.get().check_valid()?;
+        Ok(ByteIter {
+            buffer: slf.clone().unbind(),
+            next: 0,
+            reversed: true,
+        })
+    }
+
+    /// Pickling is refused, as for a memoryview (protocols 0 and 1 wrote a pickle
+    /// that could not be loaded).
+    fn __reduce_ex__(&self, _protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        Err(pyo3::exceptions::PyTypeError::new_err(
+            "cannot pickle 'tensorpool.Buffer' object",
+        ))
     }
 
     /// `del buf[i]`: refused, as a memoryview refuses it (its size is fixed).
@@ -471,14 +509,15 @@ impl Buffer {
     }
 
     /// The bytes in hexadecimal, as `bytes.hex` (with its `sep` and
-    /// `bytes_per_sep`).
-    #[pyo3(signature = (*args))]
+    /// `bytes_per_sep`, by position or by name).
+    #[pyo3(signature = (*args, **kwargs))]
     fn hex<'py>(
         slf: &Bound<'py, Self>,
         args: &Bound<'py, pyo3::types::PyTuple>,
+        kwargs: Option<&Bound<'py, pyo3::types::PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         slf.get().check_valid()?;
-        Buffer::memoryview(slf)?.call_method1("hex", args)
+        Buffer::memoryview(slf)?.call_method("hex", args, kwargs)
     }
 
     /// `==` and `!=` compare the bytes with any bytes-like object, as a
@@ -527,7 +566,16 @@ impl Buffer {
                 return Err(PyErr::fetch(slf.py()));
             }
         } else {
-            if flags & ffi::PyBUF_STRIDES != ffi::PyBUF_STRIDES {
+            // A consumer that asks for contiguous memory (any order) gets none: it
+            // would take the first byte's address for the start of `len` contiguous
+            // bytes, outside the view (a reversed slice's first byte is its block's
+            // last: a consumer read the next block; a user hunt).
+            let asks = |request: c_int| flags & request == request;
+            if !asks(ffi::PyBUF_STRIDES)
+                || asks(ffi::PyBUF_C_CONTIGUOUS)
+                || asks(ffi::PyBUF_F_CONTIGUOUS)
+                || asks(ffi::PyBUF_ANY_CONTIGUOUS)
+            {
                 return Err(PyBufferError::new_err(
                     "the buffer is a slice with a step: it is not contiguous",
                 ));
@@ -576,4 +624,40 @@ pub(crate) fn untrack(object: &Bound<'_, PyAny>) {
     // class is one), which `PyObject_GC_UnTrack` accepts tracked or not; its
     // deallocator untracks it again, which is a no-op on an untracked object.
     unsafe { ffi::PyObject_GC_UnTrack(object.as_ptr().cast()) };
+}
+
+/// The iterator of a [`Buffer`]'s bytes: reads the next byte at each step, from the
+/// first or the last, while the block lives.
+#[pyclass(module = "tensorpool")]
+pub struct ByteIter {
+    buffer: Py<Buffer>,
+    /// Bytes read so far.
+    next: usize,
+    reversed: bool,
+}
+
+#[pymethods]
+impl ByteIter {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&mut self) -> PyResult<Option<u8>> {
+        let buffer = self.buffer.get();
+        if self.next >= buffer.len {
+            return Ok(None);
+        }
+        buffer.check_valid()?;
+        let i = if self.reversed {
+            buffer.len - 1 - self.next
+        } else {
+            self.next
+        } as isize;
+        self.next += 1;
+        let addr = (buffer.start as isize + i * buffer.step) as usize;
+        // SAFETY: `i < len`, so `addr` is a byte of the view, inside the block,
+        // checked live just above; only a thread holding the GIL (this one, which
+        // runs no Python code in between) could free it.
+        Ok(Some(unsafe { *(addr as *const u8) }))
+    }
 }

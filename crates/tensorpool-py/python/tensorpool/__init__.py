@@ -27,6 +27,7 @@ tensorpool in worker threads with an initializer, for example
 from __future__ import annotations
 
 import contextlib
+import collections.abc
 import os
 import threading
 from typing import Iterator, Optional, Union
@@ -45,6 +46,9 @@ from ._tensorpool import (
     set_handler as _set_handler,
     uninstall_everywhere as _uninstall_everywhere,
 )
+
+# A sequence of bytes, as a memoryview is registered.
+collections.abc.Sequence.register(Buffer)
 
 __all__ = [
     "MAX_ALLOCATION_SIZE",

@@ -275,3 +275,95 @@ def test_an_export_of_a_slice_holds_the_whole_block():
     view.release()
     pool.deallocate(buf)
     assert pool.available == 1
+
+
+# ---- found by a differential test against memoryview (a user hunt) ------------------
+
+
+def test_a_strided_slice_is_not_exported_as_contiguous():
+    # A consumer that asked for C-contiguous memory got a reversed slice's last
+    # byte as the start of its bytes, and read or wrote the next block.
+    import ctypes
+
+    class Py_buffer(ctypes.Structure):
+        _fields_ = [("buf", ctypes.c_void_p), ("obj", ctypes.py_object),
+                    ("len", ctypes.c_ssize_t), ("itemsize", ctypes.c_ssize_t),
+                    ("readonly", ctypes.c_int), ("ndim", ctypes.c_int),
+                    ("format", ctypes.c_char_p), ("shape", ctypes.c_void_p),
+                    ("strides", ctypes.c_void_p), ("suboffsets", ctypes.c_void_p),
+                    ("internal", ctypes.c_void_p)]
+
+    get = ctypes.pythonapi.PyObject_GetBuffer
+    get.argtypes = [ctypes.py_object, ctypes.POINTER(Py_buffer), ctypes.c_int]
+    release = ctypes.pythonapi.PyBuffer_Release
+    release.argtypes = [ctypes.POINTER(Py_buffer)]
+    PyBUF_WRITABLE, PyBUF_STRIDES, PyBUF_FORMAT = 0x0001, 0x0018, 0x0004
+    contiguous = (0x0038, 0x0058, 0x0098)  # C, F and any order
+    pool = FixedSizePool(64, 2)
+    block = pool.allocate()
+    for strided in (block[::-1], block[::2], memoryview(bytearray(64))[::-1]):
+        for flag in contiguous:
+            view = Py_buffer()
+            with pytest.raises(BufferError):  # ctypes raises the error it set
+                get(strided, ctypes.byref(view), flag | PyBUF_WRITABLE)
+        # Asked with strides, it is exported, with its step.
+        view = Py_buffer()
+        assert get(strided, ctypes.byref(view), PyBUF_STRIDES | PyBUF_FORMAT) == 0
+        release(ctypes.byref(view))
+    for target in (block[::-1], memoryview(bytearray(8))[::-1]):
+        assert (target.contiguous, target.c_contiguous, target.f_contiguous) == (
+            False, False, False)
+        assert target.suboffsets == ()
+    assert (block.contiguous, block.c_contiguous, block.f_contiguous) == (True, True, True)
+
+
+def test_hex_takes_its_arguments_by_name_too():
+    buf, ref = both(16)
+    assert buf.hex(sep=":") == ref.hex(sep=":")
+    assert buf.hex(":", bytes_per_sep=2) == ref.hex(":", bytes_per_sep=2)
+    assert buf.hex(sep="-", bytes_per_sep=-3) == ref.hex(sep="-", bytes_per_sep=-3)
+
+
+def test_iteration_reads_as_it_goes():
+    # It copied the whole buffer first: a write during the loop was not seen, and a
+    # 16 MiB buffer took 128 MiB of ints for its first byte.
+    buf, ref = both(3)
+    for target in (buf, ref):
+        target[:] = b"\x00\x00\x00"
+        seen = []
+        for i, x in enumerate(target):
+            if i == 0:
+                target[1] = 99
+            seen.append(x)
+        assert seen == [0, 99, 0]
+    pool = FixedSizePool(4096, 1)
+    block = pool.allocate()
+    it = iter(block)
+    next(it)
+    pool.deallocate(block)  # no export held: the block goes, and the iteration stops
+    with pytest.raises(ValueError):
+        next(it)
+    assert list(reversed(buf)) == list(reversed(ref))
+    assert 99 in buf and 7 not in buf
+
+
+def test_pickling_is_refused_as_for_memoryview():
+    import copy
+    import pickle
+
+    buf, ref = both(8)
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        for target in (buf, ref):
+            with pytest.raises(TypeError, match="cannot pickle"):
+                pickle.dumps(target, protocol=protocol)
+    for target in (buf, ref):
+        with pytest.raises(TypeError):
+            copy.copy(target)
+
+
+def test_a_buffer_is_a_sequence_as_memoryview_is():
+    import collections.abc
+
+    buf, ref = both(4)
+    assert isinstance(ref, collections.abc.Sequence)
+    assert isinstance(buf, collections.abc.Sequence)
