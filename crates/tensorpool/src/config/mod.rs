@@ -203,7 +203,11 @@ pub struct Config {
     pub segment_size: usize,
     /// Grow the best-fit tier as expandable segments: one address-space reservation
     /// committed at the top as needed. Unset: wherever the upstream can (mmap);
-    /// `true` with the heap upstream is an error.
+    /// `true` with the heap upstream is an error. The reservation is 64 GiB of
+    /// address space per manager (not memory; less under `ulimit -v`): some 2,000
+    /// managers alive at once fill a 47-bit address space, and their allocations
+    /// then fail as out of memory (the system refuses the mapping); a program that
+    /// keeps that many sets this to `false`.
     pub expandable_segments: Option<bool>,
     /// The step by which an expandable segment commits memory (a power of two from
     /// a page to 2 MiB).
