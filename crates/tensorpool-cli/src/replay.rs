@@ -421,13 +421,15 @@ fn measure_here(trace: &Trace, kind: Kind, options: &Options) -> tensorpool::Res
         )
         .err()
         .map(|e| e.to_string());
-        reps.push(start.elapsed().as_nanos() as f64 / trace.events.len().max(1) as f64);
+        // A trace without events has no time per event (its ratios are unknown).
+        reps.push(match trace.events.len() {
+            0 => f64::NAN,
+            n => start.elapsed().as_nanos() as f64 / n as f64,
+        });
     }
     let faults = (page_faults() - faults) / reps.len().max(1) as u64;
-    let mut sorted = reps.clone();
-    sorted.sort_by(f64::total_cmp);
     Ok(Measurement {
-        ns_per_event: sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN),
+        ns_per_event: median(&reps),
         ns_per_event_reps: reps,
         peak_reserved_bytes: peak as u64,
         upstream_calls,
@@ -617,6 +619,19 @@ pub fn replay_all(
     Ok(reports)
 }
 
+/// The median of `values` (of an even count, the mean of the middle two; the upper
+/// one was taken before, which is no median); NaN for none.
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => sorted[n / 2],
+        _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
 /// The reports as a table for people.
 pub fn table(reports: &[TraceReport]) -> String {
     use std::fmt::Write as _;
@@ -663,9 +678,9 @@ pub fn table(reports: &[TraceReport]) -> String {
                 .map_or_else(|| "-".to_string(), |n| n.to_string());
             let _ = writeln!(
                 out,
-                "  {:<11} {:>12.1} {:>14} {:>10} {:>12} {:>10} {:>12} {:>13} {:>13}",
+                "  {:<11} {:>12} {:>14} {:>10} {:>12} {:>10} {:>12} {:>13} {:>13}",
                 a.name,
-                a.ns_per_event,
+                finite(a.ns_per_event, |x| format!("{x:.1}")),
                 b(a.peak_reserved_bytes),
                 finite(a.efficiency, |x| format!("{x:.3}")),
                 a.resident_bytes.map_or_else(|| "-".to_string(), b),

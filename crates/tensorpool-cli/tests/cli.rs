@@ -210,6 +210,51 @@ fn replay_json_matches_an_independent_count() {
 }
 
 #[test]
+fn replay_reports_a_true_median_and_no_time_for_a_trace_without_events() {
+    // With an even count of repetitions the upper middle one was reported, and a
+    // trace of frees alone was timed per event as if it had one (a user hunt).
+    let dir = scratch("medians");
+    std::fs::create_dir_all(&dir).unwrap();
+    let frees = dir.join("frees.csv");
+    std::fs::write(
+        &frees,
+        "Thread,Time,Action,Pointer,Size,Stream\n1,0,free,0x10,8,0\n1,1,free,0x20,8,0\n",
+    )
+    .unwrap();
+    let out = quick_replay(&["--json", frees.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report[0]["events"], 0);
+    assert_eq!(report[0]["unmatched_frees"], 2);
+    for a in report[0]["allocators"].as_array().unwrap() {
+        assert!(a["ns_per_event"].is_null(), "{a}");
+        assert!(a["tensorpool_time_ratio"].is_null(), "{a}");
+    }
+    let out = tensorpool(&[
+        "replay",
+        "--reps",
+        "2",
+        "--no-touch",
+        "--quiet",
+        "--json",
+        &fixture("intervals/iree_mobilenet.csv.gz"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for a in report[0]["allocators"].as_array().unwrap() {
+        let reps: Vec<f64> = a["ns_per_event_reps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_f64().unwrap())
+            .collect();
+        assert_eq!(reps.len(), 2);
+        let median = a["ns_per_event"].as_f64().unwrap();
+        assert!((median - (reps[0] + reps[1]) / 2.0).abs() < 1e-9, "{a}");
+    }
+}
+
+#[test]
 fn replay_without_a_trace_runs_the_embedded_workload() {
     let out = tensorpool(&["replay", "--reps", "1", "--quiet"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -377,6 +422,35 @@ fn plan_writes_a_usable_config_and_a_verified_plan() {
         &fixture("intervals/iree_mobilenet.csv.gz"),
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_capacity_the_search_cannot_settle_leaves_a_plan_below_the_greedy_one() {
+    // MiniMalloc's instance A at 1 MiB in 20,000 steps: every step went to the
+    // capacity, and the plan stayed greedy's 1.27 MiB ("the plan needs 1.27 MiB"),
+    // where the same search without a capacity found 1.04 MiB (a user hunt).
+    let plan = |capacity: Option<&str>| -> Value {
+        let mut args = vec!["plan", "--json", "--quiet", "--steps", "20000"];
+        if let Some(c) = capacity {
+            args.extend(["--capacity", c]);
+        }
+        let trace = fixture("intervals/mm_A.csv.gz");
+        args.push(&trace);
+        let dir = scratch("mm_a");
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_tensorpool"))
+            .args(&args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let plain = plan(None)["offline_plan_bytes"].as_u64().unwrap();
+    let asked = plan(Some("1 MiB"));
+    let bytes = asked["offline_plan_bytes"].as_u64().unwrap();
+    assert!(bytes * 100 <= plain * 105, "{bytes} against {plain}");
+    assert_eq!(asked["capacity"]["met"], bytes <= 1 << 20);
 }
 
 #[test]

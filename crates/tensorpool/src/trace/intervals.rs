@@ -51,6 +51,7 @@ impl LineParser for Parser {
         let id = decimal(id, "id", n)?;
         let (lower, upper) = (decimal(lower, "lower", n)?, decimal(upper, "upper", n)?);
         let size = decimal(size, "size", n)?;
+        super::check_size(size, Location::Line(n))?;
         if lower >= upper {
             return Err(malformed(
                 Location::Line(n),

@@ -142,6 +142,20 @@ pub struct Trace {
     pub offsets: Vec<u64>,
 }
 
+/// A block's size as a trace gives it: refused beyond what any allocation can be
+/// (`isize::MAX` bytes; a replay's workers panicked on it).
+pub(crate) fn check_size(size: u64, at: Location) -> Result<()> {
+    if size > isize::MAX as u64 {
+        return Err(malformed(
+            at,
+            format!(
+                "a block of {size} bytes is larger than any allocation can be (at most isize::MAX)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn malformed(at: Location, reason: impl Into<String>) -> Error {
     Error::MalformedTrace {
         at,
@@ -216,20 +230,21 @@ impl Trace {
         })
     }
 
-    /// The most bytes live at once: the floor no allocator can go below.
+    /// The most bytes live at once: the floor no allocator can go below (at most
+    /// `u64::MAX`, which a sum of blocks of up to `isize::MAX` bytes each can pass).
     pub fn peak_live_bytes(&self) -> u64 {
         let sizes = self.block_sizes();
-        let (mut live, mut peak) = (0u64, 0u64);
+        let (mut live, mut peak) = (0u128, 0u128);
         for e in &self.events {
             match *e {
                 Event::Alloc { size, .. } => {
-                    live += size;
+                    live += u128::from(size);
                     peak = peak.max(live);
                 }
-                Event::Free { id } => live -= sizes[id as usize],
+                Event::Free { id } => live -= u128::from(sizes[id as usize]),
             }
         }
-        peak
+        u64::try_from(peak).unwrap_or(u64::MAX)
     }
 
     /// The size of every block, by id.
@@ -450,6 +465,7 @@ impl<K> Default for Pairing<K> {
 impl<K: std::hash::Hash + Eq> Pairing<K> {
     /// An allocation at `time` (nanoseconds of the trace's clock).
     pub(crate) fn alloc(&mut self, addr: K, size: u64, time: u64, at: Location) -> Result<()> {
+        check_size(size, at)?;
         if self.live.insert(addr, self.allocations).is_some() {
             // The earlier block at this address was never freed.
             self.replaced += 1;
@@ -556,6 +572,29 @@ pub(crate) mod tests {
         let (at, why) = reason(Trace::parse(&gz[..gz.len() - 6]));
         assert_eq!(at, Location::File);
         assert!(why.contains("gzip"), "{why}");
+    }
+
+    #[test]
+    fn a_block_larger_than_any_allocation_is_refused_and_peaks_do_not_overflow() {
+        // Sizes of 2^63 made every replay worker panic, and four blocks of 6e18
+        // bytes wrapped the peak (a user hunt).
+        let huge =
+            "Thread,Time,Action,Pointer,Size,Stream\n1,0,allocate,0x10,9223372036854775808,0\n";
+        let (at, why) = reason(Trace::parse(huge.as_bytes()));
+        assert_eq!(at, Location::Line(2));
+        assert!(why.contains("larger than any allocation"), "{why}");
+        let (at, _) = reason(Trace::parse(
+            b"id,lower,upper,size\n0,0,1,9223372036854775808\n",
+        ));
+        assert_eq!(at, Location::Line(2));
+        let mut four = String::from("Thread,Time,Action,Pointer,Size,Stream\n");
+        for p in 1..=4 {
+            four.push_str(&format!("1,0,allocate,{p:#x},6000000000000000000,0\n"));
+        }
+        assert_eq!(
+            Trace::parse(four.as_bytes()).unwrap().peak_live_bytes(),
+            u64::MAX
+        );
     }
 
     #[test]
