@@ -250,8 +250,14 @@ unsafe extern "C" fn hook_realloc(
             );
             std::ptr::null_mut()
         }
-        // Out of memory: the old block stays, as C's realloc leaves it.
-        Err(_) => std::ptr::null_mut(),
+        // Out of memory: the old block stays, as C's realloc leaves it; a recording
+        // has the failure, as for an allocation (it had none: a user hunt).
+        Err(_) => {
+            if let Some(rec) = &ctx_ref.recorder {
+                rec.allocate_failure(new_size);
+            }
+            std::ptr::null_mut()
+        }
     }
 }
 

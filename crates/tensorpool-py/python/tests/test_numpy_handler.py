@@ -271,6 +271,20 @@ def test_a_recorded_realloc_has_both_blocks_live_during_the_copy(tmp_path, mm):
     assert peak == 2_400_000
 
 
+def test_a_failed_realloc_is_recorded_as_a_failed_allocation(tmp_path):
+    # A failed allocation was recorded, a failed resize not (a user hunt).
+    mm = tensorpool.MemoryManager(memory_limit="16 MiB")
+    path = tmp_path / "failed.csv"
+    with tensorpool.record(path, mm):
+        a = np.ones(1000)
+        with pytest.raises(MemoryError):
+            a.resize(4_000_000, refcheck=False)
+        assert (a == 1).all()
+        del a
+    rows = [line.split(",") for line in path.read_text().splitlines()[1:]]
+    assert ["allocate failure", "32000000"] in [[r[2], r[4]] for r in rows]
+
+
 def test_record_reports_a_path_it_cannot_write(tmp_path):
     with pytest.raises(OSError, match="cannot record"):
         with tensorpool.record(tmp_path / "no" / "such" / "dir.csv"):

@@ -1590,3 +1590,30 @@ fn the_config_shows_the_settings_changed_while_running() {
     assert_eq!(mm.config().release_delay_ms, Some(1));
     MemoryManager::new(mm.config()).unwrap();
 }
+
+#[test]
+fn a_large_block_made_and_dropped_over_and_over_stays_with_its_thread() {
+    // A heap whose share of its live bytes was below one block gave every block of
+    // 256 KiB-1 MiB back at its free and carved it anew at the next allocation: one
+    // array of 300 KB made and dropped took 176 ns a pair, 22 just below (a user
+    // hunt). It now stays in the thread's cache, alone, until pages are taken for
+    // another block.
+    let mm = manager(Config::builder());
+    for size in [300_000, 1 << 20] {
+        let first = mm.allocate_raw(size, 64).unwrap();
+        mm.free_raw(first.as_ptr()).unwrap();
+        assert!(
+            mm.stats().thread_cached_bytes >= size,
+            "{size}: {}",
+            mm.stats().thread_cached_bytes
+        );
+        let again = mm.allocate_raw(size, 64).unwrap();
+        assert_eq!(again, first, "{size}: served from the thread's cache");
+        mm.free_raw(again.as_ptr()).unwrap();
+    }
+    // A block of another size the cache does not serve: what it holds beyond its
+    // share goes back first.
+    let other = mm.allocate_raw(600_000, 64).unwrap();
+    assert!(mm.stats().thread_cached_bytes < 1 << 20);
+    mm.free_raw(other.as_ptr()).unwrap();
+}

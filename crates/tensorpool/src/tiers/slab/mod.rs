@@ -982,7 +982,10 @@ impl Engine {
     /// it is, not as it was.
     pub(crate) fn publish_current(self: &Arc<Self>) {
         if let Some(entered) = enter_bound(self) {
-            entered.owned().publish(self);
+            let owned = entered.owned();
+            // The tier places a block: the heap's cache as eager giving back leaves it.
+            owned.trim_cache(self);
+            owned.publish(self);
         }
     }
 
