@@ -61,7 +61,8 @@ enum Command {
         #[arg(long, value_name = "N")]
         steps: Option<u64>,
         /// A capacity to reach first (MiniMalloc's question: does the plan fit in this
-        /// many bytes?); the search goes on below it with the time left.
+        /// many bytes?) with seven eighths of the budget; the search goes on below it
+        /// (or above it, when it cannot be settled) with the rest.
         #[arg(long, value_name = "BYTES", value_parser = parse_capacity)]
         capacity: Option<u64>,
         /// Every offset of the plan is a multiple of this many bytes (a power of two).

@@ -154,9 +154,12 @@ pub fn html(reports: &[TraceReport]) -> String {
         for a in &r.allocators {
             let _ = writeln!(
                 out,
-                "<tr><td>{}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 a.name,
-                a.ns_per_event,
+                match a.ns_per_event.is_finite() {
+                    true => format!("{:.1}", a.ns_per_event),
+                    false => "-".to_string(),
+                },
                 format_bytes(a.peak_reserved_bytes as usize),
                 // No live bytes at the peak: no efficiency (as in the text table).
                 match a.efficiency.is_finite() {

@@ -421,11 +421,12 @@ fn measure_here(trace: &Trace, kind: Kind, options: &Options) -> tensorpool::Res
         )
         .err()
         .map(|e| e.to_string());
-        // A trace without events has no time per event (its ratios are unknown).
-        reps.push(match trace.events.len() {
-            0 => f64::NAN,
-            n => start.elapsed().as_nanos() as f64 / n as f64,
-        });
+        // A trace without events has no time per event (its ratios are unknown): no
+        // repetition is reported, and the median of none is NaN (null in JSON; a
+        // list of nulls did not read back from the worker).
+        if !trace.events.is_empty() {
+            reps.push(start.elapsed().as_nanos() as f64 / trace.events.len() as f64);
+        }
     }
     let faults = (page_faults() - faults) / reps.len().max(1) as u64;
     Ok(Measurement {
@@ -454,18 +455,21 @@ pub fn overhead(trace: &Trace) -> f64 {
             match *event {
                 Event::Alloc { id, size } => {
                     live[id as usize] = Some(std::hint::black_box(ptr));
-                    bytes += size;
+                    bytes = bytes.wrapping_add(size);
                 }
                 Event::Free { id } => {
                     if let Some(p) = live[id as usize].take() {
                         std::hint::black_box(p);
-                        bytes -= sizes[id as usize];
+                        bytes = bytes.wrapping_sub(sizes[id as usize]);
                     }
                 }
             }
         }
         std::hint::black_box(bytes);
         best = best.min(start.elapsed().as_nanos() as f64 / trace.events.len().max(1) as f64);
+    }
+    if trace.events.is_empty() {
+        return f64::NAN;
     }
     best
 }

@@ -227,7 +227,9 @@ fn replay_reports_a_true_median_and_no_time_for_a_trace_without_events() {
     assert_eq!(report[0]["events"], 0);
     assert_eq!(report[0]["unmatched_frees"], 2);
     for a in report[0]["allocators"].as_array().unwrap() {
+        assert!(a["error"].is_null(), "{a}");
         assert!(a["ns_per_event"].is_null(), "{a}");
+        assert_eq!(a["ns_per_event_reps"].as_array().unwrap().len(), 0, "{a}");
         assert!(a["tensorpool_time_ratio"].is_null(), "{a}");
     }
     let out = tensorpool(&[

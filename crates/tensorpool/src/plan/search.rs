@@ -73,8 +73,8 @@ pub struct Budget {
     /// Steps.
     pub steps: Option<u64>,
     /// An arena size to reach first: after an eighth of the budget at the lower
-    /// bound, the rest goes to this size, and the search then goes on below it with
-    /// what is left.
+    /// bound, seven eighths of the rest go to this size, and the search then goes on
+    /// below it (or, when it cannot be settled, above it) with what is left.
     pub capacity: Option<u64>,
 }
 
@@ -277,11 +277,12 @@ fn aligned_peak(lifetimes: &[Lifetime], ids: &[usize], align: u64) -> u64 {
     // meet one allocated then.
     events.sort_unstable();
     // The live buffers' roundings, counted by value, for the largest.
-    let mut roundings: std::collections::BTreeMap<u64, u32> = Default::default();
-    let (mut total, mut peak) = (0u64, 0u64);
+    let mut roundings: std::collections::BTreeMap<u128, u32> = Default::default();
+    // (In u128: a trace's blocks of up to `isize::MAX` bytes each can pass u64.)
+    let (mut total, mut peak) = (0u128, 0u128);
     for (_, alloc, size) in events {
-        let rounded = size.next_multiple_of(align);
-        let rounding = rounded - size;
+        let rounded = u128::from(size).next_multiple_of(u128::from(align));
+        let rounding = rounded - u128::from(size);
         if alloc {
             total += rounded;
             *roundings.entry(rounding).or_default() += 1;
@@ -297,7 +298,7 @@ fn aligned_peak(lifetimes: &[Lifetime], ids: &[usize], align: u64) -> u64 {
             }
         }
     }
-    peak
+    u64::try_from(peak).unwrap_or(u64::MAX)
 }
 
 /// Buffers (by id) that live at the same time as one another, directly or through
@@ -368,7 +369,8 @@ impl Clock {
         Clock {
             deadline: self.deadline.map(|d| {
                 let now = Instant::now();
-                now + d.saturating_duration_since(now) * eighths / 8
+                // (Divided first: a limit near what a clock can count would overflow.)
+                now + d.saturating_duration_since(now) / 8 * eighths
             }),
             steps_left: (u128::from(self.steps_left) * u128::from(eighths)).div_ceil(8) as u64,
             steps: 0,
