@@ -778,7 +778,7 @@ mod tests {
     /// Planning section of docs/BENCHMARKS.md).
     #[test]
     fn golden_search_figures_on_minimalloc_instances() {
-        const STEPS: u64 = 12_000;
+        const STEPS: u64 = 14_000;
         for (name, arena, proven) in GOLDEN {
             let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../../traces/intervals")
