@@ -443,6 +443,9 @@ fn measure_here(trace: &Trace, kind: Kind, options: &Options) -> tensorpool::Res
 
 /// The replay loop's own time per event, with an allocator that does nothing.
 pub fn overhead(trace: &Trace) -> f64 {
+    if trace.events.is_empty() {
+        return f64::NAN;
+    }
     let mut dummy = [0u8; 64];
     let ptr = NonNull::from(&mut dummy).cast::<u8>();
     let sizes = trace.block_sizes();
@@ -466,10 +469,7 @@ pub fn overhead(trace: &Trace) -> f64 {
             }
         }
         std::hint::black_box(bytes);
-        best = best.min(start.elapsed().as_nanos() as f64 / trace.events.len().max(1) as f64);
-    }
-    if trace.events.is_empty() {
-        return f64::NAN;
+        best = best.min(start.elapsed().as_nanos() as f64 / trace.events.len() as f64);
     }
     best
 }
@@ -644,7 +644,7 @@ pub fn table(reports: &[TraceReport]) -> String {
     for r in reports {
         let _ = writeln!(
             out,
-            "{} ({}): {} events, {} allocations, peak live {}, {} unmatched frees, {} leaked blocks; pages {}; parsed at {:.1} M events/s; replay loop {:.1} ns/event",
+            "{} ({}): {} events, {} allocations, peak live {}, {} unmatched frees, {} leaked blocks; pages {}; parsed at {:.1} M events/s; replay loop {} ns/event",
             r.trace,
             r.format,
             r.events,
@@ -654,7 +654,7 @@ pub fn table(reports: &[TraceReport]) -> String {
             r.leaked_blocks,
             if r.touched { "touched" } else { "not touched" },
             r.parse_events_per_second / 1e6,
-            r.replay_overhead_ns_per_event
+            finite(r.replay_overhead_ns_per_event, |x| format!("{x:.1}"))
         );
         if let Some(note) = &r.note {
             let _ = writeln!(out, "  note: {note}");

@@ -15,6 +15,16 @@ fn tensorpool(args: &[&str]) -> Output {
         .expect("the binary runs")
 }
 
+/// [`tensorpool`] run in `dir` (for the files it writes beside itself, or a path
+/// relative to it).
+fn tensorpool_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tensorpool"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the binary runs")
+}
+
 /// `replay` with one repetition and untouched pages: the quickest full replay.
 const QUICK_REPLAY: [&str; 5] = ["replay", "--reps", "1", "--no-touch", "--quiet"];
 
@@ -275,11 +285,7 @@ fn a_trace_whose_name_starts_with_a_dash_is_replayed() {
     let dir = scratch("dash");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::copy(fixture("sk_mlp.csv.gz"), dir.join("-x.csv.gz")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_tensorpool"))
-        .args(quick_replay_args(&["--", "-x.csv.gz"]))
-        .current_dir(&dir)
-        .output()
-        .unwrap();
+    let out = tensorpool_in(&dir, &quick_replay_args(&["--", "-x.csv.gz"]));
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(!stdout.contains("failed"), "{stdout}");
@@ -440,11 +446,7 @@ fn a_capacity_the_search_cannot_settle_leaves_a_plan_below_the_greedy_one() {
         args.push(&trace);
         let dir = scratch("mm_a");
         std::fs::create_dir_all(&dir).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_tensorpool"))
-            .args(&args)
-            .current_dir(&dir)
-            .output()
-            .unwrap();
+        let out = tensorpool_in(&dir, &args);
         assert!(out.status.success(), "{}", text(&out.stderr));
         serde_json::from_slice(&out.stdout).unwrap()
     };

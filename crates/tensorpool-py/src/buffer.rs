@@ -217,6 +217,21 @@ impl Buffer {
         }
     }
 
+    /// Byte `i` of the view.
+    ///
+    /// # Safety
+    ///
+    /// `i < len`, and the caller, holding the GIL, checked the block valid
+    /// (`check_valid`) and has run no Python code since (only a thread holding the
+    /// GIL can free the block).
+    unsafe fn byte(&self, i: usize) -> u8 {
+        debug_assert!(i < self.len);
+        let addr = (self.start as isize + i as isize * self.step) as usize;
+        // SAFETY: `i < len`, so `addr` is a byte of the view, inside the block, which
+        // is live and stays so (the caller's contract).
+        unsafe { *(addr as *const u8) }
+    }
+
     fn check_valid(&self) -> PyResult<()> {
         if self.block().is_valid() {
             Ok(())
@@ -402,11 +417,9 @@ impl Buffer {
             if i < 0 || i >= this.len as isize {
                 return Err(PyIndexError::new_err("index out of bounds on dimension 1"));
             }
-            let addr = (this.start as isize + i * this.step) as usize;
-            // SAFETY: `i < len`, so `addr` is a byte of the view, inside the live
-            // block (checked valid above, after the key was read; only this thread,
-            // holding the GIL, could free it, and it runs no Python code since).
-            let byte = unsafe { *(addr as *const u8) };
+            // SAFETY: `0 <= i < len`; the block was checked valid above, after the
+            // key was read, and this thread has run no Python code since.
+            let byte = unsafe { this.byte(i as usize) };
             return Ok(byte.into_pyobject(py)?.into_any());
         }
         this.check_valid()?;
@@ -451,23 +464,13 @@ impl Buffer {
     /// ints for 16 MiB). The iteration holds no export: the block can go meanwhile,
     /// and the next step then raises.
     fn __iter__(slf: &Bound<'_, Self>) -> PyResult<ByteIter> {
-        slf.get().check_valid()?;
-        Ok(ByteIter {
-            buffer: slf.clone().unbind(),
-            next: 0,
-            reversed: false,
-        })
+        ByteIter::over(slf, false)
     }
 
     /// The bytes from the last, one int each, as [`__iter__`](Self::__iter__) reads
     /// them.
     fn __reversed__(slf: &Bound<'_, Self>) -> PyResult<ByteIter> {
-        slf.get().check_valid()?;
-        Ok(ByteIter {
-            buffer: slf.clone().unbind(),
-            next: 0,
-            reversed: true,
-        })
+        ByteIter::over(slf, true)
     }
 
     /// Pickling is refused, as for a memoryview (protocols 0 and 1 wrote a pickle
@@ -636,6 +639,18 @@ pub struct ByteIter {
     reversed: bool,
 }
 
+impl ByteIter {
+    /// The iteration over `buffer`'s bytes, from the first or (`reversed`) the last.
+    fn over(buffer: &Bound<'_, Buffer>, reversed: bool) -> PyResult<ByteIter> {
+        buffer.get().check_valid()?;
+        Ok(ByteIter {
+            buffer: buffer.clone().unbind(),
+            next: 0,
+            reversed,
+        })
+    }
+}
+
 #[pymethods]
 impl ByteIter {
     fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
@@ -652,12 +667,10 @@ impl ByteIter {
             buffer.len - 1 - self.next
         } else {
             self.next
-        } as isize;
+        };
         self.next += 1;
-        let addr = (buffer.start as isize + i * buffer.step) as usize;
-        // SAFETY: `i < len`, so `addr` is a byte of the view, inside the block,
-        // checked live just above; only a thread holding the GIL (this one, which
-        // runs no Python code in between) could free it.
-        Ok(Some(unsafe { *(addr as *const u8) }))
+        // SAFETY: `i < len`; the block was checked valid just above, and this
+        // thread has run no Python code since.
+        Ok(Some(unsafe { buffer.byte(i) }))
     }
 }

@@ -246,7 +246,7 @@ impl Inner {
             Route::Class(class) => engine.grant(class, size, raw),
             Route::Span(pages) => engine.grant_span(pages, size, raw),
             Route::Large => {
-                engine.publish_current();
+                engine.before_tier_places();
                 // The tier grows only after the calling thread gave back what it
                 // keeps cached (as a new slab does): memory follows use.
                 let grant = match engine.large.grant_cached(size, align, raw) {
@@ -263,7 +263,7 @@ impl Inner {
                 Ok((grant.ptr, grant.zeroed))
             }
             Route::Huge => {
-                engine.publish_current();
+                engine.before_tier_places();
                 let grant = self.huge.grant(size, align, raw)?;
                 self.counters.on_alloc(grant.block_size, size);
                 Ok((grant.ptr, grant.zeroed))
@@ -294,7 +294,7 @@ impl Inner {
                     Route::Large => &engine.large,
                     _ => &self.huge,
                 };
-                engine.publish_current();
+                engine.before_tier_places();
                 let grant = tier.grant(room, align, true).ok()?;
                 let addr = grant.ptr.as_ptr().addr();
                 // The tier counted `room` as requested: `size` it is, the block kept

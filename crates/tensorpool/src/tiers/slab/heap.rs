@@ -1145,7 +1145,9 @@ impl Owned<'_> {
         } else {
             0
         };
-        let budget = eng.cache_limit.min(self.cache_budget(allocated).max(alone));
+        let st = self.state();
+        st.high_live = st.high_live.max(allocated);
+        let budget = self.cache_budget(eng, alone);
         if self.state().cached > budget {
             self.release_down_to(eng, budget / 2);
         }
@@ -1156,13 +1158,10 @@ impl Owned<'_> {
     /// `cache`), so that what is placed next sees the pages as eager giving back
     /// left them.
     pub(crate) fn trim_cache(&self, eng: &Engine) {
-        let st = self.state();
-        // The budget as the last free saw it (summing the live bytes of every class
-        // here cost sk_mlp's replay 1.3% more instructions).
-        let budget = eng
-            .cache_limit
-            .min((st.high_live / CACHE_SHARE).max(CACHE_FLOOR));
-        if st.cached > budget {
+        // The budget from the high-water mark as the last free left it (summing the
+        // live bytes of every class here cost sk_mlp's replay 1.3% more instructions).
+        let budget = self.cache_budget(eng, 0);
+        if self.state().cached > budget {
             self.release_down_to(eng, budget / 2);
         }
     }
@@ -1198,13 +1197,12 @@ impl Owned<'_> {
     }
 
     /// What the heap may keep in empty slabs and free large blocks now: a share of
-    /// the most it held live (`live` is what it holds now), so that kept blocks,
+    /// the most it held live (as its cache's changes saw it), so that kept blocks,
     /// which stand in the way of other sizes' placement, stay a small part of the
-    /// reserve; and at least a floor.
-    fn cache_budget(&self, live: usize) -> usize {
-        let st = self.state();
-        st.high_live = st.high_live.max(live);
-        (st.high_live / CACHE_SHARE).max(CACHE_FLOOR)
+    /// reserve; at least a floor, and `at_least`; at most the engine's limit.
+    fn cache_budget(&self, eng: &Engine, at_least: usize) -> usize {
+        let share = (self.state().high_live / CACHE_SHARE).max(CACHE_FLOOR);
+        eng.cache_limit.min(share.max(at_least))
     }
 
     #[inline(always)]

@@ -977,13 +977,14 @@ impl Engine {
             .fold(0, u64::wrapping_add)
     }
 
-    /// Publishes the calling thread's heap's bytes to the totals if they changed by a
-    /// step: before the locked tiers add a block, so that a peak counts this heap as
-    /// it is, not as it was.
-    pub(crate) fn publish_current(self: &Arc<Self>) {
+    /// Readies the calling thread's heap for a locked tier to add a block: gives
+    /// back what its cache holds beyond its budget (the block is placed among pages
+    /// as eager giving back leaves them, see `Owned::trim_cache`), and publishes its
+    /// bytes to the totals if they changed by a step (so that a peak counts this
+    /// heap as it is, not as it was).
+    pub(crate) fn before_tier_places(self: &Arc<Self>) {
         if let Some(entered) = enter_bound(self) {
             let owned = entered.owned();
-            // The tier places a block: the heap's cache as eager giving back leaves it.
             owned.trim_cache(self);
             owned.publish(self);
         }

@@ -177,6 +177,13 @@ impl std::fmt::Debug for Slab {
     }
 }
 
+/// Whether post word `word` holds a pending free of `slot` (one of its 16 slots):
+/// a word with no post at all, the common case, in one test.
+#[inline(always)]
+fn posted(word: u64, slot: u32) -> bool {
+    word & POST_BITS != 0 && (word >> (2 * (slot as usize % POSTS_PER_WORD))) & 3 != 0
+}
+
 /// A slot index from an offset: `offset / stride`, exact for offsets below 2^32.
 #[inline(always)]
 pub(crate) fn divide(offset: usize, magic: u64) -> usize {
@@ -463,14 +470,10 @@ impl Slab {
             // that raced with the owner's), and goes. A slot never handed out has
             // none: a post to it is refused at once.
             let word = &g.posts[slot as usize % GROUP / POSTS_PER_WORD];
-            let posts = word.load(Relaxed);
-            // No post in the word's 16 slots, the common case, in one test.
-            if posts & POST_BITS != 0 {
+            if posted(word.load(Relaxed), slot) {
                 let shift = 2 * (slot as usize % POSTS_PER_WORD);
-                if (posts >> shift) & 3 != 0 {
-                    let before = word.fetch_and(!(3 << shift), AcqRel);
-                    return Some((slot, zero, ((before >> shift) & 3).count_ones()));
-                }
+                let before = word.fetch_and(!(3 << shift), AcqRel);
+                return Some((slot, zero, ((before >> shift) & 3).count_ones()));
             }
         }
         Some((slot, zero, 0))
@@ -564,7 +567,7 @@ impl Slab {
         let word = g.posts[bit / POSTS_PER_WORD].load(Relaxed);
         (g.free.load(Relaxed) >> bit & 1) == 0
             && (g.raw.load(Relaxed) >> bit & 1 != 0) == raw
-            && (word & POST_BITS == 0 || (word >> (2 * (bit % POSTS_PER_WORD))) & 3 == 0)
+            && !posted(word, slot)
     }
 
     /// The owner checks a free of `slot` with raw flag `raw`; for a raw slot, the
@@ -586,8 +589,10 @@ impl Slab {
     /// Whether another thread posted a free of `slot` that its owner has not
     /// collected yet.
     fn free_posted(&self, slot: u32) -> bool {
-        let word = self.group(slot).posts[slot as usize % GROUP / POSTS_PER_WORD].load(Relaxed);
-        (word >> (2 * (slot as usize % POSTS_PER_WORD))) & 3 != 0
+        posted(
+            self.group(slot).posts[slot as usize % GROUP / POSTS_PER_WORD].load(Relaxed),
+            slot,
+        )
     }
 
     /// The cell of `slot`'s requested size.
