@@ -15,6 +15,69 @@ fn manager(builder: crate::config::ConfigBuilder) -> MemoryManager {
 }
 
 #[test]
+fn a_heaps_running_count_of_slot_bytes_follows_its_classes() {
+    // The cache's budget and the publications read a heap's allocated bytes from a
+    // running count kept beside the classes' tallies: it follows allocations of
+    // several classes with waste, frees here, frees posted by another thread and
+    // collected, and resizes in place.
+    let mm = manager(heap_config());
+    let engine = &mm.inner.engine;
+    let agree = |when: &str| {
+        let (running, summed) = engine.calling_heap_allocated();
+        assert_eq!(running, summed, "{when}");
+        running
+    };
+    let layout = |size| Layout::from_size_align(size, 8).unwrap();
+    // Addresses, to hand them to another thread.
+    let typed: Vec<(usize, Layout)> = [24, 100, 1000, 3000, 20_000, 100_000]
+        .iter()
+        .flat_map(|&size| (0..70).map(move |_| size))
+        .map(|size| {
+            let p = mm.allocate(layout(size)).unwrap();
+            (p.cast::<u8>().as_ptr().addr(), layout(size))
+        })
+        .collect();
+    let free = |a: usize, l| {
+        // SAFETY: a block allocated above with `l`, freed once.
+        unsafe { mm.deallocate(NonNull::new(a as *mut u8).unwrap(), l) };
+    };
+    let raw: Vec<usize> = (1..300)
+        .map(|i| mm.allocate_raw(i * 37, 16).unwrap().as_ptr().addr())
+        .collect();
+    assert!(agree("allocated") > 0);
+    for &(a, l) in typed.iter().step_by(3) {
+        free(a, l);
+    }
+    agree("typed frees here");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for &a in raw.iter().step_by(2) {
+                mm.free_raw(a as *mut u8).unwrap();
+            }
+            for &(a, l) in typed.iter().skip(1).step_by(3) {
+                free(a, l);
+            }
+        });
+    });
+    mm.trim(); // collects the posts
+    agree("posted frees collected");
+    for (k, &a) in raw.iter().enumerate().skip(1).step_by(2).take(20) {
+        let size = (k + 1) * 37;
+        // SAFETY: a live raw block of this manager, not used elsewhere.
+        let p = unsafe { mm.reallocate_raw(a as *mut u8, size - 1, 16) }.unwrap();
+        assert_eq!(p.as_ptr().addr(), a, "shrunk in place");
+    }
+    agree("resized");
+    for &a in raw.iter().skip(1).step_by(2) {
+        mm.free_raw(a as *mut u8).unwrap();
+    }
+    for &(a, l) in typed.iter().skip(2).step_by(3) {
+        free(a, l);
+    }
+    assert_eq!(agree("all freed"), 0);
+}
+
+#[test]
 fn routes_by_size() {
     let mm = manager(heap_config().small_threshold(4096).huge_threshold(8 << 20));
     let small = mm.allocate_raw(100, 8).unwrap();

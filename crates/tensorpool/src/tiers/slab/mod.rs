@@ -422,6 +422,13 @@ impl Engine {
         f(&unsafe { self.shared.owned() })
     }
 
+    /// The calling thread's heap's allocated bytes from its running counts, and summed
+    /// over its classes' tallies: always equal.
+    #[cfg(test)]
+    pub(crate) fn calling_heap_allocated(self: &Arc<Self>) -> (usize, usize) {
+        self.with_owned(|owned| (owned.allocated(self), owned.net(self).0))
+    }
+
     /// The hot path: a block of class `class` from the calling thread's slabs of the
     /// class, and whether it is known zero; or `None` (then [`grant`](Self::grant)).
     #[inline(always)]
