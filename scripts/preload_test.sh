@@ -3,7 +3,9 @@
 #
 #   the C test program (crates/tensorpool-malloc/tests/malloc_test.c): every exported
 #   function on normal and edge inputs, threads freeing each other's blocks, fork()
-#   while another thread allocates, dlopen() of libraries with thread-locals
+#   while another thread allocates, dlopen() of libraries with thread-locals, frees a
+#   program must not make (refused and counted); also with another allocator
+#   preloaded after the library
 #   tools that allocate in ways nobody here chose: python3, sort, git, a C++ program,
 #   each compared with its output without the library
 #   a NumPy workload with identical results, and NumPy's own tests (the memory-heavy
@@ -42,6 +44,17 @@ TENSORPOOL_HUGE_THRESHOLD=1MiB TENSORPOOL_EXPANDABLE_SEGMENTS=false \
 # And in debug mode, whose call sites are backtraces: its forks while other threads
 # allocate once hung in the child (the backtrace lock held at the fork).
 TENSORPOOL_DEBUG=true LD_PRELOAD="$LIB" timeout 300 "$OUT/malloc_test" "$PWD/$OUT"
+# With another allocator preloaded after the library (`tensorpool run` puts it before
+# an LD_PRELOAD the program has): the blocks glibc's names serve (alignments beyond
+# 4 KiB) are sized by the allocator that made them (jemalloc's malloc_usable_size,
+# found first, crashed on glibc's). Where Debian's peer allocators are installed.
+for next in /usr/lib/x86_64-linux-gnu/{libjemalloc.so.2,libmimalloc.so.2,libtcmalloc_minimal.so.4}; do
+    if [ -e "$next" ]; then
+        LD_PRELOAD="$LIB:$next" "$OUT/malloc_test" "$PWD/$OUT"
+    else
+        echo "skipped: $next is not installed"
+    fi
+done
 
 echo "==> tools: the same output with and without the library"
 same() {
@@ -235,6 +248,26 @@ cc -O1 "$OUT/closefrom.c" -o "$OUT/closefrom"
 err=$(TENSORPOOL_RECORD="$OUT/closefrom.csv" LD_PRELOAD="$LIB" "$OUT/closefrom" "$OUT/own.txt" 2>&1)
 test "$(cat "$OUT/own.txt")" = "the program's data"
 grep -q "the program closed the descriptor" <<<"$err"
+# A refused free is not recorded: a double free (the second after its memory went
+# back) was in the trace as the free of a block of 0 bytes.
+cat >"$OUT/twice.c" <<'C'
+#include <malloc.h>
+#include <stdio.h>
+#include <stdlib.h>
+int main(void) {
+    char *p = malloc(3 << 20);
+    p[0] = 1;
+    printf("%p\n", (void *)p);
+    free(p);
+    malloc_trim(0);
+    free(p);
+    return 0;
+}
+C
+cc -O0 -fno-builtin "$OUT/twice.c" -o "$OUT/twice"
+addr=$(TENSORPOOL_RECORD="$OUT/twice.csv" LD_PRELOAD="$LIB" "$OUT/twice" 2>/dev/null)
+test "$(grep -c "free,$addr," "$OUT/twice.csv")" = 1
+"$TP" replay --reps 1 --no-touch "$OUT/twice.csv" >/dev/null
 # Under a descriptor limit below 200, the summary still prints (its copy of stderr
 # could not be made there, and nothing was printed).
 err=$( (ulimit -n 64; TENSORPOOL_STATS=1 LD_PRELOAD="$LIB" ls / 2>&1 >/dev/null) )

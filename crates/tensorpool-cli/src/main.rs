@@ -112,8 +112,9 @@ enum Command {
         /// The library to preload (default: libtensorpool.so beside this command).
         #[arg(long)]
         library: Option<PathBuf>,
-        /// The program and its arguments, after `--`.
-        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        /// The program and its arguments, after `--`. (An option before the program
+        /// is this command's: an unknown one is an error, not the program to run.)
+        #[arg(required = true, trailing_var_arg = true)]
         command: Vec<std::ffi::OsString>,
     },
     /// Measure one allocator on one trace (used by `replay`, one process each).

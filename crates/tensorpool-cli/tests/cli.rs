@@ -633,6 +633,18 @@ fn a_reader_that_goes_away_ends_the_output_quietly() {
 }
 
 #[test]
+fn run_refuses_an_option_it_does_not_know_before_the_program() {
+    // `tensorpool run --bogus -- true` ran "--bogus" as the program (a user hunt).
+    let out = tensorpool(&["run", "--bogus", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("unexpected argument '--bogus'"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
 fn bench_refuses_thread_counts_it_cannot_run() {
     for (count, says) in [
         ("0", "give 1 to 256"),

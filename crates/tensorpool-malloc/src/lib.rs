@@ -63,26 +63,51 @@ mod glibc {
         pub fn __libc_memalign(align: usize, size: usize) -> *mut c_void;
     }
 
-    /// glibc's `malloc_usable_size` (this library's is found first by name): looked
-    /// up once, with `dlsym(RTLD_NEXT)`.
+    /// `malloc_usable_size` of the allocator whose `__libc_malloc` this library
+    /// calls (glibc's, or that of an allocator preloaded after this one that replaces
+    /// glibc's internal names too, as mimalloc and tcmalloc do): a block's size must
+    /// come from the allocator that made it. Looked up once, in the object that
+    /// defines that `__libc_malloc`. (`dlsym(RTLD_NEXT)` found the next preloaded
+    /// library's, jemalloc's under `tensorpool run` with jemalloc already in
+    /// `LD_PRELOAD`, which crashed on glibc's blocks: a user hunt.)
     pub unsafe extern "C" fn usable_size(ptr: *mut c_void) -> usize {
-        static NEXT: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut());
-        let mut f = NEXT.load(Relaxed);
+        static FOUND: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut());
+        let mut f = FOUND.load(Relaxed);
         if f.is_null() {
-            const NAME: &CStr = c"malloc_usable_size";
-            // SAFETY: `dlsym` with a valid C string; RTLD_NEXT finds the definition
-            // after this library's, glibc's.
-            f = unsafe { libc::dlsym(libc::RTLD_NEXT, NAME.as_ptr()) };
+            f = find_usable_size();
             if f.is_null() {
                 return 0;
             }
-            NEXT.store(f, Relaxed);
+            FOUND.store(f, Relaxed);
         }
         // SAFETY: `f` is glibc's `malloc_usable_size`, of this signature, and `ptr` a
         // live block of glibc's (the caller's contract).
         unsafe {
             let f: unsafe extern "C" fn(*mut c_void) -> usize = std::mem::transmute(f);
             f(ptr)
+        }
+    }
+
+    /// `malloc_usable_size` in the object that defines the `__libc_malloc` this
+    /// library is bound to; null if it cannot be found.
+    fn find_usable_size() -> *mut c_void {
+        const NAME: &CStr = c"malloc_usable_size";
+        // SAFETY: `dladdr` fills `info` for an address of a loaded object (a function
+        // this library is bound to); `dlopen` with RTLD_NOLOAD only takes a
+        // reference to that object, already loaded (it stays loaded for the
+        // process's life: the reference is never dropped); `dlsym` with valid C
+        // strings.
+        unsafe {
+            let mut info: libc::Dl_info = std::mem::zeroed();
+            let malloc = __libc_malloc as unsafe extern "C" fn(usize) -> *mut c_void;
+            if libc::dladdr(malloc as *const c_void, &mut info) == 0 || info.dli_fname.is_null() {
+                return std::ptr::null_mut();
+            }
+            let object = libc::dlopen(info.dli_fname, libc::RTLD_LAZY | libc::RTLD_NOLOAD);
+            if object.is_null() {
+                return std::ptr::null_mut();
+            }
+            libc::dlsym(object, NAME.as_ptr())
         }
     }
 }

@@ -321,6 +321,34 @@ static void dlopens(const char *dir) {
     }
 }
 
+/* Frees a program must not make, each refused and counted (num_invalid_frees),
+ * the program going on: a second free of a block whose memory went back to the
+ * system (malloc_trim) was handed to glibc's free, which crashed reading a chunk
+ * header there; an interior pointer; a block whose size glibc reports comes from
+ * the allocator that made it (an aligned block beyond 4 KiB is glibc's). */
+static void bad_frees(void) {
+    long before = stat_field("num_invalid_frees");
+    long refused = 0;
+    size_t sizes[] = {64, 5000, (size_t)2 << 20, (size_t)40 << 20};
+    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
+        char *p = malloc(sizes[i]);
+        CHECK(p != NULL);
+        memset(p, 1, 4096 < sizes[i] ? 4096 : sizes[i]);
+        free(p);
+        malloc_trim(0);
+        free(p); /* refused: already freed, its memory given back */
+        refused++;
+    }
+    char *q = malloc(256);
+    free(q + 16); /* refused: inside a live block */
+    refused++;
+    free(q);
+    void *big = aligned_alloc(8192, 100);
+    CHECK(big != NULL && malloc_usable_size(big) >= 100);
+    free(big);
+    CHECK(stat_field("num_invalid_frees") == before + refused);
+}
+
 int main(int argc, char **argv) {
     CHECK(dlsym(RTLD_DEFAULT, "tensorpool_stats_json") != NULL); /* preloaded */
     *(void **)&free_sized = dlsym(RTLD_DEFAULT, "free_sized");
@@ -334,6 +362,7 @@ int main(int argc, char **argv) {
     forks();
     if (argc > 1) dlopens(argv[1]);
     CHECK(stat_field("num_invalid_frees") == 0);
+    bad_frees();
     printf("malloc_test: every check passed\n");
     return 0;
 }

@@ -3,7 +3,9 @@
 //! A request is a size and an alignment. Sizes must be at least one byte and at most
 //! [`MAX_ALLOCATION_SIZE`]; alignments must be powers of two no larger than
 //! [`MAX_ALIGN`] (a page). Every strategy calls [`validate`] first, so each one rejects
-//! the same bad input with the same error:
+//! the same bad input with the same error. (Two go further where C and Rust need it:
+//! an [`Arena`](crate::Arena) honours any power of two, its chunk taking the slack,
+//! and the process allocators hand larger alignments to the system allocator.)
 //!
 //! ```
 //! use tensorpool::{limits, Error};

@@ -347,4 +347,11 @@ fn a_size_no_allocator_serves_fails_quietly() {
     let mut v: Vec<u8> = Vec::new();
     assert!(v.try_reserve(usize::MAX / 2).is_err());
     assert_eq!(GLOBAL.system_fallbacks().out_of_memory, 0);
+    // Nor does one the system refuses that is larger than the machine's memory
+    // (Python's `bytearray(2**44)` printed a paragraph for each `MemoryError`): 64
+    // TiB, which the kernel refuses under its default overcommit heuristic (with
+    // `vm.overcommit_memory = 1` it may lend the address space: nothing to check).
+    if v.try_reserve(64 << 40).is_err() {
+        assert_eq!(GLOBAL.system_fallbacks().out_of_memory, 0);
+    }
 }

@@ -292,6 +292,26 @@ mod tests {
         );
         // One "invalid configuration", the context before the reason.
         assert_eq!(e.matches("invalid configuration").count(), 1, "{e}");
+        // Only a regular file is read, and only a small one: `/dev/zero`, read to its
+        // end, filled the program's memory (a user hunt); a FIFO would block it.
+        #[cfg(all(unix, not(miri)))]
+        {
+            let e = err(&[("TENSORPOOL_CONFIG", "/dev/zero")]);
+            assert!(e.contains("not a regular file"), "{e}");
+            let dir = std::env::temp_dir().join(format!("tp-env-big-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let fifo = dir.join("fifo.toml");
+            let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+            // SAFETY: `mkfifo` with a valid C string.
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+            let e = err(&[("TENSORPOOL_CONFIG", fifo.to_str().unwrap())]);
+            assert!(e.contains("not a regular file"), "{e}");
+            let big = dir.join("big.toml");
+            std::fs::write(&big, "# padding\n".repeat(200_000)).unwrap();
+            let e = err(&[("TENSORPOOL_CONFIG", big.to_str().unwrap())]);
+            assert!(e.contains("larger than"), "{e}");
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
     }
 
     #[test]

@@ -634,7 +634,7 @@ impl Config {
     pub fn from_file_over(base: &Config, path: impl AsRef<Path>) -> Result<Config> {
         let path = path.as_ref();
         let in_file = |e: Error| e.in_config(path.display());
-        let text = std::fs::read_to_string(path)
+        let text = read_config_text(path)
             .map_err(|e| Error::InvalidConfig(format!("cannot read {}: {e}", path.display())))?;
         let json = path.extension().is_some_and(|e| e == "json");
         // Each value read on its own line first, so that an error names the line.
@@ -694,6 +694,34 @@ fn located(text: &str, at: Option<usize>, message: &str) -> String {
     let line = text[..start].matches('\n').count() + 1;
     let shown: String = text[start..end].trim().chars().take(120).collect();
     format!("line {line} (`{shown}`): {message}")
+}
+
+/// The largest config file read: a config is a few dozen lines.
+const MAX_CONFIG_FILE: u64 = 1 << 20;
+
+/// A config file's text: a regular file (looked at before it is opened: a FIFO would
+/// block the program at its first allocation, `/dev/stdin` eat its input, and
+/// `/dev/zero`, read to its end, fill its memory: a user hunt through
+/// `TENSORPOOL_CONFIG`) of at most [`MAX_CONFIG_FILE`] bytes.
+fn read_config_text(path: &Path) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind, Read};
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "not a regular file (a config is a TOML or JSON file)",
+        ));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_CONFIG_FILE + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_CONFIG_FILE {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("larger than {MAX_CONFIG_FILE} bytes (a config is a few dozen lines)"),
+        ));
+    }
+    Ok(text)
 }
 
 #[cfg(test)]

@@ -219,21 +219,26 @@ impl Malloc {
     /// The size to record for a free of `ptr`: the size asked for, for a block of
     /// the manager's; for one of the foreign allocator's (an alignment beyond a
     /// page, or from before the library was loaded), what that allocator says the
-    /// block holds (a size of 0 in the trace said nothing).
-    fn recorded_size(&self, ptr: *mut c_void) -> usize {
+    /// block holds (a size of 0 in the trace said nothing); `None` for a free the
+    /// manager refuses, which is not recorded (a double free was, as the free of a
+    /// block of 0 bytes: a user hunt).
+    fn recorded_size(&self, ptr: *mut c_void) -> Option<usize> {
         let Some(mm) = self.process.running() else {
-            return 0;
+            return Some(0);
         };
-        match NonNull::new(ptr.cast::<u8>()) {
-            // The manager's memory: its size, or 0 for a free it will refuse.
-            Some(block) if mm.holds(block) => mm.raw_size(ptr.cast()).unwrap_or(0),
-            Some(_) => match self.foreign.usable_size {
-                // SAFETY: not in the manager's memory, so a block of the foreign
-                // allocator's, which the free being recorded hands back to it.
-                Some(usable) => unsafe { usable(ptr) },
-                None => 0,
-            },
-            None => 0,
+        match mm.raw_size(ptr.cast()) {
+            Ok(size) => Some(size),
+            Err(Error::InvalidPointer {
+                reason: PointerError::Foreign,
+                ..
+            }) => Some(match self.foreign.usable_size {
+                // SAFETY: not in the manager's memory (nor in memory it gave back
+                // lately), so a block of the foreign allocator's, which the free
+                // being recorded hands back to it.
+                Some(usable) if !ptr.is_null() => unsafe { usable(ptr) },
+                _ => 0,
+            }),
+            Err(_) => None,
         }
     }
 
@@ -247,12 +252,12 @@ impl Malloc {
 
     /// The manager's statistics.
     pub fn stats(&self) -> Option<Stats> {
-        self.query(MemoryManager::stats)
+        self.process.stats()
     }
 
     /// The manager's summary, for people.
     pub fn summary(&self) -> Option<String> {
-        self.query(MemoryManager::summary)
+        self.stats().map(|s| s.summary())
     }
 
     /// Gives every thread's free memory back to the system now (`malloc_trim`);
@@ -324,6 +329,9 @@ impl Malloc {
             // SAFETY: the foreign allocator's `memalign` with a power of two.
             _ => unsafe { self.foreign_alloc(size, || (self.foreign.memalign)(align, size)) },
         };
+        if inside.is_some() && align > MAX_ALIGN {
+            self.foreign_served(ptr, size);
+        }
         if let Some(inside) = inside.filter(|_| self.recording()) {
             self.record(&inside, None, ptr, size);
         }
@@ -367,6 +375,16 @@ impl Malloc {
     ) -> *mut c_void {
         self.process.count_fallback(size);
         alloc()
+    }
+
+    /// A block the foreign allocator served to the program (from outside the
+    /// allocator): where the manager gave memory back lately, the address is not a
+    /// block freed twice any more (see `MemoryManager::forget_given_back`).
+    #[cold]
+    fn foreign_served(&self, ptr: *mut c_void, size: usize) {
+        if let (false, Some(mm)) = (ptr.is_null(), self.process.running()) {
+            mm.forget_given_back(ptr.cast(), size);
+        }
     }
 
     #[cold]
@@ -439,7 +457,9 @@ impl Malloc {
         #[cfg(feature = "trace")]
         if let Some(r) = self.recorder.get() {
             if r.pid == std::process::id() {
-                r.writer.free(ptr.addr(), self.recorded_size(ptr));
+                if let Some(size) = self.recorded_size(ptr) {
+                    r.writer.free(ptr.addr(), size);
+                }
             }
         }
     }
@@ -622,20 +642,20 @@ impl Malloc {
     /// As [`realloc`](Self::realloc), with `ptr` not null and `size` not 0.
     #[cold]
     unsafe fn realloc_recorded_other(&self, ptr: *mut c_void, size: usize) -> *mut c_void {
-        let old_size = match Inside::enter() {
-            Some(inside) => {
-                let old_size = self.recorded_size(ptr);
-                self.record(&inside, Some((ptr, old_size)), null_mut(), 0);
-                old_size
-            }
-            None => 0,
-        };
+        // `None`: nothing recorded of the old block (a refused one, or a call from
+        // inside the allocator).
+        let old_size = Inside::enter().and_then(|inside| {
+            let old_size = self.recorded_size(ptr)?;
+            self.record(&inside, Some((ptr, old_size)), null_mut(), 0);
+            Some(old_size)
+        });
         // SAFETY: C's contract, forwarded.
         let new = unsafe { self.move_block(ptr, size) };
         if let Some(inside) = Inside::enter() {
-            match new.is_null() {
-                false => self.record(&inside, None, new, size),
-                true => self.record(&inside, None, ptr, old_size),
+            match (new.is_null(), old_size) {
+                (false, _) => self.record(&inside, None, new, size),
+                (true, Some(old_size)) => self.record(&inside, None, ptr, old_size),
+                (true, None) => {}
             }
         }
         new
@@ -656,7 +676,9 @@ impl Malloc {
                 ..
             }) => {
                 // SAFETY: not in the manager's memory, so the foreign allocator's.
-                unsafe { (self.foreign.realloc)(ptr, size) }
+                let new = unsafe { (self.foreign.realloc)(ptr, size) };
+                self.foreign_served(new, size);
+                new
             }
             Err(e @ Error::InvalidPointer { .. }) => {
                 self.refused(ptr, e);

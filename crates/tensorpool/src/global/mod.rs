@@ -100,6 +100,15 @@ impl Process {
         self.manager(&inside).map(f)
     }
 
+    /// The manager's statistics, with the frees this front refused in
+    /// `num_invalid_frees` (a free without a way to return an error: C's `free`,
+    /// `GlobalAlloc::dealloc`); `None` if the manager does not run.
+    fn stats(&self) -> Option<Stats> {
+        let mut stats = self.query(MemoryManager::stats)?;
+        stats.num_invalid_frees += self.fallbacks.refused_frees.load(Relaxed) as u64;
+        Some(stats)
+    }
+
     /// Counts an allocation of `size` bytes that the fallback allocator serves.
     #[inline]
     fn count_fallback(&self, size: usize) {
@@ -110,15 +119,43 @@ impl Process {
     #[cold]
     /// Counts and reports (the first few times) an allocation refused for lack of
     /// memory. A size no allocator could serve (`Vec::try_reserve(usize::MAX / 2)`,
-    /// which the caller handles) fails quietly and is not counted, as in glibc.
+    /// which the caller handles) fails quietly and is not counted, as in glibc; so
+    /// does a request the system refused that is larger than the machine's memory
+    /// (Python's `bytearray(2**44)`, which the program turns into a `MemoryError`:
+    /// a paragraph on standard error for each was a user hunt's finding).
     fn count_out_of_memory(&self, e: &Error) {
-        if matches!(e, Error::SizeTooLarge { .. }) {
-            return;
+        match e {
+            Error::SizeTooLarge { .. } => return,
+            Error::OutOfMemory(oom)
+                if oom.cause == crate::error::OomCause::UpstreamFailed
+                    && oom.requested > physical_memory() =>
+            {
+                return
+            }
+            _ => {}
         }
         if self.fallbacks.out_of_memory.fetch_add(1, Relaxed) < OOM_REPORTS {
             crate::util::stderr::report!("tensorpool: {e}");
         }
     }
+}
+
+/// Bytes of the machine's memory (`usize::MAX` where the system does not say).
+fn physical_memory() -> usize {
+    #[cfg(unix)]
+    {
+        // SAFETY: `sysconf` only reads configuration values.
+        let (pages, page) = unsafe {
+            (
+                libc::sysconf(libc::_SC_PHYS_PAGES),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        if pages > 0 && page > 0 {
+            return (pages as usize).saturating_mul(page as usize);
+        }
+    }
+    usize::MAX
 }
 
 /// The counts behind [`SystemFallbacks`].
@@ -234,12 +271,12 @@ impl GlobalManager {
 
     /// The manager's statistics.
     pub fn stats(&self) -> Option<Stats> {
-        self.query(MemoryManager::stats)
+        self.process.stats()
     }
 
     /// The manager's summary, for people.
     pub fn summary(&self) -> Option<String> {
-        self.query(MemoryManager::summary)
+        self.stats().map(|s| s.summary())
     }
 
     /// Every segment and block of the manager.

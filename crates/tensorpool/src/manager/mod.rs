@@ -122,7 +122,6 @@ use crate::tiers::slab::Engine;
 #[cfg(all(unix, not(miri)))]
 use crate::upstream::MmapUpstream;
 use crate::upstream::{HeapUpstream, MeteredUpstream, Upstream};
-use crate::util::address_map::AddressMap;
 use crate::util::clock::{Clock, MonotonicClock};
 use crate::util::sync::{CacheLine, RwLock};
 use arena_upstream::ArenaUpstream;
@@ -172,7 +171,7 @@ struct Inner {
     huge: HugeCache,
     metered: Arc<MeteredUpstream>,
     /// Regions of the best-fit and huge tiers, for frees the engine does not hold.
-    owners: Arc<RwLock<AddressMap<Owner>>>,
+    owners: Arc<RwLock<owners::Regions>>,
     counters: Counters,
     /// Debug mode's records of live blocks and overruns.
     debug: Option<Tracker>,
@@ -253,7 +252,7 @@ impl MemoryManager {
         config.validate()?;
         let classes = config.size_classes()?;
         let metered = Arc::new(MeteredUpstream::new(upstream, config.memory_limit));
-        let owners = Arc::new(RwLock::new(AddressMap::new()));
+        let owners = Arc::new(RwLock::new(owners::Regions::default()));
         let registrar = |owner| -> Arc<dyn Upstream> {
             Arc::new(Registrar {
                 upstream: metered.clone(),

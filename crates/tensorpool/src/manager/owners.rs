@@ -1,7 +1,16 @@
 //! Which locked tier owns a region: the owner map, the upstream adaptor that fills it
 //! as the tiers take regions, and the lookups that give the manager a tier's contract.
+//!
+//! The map also remembers the last [`RETIRED`] regions the tiers gave back to the
+//! system, so that a free of an address in one (a block freed twice, the second time
+//! after its memory went back) is refused as no live block (`NotLive`) rather than
+//! as memory the manager never held (`Foreign`): the C front hands a foreign address
+//! to glibc's `free`, which read the bytes before it as a chunk header and crashed
+//! (a user hunt: a double free after `malloc_trim(0)`, or after the release policy
+//! gave a huge block back).
 
 use super::Inner;
+use crate::error::PointerError;
 use crate::observe::stats::Tier;
 use crate::tiers::contract::BlockTier;
 use crate::upstream::{AddressSpace, MeteredUpstream, Upstream, UpstreamError};
@@ -18,15 +27,73 @@ pub(super) enum Owner {
     Huge,
 }
 
+/// Regions given back that the map remembers (a ring: the oldest is forgotten).
+pub(super) const RETIRED: usize = 64;
+
+/// The regions of the locked tiers, and the last ones they gave back.
+#[derive(Debug)]
+pub(super) struct Regions {
+    owners: AddressMap<Owner>,
+    /// `[start, end)` of regions given back, newest at `next - 1`; empty entries
+    /// are `(0, 0)`. Fixed-size: writing it allocates nothing (it is written with
+    /// the map, where the C front's frees must not reach the manager).
+    retired: [(usize, usize); RETIRED],
+    next: usize,
+}
+
+impl Default for Regions {
+    fn default() -> Self {
+        Regions {
+            owners: AddressMap::new(),
+            retired: [(0, 0); RETIRED],
+            next: 0,
+        }
+    }
+}
+
+impl Regions {
+    /// A region the tiers took: in use, not retired (an address range given back can
+    /// come back from the system).
+    fn take(&mut self, start: usize, len: usize, owner: Owner) {
+        self.owners.insert(start, len, owner);
+        self.unretire(start, len);
+    }
+
+    /// A region the tiers gave back to the system.
+    fn give_back(&mut self, start: usize, len: usize) {
+        self.owners.remove(start);
+        self.retired[self.next] = (start, start.saturating_add(len));
+        self.next = (self.next + 1) % RETIRED;
+    }
+
+    /// Forgets retired regions that overlap `[start, start + len)`: memory there is
+    /// someone else's now.
+    fn unretire(&mut self, start: usize, len: usize) {
+        let end = start.saturating_add(len);
+        for range in &mut self.retired {
+            if range.0 < end && start < range.1 {
+                *range = (0, 0);
+            }
+        }
+    }
+
+    /// Whether `addr` lies in a region given back (and not taken again since).
+    fn retired_at(&self, addr: usize) -> bool {
+        self.retired
+            .iter()
+            .any(|&(start, end)| start <= addr && addr < end)
+    }
+}
+
 /// The owner map, locked for writing by the calling thread, which is marked as
 /// writing it (`util::reentry::WritingRegions`) until the lock is let go.
 pub(super) struct RegionsWrite<'a> {
-    map: std::sync::RwLockWriteGuard<'a, AddressMap<Owner>>,
+    map: std::sync::RwLockWriteGuard<'a, Regions>,
     _writing: WritingRegions,
 }
 
 impl<'a> RegionsWrite<'a> {
-    pub(super) fn lock(owners: &'a RwLock<AddressMap<Owner>>) -> Self {
+    pub(super) fn lock(owners: &'a RwLock<Regions>) -> Self {
         let writing = WritingRegions::start();
         RegionsWrite {
             map: owners.write(),
@@ -34,7 +101,7 @@ impl<'a> RegionsWrite<'a> {
         }
     }
 
-    fn map(&mut self) -> &mut AddressMap<Owner> {
+    pub(super) fn map(&mut self) -> &mut Regions {
         &mut self.map
     }
 }
@@ -44,7 +111,7 @@ impl<'a> RegionsWrite<'a> {
 #[derive(Debug)]
 pub(super) struct Registrar {
     pub(super) upstream: Arc<MeteredUpstream>,
-    pub(super) owners: Arc<RwLock<AddressMap<Owner>>>,
+    pub(super) owners: Arc<RwLock<Regions>>,
     pub(super) owner: Owner,
 }
 
@@ -58,14 +125,14 @@ unsafe impl Upstream for Registrar {
         let ptr = self.upstream.allocate(size, align)?;
         RegionsWrite::lock(&self.owners)
             .map()
-            .insert(ptr.as_ptr().addr(), size, self.owner);
+            .take(ptr.as_ptr().addr(), size, self.owner);
         Ok(ptr)
     }
 
     unsafe fn deallocate(&self, ptr: NonNull<u8>, size: usize, align: usize) {
         RegionsWrite::lock(&self.owners)
             .map()
-            .remove(ptr.as_ptr().addr());
+            .give_back(ptr.as_ptr().addr(), size);
         // SAFETY: forwarded unchanged from our caller, who holds the same contract.
         unsafe { self.upstream.deallocate(ptr, size, align) }
     }
@@ -109,7 +176,7 @@ unsafe impl AddressSpace for Registrar {
         let ptr = space.reserve(size)?;
         RegionsWrite::lock(&self.owners)
             .map()
-            .insert(ptr.as_ptr().addr(), size, self.owner);
+            .take(ptr.as_ptr().addr(), size, self.owner);
         Ok(ptr)
     }
 
@@ -144,7 +211,7 @@ unsafe impl AddressSpace for Registrar {
     unsafe fn unreserve(&self, ptr: NonNull<u8>, size: usize) {
         RegionsWrite::lock(&self.owners)
             .map()
-            .remove(ptr.as_ptr().addr());
+            .give_back(ptr.as_ptr().addr(), size);
         let space = self
             .upstream
             .address_space()
@@ -167,7 +234,34 @@ impl Inner {
     /// The locked tier whose region holds `addr`, from the owners map (the engine's
     /// blocks are not in it: its page map finds them).
     pub(super) fn owner_at(&self, addr: usize) -> Option<Owner> {
-        self.owners.read().find(addr).map(|(_, _, &owner)| owner)
+        self.owners
+            .read()
+            .owners
+            .find(addr)
+            .map(|(_, _, &owner)| owner)
+    }
+
+    /// Forgets the regions given back that `[addr, addr + len)` overlaps: memory
+    /// another allocator handed out there is not this manager's to refuse.
+    pub(super) fn forget_given_back(&self, addr: usize, len: usize) {
+        let end = addr.saturating_add(len.max(1));
+        let overlaps = |r: &Regions| r.retired.iter().any(|&(s, e)| s < end && addr < e);
+        if overlaps(&self.owners.read()) {
+            RegionsWrite::lock(&self.owners)
+                .map()
+                .unretire(addr, len.max(1));
+        }
+    }
+
+    /// Why an address in no region of the manager is refused: `NotLive` if it lies in
+    /// one the manager gave back to the system lately (see the module docs),
+    /// `Foreign` otherwise.
+    #[cold]
+    pub(super) fn outside(&self, addr: usize) -> PointerError {
+        match self.owners.read().retired_at(addr) {
+            true => PointerError::NotLive,
+            false => PointerError::Foreign,
+        }
     }
 
     /// The tier an owner names: the manager speaks to it through the contract alone.
@@ -181,5 +275,32 @@ impl Inner {
     /// Every locked tier, for what the manager asks of them all.
     pub(super) fn locked_tiers(&self) -> [&dyn BlockTier; 2] {
         [&self.engine.large, &self.huge]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_regions_given_back_are_remembered_until_taken_again() {
+        let mut r = Regions::default();
+        r.take(0x10_000, 0x1000, Owner::Huge);
+        assert!(!r.retired_at(0x10_000));
+        r.give_back(0x10_000, 0x1000);
+        assert!(r.owners.find(0x10_000).is_none());
+        assert!(r.retired_at(0x10_000) && r.retired_at(0x10_fff));
+        assert!(!r.retired_at(0x11_000) && !r.retired_at(0xf_fff));
+        // Taken again (the system gave the range back), even in part: not retired.
+        r.take(0x10_800, 0x1000, Owner::Large);
+        assert!(!r.retired_at(0x10_000));
+        // A ring: the oldest of more than RETIRED is forgotten.
+        for i in 0..=RETIRED {
+            r.give_back(0x100_000 * (i + 1), 0x1000);
+        }
+        assert!(!r.retired_at(0x100_000));
+        assert!((2..=RETIRED + 1).all(|i| r.retired_at(0x100_000 * i)));
+        r.unretire(0x200_000, 1);
+        assert!(!r.retired_at(0x200_000));
     }
 }

@@ -97,7 +97,7 @@ impl Inner {
             return found.map_err(invalid);
         }
         match self.owner_at(addr) {
-            None => Err(invalid(PointerError::Foreign)),
+            None => Err(invalid(self.outside(addr))),
             Some(owner) => match self.locked_tier(owner).sizes(addr, true) {
                 Ok(sizes) => Ok(sizes.requested),
                 Err(e) => Err(self.refusal(e)),
@@ -154,7 +154,7 @@ impl Inner {
             return done.map_err(invalid);
         }
         let Some(owner) = self.owner_at(addr) else {
-            return Err(invalid(PointerError::Foreign));
+            return Err(invalid(self.outside(addr)));
         };
         let freed = self
             .locked_tier(owner)

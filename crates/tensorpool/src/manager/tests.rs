@@ -78,6 +78,52 @@ fn a_heaps_running_count_of_slot_bytes_follows_its_classes() {
 }
 
 #[test]
+fn a_second_free_after_the_memory_went_back_is_refused_as_not_live() {
+    // A block freed, its memory given back to the system (trim), then freed again:
+    // refused as no live block, not as memory the manager never held (the C front
+    // hands those to glibc's free, which crashed on them: a user hunt).
+    let mm = manager(Config::builder());
+    for size in [64, 100_000, 3 << 20, 40 << 20] {
+        let p = mm.allocate_raw(size, 16).unwrap();
+        mm.free_raw(p.as_ptr()).unwrap();
+        mm.trim();
+        let again = mm.free_raw(p.as_ptr()).unwrap_err();
+        assert!(
+            matches!(
+                again,
+                Error::InvalidPointer {
+                    reason: PointerError::NotLive,
+                    ..
+                }
+            ),
+            "{size}: {again}"
+        );
+        assert!(mm.raw_size(p.as_ptr()).is_err());
+    }
+    // An address the manager never held is still foreign.
+    let outside = Box::new(0u64);
+    let reason = |e| match e {
+        Error::InvalidPointer { reason, .. } => reason,
+        e => panic!("{e}"),
+    };
+    let addr = &*outside as *const u64 as *mut u8;
+    assert_eq!(
+        reason(mm.free_raw(addr).unwrap_err()),
+        PointerError::Foreign
+    );
+    // Memory another allocator hands out where the manager gave some back is not
+    // the manager's to refuse.
+    let p = mm.allocate_raw(40 << 20, 16).unwrap();
+    mm.free_raw(p.as_ptr()).unwrap();
+    mm.trim();
+    mm.forget_given_back(p.as_ptr(), 4096);
+    assert_eq!(
+        reason(mm.free_raw(p.as_ptr()).unwrap_err()),
+        PointerError::Foreign
+    );
+}
+
+#[test]
 fn routes_by_size() {
     let mm = manager(heap_config().small_threshold(4096).huge_threshold(8 << 20));
     let small = mm.allocate_raw(100, 8).unwrap();

@@ -421,7 +421,9 @@ pub struct Stats {
     /// Frees refused after they returned: frees from a thread other than the
     /// block's owner that raced with the owner (the block was freed twice, or freed
     /// and handed out again), refused when the owner collected them. (A free refused
-    /// with an error changes nothing, not even this count.)
+    /// with an error changes nothing, not even this count.) The process allocators,
+    /// whose frees cannot return an error (C's `free`, `GlobalAlloc::dealloc`), add
+    /// the frees they refused to their statistics' count.
     pub num_invalid_frees: u64,
     /// Regions taken from upstream.
     pub num_upstream_allocs: u64,

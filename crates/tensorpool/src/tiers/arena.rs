@@ -60,6 +60,11 @@
 //! An `Arena` is `Send` but not `Sync`: the bump pointer is a plain `Cell`, which is
 //! what makes allocation take about a nanosecond. Use one arena per thread (the
 //! manager hands out as many as needed).
+//!
+//! As in bumpalo, values moved into an arena are never dropped: a reset, rewind or
+//! scope end releases their memory without running their destructors. Put plain
+//! data in it (numbers, tensors' elements); a value that owns other memory (a
+//! `String`, a `Vec` of the global allocator) leaks what it owns.
 
 use crate::error::{Error, OomCause, OutOfMemory, Result};
 use crate::limits::{round_up, validate, MAX_ALIGN};
@@ -153,6 +158,9 @@ pub struct Checkpoint {
     arena: u64,
     generation: u64,
     chunk: usize,
+    /// The chunk's first byte (0 before the first chunk): a trim gives chunks after
+    /// the position back, and a later chunk at the same index is another one.
+    start: usize,
     used: usize,
     /// Live allocations recorded by debug mode (0 outside it).
     records: usize,
@@ -171,7 +179,10 @@ pub struct ArenaBuilder {
 /// Statistics of an arena.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct ArenaStats {
-    /// Bytes in use since the last reset or rewind, alignment padding included.
+    /// Bytes in use since the last reset or rewind, alignment padding included, and
+    /// the unused ends of the chunks before the current one (a block that did not
+    /// fit in a chunk's end went to the next chunk: the end holds nothing until a
+    /// reset or rewind).
     pub allocated_bytes: usize,
     /// The most `allocated_bytes` seen.
     pub peak_allocated_bytes: usize,
@@ -236,12 +247,22 @@ impl ArenaBuilder {
                 self.first_chunk, self.max_chunk
             )));
         }
+        if self.first_chunk > crate::MAX_ALLOCATION_SIZE {
+            return Err(Error::InvalidConfig(format!(
+                "an arena's first chunk ({} bytes) is beyond the largest allocation ({} bytes)",
+                self.first_chunk,
+                crate::MAX_ALLOCATION_SIZE
+            )));
+        }
         if let Some(cap) = self.capacity {
             validate(cap, 1).map_err(|e| {
                 Error::InvalidConfig(format!("an arena's capacity is not a valid size: {e}"))
             })?;
         }
         let page = page_size();
+        // A largest chunk beyond any allocation (`usize::MAX`: no limit) is the
+        // largest allocation (rounded to pages, it overflowed: a user hunt).
+        let max_chunk = self.max_chunk.min(crate::MAX_ALLOCATION_SIZE);
         Ok(Arena {
             cur: Cell::new(std::ptr::null_mut()),
             low: Cell::new(usize::MAX),
@@ -252,7 +273,7 @@ impl ArenaBuilder {
             chunks: RefCell::new(Vec::new()),
             slow: RefCell::new(Usage::default()),
             first_chunk: self.capacity.unwrap_or(round_up(self.first_chunk, page)),
-            max_chunk: round_up(self.max_chunk, page),
+            max_chunk: round_up(max_chunk, page),
             capacity: self.capacity,
             id: NEXT_ARENA_ID.fetch_add(1, Ordering::Relaxed),
             generation: Cell::new(0),
@@ -385,13 +406,22 @@ impl Arena {
         // of `size` bytes holds the request at any alignment up to a page (rounding
         // down from `end - size` stays at or above the aligned start), and at a
         // larger one with `align - page` bytes more.
-        let needed = size + align.saturating_sub(page_size());
-        if needed > crate::MAX_ALLOCATION_SIZE {
+        let slack = align.saturating_sub(page_size());
+        if slack > crate::MAX_ALLOCATION_SIZE {
             // An alignment that alone asks for more than any allocation may be (it
             // read as running out of memory, with advice about fragmentation).
             return Err(Error::AlignmentTooLarge {
                 align,
                 max: crate::MAX_ALLOCATION_SIZE,
+            });
+        }
+        let needed = size + slack;
+        if needed > crate::MAX_ALLOCATION_SIZE {
+            // The size, with the room the alignment needs: too large at this
+            // alignment (it was said of the alignment, against the size limit).
+            return Err(Error::SizeTooLarge {
+                size,
+                max: crate::MAX_ALLOCATION_SIZE - slack,
             });
         }
         self.note_peak();
@@ -431,19 +461,22 @@ impl Arena {
             .clamp(self.first_chunk, self.max_chunk.max(self.first_chunk))
             .max(round_up(needed, page));
         let mut usage = self.slow.borrow_mut();
+        // For a report: the current chunk's free bytes, and chunks retained after it.
+        let largest = || {
+            let here = self.cur.get().addr().saturating_sub(self.low.get());
+            chunks
+                .get(self.current.get() + 1..)
+                .into_iter()
+                .flatten()
+                .map(Region::len)
+                .fold(here, usize::max)
+        };
         if let Some(cap) = self.capacity {
             bytes = bytes.min(cap.saturating_sub(reserved));
             if bytes < needed {
                 usage.num_ooms += 1;
                 usage.allocated_bytes = used;
-                // The current chunk's free bytes, and chunks retained after it.
-                let here = self.cur.get().addr().saturating_sub(self.low.get());
-                let largest = chunks
-                    .get(self.current.get() + 1..)
-                    .into_iter()
-                    .flatten()
-                    .map(Region::len)
-                    .fold(here, usize::max);
+                let largest = largest();
                 let report = OutOfMemory::new(
                     size,
                     align,
@@ -463,8 +496,15 @@ impl Arena {
             Err(refusal) => {
                 usage.num_ooms += 1;
                 usage.allocated_bytes = used;
-                let mut report =
-                    OutOfMemory::from_upstream(size, align, Tier::Arena, refusal, &usage, 0);
+                // (It said 0 with room left in the current chunk: a user hunt.)
+                let mut report = OutOfMemory::from_upstream(
+                    size,
+                    align,
+                    Tier::Arena,
+                    refusal,
+                    &usage,
+                    largest(),
+                );
                 self.upstream.complete_report(&mut report);
                 Err(report.into_error())
             }
@@ -511,19 +551,28 @@ impl Arena {
     /// The current position, to rewind to later.
     pub fn checkpoint(&self) -> Checkpoint {
         let (chunk, used) = self.position();
+        // The arena's start is one place, whichever chunk comes first.
+        let start = match (chunk, used) {
+            (0, 0) => 0,
+            _ => self.chunks.borrow().get(chunk).map_or(0, Region::start),
+        };
         Checkpoint {
             arena: self.id,
             generation: self.generation.get(),
             chunk,
+            start,
             used,
             records: self.debug.as_ref().map_or(0, |d| d.live.borrow().len()),
         }
     }
 
-    /// Releases everything allocated after `checkpoint`.
+    /// Releases everything allocated after `checkpoint`. A checkpoint ahead of the
+    /// current position (the blocks after it were given back already: a rewind to
+    /// an earlier checkpoint, or a deallocation of the last block) has nothing to
+    /// release.
     ///
     /// Fails, changing nothing, for a checkpoint of another arena, one taken before
-    /// the last reset, or one ahead of the current position.
+    /// the last reset, or one in a chunk a [`trim`](Self::trim) has given back since.
     pub fn rewind(&mut self, checkpoint: Checkpoint) -> Result<()> {
         if checkpoint.arena != self.id {
             return Err(Error::InvalidCheckpoint("it belongs to another arena"));
@@ -533,10 +582,23 @@ impl Arena {
                 "it was taken before the last reset",
             ));
         }
-        if (checkpoint.chunk, checkpoint.used) > self.position() {
+        let chunk_matches = match self.chunks.borrow().get(checkpoint.chunk) {
+            // The arena's start.
+            _ if (checkpoint.chunk, checkpoint.used) == (0, 0) => true,
+            Some(chunk) => chunk.start() == checkpoint.start && checkpoint.used <= chunk.len(),
+            None => false,
+        };
+        if !chunk_matches {
+            // (A stale checkpoint set the position below its chunk's start: a user
+            // hunt.)
             return Err(Error::InvalidCheckpoint(
-                "it is ahead of the arena (a rewind already released it)",
+                "its chunk was given back by a trim since",
             ));
+        }
+        if (checkpoint.chunk, checkpoint.used) > self.position() {
+            // (It was refused as "ahead of the arena" after a `Vec` in the arena was
+            // dropped: a user hunt.)
+            return Ok(());
         }
         self.rewind_to(checkpoint);
         Ok(())
@@ -1021,14 +1083,107 @@ mod tests {
         assert!(arena.stats().allocated_bytes < before);
         let later = arena.checkpoint();
         arena.rewind(early).unwrap();
-        assert!(
-            matches!(arena.rewind(later), Err(Error::InvalidCheckpoint(m)) if m.contains("ahead"))
-        );
+        // Ahead of the position: nothing allocated after it is left to release.
+        let at = arena.stats().allocated_bytes;
+        arena.rewind(later).unwrap();
+        assert_eq!(arena.stats().allocated_bytes, at);
         arena.reset();
         assert!(
             matches!(arena.rewind(early), Err(Error::InvalidCheckpoint(m)) if m.contains("reset"))
         );
         other.reset();
+    }
+
+    #[test]
+    fn a_checkpoint_after_the_last_block_was_given_back_rewinds_to_nothing() {
+        // A `Vec` in the arena, dropped after a checkpoint: its deallocation gives
+        // the last block back, and the checkpoint, ahead of the position now, was
+        // refused as "already released by a rewind" (a user hunt).
+        let mut arena = heap_arena().build().unwrap();
+        let v: allocator_api2::vec::Vec<u8, &Arena> =
+            allocator_api2::vec::Vec::with_capacity_in(1000, &arena);
+        let cp = arena.checkpoint();
+        drop(v);
+        arena.rewind(cp).unwrap();
+        // Blocks after a checkpoint behind the position are released as always;
+        // the one ahead still has nothing to release.
+        arena.alloc_slice_fill(10, 0u8).unwrap();
+        let cp2 = arena.checkpoint();
+        let at = arena.stats().allocated_bytes;
+        arena.alloc_slice_fill(500, 0u8).unwrap();
+        arena.rewind(cp2).unwrap();
+        assert_eq!(arena.stats().allocated_bytes, at);
+        arena.rewind(cp).unwrap();
+        assert_eq!(arena.stats().allocated_bytes, at);
+    }
+
+    #[test]
+    fn a_checkpoint_in_a_chunk_a_trim_gave_back_is_refused() {
+        // A stale checkpoint into a chunk given back by a trim, and a new chunk at
+        // its index, set the position below the new chunk's start (allocated bytes
+        // beyond reserved ones: a user hunt).
+        let mut arena = heap_arena()
+            .first_chunk_size(4096)
+            .max_chunk_size(1 << 20)
+            .build()
+            .unwrap();
+        arena.alloc_slice_fill(3000, 0u8).unwrap();
+        let start = arena.checkpoint();
+        arena.alloc_slice_fill(60_000, 0u8).unwrap();
+        let deep = arena.checkpoint();
+        arena.rewind(start).unwrap();
+        assert!(arena.trim() > 0);
+        arena.alloc_slice_fill(2000, 0u8).unwrap();
+        arena.alloc_slice_fill(3000, 0u8).unwrap();
+        let e = arena.rewind(deep).unwrap_err();
+        assert!(e.to_string().contains("trim"), "{e}");
+        let s = arena.stats();
+        assert!(s.allocated_bytes <= s.reserved_bytes, "{s:?}");
+    }
+
+    #[test]
+    fn a_refused_chunk_reports_the_room_left_in_the_current_one() {
+        // The upstream's refusal reported a largest free block of 0 with room left
+        // in the current chunk (a user hunt).
+        let limited = crate::upstream::MeteredUpstream::new(Arc::new(HeapUpstream), Some(8192));
+        let arena = Arena::builder()
+            .upstream(Arc::new(limited))
+            .first_chunk_size(4096)
+            .build()
+            .unwrap();
+        arena.alloc_slice_fill(1000, 0u8).unwrap();
+        let Error::OutOfMemory(report) = arena.allocate(100_000, 8).unwrap_err() else {
+            panic!("not an out-of-memory report");
+        };
+        assert!(
+            (3000..=3096).contains(&report.largest_free_block),
+            "{}",
+            report.largest_free_block
+        );
+    }
+
+    #[test]
+    fn chunk_sizes_beyond_any_allocation_are_refused_or_mean_no_limit() {
+        // `max_chunk_size(usize::MAX)` overflowed when rounded to pages (a panic in
+        // debug builds; chunks that never grew in release builds: a user hunt).
+        let arena = heap_arena().max_chunk_size(usize::MAX).build().unwrap();
+        for _ in 0..8 {
+            arena.alloc_slice_fill(60_000, 0u8).unwrap();
+        }
+        assert!(arena.stats().reserved_bytes < 8 * 64 * 4096);
+        let e = heap_arena()
+            .first_chunk_size(usize::MAX - 4000)
+            .max_chunk_size(usize::MAX - 4000)
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("first chunk"), "{e}");
+        // A size too large at its alignment is said of the size.
+        let e = heap_arena()
+            .build()
+            .unwrap()
+            .allocate(crate::MAX_ALLOCATION_SIZE, 8192)
+            .unwrap_err();
+        assert!(matches!(e, Error::SizeTooLarge { .. }), "{e}");
     }
 
     #[test]
