@@ -71,17 +71,20 @@ mod glibc {
     /// library's, jemalloc's under `tensorpool run` with jemalloc already in
     /// `LD_PRELOAD`, which crashed on glibc's blocks: a user hunt.)
     pub unsafe extern "C" fn usable_size(ptr: *mut c_void) -> usize {
+        /// Not looked up yet (null), not found (this), or the function.
+        const MISSING: *mut c_void = std::ptr::without_provenance_mut(1);
         static FOUND: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut());
         let mut f = FOUND.load(Relaxed);
         if f.is_null() {
-            f = find_usable_size();
-            if f.is_null() {
-                return 0;
-            }
+            f = find_usable_size().unwrap_or(MISSING);
             FOUND.store(f, Relaxed);
         }
-        // SAFETY: `f` is glibc's `malloc_usable_size`, of this signature, and `ptr` a
-        // live block of glibc's (the caller's contract).
+        if f == MISSING {
+            return 0;
+        }
+        // SAFETY: `f` is the `malloc_usable_size` of the allocator behind this
+        // library's `__libc_*` names, of this signature, and `ptr` a live block of
+        // that allocator's (the caller's contract).
         unsafe {
             let f: unsafe extern "C" fn(*mut c_void) -> usize = std::mem::transmute(f);
             f(ptr)
@@ -89,8 +92,10 @@ mod glibc {
     }
 
     /// `malloc_usable_size` in the object that defines the `__libc_malloc` this
-    /// library is bound to; null if it cannot be found.
-    fn find_usable_size() -> *mut c_void {
+    /// library is bound to; `None` if it cannot be found, or if what is found is
+    /// this library's own (a program that defines `__libc_malloc` itself: the
+    /// lookup would find ours through the program's dependencies, and recurse).
+    fn find_usable_size() -> Option<*mut c_void> {
         const NAME: &CStr = c"malloc_usable_size";
         // SAFETY: `dladdr` fills `info` for an address of a loaded object (a function
         // this library is bound to); `dlopen` with RTLD_NOLOAD only takes a
@@ -101,13 +106,15 @@ mod glibc {
             let mut info: libc::Dl_info = std::mem::zeroed();
             let malloc = __libc_malloc as unsafe extern "C" fn(usize) -> *mut c_void;
             if libc::dladdr(malloc as *const c_void, &mut info) == 0 || info.dli_fname.is_null() {
-                return std::ptr::null_mut();
+                return None;
             }
             let object = libc::dlopen(info.dli_fname, libc::RTLD_LAZY | libc::RTLD_NOLOAD);
             if object.is_null() {
-                return std::ptr::null_mut();
+                return None;
             }
-            libc::dlsym(object, NAME.as_ptr())
+            let found = libc::dlsym(object, NAME.as_ptr());
+            let ours = crate::exports::malloc_usable_size as *const c_void;
+            (!found.is_null() && found.cast_const() != ours).then_some(found)
         }
     }
 }

@@ -66,7 +66,8 @@ pub enum Error {
         /// What the address turned out to be.
         reason: PointerError,
     },
-    /// An arena checkpoint that does not belong to this arena or lies ahead of it.
+    /// An arena checkpoint of another arena, from before its last reset, or whose
+    /// chunk is no longer where it was.
     #[error("invalid checkpoint: {0}")]
     InvalidCheckpoint(&'static str),
     /// A shape that does not match the data or the tensor.

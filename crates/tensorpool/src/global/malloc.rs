@@ -329,9 +329,6 @@ impl Malloc {
             // SAFETY: the foreign allocator's `memalign` with a power of two.
             _ => unsafe { self.foreign_alloc(size, || (self.foreign.memalign)(align, size)) },
         };
-        if inside.is_some() && align > MAX_ALIGN {
-            self.foreign_served(ptr, size);
-        }
         if let Some(inside) = inside.filter(|_| self.recording()) {
             self.record(&inside, None, ptr, size);
         }
@@ -375,16 +372,6 @@ impl Malloc {
     ) -> *mut c_void {
         self.process.count_fallback(size);
         alloc()
-    }
-
-    /// A block the foreign allocator served to the program (from outside the
-    /// allocator): where the manager gave memory back lately, the address is not a
-    /// block freed twice any more (see `MemoryManager::forget_given_back`).
-    #[cold]
-    fn foreign_served(&self, ptr: *mut c_void, size: usize) {
-        if let (false, Some(mm)) = (ptr.is_null(), self.process.running()) {
-            mm.forget_given_back(ptr.cast(), size);
-        }
     }
 
     #[cold]
@@ -676,9 +663,7 @@ impl Malloc {
                 ..
             }) => {
                 // SAFETY: not in the manager's memory, so the foreign allocator's.
-                let new = unsafe { (self.foreign.realloc)(ptr, size) };
-                self.foreign_served(new, size);
-                new
+                unsafe { (self.foreign.realloc)(ptr, size) }
             }
             Err(e @ Error::InvalidPointer { .. }) => {
                 self.refused(ptr, e);

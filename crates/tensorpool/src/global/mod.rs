@@ -199,7 +199,9 @@ pub struct SystemFallbacks {
     /// Frees the manager refused (a double free, an address inside one of its
     /// blocks): nothing was changed.
     pub refused_frees: usize,
-    /// Allocations that failed for lack of memory.
+    /// Allocations that failed for lack of memory (not counted: sizes no allocator
+    /// serves, and requests larger than the machine's memory that the system
+    /// refused, which fail quietly as in glibc).
     pub out_of_memory: usize,
 }
 

@@ -45,15 +45,6 @@ impl MemoryManager {
         self.inner.owner_at(ptr.as_ptr().addr()).is_some()
     }
 
-    /// Forgets the regions this manager gave back to the system that `[ptr, ptr +
-    /// len)` overlaps (it remembers the last few, to refuse a second free of a block
-    /// in one as `NotLive`): another allocator handed out memory there, whose frees
-    /// are not this manager's to refuse. The C front calls it for the blocks glibc
-    /// serves it.
-    pub(crate) fn forget_given_back(&self, ptr: *const u8, len: usize) {
-        self.inner.forget_given_back(ptr.addr(), len);
-    }
-
     /// Frees the typed block at `ptr`, allocated with `layout`, if the manager holds
     /// its address: `Ok(false)` (nothing done) when it does not, an error when the
     /// manager refuses the free (nothing changes then).

@@ -2,12 +2,14 @@
 //! as the tiers take regions, and the lookups that give the manager a tier's contract.
 //!
 //! The map also remembers the last [`RETIRED`] regions the tiers gave back to the
-//! system, so that a free of an address in one (a block freed twice, the second time
-//! after its memory went back) is refused as no live block (`NotLive`) rather than
-//! as memory the manager never held (`Foreign`): the C front hands a foreign address
-//! to glibc's `free`, which read the bytes before it as a chunk header and crashed
-//! (a user hunt: a double free after `malloc_trim(0)`, or after the release policy
-//! gave a huge block back).
+//! system, so that a free of an address in one that nothing maps any more (a block
+//! freed twice, the second time after its memory went back) is refused as no live
+//! block (`NotLive`) rather than as memory the manager never held (`Foreign`): the C
+//! front hands a foreign address to glibc's `free`, which read the bytes before it
+//! as a chunk header and crashed (a user hunt: a double free after `malloc_trim(0)`,
+//! or after the release policy gave a huge block back). An address there that is
+//! mapped again is someone else's (glibc's, another manager's): `Foreign`, as
+//! before, so that its allocator frees it.
 
 use super::Inner;
 use crate::error::PointerError;
@@ -241,26 +243,18 @@ impl Inner {
             .map(|(_, _, &owner)| owner)
     }
 
-    /// Forgets the regions given back that `[addr, addr + len)` overlaps: memory
-    /// another allocator handed out there is not this manager's to refuse.
-    pub(super) fn forget_given_back(&self, addr: usize, len: usize) {
-        let end = addr.saturating_add(len.max(1));
-        let overlaps = |r: &Regions| r.retired.iter().any(|&(s, e)| s < end && addr < e);
-        if overlaps(&self.owners.read()) {
-            RegionsWrite::lock(&self.owners)
-                .map()
-                .unretire(addr, len.max(1));
-        }
-    }
-
-    /// Why an address in no region of the manager is refused: `NotLive` if it lies in
-    /// one the manager gave back to the system lately (see the module docs),
-    /// `Foreign` otherwise.
-    #[cold]
-    pub(super) fn outside(&self, addr: usize) -> PointerError {
-        match self.owners.read().retired_at(addr) {
-            true => PointerError::NotLive,
-            false => PointerError::Foreign,
+    /// The locked tier whose region holds `addr`; else why a free of it is refused:
+    /// `NotLive` if it lies in a region the manager gave back to the system lately
+    /// that nothing maps now (see the module docs), `Foreign` otherwise. One look at
+    /// the map: a region taken between two looks could not make a refusal wrong.
+    pub(super) fn owner_or_refusal(&self, addr: usize) -> Result<Owner, PointerError> {
+        let regions = self.owners.read();
+        match regions.owners.find(addr) {
+            Some((_, _, &owner)) => Ok(owner),
+            None if regions.retired_at(addr) && !crate::upstream::mapped(addr) => {
+                Err(PointerError::NotLive)
+            }
+            None => Err(PointerError::Foreign),
         }
     }
 

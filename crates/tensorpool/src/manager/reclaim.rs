@@ -96,9 +96,9 @@ impl Inner {
         if let Some(found) = self.engine.raw_size(addr) {
             return found.map_err(invalid);
         }
-        match self.owner_at(addr) {
-            None => Err(invalid(self.outside(addr))),
-            Some(owner) => match self.locked_tier(owner).sizes(addr, true) {
+        match self.owner_or_refusal(addr) {
+            Err(reason) => Err(invalid(reason)),
+            Ok(owner) => match self.locked_tier(owner).sizes(addr, true) {
                 Ok(sizes) => Ok(sizes.requested),
                 Err(e) => Err(self.refusal(e)),
             },
@@ -153,9 +153,7 @@ impl Inner {
         if let Some(done) = self.engine.release(addr, raw, size, class) {
             return done.map_err(invalid);
         }
-        let Some(owner) = self.owner_at(addr) else {
-            return Err(invalid(self.outside(addr)));
-        };
+        let owner = self.owner_or_refusal(addr).map_err(invalid)?;
         let freed = self
             .locked_tier(owner)
             .release(addr, raw)

@@ -28,56 +28,66 @@ fn a_heaps_running_count_of_slot_bytes_follows_its_classes() {
         running
     };
     let layout = |size| Layout::from_size_align(size, 8).unwrap();
-    // Addresses, to hand them to another thread.
-    let typed: Vec<(usize, Layout)> = [24, 100, 1000, 3000, 20_000, 100_000]
+    /// A block's pointer, handed to another thread for its free.
+    #[derive(Clone, Copy)]
+    struct Held(NonNull<u8>);
+    // SAFETY: the test frees each block once, on one thread.
+    unsafe impl Send for Held {}
+    // SAFETY: as above; the pointer is only read.
+    unsafe impl Sync for Held {}
+    let typed: Vec<(Held, Layout)> = [24, 100, 1000, 3000, 20_000, 100_000]
         .iter()
-        .flat_map(|&size| (0..70).map(move |_| size))
+        .flat_map(|&size| (0..if cfg!(miri) { 8 } else { 70 }).map(move |_| size))
         .map(|size| {
-            let p = mm.allocate(layout(size)).unwrap();
-            (p.cast::<u8>().as_ptr().addr(), layout(size))
+            (
+                Held(mm.allocate(layout(size)).unwrap().cast()),
+                layout(size),
+            )
         })
         .collect();
-    let free = |a: usize, l| {
+    let free = |h: Held, l| {
         // SAFETY: a block allocated above with `l`, freed once.
-        unsafe { mm.deallocate(NonNull::new(a as *mut u8).unwrap(), l) };
+        unsafe { mm.deallocate(h.0, l) };
     };
-    let raw: Vec<usize> = (1..300)
-        .map(|i| mm.allocate_raw(i * 37, 16).unwrap().as_ptr().addr())
+    let raw: Vec<Held> = (1..if cfg!(miri) { 60 } else { 300 })
+        .map(|i| Held(mm.allocate_raw(i * 37, 16).unwrap()))
         .collect();
     assert!(agree("allocated") > 0);
-    for &(a, l) in typed.iter().step_by(3) {
-        free(a, l);
+    for &(h, l) in typed.iter().step_by(3) {
+        free(h, l);
     }
     agree("typed frees here");
     std::thread::scope(|s| {
         s.spawn(|| {
-            for &a in raw.iter().step_by(2) {
-                mm.free_raw(a as *mut u8).unwrap();
+            for h in raw.iter().step_by(2) {
+                mm.free_raw(h.0.as_ptr()).unwrap();
             }
-            for &(a, l) in typed.iter().skip(1).step_by(3) {
-                free(a, l);
+            for &(h, l) in typed.iter().skip(1).step_by(3) {
+                free(h, l);
             }
         });
     });
     mm.trim(); // collects the posts
     agree("posted frees collected");
-    for (k, &a) in raw.iter().enumerate().skip(1).step_by(2).take(20) {
+    for (k, h) in raw.iter().enumerate().skip(1).step_by(2).take(20) {
         let size = (k + 1) * 37;
         // SAFETY: a live raw block of this manager, not used elsewhere.
-        let p = unsafe { mm.reallocate_raw(a as *mut u8, size - 1, 16) }.unwrap();
-        assert_eq!(p.as_ptr().addr(), a, "shrunk in place");
+        let p = unsafe { mm.reallocate_raw(h.0.as_ptr(), size - 1, 16) }.unwrap();
+        assert_eq!(p, h.0, "shrunk in place");
     }
     agree("resized");
-    for &a in raw.iter().skip(1).step_by(2) {
-        mm.free_raw(a as *mut u8).unwrap();
+    for h in raw.iter().skip(1).step_by(2) {
+        mm.free_raw(h.0.as_ptr()).unwrap();
     }
-    for &(a, l) in typed.iter().skip(2).step_by(3) {
-        free(a, l);
+    for &(h, l) in typed.iter().skip(2).step_by(3) {
+        free(h, l);
     }
     assert_eq!(agree("all freed"), 0);
 }
 
 #[test]
+#[cfg(unix)]
+#[cfg_attr(miri, ignore = "blocks of 40 MiB; Miri does not model mmap")]
 fn a_second_free_after_the_memory_went_back_is_refused_as_not_live() {
     // A block freed, its memory given back to the system (trim), then freed again:
     // refused as no live block, not as memory the manager never held (the C front
@@ -111,16 +121,37 @@ fn a_second_free_after_the_memory_went_back_is_refused_as_not_live() {
         reason(mm.free_raw(addr).unwrap_err()),
         PointerError::Foreign
     );
-    // Memory another allocator hands out where the manager gave some back is not
-    // the manager's to refuse.
+    // Memory mapped again where the manager gave some back is someone else's (glibc's
+    // block, another manager's): foreign, for its allocator to free.
     let p = mm.allocate_raw(40 << 20, 16).unwrap();
     mm.free_raw(p.as_ptr()).unwrap();
     mm.trim();
-    mm.forget_given_back(p.as_ptr(), 4096);
     assert_eq!(
         reason(mm.free_raw(p.as_ptr()).unwrap_err()),
-        PointerError::Foreign
+        PointerError::NotLive
     );
+    let page = crate::upstream::page_size();
+    let at = p.as_ptr().addr() & !(page - 1);
+    // SAFETY: a fresh anonymous mapping at an address nothing maps (the manager gave
+    // it back), refused rather than placed over another mapping.
+    let mapped = unsafe {
+        libc::mmap(
+            std::ptr::without_provenance_mut(at),
+            page,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    if mapped.addr() == at {
+        assert_eq!(
+            reason(mm.free_raw(p.as_ptr()).unwrap_err()),
+            PointerError::Foreign
+        );
+        // SAFETY: the mapping made above, unused.
+        unsafe { libc::munmap(mapped, page) };
+    }
 }
 
 #[test]

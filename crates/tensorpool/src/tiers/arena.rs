@@ -61,6 +61,11 @@
 //! what makes allocation take about a nanosecond. Use one arena per thread (the
 //! manager hands out as many as needed).
 //!
+//! `&Arena` and `&Scope` are allocator-api2 `Allocator`s, so collections grow in them
+//! (`Vec<T, &Scope>`; giving back the last block makes a growing `Vec` reuse it); a
+//! collection of a scope cannot be used across a nested scope, which needs the
+//! scope mutably.
+//!
 //! As in bumpalo, values moved into an arena are never dropped: a reset, rewind or
 //! scope end releases their memory without running their destructors. Put plain
 //! data in it (numbers, tensors' elements); a value that owns other memory (a
@@ -572,7 +577,9 @@ impl Arena {
     /// release.
     ///
     /// Fails, changing nothing, for a checkpoint of another arena, one taken before
-    /// the last reset, or one in a chunk a [`trim`](Self::trim) has given back since.
+    /// the last reset, or one whose chunk is no longer where it was (a
+    /// [`trim`](Self::trim) gave it back, or a new chunk was placed before it: the
+    /// checkpoint is ahead of the position then, with nothing to release).
     pub fn rewind(&mut self, checkpoint: Checkpoint) -> Result<()> {
         if checkpoint.arena != self.id {
             return Err(Error::InvalidCheckpoint("it belongs to another arena"));
@@ -592,7 +599,8 @@ impl Arena {
             // (A stale checkpoint set the position below its chunk's start: a user
             // hunt.)
             return Err(Error::InvalidCheckpoint(
-                "its chunk was given back by a trim since",
+                "its chunk is no longer where it was (a trim gave it back, or a new chunk \
+                 was placed before it)",
             ));
         }
         if (checkpoint.chunk, checkpoint.used) > self.position() {
@@ -967,6 +975,25 @@ unsafe impl Allocator for Arena {
     }
 }
 
+// SAFETY: a scope's blocks are its arena's (see `Allocator for Arena`): valid until
+// the scope ends, which is as long as any reference to the scope lives (its closure
+// borrows it, and the release runs after the closure returns). A nested scope needs
+// the scope mutably, so no collection of the outer scope can allocate while an
+// inner one runs (its release would take the block).
+unsafe impl Allocator for Scope<'_> {
+    #[inline]
+    fn allocate(&self, layout: Layout) -> std::result::Result<NonNull<[u8]>, AllocError> {
+        Allocator::allocate(self.arena, layout)
+    }
+
+    #[inline]
+    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
+        // SAFETY: the caller's contract: `ptr` is a block of this scope, so of its
+        // arena, allocated with `layout`.
+        unsafe { Allocator::deallocate(self.arena, ptr, layout) }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1070,6 +1097,31 @@ mod tests {
     }
 
     #[test]
+    fn collections_grow_in_a_scope_and_go_with_it() {
+        // `Vec<T, &Scope>`, as bumpalo's collections in a bump (it needed the
+        // arena itself, outside any scope: a user hunt).
+        let mut arena = heap_arena().first_chunk_size(4096).build().unwrap();
+        let kept = arena.alloc(5u64).unwrap() as *const u64;
+        let used = arena.stats().allocated_bytes;
+        arena.scope(|s| {
+            let mut v: allocator_api2::vec::Vec<u32, &Scope<'_>> =
+                allocator_api2::vec::Vec::new_in(&*s);
+            for i in 0..3000 {
+                v.push(i);
+            }
+            assert!(v.iter().copied().eq(0..3000));
+            let mut w: allocator_api2::vec::Vec<u8, &Scope<'_>> =
+                allocator_api2::vec::Vec::with_capacity_in(100, &*s);
+            w.extend_from_slice(b"scope");
+            drop(w); // the last block: given back at once
+            assert!(s.stats().allocated_bytes > used);
+        });
+        assert_eq!(arena.stats().allocated_bytes, used);
+        // SAFETY: allocated before the scope, which released only its own blocks.
+        assert_eq!(unsafe { *kept }, 5);
+    }
+
+    #[test]
     fn checkpoints_are_validated() {
         let mut arena = heap_arena().build().unwrap();
         let mut other = heap_arena().build().unwrap();
@@ -1136,7 +1188,7 @@ mod tests {
         arena.alloc_slice_fill(2000, 0u8).unwrap();
         arena.alloc_slice_fill(3000, 0u8).unwrap();
         let e = arena.rewind(deep).unwrap_err();
-        assert!(e.to_string().contains("trim"), "{e}");
+        assert!(e.to_string().contains("no longer where it was"), "{e}");
         let s = arena.stats();
         assert!(s.allocated_bytes <= s.reserved_bytes, "{s:?}");
     }
@@ -1163,6 +1215,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "chunks of half a megabyte filled; validation is safe code"
+    )]
     fn chunk_sizes_beyond_any_allocation_are_refused_or_mean_no_limit() {
         // `max_chunk_size(usize::MAX)` overflowed when rounded to pages (a panic in
         // debug builds; chunks that never grew in release builds: a user hunt).

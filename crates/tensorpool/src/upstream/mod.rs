@@ -244,6 +244,33 @@ pub fn page_size() -> usize {
     }
 }
 
+/// Whether the page holding `addr` is mapped in this process now (by anyone). Where
+/// the system cannot say (Miri, not Unix): `true`.
+pub(crate) fn mapped(addr: usize) -> bool {
+    #[cfg(all(unix, not(miri)))]
+    {
+        let page = page_size();
+        let mut resident = 0u8;
+        // SAFETY: `mincore` reads the page tables of one page-aligned page and writes
+        // one byte into `resident`; it fails with ENOMEM, touching nothing, where the
+        // page is not mapped. The page is never dereferenced (an address without
+        // provenance is what the call takes).
+        let r = unsafe {
+            libc::mincore(
+                std::ptr::without_provenance_mut(addr & !(page - 1)),
+                page,
+                &mut resident,
+            )
+        };
+        r == 0
+    }
+    #[cfg(not(all(unix, not(miri))))]
+    {
+        let _ = addr;
+        true
+    }
+}
+
 mod heap;
 mod metered;
 #[cfg(unix)]
