@@ -62,9 +62,10 @@
 //! manager hands out as many as needed).
 //!
 //! `&Arena` and `&Scope` are allocator-api2 `Allocator`s, so collections grow in them
-//! (`Vec<T, &Scope>`; giving back the last block makes a growing `Vec` reuse it); a
-//! collection of a scope cannot be used across a nested scope, which needs the
-//! scope mutably.
+//! (`Vec<T, &Scope>`): as in bumpalo, the last block grows where it is (its bytes
+//! move down with the bump) and is given back at once when freed, and a block
+//! shrinks in place; a collection of a scope cannot be used across a nested scope,
+//! which needs the scope mutably.
 //!
 //! As in bumpalo, values moved into an arena are never dropped: a reset, rewind or
 //! scope end releases their memory without running their destructors. Put plain
@@ -973,6 +974,74 @@ unsafe impl Allocator for Arena {
             self.cur.set(ptr.as_ptr().wrapping_add(layout.size()));
         }
     }
+
+    /// The last allocation grows where it is, as in bumpalo: the bump moves down by
+    /// what the block lacks and its bytes move down with it, so that a growing `Vec`
+    /// leaves no old buffer behind (100,000 pushes of a byte took 389 KB when every
+    /// growth moved: a user hunt). Another block moves.
+    unsafe fn grow(
+        &self,
+        ptr: NonNull<u8>,
+        old_layout: Layout,
+        new_layout: Layout,
+    ) -> std::result::Result<NonNull<[u8]>, AllocError> {
+        debug_assert!(new_layout.size() >= old_layout.size());
+        let addr = ptr.as_ptr().addr();
+        let last = self.debug.is_none()
+            && old_layout.size() > 0
+            && ptr.as_ptr() == self.cur.get()
+            && addr < self.high.get();
+        if last {
+            let end = addr + old_layout.size();
+            let start = end
+                .checked_sub(new_layout.size())
+                .map(|s| s & !(new_layout.align() - 1));
+            if let Some(start) = start.filter(|&s| s >= self.low.get()) {
+                let dst = self.cur.get().with_addr(start);
+                // SAFETY: `[ptr, end)` is the live last block (the caller's contract
+                // and the test above); `[start, start + new)` lies in the current
+                // chunk between its low end and `end`: free memory below the bump,
+                // and the block itself. `copy` moves the block's bytes down within
+                // it, overlapping.
+                unsafe { std::ptr::copy(ptr.as_ptr(), dst, old_layout.size()) };
+                self.cur.set(dst);
+                self.num_allocs.set(self.num_allocs.get() + 1);
+                self.requested.set(self.requested.get() + new_layout.size());
+                let dst = NonNull::new(dst).expect("inside a chunk, not null");
+                return Ok(NonNull::slice_from_raw_parts(dst, new_layout.size()));
+            }
+        }
+        let new = Allocator::allocate(self, new_layout)?;
+        // SAFETY: `ptr` holds `old_layout.size()` live bytes (the caller's contract),
+        // `new` is a fresh block of at least as many; they do not overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(ptr.as_ptr(), new.cast().as_ptr(), old_layout.size());
+            Allocator::deallocate(self, ptr, old_layout);
+        }
+        Ok(new)
+    }
+
+    /// A block shrinks where it is (its alignment allowing): nothing moves, and the
+    /// bytes it no longer needs stay in the arena until a reset or rewind.
+    unsafe fn shrink(
+        &self,
+        ptr: NonNull<u8>,
+        old_layout: Layout,
+        new_layout: Layout,
+    ) -> std::result::Result<NonNull<[u8]>, AllocError> {
+        debug_assert!(new_layout.size() <= old_layout.size());
+        if self.debug.is_none() && ptr.as_ptr().addr() % new_layout.align() == 0 {
+            return Ok(NonNull::slice_from_raw_parts(ptr, new_layout.size()));
+        }
+        let new = Allocator::allocate(self, new_layout)?;
+        // SAFETY: `ptr` holds at least `new_layout.size()` live bytes (the caller's
+        // contract), `new` is a fresh block of that many; they do not overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(ptr.as_ptr(), new.cast().as_ptr(), new_layout.size());
+            Allocator::deallocate(self, ptr, old_layout);
+        }
+        Ok(new)
+    }
 }
 
 // SAFETY: a scope's blocks are its arena's (see `Allocator for Arena`): valid until
@@ -1094,6 +1163,35 @@ mod tests {
         }));
         assert!(result.is_err());
         assert_eq!(arena.stats().allocated_bytes, 0);
+    }
+
+    #[test]
+    fn the_last_block_grows_in_place_and_others_move() {
+        // A `Vec` growing alone keeps one buffer (each growth moved and left the old
+        // buffer behind: 100,000 pushes of a byte took 389 KB, a user hunt).
+        let arena = heap_arena().build().unwrap();
+        let mut v: allocator_api2::vec::Vec<u8, &Arena> = allocator_api2::vec::Vec::new_in(&arena);
+        let n = if cfg!(miri) { 5_000 } else { 100_000 };
+        for i in 0..n {
+            v.push(i as u8);
+        }
+        assert!(v.iter().enumerate().all(|(i, &b)| b == i as u8));
+        let used = arena.stats().allocated_bytes;
+        assert!(used <= 2 * v.capacity(), "{used} for {}", v.capacity());
+        // Two growing at once: every growth but the last block's moves, contents kept.
+        let mut a: allocator_api2::vec::Vec<u32, &Arena> = allocator_api2::vec::Vec::new_in(&arena);
+        let mut b: allocator_api2::vec::Vec<u32, &Arena> = allocator_api2::vec::Vec::new_in(&arena);
+        for i in 0..2000 {
+            a.push(i);
+            b.push(3 * i);
+        }
+        assert!(a.iter().copied().eq(0..2000));
+        assert!(b.iter().copied().eq((0..2000).map(|i| 3 * i)));
+        // Shrinking keeps the block where it is.
+        let before = a.as_ptr();
+        a.truncate(10);
+        a.shrink_to_fit();
+        assert_eq!((a.as_ptr(), &a[..3]), (before, &[0, 1, 2][..]));
     }
 
     #[test]
