@@ -23,9 +23,9 @@ fn a_heaps_running_count_of_slot_bytes_follows_its_classes() {
     let mm = manager(heap_config());
     let engine = &mm.inner.engine;
     let agree = |when: &str| {
-        let (running, summed) = engine.calling_heap_allocated();
+        let (running, summed) = engine.calling_heap_counts();
         assert_eq!(running, summed, "{when}");
-        running
+        running.0
     };
     let layout = |size| Layout::from_size_align(size, 8).unwrap();
     /// A block's pointer, handed to another thread for its free.

@@ -162,24 +162,6 @@ impl ClassTally {
     pub(crate) fn blocks(&self) -> u64 {
         self.allocs.get().wrapping_sub(self.frees.get())
     }
-
-    /// Counts a block handed out for `size` bytes of a slot of `stride`.
-    #[inline(always)]
-    fn granted(&self, stride: usize, size: usize) {
-        self.allocs.add(1);
-        if size != stride {
-            self.waste_in.add((stride - size) as u64);
-        }
-    }
-
-    /// Counts `blocks` blocks freed, leaving `waste` bytes of their slots unused.
-    #[inline(always)]
-    fn freed(&self, blocks: u64, waste: usize) {
-        self.frees.add(blocks);
-        if waste != 0 {
-            self.waste_out.add(waste as u64);
-        }
-    }
 }
 
 /// The heap's hot cache line: the handshake and the counters of large blocks.
@@ -194,9 +176,15 @@ pub(crate) struct Hot {
     /// Bytes of the live slots of every class, as the classes' tallies count them
     /// (wrapping: the owner's view): what the cache's budget and the publications
     /// read at frees and refills, in one load where summing the tallies of every
-    /// class used took 300 instructions in a program of 50 classes (a fifth of
+    /// class used took 300 instructions in a program of 50 classes (12% of
     /// sk_mlp's replay).
     pub(crate) slot_bytes: Count,
+    /// What those slots leave unused, as the tallies' waste counts it (wrapping, as
+    /// they do): with `slot_bytes`, a publication's requested bytes in one load where
+    /// no explicit pool asks for the tiers apart (a program of blocks up to 64 KiB
+    /// published at most refills, and summed its ~50 classes each time: 6% of its
+    /// instructions under `LD_PRELOAD`).
+    pub(crate) slot_waste: Count,
 }
 
 /// Per class, what changes only on slow paths.
@@ -312,7 +300,8 @@ pub(crate) struct State {
     /// first: the next frees of blocks in them skip the map (sizeless frees tend to
     /// alternate between two sizes, as NumPy's temporaries and results do).
     recent: [Recent; 2],
-    /// The classes this heap has made slabs for: the only ones whose counters are
+    /// The classes this heap has made slabs for, or counted the waste of a typed
+    /// block it freed into another thread's slab: the only ones whose counters are
     /// not all zero ([`Owned::net`] sums them).
     used: Vec<u32>,
     /// Free large blocks by pages.
@@ -589,19 +578,29 @@ impl Owned<'_> {
     /// Counts a block of `class` handed out for `size` bytes of a slot of `stride`.
     #[inline(always)]
     fn count_grant(&self, class: usize, stride: usize, size: usize) {
-        self.tally(class).granted(stride, size);
-        self.heap.hot.slot_bytes.add(stride as u64);
+        let tally = self.tally(class);
+        let hot = &self.heap.hot;
+        tally.allocs.add(1);
+        hot.slot_bytes.add(stride as u64);
+        if size != stride {
+            let waste = (stride - size) as u64;
+            tally.waste_in.add(waste);
+            hot.slot_waste.add(waste);
+        }
     }
 
     /// Counts `blocks` blocks of `class`, slots of `stride`, freed, leaving `waste`
     /// bytes of them unused.
     #[inline(always)]
     fn count_free(&self, class: usize, stride: usize, blocks: u64, waste: usize) {
-        self.tally(class).freed(blocks, waste);
-        self.heap
-            .hot
-            .slot_bytes
-            .sub(blocks.wrapping_mul(stride as u64));
+        let tally = self.tally(class);
+        let hot = &self.heap.hot;
+        tally.frees.add(blocks);
+        hot.slot_bytes.sub(blocks.wrapping_mul(stride as u64));
+        if waste != 0 {
+            tally.waste_out.add(waste as u64);
+            hot.slot_waste.sub(waste as u64);
+        }
     }
 
     /// Allocated and requested bytes of this heap's live blocks (the owner's view:
@@ -741,10 +740,11 @@ impl Owned<'_> {
         match slab.class() {
             SPAN_CLASS => self.heap.hot.large.requested.add(new.wrapping_sub(old)),
             // The waste counted at allocation changes with the size.
-            class => self
-                .tally(class as usize)
-                .waste_in
-                .add(old.wrapping_sub(new)),
+            class => {
+                let less = old.wrapping_sub(new);
+                self.tally(class as usize).waste_in.add(less);
+                self.heap.hot.slot_waste.add(less);
+            }
         }
         if how == InPlace::Pages {
             // A slow path (the block's bytes grew): where peaks are recorded.
@@ -1077,7 +1077,19 @@ impl Owned<'_> {
     pub(crate) fn posted_typed(&self, slab: &Slab, size: usize) {
         match slab.class() {
             SPAN_CLASS => self.heap.hot.large.requested.sub(size as u64),
-            class => self.tally(class as usize).freed(0, slab.stride() - size),
+            class => {
+                let stride = slab.stride();
+                if stride != size {
+                    // This heap's tally of the class now counts (the classes used are
+                    // those whose counters are not all zero; the sums of publications
+                    // skipped this waste when no slab of the class was made here).
+                    let st = self.state();
+                    if !st.used.contains(&class) {
+                        st.used.push(class);
+                    }
+                }
+                self.count_free(class as usize, stride, 0, stride - size);
+            }
         }
     }
 
@@ -1641,7 +1653,28 @@ impl Owned<'_> {
     /// `POOL`), in one pass over the classes this heap used (a publication's cost,
     /// on every slow path of a program that churns large blocks).
     fn sums(&self, eng: &Engine) -> Sums {
-        let large = &self.heap.hot.large;
+        let hot = &self.heap.hot;
+        let large = &hot.large;
+        if eng.first_pool == eng.classes.len() {
+            // No explicit pools: every slot is the size classes' (the running counts,
+            // checked against the tallies in debug builds).
+            let slots = hot.slot_bytes.get();
+            let sums = Sums {
+                allocated: large.bytes.get().wrapping_add(slots) as usize,
+                requested: large
+                    .requested
+                    .get()
+                    .wrapping_add(slots.wrapping_sub(hot.slot_waste.get()))
+                    as usize,
+                tiers: [slots, 0],
+            };
+            debug_assert_eq!(
+                (sums.allocated, sums.requested),
+                self.net(eng),
+                "the running counts of `net`"
+            );
+            return sums;
+        }
         let mut sums = Sums {
             allocated: large.bytes.get() as usize,
             requested: large.requested.get() as usize,
@@ -1668,6 +1701,13 @@ impl Owned<'_> {
             "the sums of `net`"
         );
         sums
+    }
+
+    /// The allocated and requested bytes of [`sums`](Self::sums).
+    #[cfg(test)]
+    pub(crate) fn running_sums(&self, eng: &Engine) -> (usize, usize) {
+        let sums = self.sums(eng);
+        (sums.allocated, sums.requested)
     }
 
     /// Publishes this heap's [`sums`](Self::sums); a slab tier's bytes only when they

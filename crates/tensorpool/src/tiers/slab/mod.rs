@@ -422,11 +422,15 @@ impl Engine {
         f(&unsafe { self.shared.owned() })
     }
 
-    /// The calling thread's heap's allocated bytes from its running counts, and summed
-    /// over its classes' tallies: always equal.
+    /// The calling thread's heap's allocated and requested bytes from its running
+    /// counts, and summed over its classes' tallies: always equal.
     #[cfg(test)]
-    pub(crate) fn calling_heap_allocated(self: &Arc<Self>) -> (usize, usize) {
-        self.with_owned(|owned| (owned.allocated(self), owned.net(self).0))
+    pub(crate) fn calling_heap_counts(self: &Arc<Self>) -> ((usize, usize), (usize, usize)) {
+        self.with_owned(|owned| {
+            let running = owned.running_sums(self);
+            assert_eq!(running.0, owned.allocated(self));
+            (running, owned.net(self))
+        })
     }
 
     /// The hot path: a block of class `class` from the calling thread's slabs of the
