@@ -1171,7 +1171,7 @@ mod tests {
         // buffer behind: 100,000 pushes of a byte took 389 KB, a user hunt).
         let arena = heap_arena().build().unwrap();
         let mut v: allocator_api2::vec::Vec<u8, &Arena> = allocator_api2::vec::Vec::new_in(&arena);
-        let n = if cfg!(miri) { 5_000 } else { 100_000 };
+        let n = if cfg!(miri) { 600 } else { 100_000 };
         for i in 0..n {
             v.push(i as u8);
         }
@@ -1181,12 +1181,13 @@ mod tests {
         // Two growing at once: every growth but the last block's moves, contents kept.
         let mut a: allocator_api2::vec::Vec<u32, &Arena> = allocator_api2::vec::Vec::new_in(&arena);
         let mut b: allocator_api2::vec::Vec<u32, &Arena> = allocator_api2::vec::Vec::new_in(&arena);
-        for i in 0..2000 {
+        let n = if cfg!(miri) { 100 } else { 2000 };
+        for i in 0..n {
             a.push(i);
             b.push(3 * i);
         }
-        assert!(a.iter().copied().eq(0..2000));
-        assert!(b.iter().copied().eq((0..2000).map(|i| 3 * i)));
+        assert!(a.iter().copied().eq(0..n));
+        assert!(b.iter().copied().eq((0..n).map(|i| 3 * i)));
         // Shrinking keeps the block where it is.
         let before = a.as_ptr();
         a.truncate(10);
@@ -1204,10 +1205,11 @@ mod tests {
         arena.scope(|s| {
             let mut v: allocator_api2::vec::Vec<u32, &Scope<'_>> =
                 allocator_api2::vec::Vec::new_in(&*s);
-            for i in 0..3000 {
+            let n = if cfg!(miri) { 300 } else { 3000 };
+            for i in 0..n {
                 v.push(i);
             }
-            assert!(v.iter().copied().eq(0..3000));
+            assert!(v.iter().copied().eq(0..n));
             let mut w: allocator_api2::vec::Vec<u8, &Scope<'_>> =
                 allocator_api2::vec::Vec::with_capacity_in(100, &*s);
             w.extend_from_slice(b"scope");
