@@ -24,7 +24,7 @@ fn c_string(text: &str) -> *mut c_char {
 /// `tensorpool::Stats`), in a block to `free`; NULL if the manager does not run.
 #[no_mangle]
 pub extern "C" fn tensorpool_stats_json() -> *mut c_char {
-    match MALLOC.stats().map(|stats| serde_json::to_string(&stats)) {
+    match MALLOC.query_stats(|stats| serde_json::to_string(&stats)) {
         Some(Ok(json)) => c_string(&json),
         _ => std::ptr::null_mut(),
     }

@@ -252,12 +252,20 @@ impl Malloc {
 
     /// The manager's statistics.
     pub fn stats(&self) -> Option<Stats> {
-        self.process.stats()
+        self.query_stats(|stats| stats)
+    }
+
+    /// Runs `f` on the manager's statistics (with the frees this front refused in
+    /// `num_invalid_frees`) inside the allocator, as [`query`](Self::query): what `f`
+    /// allocates, and the statistics' own vectors, come from the foreign allocator
+    /// and are neither counted nor recorded.
+    pub fn query_stats<R>(&self, f: impl FnOnce(Stats) -> R) -> Option<R> {
+        self.process.query_stats(f)
     }
 
     /// The manager's summary, for people.
     pub fn summary(&self) -> Option<String> {
-        self.stats().map(|s| s.summary())
+        self.query_stats(|stats| stats.summary())
     }
 
     /// Gives every thread's free memory back to the system now (`malloc_trim`);

@@ -100,13 +100,16 @@ impl Process {
         self.manager(&inside).map(f)
     }
 
-    /// The manager's statistics, with the frees this front refused in
+    /// Runs `f` on the manager's statistics, with the frees this front refused in
     /// `num_invalid_frees` (a free without a way to return an error: C's `free`,
-    /// `GlobalAlloc::dealloc`); `None` if the manager does not run.
-    fn stats(&self) -> Option<Stats> {
-        let mut stats = self.query(MemoryManager::stats)?;
-        stats.num_invalid_frees += self.fallbacks.refused_frees.load(Relaxed) as u64;
-        Some(stats)
+    /// `GlobalAlloc::dealloc`), inside the allocator as [`query`](Self::query);
+    /// `None` if the manager does not run.
+    fn query_stats<R>(&self, f: impl FnOnce(Stats) -> R) -> Option<R> {
+        self.query(|mm| {
+            let mut stats = mm.stats();
+            stats.num_invalid_frees += self.fallbacks.refused_frees.load(Relaxed) as u64;
+            f(stats)
+        })
     }
 
     /// Counts an allocation of `size` bytes that the fallback allocator serves.
@@ -142,17 +145,12 @@ impl Process {
 
 /// Bytes of the machine's memory (`usize::MAX` where the system does not say).
 fn physical_memory() -> usize {
-    #[cfg(unix)]
+    #[cfg(all(unix, not(miri)))]
     {
-        // SAFETY: `sysconf` only reads configuration values.
-        let (pages, page) = unsafe {
-            (
-                libc::sysconf(libc::_SC_PHYS_PAGES),
-                libc::sysconf(libc::_SC_PAGESIZE),
-            )
-        };
-        if pages > 0 && page > 0 {
-            return (pages as usize).saturating_mul(page as usize);
+        // SAFETY: `sysconf` only reads a configuration value.
+        let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) };
+        if pages > 0 {
+            return (pages as usize).saturating_mul(crate::upstream::page_size());
         }
     }
     usize::MAX
@@ -273,12 +271,12 @@ impl GlobalManager {
 
     /// The manager's statistics.
     pub fn stats(&self) -> Option<Stats> {
-        self.process.stats()
+        self.process.query_stats(|stats| stats)
     }
 
     /// The manager's summary, for people.
     pub fn summary(&self) -> Option<String> {
-        self.stats().map(|s| s.summary())
+        self.process.query_stats(|stats| stats.summary())
     }
 
     /// Every segment and block of the manager.

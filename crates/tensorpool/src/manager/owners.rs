@@ -103,7 +103,7 @@ impl<'a> RegionsWrite<'a> {
         }
     }
 
-    pub(super) fn map(&mut self) -> &mut Regions {
+    fn map(&mut self) -> &mut Regions {
         &mut self.map
     }
 }

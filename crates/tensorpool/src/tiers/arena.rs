@@ -399,10 +399,40 @@ impl Arena {
         }
         let ptr = cur.with_addr(new);
         self.cur.set(ptr);
-        self.num_allocs.set(self.num_allocs.get() + 1);
-        self.requested.set(self.requested.get() + size);
+        self.count_allocation(size);
         // `new >= low > 0`: the address is inside the current chunk, not null.
         NonNull::new(ptr)
+    }
+
+    /// Counts an allocation of `size` bytes.
+    #[inline(always)]
+    fn count_allocation(&self, size: usize) {
+        self.num_allocs.set(self.num_allocs.get() + 1);
+        self.requested.set(self.requested.get() + size);
+    }
+
+    /// Moves the block at `ptr` to a new one for `new_layout`, keeping the bytes both
+    /// hold (what `Allocator::grow` and `shrink` do where the block cannot stay).
+    ///
+    /// # Safety
+    ///
+    /// As for `Allocator::grow`: `ptr` is a live block of this arena allocated with
+    /// `old_layout`.
+    unsafe fn moved(
+        &self,
+        ptr: NonNull<u8>,
+        old_layout: Layout,
+        new_layout: Layout,
+    ) -> std::result::Result<NonNull<[u8]>, AllocError> {
+        let new = Allocator::allocate(self, new_layout)?;
+        let kept = old_layout.size().min(new_layout.size());
+        // SAFETY: `ptr` holds `old_layout.size()` live bytes (the caller's contract),
+        // `new` is a fresh block of `new_layout.size()`; they do not overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(ptr.as_ptr(), new.cast().as_ptr(), kept);
+            Allocator::deallocate(self, ptr, old_layout);
+        }
+        Ok(new)
     }
 
     #[cold]
@@ -1005,20 +1035,13 @@ unsafe impl Allocator for Arena {
                 // it, overlapping.
                 unsafe { std::ptr::copy(ptr.as_ptr(), dst, old_layout.size()) };
                 self.cur.set(dst);
-                self.num_allocs.set(self.num_allocs.get() + 1);
-                self.requested.set(self.requested.get() + new_layout.size());
+                self.count_allocation(new_layout.size());
                 let dst = NonNull::new(dst).expect("inside a chunk, not null");
                 return Ok(NonNull::slice_from_raw_parts(dst, new_layout.size()));
             }
         }
-        let new = Allocator::allocate(self, new_layout)?;
-        // SAFETY: `ptr` holds `old_layout.size()` live bytes (the caller's contract),
-        // `new` is a fresh block of at least as many; they do not overlap.
-        unsafe {
-            std::ptr::copy_nonoverlapping(ptr.as_ptr(), new.cast().as_ptr(), old_layout.size());
-            Allocator::deallocate(self, ptr, old_layout);
-        }
-        Ok(new)
+        // SAFETY: the caller's contract, forwarded.
+        unsafe { self.moved(ptr, old_layout, new_layout) }
     }
 
     /// A block shrinks where it is (its alignment allowing): nothing moves, and the
@@ -1033,14 +1056,8 @@ unsafe impl Allocator for Arena {
         if self.debug.is_none() && ptr.as_ptr().addr() % new_layout.align() == 0 {
             return Ok(NonNull::slice_from_raw_parts(ptr, new_layout.size()));
         }
-        let new = Allocator::allocate(self, new_layout)?;
-        // SAFETY: `ptr` holds at least `new_layout.size()` live bytes (the caller's
-        // contract), `new` is a fresh block of that many; they do not overlap.
-        unsafe {
-            std::ptr::copy_nonoverlapping(ptr.as_ptr(), new.cast().as_ptr(), new_layout.size());
-            Allocator::deallocate(self, ptr, old_layout);
-        }
-        Ok(new)
+        // SAFETY: the caller's contract, forwarded.
+        unsafe { self.moved(ptr, old_layout, new_layout) }
     }
 }
 
