@@ -11,13 +11,19 @@ use std::alloc::Layout;
 use std::ptr::NonNull;
 
 impl MemoryManager {
-    #[cold]
+    /// [`Allocator::allocate`] past its leaf (the current slab of a class in the
+    /// table): the other hot paths (a slab to change, larger classes, spans), then
+    /// the full path. Not inlined, so that the leaf saves no register for it.
     #[inline(never)]
-    pub(super) fn allocate_cold(
+    pub(super) fn allocate_past_leaf(
         &self,
         layout: Layout,
-    ) -> std::result::Result<NonNull<u8>, AllocError> {
-        self.allocate_typed(layout).map_err(|_| AllocError)
+    ) -> std::result::Result<NonNull<[u8]>, AllocError> {
+        let ptr = match self.inner.serve_hot(layout.size(), layout.align(), false) {
+            Some((ptr, _)) => ptr,
+            None => self.allocate_typed(layout).map_err(|_| AllocError)?,
+        };
+        Ok(NonNull::slice_from_raw_parts(ptr, layout.size()))
     }
 
     /// Makes this the process-wide allocator's manager: its thread exits and
@@ -37,7 +43,7 @@ impl MemoryManager {
     #[inline]
     pub(crate) fn free_raw_hot(&self, ptr: *mut u8) -> bool {
         let inner = &*self.inner;
-        (inner.fast || inner.pools_hot) && inner.engine.release_hot(ptr, true, 0, None)
+        (inner.fast || inner.pools_hot) && inner.engine.release_raw_leaf(ptr)
     }
 
     /// Whether `ptr` lies in memory the manager holds (a region of one of its tiers).
@@ -163,9 +169,17 @@ impl MemoryManager {
         Ok(moved)
     }
 
-    #[cold]
+    /// [`Allocator::deallocate`] past its leaf (the current slab of a class in the
+    /// table): the calling thread's other slabs and spans, then the full path. Not
+    /// inlined, as [`allocate_past_leaf`](Self::allocate_past_leaf).
     #[inline(never)]
-    pub(super) fn deallocate_cold(&self, ptr: NonNull<u8>, layout: Layout) {
+    pub(super) fn deallocate_past_leaf(&self, ptr: NonNull<u8>, layout: Layout) {
+        if self
+            .inner
+            .reclaim_typed_hot(ptr, layout.size(), layout.align())
+        {
+            return;
+        }
         let freed = self.inner.reclaim_typed(ptr, layout.size(), layout.align());
         debug_assert!(
             freed.is_ok(),
@@ -183,11 +197,10 @@ unsafe impl Allocator for MemoryManager {
         if layout.size() == 0 {
             return Ok(zero_sized(layout.align()));
         }
-        let ptr = match self.inner.serve_hot(layout.size(), layout.align(), false) {
-            Some((ptr, _)) => ptr,
-            None => self.allocate_cold(layout)?,
-        };
-        Ok(NonNull::slice_from_raw_parts(ptr, layout.size()))
+        match self.inner.serve_leaf(layout.size(), layout.align(), false) {
+            Some((ptr, _)) => Ok(NonNull::slice_from_raw_parts(ptr, layout.size())),
+            None => self.allocate_past_leaf(layout),
+        }
     }
 
     #[inline]
@@ -205,11 +218,11 @@ unsafe impl Allocator for MemoryManager {
         if layout.size() == 0
             || self
                 .inner
-                .reclaim_typed_hot(ptr, layout.size(), layout.align())
+                .reclaim_typed_leaf(ptr, layout.size(), layout.align())
         {
             return;
         }
-        self.deallocate_cold(ptr, layout);
+        self.deallocate_past_leaf(ptr, layout);
     }
 
     /// In place where the best-fit or huge tier holds the block and can grow it

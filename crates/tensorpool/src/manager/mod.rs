@@ -376,36 +376,49 @@ impl MemoryManager {
     /// Give it back with [`free_raw`](Self::free_raw).
     #[inline]
     pub fn allocate_raw(&self, size: usize, align: usize) -> Result<NonNull<u8>> {
-        match self.inner.serve_hot_raw(size, align) {
-            Some((ptr, _)) => Ok(ptr),
-            None => self.allocate_raw_cold(size, align),
+        if align.is_power_of_two() {
+            if let Some((ptr, _)) = self.inner.serve_leaf(size, align, true) {
+                return Ok(ptr);
+            }
         }
+        self.allocate_raw_past_leaf(size, align)
     }
 
-    #[cold]
+    /// [`allocate_raw`](Self::allocate_raw) past its leaf (see
+    /// [`Allocator::allocate`](allocator_api2::alloc::Allocator::allocate)'s): the
+    /// other hot paths, then the full path, which refuses a bad alignment.
     #[inline(never)]
-    fn allocate_raw_cold(&self, size: usize, align: usize) -> Result<NonNull<u8>> {
-        self.inner.serve(size, align, true).map(|(p, _)| p)
+    fn allocate_raw_past_leaf(&self, size: usize, align: usize) -> Result<NonNull<u8>> {
+        match self.inner.serve_hot_raw(size, align) {
+            Some((ptr, _)) => Ok(ptr),
+            None => self.inner.serve(size, align, true).map(|(p, _)| p),
+        }
     }
 
     /// The same as [`allocate_raw`](Self::allocate_raw), with the memory zeroed
     /// (without writing it when the block's pages are fresh from the system).
     #[inline]
     pub fn allocate_raw_zeroed(&self, size: usize, align: usize) -> Result<NonNull<u8>> {
-        if let Some((ptr, zero)) = self.inner.serve_hot_raw(size, align) {
-            if !zero {
-                // SAFETY: a fresh block of at least `size` bytes, exclusively ours.
-                unsafe { ptr.as_ptr().write_bytes(0, size) };
+        if align.is_power_of_two() {
+            if let Some((ptr, zero)) = self.inner.serve_leaf(size, align, true) {
+                if !zero {
+                    // SAFETY: a fresh block of at least `size` bytes, exclusively ours.
+                    unsafe { ptr.as_ptr().write_bytes(0, size) };
+                }
+                return Ok(ptr);
             }
-            return Ok(ptr);
         }
-        self.allocate_raw_zeroed_cold(size, align)
+        self.allocate_raw_zeroed_past_leaf(size, align)
     }
 
-    #[cold]
+    /// [`allocate_raw_zeroed`](Self::allocate_raw_zeroed) past its leaf, as
+    /// [`allocate_raw_past_leaf`](Self::allocate_raw_past_leaf).
     #[inline(never)]
-    fn allocate_raw_zeroed_cold(&self, size: usize, align: usize) -> Result<NonNull<u8>> {
-        let (ptr, zero) = self.inner.serve(size, align, true)?;
+    fn allocate_raw_zeroed_past_leaf(&self, size: usize, align: usize) -> Result<NonNull<u8>> {
+        let (ptr, zero) = match self.inner.serve_hot_raw(size, align) {
+            Some(served) => served,
+            None => self.inner.serve(size, align, true)?,
+        };
         if !zero {
             // SAFETY: the block is `size` bytes, fresh, and exclusively ours.
             unsafe { ptr.as_ptr().write_bytes(0, size) };
@@ -424,7 +437,7 @@ impl MemoryManager {
     /// it can be; what only the owner can tell (the block was freed and handed out
     /// again meanwhile) it checks when it collects the post, and counts a refusal
     /// then in `stats().num_invalid_frees` instead of returning it.
-    #[inline]
+    #[inline(always)]
     pub fn free_raw(&self, ptr: *mut u8) -> Result<()> {
         if self.free_raw_hot(ptr) {
             return Ok(());

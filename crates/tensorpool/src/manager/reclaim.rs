@@ -9,6 +9,20 @@ use crate::tiers::slab::InPlace;
 use std::ptr::NonNull;
 
 impl Inner {
+    /// The hot path of typed frees of sizes in the class table: `true` if the block
+    /// was in its class's current slab of the calling thread, now free; calls
+    /// nothing (see [`serve_leaf`](Self::serve_leaf)). Otherwise
+    /// [`reclaim_typed_hot`](Self::reclaim_typed_hot), then the full path.
+    #[inline(always)]
+    pub(super) fn reclaim_typed_leaf(&self, ptr: NonNull<u8>, size: usize, align: usize) -> bool {
+        if size.wrapping_sub(1) < self.table_limit && align <= self.table_align {
+            // SAFETY: `1 <= size <= table_limit`, the engine's table limit.
+            let class = unsafe { self.engine.table_class(size) };
+            return self.engine.release_typed_leaf(ptr.as_ptr(), size, class);
+        }
+        false
+    }
+
     /// The hot path of typed frees: `true` if the block was freed.
     #[inline(always)]
     pub(super) fn reclaim_typed_hot(&self, ptr: NonNull<u8>, size: usize, align: usize) -> bool {

@@ -59,6 +59,25 @@ impl Inner {
         self.serve_hot_medium(size, align, raw)
     }
 
+    /// [`serve_hot`](Self::serve_hot) of a size in the class table from the calling
+    /// thread's current slab of the class, calling nothing (so that no register is
+    /// saved around a call): `None`, nothing changed, for anything else (then
+    /// `serve_hot` and the full path). A typed allocation's hot path.
+    #[inline(always)]
+    pub(super) fn serve_leaf(
+        &self,
+        size: usize,
+        align: usize,
+        raw: bool,
+    ) -> Option<(NonNull<u8>, bool)> {
+        if size.wrapping_sub(1) < self.table_limit && align <= self.table_align {
+            // SAFETY: `1 <= size <= table_limit`, the engine's table limit.
+            let class = unsafe { self.engine.table_class(size) };
+            return self.engine.grant_leaf(class, size, raw);
+        }
+        None
+    }
+
     /// [`serve_hot`](Self::serve_hot) for the raw API, whose alignment no `Layout`
     /// vouches for: one that is not a power of two goes to the full path, which
     /// refuses it.

@@ -334,6 +334,18 @@ impl Recent {
     };
 }
 
+/// What a free of a slot of a class did ([`Owned::release_slot`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Freed {
+    /// Nothing: the address is no live block of the kind freed.
+    No,
+    /// Freed.
+    Done,
+    /// Freed, and the slab must move between its class's lists
+    /// ([`Owned::settle`]).
+    Moves,
+}
+
 /// One thread's heap in one engine.
 #[repr(C)]
 pub(crate) struct Heap {
@@ -645,7 +657,9 @@ impl Owned<'_> {
         // SAFETY: this heap owns the slab.
         let (slot, zero, stale) = unsafe { slab.grant_slot(own, raw, size) }?;
         if stale != 0 {
-            self.refused_late(eng, stale);
+            // Counted, and printed at the next refill: the hot path calls nothing.
+            self.heap.counts.late_refusals.add(u64::from(stale));
+            eng.count_late_refusal(stale);
         }
         self.count_grant(class, state.stride, size);
         // SAFETY: `slot < slots`, so the offset lies inside the slab's pages, which
@@ -666,30 +680,54 @@ impl Owned<'_> {
         raw: bool,
         size: usize,
     ) -> bool {
-        let Ok(slot) = slab.slot_of(addr) else {
-            return false;
-        };
-        if !slab.may_free(slot, raw) {
-            return false;
-        }
-        let requested = if raw { slab.requested(slot) } else { size };
-        let own = self.own(slab);
         let class = slab.class();
         if class == SPAN_CLASS {
+            let Ok(slot) = slab.slot_of(addr) else {
+                return false;
+            };
+            if !slab.may_free(slot, raw) {
+                return false;
+            }
+            let requested = if raw { slab.requested(slot) } else { size };
+            let own = self.own(slab);
             // SAFETY: this heap owns the slab; the slot was checked live.
             unsafe { slab.release(own, slot) };
             self.span_freed(own.bytes, requested);
             self.cache_span(eng, slab);
             return true;
         }
+        match self.release_slot(slab, addr, raw, size) {
+            Freed::No => false,
+            Freed::Done => true,
+            Freed::Moves => {
+                self.settle(eng, slab, class as usize);
+                true
+            }
+        }
+    }
+
+    /// [`release_hot`](Self::release_hot) of a slab of a class (not a large block),
+    /// calling nothing: whether the block was freed, and whether the slab must then
+    /// move ([`settle`](Self::settle)).
+    #[inline(always)]
+    pub(crate) fn release_slot(&self, slab: &Slab, addr: usize, raw: bool, size: usize) -> Freed {
+        debug_assert_ne!(slab.class(), SPAN_CLASS);
+        let Ok(slot) = slab.slot_of(addr) else {
+            return Freed::No;
+        };
+        if !slab.may_free(slot, raw) {
+            return Freed::No;
+        }
+        let requested = if raw { slab.requested(slot) } else { size };
+        let own = self.own(slab);
         // SAFETY: this heap owns the slab; the slot was checked live.
         unsafe { slab.release(own, slot) };
         let stride = slab.stride();
-        self.count_free(class as usize, stride, 1, stride - requested);
+        self.count_free(slab.class() as usize, stride, 1, stride - requested);
         if own.place == Place::Full || (own.place != Place::Current && slab.live() == 0) {
-            self.settle(eng, slab, class as usize);
+            return Freed::Moves;
         }
-        true
+        Freed::Done
     }
 
     /// Resizes the live block at `addr` of this heap's `slab` in place to `size`
@@ -887,6 +925,7 @@ impl Owned<'_> {
         size: usize,
         raw: bool,
     ) -> Option<(NonNull<u8>, bool)> {
+        eng.report_pending_late_refusals();
         self.collect_inbox(eng);
         loop {
             if let Some(served) = self.grant_hot(eng, class, size, raw) {
@@ -1108,7 +1147,7 @@ impl Owned<'_> {
     ///
     /// It takes the slab's owner side itself (no `&mut Own` argument): caching may
     /// give this very slab back, which takes its owner side again.
-    fn settle(&self, eng: &Engine, slab: &Slab, class: usize) {
+    pub(crate) fn settle(&self, eng: &Engine, slab: &Slab, class: usize) {
         let own = self.own(slab);
         let cls = &mut self.state().classes[class];
         let empty = slab.live() == 0;

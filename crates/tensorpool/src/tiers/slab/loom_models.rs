@@ -44,14 +44,24 @@ fn model(f: impl Fn() + Sync + Send + 'static) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Addr(usize);
 
+/// A block from the leaf hot path (the managers' first try), else the full path.
 fn alloc(eng: &Arc<Engine>, raw: bool) -> Addr {
-    let (ptr, _) = eng.grant(0, 64, raw).expect("memory for the model");
+    let (ptr, _) = eng
+        .grant_leaf(0, 64, raw)
+        .map_or_else(|| eng.grant(0, 64, raw), Ok)
+        .expect("memory for the model");
     Addr(ptr.as_ptr().addr())
 }
 
+/// A free by the leaf hot path (the managers' first try), else the full path.
 fn free(eng: &Arc<Engine>, a: Addr, raw: bool) -> bool {
     let ptr = std::ptr::without_provenance_mut::<u8>(a.0);
-    eng.release(ptr.addr(), raw, 64, None)
+    let leaf = match raw {
+        true => eng.release_raw_leaf(ptr),
+        false => eng.release_typed_leaf(ptr, 64, 0),
+    };
+    leaf || eng
+        .release(ptr.addr(), raw, 64, None)
         .expect("a slab address")
         .is_ok()
 }

@@ -56,13 +56,13 @@ use crate::tiers::best_fit::BestFit;
 use crate::tiers::size_class::SizeClasses;
 use crate::util::sync::Mutex;
 pub(crate) use heap::InPlace;
-use heap::{Heap, HeapBox, MAX_SLOTS};
+use heap::{Freed, Heap, HeapBox, MAX_SLOTS};
 use page_map::{PageMap, PAGE};
 use slab::{Posted, Slab};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
-use thread::{current_heap, enter, enter_bound, with_heap, Stopped};
+use thread::{current_heap, enter, enter_bound, enter_leaf, with_heap, Stopped};
 
 /// The class number of spans (slabs of one large block).
 pub(crate) const SPAN_CLASS: u32 = u32::MAX;
@@ -450,6 +450,117 @@ impl Engine {
         }
     }
 
+    /// [`grant_hot`](Self::grant_hot) from the current slab alone, calling nothing:
+    /// `None`, nothing changed, when the calling thread must bind a heap, wait for
+    /// a stopper or change slabs (the caller's full path does).
+    #[inline(always)]
+    pub(crate) fn grant_leaf(
+        &self,
+        class: usize,
+        size: usize,
+        raw: bool,
+    ) -> Option<(NonNull<u8>, bool)> {
+        let entered = enter_leaf(self)?;
+        if let Some(served) = entered.owned().grant_hot(self, class, size, raw) {
+            return Some(served);
+        }
+        // The operation goes on in the call, which ends it: nothing is left to do
+        // here after it, so nothing is saved for it.
+        self.grant_refill_ending(entered, class, size, raw)
+    }
+
+    /// [`Owned::grant_refill`](heap::Owned::grant_refill) inside `entered`, which it
+    /// ends.
+    #[inline(never)]
+    fn grant_refill_ending(
+        &self,
+        entered: thread::Entered<'_>,
+        class: usize,
+        size: usize,
+        raw: bool,
+    ) -> Option<(NonNull<u8>, bool)> {
+        entered.owned().grant_refill(self, class, size, raw)
+    }
+
+    /// [`release_hot`](Self::release_hot) of a typed block of `class` in the class's
+    /// current slab, calling nothing: `false`, nothing changed, otherwise.
+    #[inline(always)]
+    pub(crate) fn release_typed_leaf(&self, ptr: *mut u8, size: usize, class: usize) -> bool {
+        let Some(entered) = enter_leaf(self) else {
+            return false;
+        };
+        if entered.owned().release_typed_hot(class, ptr, size) {
+            return true;
+        }
+        // As in `grant_leaf`: the call ends the operation.
+        self.release_typed_elsewhere(entered, class, ptr.addr(), size)
+    }
+
+    /// [`release_hot`](Self::release_hot) of a typed block of `class` that is not in
+    /// the class's current slab, inside `entered`, which it ends.
+    #[inline(never)]
+    fn release_typed_elsewhere(
+        &self,
+        entered: thread::Entered<'_>,
+        class: usize,
+        addr: usize,
+        size: usize,
+    ) -> bool {
+        let owned = entered.owned();
+        match self.own_slab_holding(&owned, entered.heap, addr) {
+            Some(slab) => owned.release_typed(self, slab, class, addr, size),
+            None => false,
+        }
+    }
+
+    /// [`release_hot`](Self::release_hot) of a raw block, calling nothing where it
+    /// is a slot of one of the slabs the calling thread's last frees found: `true` if
+    /// `ptr` was a live raw block of the calling thread's slabs, now free; `false`,
+    /// nothing changed, otherwise (the caller's full path says why).
+    #[inline(always)]
+    pub(crate) fn release_raw_leaf(&self, ptr: *mut u8) -> bool {
+        let addr = ptr.addr();
+        let Some(entered) = enter_leaf(self) else {
+            return false;
+        };
+        let owned = entered.owned();
+        let Some(slab) = owned.last_holding(addr).filter(|s| s.class() != SPAN_CLASS) else {
+            // As in `grant_leaf`: the call ends the operation.
+            return self.release_raw_elsewhere(entered, addr);
+        };
+        match owned.release_slot(slab, addr, true, 0) {
+            Freed::No => false,
+            Freed::Done => true,
+            Freed::Moves => {
+                let slab: *const Slab = slab;
+                self.settle_ending(entered, slab)
+            }
+        }
+    }
+
+    /// [`release_hot`](Self::release_hot) of a raw block of a slab the calling
+    /// thread's last frees did not find, or of a large block, inside `entered`, which
+    /// it ends.
+    #[inline(never)]
+    fn release_raw_elsewhere(&self, entered: thread::Entered<'_>, addr: usize) -> bool {
+        let owned = entered.owned();
+        match self.own_slab_holding(&owned, entered.heap, addr) {
+            Some(slab) => owned.release_hot(self, slab, addr, true, 0),
+            None => false,
+        }
+    }
+
+    /// Moves `slab`, of the heap of `entered`, where a free left it, inside `entered`,
+    /// which it ends; `true` (the free was done).
+    #[inline(never)]
+    fn settle_ending(&self, entered: thread::Entered<'_>, slab: *const Slab) -> bool {
+        // SAFETY: a slab of the calling thread's heap, which holds it inside
+        // `entered`; records live as long as the engine.
+        let slab = unsafe { &*slab };
+        entered.owned().settle(self, slab, slab.class() as usize);
+        true
+    }
+
     /// The hot path of a large block: one of `pages` pages from the calling thread's
     /// cache, and whether it is known zero; or `None` (then
     /// [`grant_span`](Self::grant_span)).
@@ -736,8 +847,22 @@ impl Engine {
     /// every heap runs, the report waits for its end: a stopped thread may hold the
     /// lock of standard error.
     pub(crate) fn report_late_refusal(&self, n: u32) {
-        self.late_pending.fetch_add(n, Relaxed);
+        self.count_late_refusal(n);
         if !self.stopping.load(Relaxed) {
+            self.print_late_refusals();
+        }
+    }
+
+    /// Counts `n` late refusals to report later.
+    #[inline(always)]
+    pub(crate) fn count_late_refusal(&self, n: u32) {
+        self.late_pending.fetch_add(n, Relaxed);
+    }
+
+    /// Prints the late refusals counted on hot paths (which call nothing), unless
+    /// heaps are stopped.
+    pub(crate) fn report_pending_late_refusals(&self) {
+        if self.late_pending.load(Relaxed) != 0 && !self.stopping.load(Relaxed) {
             self.print_late_refusals();
         }
     }
@@ -787,7 +912,7 @@ impl Engine {
 
     /// The calling thread, exiting, leaves `heap` (its own) to the engine.
     pub(crate) fn abandon(&self, heap: &Heap) {
-        if heap.enter() {
+        if heap.try_enter() {
             // SAFETY: the calling thread holds its heap inside this operation.
             let owned = unsafe { heap.owned() };
             owned.flush(self);
@@ -811,7 +936,7 @@ impl Engine {
         if !mine.is_null() {
             // SAFETY: the calling thread's heap, which lives as long as the engine.
             let heap = unsafe { &*mine };
-            if heap.enter() {
+            if heap.try_enter() {
                 // SAFETY: inside an operation of the calling thread's own heap.
                 total += f(&unsafe { heap.owned() });
                 heap.leave();
@@ -1018,7 +1143,7 @@ impl Engine {
         }
         // SAFETY: the calling thread's heap, which lives as long as the engine.
         let heap = unsafe { &*mine };
-        if heap.enter() {
+        if heap.try_enter() {
             // SAFETY: inside an operation of the calling thread's own heap.
             let owned = unsafe { heap.owned() };
             owned.flush(self);
