@@ -1847,3 +1847,42 @@ fn the_leaf_paths_step_aside_for_a_trim_from_another_thread() {
     let s = mm.stats();
     assert_eq!((s.allocated_bytes, s.num_invalid_frees), (0, 0));
 }
+
+#[test]
+fn a_class_that_holds_many_blocks_ends_up_in_few_slabs() {
+    // Slabs are sized by what their class holds, so a class that grows starts with
+    // small ones (4, 4, 8, 16, 32 KiB for 64 blocks of 1 KiB); an empty slab far
+    // smaller than what the class holds elsewhere goes back when it empties, and
+    // the slabs made next are larger.
+    let mm = manager(heap_config());
+    let layout = Layout::from_size_align(1024, 64).unwrap();
+    let slabs = |mm: &MemoryManager| {
+        let s = mm.stats();
+        let class = s.classes.iter().find(|c| c.block_size == 1024).unwrap();
+        (class.slabs, class.reserved_bytes)
+    };
+    let mut first = None;
+    for _ in 0..8 {
+        let held: Vec<NonNull<u8>> = (0..64)
+            .map(|_| mm.allocate(layout).unwrap().cast())
+            .collect();
+        first.get_or_insert(slabs(&mm));
+        for p in &held {
+            // SAFETY: allocated above with `layout`, freed once.
+            unsafe { mm.deallocate(*p, layout) };
+        }
+    }
+    let held: Vec<NonNull<u8>> = (0..64)
+        .map(|_| mm.allocate(layout).unwrap().cast())
+        .collect();
+    let (first, last) = (first.unwrap(), slabs(&mm));
+    assert!(first.0 >= 5, "first round: {first:?}");
+    assert!(last.0 < first.0, "{first:?} -> {last:?}");
+    // No more memory than the first round's slabs held.
+    assert!(last.1 <= first.1, "{first:?} -> {last:?}");
+    for p in &held {
+        // SAFETY: as above.
+        unsafe { mm.deallocate(*p, layout) };
+    }
+    assert_eq!(mm.stats().allocated_bytes, 0);
+}

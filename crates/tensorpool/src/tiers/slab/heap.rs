@@ -195,6 +195,10 @@ pub(crate) struct ClassCounts {
     pub(crate) slab_bytes: Count,
     /// Slabs made (allocations that had to take pages).
     pub(crate) misses: Count,
+    /// Bytes of small slabs given back when they emptied since the class last made a
+    /// slab ([`Owned::settle`]): the next one is made as large as they were together,
+    /// one slab where they were several.
+    pub(crate) merged: Count,
 }
 
 /// What a heap counts beside the hot line; read by `stats()` while the owner runs.
@@ -333,6 +337,10 @@ impl Recent {
         bytes: 0,
     };
 }
+
+/// An empty slab whose class holds at least this many times its bytes in other
+/// slabs goes back when it empties ([`Owned::settle`]).
+const CONSOLIDATE: usize = 8;
 
 /// What a free of a slot of a class did ([`Owned::release_slot`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1151,12 +1159,33 @@ impl Owned<'_> {
         let own = self.own(slab);
         let cls = &mut self.state().classes[class];
         let empty = slab.live() == 0;
+        // An empty slab far smaller than what its class holds elsewhere goes back
+        // at once, not to the class's empty slabs: the class's next slab, sized by
+        // what it holds, is then a large one, and a class that holds many blocks
+        // ends up in a few large slabs instead of the small ones it started with
+        // (64 blocks of 1 KiB made and freed over and over took five slabs, 4 to
+        // 32 KiB, and changed slabs five times a round).
+        let small = empty
+            && own.bytes < eng.max_slab
+            && own.bytes * CONSOLIDATE <= cls.held - own.bytes
+            && eng.classes[class].capacity.is_none();
         // SAFETY: list members belong to this heap.
         unsafe {
             match (own.place, empty) {
                 (Place::Full, false) => {
                     list::push(&mut cls.partial, slab, own);
                     own.place = Place::Partial;
+                }
+                (Place::Full | Place::Partial, true) if small => {
+                    if own.place == Place::Partial {
+                        list::remove(&mut cls.partial, own);
+                    }
+                    self.heap.counts.classes[class].merged.add(own.bytes as u64);
+                    // On no list, and not cached: as a full slab.
+                    own.place = Place::Full;
+                    own.idle = 0;
+                    self.destroy(eng, slab);
+                    return;
                 }
                 (Place::Full, true) => {
                     list::push(&mut cls.empty, slab, own);
@@ -1417,7 +1446,17 @@ impl Owned<'_> {
     fn new_slab(&self, eng: &Engine, class: usize) -> Result<*const Slab> {
         let geometry: &Class = &eng.classes[class];
         let held = self.state().classes[class].held;
-        let (mut slots, mut bytes) = geometry.slab_layout(held, eng.max_slab);
+        // Slabs grow with what the class holds; after small ones went back, the next
+        // replaces them (not more than the class holds, which may have shrunk since).
+        let merged = &self.heap.counts.classes[class].merged;
+        let basis = match merged.get() as usize {
+            0 => held,
+            bytes => {
+                merged.set(0);
+                bytes.min(held)
+            }
+        };
+        let (mut slots, mut bytes) = geometry.slab_layout(basis, eng.max_slab);
         if let Some(capacity) = &geometry.capacity {
             let granted = capacity.take(slots);
             if granted == 0 {
@@ -1872,5 +1911,8 @@ mod tests {
             recent + std::mem::size_of::<[Recent; 2]>() <= 64,
             "{recent}"
         );
+        // A class's state is one line, found by a shift (what only slow paths
+        // change lives in `Counts`).
+        assert_eq!(std::mem::size_of::<ClassState>(), 64);
     }
 }
