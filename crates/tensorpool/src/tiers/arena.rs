@@ -816,6 +816,59 @@ impl Arena {
         // SAFETY: as for `alloc`.
         unsafe { alloc_slice_with(self, len, |_| T::zeroed()) }
     }
+
+    /// The value `f` makes, written into the arena: the memory is taken first, so
+    /// a large value can be built in place instead of on the stack and then moved
+    /// (as bumpalo's `alloc_with`). If `f` panics, the memory stays unused until the
+    /// next reset.
+    // Each call hands out fresh memory no other reference points to, as bumpalo's
+    // `alloc` does, so the `&mut` does not alias anything reachable from `&self`.
+    #[allow(clippy::mut_from_ref)]
+    pub fn alloc_with<T>(&self, f: impl FnOnce() -> T) -> Result<&mut T> {
+        // SAFETY: as for `alloc`.
+        unsafe { alloc_value_with(self, f) }
+    }
+
+    /// A slice of `len` elements, element `i` made by `f(i)`.
+    ///
+    /// ```
+    /// let arena = tensorpool::Arena::new();
+    /// let squares = arena.alloc_slice_fill_with(4, |i| i * i)?;
+    /// assert_eq!(squares, &[0, 1, 4, 9]);
+    /// let name = arena.alloc_str("layer.0.weight")?;
+    /// name.make_ascii_uppercase();
+    /// assert_eq!(name, "LAYER.0.WEIGHT");
+    /// # Ok::<(), tensorpool::Error>(())
+    /// ```
+    // Each call hands out fresh memory no other reference points to, as bumpalo's
+    // `alloc` does, so the `&mut` does not alias anything reachable from `&self`.
+    #[allow(clippy::mut_from_ref)]
+    pub fn alloc_slice_fill_with<T>(
+        &self,
+        len: usize,
+        f: impl FnMut(usize) -> T,
+    ) -> Result<&mut [T]> {
+        // SAFETY: as for `alloc`.
+        unsafe { alloc_slice_with(self, len, f) }
+    }
+
+    /// A clone of every element of `src`, in the arena.
+    // Each call hands out fresh memory no other reference points to, as bumpalo's
+    // `alloc` does, so the `&mut` does not alias anything reachable from `&self`.
+    #[allow(clippy::mut_from_ref)]
+    pub fn alloc_slice_clone<T: Clone>(&self, src: &[T]) -> Result<&mut [T]> {
+        // SAFETY: as for `alloc`.
+        unsafe { alloc_slice_with(self, src.len(), |i| src[i].clone()) }
+    }
+
+    /// A copy of `src` in the arena, as a string.
+    // Each call hands out fresh memory no other reference points to, as bumpalo's
+    // `alloc` does, so the `&mut` does not alias anything reachable from `&self`.
+    #[allow(clippy::mut_from_ref)]
+    pub fn alloc_str(&self, src: &str) -> Result<&mut str> {
+        // SAFETY: as for `alloc`.
+        unsafe { alloc_str_copy(self, src) }
+    }
 }
 
 impl Drop for Arena {
@@ -864,6 +917,34 @@ unsafe fn alloc_value<'a, T>(arena: &Arena, value: T) -> Result<&'a mut T> {
         ptr.as_ptr().write(value);
         Ok(&mut *ptr.as_ptr())
     }
+}
+
+/// The value `f` makes, written into memory taken from `arena` before `f` runs,
+/// with a lifetime the caller bounds.
+///
+/// # Safety
+///
+/// As for [`alloc_value`].
+unsafe fn alloc_value_with<'a, T>(arena: &Arena, f: impl FnOnce() -> T) -> Result<&'a mut T> {
+    let ptr = place::<T>(arena, Layout::new::<T>())?;
+    // SAFETY: as in `alloc_value`; if `f` panics, nothing was written and the memory
+    // stays unused, which is safe.
+    unsafe {
+        ptr.as_ptr().write(f());
+        Ok(&mut *ptr.as_ptr())
+    }
+}
+
+/// A copy of `src` in `arena`, with a lifetime the caller bounds.
+///
+/// # Safety
+///
+/// As for [`alloc_value`].
+unsafe fn alloc_str_copy<'a>(arena: &Arena, src: &str) -> Result<&'a mut str> {
+    // SAFETY: by the caller's contract.
+    let bytes = unsafe { alloc_slice_with(arena, src.len(), |i| src.as_bytes()[i]) }?;
+    // SAFETY: the bytes are a copy of a `str`'s, so UTF-8.
+    Ok(unsafe { std::str::from_utf8_unchecked_mut(bytes) })
 }
 
 /// A slice of `len` elements made by `f(index)`, with a lifetime the caller bounds.
@@ -950,6 +1031,34 @@ impl<'s> Scope<'s> {
     pub fn alloc_slice_zeroed<T: Zeroable>(&self, len: usize) -> Result<&'s mut [T]> {
         // SAFETY: as for `alloc`.
         unsafe { alloc_slice_with(self.arena, len, |_| T::zeroed()) }
+    }
+
+    /// The value `f` makes, written into the scope (see [`Arena::alloc_with`]).
+    pub fn alloc_with<T>(&self, f: impl FnOnce() -> T) -> Result<&'s mut T> {
+        // SAFETY: as for `alloc`.
+        unsafe { alloc_value_with(self.arena, f) }
+    }
+
+    /// A slice of `len` elements, element `i` made by `f(i)`.
+    pub fn alloc_slice_fill_with<T>(
+        &self,
+        len: usize,
+        f: impl FnMut(usize) -> T,
+    ) -> Result<&'s mut [T]> {
+        // SAFETY: as for `alloc`.
+        unsafe { alloc_slice_with(self.arena, len, f) }
+    }
+
+    /// A clone of every element of `src`, in the scope.
+    pub fn alloc_slice_clone<T: Clone>(&self, src: &[T]) -> Result<&'s mut [T]> {
+        // SAFETY: as for `alloc`.
+        unsafe { alloc_slice_with(self.arena, src.len(), |i| src[i].clone()) }
+    }
+
+    /// A copy of `src` in the scope, as a string.
+    pub fn alloc_str(&self, src: &str) -> Result<&'s mut str> {
+        // SAFETY: as for `alloc`.
+        unsafe { alloc_str_copy(self.arena, src) }
     }
 
     /// Runs `f` in a nested scope, releasing what it allocated when it returns.
@@ -1167,6 +1276,51 @@ mod tests {
         assert_eq!(arena.stats().allocated_bytes, 0);
         assert_eq!(arena.checkpoint(), outer_cp);
         assert!(arena.stats().chunks >= 2, "chunks are retained for reuse");
+    }
+
+    #[test]
+    fn values_slices_and_strings_built_in_the_arena() {
+        let mut arena = heap_arena().first_chunk_size(4096).build().unwrap();
+        let big = arena.alloc_with(|| [7u64; 64]).unwrap();
+        assert!(big.iter().all(|&x| x == 7));
+        big[3] = 1;
+        let names: Vec<String> = (0..3).map(|i| format!("layer.{i}")).collect();
+        let cloned = arena.alloc_slice_clone(&names).unwrap();
+        assert_eq!(cloned, &names[..]);
+        cloned[0].push_str(".bias");
+        assert_eq!(cloned[0], "layer.0.bias");
+        let filled = arena.alloc_slice_fill_with(5, |i| i as u32 * 3).unwrap();
+        assert_eq!(filled, &[0, 3, 6, 9, 12]);
+        let s = arena.alloc_str("héllo").unwrap();
+        s.make_ascii_uppercase();
+        assert_eq!(s, "HéLLO");
+        assert_eq!(arena.alloc_str("").unwrap(), "");
+        assert!(arena.alloc_slice_clone::<String>(&[]).unwrap().is_empty());
+        // The clones own heap memory of their own (an arena runs no destructor).
+        for c in cloned.iter_mut() {
+            drop(std::mem::take(c));
+        }
+        // A constructor that panics leaves the arena usable; its memory stays unused
+        // until the next reset.
+        let before = arena.stats().allocated_bytes;
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            arena.alloc_with::<u64>(|| panic!("no value"))
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(arena.stats().allocated_bytes, before.next_multiple_of(8) + 8);
+        assert_eq!(*arena.alloc(5u8).unwrap(), 5);
+        arena.scope(|scope| {
+            let v = scope.alloc_with(|| 11u16).unwrap();
+            let t = scope.alloc_str("scoped").unwrap();
+            let c = scope.alloc_slice_clone(&[1u8, 2]).unwrap();
+            let f = scope.alloc_slice_fill_with(2, |i| i).unwrap();
+            assert_eq!(
+                (*v, &*t, &*c, &*f),
+                (11, "scoped", &[1u8, 2][..], &[0, 1][..])
+            );
+        });
+        arena.reset();
+        assert_eq!(arena.stats().allocated_bytes, 0);
     }
 
     #[test]
