@@ -1767,8 +1767,8 @@ fn blocks_held_across_slabs_are_freed_by_the_leaf_paths_and_their_fallbacks() {
     // by the hundred span several slabs of a class, so every one of those runs.
     let mm = manager(heap_config());
     let layout = Layout::from_size_align(1024, 64).unwrap();
-    let n = if cfg!(miri) { 60 } else { 300 };
-    for round in 0..3 {
+    let n = if cfg!(miri) { 40 } else { 300 };
+    for round in 0..if cfg!(miri) { 1 } else { 3 } {
         let typed: Vec<NonNull<u8>> = (0..n)
             .map(|_| mm.allocate(layout).unwrap().cast())
             .collect();
@@ -1827,7 +1827,7 @@ fn the_leaf_paths_step_aside_for_a_trim_from_another_thread() {
             }
         });
         let layout = Layout::from_size_align(64, 64).unwrap();
-        for _ in 0..if cfg!(miri) { 20 } else { 3_000 } {
+        for _ in 0..if cfg!(miri) { 5 } else { 3_000 } {
             let held: Vec<NonNull<u8>> = (0..40)
                 .map(|i| match i % 2 {
                     0 => mm.allocate(layout).unwrap().cast(),
@@ -1849,6 +1849,7 @@ fn the_leaf_paths_step_aside_for_a_trim_from_another_thread() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "a policy, no unsafe code of its own: slow under Miri")]
 fn a_class_that_holds_many_blocks_ends_up_in_few_slabs() {
     // Slabs are sized by what their class holds, so a class that grows starts with
     // small ones (4, 4, 8, 16, 32 KiB for 64 blocks of 1 KiB); an empty slab far

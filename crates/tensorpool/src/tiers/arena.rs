@@ -1307,7 +1307,10 @@ mod tests {
             arena.alloc_with::<u64>(|| panic!("no value"))
         }));
         assert!(panicked.is_err());
-        assert_eq!(arena.stats().allocated_bytes, before.next_multiple_of(8) + 8);
+        assert_eq!(
+            arena.stats().allocated_bytes,
+            before.next_multiple_of(8) + 8
+        );
         assert_eq!(*arena.alloc(5u8).unwrap(), 5);
         arena.scope(|scope| {
             let v = scope.alloc_with(|| 11u16).unwrap();
