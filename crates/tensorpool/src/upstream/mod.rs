@@ -99,6 +99,13 @@ pub use crate::error::UpstreamError;
 
 /// A source of memory regions.
 ///
+/// A manager calls its upstream in the middle of its own work (a thread's slab half
+/// made, a tier's lock held), so an upstream must not allocate from or free into
+/// the manager it serves: that call would run inside the one that called the
+/// upstream (debug builds stop with "an operation
+/// inside another"; before they did, such a call deadlocked). Its own bookkeeping
+/// may use any other allocator, another manager included.
+///
 /// # Safety
 ///
 /// An implementation promises that a region returned by [`allocate`](Self::allocate)

@@ -933,12 +933,13 @@ impl Owned<'_> {
         size: usize,
         raw: bool,
     ) -> Option<(NonNull<u8>, bool)> {
-        eng.report_pending_late_refusals();
         self.collect_inbox(eng);
         loop {
             if let Some(served) = self.grant_hot(eng, class, size, raw) {
-                // A slow path: where peaks are recorded.
+                // A slow path: where peaks are recorded, and the late refusals that
+                // hot paths counted (this loop's too) are printed.
                 self.publish(eng);
+                eng.report_pending_late_refusals();
                 return Some(served);
             }
             let cls = &mut self.state().classes[class];
@@ -955,6 +956,7 @@ impl Owned<'_> {
             } else if !cls.empty.is_null() {
                 cls.empty
             } else {
+                eng.report_pending_late_refusals();
                 return None;
             };
             // SAFETY: list members are live slabs of this heap.

@@ -919,6 +919,7 @@ impl Engine {
             owned.publish_now(self);
             heap.leave();
         }
+        self.report_pending_late_refusals();
         let mut reg = self.registry.lock();
         if let Some((_, standing)) = reg.heaps.iter_mut().find(|(h, _)| std::ptr::eq(&**h, heap)) {
             *standing = Standing::Abandoned;
@@ -1033,6 +1034,11 @@ impl Engine {
         for (heap, standing) in reg.heaps.iter_mut() {
             if stopped.contains(&std::ptr::from_ref(&**heap)) && *standing == Standing::Bound {
                 *standing = Standing::Abandoned;
+                // Its owner, stopped outside any operation, may have been inside the
+                // handshake's own few instructions when the memory was copied (its
+                // mark set, the signal read, the mark not yet cleared): no thread of
+                // the child runs it, and the next that adopts it starts afresh.
+                heap.hot.active.store(0, Relaxed);
             }
         }
         self.stopping.store(false, Relaxed);
@@ -1371,6 +1377,74 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_heap_a_fork_caught_inside_the_handshake_is_adopted_clean() {
+        // A stopper sees an owner outside any operation and goes on; the owner may
+        // then set its mark, read the signal and give up (`enter_leaf`, or `enter`
+        // waiting): a fork in those few instructions copies the mark set. The child
+        // leaves the heap to its threads to adopt, its mark cleared (the debug
+        // assertion of the hot paths failed at the adopter's first operation).
+        let classes = SizeClasses::new(64, 128, 1).expect("a valid table");
+        let large = BestFit::builder()
+            .upstream(Arc::new(crate::upstream::HeapUpstream))
+            .build()
+            .expect("valid settings");
+        let eng = Engine::new(
+            Some(classes),
+            &[],
+            64,
+            0,
+            PAGE,
+            1 << 20,
+            large,
+            Arc::default(),
+        );
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let owner = std::thread::spawn({
+            let eng = eng.clone();
+            move || {
+                let (p, _) = eng.grant(0, 64, true).unwrap();
+                assert!(eng.release_raw_leaf(p.as_ptr()));
+                bound_tx.send(()).unwrap();
+                go_rx.recv().unwrap();
+            }
+        });
+        bound_rx.recv().unwrap();
+        // The owner's heap: the only one bound (this thread has none).
+        let heap: *const Heap = eng
+            .registry
+            .lock()
+            .heaps
+            .iter()
+            .find(|(_, s)| *s == Standing::Bound)
+            .map(|(h, _)| &**h as *const Heap)
+            .expect("the owner's heap");
+        // SAFETY: the engine's heaps live as long as the engine.
+        let heap = unsafe { &*heap };
+        let hold = eng.hold_for_fork();
+        heap.hot.active.store(1, Relaxed); // as the copied mark would be
+        eng.in_forked_child(hold);
+        assert_eq!(heap.hot.active.load(Relaxed), 0);
+        let standing = eng
+            .registry
+            .lock()
+            .heaps
+            .iter()
+            .find(|(h, _)| std::ptr::eq(&**h, heap))
+            .map(|(_, s)| *s);
+        assert_eq!(standing, Some(Standing::Abandoned));
+        go_tx.send(()).unwrap();
+        owner.join().unwrap();
+        // The next thread adopts it and works in it.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let (p, _) = eng.grant(0, 64, true).unwrap();
+                assert!(eng.release_raw_leaf(p.as_ptr()));
+            });
+        });
     }
 
     #[test]

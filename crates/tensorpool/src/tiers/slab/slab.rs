@@ -40,8 +40,10 @@
 //! freed the slot and took it again in between) is settled by the owner: when it
 //! hands out a slot it looks for a pending post and throws it away (a post from
 //! before the slot was live again), and when it collects it checks the slot is live
-//! with the kind posted. Such a late refusal is counted and reported, and changes
-//! nothing.
+//! with the kind posted. Such a late refusal is counted at once (the statistics'
+//! `num_invalid_frees`), changes nothing, and is reported on standard error: at
+//! once when a collection finds it, at the thread's next refill, trim, statistics or
+//! exit when a hot path (which calls nothing) threw the post away.
 //!
 //! ```text
 //! group (64 slots, one cache line): free bits | raw bits | 4 post words

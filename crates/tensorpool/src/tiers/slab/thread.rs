@@ -12,10 +12,12 @@
 //!
 //! While the thread-local list is being destroyed, the engine's shared heap serves,
 //! under a lock. No allocation or free runs inside another on one heap: the
-//! engine's own bookkeeping never allocates from the manager it serves, and the
+//! engine's own bookkeeping never allocates from the manager it serves, the
 //! process-wide allocator's front sends a nested call to the system allocator
-//! (`util::reentry`). The few paths that may run inside an operation (statistics
-//! and trim from an out-of-memory report) use `Heap::try_enter`, which says so.
+//! (`util::reentry`), and an `Upstream` must not call back into the manager it
+//! serves (its docs say so; debug builds catch it). The paths that need not use the
+//! calling thread's heap (statistics, trim, flush, thread exit) take it with
+//! `Heap::try_enter`, which does without it rather than nest an operation.
 //!
 //! # Leaves
 //!
@@ -26,8 +28,9 @@
 //! to change or to move between lists, another slab of the thread's), or, before
 //! anything changed, on the full path (no heap of the engine bound last, a stopper
 //! waiting, another tier): `enter_leaf` gives the operation up when a stopper wants
-//! the heap, and the full path's `enter` waits for it. A 64-byte pair through
-//! `Allocator` went from 139 to 126 instructions and 0.80x the time.
+//! the heap, and the full path's `enter` waits for it. With the reentrancy test gone from
+//! the hot paths (above), a 64-byte pair through `Allocator` went from 145 to 126
+//! instructions and 0.77-0.85x the time.
 //!
 //! # Stopping a heap
 //!
@@ -135,9 +138,9 @@ mod membarrier {
 
 impl Heap {
     /// Starts an operation of the owner; `false` if one is running already (a
-    /// nested call: the caller does without the heap, or uses the shared one).
-    /// For paths that may run inside an operation (statistics and trim from an
-    /// out-of-memory report, thread exit); the hot paths use [`enter`](Self::enter).
+    /// nested call: the caller does without the heap). For the paths that need not
+    /// use the calling thread's heap (statistics, trim, flush, thread exit); the
+    /// allocation and free paths use [`enter`](Self::enter).
     #[inline]
     pub(crate) fn try_enter(&self) -> bool {
         if self.hot.active.load(Relaxed) != 0 {
@@ -344,8 +347,8 @@ fn last_heap(engine: &Engine) -> Option<*const Heap> {
 }
 
 /// The calling thread's heap of `engine`, inside an operation that lasts as long as
-/// the returned guard; `None` when the thread cannot use its heap now (thread-local
-/// destruction, reentrancy).
+/// the returned guard; `None` when the thread cannot use its heap now (during
+/// thread-local destruction).
 #[inline(always)]
 pub(crate) fn enter(engine: &Arc<Engine>) -> Option<Entered<'_>> {
     let heap = match last_heap(engine) {
