@@ -10,28 +10,8 @@
 //! or counted when collected), and once everything is collected the books balance.
 
 use super::*;
-use crate::upstream::HeapUpstream;
 use loom::sync::Mutex as LoomMutex;
 use std::ptr::NonNull;
-
-/// An engine of one 64-byte class over the heap, slabs of one page (64 slots).
-fn engine() -> Arc<Engine> {
-    let classes = SizeClasses::new(64, 128, 1).expect("a valid table");
-    let large = BestFit::builder()
-        .upstream(Arc::new(HeapUpstream))
-        .build()
-        .expect("valid settings");
-    Engine::new(
-        Some(classes),
-        &[],
-        64,
-        0,
-        PAGE,
-        1 << 20,
-        large,
-        Arc::default(),
-    )
-}
 
 /// Every interleaving with up to three preemptions.
 fn model(f: impl Fn() + Sync + Send + 'static) {
@@ -104,7 +84,7 @@ fn balanced(eng: &Arc<Engine>, invalid: u64) {
 #[test]
 fn a_remote_free_is_collected_and_its_slot_reused_once() {
     model(|| {
-        let eng = engine();
+        let eng = one_class_engine();
         let ledger = Arc::new(Ledger::default());
         let a = alloc(&eng, true);
         ledger.take(a);
@@ -130,7 +110,7 @@ fn a_remote_free_is_collected_and_its_slot_reused_once() {
 #[test]
 fn two_remote_frees_of_one_block_take_effect_once() {
     model(|| {
-        let eng = engine();
+        let eng = one_class_engine();
         let a = alloc(&eng, true);
         let frees: Vec<_> = (0..2)
             .map(|_| {
@@ -148,7 +128,7 @@ fn two_remote_frees_of_one_block_take_effect_once() {
 #[test]
 fn an_owner_free_racing_a_remote_free_takes_effect_once() {
     model(|| {
-        let eng = engine();
+        let eng = one_class_engine();
         let a = alloc(&eng, true);
         let remote = {
             let eng = eng.clone();
@@ -177,7 +157,7 @@ fn an_owner_free_racing_a_remote_free_takes_effect_once() {
 #[test]
 fn a_block_of_an_exited_thread_is_freed_and_its_heap_adopted() {
     model(|| {
-        let eng = engine();
+        let eng = one_class_engine();
         let made = {
             let eng = eng.clone();
             loom::thread::spawn(move || alloc(&eng, false))
@@ -205,7 +185,7 @@ fn a_block_of_an_exited_thread_is_freed_and_its_heap_adopted() {
 #[test]
 fn a_trim_stops_a_running_owner_between_operations() {
     model(|| {
-        let eng = engine();
+        let eng = one_class_engine();
         let ledger = Arc::new(Ledger::default());
         let worker = {
             let (eng, ledger) = (eng.clone(), ledger.clone());
@@ -228,7 +208,7 @@ fn a_trim_stops_a_running_owner_between_operations() {
 #[test]
 fn a_typed_free_into_a_stopped_heap_is_kept() {
     model(|| {
-        let eng = engine();
+        let eng = one_class_engine();
         let a = alloc(&eng, false);
         let ptr = NonNull::new(std::ptr::without_provenance_mut::<u8>(a.0)).unwrap();
         let remote = {

@@ -1298,6 +1298,27 @@ impl Engine {
     }
 }
 
+/// An engine of one 64-byte class over the heap, slabs of one page (64 slots): what
+/// the loom models and the engine's own tests run on.
+#[cfg(test)]
+fn one_class_engine() -> Arc<Engine> {
+    let classes = SizeClasses::new(64, 128, 1).expect("a valid table");
+    let large = BestFit::builder()
+        .upstream(Arc::new(crate::upstream::HeapUpstream))
+        .build()
+        .expect("valid settings");
+    Engine::new(
+        Some(classes),
+        &[],
+        64,
+        0,
+        PAGE,
+        1 << 20,
+        large,
+        Arc::default(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1386,21 +1407,7 @@ mod tests {
         // waiting): a fork in those few instructions copies the mark set. The child
         // leaves the heap to its threads to adopt, its mark cleared (the debug
         // assertion of the hot paths failed at the adopter's first operation).
-        let classes = SizeClasses::new(64, 128, 1).expect("a valid table");
-        let large = BestFit::builder()
-            .upstream(Arc::new(crate::upstream::HeapUpstream))
-            .build()
-            .expect("valid settings");
-        let eng = Engine::new(
-            Some(classes),
-            &[],
-            64,
-            0,
-            PAGE,
-            1 << 20,
-            large,
-            Arc::default(),
-        );
+        let eng = one_class_engine();
         let (bound_tx, bound_rx) = std::sync::mpsc::channel();
         let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
         let owner = std::thread::spawn({
