@@ -54,9 +54,15 @@ fn element_count(shape: &[usize]) -> Result<usize> {
     Ok(if shape.contains(&0) { 0 } else { nonzero })
 }
 
-/// An uninitialized boxed slice of `len` elements from `mm`, with the manager's own
-/// error on failure (the `Box` constructors would only say "allocation failed").
-fn uninit<T>(mm: &MemoryManager, len: usize) -> Result<Box<[MaybeUninit<T>], MemoryManager>> {
+/// A boxed slice of `len` elements from `mm`, uninitialized, or zeroed (memory fresh
+/// from the system is not written again: `MemoryManager::try_allocate_zeroed`); with
+/// the manager's own error on failure (the `Box` constructors would only say
+/// "allocation failed").
+fn block<T>(
+    mm: &MemoryManager,
+    len: usize,
+    zeroed: bool,
+) -> Result<Box<[MaybeUninit<T>], MemoryManager>> {
     let layout = Layout::array::<T>(len).map_err(|_| Error::SizeTooLarge {
         size: len.saturating_mul(size_of::<T>()),
         max: MAX_ALLOCATION_SIZE,
@@ -65,7 +71,10 @@ fn uninit<T>(mm: &MemoryManager, len: usize) -> Result<Box<[MaybeUninit<T>], Mem
         // Nothing to allocate; the Box neither allocates nor frees for zero bytes.
         return Ok(Box::new_uninit_slice_in(len, mm.clone()));
     }
-    let ptr = mm.allocate_typed(layout)?;
+    let ptr = match zeroed {
+        true => mm.try_allocate_zeroed(layout)?,
+        false => mm.allocate_typed(layout)?,
+    };
     let slice = std::ptr::slice_from_raw_parts_mut(ptr.as_ptr().cast::<MaybeUninit<T>>(), len);
     // SAFETY: `ptr` is a fresh block of `layout` = `[T; len]` from `mm`, and the Box
     // frees it with `Layout::for_value` of the slice, the same layout, through `mm`.
@@ -92,7 +101,7 @@ impl<T> Tensor<T> {
 
     /// A tensor whose element at flat (row-major) index `i` is `f(i)`.
     pub fn from_fn(mm: &MemoryManager, shape: &[usize], f: impl FnMut(usize) -> T) -> Result<Self> {
-        let data = uninit(mm, element_count(shape)?)?;
+        let data = block(mm, element_count(shape)?, false)?;
         Ok(Self::from_uninit(data, shape, f))
     }
 
@@ -104,20 +113,43 @@ impl<T> Tensor<T> {
         Self::from_fn(mm, shape, |_| value.clone())
     }
 
-    /// A tensor of zeros.
+    /// A tensor of zeros. Memory fresh from the system is known to be zero and is not
+    /// written (a large tensor's pages are then touched first by the program), as
+    /// `calloc` does.
     pub fn zeros(mm: &MemoryManager, shape: &[usize]) -> Result<Self>
     where
         T: Zeroable,
     {
-        let mut data = uninit::<T>(mm, element_count(shape)?)?;
-        // SAFETY: the slice's memory is ours and `len` elements long; all-zero bytes
-        // are a valid `T` (`Zeroable`).
-        let data = unsafe {
-            std::ptr::write_bytes(data.as_mut_ptr(), 0, data.len());
-            data.assume_init()
-        };
+        let data = block::<T>(mm, element_count(shape)?, true)?;
+        // SAFETY: every byte of the slice is zero, and all-zero bytes are a valid `T`
+        // (`Zeroable`).
+        let data = unsafe { data.assume_init() };
         Ok(Tensor {
             data,
+            shape: shape.to_vec(),
+        })
+    }
+
+    /// A tensor whose elements are not initialized yet: write every one, then
+    /// [`assume_init`](Tensor::assume_init). For data that comes from elsewhere (a
+    /// file, a kernel's output), without writing the memory twice.
+    ///
+    /// ```
+    /// use tensorpool::{MemoryManager, Tensor};
+    ///
+    /// let mm = MemoryManager::default();
+    /// let mut t = Tensor::<u32>::uninit(&mm, &[2, 2])?;
+    /// for (i, x) in t.iter_mut().enumerate() {
+    ///     x.write(i as u32 * 10);
+    /// }
+    /// // SAFETY: every element was written above.
+    /// let t = unsafe { t.assume_init() };
+    /// assert_eq!(&t[..], &[0, 10, 20, 30]);
+    /// # Ok::<(), tensorpool::Error>(())
+    /// ```
+    pub fn uninit(mm: &MemoryManager, shape: &[usize]) -> Result<Tensor<MaybeUninit<T>>> {
+        Ok(Tensor {
+            data: block::<T>(mm, element_count(shape)?, false)?,
             shape: shape.to_vec(),
         })
     }
@@ -199,6 +231,21 @@ impl<T> Tensor<T> {
     }
 }
 
+impl<T> Tensor<MaybeUninit<T>> {
+    /// The tensor with its elements taken as initialized, in the same memory.
+    ///
+    /// # Safety
+    ///
+    /// Every element was written (as for [`MaybeUninit::assume_init`]).
+    pub unsafe fn assume_init(self) -> Tensor<T> {
+        Tensor {
+            // SAFETY: by the caller's contract.
+            data: unsafe { self.data.assume_init() },
+            shape: self.shape,
+        }
+    }
+}
+
 impl<T> Deref for Tensor<T> {
     type Target = [T];
 
@@ -256,6 +303,64 @@ mod tests {
         assert_eq!(mm.stats().allocated_blocks, 4);
         drop((a, b, c, big));
         assert_eq!(mm.stats().allocated_bytes, 0);
+    }
+
+    #[test]
+    fn uninit_tensors_are_written_then_assumed_initialized() {
+        let mm = mm();
+        let mut t = Tensor::<String>::uninit(&mm, &[2, 3]).unwrap();
+        assert_eq!((t.shape(), t.len()), (&[2, 3][..], 6));
+        for (i, x) in t.iter_mut().enumerate() {
+            x.write(format!("#{i}"));
+        }
+        // SAFETY: every element was written above.
+        let t = unsafe { t.assume_init() };
+        assert_eq!(t[5], "#5");
+        drop(t); // the strings are dropped with the tensor, the block goes back
+        assert_eq!(mm.stats().allocated_bytes, 0);
+        let empty = Tensor::<u64>::uninit(&mm, &[0, 4]).unwrap();
+        // SAFETY: no element to write.
+        assert!(unsafe { empty.assume_init() }.is_empty());
+    }
+
+    #[test]
+    fn zeros_are_zero_also_in_reused_memory() {
+        let mm = mm();
+        let mut dirty = Tensor::<u32>::full(&mm, &[1000], u32::MAX).unwrap();
+        dirty[0] = 7;
+        let at = dirty.as_ptr();
+        drop(dirty);
+        let z = Tensor::<u32>::zeros(&mm, &[1000]).unwrap();
+        assert_eq!(z.as_ptr(), at, "the same block again");
+        assert!(z.iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    #[cfg(all(unix, not(miri)))]
+    fn zeros_of_fresh_pages_leave_them_untouched() {
+        // `calloc`'s promise: memory fresh from the system is zero already, and a
+        // large tensor of zeros does not fault its pages in (writing them did, 64 MiB
+        // of page faults before the program touched any).
+        let mm = MemoryManager::default();
+        let bytes = 64 << 20;
+        let z = Tensor::<u8>::zeros(&mm, &[bytes]).unwrap();
+        let page = crate::upstream::page_size();
+        let pages = bytes / page;
+        let mut resident = vec![0u8; pages];
+        // SAFETY: the range is the tensor's block, page-aligned (blocks this large
+        // are), and `resident` has one byte per page; `mincore` only reads the page
+        // tables.
+        let r = unsafe {
+            libc::mincore(
+                z.as_ptr() as *mut libc::c_void,
+                bytes,
+                resident.as_mut_ptr(),
+            )
+        };
+        assert_eq!(r, 0);
+        let touched = resident.iter().filter(|&&b| b & 1 != 0).count();
+        assert!(touched < pages / 8, "{touched} of {pages} pages resident");
+        assert!(z.iter().step_by(page).all(|&b| b == 0));
     }
 
     #[test]
