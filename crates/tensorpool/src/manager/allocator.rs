@@ -197,8 +197,11 @@ unsafe impl Allocator for MemoryManager {
         if layout.size() == 0 {
             return Ok(zero_sized(layout.align()));
         }
-        match self.inner.serve_leaf(layout.size(), layout.align(), false) {
-            Some((ptr, _)) => Ok(NonNull::slice_from_raw_parts(ptr, layout.size())),
+        match self
+            .inner
+            .serve_leaf::<NonNull<u8>>(layout.size(), layout.align(), false)
+        {
+            Some(ptr) => Ok(NonNull::slice_from_raw_parts(ptr, layout.size())),
             None => self.allocate_past_leaf(layout),
         }
     }

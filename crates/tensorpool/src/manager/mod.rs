@@ -377,7 +377,7 @@ impl MemoryManager {
     #[inline]
     pub fn allocate_raw(&self, size: usize, align: usize) -> Result<NonNull<u8>> {
         if align.is_power_of_two() {
-            if let Some((ptr, _)) = self.inner.serve_leaf(size, align, true) {
+            if let Some(ptr) = self.inner.serve_leaf::<NonNull<u8>>(size, align, true) {
                 return Ok(ptr);
             }
         }
@@ -400,7 +400,10 @@ impl MemoryManager {
     #[inline]
     pub fn allocate_raw_zeroed(&self, size: usize, align: usize) -> Result<NonNull<u8>> {
         if align.is_power_of_two() {
-            if let Some((ptr, zero)) = self.inner.serve_leaf(size, align, true) {
+            if let Some((ptr, zero)) = self
+                .inner
+                .serve_leaf::<(NonNull<u8>, bool)>(size, align, true)
+            {
                 if !zero {
                     // SAFETY: a fresh block of at least `size` bytes, exclusively ours.
                     unsafe { ptr.as_ptr().write_bytes(0, size) };

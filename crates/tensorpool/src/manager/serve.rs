@@ -6,7 +6,7 @@ use crate::error::{Error, OutOfMemory, Result};
 use crate::limits::{validate, MAX_ALIGN};
 use crate::observe::debug::{self, Record, GUARD};
 use crate::tiers::contract::BlockTier;
-use crate::tiers::slab::EngineStats;
+use crate::tiers::slab::{EngineStats, Grant};
 use std::ptr::NonNull;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -62,14 +62,10 @@ impl Inner {
     /// [`serve_hot`](Self::serve_hot) of a size in the class table from the calling
     /// thread's current slab of the class, calling nothing (so that no register is
     /// saved around a call): `None`, nothing changed, for anything else (then
-    /// `serve_hot` and the full path). A typed allocation's hot path.
+    /// `serve_hot` and the full path). The hot path of allocations; `G` is the
+    /// block alone or with its zero flag (see `Grant`).
     #[inline(always)]
-    pub(super) fn serve_leaf(
-        &self,
-        size: usize,
-        align: usize,
-        raw: bool,
-    ) -> Option<(NonNull<u8>, bool)> {
+    pub(super) fn serve_leaf<G: Grant>(&self, size: usize, align: usize, raw: bool) -> Option<G> {
         if size.wrapping_sub(1) < self.table_limit && align <= self.table_align {
             // SAFETY: `1 <= size <= table_limit`, the engine's table limit.
             let class = unsafe { self.engine.table_class(size) };

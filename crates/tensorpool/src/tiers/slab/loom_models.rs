@@ -27,7 +27,7 @@ struct Addr(usize);
 /// A block from the leaf hot path (the managers' first try), else the full path.
 fn alloc(eng: &Arc<Engine>, raw: bool) -> Addr {
     let (ptr, _) = eng
-        .grant_leaf(0, 64, raw)
+        .grant_leaf::<(NonNull<u8>, bool)>(0, 64, raw)
         .map_or_else(|| eng.grant(0, 64, raw), Ok)
         .expect("memory for the model");
     Addr(ptr.as_ptr().addr())

@@ -64,6 +64,26 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering:
 use std::sync::Arc;
 use thread::{current_heap, enter, enter_bound, enter_leaf, with_heap, Stopped};
 
+/// What an allocation's leaf returns (`Engine::grant_leaf`): the block, and whether
+/// its bytes are known to be zero, or the block alone.
+pub(crate) trait Grant: Sized {
+    fn from_served(ptr: NonNull<u8>, zero: bool) -> Self;
+}
+
+impl Grant for NonNull<u8> {
+    #[inline(always)]
+    fn from_served(ptr: NonNull<u8>, _zero: bool) -> Self {
+        ptr
+    }
+}
+
+impl Grant for (NonNull<u8>, bool) {
+    #[inline(always)]
+    fn from_served(ptr: NonNull<u8>, zero: bool) -> Self {
+        (ptr, zero)
+    }
+}
+
 /// The class number of spans (slabs of one large block).
 pub(crate) const SPAN_CLASS: u32 = u32::MAX;
 
@@ -452,17 +472,14 @@ impl Engine {
 
     /// [`grant_hot`](Self::grant_hot) from the current slab alone, calling nothing:
     /// `None`, nothing changed, when the calling thread must bind a heap, wait for
-    /// a stopper or change slabs (the caller's full path does).
+    /// a stopper or change slabs (the caller's full path does). What it returns is
+    /// the caller's choice of [`Grant`]: a caller that needs no zero flag asks for
+    /// the pointer alone, which an `Option` holds in one register.
     #[inline(always)]
-    pub(crate) fn grant_leaf(
-        &self,
-        class: usize,
-        size: usize,
-        raw: bool,
-    ) -> Option<(NonNull<u8>, bool)> {
+    pub(crate) fn grant_leaf<G: Grant>(&self, class: usize, size: usize, raw: bool) -> Option<G> {
         let entered = enter_leaf(self)?;
-        if let Some(served) = entered.owned().grant_hot(self, class, size, raw) {
-            return Some(served);
+        if let Some((ptr, zero)) = entered.owned().grant_hot(self, class, size, raw) {
+            return Some(G::from_served(ptr, zero));
         }
         // The operation goes on in the call, which ends it: nothing is left to do
         // here after it, so nothing is saved for it.
@@ -472,14 +489,15 @@ impl Engine {
     /// [`Owned::grant_refill`](heap::Owned::grant_refill) inside `entered`, which it
     /// ends.
     #[inline(never)]
-    fn grant_refill_ending(
+    fn grant_refill_ending<G: Grant>(
         &self,
         entered: thread::Entered<'_>,
         class: usize,
         size: usize,
         raw: bool,
-    ) -> Option<(NonNull<u8>, bool)> {
-        entered.owned().grant_refill(self, class, size, raw)
+    ) -> Option<G> {
+        let (ptr, zero) = entered.owned().grant_refill(self, class, size, raw)?;
+        Some(G::from_served(ptr, zero))
     }
 
     /// [`release_hot`](Self::release_hot) of a typed block of `class` in the class's
