@@ -45,9 +45,10 @@ use crate::manager::MemoryManager;
 use crate::observe::snapshot::Snapshot;
 use crate::observe::stats::Stats;
 use crate::util::reentry::Inside;
+use crate::util::sync::PlainMutex;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::OnceLock;
 
 pub mod malloc;
@@ -65,8 +66,14 @@ pub struct GlobalManager {
 /// What both process allocators ([`GlobalManager`], [`Malloc`](malloc::Malloc)) keep:
 /// the manager, started at the first call, and the counts of what it did not serve.
 struct Process {
-    /// Started at the first call; `None` if it could not start.
-    manager: OnceLock<Option<MemoryManager>>,
+    /// Started at the first call. Every `malloc` and `free` reads it: a `OnceLock`
+    /// of the manager itself is one test (of an `Option` inside, two tests and a
+    /// load more, six instructions an operation in the preloaded library).
+    manager: OnceLock<MemoryManager>,
+    /// The manager could not start: the system allocator serves from then on.
+    failed: AtomicBool,
+    /// Held by the thread that starts the manager; the others wait for it.
+    starting: PlainMutex<()>,
     config: fn() -> Config,
     fallbacks: Counts,
 }
@@ -75,6 +82,8 @@ impl Process {
     const fn new(config: fn() -> Config) -> Self {
         Process {
             manager: OnceLock::new(),
+            failed: AtomicBool::new(false),
+            starting: PlainMutex::new(()),
             config,
             fallbacks: Counts::new(),
         }
@@ -83,13 +92,35 @@ impl Process {
     /// The manager, started if it is not yet; the caller is inside.
     #[inline]
     fn manager(&self, _inside: &Inside) -> Option<&MemoryManager> {
-        self.manager.get_or_init(|| start(self.config)).as_ref()
+        match self.manager.get() {
+            Some(mm) => Some(mm),
+            None => self.start_once(),
+        }
+    }
+
+    /// Starts the manager, once: `None` if it cannot start (then or before).
+    #[cold]
+    fn start_once(&self) -> Option<&MemoryManager> {
+        let _starting = self.starting.lock();
+        if let Some(mm) = self.manager.get() {
+            return Some(mm);
+        }
+        if self.failed.load(Relaxed) {
+            return None;
+        }
+        match start(self.config) {
+            Some(mm) => Some(self.manager.get_or_init(|| mm)),
+            None => {
+                self.failed.store(true, Relaxed);
+                None
+            }
+        }
     }
 
     /// The manager if it has started (never starts it).
     #[inline]
     fn running(&self) -> Option<&MemoryManager> {
-        self.manager.get().and_then(Option::as_ref)
+        self.manager.get()
     }
 
     /// Runs `f` on the manager, inside the allocator (what it allocates comes from
@@ -469,5 +500,43 @@ unsafe impl GlobalAlloc for GlobalManager {
             self.deallocate(ptr, layout);
         }
         new
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threads_that_allocate_first_together_start_one_manager() {
+        // The first allocations of a process may come from several threads at once:
+        // one starts the manager, the others wait for it and use the same one.
+        static GLOBAL: GlobalManager = GlobalManager::new();
+        let layout = Layout::from_size_align(256, 16).unwrap();
+        let barrier = std::sync::Barrier::new(8);
+        let blocks: Vec<usize> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        barrier.wait();
+                        // SAFETY: a layout of non-zero size; the block is freed below.
+                        unsafe { GLOBAL.alloc(layout) }.expose_provenance()
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        let stats = GLOBAL.stats().expect("the manager started");
+        assert_eq!(
+            stats.allocated_bytes,
+            8 * 256,
+            "every block from one manager"
+        );
+        for addr in blocks {
+            let ptr = std::ptr::with_exposed_provenance_mut::<u8>(addr);
+            // SAFETY: allocated above with `layout`, freed once.
+            unsafe { GLOBAL.dealloc(ptr, layout) };
+        }
+        assert_eq!(GLOBAL.stats().unwrap().allocated_bytes, 0);
     }
 }
