@@ -48,7 +48,10 @@ use crate::util::reentry::Inside;
 use crate::util::sync::PlainMutex;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicUsize,
+    Ordering::{Acquire, Relaxed, Release},
+};
 use std::sync::OnceLock;
 
 pub mod malloc;
@@ -98,20 +101,25 @@ impl Process {
         }
     }
 
-    /// Starts the manager, once: `None` if it cannot start (then or before).
+    /// Starts the manager, once: `None` if it cannot start (then or before). After a
+    /// failed start, every allocation of the process comes here: it reads the flag
+    /// before the lock, so that they do not queue on it.
     #[cold]
     fn start_once(&self) -> Option<&MemoryManager> {
+        if self.failed.load(Acquire) {
+            return None;
+        }
         let _starting = self.starting.lock();
         if let Some(mm) = self.manager.get() {
             return Some(mm);
         }
-        if self.failed.load(Relaxed) {
+        if self.failed.load(Acquire) {
             return None;
         }
         match start(self.config) {
             Some(mm) => Some(self.manager.get_or_init(|| mm)),
             None => {
-                self.failed.store(true, Relaxed);
+                self.failed.store(true, Release);
                 None
             }
         }
