@@ -6,6 +6,7 @@ use super::serve::Route;
 use super::MemoryManager;
 use crate::error::Result;
 use crate::tiers::contract::zero_sized;
+use crate::util::relocate::relocate;
 use allocator_api2::alloc::{AllocError, Allocator};
 use std::alloc::Layout;
 use std::ptr::NonNull;
@@ -126,7 +127,7 @@ impl MemoryManager {
     ) -> std::result::Result<NonNull<[u8]>, AllocError> {
         if !self.resize_typed_in_place(ptr, old, new) {
             // SAFETY: by our caller's contract.
-            return unsafe { self.move_typed(ptr, old, new, zeroed) };
+            return unsafe { relocate(self, ptr, old, new, zeroed) };
         }
         if zeroed && new.size() > old.size() {
             // SAFETY: the block holds `new.size()` bytes now.
@@ -137,36 +138,6 @@ impl MemoryManager {
             };
         }
         Ok(NonNull::slice_from_raw_parts(ptr, new.size()))
-    }
-
-    /// Moves a typed block to a new one of `new` (zeroed past the old bytes if
-    /// `zeroed`): `Allocator`'s `grow` and `shrink` where the block cannot stay.
-    ///
-    /// # Safety
-    ///
-    /// `ptr` is a live typed block of this manager allocated with `old`.
-    unsafe fn move_typed(
-        &self,
-        ptr: NonNull<u8>,
-        old: Layout,
-        new: Layout,
-        zeroed: bool,
-    ) -> std::result::Result<NonNull<[u8]>, AllocError> {
-        let moved = match zeroed {
-            true => self.allocate_zeroed(new)?,
-            false => self.allocate(new)?,
-        };
-        // SAFETY: both blocks are live, distinct and at least this long; `ptr` is
-        // freed with the layout it was allocated with.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                ptr.as_ptr(),
-                moved.cast::<u8>().as_ptr(),
-                old.size().min(new.size()),
-            );
-            self.deallocate(ptr, old);
-        }
-        Ok(moved)
     }
 
     /// [`Allocator::deallocate`] past its leaf (the current slab of a class in the

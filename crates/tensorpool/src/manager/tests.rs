@@ -1762,9 +1762,9 @@ fn a_large_block_made_and_dropped_over_and_over_stays_with_its_thread() {
 fn blocks_held_across_slabs_are_freed_by_the_leaf_paths_and_their_fallbacks() {
     // Allocations and frees first try a leaf (the current slab of a class, or a slab
     // a free found last), which calls nothing; a block elsewhere in the thread's
-    // slabs goes on in a call that ends the operation (`release_typed_elsewhere`,
-    // `release_raw_elsewhere`, `settle_ending`, `grant_refill_ending`). Blocks held
-    // by the hundred span several slabs of a class, so every one of those runs.
+    // slabs goes on in a call that ends the operation (`release_elsewhere`,
+    // `settle_ending`, `grant_refill_ending`). Blocks held by the hundred span
+    // several slabs of a class, so every one of those runs.
     let mm = manager(heap_config());
     let layout = Layout::from_size_align(1024, 64).unwrap();
     let n = if cfg!(miri) { 40 } else { 300 };

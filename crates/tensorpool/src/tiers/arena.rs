@@ -79,6 +79,7 @@ use crate::observe::snapshot::{BlockSnapshot, BlockState, SegmentSnapshot, Snaps
 use crate::observe::stats::{Tier, Usage};
 use crate::tiers::contract::zero_sized;
 use crate::upstream::{default_upstream, page_size, Region, Upstream};
+use crate::util::relocate::relocate;
 use allocator_api2::alloc::{AllocError, Allocator};
 use bytemuck::Zeroable;
 use serde::Serialize;
@@ -409,30 +410,6 @@ impl Arena {
     fn count_allocation(&self, size: usize) {
         self.num_allocs.set(self.num_allocs.get() + 1);
         self.requested.set(self.requested.get() + size);
-    }
-
-    /// Moves the block at `ptr` to a new one for `new_layout`, keeping the bytes both
-    /// hold (what `Allocator::grow` and `shrink` do where the block cannot stay).
-    ///
-    /// # Safety
-    ///
-    /// As for `Allocator::grow`: `ptr` is a live block of this arena allocated with
-    /// `old_layout`.
-    unsafe fn moved(
-        &self,
-        ptr: NonNull<u8>,
-        old_layout: Layout,
-        new_layout: Layout,
-    ) -> std::result::Result<NonNull<[u8]>, AllocError> {
-        let new = Allocator::allocate(self, new_layout)?;
-        let kept = old_layout.size().min(new_layout.size());
-        // SAFETY: `ptr` holds `old_layout.size()` live bytes (the caller's contract),
-        // `new` is a fresh block of `new_layout.size()`; they do not overlap.
-        unsafe {
-            std::ptr::copy_nonoverlapping(ptr.as_ptr(), new.cast().as_ptr(), kept);
-            Allocator::deallocate(self, ptr, old_layout);
-        }
-        Ok(new)
     }
 
     #[cold]
@@ -1150,7 +1127,7 @@ unsafe impl Allocator for Arena {
             }
         }
         // SAFETY: the caller's contract, forwarded.
-        unsafe { self.moved(ptr, old_layout, new_layout) }
+        unsafe { relocate(self, ptr, old_layout, new_layout, false) }
     }
 
     /// A block shrinks where it is (its alignment allowing): nothing moves, and the
@@ -1166,7 +1143,7 @@ unsafe impl Allocator for Arena {
             return Ok(NonNull::slice_from_raw_parts(ptr, new_layout.size()));
         }
         // SAFETY: the caller's contract, forwarded.
-        unsafe { self.moved(ptr, old_layout, new_layout) }
+        unsafe { relocate(self, ptr, old_layout, new_layout, false) }
     }
 }
 

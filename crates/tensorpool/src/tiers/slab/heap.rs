@@ -665,9 +665,8 @@ impl Owned<'_> {
         // SAFETY: this heap owns the slab.
         let (slot, zero, stale) = unsafe { slab.grant_slot(own, raw, size) }?;
         if stale != 0 {
-            // Counted, and printed at the next refill: the hot path calls nothing.
-            self.heap.counts.late_refusals.add(u64::from(stale));
-            eng.count_late_refusal(stale);
+            // Printed at the next refill: the hot path calls nothing.
+            self.count_late(eng, stale);
         }
         self.count_grant(class, state.stride, size);
         // SAFETY: `slot < slots`, so the offset lies inside the slab's pages, which
@@ -690,17 +689,10 @@ impl Owned<'_> {
     ) -> bool {
         let class = slab.class();
         if class == SPAN_CLASS {
-            let Ok(slot) = slab.slot_of(addr) else {
+            let Some(requested) = self.free_slot(slab, addr, raw, size) else {
                 return false;
             };
-            if !slab.may_free(slot, raw) {
-                return false;
-            }
-            let requested = if raw { slab.requested(slot) } else { size };
-            let own = self.own(slab);
-            // SAFETY: this heap owns the slab; the slot was checked live.
-            unsafe { slab.release(own, slot) };
-            self.span_freed(own.bytes, requested);
+            self.span_freed(self.own(slab).bytes, requested);
             self.cache_span(eng, slab);
             return true;
         }
@@ -720,22 +712,31 @@ impl Owned<'_> {
     #[inline(always)]
     pub(crate) fn release_slot(&self, slab: &Slab, addr: usize, raw: bool, size: usize) -> Freed {
         debug_assert_ne!(slab.class(), SPAN_CLASS);
-        let Ok(slot) = slab.slot_of(addr) else {
+        let Some(requested) = self.free_slot(slab, addr, raw, size) else {
             return Freed::No;
         };
-        if !slab.may_free(slot, raw) {
-            return Freed::No;
-        }
-        let requested = if raw { slab.requested(slot) } else { size };
-        let own = self.own(slab);
-        // SAFETY: this heap owns the slab; the slot was checked live.
-        unsafe { slab.release(own, slot) };
         let stride = slab.stride();
         self.count_free(slab.class() as usize, stride, 1, stride - requested);
+        let own = self.own(slab);
         if own.place == Place::Full || (own.place != Place::Current && slab.live() == 0) {
             return Freed::Moves;
         }
         Freed::Done
+    }
+
+    /// Frees the slot `addr` starts in this heap's `slab` if it is live with raw flag
+    /// `raw` (and no other thread posted its free): the size requested for it (`size`
+    /// for a typed one); `None`, nothing changed, otherwise. Counts nothing.
+    #[inline(always)]
+    fn free_slot(&self, slab: &Slab, addr: usize, raw: bool, size: usize) -> Option<usize> {
+        let slot = slab.slot_of(addr).ok()?;
+        if !slab.may_free(slot, raw) {
+            return None;
+        }
+        let requested = if raw { slab.requested(slot) } else { size };
+        // SAFETY: this heap owns the slab; the slot was checked live.
+        unsafe { slab.release(self.own(slab), slot) };
+        Some(requested)
     }
 
     /// Resizes the live block at `addr` of this heap's `slab` in place to `size`
@@ -1318,8 +1319,15 @@ impl Owned<'_> {
     /// Counts (and reports) frees refused after they returned.
     #[cold]
     fn refused_late(&self, eng: &Engine, n: u32) {
-        self.heap.counts.late_refusals.add(n as u64);
-        eng.report_late_refusal(n);
+        self.count_late(eng, n);
+        eng.report_pending_late_refusals();
+    }
+
+    /// Counts frees refused after they returned, here and for the engine's report.
+    #[inline(always)]
+    fn count_late(&self, eng: &Engine, n: u32) {
+        self.heap.counts.late_refusals.add(u64::from(n));
+        eng.count_late_refusal(n);
     }
 
     // ---- frees from other threads ------------------------------------------------

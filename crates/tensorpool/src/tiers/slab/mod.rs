@@ -511,24 +511,7 @@ impl Engine {
             return true;
         }
         // As in `grant_leaf`: the call ends the operation.
-        self.release_typed_elsewhere(entered, class, ptr.addr(), size)
-    }
-
-    /// [`release_hot`](Self::release_hot) of a typed block of `class` that is not in
-    /// the class's current slab, inside `entered`, which it ends.
-    #[inline(never)]
-    fn release_typed_elsewhere(
-        &self,
-        entered: thread::Entered<'_>,
-        class: usize,
-        addr: usize,
-        size: usize,
-    ) -> bool {
-        let owned = entered.owned();
-        match self.own_slab_holding(&owned, entered.heap, addr) {
-            Some(slab) => owned.release_typed(self, slab, class, addr, size),
-            None => false,
-        }
+        self.release_elsewhere(entered, ptr.addr(), false, size, Some(class))
     }
 
     /// [`release_hot`](Self::release_hot) of a raw block, calling nothing where it
@@ -544,7 +527,7 @@ impl Engine {
         let owned = entered.owned();
         let Some(slab) = owned.last_holding(addr).filter(|s| s.class() != SPAN_CLASS) else {
             // As in `grant_leaf`: the call ends the operation.
-            return self.release_raw_elsewhere(entered, addr);
+            return self.release_elsewhere(entered, addr, true, 0, None);
         };
         match owned.release_slot(slab, addr, true, 0) {
             Freed::No => false,
@@ -556,15 +539,26 @@ impl Engine {
         }
     }
 
-    /// [`release_hot`](Self::release_hot) of a raw block of a slab the calling
-    /// thread's last frees did not find, or of a large block, inside `entered`, which
-    /// it ends.
+    /// [`release_hot`](Self::release_hot) past the class's current slab, inside
+    /// `entered`, which it ends: the slab of `addr` among the calling thread's (the
+    /// last that frees found, else the page map's), freed into by a typed free of
+    /// `class`, or by a raw or sizeless one (`class` `None`, checked as `raw` says).
     #[inline(never)]
-    fn release_raw_elsewhere(&self, entered: thread::Entered<'_>, addr: usize) -> bool {
+    fn release_elsewhere(
+        &self,
+        entered: thread::Entered<'_>,
+        addr: usize,
+        raw: bool,
+        size: usize,
+        class: Option<usize>,
+    ) -> bool {
         let owned = entered.owned();
-        match self.own_slab_holding(&owned, entered.heap, addr) {
-            Some(slab) => owned.release_hot(self, slab, addr, true, 0),
-            None => false,
+        let Some(slab) = self.own_slab_holding(&owned, entered.heap, addr) else {
+            return false;
+        };
+        match class {
+            Some(class) => owned.release_typed(self, slab, class, addr, size),
+            None => owned.release_hot(self, slab, addr, raw, size),
         }
     }
 
@@ -605,23 +599,15 @@ impl Engine {
         size: usize,
         class: Option<usize>,
     ) -> bool {
-        let addr = ptr.addr();
         let Some(entered) = enter_bound(self) else {
             return false;
         };
-        let owned = entered.owned();
         if let Some(class) = class {
-            if owned.release_typed_hot(class, ptr, size) {
+            if entered.owned().release_typed_hot(class, ptr, size) {
                 return true;
             }
         }
-        let Some(slab) = self.own_slab_holding(&owned, entered.heap, addr) else {
-            return false;
-        };
-        match class {
-            Some(class) => owned.release_typed(self, slab, class, addr, size),
-            None => owned.release_hot(self, slab, addr, raw, size),
-        }
+        self.release_elsewhere(entered, ptr.addr(), raw, size, class)
     }
 
     /// Resizes the live block at `ptr` in place to `size` bytes if it is a block of
@@ -861,24 +847,16 @@ impl Engine {
         })
     }
 
-    /// Counts and reports frees refused after they had returned. While a pass over
-    /// every heap runs, the report waits for its end: a stopped thread may hold the
-    /// lock of standard error.
-    pub(crate) fn report_late_refusal(&self, n: u32) {
-        self.count_late_refusal(n);
-        if !self.stopping.load(Relaxed) {
-            self.print_late_refusals();
-        }
-    }
-
-    /// Counts `n` late refusals to report later.
+    /// Counts `n` frees refused after they had returned, to report later
+    /// ([`report_pending_late_refusals`](Self::report_pending_late_refusals)).
     #[inline(always)]
     pub(crate) fn count_late_refusal(&self, n: u32) {
         self.late_pending.fetch_add(n, Relaxed);
     }
 
-    /// Prints the late refusals counted on hot paths (which call nothing), unless
-    /// heaps are stopped.
+    /// Prints the late refusals counted and not reported yet, unless heaps are
+    /// stopped: while a pass over every heap runs, the report waits for its end (a
+    /// stopped thread may hold the lock of standard error).
     pub(crate) fn report_pending_late_refusals(&self) {
         if self.late_pending.load(Relaxed) != 0 && !self.stopping.load(Relaxed) {
             self.print_late_refusals();
