@@ -159,11 +159,7 @@ impl Heap {
     /// on every allocation and free (7% of a typed pair's time).
     #[inline(always)]
     pub(crate) fn enter(&self) {
-        let h = &self.hot;
-        debug_assert_eq!(h.active.load(Relaxed), 0, "an operation inside another");
-        h.active.store(1, Relaxed);
-        owner_fence();
-        if h.signal.load(Acquire) != 0 {
+        if !self.enter_leaf() {
             self.yield_to_stopper();
         }
     }
@@ -190,18 +186,14 @@ impl Heap {
         self.hot.active.store(0, Release);
     }
 
+    /// Waits for the stopper, then starts the operation: the owner's mark is clear
+    /// on entry ([`enter_leaf`](Self::enter_leaf) gave the operation up).
     #[cold]
     fn yield_to_stopper(&self) {
-        let h = &self.hot;
-        loop {
-            h.active.store(0, Release);
-            // The stopper holds the mutex while it works.
+        // The stopper holds the mutex while it works.
+        drop(self.stopper.lock());
+        while !self.enter_leaf() {
             drop(self.stopper.lock());
-            h.active.store(1, Relaxed);
-            owner_fence();
-            if h.signal.load(Acquire) == 0 {
-                return;
-            }
         }
     }
 }
