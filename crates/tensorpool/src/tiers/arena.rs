@@ -764,7 +764,7 @@ impl Arena {
     pub fn alloc<T>(&self, value: T) -> Result<&mut T> {
         // SAFETY: the memory lives until a reset, rewind or drop, each of which needs
         // `&mut self` and so ends the borrow of `self` that bounds the result.
-        unsafe { alloc_value(self, value) }
+        unsafe { alloc_value_with(self, || value) }
     }
 
     /// A slice of `len` copies of `value`.
@@ -879,33 +879,18 @@ fn place<T>(arena: &Arena, layout: Layout) -> Result<NonNull<T>> {
         .cast::<T>())
 }
 
-/// Moves `value` into `arena`, returning a reference of any lifetime.
+/// The value `f` makes, written into memory taken from `arena` before `f` runs,
+/// returning a reference of any lifetime.
 ///
 /// # Safety
 ///
 /// The caller bounds `'a` by the time the memory stays allocated: until the arena is
 /// reset, rewound below this allocation, or dropped.
-unsafe fn alloc_value<'a, T>(arena: &Arena, value: T) -> Result<&'a mut T> {
-    let layout = Layout::new::<T>();
-    let ptr = place::<T>(arena, layout)?;
-    // SAFETY: `ptr` is valid for a `T` (fresh arena memory of its layout, or dangling
-    // for a zero-sized type) and nobody else refers to it; the caller bounds 'a.
-    unsafe {
-        ptr.as_ptr().write(value);
-        Ok(&mut *ptr.as_ptr())
-    }
-}
-
-/// The value `f` makes, written into memory taken from `arena` before `f` runs,
-/// with a lifetime the caller bounds.
-///
-/// # Safety
-///
-/// As for [`alloc_value`].
 unsafe fn alloc_value_with<'a, T>(arena: &Arena, f: impl FnOnce() -> T) -> Result<&'a mut T> {
     let ptr = place::<T>(arena, Layout::new::<T>())?;
-    // SAFETY: as in `alloc_value`; if `f` panics, nothing was written and the memory
-    // stays unused, which is safe.
+    // SAFETY: `ptr` is valid for a `T` (fresh arena memory of its layout, or dangling
+    // for a zero-sized type) and nobody else refers to it; the caller bounds 'a. If
+    // `f` panics, nothing was written and the memory stays unused, which is safe.
     unsafe {
         ptr.as_ptr().write(f());
         Ok(&mut *ptr.as_ptr())
@@ -916,7 +901,7 @@ unsafe fn alloc_value_with<'a, T>(arena: &Arena, f: impl FnOnce() -> T) -> Resul
 ///
 /// # Safety
 ///
-/// As for [`alloc_value`].
+/// As for [`alloc_value_with`].
 unsafe fn alloc_str_copy<'a>(arena: &Arena, src: &str) -> Result<&'a mut str> {
     // SAFETY: by the caller's contract.
     let bytes = unsafe { alloc_slice_with(arena, src.len(), |i| src.as_bytes()[i]) }?;
@@ -928,7 +913,7 @@ unsafe fn alloc_str_copy<'a>(arena: &Arena, src: &str) -> Result<&'a mut str> {
 ///
 /// # Safety
 ///
-/// As for [`alloc_value`].
+/// As for [`alloc_value_with`].
 unsafe fn alloc_slice_with<'a, T>(
     arena: &Arena,
     len: usize,
@@ -989,7 +974,7 @@ impl<'s> Scope<'s> {
     pub fn alloc<T>(&self, value: T) -> Result<&'s mut T> {
         // SAFETY: the scope releases its memory only after the closure that holds
         // every `'s` reference has returned.
-        unsafe { alloc_value(self.arena, value) }
+        unsafe { alloc_value_with(self.arena, || value) }
     }
 
     /// A slice of `len` copies of `value`.
