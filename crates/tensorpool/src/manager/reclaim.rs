@@ -15,20 +15,15 @@ impl Inner {
     /// [`reclaim_typed_hot`](Self::reclaim_typed_hot), then the full path.
     #[inline(always)]
     pub(super) fn reclaim_typed_leaf(&self, ptr: NonNull<u8>, size: usize, align: usize) -> bool {
-        if size.wrapping_sub(1) < self.table_limit && align <= self.table_align {
-            // SAFETY: `1 <= size <= table_limit`, the engine's table limit.
-            let class = unsafe { self.engine.table_class(size) };
-            return self.engine.release_typed_leaf(ptr.as_ptr(), size, class);
-        }
-        false
+        self.table_class(size, align)
+            .is_some_and(|class| self.engine.release_typed_leaf(ptr.as_ptr(), size, class))
     }
 
     /// The hot path of typed frees: `true` if the block was freed.
     #[inline(always)]
     pub(super) fn reclaim_typed_hot(&self, ptr: NonNull<u8>, size: usize, align: usize) -> bool {
-        let class = if size.wrapping_sub(1) < self.table_limit && align <= self.table_align {
-            // SAFETY: `1 <= size <= table_limit`, the engine's table limit.
-            Some(unsafe { self.engine.table_class(size) })
+        let class = if let Some(class) = self.table_class(size, align) {
+            Some(class)
         } else if !self.fast || align > MAX_ALIGN {
             // With explicit pools, a layout does not say which pool or class holds
             // the block: the engine finds its slab from the address (and checks it).

@@ -49,14 +49,23 @@ impl Inner {
         raw: bool,
     ) -> Option<(NonNull<u8>, bool)> {
         debug_assert!(align.is_power_of_two());
-        // One comparison for a size of 0 and one beyond the table (0 when the hot
-        // paths may not serve).
+        match self.table_class(size, align) {
+            Some(class) => self.engine.grant_hot(class, size, raw),
+            None => self.serve_hot_medium(size, align, raw),
+        }
+    }
+
+    /// The class of `size` at `align` from the engine's class table, where the hot
+    /// paths serve it: one comparison for a size of 0 and one beyond the table (0
+    /// when the hot paths may not serve: debug mode, explicit pools), one for the
+    /// alignment, and a byte of the table.
+    #[inline(always)]
+    pub(super) fn table_class(&self, size: usize, align: usize) -> Option<usize> {
         if size.wrapping_sub(1) < self.table_limit && align <= self.table_align {
             // SAFETY: `1 <= size <= table_limit`, the engine's table limit.
-            let class = unsafe { self.engine.table_class(size) };
-            return self.engine.grant_hot(class, size, raw);
+            return Some(unsafe { self.engine.table_class(size) });
         }
-        self.serve_hot_medium(size, align, raw)
+        None
     }
 
     /// [`serve_hot`](Self::serve_hot) of a size in the class table from the calling
@@ -66,12 +75,8 @@ impl Inner {
     /// block alone or with its zero flag (see `Grant`).
     #[inline(always)]
     pub(super) fn serve_leaf<G: Grant>(&self, size: usize, align: usize, raw: bool) -> Option<G> {
-        if size.wrapping_sub(1) < self.table_limit && align <= self.table_align {
-            // SAFETY: `1 <= size <= table_limit`, the engine's table limit.
-            let class = unsafe { self.engine.table_class(size) };
-            return self.engine.grant_leaf(class, size, raw);
-        }
-        None
+        let class = self.table_class(size, align)?;
+        self.engine.grant_leaf(class, size, raw)
     }
 
     /// [`serve_hot`](Self::serve_hot) for the raw API, whose alignment no `Layout`
