@@ -1887,3 +1887,56 @@ fn a_class_that_holds_many_blocks_ends_up_in_few_slabs() {
     }
     assert_eq!(mm.stats().allocated_bytes, 0);
 }
+
+#[test]
+fn large_blocks_freed_together_come_back_from_the_thread_cache() {
+    // 64 blocks of 64 KiB made and freed over and over (a layer's activations): the
+    // heap keeps all of them (up to the most it held live), so the next round takes
+    // them back without best fit; a request the cache cannot serve first gives back
+    // what it keeps beyond an eighth of that high-water mark.
+    let mm = manager(heap_config().release_delay_ms(None));
+    let n = if cfg!(miri) { 8 } else { 64 };
+    let layout = Layout::from_size_align(64 << 10, 64).unwrap();
+    let take = || -> Vec<NonNull<u8>> {
+        (0..n)
+            .map(|_| mm.allocate(layout).unwrap().cast())
+            .collect()
+    };
+    let give = |blocks: &[NonNull<u8>]| {
+        for &p in blocks {
+            // SAFETY: allocated by `take` with `layout`, freed once.
+            unsafe { mm.deallocate(p, layout) };
+        }
+    };
+    let sorted = |blocks: &[NonNull<u8>]| {
+        let mut a: Vec<usize> = blocks.iter().map(|p| p.as_ptr().addr()).collect();
+        a.sort_unstable();
+        a
+    };
+    let first = take();
+    give(&first);
+    let kept = mm.stats().thread_cached_bytes;
+    assert_eq!(kept, n * layout.size(), "every block freed is kept");
+    let reserved = mm.stats().reserved_bytes;
+    for _ in 0..3 {
+        let again = take();
+        assert_eq!(sorted(&again), sorted(&first), "the same blocks come back");
+        assert_eq!(mm.stats().thread_cached_bytes, 0);
+        give(&again);
+        assert_eq!(mm.stats().thread_cached_bytes, kept);
+        assert_eq!(mm.stats().reserved_bytes, reserved);
+    }
+    // A miss: a size the cache holds none of.
+    let other = Layout::from_size_align(100 << 10, 64).unwrap();
+    let p = mm.allocate(other).unwrap().cast::<u8>();
+    let eighth = (n * layout.size() / 8).max(128 << 10);
+    assert!(
+        mm.stats().thread_cached_bytes <= eighth,
+        "{} kept past a miss",
+        mm.stats().thread_cached_bytes
+    );
+    // SAFETY: allocated just above with `other`.
+    unsafe { mm.deallocate(p, other) };
+    mm.trim();
+    assert_eq!(mm.stats().thread_cached_bytes, 0);
+}
