@@ -1940,3 +1940,46 @@ fn large_blocks_freed_together_come_back_from_the_thread_cache() {
     mm.trim();
     assert_eq!(mm.stats().thread_cached_bytes, 0);
 }
+
+#[test]
+fn a_miss_gives_back_the_blocks_cached_longest_ago() {
+    // A block of a size no longer asked for, freed first, then 16 blocks of 256 KiB:
+    // the heap keeps them all (it held them live together). A request the cache
+    // cannot serve trims it to an eighth of that high-water mark, the oldest first,
+    // so the block freed last stays and serves the next request of its size.
+    // (Largest first kept the old block beside it.)
+    let mm = manager(heap_config().release_delay_ms(None));
+    let layout = |size| Layout::from_size_align(size, 64).unwrap();
+    let small = layout(40 << 10);
+    let big = layout(256 << 10);
+    let old = mm.allocate(small).unwrap().cast::<u8>();
+    let blocks: Vec<NonNull<u8>> = (0..16).map(|_| mm.allocate(big).unwrap().cast()).collect();
+    // SAFETY: allocated above with `small`, freed once.
+    unsafe { mm.deallocate(old, small) };
+    for &p in &blocks {
+        // SAFETY: allocated above with `big`, freed once.
+        unsafe { mm.deallocate(p, big) };
+    }
+    assert_eq!(
+        mm.stats().thread_cached_bytes,
+        16 * big.size() + small.size()
+    );
+    let other = layout(100 << 10);
+    let miss = mm.allocate(other).unwrap().cast::<u8>();
+    // Whole big blocks, the old one gone.
+    let kept = mm.stats().thread_cached_bytes;
+    assert_eq!(kept % big.size(), 0, "{kept} kept");
+    let n = kept / big.size();
+    assert!((1..=2).contains(&n), "{n} blocks kept");
+    let again: Vec<NonNull<u8>> = (0..n).map(|_| mm.allocate(big).unwrap().cast()).collect();
+    let newest: Vec<NonNull<u8>> = blocks[16 - n..].iter().rev().copied().collect();
+    assert_eq!(again, newest, "the blocks freed last, newest first");
+    assert_eq!(mm.stats().thread_cached_bytes, 0);
+    // SAFETY: allocated above with `big` and `other`, each freed once.
+    unsafe {
+        for p in again {
+            mm.deallocate(p, big);
+        }
+        mm.deallocate(miss, other);
+    }
+}

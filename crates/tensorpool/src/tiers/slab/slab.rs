@@ -159,6 +159,9 @@ pub(crate) struct Slab {
     inbox_next: AtomicPtr<Slab>,
     /// The next record of the same heap (a list statistics walk without a lock).
     pub(crate) all_next: AtomicPtr<Slab>,
+    /// When its heap's cache of free large blocks took it (owner only: the cache's
+    /// order, oldest first).
+    cached_at: AtomicU64,
 }
 
 // SAFETY: every field another thread may touch is atomic or immutable; `own` is
@@ -259,7 +262,18 @@ impl Slab {
             in_inbox: AtomicBool::new(false),
             inbox_next: AtomicPtr::new(std::ptr::null_mut()),
             all_next: AtomicPtr::new(std::ptr::null_mut()),
+            cached_at: AtomicU64::new(0),
         }
+    }
+
+    /// When its heap's cache took this free large block (see `heap::SpanCache`).
+    pub(crate) fn cached_at(&self) -> u64 {
+        self.cached_at.load(Relaxed)
+    }
+
+    /// Stamps this free large block as cached at `stamp` (by its heap's owner).
+    pub(crate) fn set_cached_at(&self, stamp: u64) {
+        self.cached_at.store(stamp, Relaxed);
     }
 
     #[inline(always)]
