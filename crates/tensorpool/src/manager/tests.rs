@@ -1983,3 +1983,69 @@ fn a_miss_gives_back_the_blocks_cached_longest_ago() {
         mm.deallocate(miss, other);
     }
 }
+
+#[test]
+fn raw_frees_in_no_order_are_checked_through_the_page_map() {
+    // Raw blocks of five classes freed in a scattered order: most frees find their
+    // slab in neither of the two the thread's last frees found, so the free's leaf
+    // reads the page map. Every check holds there as on the full path: a second
+    // free, an interior address and a typed block are refused and change nothing;
+    // a block of another thread's slab goes to the full path (posted).
+    let mm = manager(heap_config());
+    let sizes = [48, 200, 700, 3000, 9000];
+    let per = if cfg!(miri) { 6 } else { 60 };
+    let blocks: Vec<(NonNull<u8>, usize)> = (0..per)
+        .flat_map(|_| sizes.iter().map(|&s| (mm.allocate_raw(s, 16).unwrap(), s)))
+        .collect();
+    let layout = Layout::from_size_align(700, 16).unwrap();
+    let typed = mm.allocate(layout).unwrap().cast::<u8>();
+    let theirs = std::thread::scope(|s| {
+        s.spawn(|| mm.allocate_raw(200, 16).unwrap().as_ptr().addr())
+            .join()
+            .unwrap()
+    });
+    let n = blocks.len();
+    // A stride prime to the count visits every block once, scattered.
+    let order: Vec<usize> = (0..n).map(|i| i * 7 % n).collect();
+    for (k, &i) in order.iter().enumerate() {
+        let (p, _) = blocks[i];
+        // An interior address of a block still live, in a slab not looked at last.
+        let (q, _) = blocks[order[(k + n / 2) % n]];
+        if k < n / 2 {
+            assert!(matches!(
+                mm.free_raw(q.as_ptr().wrapping_add(16)),
+                Err(Error::InvalidPointer {
+                    reason: PointerError::Interior { .. },
+                    ..
+                })
+            ));
+        }
+        mm.free_raw(p.as_ptr()).unwrap();
+    }
+    assert_eq!(mm.stats().requested_bytes, 700 + 200);
+    // Second frees, in another order: refused through the page map too.
+    for &i in order.iter().rev() {
+        assert!(matches!(
+            mm.free_raw(blocks[i].0.as_ptr()),
+            Err(Error::InvalidPointer {
+                reason: PointerError::NotLive,
+                ..
+            })
+        ));
+    }
+    assert!(matches!(
+        mm.free_raw(typed.as_ptr()),
+        Err(Error::InvalidPointer {
+            reason: PointerError::NotRaw,
+            ..
+        })
+    ));
+    // `free_raw` reads only the address.
+    mm.free_raw(std::ptr::without_provenance_mut(theirs))
+        .unwrap();
+    // SAFETY: allocated above with `layout`, freed once.
+    unsafe { mm.deallocate(typed, layout) };
+    let s = mm.stats();
+    assert_eq!((s.allocated_blocks, s.requested_bytes), (0, 0));
+    assert_eq!(s.num_invalid_frees, 0);
+}
