@@ -2049,3 +2049,33 @@ fn raw_frees_in_no_order_are_checked_through_the_page_map() {
     assert_eq!((s.allocated_blocks, s.requested_bytes), (0, 0));
     assert_eq!(s.num_invalid_frees, 0);
 }
+
+#[test]
+fn a_release_pass_keeps_the_cache_oldest_first() {
+    // A release pass takes every cached large block out and puts back those still
+    // young, each with the stamp it had: a block of 256 KiB freed before one of
+    // 40 KiB is still the older at the next miss, with or without a pass between.
+    // (With new stamps, the smaller looked older and went first.)
+    let mm = manager(heap_config().release_delay_ms(None));
+    let layout = |size| Layout::from_size_align(size, 64).unwrap();
+    let (big, small, other) = (layout(256 << 10), layout(40 << 10), layout(100 << 10));
+    for pass in [false, true] {
+        let b = mm.allocate(big).unwrap().cast::<u8>();
+        let s = mm.allocate(small).unwrap().cast::<u8>();
+        // SAFETY: allocated just above, each freed once.
+        unsafe {
+            mm.deallocate(b, big);
+            mm.deallocate(s, small);
+        }
+        if pass {
+            // Old enough for nothing to go.
+            assert_eq!(mm.inner.engine.release_idle(u8::MAX), 0);
+        }
+        let m = mm.allocate(other).unwrap().cast::<u8>();
+        // The miss trims to 128 KiB, the older block first: the newer stays.
+        assert_eq!(mm.stats().thread_cached_bytes, small.size(), "pass {pass}");
+        // SAFETY: allocated just above.
+        unsafe { mm.deallocate(m, other) };
+        mm.trim();
+    }
+}

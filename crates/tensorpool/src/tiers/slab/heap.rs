@@ -880,11 +880,31 @@ impl Owned<'_> {
         addr: usize,
         size: usize,
     ) -> bool {
+        match self.release_typed_slot(slab, class, addr, size) {
+            Freed::No => false,
+            Freed::Done => true,
+            Freed::Moves => {
+                self.settle(eng, slab, class);
+                true
+            }
+        }
+    }
+
+    /// [`release_typed`](Self::release_typed), calling nothing: whether the block
+    /// was freed, and whether the slab must then move ([`settle`](Self::settle)).
+    #[inline(always)]
+    pub(crate) fn release_typed_slot(
+        &self,
+        slab: &Slab,
+        class: usize,
+        addr: usize,
+        size: usize,
+    ) -> Freed {
         if slab.class() as usize != class {
-            return false;
+            return Freed::No;
         }
         let Ok(slot) = slab.slot_of(addr) else {
-            return false;
+            return Freed::No;
         };
         debug_assert!(slab.may_free(slot, false), "not a live typed block");
         let own = self.own(slab);
@@ -893,9 +913,9 @@ impl Owned<'_> {
         let stride = slab.stride();
         self.count_free(class, stride, 1, stride - size);
         if own.place == Place::Full || (own.place != Place::Current && slab.live() == 0) {
-            self.settle(eng, slab, class);
+            return Freed::Moves;
         }
-        true
+        Freed::Done
     }
 
     /// The hot path of a typed free of a block of `class` (the layout's): if the
@@ -1290,7 +1310,8 @@ impl Owned<'_> {
 
     /// `bytes` of a slab that emptied or a large block freed (`freed` bytes of
     /// them were the block) go into the cache, which keeps up to the most bytes the
-    /// heap held live (past that, the largest out, down to half). Blocks freed
+    /// heap held live (past that, down to half: large blocks the oldest first, then
+    /// empty slabs; see `release_down_to`). Blocks freed
     /// together then come back together without a trip through best fit (64 blocks
     /// of 64 KiB made and freed over and over, a quarter kept: 150 ns a pair, three
     /// quarters of it best fit and new spans; all kept: 30 ns). What they would cost
@@ -1766,13 +1787,17 @@ impl Owned<'_> {
                 released += own.bytes;
                 self.destroy(eng, slab);
             } else {
-                young.push((pages, slab));
+                young.push((pages, slab, slab.cached_at()));
             }
         }
-        for (pages, slab) in young.into_iter().rev() {
+        // Back in the order they were taken out, each with its own stamp: a new
+        // one would make every block of a smaller size look older than every block
+        // of a larger one, and a miss then gave back the small ones first.
+        for (pages, slab, stamp) in young.into_iter().rev() {
             let own = self.own(slab);
             // SAFETY: this heap's slab, taken out of the cache just above.
             unsafe { self.state().spans.push(pages, slab, own) };
+            slab.set_cached_at(stamp);
         }
         self.publish_now(eng);
         released
