@@ -145,10 +145,14 @@ impl MemoryManager {
     /// inlined, as [`allocate_past_leaf`](Self::allocate_past_leaf).
     #[inline(never)]
     pub(super) fn deallocate_past_leaf(&self, ptr: NonNull<u8>, layout: Layout) {
-        if self
-            .inner
-            .reclaim_typed_hot(ptr, layout.size(), layout.align())
+        let inner = &*self.inner;
+        let (size, align) = (layout.size(), layout.align());
+        if inner.hot_span_pages(size, align).is_some()
+            && inner.engine.release_span_leaf(ptr.as_ptr(), size)
         {
+            return;
+        }
+        if inner.reclaim_typed_hot(ptr, size, align) {
             return;
         }
         let freed = self.inner.reclaim_typed(ptr, layout.size(), layout.align());

@@ -154,6 +154,10 @@ struct Inner {
     /// which are tried first: `pools_hot`).
     table_limit: usize,
     table_align: usize,
+    /// The sizes only spans serve, where the hot paths go to them at once: past
+    /// `span_floor`, `span_sizes` of them (0 when the hot paths may not serve).
+    span_floor: usize,
+    span_sizes: usize,
     /// Slabs of size classes and explicit pools, and cached large blocks; it holds
     /// the best-fit tier, which gives it pages.
     engine: Arc<Engine>,
@@ -305,6 +309,8 @@ impl MemoryManager {
             inner: Arc::new(Inner {
                 table_limit: if fast { engine.table_limit() } else { 0 },
                 table_align: config.alignment,
+                span_floor: engine.span_sizes().0,
+                span_sizes: if fast { engine.span_sizes().1 } else { 0 },
                 fast,
                 pools: !config.pools.is_empty(),
                 pools_hot: !config.pools.is_empty() && !config.debug,

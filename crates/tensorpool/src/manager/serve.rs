@@ -6,6 +6,7 @@ use crate::error::{Error, OutOfMemory, Result};
 use crate::limits::{validate, MAX_ALIGN};
 use crate::observe::debug::{self, Record, GUARD};
 use crate::tiers::contract::BlockTier;
+use crate::tiers::slab::page_map::PAGE;
 use crate::tiers::slab::{EngineStats, Grant};
 use std::ptr::NonNull;
 use std::sync::atomic::Ordering::Relaxed;
@@ -51,7 +52,15 @@ impl Inner {
         debug_assert!(align.is_power_of_two());
         match self.table_class(size, align) {
             Some(class) => self.engine.grant_hot(class, size, raw),
-            None => self.serve_hot_medium(size, align, raw),
+            None => {
+                if let Some(pages) = self.hot_span_pages(size, align) {
+                    // A block the thread's cache holds; else on as any other size.
+                    if let Some(served) = self.engine.grant_span_leaf(pages, size, raw) {
+                        return Some(served);
+                    }
+                }
+                self.serve_hot_medium(size, align, raw)
+            }
         }
     }
 
@@ -66,6 +75,15 @@ impl Inner {
             return Some(unsafe { self.engine.table_class(size) });
         }
         None
+    }
+
+    /// The pages of the span that serves `size` at `align` when only a span can (a
+    /// size past the classes, up to the largest span, at most a page's alignment;
+    /// the hot paths serve it), in two comparisons.
+    #[inline(always)]
+    pub(super) fn hot_span_pages(&self, size: usize, align: usize) -> Option<usize> {
+        (size.wrapping_sub(self.span_floor + 1) < self.span_sizes && align <= PAGE)
+            .then(|| size.div_ceil(PAGE))
     }
 
     /// [`serve_hot`](Self::serve_hot) of a size in the class table from the calling

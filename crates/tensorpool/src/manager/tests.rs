@@ -2079,3 +2079,58 @@ fn a_release_pass_keeps_the_cache_oldest_first() {
         mm.trim();
     }
 }
+
+#[test]
+fn large_blocks_take_the_span_leaves_and_keep_every_check() {
+    // Sizes past the size classes that a span serves go straight to the thread's
+    // cache of large blocks (`hot_span_pages`, `grant_span_leaf`,
+    // `release_span_leaf`): a block freed comes back at the next request of its
+    // size; frees keep the checks of the full path; another thread's free of one
+    // goes the full path (posted to the owner).
+    let mm = manager(heap_config().release_delay_ms(None));
+    for size in [40 << 10, 64 << 10, 300 << 10, 1 << 20] {
+        let layout = Layout::from_size_align(size, 64).unwrap();
+        let p = mm.allocate(layout).unwrap().cast::<u8>();
+        // SAFETY: allocated just above with `layout`.
+        unsafe { mm.deallocate(p, layout) };
+        let q = mm.allocate(layout).unwrap().cast::<u8>();
+        assert_eq!(p, q, "{size}: the cached block");
+        // SAFETY: as above.
+        unsafe { mm.deallocate(q, layout) };
+        let r = mm.allocate_raw(size, 64).unwrap();
+        assert_eq!(r, p, "{size}: raw, the same cached block");
+        assert!(matches!(
+            mm.free_raw(r.as_ptr().wrapping_add(4096)),
+            Err(Error::InvalidPointer {
+                reason: PointerError::Interior { .. },
+                ..
+            })
+        ));
+        mm.free_raw(r.as_ptr()).unwrap();
+        assert!(matches!(
+            mm.free_raw(r.as_ptr()),
+            Err(Error::InvalidPointer {
+                reason: PointerError::NotLive,
+                ..
+            })
+        ));
+        // A block of this thread, freed by another: posted, collected by `stats`.
+        struct Held(NonNull<u8>);
+        // SAFETY: the block is freed once, by the thread it is sent to.
+        unsafe impl Send for Held {}
+        let held = Held(mm.allocate(layout).unwrap().cast::<u8>());
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let held = held;
+                // SAFETY: allocated above with `layout`, freed once.
+                unsafe { mm.deallocate(held.0, layout) };
+            });
+        });
+        assert_eq!(mm.stats().allocated_blocks, 0, "{size}");
+        // Each size from an empty cache (a free past the heap's high-water mark
+        // would give the oldest blocks back first).
+        mm.trim();
+    }
+    let s = mm.stats();
+    assert_eq!(s.num_invalid_frees, 0);
+}

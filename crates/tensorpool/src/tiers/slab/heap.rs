@@ -755,12 +755,7 @@ impl Owned<'_> {
     ) -> bool {
         let class = slab.class();
         if class == SPAN_CLASS {
-            let Some(requested) = self.free_slot(slab, addr, raw, size) else {
-                return false;
-            };
-            self.span_freed(self.own(slab).bytes, requested);
-            self.cache_span(eng, slab);
-            return true;
+            return self.release_span(eng, slab, addr, raw, size);
         }
         match self.release_slot(slab, addr, raw, size) {
             Freed::No => false,
@@ -770,6 +765,27 @@ impl Owned<'_> {
                 true
             }
         }
+    }
+
+    /// [`release_hot`](Self::release_hot) of a large block (`slab` is a span of this
+    /// heap): into the cache if it is live with raw flag `raw`, and `true`; otherwise
+    /// `false`, nothing changed.
+    #[inline(always)]
+    pub(crate) fn release_span(
+        &self,
+        eng: &Engine,
+        slab: &Slab,
+        addr: usize,
+        raw: bool,
+        size: usize,
+    ) -> bool {
+        debug_assert_eq!(slab.class(), SPAN_CLASS);
+        let Some(requested) = self.free_slot(slab, addr, raw, size) else {
+            return false;
+        };
+        self.span_freed(self.own(slab).bytes, requested);
+        self.cache_span(eng, slab);
+        true
     }
 
     /// [`release_hot`](Self::release_hot) of a slab of a class (not a large block),
@@ -1330,9 +1346,7 @@ impl Owned<'_> {
         // last free publishes all; publishing at every step cost sk_mlp's replay,
         // whose large blocks come and go by megabytes, 2.5% more instructions.
         let published = self.heap.counts.published_allocated.get() as usize;
-        if published.saturating_sub(allocated) >= PUBLISH_STEP.max(published / 8) {
-            self.publish_sums(eng, &self.sums(eng), PUBLISH_STEP);
-        }
+        let due = published.saturating_sub(allocated) >= PUBLISH_STEP.max(published / 8);
         // The block just freed, when it is all the cache holds, stays until pages
         // are taken for another (`trim_cache`): a heap whose share of its live bytes
         // is below one block gave every such block back at its free and carved it
@@ -1348,6 +1362,20 @@ impl Owned<'_> {
         // Live just before this free.
         st.high_live = st.high_live.max(allocated + freed);
         let budget = self.cache_budget(eng, alone.max(st.high_live));
+        if due || self.state().cached > budget {
+            // In a call of its own: the common free saves no register for it.
+            self.publish_and_trim(eng, due, budget);
+        }
+    }
+
+    /// What [`cache`](Self::cache) found due: the heap's counts published, the
+    /// cache given back down to half of `budget` if it holds more.
+    #[cold]
+    #[inline(never)]
+    fn publish_and_trim(&self, eng: &Engine, publish: bool, budget: usize) {
+        if publish {
+            self.publish_sums(eng, &self.sums(eng), PUBLISH_STEP);
+        }
         if self.state().cached > budget {
             self.release_down_to(eng, budget / 2);
         }

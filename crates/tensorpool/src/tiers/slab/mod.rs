@@ -409,6 +409,20 @@ impl Engine {
         self.class_table.len() * 8
     }
 
+    /// The sizes that only spans serve, at an alignment up to a page: past the
+    /// largest size class, up to the largest span (as the first size past the
+    /// classes, less one, and the number of sizes; see the manager's
+    /// `hot_span_pages`).
+    pub(crate) fn span_sizes(&self) -> (usize, usize) {
+        let classes = self
+            .size_classes
+            .as_ref()
+            .map_or(0, SizeClasses::max_size)
+            .max(self.table_limit());
+        let most = self.span_pages * PAGE;
+        (classes, most.saturating_sub(classes))
+    }
+
     /// The size class of `size` bytes at the engine's alignment, from the table.
     ///
     /// # Safety
@@ -562,8 +576,7 @@ impl Engine {
             }
         };
         if slab.class() == SPAN_CLASS {
-            // As in `grant_leaf`: the call ends the operation.
-            return self.release_elsewhere(entered, addr, true, 0, None);
+            return owned.release_span(self, slab, addr, true, 0);
         }
         match owned.release_slot(slab, addr, true, 0) {
             Freed::No => false,
@@ -607,6 +620,39 @@ impl Engine {
         let slab = unsafe { &*slab };
         entered.owned().settle(self, slab, slab.class() as usize);
         true
+    }
+
+    /// [`grant_span_hot`](Self::grant_span_hot) through the handshake's leaf: `None`,
+    /// nothing changed, when the calling thread must bind a heap or wait for a
+    /// stopper, or its cache has no block of `pages` pages (the caller's full path
+    /// does the rest).
+    #[inline(always)]
+    pub(crate) fn grant_span_leaf(
+        &self,
+        pages: usize,
+        size: usize,
+        raw: bool,
+    ) -> Option<(NonNull<u8>, bool)> {
+        let entered = enter_leaf(self)?;
+        entered.owned().grant_span_fast(self, pages, size, raw)
+    }
+
+    /// The free of a typed large block of the calling thread's heap through the
+    /// handshake's leaf and the slab lookup of the other leaves: `false`, nothing
+    /// changed, for anything else (the caller's full path says why).
+    #[inline(always)]
+    pub(crate) fn release_span_leaf(&self, ptr: *mut u8, size: usize) -> bool {
+        let addr = ptr.addr();
+        let Some(entered) = enter_leaf(self) else {
+            return false;
+        };
+        let owned = entered.owned();
+        match self.own_slab_holding(&owned, entered.heap, addr) {
+            Some(slab) if slab.class() == SPAN_CLASS => {
+                owned.release_span(self, slab, addr, false, size)
+            }
+            _ => false,
+        }
     }
 
     /// The hot path of a large block: one of `pages` pages from the calling thread's
