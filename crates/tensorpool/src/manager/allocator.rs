@@ -147,12 +147,14 @@ impl MemoryManager {
     pub(super) fn deallocate_past_leaf(&self, ptr: NonNull<u8>, layout: Layout) {
         let inner = &*self.inner;
         let (size, align) = (layout.size(), layout.align());
-        if inner.hot_span_pages(size, align).is_some()
-            && inner.engine.release_span_leaf(ptr.as_ptr(), size)
-        {
-            return;
-        }
-        if inner.reclaim_typed_hot(ptr, size, align) {
+        // A span's size: the span leaf, else the full path at once (the other hot
+        // path would look the slab up again the same way).
+        let hot = if inner.hot_span_pages(size, align).is_some() {
+            inner.engine.release_span_leaf(ptr.as_ptr(), size)
+        } else {
+            inner.reclaim_typed_hot(ptr, size, align)
+        };
+        if hot {
             return;
         }
         let freed = self.inner.reclaim_typed(ptr, layout.size(), layout.align());

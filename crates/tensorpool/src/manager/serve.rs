@@ -52,15 +52,13 @@ impl Inner {
         debug_assert!(align.is_power_of_two());
         match self.table_class(size, align) {
             Some(class) => self.engine.grant_hot(class, size, raw),
-            None => {
-                if let Some(pages) = self.hot_span_pages(size, align) {
-                    // A block the thread's cache holds; else on as any other size.
-                    if let Some(served) = self.engine.grant_span_leaf(pages, size, raw) {
-                        return Some(served);
-                    }
-                }
-                self.serve_hot_medium(size, align, raw)
-            }
+            None => match self.hot_span_pages(size, align) {
+                // A block the thread's cache holds; else the full path (which binds
+                // a heap, waits for a stopper, looks in the cache once more after
+                // collecting other threads' frees, or makes a span).
+                Some(pages) => self.engine.grant_span_leaf(pages, size, raw),
+                None => self.serve_hot_medium(size, align, raw),
+            },
         }
     }
 

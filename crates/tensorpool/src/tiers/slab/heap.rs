@@ -293,22 +293,8 @@ impl SpanCache {
     /// The caller holds the heap whose slabs the cache holds.
     #[inline(always)]
     unsafe fn pop(&mut self, pages: usize) -> Option<&Slab> {
-        // SAFETY: cached slabs are live slabs of the caller's heap.
-        let slab = unsafe { self.heads[pages].as_ref() }?;
-        // SAFETY: as above.
-        let own = unsafe { slab.own() };
-        self.heads[pages] = own.next;
-        // SAFETY: as above.
-        match unsafe { own.next.as_ref() } {
-            // SAFETY: as above.
-            Some(next) => unsafe { next.own() }.prev = std::ptr::null(),
-            None => {
-                self.tails[pages] = std::ptr::null();
-                self.sizes[pages / 64] &= !(1 << (pages % 64));
-            }
-        }
-        own.next = std::ptr::null();
-        Some(slab)
+        // SAFETY: by the caller's contract.
+        unsafe { self.take_end::<true>(pages) }
     }
 
     /// The block cached longest ago, of any size, taken out.
@@ -330,22 +316,50 @@ impl SpanCache {
                 }
             }
         }
-        let (_, pages) = oldest?;
-        // SAFETY: as above.
-        let slab = unsafe { &*self.tails[pages] };
+        // SAFETY: by the caller's contract.
+        unsafe { self.take_end::<false>(oldest?.1) }
+    }
+
+    /// Takes the block at one end of the list of `pages` pages (the head, newest,
+    /// or the tail, oldest) off it, clearing the count's bit when the list empties.
+    /// One body for both ends, each compiled to its own few instructions.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the heap whose slabs the cache holds.
+    #[inline(always)]
+    unsafe fn take_end<const HEAD: bool>(&mut self, pages: usize) -> Option<&Slab> {
+        let end = if HEAD {
+            &mut self.heads[pages]
+        } else {
+            &mut self.tails[pages]
+        };
+        // SAFETY: cached slabs are live slabs of the caller's heap.
+        let slab = unsafe { end.as_ref() }?;
         // SAFETY: as above.
         let own = unsafe { slab.own() };
-        self.tails[pages] = own.prev;
+        // The neighbour inward, and its link back toward this end.
+        let inward = if HEAD { &mut own.next } else { &mut own.prev };
+        *end = *inward;
         // SAFETY: as above.
-        match unsafe { own.prev.as_ref() } {
-            // SAFETY: as above.
-            Some(prev) => unsafe { prev.own() }.next = std::ptr::null(),
+        match unsafe { inward.as_ref() } {
+            Some(next) => {
+                // SAFETY: as above.
+                let next = unsafe { next.own() };
+                *(if HEAD { &mut next.prev } else { &mut next.next }) = std::ptr::null();
+            }
             None => {
-                self.heads[pages] = std::ptr::null();
+                // The list is empty: its other end too.
+                let other_end = if HEAD {
+                    &mut self.tails[pages]
+                } else {
+                    &mut self.heads[pages]
+                };
+                *other_end = std::ptr::null();
                 self.sizes[pages / 64] &= !(1 << (pages % 64));
             }
         }
-        own.prev = std::ptr::null();
+        *inward = std::ptr::null();
         Some(slab)
     }
 
